@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+BUILD ?= $(CURDIR)/build
+REPO := $(BUILD)/testproduct/repo
+COMPOSER := $(PYTHON) -m composer
+DEMO_MEMORY ?= 512
+
+.PHONY: setup testproduct demo test unit bench clean
+
+setup:
+	./scripts/setup-host
+
+testproduct: setup
+	$(COMPOSER) testproduct --dest $(BUILD)/testproduct
+
+# Compose the test product's runtime and boot it in qemu at 512 MB.
+demo: testproduct
+	$(COMPOSER) --logfile $(BUILD)/demo.log runtime --product TestProduct --version 1 \
+		--source file://$(REPO) --nogpgcheck --cachedir $(BUILD)/cache --force $(BUILD)/demo
+	$(COMPOSER) verify --kernel $(BUILD)/demo/images/pxeboot/vmlinuz \
+		--initrd $(BUILD)/demo/images/pxeboot/initrd.img --memory $(DEMO_MEMORY) \
+		--log $(BUILD)/demo-serial.log
+	@echo "demo outputs: $(BUILD)/demo/images/pxeboot/{vmlinuz,initrd.img}, $(BUILD)/demo/images/install.img, $(BUILD)/demo/manifest.json"
+
+# Unit tests, then the slow integration tests that build and boot real images.
+test: testproduct
+	$(PYTHON) -m pytest -v tests
+
+unit: setup
+	$(PYTHON) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(BUILD)/demo $(BUILD)/cache

@@ -1,0 +1,165 @@
+"""composer's command line: one subcommand per job, errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import signal
+import sys
+from pathlib import Path
+
+from composer.config import Compression, Config, RootfsType, parse_size
+from composer.run import ComposerError, info, set_logging
+
+
+def _add_compose_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", metavar="OUTDIR", type=Path, help="output directory (refused if it exists, unless --force)")
+    p.add_argument("-p", "--product", required=True, help="product name; selects templates/<product>")
+    p.add_argument("-v", "--version", required=True, help="product version (dnf releasever)")
+    p.add_argument("-r", "--release", default="", help="release string")
+    p.add_argument("-s", "--source", action="append", default=[], metavar="URL", help="package repository URL (repeatable)")
+    p.add_argument("--repo", action="append", default=[], type=Path, metavar="FILE", help="dnf .repo file (repeatable)")
+    p.add_argument("-t", "--variant", default="", help="variant name")
+    p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
+    p.add_argument("--isfinal", action="store_true", help="this is a final release")
+    p.add_argument("--buildarch", default=platform.machine(), help="architecture to build for (default: this host's)")
+    p.add_argument("-i", "--installpkgs", action="append", default=[], metavar="PKG", help="extra package (glob) to install (repeatable)")
+    p.add_argument("-e", "--excludepkgs", action="append", default=[], metavar="PKG", help="package (glob) never to install (repeatable)")
+    p.add_argument("--add-template", action="append", default=[], type=Path, metavar="FILE", help="extra template run after postinstall (repeatable)")
+    p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE", help="variable for the templates (repeatable)")
+    p.add_argument("--rootfs-type", default="btrfs", choices=[t.value for t in RootfsType], help="filesystem of LiveOS/rootfs.img (squashfs: no rootfs.img)")
+    p.add_argument("--rootfs-size", default=None, metavar="SIZE", help="free room in rootfs.img for the runtime's writes, e.g. 512M (sparse)")
+    p.add_argument("--compression", default="xz", choices=[c.value for c in Compression], help="squashfs compressor")
+    p.add_argument("--dracut-arg", action="append", default=[], metavar="ARG", help="extra dracut argument (repeatable)")
+    p.add_argument("--dracut-conf", type=Path, default=None, metavar="FILE", help="extra dracut configuration file")
+    p.add_argument("--nogpgcheck", action="store_true", help="do not check package signatures")
+    p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
+    p.add_argument("--cachedir", type=Path, default=Path("/var/cache/composer"), help="persistent cache (dnf packages)")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
+    p.add_argument("--force", action="store_true", help="replace OUTDIR once the new output is complete")
+
+
+def _template_vars(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ComposerError(f"--add-template-var {item!r}: expected NAME=VALUE with NAME a valid identifier")
+        out.append((name, value))
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        product=args.product,
+        version=args.version,
+        outdir=args.outdir,
+        release=args.release,
+        sources=tuple(args.source),
+        repofiles=tuple(p.resolve() for p in args.repo),
+        variant=args.variant,
+        bugurl=args.bugurl,
+        isfinal=args.isfinal,
+        arch=args.buildarch,
+        installpkgs=tuple(args.installpkgs),
+        excludepkgs=tuple(args.excludepkgs),
+        add_templates=tuple(args.add_template),
+        add_template_vars=_template_vars(args.add_template_var),
+        rootfs_type=RootfsType(args.rootfs_type),
+        rootfs_size=parse_size(args.rootfs_size, "--rootfs-size") if args.rootfs_size else None,
+        compression=Compression(args.compression),
+        dracut_args=tuple(args.dracut_arg),
+        dracut_conf=args.dracut_conf,
+        nogpgcheck=args.nogpgcheck,
+        workdir=args.workdir,
+        cachedir=args.cachedir.resolve(),
+        force=args.force,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    from composer.runtime import compose_runtime
+
+    compose_runtime(config_from_args(args))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from composer.verify import boot_kernel
+
+    for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+        if not path.is_file():
+            raise ComposerError(f"{opt} {path}: no such file")
+    result = boot_kernel(
+        args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
+        timeout=args.timeout, accel=args.accel, log=args.log,
+    )
+    if result.ok:
+        info(f"verify: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
+        return 0
+    raise ComposerError(f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} (serial log: {result.log})")
+
+
+def cmd_testproduct(args: argparse.Namespace) -> int:
+    from composer.testproduct import build_testproduct
+
+    repo = build_testproduct(args.dest.resolve(), force=args.force)
+    print(repo)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="composer", description="Build boot and runtime images of RPM-based operating systems.")
+    parser.add_argument("--verbose", action="store_true", help="show every command and its output")
+    parser.add_argument("--logfile", type=Path, default=None, help="write a full log here")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("runtime", help="compose a runtime: big initrd (boots from RAM), install.img, manifest")
+    _add_compose_options(p)
+    p.set_defaults(func=cmd_runtime)
+
+    p = sub.add_parser("verify", help="boot a kernel and initrd in qemu and wait for the boot marker")
+    p.add_argument("--kernel", type=Path, required=True)
+    p.add_argument("--initrd", type=Path, required=True)
+    p.add_argument("--memory", type=int, default=512, metavar="MB")
+    p.add_argument("--append", default="", help="extra kernel arguments")
+    p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
+    p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
+    p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("testproduct", help="build the built-in test product's RPM repository from Debian packages")
+    p.add_argument("--dest", type=Path, default=Path("build/testproduct"))
+    p.add_argument("--force", action="store_true", help="rebuild even if the cached repository is up to date")
+    p.set_defaults(func=cmd_testproduct)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Turn SIGTERM/SIGHUP into the same unwinding as Ctrl-C, so every cleanup runs.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    set_logging(verbose=args.verbose, logfile=args.logfile)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    try:
+        return args.func(args)
+    except ComposerError as e:
+        print(f"composer: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("composer: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"composer: error:{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

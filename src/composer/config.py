@@ -1,0 +1,78 @@
+"""The frozen configuration of one build, made from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import platform
+from pathlib import Path
+
+from composer.run import DATADIR, ComposerError
+
+
+class RootfsType(enum.StrEnum):
+    BTRFS = "btrfs"
+    EXT4 = "ext4"
+    EROFS = "erofs"
+    SQUASHFS = "squashfs"  # no rootfs.img: the tree goes straight into squashfs.img
+
+
+class Compression(enum.StrEnum):
+    XZ = "xz"
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    product: str
+    version: str
+    outdir: Path
+    sources: tuple[str, ...] = ()
+    repofiles: tuple[Path, ...] = ()
+    release: str = ""
+    variant: str = ""
+    bugurl: str = ""
+    isfinal: bool = False
+    arch: str = dataclasses.field(default_factory=platform.machine)
+    installpkgs: tuple[str, ...] = ()
+    excludepkgs: tuple[str, ...] = ()
+    add_templates: tuple[Path, ...] = ()
+    add_template_vars: tuple[tuple[str, str], ...] = ()
+    rootfs_type: RootfsType = RootfsType.BTRFS
+    rootfs_size: int | None = None  # bytes of free room for the runtime's writes; None = default
+    compression: Compression = Compression.XZ
+    dracut_args: tuple[str, ...] = ()
+    dracut_conf: Path | None = None
+    nogpgcheck: bool = False
+    workdir: Path | None = None
+    cachedir: Path = Path("/var/cache/composer")
+    force: bool = False
+    keep_workdir: bool = False
+
+    @property
+    def template_dir(self) -> Path:
+        """The product's template set: templates/<product, lower case>."""
+        name = self.product.lower().replace(" ", "")
+        d = DATADIR / "templates" / name
+        if not d.is_dir():
+            known = sorted(p.name for p in (DATADIR / "templates").iterdir() if p.is_dir())
+            raise ComposerError(f"--product {self.product}: no template set {d} (known: {', '.join(known)})")
+        return d
+
+
+SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """'512M', '2G', '1048576' -> bytes."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    suffix = t[-1:] if t[-1:] in SIZE_SUFFIXES and not t[-1:].isdigit() else ""
+    number = t[: len(t) - len(suffix)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ComposerError(f"{option}: not a size: {text!r} (use e.g. 512M or 2G)") from None
+    if value < 0:
+        raise ComposerError(f"{option}: size must not be negative: {text!r}")
+    return int(value * SIZE_SUFFIXES[suffix])

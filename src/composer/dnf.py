@@ -1,0 +1,217 @@
+"""The dnf stage: populate an install tree with the dnf command line.
+
+Templates decide which packages go in (installpkg ... run_pkg_transaction); this module
+only turns their requests into dnf transactions. dnf runs on the host with
+--installroot, so the tree needs no package manager of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from composer.run import ComposerError, CommandError, debug, info, run
+
+# Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
+# so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
+RPMDB = "/usr/lib/sysimage/rpm"
+
+
+@dataclasses.dataclass(frozen=True)
+class DnfConfig:
+    releasever: str
+    arch: str
+    sources: tuple[str, ...] = ()      # base URLs of repositories (--source)
+    repofiles: tuple[Path, ...] = ()   # .repo files (--repo)
+    excludepkgs: tuple[str, ...] = ()
+    cachedir: Path = Path("/var/cache/composer/dnf")
+    nogpgcheck: bool = False
+    nodocs: bool = True
+
+
+def dnf_binary() -> str:
+    """dnf 4 where the host has it, dnf5 where that is what it has."""
+    for name in ("dnf", "dnf5", "dnf-3"):
+        if shutil.which(name):
+            return name
+    raise ComposerError("dnf is not installed on this host (apt-get install dnf)")
+
+
+def _repo_id(url: str, index: int) -> str:
+    tail = re.sub(r"[^A-Za-z0-9]+", "-", urlparse(url).path).strip("-")[-24:] or "repo"
+    return f"source{index}-{tail}"
+
+
+def _check_source(url: str) -> None:
+    """Fail early, with the option named, on a source that cannot work."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("file", "http", "https", "ftp"):
+        raise ComposerError(f"--source {url}: not a URL (use file:///path, http:// or https://)")
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+        if not (path / "repodata" / "repomd.xml").is_file():
+            raise ComposerError(f"--source {url}: no repository there ({path}/repodata/repomd.xml is missing)")
+
+
+class DnfSession:
+    """One install tree and the dnf transactions that fill it (a templates.PackageManager)."""
+
+    def __init__(self, tree: Path, config: DnfConfig, workdir: Path) -> None:
+        self.tree = tree
+        self.config = config
+        self.workdir = workdir
+        self._to_install: list[str] = []
+        self._to_remove: list[str] = []
+        self._available: list[str] | None = None
+        for url in config.sources:
+            _check_source(url)
+        for f in config.repofiles:
+            if not f.is_file():
+                raise ComposerError(f"--repo {f}: no such file")
+        if not config.sources and not config.repofiles:
+            raise ComposerError("no package source: give --source URL or --repo FILE")
+        self.home = workdir / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+        self.reposdir = workdir / "repos.d"
+        self.reposdir.mkdir(exist_ok=True)
+        for f in config.repofiles:
+            shutil.copy(f, self.reposdir / f.name)
+        (workdir / "dnf-log").mkdir(exist_ok=True)
+        tree.mkdir(parents=True, exist_ok=True)
+        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+
+    # -- dnf command line -------------------------------------------------------
+    def _dnf_argv(self) -> list[str]:
+        c = self.config
+        c.cachedir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            dnf_binary(), "-y", "--quiet",
+            f"--installroot={self.tree}",
+            f"--releasever={c.releasever}",
+            f"--forcearch={c.arch}",
+            "--noplugins",
+            f"--setopt=reposdir={self.reposdir}",
+            f"--setopt=cachedir={c.cachedir}",
+            f"--setopt=logdir={self.workdir / 'dnf-log'}",
+            "--setopt=keepcache=True",
+            "--setopt=install_weak_deps=False",
+            "--setopt=check_config_file_age=False",
+        ]
+        if c.nodocs:
+            argv.append("--setopt=tsflags=nodocs")
+        if c.nogpgcheck:
+            argv.append("--nogpgcheck")
+        for i, url in enumerate(c.sources):
+            rid = _repo_id(url, i)
+            argv.append(f"--repofrompath={rid},{url}")
+            if url.startswith("file:"):
+                # A local repository may be rebuilt between runs: never trust cached metadata.
+                argv.append(f"--setopt={rid}.metadata_expire=0")
+            # gpgcheck is per repo for --repofrompath repos
+            argv.append(f"--setopt={rid}.gpgcheck={'0' if c.nogpgcheck else '1'}")
+        for pattern in c.excludepkgs:
+            argv.append(f"--exclude={pattern}")
+        return argv
+
+    def _rpm(self, *args: str) -> str:
+        proc = run(["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args], env=self.env, capture=True)
+        return proc.stdout.decode(errors="replace")
+
+    # -- what the repositories offer ---------------------------------------------
+    def available(self) -> list[str]:
+        """Names of all packages the repositories offer (one metadata load, cached)."""
+        if self._available is None:
+            argv = self._dnf_argv() + ["repoquery", "--available", "--queryformat=%{name}\n"]
+            try:
+                proc = run(argv, env=self.env, capture=True)
+            except CommandError as e:
+                raise ComposerError(f"cannot read the package repositories: {_dnf_reason(e.stderr)}") from None
+            self._available = sorted(set(proc.stdout.decode().split()))
+            debug(f"{len(self._available)} package names available")
+        return self._available
+
+    def _match(self, patterns: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
+        return {p: [n for n in names if fnmatch.fnmatchcase(n, p)] for p in patterns}
+
+    # -- templates.PackageManager -------------------------------------------------
+    def install(self, patterns: Sequence[str], *, required: bool = True, exclude: Sequence[str] = ()) -> None:
+        names = self.available()
+        for pattern, matches in self._match(patterns, names).items():
+            matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in exclude)]
+            matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in self.config.excludepkgs)]
+            if not matches:
+                if required:
+                    raise ComposerError(f"no package matches {pattern!r} in the repositories")
+                debug(f"optional package {pattern!r} not available, skipped")
+                continue
+            self._to_install.extend(matches)
+
+    def remove(self, patterns: Sequence[str]) -> None:
+        self._to_remove.extend(patterns)
+
+    def run_transaction(self) -> None:
+        if self._to_install:
+            pkgs = sorted(set(self._to_install))
+            info(f"dnf: installing {len(pkgs)} requested packages and their dependencies")
+            argv = self._dnf_argv() + ["install", *pkgs]
+            try:
+                run(argv, env=self.env)
+            except CommandError as e:
+                raise ComposerError(f"dnf transaction failed: {_dnf_reason(e.stderr)}") from None
+        if self._to_remove:
+            argv = self._dnf_argv() + ["remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove))]
+            try:
+                run(argv, env=self.env)
+            except CommandError as e:
+                raise ComposerError(f"dnf remove failed: {_dnf_reason(e.stderr)}") from None
+        self._to_install.clear()
+        self._to_remove.clear()
+
+    def installed(self) -> list[str]:
+        return sorted(set(self._rpm("-qa", "--queryformat=%{NAME}\n").split()))
+
+    def files_of(self, name: str) -> list[str]:
+        out = self._rpm("-ql", name)
+        return [line for line in out.splitlines() if line.startswith("/")]
+
+    def nevras(self) -> list[str]:
+        """name-epoch:version-release.arch of everything installed, for the manifest."""
+        out = self._rpm("-qa", "--queryformat=%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n")
+        return sorted(out.split())
+
+    def metadata_digest(self) -> str:
+        """A digest of the repositories' metadata, for keying caches."""
+        h = hashlib.sha256()
+        for url in self.config.sources:
+            h.update(url.encode())
+            parsed = urlparse(url)
+            if parsed.scheme == "file":
+                h.update((Path(parsed.path) / "repodata" / "repomd.xml").read_bytes())
+        for f in self.config.repofiles:
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+
+def _dnf_reason(stderr: str) -> str:
+    """The lines of dnf's complaint that say what is wrong."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    keep = [ln for ln in lines if re.search(r"error|problem|no match|nothing provides|conflict|cannot|failed", ln, re.I)]
+    text = " | ".join((keep or lines)[-4:])
+    return text or "see the log for dnf's output"
+
+
+def rpmdb_env(workdir: Path) -> dict[str, str]:
+    """An environment whose rpm uses the tree's database path (for rpm calls outside a session)."""
+    home = workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+    return {"HOME": str(home)}
+
+

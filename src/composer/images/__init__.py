@@ -1,0 +1,1 @@
+"""Filesystem and archive images, all built without loop devices or mounts."""

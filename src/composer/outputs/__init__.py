@@ -1,0 +1,1 @@
+"""What a build leaves in the output directory: big initrd, media, manifest."""

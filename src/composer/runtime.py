@@ -1,0 +1,214 @@
+"""`composer runtime`: template-driven install tree -> initramfs -> rootfs.img -> squashfs -> big initrd."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from composer import dracut
+from composer.config import Config, RootfsType
+from composer.dnf import DnfConfig, DnfSession
+from composer.images.rootfs import make_rootfs
+from composer.images.sparse import allocated_size, copy_sparse
+from composer.images.squashfs import make_squashfs
+from composer.outputs.bigimage import make_big_initrd
+from composer.outputs.manifest import write_manifest
+from composer.run import ComposerError, atomic_dir, in_tree_argv, info, run, stage
+from composer.templates import TemplateRunner
+
+# The runtime templates of a product, in the order they run.
+INSTALL_TEMPLATE = "runtime-install.tmpl"
+POSTINSTALL_TEMPLATE = "runtime-postinstall.tmpl"
+CLEANUP_TEMPLATE = "runtime-cleanup.tmpl"
+
+
+def runtime_cmdline(rootfs: RootfsType) -> str:
+    """What the big initrd's /etc/cmdline tells dracut: the live image is in the initramfs."""
+    return "root=live:/squashfs.img rd.live.image"
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the runtime build produced, for the output stages (boot.iso, netboot)."""
+
+    tree: Path
+    kernels: list[dracut.Kernel]
+    initramfs: dict[str, Path]
+    squashfs: Path
+    packages: list[str]
+    sizes: dict[str, int]
+    timings: dict[str, float]
+    treeinfo: dict[str, dict[str, str]]
+
+
+def template_variables(cfg: Config) -> dict[str, object]:
+    basearch = {"i686": "i386", "armv7hl": "arm"}.get(cfg.arch, cfg.arch)
+    variables: dict[str, object] = {
+        "product": cfg.product,
+        "version": cfg.version,
+        "release": cfg.release,
+        "variant": cfg.variant,
+        "bugurl": cfg.bugurl,
+        "isfinal": cfg.isfinal,
+        "arch": cfg.arch,
+        "basearch": basearch,
+        "rootfs_type": str(cfg.rootfs_type),
+    }
+    variables.update(dict(cfg.add_template_vars))
+    return variables
+
+
+def du(path: Path) -> int:
+    """Allocated bytes below path, hard links counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for p in [path, *path.rglob("*")]:
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        total += st.st_blocks * 512
+    return total
+
+
+@contextlib.contextmanager
+def workdir_for(cfg: Config):
+    if cfg.workdir is not None:
+        cfg.workdir.mkdir(parents=True, exist_ok=True)
+        d = Path(tempfile.mkdtemp(prefix="composer.", dir=cfg.workdir))
+    else:
+        d = Path(tempfile.mkdtemp(prefix="composer.", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        if cfg.keep_workdir:
+            info(f"work directory kept: {d}")
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def build_runtime(cfg: Config, work: Path) -> Runtime:
+    """Install, configure and clean the tree, then make the initramfs and squashfs.img."""
+    timings: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    tree = work / "tree"
+    templatedir = cfg.template_dir
+
+    def timed(name: str):
+        @contextlib.contextmanager
+        def cm():
+            start = time.monotonic()
+            with stage(name):
+                yield
+            timings[name] = round(time.monotonic() - start, 2)
+        return cm()
+
+    dnfcfg = DnfConfig(
+        releasever=cfg.version,
+        arch=cfg.arch,
+        sources=cfg.sources,
+        repofiles=cfg.repofiles,
+        excludepkgs=cfg.excludepkgs,
+        cachedir=cfg.cachedir / "dnf",
+        nogpgcheck=cfg.nogpgcheck,
+    )
+    session = DnfSession(tree, dnfcfg, work)
+    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session)
+
+    with timed("install"):
+        if cfg.installpkgs:
+            session.install(cfg.installpkgs, required=True)
+        runner.run(templatedir / INSTALL_TEMPLATE)
+        session.run_transaction()  # in case a template forgot run_pkg_transaction
+    packages = session.nevras()
+    sizes["tree_installed"] = du(tree)
+    info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB")
+
+    with timed("postinstall"):
+        runner.run(templatedir / POSTINSTALL_TEMPLATE)
+        for tmpl in cfg.add_templates:
+            if not tmpl.is_file():
+                raise ComposerError(f"--add-template {tmpl}: no such file")
+            runner.run(tmpl.resolve())
+        session.run_transaction()
+
+    kernels = dracut.take_kernels(tree, work / "kernels")
+
+    with timed("cleanup"):
+        runner.run(templatedir / CLEANUP_TEMPLATE)
+        if getattr(runner, "kmods_changed", True):
+            for k in kernels:
+                # The tree's own depmod, so the index matches its kmod.
+                run(in_tree_argv(tree, ["depmod", "-a", k.version]))
+    sizes["tree_cleaned"] = du(tree)
+    info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
+
+    with timed("dracut"):
+        initramfs = dracut.build_initramfs(
+            tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
+            dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
+        )
+    for kver, path in initramfs.items():
+        sizes[f"initramfs-{kver}"] = path.stat().st_size
+
+    squashfs = work / "squashfs.img"
+    with timed("rootfs"):
+        if cfg.rootfs_type is RootfsType.SQUASHFS:
+            squash_src = tree
+        else:
+            squash_src = work / "squashfs-root"
+            (squash_src / "LiveOS").mkdir(parents=True)
+            rootfs_img = squash_src / "LiveOS" / "rootfs.img"
+            make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size)
+            sizes["rootfs_apparent"] = rootfs_img.stat().st_size
+            sizes["rootfs_allocated"] = allocated_size(rootfs_img)
+    with timed("squashfs"):
+        make_squashfs(squash_src, squashfs, cfg.compression)
+    sizes["squashfs"] = squashfs.stat().st_size
+
+    return Runtime(
+        tree=tree, kernels=kernels, initramfs=initramfs, squashfs=squashfs,
+        packages=packages, sizes=sizes, timings=timings,
+        treeinfo=dict(getattr(runner, "treeinfo", {}) or {}),
+    )
+
+
+def compose_runtime(cfg: Config) -> Path:
+    """`composer runtime OUTDIR`: the big initrd per kernel, install.img and a manifest."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
+        work = stack.enter_context(workdir_for(cfg))
+        rt = build_runtime(cfg, work)
+        start = time.monotonic()
+        with stage("outputs"):
+            pxe = out / "images" / "pxeboot"
+            pxe.mkdir(parents=True)
+            copy_sparse(rt.squashfs, out / "images" / "install.img")
+            cmdline = runtime_cmdline(cfg.rootfs_type)
+            for i, k in enumerate(rt.kernels):
+                # The newest kernel gets the plain names boot configs expect.
+                suffix = "" if i == 0 else f"-{k.version}"
+                shutil.copy(k.vmlinuz, pxe / f"vmlinuz{suffix}")
+                big = pxe / f"initrd{suffix}.img"
+                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big)
+                rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
+            rt.timings["outputs"] = round(time.monotonic() - start, 2)
+            write_manifest(out, rt.packages, {
+                "product": cfg.product, "version": cfg.version, "arch": cfg.arch,
+                "rootfs_type": str(cfg.rootfs_type), "compression": str(cfg.compression),
+                "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,
+                "sizes": rt.sizes, "timings": rt.timings,
+            })
+        summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings}
+        info("summary: " + json.dumps(summary))
+    info(f"outputs in {cfg.outdir}: images/pxeboot/vmlinuz, images/pxeboot/initrd.img, images/install.img, manifest.json")
+    return cfg.outdir
