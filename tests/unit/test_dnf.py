@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from composer.dnf import DnfConfig, DnfSession
+from composer.run import ComposerError
+
+
+def fake_repo(tmp_path: Path) -> str:
+    (tmp_path / "repo" / "repodata").mkdir(parents=True)
+    (tmp_path / "repo" / "repodata" / "repomd.xml").write_text("<repomd/>")
+    return f"file://{tmp_path / 'repo'}"
+
+
+def test_dnf_argv_carries_the_build_settings(tmp_path):
+    url = fake_repo(tmp_path)
+    cfg = DnfConfig(releasever="43", arch="x86_64", sources=(url,), excludepkgs=("foo*",),
+                    cachedir=tmp_path / "cache", nogpgcheck=False)
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    argv = s._dnf_argv()
+    assert f"--installroot={tmp_path / 'tree'}" in argv
+    assert "--releasever=43" in argv
+    assert "--setopt=install_weak_deps=False" in argv
+    assert "--exclude=foo*" in argv
+    assert any(a.startswith("--repofrompath=") and a.endswith("," + url) for a in argv)
+    # GPG checking stays on unless asked otherwise.
+    assert "--nogpgcheck" not in argv
+    assert any(a.endswith(".gpgcheck=1") for a in argv)
+    # rpm inside the tree keeps its database where Fedora does, not in ~/.rpmdb.
+    assert "/usr/lib/sysimage/rpm" in (tmp_path / "work" / "home" / ".rpmmacros").read_text()
+
+
+def test_nogpgcheck(tmp_path):
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", nogpgcheck=True)
+    argv = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")._dnf_argv()
+    assert "--nogpgcheck" in argv and any(a.endswith(".gpgcheck=0") for a in argv)
+
+
+@pytest.mark.parametrize("url,msg", [
+    ("not a url", "not a URL"),
+    ("file:///nonexistent/repo", "no repository there"),
+])
+def test_bad_source_is_named(tmp_path, url, msg):
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(url,), cachedir=tmp_path / "c")
+    with pytest.raises(ComposerError, match=f"--source {url}: {msg}"):
+        DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+
+
+def test_no_source_at_all(tmp_path):
+    with pytest.raises(ComposerError, match="no package source"):
+        DnfSession(tmp_path / "tree", DnfConfig(releasever="1", arch="x86_64"), tmp_path / "work")
+
+
+def test_required_pattern_without_match_fails_optional_is_skipped(tmp_path):
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
+                    excludepkgs=("kernel-debug*",))
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    s._available = ["bash", "kernel", "kernel-debug", "kernel-modules"]  # as repoquery would list them
+    s.install(["kernel*"], required=True, exclude=["kernel-modules"])
+    assert s._to_install == ["kernel"]
+    s.install(["nosuch"], required=False)
+    with pytest.raises(ComposerError, match="no package matches 'nosuch'"):
+        s.install(["nosuch"], required=True)

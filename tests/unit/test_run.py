@@ -1,0 +1,91 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, run
+
+
+def test_run_error_shows_command_and_stderr_tail():
+    with pytest.raises(CommandError) as e:
+        run(["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"])
+    msg = str(e.value)
+    assert "exit 3" in msg and "sh -c" in msg and "the reason" in msg
+
+
+def test_run_missing_program_is_a_clear_error():
+    with pytest.raises(ComposerError, match="required program not found: no-such-program-xyz"):
+        run(["no-such-program-xyz", "--flag"])
+
+
+def test_run_capture_and_input():
+    assert run(["cat"], input=b"abc", capture=True).stdout == b"abc"
+
+
+def test_atomic_dir_failure_leaves_nothing(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as d:
+            (d / "half-written").write_text("x")
+            raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_refuses_existing_without_force(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    with pytest.raises(ComposerError, match="exists"):
+        with atomic_dir(final):
+            pass
+
+
+def test_atomic_dir_force_keeps_old_output_until_new_is_complete(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old").write_text("precious")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final, force=True) as d:
+            (d / "new").write_text("partial")
+            raise RuntimeError("failed half-way")
+    assert (final / "old").read_text() == "precious"
+    with atomic_dir(final, force=True) as d:
+        (d / "new").write_text("complete")
+    assert (final / "new").read_text() == "complete"
+    assert not (final / "old").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_child_dies_with_composer(tmp_path):
+    """A child of run() must not outlive composer, even if composer is SIGKILLed."""
+    marker = tmp_path / "pid"
+    code = (
+        "from composer.run import run\n"
+        f"run(['sh', '-c', 'echo $$ > {marker}; exec sleep 60'])\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(100):
+        if marker.exists() and marker.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(marker.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the child survived composer's death")
+
+
+def test_in_tree_argv_uses_private_namespace(tmp_path):
+    argv = in_tree_argv(tmp_path, ["dracut", "-f"], binds=[(tmp_path / "o", "/tmp/out")])
+    assert argv[0] == "bwrap" and "--die-with-parent" in argv
+    assert argv[argv.index("--bind") + 1] == str(tmp_path)
+    assert argv[-3:] == ["--", "dracut", "-f"]
