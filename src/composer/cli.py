@@ -79,18 +79,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     from composer.runtime import compose_runtime
 
-    compose_runtime(config_from_args(args))
+    compose_runtime(cfg)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from composer.verify import boot_kernel
-
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if not path.is_file():
             raise ComposerError(f"{opt} {path}: no such file")
+    from composer.verify import boot_kernel
+
     result = boot_kernel(
         args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
         timeout=args.timeout, accel=args.accel, log=args.log,
@@ -99,6 +100,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         info(f"verify: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
         return 0
     raise ComposerError(f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} (serial log: {result.log})")
+
+
+def cmd_template_check(args: argparse.Namespace) -> int:
+    """Render and parse templates without building anything: catches errors before a long build."""
+    from composer.run import DATADIR
+    from composer.templates import TemplateRunner, iter_template_files, sample_variables
+
+    paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
+    variables = sample_variables(args.basearch) | dict(_template_vars(args.add_template_var))
+    for t in paths:
+        if not t.is_file():
+            raise ComposerError(f"{t}: no such template")
+        TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=t.parent, variables=variables, dry_run=True).run(t)
+        print(f"ok: {t}")
+    return 0
 
 
 def cmd_testproduct(args: argparse.Namespace) -> int:
@@ -128,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
+    p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")
+    p.add_argument("--basearch", default="x86_64")
+    p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(func=cmd_template_check)
 
     p = sub.add_parser("testproduct", help="build the built-in test product's RPM repository from Debian packages")
     p.add_argument("--dest", type=Path, default=Path("build/testproduct"))

@@ -1,0 +1,103 @@
+"""squashfs.img / install.img with mksquashfs.
+
+Measured here on a 214 MiB tree (python3.11 + locales, 2 cores), -b 1M:
+  xz -Xbcj x86   70 s  48 MiB
+  zstd -19       51 s  54 MiB
+  zstd -15       14 s  60 MiB
+  zstd -3         2 s  67 MiB
+  lz4 -Xhc       12 s  79 MiB
+The big initrd keeps squashfs.img pinned in RAM for the whole boot, so size is RAM:
+xz is the default, and zstd defaults to level 19 (zstd's decompression speed hardly
+depends on the level; pass level=3 for quick development builds).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from composer.config import Compression
+from composer.run import ComposerError, info, run
+
+ZSTD_DEFAULT_LEVEL = 19
+# 1 MiB blocks (the maximum) compress noticeably better than the 128 KiB default;
+# the cost is more read amplification, which is cheap when the image is in RAM.
+BLOCK_SIZE = "1M"
+
+
+def compression_args(compression: Compression, *, arch: str | None = None, level: int | None = None) -> list[str]:
+    arch = arch or platform.machine()
+    if compression is Compression.XZ:
+        args = ["-comp", "xz"]
+        # The BCJ filter turns relative x86 call/jump targets into absolute ones,
+        # which makes machine code compress a few percent better. x86 only.
+        if arch in ("x86_64", "i386", "i586", "i686"):
+            args += ["-Xbcj", "x86"]
+        if level is not None:
+            raise ComposerError("xz compression in squashfs has no level setting")
+        return args
+    if compression is Compression.ZSTD:
+        lvl = ZSTD_DEFAULT_LEVEL if level is None else level
+        if not 1 <= lvl <= 22:
+            raise ComposerError(f"zstd compression level must be 1..22, not {lvl}")
+        return ["-comp", "zstd", "-Xcompression-level", str(lvl)]
+    if compression is Compression.LZ4:
+        return ["-comp", "lz4", "-Xhc"]  # high-compression mode: same (fast) decompression
+    raise ValueError(f"unknown compression {compression}")
+
+
+def squashfs_argv(
+    srcdir: Path,
+    dest: Path,
+    compression: Compression,
+    *,
+    processors: int | None = None,
+    source_date_epoch: int | None = None,
+    all_time: bool = False,
+    level: int | None = None,
+    arch: str | None = None,
+) -> list[str]:
+    argv = ["mksquashfs", os.fspath(srcdir), os.fspath(dest), "-noappend", "-no-progress", "-quiet", "-b", BLOCK_SIZE]
+    argv += compression_args(compression, arch=arch, level=level)
+    if processors:
+        argv += ["-processors", str(processors)]
+    # mksquashfs 4.5 reads SOURCE_DATE_EPOCH itself (setting *all* file times) and
+    # refuses time options next to it, so an inherited variable wins.
+    if source_date_epoch is not None and "SOURCE_DATE_EPOCH" not in os.environ:
+        argv += ["-mkfs-time", str(source_date_epoch)]
+        # Only for a wrapper holding LiveOS/rootfs.img: flattening the times of a real
+        # tree would invalidate e.g. Python's mtime-checked .pyc files at runtime.
+        if all_time:
+            argv += ["-all-time", str(source_date_epoch)]
+    # No -all-root: the tree's ownership is real (files owned by system users).
+    return argv
+
+
+def make_squashfs(
+    srcdir: Path,
+    dest: Path,
+    compression: Compression,
+    *,
+    processors: int | None = None,
+    source_date_epoch: int | None = None,
+    all_time: bool = False,
+    level: int | None = None,
+) -> None:
+    """Pack srcdir (its contents, not the directory itself) into dest, replacing it.
+
+    For the live runtime srcdir holds LiveOS/rootfs.img; for RootfsType.SQUASHFS it
+    is the tree itself.
+    """
+    if not srcdir.is_dir():
+        raise ComposerError(f"squashfs: {srcdir} is not a directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        run(squashfs_argv(srcdir, tmp, compression, processors=processors,
+                          source_date_epoch=source_date_epoch, all_time=all_time, level=level))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info(f"squashfs: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB ({compression})")

@@ -1,0 +1,565 @@
+"""Persistent overlays of live media: how full they are, and merging them into squashfs.img.
+
+A medium with persistence keeps the live system's writes in LiveOS/overlay-<LABEL>-<UUID>:
+- a file: a dm-snapshot persistent COW store over rootfs.img (see dmsnap.py), or
+- a directory: overlayfs persistence, with the upper dir in upper/ (dracut: overlayfs/)
+  and the work dir in work/ (dracut: ovlwork/).
+
+Merging folds those writes into a new, recompressed squashfs.img. The rules, because
+this is the user's data: everything is built in a scratch directory inside LiveOS/ (same
+filesystem, so the final rename is atomic), checked (fsck, squashfs listing, content
+compare), and only then does the new image replace the old one; the overlay is reset
+last. A crash between the two is harmless for a COW overlay: its chunks re-applied over
+the merged image present the same blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from composer.config import Compression
+from composer.images.sparse import allocated_size, copy_sparse
+from composer.images.squashfs import make_squashfs
+from composer.live.dmsnap import CowStore, apply_store
+from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human, refuse_if_in_use
+from composer.run import CommandError, ComposerError, info, run
+
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+# Features whose upper layout needs the lower layer to interpret (renamed dirs,
+# metadata-only copies). Refused rather than merged wrongly.
+_UNSUPPORTED_XATTRS = ("redirect", "metacopy")
+_SCRATCH_PREFIX = ".composer-merge-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Medium:
+    root: Path
+    liveos: Path
+    squashfs: Path | None  # LiveOS/squashfs.img
+    rootfs: Path | None  # LiveOS/rootfs.img directly on the medium (no squashfs)
+    overlay: Path | None  # LiveOS/overlay-LABEL-UUID (file: COW store; directory: overlayfs)
+
+
+def find_medium(media: Path, overlay_name: str | None = None) -> Medium:
+    liveos = media / "LiveOS"
+    if not liveos.is_dir():
+        raise ComposerError(f"{media}: no LiveOS/ directory (expected a live medium's root or its mount point)")
+    sq = liveos / "squashfs.img"
+    rf = liveos / "rootfs.img"
+    if not sq.is_file() and not rf.is_file():
+        raise ComposerError(f"{liveos}: neither squashfs.img nor rootfs.img found")
+    if overlay_name:
+        ov: Path | None = liveos / overlay_name
+        if not ov.exists():
+            raise ComposerError(f"{ov}: no such overlay")
+    else:
+        found = sorted(p for p in liveos.glob("overlay-*"))
+        if len(found) > 1:
+            raise ComposerError(f"{liveos}: several overlays ({', '.join(p.name for p in found)}); choose one with --overlay")
+        ov = found[0] if found else None
+    return Medium(media, liveos, sq if sq.is_file() else None, rf if rf.is_file() else None, ov)
+
+
+def _upper_work(ov: Path) -> tuple[Path, Path]:
+    for upper, work in (("upper", "work"), ("overlayfs", "ovlwork")):
+        if (ov / upper).is_dir():
+            return ov / upper, ov / work
+    raise ComposerError(f"{ov}: an overlay directory needs upper/ (or dracut's overlayfs/)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlayStatus:
+    overlay: str
+    kind: str  # "dm-snapshot" or "overlayfs"
+    valid: bool
+    allocated_bytes: int
+    total_bytes: int
+    dmsetup_status: str | None = None  # "<allocated>/<total> <metadata>" sectors, or "Invalid"
+    chunk_sectors: int | None = None
+    exceptions: int | None = None
+    fresh: bool = False  # COW header never initialised: nothing written yet
+    files: int | None = None  # overlayfs: entries in the upper dir
+    whiteouts: int | None = None
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.allocated_bytes / self.total_bytes if self.total_bytes else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "percent": round(self.percent, 2)}, indent=2)
+
+    def text(self) -> str:
+        if not self.valid:
+            return f"{self.overlay}: {self.kind} overlay INVALID (overflowed or dropped by the kernel); dmsetup status: Invalid"
+        line = f"{self.overlay}: {self.kind} overlay, {human(self.allocated_bytes)} of {human(self.total_bytes)} used ({self.percent:.1f}%)"
+        if self.kind == "dm-snapshot":
+            line += f"; {self.exceptions} chunks of {self.chunk_sectors} sectors; dmsetup status: {self.dmsetup_status}"
+            if self.fresh:
+                line += " (never used)"
+        else:
+            line += f"; {self.files} entries, {self.whiteouts} deletions"
+        return line
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _walk(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    stack = [top]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                yield Path(e.path), st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(Path(e.path))
+
+
+def overlay_status(media: Path, overlay_name: str | None = None) -> OverlayStatus:
+    m = find_medium(media, overlay_name)
+    if m.overlay is None:
+        raise ComposerError(f"{m.liveos}: no persistent overlay (LiveOS/overlay-<LABEL>-<UUID>)")
+    if m.overlay.is_file():
+        store = CowStore.read(m.overlay, require_valid=False)
+        u = store.usage()
+        return OverlayStatus(
+            m.overlay.name, "dm-snapshot", store.valid, u.allocated_sectors * 512, u.total_sectors * 512,
+            store.status(), store.chunk_sectors, len(store.exceptions), fresh=store.header is None,
+        )
+    upper, _ = _upper_work(m.overlay)
+    used = files = whiteouts = 0
+    for _, st in _walk(upper):
+        files += 1
+        whiteouts += _is_whiteout(st)
+        used += st.st_blocks * 512
+    vfs = os.statvfs(upper)
+    # Total: what the upper dir could grow to, i.e. its current use plus the free space.
+    return OverlayStatus(m.overlay.name, "overlayfs", True, used, used + vfs.f_bavail * vfs.f_frsize, files=files, whiteouts=whiteouts)
+
+
+# --- applying an overlayfs upper dir to a tree ---
+
+
+@dataclasses.dataclass
+class ApplyStats:
+    copied: int = 0
+    deleted: int = 0
+    opaque: int = 0
+
+
+def _xattrs(path: Path) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    out = {}
+    for n in names:
+        if n.startswith(OVERLAY_XATTR_PREFIXES):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            out[n] = os.getxattr(path, n, follow_symlinks=False)
+    return out
+
+
+def _overlay_xattr(path: Path, name: str) -> bytes | None:
+    for prefix in OVERLAY_XATTR_PREFIXES:
+        try:
+            return os.getxattr(path, prefix + name, follow_symlinks=False)
+        except OSError:
+            continue
+    return None
+
+
+def check_upper(upper: Path) -> None:
+    """Refuse layouts this merge cannot interpret on its own."""
+    for path, st in [(upper, os.lstat(upper)), *_walk(upper)]:
+        for name in _UNSUPPORTED_XATTRS:
+            if _overlay_xattr(path, name) is not None:
+                raise ComposerError(
+                    f"{path}: overlayfs '{name}' entries (redirect_dir/metacopy features) are not supported by merge"
+                )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid bits
+    want = _xattrs(src)
+    for n in set(_xattrs(dst)) - set(want):
+        os.removexattr(dst, n, follow_symlinks=False)
+    for n, v in want.items():
+        os.setxattr(dst, n, v, follow_symlinks=False)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def apply_upper(upper: Path, target: Path) -> ApplyStats:
+    """Make `target` (the lower tree) look like the overlayfs mount of upper over it.
+
+    Whiteouts (0/0 character devices) delete; opaque directories replace the lower
+    directory wholesale; other entries replace whatever the lower tree had; merged
+    directories take the upper directory's attributes, as overlayfs shows them.
+    """
+    stats = ApplyStats()
+    links: dict[tuple[int, int], Path] = {}
+
+    def walk(src_dir: Path, dst_dir: Path) -> None:
+        with os.scandir(src_dir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            src, dst = Path(e.path), dst_dir / e.name
+            st = e.stat(follow_symlinks=False)
+            if _is_whiteout(st):
+                if os.path.lexists(dst):
+                    _remove(dst)
+                    stats.deleted += 1
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                opaque = _overlay_xattr(src, "opaque") == b"y"
+                if os.path.lexists(dst) and (opaque or not (dst.is_dir() and not dst.is_symlink())):
+                    _remove(dst)
+                    stats.opaque += opaque
+                if not os.path.lexists(dst):
+                    os.mkdir(dst, 0o700)
+                walk(src, dst)
+                _copy_meta(src, dst, st)  # after the children, so the mtime sticks
+                continue
+            if os.path.lexists(dst):
+                _remove(dst)
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in links:
+                os.link(links[key], dst)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                copy_prefix_sparse(src, dst, st.st_size)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(dst)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                os.mknod(dst, st.st_mode, st.st_rdev)
+            else:
+                continue  # sockets do not survive a reboot anyway
+            _copy_meta(src, dst, st)
+            if st.st_nlink > 1:
+                links[key] = dst
+            stats.copied += 1
+
+    walk(upper, target)
+    _copy_meta(upper, target, os.lstat(upper))  # the upper root's attributes are the merged root's
+    return stats
+
+
+def compare_trees(a: Path, b: Path) -> list[str]:
+    """Differences between two trees: names, types, owners, modes, xattrs, content, link targets, mtimes."""
+    diffs: list[str] = []
+
+    def meta(p: Path, st: os.stat_result) -> tuple[object, ...]:
+        m: tuple[object, ...] = (stat.S_IFMT(st.st_mode), st.st_uid, st.st_gid, sorted(_xattrs(p).items()))
+        if not stat.S_ISLNK(st.st_mode):
+            m += (stat.S_IMODE(st.st_mode),)
+        if not stat.S_ISDIR(st.st_mode):  # a dir's mtime depends on how it was filled
+            m += (int(st.st_mtime),)
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            m += (st.st_rdev,)
+        return m
+
+    def walk(pa: Path, pb: Path, rel: str) -> None:
+        na, nb = set(os.listdir(pa)), set(os.listdir(pb))
+        for n in sorted(na ^ nb):
+            diffs.append(f"{rel}/{n}: only in {a if n in na else b}")
+        for n in sorted(na & nb):
+            fa, fb = pa / n, pb / n
+            sa, sb = os.lstat(fa), os.lstat(fb)
+            if meta(fa, sa) != meta(fb, sb):
+                diffs.append(f"{rel}/{n}: metadata differs {meta(fa, sa)} != {meta(fb, sb)}")
+                continue
+            if stat.S_ISDIR(sa.st_mode):
+                walk(fa, fb, f"{rel}/{n}")
+            elif stat.S_ISLNK(sa.st_mode):
+                if os.readlink(fa) != os.readlink(fb):
+                    diffs.append(f"{rel}/{n}: link target differs")
+            elif stat.S_ISREG(sa.st_mode) and (sa.st_size != sb.st_size or not _same_content(fa, fb)):
+                diffs.append(f"{rel}/{n}: content differs")
+
+    walk(a, b, "")
+    return diffs
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+# --- merge ---
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeResult:
+    overlay: str
+    kind: str
+    target: str  # the file that was replaced
+    dry_run: bool
+    seconds: float
+    old_size: int
+    new_size: int
+    steps: tuple[str, ...]
+
+
+def _free_bytes(path: Path) -> int:
+    vfs = os.statvfs(path)
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def _need_space(where: Path, needed: int, what: str) -> None:
+    free = _free_bytes(where)
+    if free < needed:
+        raise ComposerError(
+            f"overlay merge: not enough free space on the filesystem of {where}: {what} needs about "
+            f"{human(needed)}, {human(free)} free; nothing was changed"
+        )
+
+
+def _squashfs_info(img: Path) -> tuple[str, int]:
+    out = run(["unsquashfs", "-s", img], capture=True, quiet=True).stdout.decode(errors="replace")
+    comp = re.search(r"^Compression (\S+)", out, re.M)
+    return (comp.group(1) if comp else "xz"), img.stat().st_size
+
+
+def _squashfs_list(img: Path) -> dict[str, int]:
+    """path -> size ('' is the root) from `unsquashfs -lln` (numeric owners, sizes)."""
+    out = run(["unsquashfs", "-lln", "-d", "", img], capture=True, quiet=True).stdout.decode(errors="replace")
+    entries: dict[str, int] = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\S{10})\s+\d+/\d+\s+(\d+|\d+,\s*\d+)\s+\S+\s+\S+\s+(.*)$", line)
+        if m:
+            name = m.group(3).split(" -> ")[0] if m.group(1)[0] == "l" else m.group(3)
+            size = int(m.group(2)) if m.group(2).isdigit() else 0
+            entries[name.lstrip("/")] = size
+    return entries
+
+
+def _fsck(img: Path) -> None:
+    t = fs_type(img)
+    if t in EXT_TYPES:
+        # -p: replay the journal and make only the fixes that are always safe; anything
+        # else means the overlay did not hold a consistent filesystem.
+        proc = run(["e2fsck", "-fp", img], check=False, capture=True)
+        if proc.returncode not in (0, 1):
+            raise ComposerError(
+                f"overlay merge: the merged {t} filesystem has errors e2fsck -p will not fix (exit {proc.returncode}); "
+                "nothing was changed. Was the live system shut down cleanly?"
+            )
+    elif t == "btrfs":
+        run(["btrfs", "check", "--readonly", img])
+    else:
+        info(f"overlay merge: no filesystem check for {t or 'unknown content'} in {img.name}")
+
+
+def _verify_squashfs(new: Path, expect_rootfs: Path | None, expect_tree: Path | None, scratch: Path) -> None:
+    """The new squashfs lists what it should, and its content equals what we built."""
+    listing = _squashfs_list(new)
+    check = scratch / "verify"
+    if expect_rootfs is not None:
+        if listing.get("LiveOS/rootfs.img") != expect_rootfs.stat().st_size:
+            raise ComposerError(f"overlay merge: new {new.name} does not list LiveOS/rootfs.img of the right size; nothing was changed")
+        run(["unsquashfs", "-n", "-d", check, new, "LiveOS/rootfs.img"])
+        run(["cmp", expect_rootfs, check / "LiveOS" / "rootfs.img"])
+    if expect_tree is not None:
+        run(["unsquashfs", "-n", "-d", check, new])
+        diffs = compare_trees(expect_tree, check)
+        if diffs:
+            raise ComposerError(f"overlay merge: new {new.name} differs from the merged tree ({diffs[0]}, ...); nothing was changed")
+    shutil.rmtree(check, ignore_errors=True)
+
+
+def _overlayfs_mounted(upper: Path) -> bool:
+    real = os.path.realpath(upper)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            opts = line.rsplit(" - ", 1)[-1]
+            if f"upperdir={real}" in opts.replace("\\040", " "):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def _loop_mounted(img: Path, mnt: Path) -> Iterator[Path]:
+    """Mount an image read-write through a loop device; both are always torn down."""
+    dev = run(["losetup", "--find", "--show", img], capture=True).stdout.decode().strip()
+    try:
+        mnt.mkdir(exist_ok=True)
+        run(["mount", dev, mnt])
+        try:
+            yield mnt
+        finally:
+            run(["umount", mnt])
+    finally:
+        run(["losetup", "-d", dev])
+
+
+def _reset_cow(overlay: Path, store: CowStore) -> None:
+    # A valid empty store of the same size and chunk size, written beside it and renamed:
+    # sparse (only header and first area), and never a half-reset overlay.
+    fresh = overlay.with_name(f".{overlay.name}.reset-{os.getpid()}")
+    try:
+        CowStore.write(fresh, store.chunk_sectors, [], size=store.size)
+        st = overlay.stat()
+        os.chown(fresh, st.st_uid, st.st_gid)
+        os.chmod(fresh, stat.S_IMODE(st.st_mode))
+        os.replace(fresh, overlay)
+    finally:
+        fresh.unlink(missing_ok=True)
+
+
+def _reset_overlayfs(upper: Path, work: Path) -> None:
+    st = os.lstat(upper)
+    old = upper.with_name(f".{upper.name}.merged-{os.getpid()}")
+    upper.rename(old)
+    upper.mkdir()
+    os.chown(upper, st.st_uid, st.st_gid)
+    os.chmod(upper, stat.S_IMODE(st.st_mode))
+    shutil.rmtree(old)
+    if work.is_dir():
+        for child in work.iterdir():
+            _remove(child)
+
+
+def merge_overlay(
+    media: Path,
+    *,
+    dry_run: bool = False,
+    compression: Compression | None = None,
+    level: int | None = None,
+    overlay_name: str | None = None,
+) -> MergeResult:
+    t0 = time.monotonic()
+    m = find_medium(media, overlay_name)
+    if m.overlay is None:
+        raise ComposerError(f"{m.liveos}: no persistent overlay to merge")
+    target = m.squashfs or m.rootfs
+    assert target is not None
+    for p in (target, m.overlay):
+        if p.is_file():
+            refuse_if_in_use(p, "file")
+    old_size = target.stat().st_size
+    steps: list[str] = []
+    rootfs_in_sq = None
+    if m.squashfs:
+        listing = _squashfs_list(m.squashfs)
+        rootfs_in_sq = listing.get("LiveOS/rootfs.img")
+        comp_name, _ = _squashfs_info(m.squashfs)
+        comp = compression or (Compression(comp_name) if comp_name in {c.value for c in Compression} else Compression.XZ)
+
+    if m.overlay.is_file():
+        kind = "dm-snapshot"
+        if m.squashfs and rootfs_in_sq is None:
+            raise ComposerError(f"{m.squashfs} holds no LiveOS/rootfs.img, so a COW overlay cannot belong to it")
+        origin_size = rootfs_in_sq if rootfs_in_sq is not None else m.rootfs.stat().st_size  # type: ignore[union-attr]
+        store = CowStore.read(m.overlay, origin_size=origin_size)
+        if not store.exceptions:
+            info(f"overlay merge: {m.overlay.name} holds no changes; nothing to do")
+            return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
+        steps.append(f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {m.overlay.name} to a copy of rootfs.img")
+    else:
+        kind = "overlayfs"
+        upper, work = _upper_work(m.overlay)
+        if _overlayfs_mounted(upper):
+            raise ComposerError(f"{upper} is in use by a mounted overlayfs (a running live system?); merge it offline")
+        check_upper(upper)
+        if not any(upper.iterdir()):
+            info(f"overlay merge: {upper} is empty; nothing to do")
+            return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
+        steps.append(f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {'rootfs.img' if (m.rootfs or rootfs_in_sq is not None) else 'tree'}")
+
+    if m.squashfs:
+        steps = [f"extract {m.squashfs.name} ({human(old_size)})"] + steps
+        steps += [f"check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
+                  "verify it (listing and content)", f"replace {m.squashfs.relative_to(m.root)}", f"reset {m.overlay.name}"]
+    else:
+        steps = [f"copy {target.name}"] + steps + ["check the filesystem", f"replace {target.relative_to(m.root)}", f"reset {m.overlay.name}"]
+    steps = [s for s in steps if s]
+    # First estimate: extracted data is at least as big as the squashfs; the new image
+    # about the old one plus the overlay's data.
+    ov_bytes = allocated_size(m.overlay) if m.overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(m.overlay))
+    estimate = 2 * old_size + ov_bytes if m.squashfs else allocated_size(target) + ov_bytes
+    _need_space(m.liveos, estimate, "merge")
+    if dry_run:
+        for s in steps:
+            info(f"overlay merge (dry run): would {s}")
+        return MergeResult(m.overlay.name, kind, str(target), True, time.monotonic() - t0, old_size, old_size, tuple(steps))
+
+    with tempfile.TemporaryDirectory(dir=m.liveos, prefix=_SCRATCH_PREFIX) as scratch_s:
+        scratch = Path(scratch_s)
+        tree = scratch / "tree"
+        rootfs: Path | None
+        if m.squashfs:
+            info(f"overlay merge: extracting {m.squashfs}")
+            run(["unsquashfs", "-n", "-d", tree, m.squashfs])
+            rootfs = tree / "LiveOS" / "rootfs.img" if rootfs_in_sq is not None else None
+            # Next: verification copy of the rootfs (or tree) and the new image.
+            built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
+            _need_space(m.liveos, built + old_size + ov_bytes, "building and verifying the new squashfs.img")
+        else:
+            rootfs = scratch / "rootfs.img"
+            copy_sparse(target, rootfs)
+
+        if kind == "dm-snapshot":
+            assert rootfs is not None
+            n = apply_store(store, m.overlay, rootfs)
+            info(f"overlay merge: applied {n} chunks to {rootfs.name}")
+        elif rootfs is not None:
+            with _loop_mounted(rootfs, scratch / "mnt") as mnt:
+                st = apply_upper(upper, mnt)
+            info(f"overlay merge: upper dir applied to rootfs.img: {st}")
+        else:
+            st = apply_upper(upper, tree)
+            info(f"overlay merge: upper dir applied to the tree: {st}")
+        if rootfs is not None:
+            _fsck(rootfs)
+
+        if m.squashfs:
+            new = scratch / "squashfs.img"
+            make_squashfs(tree, new, comp, level=level, all_time=False)
+            _verify_squashfs(new, rootfs, None if rootfs is not None else tree, scratch)
+            st_old = m.squashfs.stat()
+            os.chmod(new, stat.S_IMODE(st_old.st_mode))
+            os.replace(new, m.squashfs)
+        else:
+            assert rootfs is not None
+            os.replace(rootfs, target)
+        info(f"overlay merge: replaced {target}")
+        if kind == "dm-snapshot":
+            _reset_cow(m.overlay, store)
+        else:
+            _reset_overlayfs(upper, work)
+        info(f"overlay merge: reset {m.overlay.name}")
+    new_size = target.stat().st_size
+    secs = time.monotonic() - t0
+    info(f"overlay merge: {target.name} {human(old_size)} -> {human(new_size)} in {secs:.1f}s")
+    return MergeResult(m.overlay.name, kind, str(target), False, secs, old_size, new_size, tuple(steps))

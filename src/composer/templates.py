@@ -1,0 +1,1056 @@
+"""The template runner: Mako renders a template, then each line is one command.
+
+The language
+------------
+A template is first rendered by Mako (``${var}``, ``%if``/``%for`` lines, ``<% %>``
+blocks, ``##`` Mako comments, ``<%include file="..."/>``) with the build's variables.
+Every line of the *rendered* text is then one command:
+
+* blank lines and lines starting with ``#`` are skipped;
+* a leading ``-`` (``-remove /foo``) makes a failure of that command a logged
+  warning instead of an error (syntax errors are never ignored);
+* the line is split like a POSIX shell word list: ``'single'`` and ``"double"``
+  quotes group words, a backslash escapes the next character outside quotes;
+* each word then gets brace expansion, ``a{b,c{d,e}}`` -> ``ab acd ace``, unless the
+  braces were quoted; a brace group without a comma stays literal;
+* commands that take globs expand them *inside the tree* (``*``, ``?``, ``[...]``,
+  ``[!...]``, and ``**`` as a whole component for any depth of directories).
+
+All paths name places in the tree: ``/usr/bin`` and ``usr/bin`` both mean
+``TREE/usr/bin``. ``..`` may not climb out of the tree, absolute symlinks in the tree
+are followed relative to the tree root, and symlinks leading out of the tree are
+refused (see :func:`resolve_in_tree`).
+
+Errors name the template and the source line: ``runtime-cleanup.tmpl:12: chmod:
+bad mode '9z'``.
+
+Commands::
+
+    installpkg [--required|--optional] [--except PKGGLOB]... PKGGLOB...
+    removepkg PKGGLOB...                 delete the packages' files, keep the rpmdb entry
+    removefrom PKGGLOB [--allbut] FILEGLOB...
+    removekmod GLOB... [--allbut] KEEPGLOB...
+    run_pkg_transaction
+    install SRC DEST                     SRC (glob) relative to the template directory
+    mkdir DIR...
+    append FILE TEXT                     TEXT + newline; \\n \\t \\\\ escapes in TEXT
+    replace REGEX REPLACEMENT FILEGLOB...
+    remove GLOB...                       files, symlinks (never followed), directories
+    symlink TARGET NAME                  TARGET is the literal link text
+    hardlink SRC DEST
+    copy SRC DEST
+    move SRC DEST
+    chmod OCTALMODE GLOB...
+    runcmd [--chroot] CMD [ARG...]       host command in the tree, or inside it (bwrap)
+    systemctl enable|disable|mask|unmask|set-default UNIT...
+    log MESSAGE...
+    treeinfo SECTION KEY VALUE...
+    installkernel SECTION SRC DEST       copy a kernel, record SECTION kernel=DEST
+    installinitrd SECTION SRC DEST       copy an initrd, record SECTION initrd=DEST
+
+Variables in every template: those given to the runner, plus ``root`` (the tree),
+``kernels`` (kernel versions in TREE/{usr/,}lib/modules), ``exists(glob)``,
+``glob(pattern)`` (tree paths; evaluated when the template is *rendered*, i.e. before
+any of its commands run) and ``flag(name, default=False)`` (a variable as a boolean:
+"1", "yes", "true", "on" are true; a missing variable gives the default).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from composer.run import ComposerError, debug, info, run
+
+__all__ = [
+    "PackageManager",
+    "TemplateError",
+    "TemplateRunner",
+    "brace_expand",
+    "glob_in_tree",
+    "resolve_in_tree",
+    "sample_variables",
+    "split_line",
+]
+
+MAX_SYMLINK_HOPS = 40
+
+
+class PackageManager(Protocol):
+    def install(self, patterns: Sequence[str], *, required: bool, exclude: Sequence[str] = ()) -> None: ...
+    def remove(self, patterns: Sequence[str]) -> None: ...
+    def run_transaction(self) -> None: ...
+    def installed(self) -> list[str]: ...
+    def files_of(self, name: str) -> list[str]: ...
+
+
+class TemplateError(ComposerError):
+    """An error in or from a template line: '<file>:<line>: <message>'."""
+
+    def __init__(self, filename: str, line: int | None, message: str) -> None:
+        self.filename = filename
+        self.line = line
+        self.message = message
+        where = f"{filename}:{line}" if line is not None else filename
+        super().__init__(f"{where}: {message}")
+
+
+class PathEscapeError(ComposerError):
+    """A path that would leave the tree."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _components(path: str) -> list[str]:
+    comps = [c for c in path.split("/") if c]
+    if path.endswith("/") and comps:
+        comps.append(".")  # "dir/" means: follow dir if it is a symlink
+    return comps
+
+
+def resolve_in_tree(tree: Path | str, path: str | os.PathLike[str], *, follow_last: bool = True) -> Path:
+    """The host path of `path` taken inside `tree`, never outside it.
+
+    `path` is relative to the tree root whether or not it starts with "/". Symlinks
+    met on the way are resolved as if the tree were "/": an absolute target starts
+    again at the tree root, a relative one from the link's directory. A ".." (in the
+    path or in a link) that would climb above the tree root is refused, as are
+    symlink loops. With follow_last=False a symlink in the last component is not
+    followed (the link itself is meant: remove, symlink NAME, move SRC).
+    Components that do not exist are taken literally.
+    """
+    root = Path(os.path.abspath(tree))
+    text = os.fspath(path)
+    pending = list(reversed(_components(text)))
+    parts: list[str] = []
+    hops = 0
+    while pending:
+        comp = pending.pop()
+        if comp == ".":
+            continue
+        if comp == "..":
+            if not parts:
+                raise PathEscapeError(f"path leads out of the tree: {text}")
+            parts.pop()
+            continue
+        here = root.joinpath(*parts, comp)
+        if (pending or follow_last) and os.path.islink(here):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise PathEscapeError(f"too many levels of symbolic links: {text}")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                parts = []
+            pending.extend(reversed(_components(target)))
+            continue
+        parts.append(comp)
+    return root.joinpath(*parts)
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def glob_in_tree(tree: Path | str, pattern: str) -> list[str]:
+    """Tree paths ("/usr/x", or "usr/x" for a relative pattern) that match `pattern`.
+
+    Matching happens inside the tree with the rules of resolve_in_tree; entries that
+    start with "." match only a pattern component that starts with "."; "**" as a
+    whole component matches any number of directories (symlinks not followed).
+    A pattern without wildcards yields itself if it exists. The result is sorted.
+    """
+    lead = "/" if pattern.startswith("/") else ""
+    comps = [c for c in pattern.split("/") if c and c != "."]
+    prefixes: list[str] = [""]
+    magic_seen = False
+
+    def resolved_dir(prefix: str) -> Path | None:
+        try:
+            d = resolve_in_tree(tree, prefix or "/")
+        except PathEscapeError:
+            if magic_seen:
+                return None  # a wildcard met a link that leaves the tree: no match there
+            raise
+        return d if d.is_dir() else None
+
+    for comp in comps:
+        new: list[str] = []
+        if comp == "**":
+            for prefix in prefixes:
+                d = resolved_dir(prefix)
+                if d is None:
+                    continue
+                for dirpath, dirnames, _ in os.walk(d):
+                    dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+                    rel = os.path.relpath(dirpath, d)
+                    new.append(prefix if rel == "." else f"{prefix}/{rel}")
+            magic_seen = True
+        elif _has_magic(comp):
+            for prefix in prefixes:
+                d = resolved_dir(prefix)
+                if d is None:
+                    continue
+                try:
+                    names = sorted(os.listdir(d))
+                except OSError:
+                    continue
+                for name in names:
+                    if name.startswith(".") and not comp.startswith("."):
+                        continue
+                    if fnmatch.fnmatchcase(name, comp):
+                        new.append(f"{prefix}/{name}")
+            magic_seen = True
+        elif comp == "..":
+            new = [f"{prefix}/.." for prefix in prefixes]
+        else:
+            new = [f"{prefix}/{comp}" for prefix in prefixes]
+        prefixes = list(dict.fromkeys(new))
+        if not prefixes:
+            return []
+    found = []
+    for p in prefixes:
+        try:
+            if os.path.lexists(resolve_in_tree(tree, p or "/", follow_last=False)):
+                found.append(lead + p.lstrip("/") if p else lead or ".")
+        except PathEscapeError:
+            if not magic_seen:
+                raise
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- lexing
+
+# Quoted characters that brace expansion must not see as syntax.
+_PROTECT = {"{": "\ue000", "}": "\ue001", ",": "\ue002"}
+_UNPROTECT = str.maketrans({v: k for k, v in _PROTECT.items()})
+
+
+def _protect(text: str) -> str:
+    return "".join(_PROTECT.get(c, c) for c in text)
+
+
+def split_line(line: str) -> list[str]:
+    """Split a command line into words like shlex.split (POSIX), then brace-expand.
+
+    Braces and commas inside quotes or after a backslash are literal.
+    Raises ValueError for an unterminated quote or a trailing backslash.
+    """
+    words: list[str] = []
+    cur: list[str] = []
+    in_word = False
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c in " \t\r\n":
+            if in_word:
+                words.append("".join(cur))
+                cur, in_word = [], False
+            i += 1
+            continue
+        in_word = True
+        if c == "'":
+            j = line.find("'", i + 1)
+            if j < 0:
+                raise ValueError("no closing quotation")
+            cur.append(_protect(line[i + 1 : j]))
+            i = j + 1
+        elif c == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("no closing quotation")
+                c = line[i]
+                if c == '"':
+                    i += 1
+                    break
+                if c == "\\" and i + 1 < n and line[i + 1] in '"\\':
+                    cur.append(line[i + 1])
+                    i += 2
+                    continue
+                cur.append(_protect(c))
+                i += 1
+        elif c == "\\":
+            if i + 1 >= n:
+                raise ValueError("no escaped character")
+            cur.append(_protect(line[i + 1]))
+            i += 2
+        else:
+            cur.append(c)
+            i += 1
+    if in_word:
+        words.append("".join(cur))
+    return [w.translate(_UNPROTECT) for word in words for w in brace_expand(word)]
+
+
+def brace_expand(word: str) -> list[str]:
+    """Shell-style brace expansion: "a{b,c}d" -> ["abd", "acd"]; nesting allowed.
+
+    A group without a top-level comma, or without its closing brace, is literal.
+    """
+    start = 0
+    while True:
+        i = word.find("{", start)
+        if i < 0:
+            return [word]
+        depth = 0
+        commas: list[int] = []
+        end = -1
+        for j in range(i, len(word)):
+            ch = word[j]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    end = j
+                    break
+            elif ch == "," and depth == 1:
+                commas.append(j)
+        if end < 0:
+            return [word]
+        if not commas:
+            start = i + 1
+            continue
+        bounds = [i, *commas, end]
+        alts = [word[a + 1 : b] for a, b in itertools.pairwise(bounds)]
+        prefix, suffix = word[:i], word[end + 1 :]
+        tails = brace_expand(suffix)
+        return [prefix + x + t for alt in alts for x in brace_expand(alt) for t in tails]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)), text)
+
+
+# --------------------------------------------------------------------------- mako
+
+
+class _TrackingBuffer:
+    """A Mako output buffer that remembers which template line wrote each chunk.
+
+    Mako compiles a template to a Python module whose render functions call
+    write() once per literal text run or ${expression}; the caller's frame and the
+    module's line map (Mako metadata) give the template line of each chunk.
+    """
+
+    def __init__(self) -> None:
+        # (text, template file, template line of the chunk start, literal text?)
+        self.chunks: list[tuple[str, str | None, int | None, bool]] = []
+        self._maps: dict[str, tuple[list[int], list[str]] | None] = {}
+
+    def write(self, text: str) -> None:
+        self.chunks.append((text, *self._where(sys._getframe(1))))
+
+    def _where(self, frame) -> tuple[str | None, int | None, bool]:
+        g = frame.f_globals
+        filename = g.get("_template_filename")
+        modname = g.get("__name__")
+        if filename is None or modname is None:
+            return None, None, False
+        if modname not in self._maps:
+            self._maps[modname] = _line_map(modname)
+        maps = self._maps[modname]
+        if not maps or not maps[0]:
+            return filename, None, False
+        lmap, code = maps
+        idx = frame.f_lineno - 1
+        literal = 0 <= idx < len(code) and code[idx].lstrip().startswith(("__M_writer('", '__M_writer("'))
+        return filename, lmap[min(idx, len(lmap) - 1)], literal
+
+    def getvalue(self) -> str:
+        return "".join(c[0] for c in self.chunks)
+
+    def line_origins(self) -> list[tuple[str | None, int | None]]:
+        """For each line of the output: the template file and line it started in."""
+        origins: list[tuple[str | None, int | None]] = []
+        at_start = True
+        for text, fname, base, literal in self.chunks:
+            if not text:
+                continue
+            starts = [0] if at_start else []
+            starts += [m.end() for m in re.finditer("\n", text) if m.end() < len(text)]
+            for pos in starts:
+                if base is None:
+                    origins.append((fname, None))
+                else:
+                    # Literal text advances line by line; an expression's output all
+                    # belongs to the line of the expression.
+                    origins.append((fname, base + (text.count("\n", 0, pos) if literal else 0)))
+            at_start = text.endswith("\n")
+        return origins
+
+
+def _line_map(modname: str) -> tuple[list[int], list[str]] | None:
+    """(Python line -> template line, Python source lines) of a compiled template."""
+    try:
+        from mako.template import ModuleInfo
+
+        minfo = ModuleInfo._modules.get(modname)
+        if minfo is None:
+            return None
+        code = minfo.code
+        meta = ModuleInfo.get_module_source_metadata(code, full_line_map=True)
+        return list(meta["full_line_map"]), code.splitlines()
+    except Exception:  # noqa: BLE001 - private Mako API; without it we report rendered lines
+        return None
+
+
+_MAKO_POS = re.compile(r"(?: in file '.*?')? at line: \d+ char: \d+$")
+
+
+def _first_use(filename: str, name: str) -> int | None:
+    """The first template line that uses `name` (outside ## comments), or None."""
+    try:
+        text = Path(filename).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    word = re.compile(rf"(?<![\w.]){re.escape(name)}\b")
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.lstrip().startswith("##") and word.search(line):
+            return n
+    return None
+
+
+def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, object]) -> tuple[str, list]:
+    from mako import exceptions
+    from mako.codegen import RESERVED_NAMES
+    from mako.lookup import TemplateLookup
+    from mako.runtime import Context
+    from mako.template import Template
+
+    reserved = sorted(set(data) & set(RESERVED_NAMES))
+    if reserved:
+        raise ComposerError(f"{template}: template variable name(s) reserved by Mako: {', '.join(reserved)}")
+    lookup = TemplateLookup(directories=[str(d) for d in lookup_dirs], strict_undefined=True)
+    try:
+        tmpl = Template(filename=str(template), uri=template.name, lookup=lookup, strict_undefined=True)
+    except exceptions.MakoException as e:
+        fname = getattr(e, "filename", None) or str(template)
+        msg = _MAKO_POS.sub("", str(e))
+        raise TemplateError(fname, getattr(e, "lineno", None), f"template syntax error: {msg}") from None
+    buf = _TrackingBuffer()
+    try:
+        tmpl.render_context(Context(buf, **data))
+    except TemplateError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything raised while rendering is the template's fault
+        tb = exceptions.RichTraceback(e, e.__traceback__)
+        fname, lineno = str(template), None
+        for rec in tb.records:
+            if rec[4] is not None:
+                fname, lineno = rec[4], rec[5]
+        if isinstance(e, exceptions.MakoException) and getattr(e, "lineno", None):
+            fname, lineno = getattr(e, "filename", None) or fname, e.lineno
+        if isinstance(e, NameError):
+            msg = f"undefined variable: {e}"
+            # strict_undefined checks every name at the top of the render function
+            # (template line 0 or a def's line): point at the first use instead.
+            m = re.search(r"'(\w+)' is not defined", str(e))
+            if m:
+                lineno = _first_use(fname, m.group(1)) or lineno
+        elif isinstance(e, ComposerError):
+            msg = str(e)
+        else:
+            msg = f"{type(e).__name__}: {_MAKO_POS.sub('', str(e))}"
+        raise TemplateError(fname, lineno or None, msg) from None
+    return buf.getvalue(), buf.line_origins()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass
+class _Line:
+    filename: str
+    lineno: int | None  # source line if known, else rendered line
+    text: str
+    ignore_failure: bool
+    name: str
+    action: Callable[[], None]
+
+
+class _Usage(Exception):
+    """A command was called with the wrong arguments (message is the usage)."""
+
+
+_KMOD_SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst|bz2))?$")
+_SYSTEMCTL_VERBS = ("enable", "disable", "mask", "unmask", "set-default")
+
+
+def sample_variables(basearch: str = "x86_64") -> dict[str, object]:
+    """Plausible variables for checking templates without a build (template-check)."""
+    arch = {"i386": "i686", "arm": "armv7hl"}.get(basearch, basearch)
+    return {
+        "product": "Fedora",
+        "version": "41",
+        "release": "41",
+        "variant": "",
+        "bugurl": "https://bugzilla.redhat.com",
+        "isfinal": False,
+        "arch": arch,
+        "basearch": basearch,
+        "rootfs_type": "btrfs",
+    }
+
+
+@dataclass
+class TemplateRunner:
+    """Runs templates against one install tree; see the module docstring."""
+
+    tree: Path
+    templatedir: Path
+    variables: Mapping[str, object]
+    pkgmgr: PackageManager | None = None
+    dry_run: bool = False
+    outroot: Path | None = None  # where installkernel/installinitrd put files (default: tree)
+    treeinfo: dict[str, dict[str, str]] = field(default_factory=dict)
+    kmods_changed: bool = False
+
+    # ----------------------------------------------------------------- public
+
+    def run(self, template: Path, extra: Mapping[str, object] | None = None) -> None:
+        """Render `template` and run its commands (or only check them when dry_run).
+
+        All lines are parsed and checked before the first one runs.
+        """
+        template = Path(template)
+        if not template.is_absolute() and not template.exists():
+            template = self.templatedir / template
+        if not template.is_file():
+            raise ComposerError(f"template not found: {template}")
+        data = self._template_data(extra)
+        text, origins = _render(template, [self.templatedir, template.parent], data)
+        lines = self._parse(template, text, origins)
+        info(f"template {template.name}: {len(lines)} commands{' (dry run)' if self.dry_run else ''}")
+        if self.dry_run:
+            return
+        for line in lines:
+            self._execute(line)
+
+    # ----------------------------------------------------------------- variables
+
+    def _template_data(self, extra: Mapping[str, object] | None) -> dict[str, object]:
+        merged: dict[str, object] = {}
+        merged.update(self.variables)
+        merged.update(extra or {})
+
+        def exists(pattern: str) -> bool:
+            return bool(self._glob(pattern))
+
+        def glob(pattern: str) -> list[str]:
+            return self._glob(pattern)
+
+        def flag(name: str, default: bool = False) -> bool:
+            value = merged.get(name, default)
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "yes", "true", "on")
+            return bool(value)
+
+        data: dict[str, object] = {
+            "root": str(self.tree),
+            "kernels": self._kernels(),
+            "exists": exists,
+            "glob": glob,
+            "flag": flag,
+        }
+        data.update(merged)
+        return data
+
+    def _glob(self, pattern: str) -> list[str]:
+        if not self.tree.is_dir():
+            return []
+        return glob_in_tree(self.tree, pattern)
+
+    def _kernels(self) -> list[str]:
+        found: set[str] = set()
+        if self.tree.is_dir():
+            for d in ("/usr/lib/modules", "/lib/modules"):
+                try:
+                    real = resolve_in_tree(self.tree, d)
+                except PathEscapeError:
+                    continue
+                if real.is_dir():
+                    found.update(p.name for p in real.iterdir() if p.is_dir() and not p.is_symlink())
+        return sorted(found)
+
+    # ----------------------------------------------------------------- parsing
+
+    def _parse(self, template: Path, text: str, origins: list) -> list[_Line]:
+        lines: list[_Line] = []
+        for idx, raw in enumerate(text.split("\n")):
+            stripped = raw.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
+            if fname is None or lineno is None:
+                # No source map: the rendered line number and the text must do.
+                fname, lineno = str(template), idx + 1
+                where = f"(rendered line) {stripped!r}: "
+            else:
+                where = ""
+            ignore = stripped.startswith("-")
+            body = stripped[1:].lstrip() if ignore else stripped
+            try:
+                words = split_line(body)
+            except ValueError as e:
+                raise TemplateError(fname, lineno, f"{where}cannot parse {body!r}: {e}") from None
+            if not words:
+                raise TemplateError(fname, lineno, f"{where}empty command")
+            name, args = words[0], words[1:]
+            parser = getattr(self, f"_p_{name}", None)
+            if parser is None:
+                raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
+            try:
+                action = parser(args)
+            except _Usage as e:
+                raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
+            except ComposerError as e:
+                raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
+            lines.append(_Line(fname, lineno, stripped, ignore, name, action))
+        return lines
+
+    def _execute(self, line: _Line) -> None:
+        debug(f"{line.filename}:{line.lineno}: {line.text}")
+        try:
+            line.action()
+        except (ComposerError, OSError, ValueError, re.error) as e:
+            msg = f"{line.name}: {e}"
+            if line.ignore_failure:
+                info(f"{line.filename}:{line.lineno}: ignored failure: {msg}")
+                return
+            raise TemplateError(line.filename, line.lineno, msg) from None
+
+    # ----------------------------------------------------------------- helpers
+
+    def _path(self, path: str, *, follow_last: bool = True) -> Path:
+        return resolve_in_tree(self.tree, path, follow_last=follow_last)
+
+    def _matches(self, pattern: str, *, required: bool) -> list[str]:
+        found = glob_in_tree(self.tree, pattern)
+        if not found and required:
+            raise ComposerError(f"no match for {pattern}")
+        return found
+
+    def _need_pkgmgr(self) -> PackageManager:
+        if self.pkgmgr is None:
+            raise ComposerError("no package manager for this template run")
+        return self.pkgmgr
+
+    def _pkgfile(self, path: str) -> str:
+        """A package's file as a tree path (accepts rpm paths and host paths in the tree)."""
+        root = os.path.abspath(self.tree)
+        if path.startswith(root + "/"):
+            return path[len(root) :]
+        return path
+
+    def _delete(self, host: Path) -> None:
+        if host == Path(os.path.abspath(self.tree)):
+            raise ComposerError("refusing to remove the tree itself")
+        if host.is_dir() and not host.is_symlink():
+            shutil.rmtree(host)
+        else:
+            host.unlink()
+
+    def _delete_package_files(self, files: Sequence[str]) -> int:
+        """Delete files and links; directories only when they end up empty."""
+        removed = 0
+        dirs: list[Path] = []
+        for f in files:
+            try:
+                host = self._path(self._pkgfile(f), follow_last=False)
+            except PathEscapeError as e:
+                debug(f"skipping {f}: {e}")
+                continue
+            if host.is_dir() and not host.is_symlink():
+                dirs.append(host)
+            elif os.path.lexists(host):
+                host.unlink()
+                removed += 1
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # not empty: other packages' files live there
+        return removed
+
+    def _place(self, src: Path, dest: Path, op: str) -> None:
+        """copy/move/hardlink src to dest; into dest if dest is a directory."""
+        if op == "hardlink" and src.is_dir():
+            raise ComposerError(f"cannot hard-link a directory: {src}")
+        if dest.is_dir():
+            dest = dest / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if op == "copy":
+            if src.is_dir():
+                shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+            else:
+                if os.path.lexists(dest) and (dest.is_symlink() or not dest.is_dir()):
+                    dest.unlink()
+                shutil.copy2(src, dest, follow_symlinks=False)
+        elif op == "move":
+            if os.path.lexists(dest) and not dest.is_dir():
+                dest.unlink()
+            shutil.move(os.fspath(src), os.fspath(dest))
+        else:
+            if os.path.lexists(dest):
+                dest.unlink()
+            os.link(src, dest, follow_symlinks=False)
+
+    def _two_paths(self, args: Sequence[str], usage: str) -> tuple[str, str]:
+        if len(args) != 2:
+            raise _Usage(usage)
+        return args[0], args[1]
+
+    # ----------------------------------------------------------------- commands
+    # Each _p_<name>(args) checks the arguments and returns the action to run.
+
+    def _p_installpkg(self, args: list[str]) -> Callable[[], None]:
+        usage = "[--required|--optional] [--except PKGGLOB]... PKGGLOB..."
+        required = True
+        excludes: list[str] = []
+        patterns: list[str] = []
+        it = iter(args)
+        for a in it:
+            if a == "--required":
+                required = True
+            elif a == "--optional":
+                required = False
+            elif a == "--except":
+                try:
+                    excludes.append(next(it))
+                except StopIteration:
+                    raise _Usage(usage) from None
+            elif a.startswith("--"):
+                raise _Usage(usage)
+            else:
+                patterns.append(a)
+        if not patterns:
+            raise _Usage(usage)
+
+        def action() -> None:
+            self._need_pkgmgr().install(patterns, required=required, exclude=excludes)
+
+        return action
+
+    def _p_removepkg(self, args: list[str]) -> Callable[[], None]:
+        if not args:
+            raise _Usage("PKGGLOB...")
+
+        def action() -> None:
+            pm = self._need_pkgmgr()
+            installed = pm.installed()
+            for pattern in args:
+                names = [n for n in installed if fnmatch.fnmatchcase(n, pattern)]
+                if not names:
+                    info(f"removepkg: no installed package matches {pattern}")
+                for name in names:
+                    count = self._delete_package_files(pm.files_of(name))
+                    debug(f"removepkg {name}: {count} files removed")
+
+        return action
+
+    def _p_removefrom(self, args: list[str]) -> Callable[[], None]:
+        usage = "PKGGLOB [--allbut] FILEGLOB..."
+        if len(args) < 2 or args[0].startswith("--"):
+            raise _Usage(usage)
+        pkgglob, rest = args[0], args[1:]
+        allbut = rest[0] == "--allbut"
+        if allbut:
+            rest = rest[1:]
+        if not rest or "--allbut" in rest:
+            raise _Usage(usage)
+
+        def action() -> None:
+            pm = self._need_pkgmgr()
+            names = [n for n in pm.installed() if fnmatch.fnmatchcase(n, pkgglob)]
+            if not names:
+                info(f"removefrom: no installed package matches {pkgglob}")
+            for name in names:
+                files = pm.files_of(name)
+                hit = [f for f in files if any(fnmatch.fnmatchcase(self._pkgfile(f), g) for g in rest)]
+                chosen = [f for f in files if f not in set(hit)] if allbut else hit
+                count = self._delete_package_files(chosen)
+                debug(f"removefrom {name}: {count} files removed")
+
+        return action
+
+    def _p_removekmod(self, args: list[str]) -> Callable[[], None]:
+        usage = "GLOB... [--allbut] KEEPGLOB..."
+        if "--allbut" in args:
+            i = args.index("--allbut")
+            globs, keep = args[:i], args[i + 1 :]
+            if not keep or "--allbut" in keep:
+                raise _Usage(usage)
+        else:
+            globs, keep = args, []
+        if not globs:
+            raise _Usage(usage)
+
+        def matches(rel: str, pats: Sequence[str], *, any_dir: bool) -> bool:
+            # rel: "drivers/char/ipmi/ipmi_si.ko.xz". A pattern matches the module
+            # name ("ipmi_si"), the path or a leading part of it ("drivers/char"),
+            # and with any_dir (the keep list) any directory name on the way ("ipmi").
+            parts = rel.split("/")
+            modname = _KMOD_SUFFIX.sub("", parts[-1])
+            candidates = [modname] + ["/".join(parts[: k + 1]) for k in range(len(parts))]
+            if any_dir:
+                candidates += parts[:-1]
+            return any(fnmatch.fnmatchcase(c, p) for p in pats for c in candidates)
+
+        def action() -> None:
+            removed = 0
+            seen: set[Path] = set()
+            for kdir in glob_in_tree(self.tree, "/usr/lib/modules/*/kernel") + glob_in_tree(
+                self.tree, "/lib/modules/*/kernel"
+            ):
+                base = self._path(kdir)
+                if base in seen or not base.is_dir():
+                    continue
+                seen.add(base)
+                for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+                    for fn in filenames:
+                        host = Path(dirpath) / fn
+                        rel = host.relative_to(base).as_posix()
+                        if not _KMOD_SUFFIX.search(fn):
+                            continue
+                        if matches(rel, globs, any_dir=False) and not (keep and matches(rel, keep, any_dir=True)):
+                            host.unlink()
+                            removed += 1
+                    if Path(dirpath) != base and not os.listdir(dirpath):
+                        os.rmdir(dirpath)
+            if removed:
+                self.kmods_changed = True
+            info(f"removekmod: {removed} modules removed")
+
+        return action
+
+    def _p_run_pkg_transaction(self, args: list[str]) -> Callable[[], None]:
+        if args:
+            raise _Usage("(no arguments)")
+        return lambda: self._need_pkgmgr().run_transaction()
+
+    def _p_install(self, args: list[str]) -> Callable[[], None]:
+        src, dest = self._two_paths(args, "SRC DEST")
+
+        def sources() -> list[str]:
+            import glob as globmod
+
+            pattern = os.path.join(self.templatedir, src.lstrip("/"))
+            found = sorted(globmod.glob(pattern)) if _has_magic(src) else [pattern]
+            found = [s for s in found if os.path.lexists(s)]
+            if not found:
+                raise ComposerError(f"no such file in {self.templatedir}: {src}")
+            return found
+
+        sources()  # the template directory does not change: check it now (and in dry runs)
+
+        def action() -> None:
+            target = self._path(dest)
+            found = sources()
+            if len(found) > 1 and not target.is_dir():
+                raise ComposerError(f"{src} matches several files but {dest} is not a directory")
+            for s in found:
+                self._place(Path(s), target, "copy")
+
+        return action
+
+    def _p_mkdir(self, args: list[str]) -> Callable[[], None]:
+        if not args:
+            raise _Usage("DIR...")
+
+        def action() -> None:
+            for d in args:
+                self._path(d).mkdir(parents=True, exist_ok=True)
+
+        return action
+
+    def _p_append(self, args: list[str]) -> Callable[[], None]:
+        filename, text = self._two_paths(args, "FILE TEXT")
+
+        def action() -> None:
+            host = self._path(filename)
+            host.parent.mkdir(parents=True, exist_ok=True)
+            with open(host, "a", encoding="utf-8") as f:
+                f.write(_unescape(text) + "\n")
+
+        return action
+
+    def _p_replace(self, args: list[str]) -> Callable[[], None]:
+        if len(args) < 3:
+            raise _Usage("REGEX REPLACEMENT FILEGLOB...")
+        pattern, repl, globs = args[0], args[1], args[2:]
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ComposerError(f"bad regular expression {pattern!r}: {e}") from None
+        try:
+            regex.sub(repl, "")  # checks group references in the replacement
+        except re.error as e:
+            raise ComposerError(f"bad replacement {repl!r}: {e}") from None
+
+        def action() -> None:
+            for g in globs:
+                for p in self._matches(g, required=True):
+                    host = self._path(p)
+                    if not host.is_file():
+                        continue
+                    data = host.read_bytes().decode("utf-8", errors="surrogateescape")
+                    out = []
+                    for line in data.splitlines(keepends=True):
+                        body = line.rstrip("\r\n")
+                        out.append(regex.sub(repl, body) + line[len(body) :])
+                    new = "".join(out)
+                    if new != data:
+                        host.write_bytes(new.encode("utf-8", errors="surrogateescape"))
+
+        return action
+
+    def _p_remove(self, args: list[str]) -> Callable[[], None]:
+        if not args:
+            raise _Usage("GLOB...")
+
+        def action() -> None:
+            for g in args:
+                found = self._matches(g, required=False)
+                if not found:
+                    debug(f"remove: nothing matches {g}")
+                for p in found:
+                    self._delete(self._path(p, follow_last=False))
+
+        return action
+
+    def _p_symlink(self, args: list[str]) -> Callable[[], None]:
+        target, name = self._two_paths(args, "TARGET NAME")
+
+        def action() -> None:
+            host = self._path(name, follow_last=False)
+            if host.is_dir() and not host.is_symlink():
+                raise ComposerError(f"{name} is a directory")
+            if os.path.lexists(host):
+                host.unlink()
+            host.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, host)
+
+        return action
+
+    def _two_path_op(self, args: list[str], op: str, *, follow_src: bool) -> Callable[[], None]:
+        src, dest = self._two_paths(args, "SRC DEST")
+
+        def action() -> None:
+            sources = self._matches(src, required=True)
+            target = self._path(dest)
+            if len(sources) > 1 and not target.is_dir():
+                raise ComposerError(f"{src} matches several files but {dest} is not a directory")
+            for s in sources:
+                self._place(self._path(s, follow_last=follow_src), target, op)
+
+        return action
+
+    def _p_hardlink(self, args: list[str]) -> Callable[[], None]:
+        return self._two_path_op(args, "hardlink", follow_src=True)
+
+    def _p_copy(self, args: list[str]) -> Callable[[], None]:
+        return self._two_path_op(args, "copy", follow_src=True)
+
+    def _p_move(self, args: list[str]) -> Callable[[], None]:
+        return self._two_path_op(args, "move", follow_src=False)
+
+    def _p_chmod(self, args: list[str]) -> Callable[[], None]:
+        if len(args) < 2:
+            raise _Usage("OCTALMODE GLOB...")
+        try:
+            mode = int(args[0], 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o7777:
+            raise ComposerError(f"bad mode {args[0]!r} (octal, e.g. 0755)")
+
+        def action() -> None:
+            for g in args[1:]:
+                for p in self._matches(g, required=True):
+                    os.chmod(self._path(p), mode)
+
+        return action
+
+    def _p_runcmd(self, args: list[str]) -> Callable[[], None]:
+        chroot = bool(args) and args[0] == "--chroot"
+        argv = args[1:] if chroot else args
+        if not argv:
+            raise _Usage("[--chroot] CMD [ARG...]")
+
+        def action() -> None:
+            tree = os.path.abspath(self.tree)
+            if chroot:
+                run(
+                    ["bwrap", "--bind", tree, "/", "--proc", "/proc", "--dev", "/dev",
+                     "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp", "--tmpfs", "/run",
+                     "--die-with-parent", "--unshare-pid", "--", *argv]
+                )
+            else:
+                run(argv, cwd=Path(tree))
+
+        return action
+
+    def _p_systemctl(self, args: list[str]) -> Callable[[], None]:
+        usage = f"{'|'.join(_SYSTEMCTL_VERBS)} UNIT..."
+        if len(args) < 2 or args[0] not in _SYSTEMCTL_VERBS:
+            raise _Usage(usage)
+        if args[0] == "set-default" and len(args) != 2:
+            raise _Usage("set-default UNIT")
+        verb, units = args[0], args[1:]
+
+        def action() -> None:
+            run(["systemctl", f"--root={os.path.abspath(self.tree)}", "--quiet", verb, *units])
+
+        return action
+
+    def _p_log(self, args: list[str]) -> Callable[[], None]:
+        message = " ".join(args)
+        return lambda: info(message)
+
+    def _p_treeinfo(self, args: list[str]) -> Callable[[], None]:
+        if len(args) < 3:
+            raise _Usage("SECTION KEY VALUE...")
+        section, key, value = args[0], args[1], " ".join(args[2:])
+
+        def action() -> None:
+            self.treeinfo.setdefault(section, {})[key] = value
+
+        return action
+
+    def _install_boot_file(self, args: list[str], key: str) -> Callable[[], None]:
+        if len(args) != 3:
+            raise _Usage("SECTION SRC DEST")
+        section, src, dest = args
+
+        def action() -> None:
+            sources = self._matches(src, required=True)
+            if len(sources) != 1:
+                raise ComposerError(f"{src} matches {len(sources)} files, expected one")
+            out = self.outroot if self.outroot is not None else self.tree
+            target = resolve_in_tree(out, dest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self._path(sources[0]), target)
+            self.treeinfo.setdefault(section, {})[key] = dest.lstrip("/")
+
+        return action
+
+    def _p_installkernel(self, args: list[str]) -> Callable[[], None]:
+        return self._install_boot_file(args, "kernel")
+
+    def _p_installinitrd(self, args: list[str]) -> Callable[[], None]:
+        return self._install_boot_file(args, "initrd")
+
+
+def iter_template_files(templates_root: Path) -> Iterator[Path]:
+    """Every *.tmpl below templates_root, sorted (for template-check)."""
+    yield from sorted(p for p in templates_root.rglob("*.tmpl") if p.is_file())

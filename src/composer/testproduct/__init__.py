@@ -1,0 +1,173 @@
+"""The test product: a local RPM repository made from Debian 12 packages.
+
+Fedora mirrors are not always reachable (CI, this machine), so composer carries
+a stand-in product: apt resolves a small closure (kernel, systemd/udev, dracut
+with its live and squash modules, coreutils, util-linux, ...), each .deb is
+repackaged as an RPM with a generated spec, and `testproduct-setup` does what
+Debian's maintainer scripts would have done. See DESIGN.md, "The test product".
+
+    build_testproduct(dest) -> dest/repo   (createrepo_c'd, cached by its inputs)
+
+Layout under dest: debs/ (download cache, kept), repo/ (the result, replaced
+atomically), work/ (unpacked packages and specs, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from composer.run import ComposerError, atomic_dir, info, require, run, stage
+from composer.testproduct import debrpm, resolve, setuppkg
+
+# Bump whenever the repackaging rules change: it is part of the cache key.
+BUILDER_VERSION = "1"
+STAMP = ".testproduct-key"
+
+# What the runtime template installs (package names in the repository).
+RUNTIME_PACKAGES = (
+    "testproduct-setup",
+    "linux-image-amd64",
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dmsetup",
+    "dracut",
+    "dracut-core",
+    "dracut-live",
+    "dracut-squash",
+    "bash",
+    "coreutils",
+    "util-linux",
+    "mount",
+    "kmod",
+    "busybox",
+    "procps",
+    "iproute2",
+    "less",
+    "xz-utils",
+    "btrfs-progs",
+    "e2fsprogs",
+)
+
+__all__ = ["build_testproduct", "RUNTIME_PACKAGES", "BUILDER_VERSION"]
+
+
+def cache_key(pkgs: list[resolve.DebPkg]) -> str:
+    data = {
+        "builder": BUILDER_VERSION,
+        "packages": [f"{p.name}={p.version}/{p.arch}" for p in pkgs],
+        "setup": setuppkg.fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = None) -> Path:
+    """Build (or reuse) the test product repository; returns dest/repo."""
+    dest = Path(dest).resolve()
+    repo = dest / "repo"
+    require("apt-get", "apt-cache", "dpkg-deb", "rpmbuild", "createrepo_c")
+    jobs = jobs or min(os.cpu_count() or 2, 4)
+
+    with stage("test product: resolve the Debian closure"):
+        pkgs = resolve.resolve()
+    key = cache_key(pkgs)
+    stamp = repo / STAMP
+    if not force and stamp.is_file() and stamp.read_text().strip() == key:
+        info(f"test product: up to date (cached) at {repo}")
+        return repo
+    info(f"test product: {len(pkgs)} Debian packages")
+
+    debdir = dest / "debs"
+    with stage("test product: download"):
+        debs = resolve.download(pkgs, debdir)
+        wanted = {d.name for d in debs}
+        for old in debdir.glob("*.deb"):
+            if old.name not in wanted:
+                old.unlink()
+
+    work = dest / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "root").mkdir(parents=True)
+    try:
+        with atomic_dir(repo, force=True) as out:
+            with stage(f"test product: unpack {len(debs)} packages"):
+                staged = debrpm.parallel(
+                    lambda pd: debrpm.unpack(pd[1], work / "root" / pd[0].name), list(zip(pkgs, debs)), jobs
+                )
+            with stage("test product: file conflicts and dependencies"):
+                notes = debrpm.resolve_conflicts(staged)
+                universe = debrpm.build_universe(staged)
+                debrpm.translate_deps(staged, universe)
+                closure = {p: e for s in staged for p, e in s.entries.items()}
+                owners = sorted(
+                    {(p, e.user, e.group, e.mode) for p, e in closure.items() if (e.user, e.group) != ("root", "root")}
+                )
+                info(f"test product: {len(notes)} file conflicts resolved, {len(owners)} ownership fix-ups")
+            specdir = work / "specs"
+            specdir.mkdir()
+            with stage(f"test product: rpmbuild {len(staged) + 1} packages ({jobs} jobs)"):
+                sizes = {s.name: debs[i].stat().st_size for i, s in enumerate(staged)}
+                order = sorted(staged, key=lambda s: (-sizes[s.name], s.name))
+
+                def build_one(s: debrpm.Staged) -> None:
+                    spec = specdir / f"{s.name}.spec"
+                    spec.write_text(debrpm.deb_spec(s))
+                    try:
+                        debrpm.rpmbuild(spec, buildroot=s.root, arch=s.rpm_arch, rpmdir=out, workdir=work, mtime=s.mtime)
+                    except ComposerError as e:
+                        raise ComposerError(f"test product: building {s.name} failed (spec: {spec}): {e}") from None
+                    shutil.rmtree(s.root, ignore_errors=True)
+
+                debrpm.parallel(build_one, order, jobs)
+                names = {s.name for s in staged}
+                base = {s.name for s in staged if s.fields.get("Essential") == "yes"}
+                base |= names & set(setuppkg.BASE_EXTRA)
+                setuppkg.build(
+                    workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base
+                )
+            with stage("test product: createrepo_c"):
+                run(["createrepo_c", "--quiet", "--no-database", out])
+            (out / STAMP).write_text(key + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info(f"test product: {len(pkgs) + 1} RPMs, {_du(repo) / 1e6:.0f} MB in {repo}")
+    return repo
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from composer.run import set_logging
+
+    ap = argparse.ArgumentParser(prog="python -m composer.testproduct", description=__doc__.splitlines()[0])
+    ap.add_argument("dest", type=Path, nargs="?", default=Path("build/testproduct"))
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--jobs", type=int)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    set_logging(verbose=args.verbose)
+    t0 = time.monotonic()
+    try:
+        repo = build_testproduct(args.dest, force=args.force, jobs=args.jobs)
+    except ComposerError as e:
+        print(f"error: {e}")
+        return 1
+    print(f"{repo} ({time.monotonic() - t0:.1f}s)")
+    return 0

@@ -1,0 +1,3 @@
+from composer.testproduct import main
+
+raise SystemExit(main())

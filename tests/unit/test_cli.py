@@ -1,0 +1,50 @@
+"""Bad input: one clear line naming the option or file, exit 1, no traceback, nothing left."""
+
+import pytest
+
+from tests.conftest import composer
+
+
+def fake_repo(tmp_path):
+    (tmp_path / "repo" / "repodata").mkdir(parents=True)
+    (tmp_path / "repo" / "repodata" / "repomd.xml").write_text("<repomd/>")
+    return f"file://{tmp_path / 'repo'}"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--add-template-var", "no equals sign"], "--add-template-var"),
+    (["--add-template-var", "1bad=x"], "--add-template-var"),
+    (["--rootfs-size", "huge"], "--rootfs-size: not a size"),
+    (["--source", "file:///nonexistent"], "--source file:///nonexistent: no repository there"),
+    (["--source", "ftp//typo"], "--source ftp//typo: not a URL"),
+    (["--repo", "/nonexistent.repo"], "--repo /nonexistent.repo: no such file"),
+    (["--product", "NoSuchOS"], "--product NoSuchOS"),
+])
+def test_bad_option_is_one_line(tmp_path, args, expected):
+    out = tmp_path / "out"
+    base = ["runtime", "--product", "TestProduct", "--version", "1", "--cachedir", str(tmp_path / "cache"),
+            "--workdir", str(tmp_path / "work")]
+    if "--source" not in args and "--repo" not in args:
+        base += ["--source", fake_repo(tmp_path)]
+    proc = composer(*base, *args, str(out), check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("composer: error:") and expected in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not list((tmp_path / "work").glob("*")) if (tmp_path / "work").exists() else True
+
+
+def test_existing_outdir_is_refused_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_text("user data")
+    proc = composer("runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path),
+                    str(out), check=False)
+    assert proc.returncode == 1 and "exists (use --force" in proc.stderr
+    assert (out / "keep").read_text() == "user data"
+
+
+def test_verify_missing_kernel(tmp_path):
+    proc = composer("verify", "--kernel", str(tmp_path / "nope"), "--initrd", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 1 and "--kernel" in proc.stderr and "Traceback" not in proc.stderr
