@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from composer.run import ComposerError, debug, info, run
+from composer.run import ComposerError, debug, in_tree_argv, info, run
 
 __all__ = [
     "PackageManager",
@@ -990,11 +990,7 @@ class TemplateRunner:
         def action() -> None:
             tree = os.path.abspath(self.tree)
             if chroot:
-                run(
-                    ["bwrap", "--bind", tree, "/", "--proc", "/proc", "--dev", "/dev",
-                     "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp", "--tmpfs", "/run",
-                     "--die-with-parent", "--unshare-pid", "--", *argv]
-                )
+                run(in_tree_argv(Path(tree), argv))
             else:
                 run(argv, cwd=Path(tree))
 
