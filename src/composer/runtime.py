@@ -16,6 +16,7 @@ from composer.dnf import DnfConfig, DnfSession
 from composer.images.rootfs import make_rootfs
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
+from composer.outputs import bigimage
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, run, stage
@@ -28,8 +29,12 @@ CLEANUP_TEMPLATE = "runtime-cleanup.tmpl"
 
 
 def runtime_cmdline(rootfs: RootfsType) -> str:
-    """What the big initrd's /etc/cmdline tells dracut: the live image is in the initramfs."""
-    return "root=live:/squashfs.img rd.live.image"
+    """What the big initrd's /etc/cmdline tells dracut: the live image is in the initramfs.
+
+    A read-only root (erofs, or the tree straight in squashfs) gets an overlayfs for its
+    writes; a btrfs/ext4 rootfs.img gets dracut's default dm-snapshot over a sparse file.
+    """
+    return bigimage.runtime_cmdline(overlayfs=rootfs in (RootfsType.EROFS, RootfsType.SQUASHFS))
 
 
 @dataclasses.dataclass

@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from composer.images.sparse import allocated_size, copy_sparse
-from composer.live.dmsnap import CowFormatError, CowStore, apply_store, area_location, diff_chunks, read_presented
+from composer.live.dmsnap import (
+    CowFormatError,
+    CowStore,
+    apply_store,
+    area_location,
+    diff_chunks,
+    read_presented,
+)
 from composer.run import ComposerError
 
 CB = 4096  # 8 sectors

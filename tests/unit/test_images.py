@@ -59,13 +59,13 @@ def test_btrfs_with_free_room(tree: Path, tmp_path: Path) -> None:
     make_rootfs(tree, img, RootfsType.BTRFS, free=300 * MiB)
     assert allocated_size(img) < apparent_size(img) // 4  # still sparse
     out = subprocess.run(["btrfs", "inspect-internal", "dump-super", img], capture_output=True, text=True, check=True).stdout
-    total = int(re.search(r"^total_bytes\s+(\d+)", out, re.M).group(1))
-    used = int(re.search(r"^bytes_used\s+(\d+)", out, re.M).group(1))
+    total = int(re.search(r"^total_bytes\s+(\d+)", out, re.MULTILINE).group(1))
+    used = int(re.search(r"^bytes_used\s+(\d+)", out, re.MULTILINE).group(1))
     assert total - used >= 300 * MiB
-    assert re.search(r"^label\s+Anaconda$", out, re.M)
+    assert re.search(r"^label\s+Anaconda$", out, re.MULTILINE)
     # hard link kept: 2 MiB of data once, not twice
     assert used < 4 * MiB
-    check = subprocess.run(["btrfs", "check", img], capture_output=True, text=True)
+    check = subprocess.run(["btrfs", "check", img], check=False, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
@@ -86,7 +86,7 @@ def test_ext4(tree: Path, tmp_path: Path) -> None:
     make_rootfs(tree, img, RootfsType.EXT4, free=200 * MiB, label="Runtime")
     assert allocated_size(img) < apparent_size(img) // 4
     hdr = subprocess.run(["dumpe2fs", "-h", img], capture_output=True, text=True, check=True).stdout
-    fields = dict(re.findall(r"^([^:]+):\s+(.*)$", hdr, re.M))
+    fields = dict(re.findall(r"^([^:]+):\s+(.*)$", hdr, re.MULTILINE))
     assert fields["Filesystem volume name"] == "Runtime"
     assert fields["Block size"] == "4096"
     assert int(fields["Free blocks"]) * 4096 >= 200 * MiB
@@ -98,7 +98,7 @@ def test_ext4(tree: Path, tmp_path: Path) -> None:
     ls = subprocess.run(["debugfs", "-R", "ls -l /usr/bin", img], capture_output=True, text=True, check=True).stdout
     inos = {line.split()[-1]: line.split()[0] for line in ls.splitlines() if "tool" in line}
     assert inos["tool"] == inos["tool-alias"]  # hard link kept
-    fsck = subprocess.run(["e2fsck", "-fn", img], capture_output=True, text=True)
+    fsck = subprocess.run(["e2fsck", "-fn", img], check=False, capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
 
 
@@ -165,7 +165,7 @@ def test_squashfs_of_tree_keeps_owners(tree: Path, tmp_path: Path) -> None:
     make_squashfs(tree, out, Compression.LZ4)
     listing = subprocess.run(["unsquashfs", "-lln", out], capture_output=True, text=True, check=True).stdout
     assert re.search(r"123/456 .* squashfs-root/etc/f1.conf", listing)
-    assert re.search(r"^lrwxrwxrwx .* squashfs-root/bin -> usr/bin", listing, re.M)
+    assert re.search(r"^lrwxrwxrwx .* squashfs-root/bin -> usr/bin", listing, re.MULTILINE)
 
 
 def test_runtime_cmdline() -> None:
@@ -184,7 +184,8 @@ def test_big_initrd(tmp_path: Path) -> None:
     raw = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing, cwd=src,
                          capture_output=True, check=True).stdout
     initramfs = tmp_path / "initramfs.img"
-    initramfs.write_bytes(gzip.compress(raw) + b"abc")  # odd length forces padding
+    data = gzip.compress(raw)
+    initramfs.write_bytes(data + b"abc"[: 3 if len(data) % 4 != 1 else 2])  # length not a multiple of 4: forces padding
     assert initramfs.stat().st_size % 4 != 0
     squashfs = tmp_path / "squashfs.img"
     squashfs.write_bytes(os.urandom(1 << 20) + b"xyz")

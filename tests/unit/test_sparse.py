@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from composer.images.sparse import allocated_size, apparent_size, copy_sparse, create_sparse, data_ranges
+from composer.images.sparse import (
+    allocated_size,
+    apparent_size,
+    copy_sparse,
+    create_sparse,
+    data_ranges,
+)
 
 MiB = 1 << 20
 

@@ -126,7 +126,7 @@ def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str) -
 
 def _btrfs_usage(img: Path) -> tuple[int, int]:
     out = run(["btrfs", "inspect-internal", "dump-super", img], capture=True).stdout.decode()
-    fields = dict(re.findall(r"^(total_bytes|bytes_used)\s+(\d+)$", out, re.M))
+    fields = dict(re.findall(r"^(total_bytes|bytes_used)\s+(\d+)$", out, re.MULTILINE))
     return int(fields["total_bytes"]), int(fields["bytes_used"])
 
 
@@ -152,7 +152,7 @@ def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str) ->
             run(argv)
             break
         except CommandError as e:
-            nospace = re.search(r"no space|could not allocate|not enough", e.stderr, re.I)
+            nospace = re.search(r"no space|could not allocate|not enough", e.stderr, re.IGNORECASE)
             if not nospace:
                 raise
             if attempt == 1:

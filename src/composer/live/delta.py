@@ -19,7 +19,14 @@ import tempfile
 from pathlib import Path
 
 from composer.images.sparse import copy_sparse
-from composer.live.dmsnap import DEFAULT_CHUNK_SECTORS, CowStore, apply_store, check_chunk_sectors, diff_chunks, read_presented
+from composer.live.dmsnap import (
+    DEFAULT_CHUNK_SECTORS,
+    CowStore,
+    apply_store,
+    check_chunk_sectors,
+    diff_chunks,
+    read_presented,
+)
 from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human
 from composer.run import CommandError, ComposerError, info, run
 
@@ -62,7 +69,7 @@ def _e2fsck_fix(img: Path) -> None:
     if proc.returncode not in (0, 1):
         raise CommandError(proc.args, proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
     if proc.returncode == 1:
-        info(f"delta: e2fsck fixed errors in the copy of the origin; the origin itself has them too")
+        info("delta: e2fsck fixed errors in the copy of the origin; the origin itself has them too")
 
 
 def _gunzip_to(src: Path, dst: Path) -> None:

@@ -32,8 +32,14 @@ from composer.config import Compression
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
 from composer.live.dmsnap import CowStore, apply_store
-from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human, refuse_if_in_use
-from composer.run import CommandError, ComposerError, info, run
+from composer.live.sparsify import (
+    EXT_TYPES,
+    copy_prefix_sparse,
+    fs_type,
+    human,
+    refuse_if_in_use,
+)
+from composer.run import ComposerError, info, run
 
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 # Features whose upper layout needs the lower layer to interpret (renamed dirs,
@@ -347,7 +353,7 @@ def _need_space(where: Path, needed: int, what: str) -> None:
 
 def _squashfs_info(img: Path) -> tuple[str, int]:
     out = run(["unsquashfs", "-s", img], capture=True, quiet=True).stdout.decode(errors="replace")
-    comp = re.search(r"^Compression (\S+)", out, re.M)
+    comp = re.search(r"^Compression (\S+)", out, re.MULTILINE)
     return (comp.group(1) if comp else "xz"), img.stat().st_size
 
 
@@ -364,18 +370,19 @@ def _squashfs_list(img: Path) -> dict[str, int]:
     return entries
 
 
-def _fsck(img: Path) -> None:
+def _fsck(img: Path, *, repair: bool) -> None:
+    """Check the merged filesystem. Read-only unless `repair`: a clean merge stays byte-exact."""
     t = fs_type(img)
     if t in EXT_TYPES:
-        # -p: replay the journal and make only the fixes that are always safe; anything
-        # else means the overlay did not hold a consistent filesystem.
-        proc = run(["e2fsck", "-fp", img], check=False, capture=True)
-        if proc.returncode not in (0, 1):
-            raise ComposerError(
-                f"overlay merge: the merged {t} filesystem has errors e2fsck -p will not fix (exit {proc.returncode}); "
-                "nothing was changed. Was the live system shut down cleanly?"
-            )
-    elif t == "btrfs":
+        # -p (repair): replay the journal and make only the fixes that are always safe.
+        proc = run(["e2fsck", "-fp" if repair else "-fn", img], check=False, capture=True)
+        if proc.returncode == 0 or (repair and proc.returncode == 1):
+            return
+        hint = "" if repair else " (after an unclean shutdown the journal needs replaying: try --repair)"
+        raise ComposerError(
+            f"overlay merge: the merged {t} filesystem is not clean (e2fsck exit {proc.returncode}){hint}; nothing was changed"
+        )
+    if t == "btrfs":
         run(["btrfs", "check", "--readonly", img])
     else:
         info(f"overlay merge: no filesystem check for {t or 'unknown content'} in {img.name}")
@@ -457,6 +464,7 @@ def merge_overlay(
     compression: Compression | None = None,
     level: int | None = None,
     overlay_name: str | None = None,
+    repair: bool = False,
 ) -> MergeResult:
     t0 = time.monotonic()
     m = find_medium(media, overlay_name)
@@ -499,7 +507,7 @@ def merge_overlay(
 
     if m.squashfs:
         steps = [f"extract {m.squashfs.name} ({human(old_size)})"] + steps
-        steps += [f"check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
+        steps += ["check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
                   "verify it (listing and content)", f"replace {m.squashfs.relative_to(m.root)}", f"reset {m.overlay.name}"]
     else:
         steps = [f"copy {target.name}"] + steps + ["check the filesystem", f"replace {target.relative_to(m.root)}", f"reset {m.overlay.name}"]
@@ -535,13 +543,13 @@ def merge_overlay(
             info(f"overlay merge: applied {n} chunks to {rootfs.name}")
         elif rootfs is not None:
             with _loop_mounted(rootfs, scratch / "mnt") as mnt:
-                st = apply_upper(upper, mnt)
-            info(f"overlay merge: upper dir applied to rootfs.img: {st}")
+                applied = apply_upper(upper, mnt)
+            info(f"overlay merge: upper dir applied to rootfs.img: {applied}")
         else:
-            st = apply_upper(upper, tree)
-            info(f"overlay merge: upper dir applied to the tree: {st}")
+            applied = apply_upper(upper, tree)
+            info(f"overlay merge: upper dir applied to the tree: {applied}")
         if rootfs is not None:
-            _fsck(rootfs)
+            _fsck(rootfs, repair=repair)
 
         if m.squashfs:
             new = scratch / "squashfs.img"

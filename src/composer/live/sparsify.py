@@ -70,8 +70,8 @@ def copy_prefix_sparse(src: Path, dst: Path, length: int) -> None:
 def ext_needs_check(img: Path) -> str | None:
     """Why zeroing free blocks by the bitmaps would be unsafe now, or None."""
     out = run(["dumpe2fs", "-h", img], capture=True, quiet=True).stdout.decode(errors="replace")
-    state = re.search(r"^Filesystem state:\s*(.*)$", out, re.M)
-    features = re.search(r"^Filesystem features:\s*(.*)$", out, re.M)
+    state = re.search(r"^Filesystem state:\s*(.*)$", out, re.MULTILINE)
+    features = re.search(r"^Filesystem features:\s*(.*)$", out, re.MULTILINE)
     if features and "needs_recovery" in features.group(1).split():
         return "its journal needs recovery"
     if state and state.group(1).strip() != "clean":

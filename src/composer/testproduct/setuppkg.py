@@ -31,7 +31,6 @@ UNIT = "composer-boot-check.service"
 BOOT_CHECK_UNIT = f"""\
 [Unit]
 Description=composer boot check: print COMPOSER-BOOT-OK on the console and power off
-Documentation=man:composer(1)
 ConditionKernelCommandLine=composer.check=poweroff
 After=multi-user.target
 

@@ -1,0 +1,258 @@
+"""verify.py logic: argv, console classification, bisection, and process handling with a fake qemu."""
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from composer import verify
+from composer.run import ComposerError
+from composer.verify import (
+    BootResult,
+    classify_line,
+    clean_line,
+    fatal_reason,
+    find_min_memory,
+    is_marker,
+    qemu_argv,
+    resolve_accel,
+)
+
+
+def test_qemu_argv_tcg() -> None:
+    argv = qemu_argv(Path("/k/vmlinuz"), Path("/k/initrd.img"), memory_mb=384, append="quiet root=live:/x.img")
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert argv[argv.index("-m") + 1] == "384"
+    assert argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-machine") + 1] == "q35"
+    for flag in ("-nodefaults", "-no-reboot"):
+        assert flag in argv
+    assert argv[argv.index("-serial") + 1] == "stdio"
+    assert argv[argv.index("-kernel") + 1] == "/k/vmlinuz"
+    assert argv[argv.index("-initrd") + 1] == "/k/initrd.img"
+    cmdline = argv[argv.index("-append") + 1]
+    assert cmdline.startswith("console=ttyS0 root=live:/squashfs.img rd.live.image composer.check=poweroff")
+    # caller's arguments come last, so they win for the kernel and for dracut
+    assert cmdline.endswith("quiet root=live:/x.img")
+
+
+def test_qemu_argv_kvm_and_errors() -> None:
+    argv = qemu_argv(Path("k"), Path("i"), memory_mb=512, accel="kvm", smp=1, cpu="qemu64")
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-cpu") + 1] == "qemu64"
+    assert qemu_argv(Path("k"), Path("i"), memory_mb=1, accel="kvm")[argv.index("-cpu") + 1] == "host"
+    with pytest.raises(ValueError):
+        qemu_argv(Path("k"), Path("i"), memory_mb=512, accel="auto")
+
+
+def test_resolve_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify, "kvm_usable", lambda: False)
+    assert resolve_accel("auto") == "tcg"
+    monkeypatch.setattr(verify, "kvm_usable", lambda: True)
+    assert resolve_accel("auto") == "kvm"
+    assert resolve_accel("tcg") == "tcg"
+    with pytest.raises(ComposerError):
+        resolve_accel("hvf")
+
+
+def test_clean_line() -> None:
+    raw = b"\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mBasic System\x1b[0m.\r\n"
+    assert clean_line(raw) == "  OK  ] Reached target Basic System."
+    assert clean_line(b"\xff\xfe bad bytes\r\n") == "\ufffd\ufffd bad bytes"
+
+
+@pytest.mark.parametrize("line", [
+    "COMPOSER-BOOT-OK",
+    "COMPOSER-BOOT-OK mem=384M",
+    "[   55.123456] COMPOSER-BOOT-OK",
+    "  COMPOSER-BOOT-OK",
+])
+def test_marker_lines(line: str) -> None:
+    assert is_marker(line)
+    assert classify_line(line) == "marker"
+
+
+@pytest.mark.parametrize("line", [
+    "         Starting composer-check.service - Print COMPOSER-BOOT-OK and power off...",
+    "[    0.000000] Command line: console=ttyS0 marker=COMPOSER-BOOT-OK",
+    "COMPOSER-BOOT",
+])
+def test_not_marker(line: str) -> None:
+    assert not is_marker(line)
+
+
+def test_custom_marker() -> None:
+    assert classify_line("HELLO there", marker="HELLO") == "marker"
+    assert classify_line("COMPOSER-BOOT-OK", marker="HELLO") is None
+
+
+@pytest.mark.parametrize("line", [
+    "[    2.345678] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+    "[    1.000000] Initramfs unpacking failed: write error",
+    "[  OK  ] Started Dracut Emergency Shell.",
+    "Entering emergency mode. Exit the shell to continue.",
+    "dracut Warning: Could not boot.",
+    "[  130.1] dracut-initqueue[300]: Warning: dracut-initqueue: timeout, still waiting for following initqueue hooks:",
+    "Generating \"/run/initramfs/rdsosreport.txt\"",
+    "[   40.0] Out of memory: Killed process 1 (systemd) total-vm:1234kB",
+])
+def test_fatal_lines(line: str) -> None:
+    assert fatal_reason(line) == line.strip()
+    assert classify_line(line) == "fatal"
+
+
+@pytest.mark.parametrize("line", [
+    "[    3.0] dracut-initqueue[250]: Unknown device //squashfs.img",
+    "[    1.0] Unpacking initramfs...",
+    "Welcome to Test Product!",
+    "[  OK  ] Finished systemd-udev-trigger.service - Coldplug All udev Devices.",
+])
+def test_harmless_lines(line: str) -> None:
+    assert classify_line(line) is None
+
+
+def _fake_boot(threshold: int, calls: list[int]):  # type: ignore[no-untyped-def]
+    def boot(kernel: Path, initrd: Path, *, memory_mb: int, log: Path | None = None, **kw: object) -> BootResult:
+        calls.append(memory_mb)
+        ok = memory_mb >= threshold
+        return BootResult(ok, 1.0, memory_mb, "COMPOSER-BOOT-OK" if ok else None, log or Path("x"), "r")
+    return boot
+
+
+@pytest.mark.parametrize("threshold, expect", [(384, 384), (256, 256), (300, 304), (511, 512), (1, 256)])
+def test_find_min_memory(threshold: int, expect: int) -> None:
+    calls: list[int] = []
+    mb, results = find_min_memory(Path("k"), Path("i"), 256, 512, 16, boot=_fake_boot(threshold, calls))
+    assert mb == expect
+    assert calls[0] == 512
+    assert len(results) == len(calls) <= 1 + 5  # 17 grid points: log2 bisection
+    assert all(r.ok == (r.memory_mb >= threshold) for r in results)
+
+
+def test_find_min_memory_none_and_logs(tmp_path: Path) -> None:
+    calls: list[int] = []
+    mb, results = find_min_memory(Path("k"), Path("i"), 256, 500, 100, boot=_fake_boot(10_000, calls),
+                                  log_dir=tmp_path)
+    assert mb is None and calls == [500]
+    assert results[0].log == tmp_path / "boot-500M.log"
+    with pytest.raises(ValueError):
+        find_min_memory(Path("k"), Path("i"), 512, 256)
+
+
+# --- process handling, with a fake qemu that just prints a script -----------------
+
+
+def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    script = tmp_path / "fake-qemu"
+    pidfile = tmp_path / "qemu.pid"
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""\
+        import os, sys, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        def say(s):
+            sys.stdout.write(s + "\\r\\n"); sys.stdout.flush()
+        """) + textwrap.dedent(body))
+    script.chmod(0o755)
+    monkeypatch.setattr(verify, "QEMU", str(script))
+    for name in ("k", "i"):
+        (tmp_path / name).write_bytes(b"x")
+    return pidfile
+
+
+def _gone(pidfile: Path) -> bool:
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _boot(tmp_path: Path, **kw: object) -> BootResult:
+    return verify.boot_kernel(tmp_path / "k", tmp_path / "i", memory_mb=256, accel="tcg",
+                              log=tmp_path / "serial.log", **kw)  # type: ignore[arg-type]
+
+
+def test_boot_marker_then_poweroff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("[    0.000000] Linux version 6.1")
+        say("\\x1b[0;32mCOMPOSER-BOOT-OK\\x1b[0m mem=256")
+        time.sleep(0.2)
+        sys.exit(0)
+        """)
+    r = _boot(tmp_path)
+    assert r.ok and r.marker_line == "COMPOSER-BOOT-OK mem=256" and r.memory_mb == 256
+    assert b"Linux version" in r.log.read_bytes()
+    assert _gone(pidfile)
+
+
+def test_boot_marker_but_no_poweroff_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify, "POWEROFF_GRACE", 0.5)
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("COMPOSER-BOOT-OK")
+        time.sleep(600)
+        """)
+    r = _boot(tmp_path)
+    assert r.ok
+    assert _gone(pidfile)
+
+
+def test_boot_panic_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("[    1.0] Initramfs unpacking failed: write error")
+        time.sleep(600)
+        """)
+    start = time.monotonic()
+    r = _boot(tmp_path, timeout=60)
+    assert not r.ok and "Initramfs unpacking failed" in r.reason
+    assert time.monotonic() - start < 15
+    assert _gone(pidfile)
+
+
+def test_boot_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("booting slowly")
+        time.sleep(600)
+        """)
+    r = _boot(tmp_path, timeout=1.0)
+    assert not r.ok and "timeout" in r.reason
+    assert _gone(pidfile)
+
+
+def test_boot_qemu_exits_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_qemu(tmp_path, monkeypatch, """\
+        sys.stderr.write("qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\\n")
+        sys.exit(1)
+        """)
+    r = _boot(tmp_path)
+    assert not r.ok
+    assert "code 1" in r.reason and "cannot set up guest memory" in r.reason
+
+
+def test_boot_keyboard_interrupt_kills_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("booting")
+        time.sleep(600)
+        """)
+    real = verify.classify_line
+
+    def interrupt(line: str, marker: str = verify.DEFAULT_MARKER) -> str | None:
+        if line == "booting":
+            raise KeyboardInterrupt
+        return real(line, marker)
+
+    monkeypatch.setattr(verify, "classify_line", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _boot(tmp_path)
+    assert _gone(pidfile)
+
+
+def test_boot_missing_kernel(tmp_path: Path) -> None:
+    with pytest.raises(ComposerError, match="kernel"):
+        verify.boot_kernel(tmp_path / "nope", tmp_path / "nope2", memory_mb=256, accel="tcg")
