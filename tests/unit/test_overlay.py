@@ -290,3 +290,19 @@ def test_overlayfs_merge_into_rootfs_img(tmp_path):
     with mounted(out / "LiveOS/rootfs.img", tmp_path / "a") as a:
         assert compare_trees(expected, a) == []
     assert list((d / "overlayfs").iterdir()) == []
+
+
+def test_cow_merge_with_workdir_on_another_filesystem(cow_medium, tmp_path):
+    media, _, changed, _ = cow_medium
+    work = tmp_path / "tmpfs"
+    work.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", work)
+    try:
+        merge_overlay(media, compression=Compression.LZ4, workdir=work)
+        assert list(work.iterdir()) == []
+    finally:
+        sh("umount", work)
+    out = tmp_path / "check"
+    sh("unsquashfs", "-n", "-d", out, media / "LiveOS/squashfs.img")
+    sh("cmp", out / "LiveOS/rootfs.img", changed)
+    assert sorted(p.name for p in (media / "LiveOS").iterdir()) == [OVERLAY, "squashfs.img"]

@@ -328,3 +328,59 @@ def test_setup_payload_and_fingerprint() -> None:
     assert "root:shadow 2755 /usr/sbin/unix_chkpwd\n" in script
     assert "awk /usr/bin/awk /usr/bin/mawk\n" in script
     assert setuppkg.fingerprint() == setuppkg.fingerprint()
+
+
+def _staged(tmp_path, name: str, files: dict[str, tuple[str, str, int]]) -> debrpm.Staged:
+    """files: path -> (kind, content or link target, mode)"""
+    root = tmp_path / name
+    entries = {}
+    for path, (kind, data, mode) in files.items():
+        dst = root / path.lstrip("/")
+        if kind == "d":
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "l":
+                dst.symlink_to(data)
+            else:
+                dst.write_text(data)
+        entries[path] = debrpm.Entry(path, path, kind, mode, "root", "root", data if kind == "l" else "")
+    return debrpm.Staged(tmp_path / f"{name}.deb", {"Package": name, "Version": "1"}, root, entries, 0)
+
+
+def test_resolve_conflicts(tmp_path) -> None:
+    a = _staged(
+        tmp_path,
+        "a",
+        {
+            "/usr": ("d", "", 0o755),
+            "/var/log": ("d", "", 0o755),
+            "/usr/same": ("f", "x", 0o644),
+            "/usr/differs": ("f", "a", 0o644),
+            "/usr/link-or-file": ("l", "elsewhere", 0o777),
+        },
+    )
+    b = _staged(
+        tmp_path,
+        "b",
+        {
+            "/usr": ("d", "", 0o755),
+            "/var/log": ("d", "", 0o2775),
+            "/usr/same": ("f", "x", 0o644),
+            "/usr/differs": ("f", "b", 0o644),
+            "/usr/link-or-file": ("f", "real", 0o755),
+        },
+    )
+    notes = debrpm.resolve_conflicts([b, a])
+    assert len(notes) == 3
+    # identical files and directories stay shared
+    assert "/usr/same" in a.entries and "/usr/same" in b.entries
+    assert "/usr" in a.entries and "/usr" in b.entries
+    # a directory with other attributes: first package (by name) owns it
+    assert "/var/log" in a.entries and "/var/log" not in b.entries
+    # differing files: first by name keeps it, the other loses it (also on disk)
+    assert "/usr/differs" in a.entries and "/usr/differs" not in b.entries
+    assert not (b.root / "usr/differs").exists()
+    # a real file beats a symlink whatever the names
+    assert "/usr/link-or-file" in b.entries and "/usr/link-or-file" not in a.entries
+    assert not (a.root / "usr/link-or-file").is_symlink()

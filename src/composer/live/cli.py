@@ -48,7 +48,7 @@ def cmd_overlay_merge(args: argparse.Namespace) -> int:
     from composer.live.overlay import merge_overlay
 
     r = merge_overlay(
-        args.media, dry_run=args.dry_run, overlay_name=args.overlay, repair=args.repair,
+        args.media, dry_run=args.dry_run, overlay_name=args.overlay, repair=args.repair, workdir=args.workdir,
         compression=Compression(args.compression) if args.compression else None,
     )
     if r.dry_run:
@@ -91,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     mg.add_argument("media", metavar="MEDIA", type=Path)
     mg.add_argument("--overlay", default=None, metavar="NAME")
     mg.add_argument("--dry-run", action="store_true", help="check and say what would happen; change nothing")
+    mg.add_argument("--workdir", type=Path, default=None, help="extract and build here (default: inside LiveOS/; needed on vfat media)")
     mg.add_argument("--repair", action="store_true", help="let e2fsck -p fix the merged filesystem (journal replay after an unclean shutdown)")
     mg.add_argument("--compression", default=None, choices=[c.value for c in Compression], help="default: the old image's")
     mg.set_defaults(func=cmd_overlay_merge)

@@ -6,10 +6,10 @@ A medium with persistence keeps the live system's writes in LiveOS/overlay-<LABE
   and the work dir in work/ (dracut: ovlwork/).
 
 Merging folds those writes into a new, recompressed squashfs.img. The rules, because
-this is the user's data: everything is built in a scratch directory inside LiveOS/ (same
-filesystem, so the final rename is atomic), checked (fsck, squashfs listing, content
-compare), and only then does the new image replace the old one; the overlay is reset
-last. A crash between the two is harmless for a COW overlay: its chunks re-applied over
+this is the user's data: everything is built in a scratch directory (inside LiveOS/, or
+--workdir with the result then copied beside the old image), checked (fsck, squashfs
+listing, content compare), synced, and only then renamed over the old image; the overlay
+is reset last. A crash between the two is harmless for a COW overlay: its chunks re-applied over
 the merged image present the same blocks.
 """
 
@@ -430,6 +430,51 @@ def _loop_mounted(img: Path, mnt: Path) -> Iterator[Path]:
         run(["losetup", "-d", dev])
 
 
+_FOREIGN_FS = ("vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk")
+
+
+def _fs_of(path: Path) -> str:
+    proc = run(["findmnt", "-n", "-o", "FSTYPE", "-T", path], capture=True, check=False, quiet=True)
+    return proc.stdout.decode().strip()
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(new: Path, dest: Path) -> None:
+    """Put `new` in place of `dest` atomically, on disk before and after the rename.
+
+    Live media are USB sticks that get pulled: the data must be on the stick before the
+    name points at it. From another filesystem it is first copied beside `dest`.
+    """
+    if not _same_fs(new, dest.parent):
+        staged = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+        try:
+            copy_sparse(new, staged)
+            run(["cmp", new, staged])
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        new = staged
+    try:
+        os.chmod(new, stat.S_IMODE(dest.stat().st_mode))
+        _fsync(new)
+        os.replace(new, dest)
+    finally:
+        if new.name.startswith(f".{dest.name}.partial-"):
+            new.unlink(missing_ok=True)
+    _fsync(dest.parent)
+
+
 def _reset_cow(overlay: Path, store: CowStore) -> None:
     # A valid empty store of the same size and chunk size, written beside it and renamed:
     # sparse (only header and first area), and never a half-reset overlay.
@@ -439,12 +484,17 @@ def _reset_cow(overlay: Path, store: CowStore) -> None:
         st = overlay.stat()
         os.chown(fresh, st.st_uid, st.st_gid)
         os.chmod(fresh, stat.S_IMODE(st.st_mode))
+        _fsync(fresh)
         os.replace(fresh, overlay)
+        _fsync(overlay.parent)
     finally:
         fresh.unlink(missing_ok=True)
 
 
 def _reset_overlayfs(upper: Path, work: Path) -> None:
+    # Only ever empty the overlay's own two directories.
+    if upper.parent != work.parent or not upper.parent.name.startswith("overlay-"):
+        raise ValueError(f"refusing to reset {upper} and {work}: not the two halves of one overlay directory")
     st = os.lstat(upper)
     old = upper.with_name(f".{upper.name}.merged-{os.getpid()}")
     upper.rename(old)
@@ -465,7 +515,13 @@ def merge_overlay(
     level: int | None = None,
     overlay_name: str | None = None,
     repair: bool = False,
+    workdir: Path | None = None,
 ) -> MergeResult:
+    """Fold the overlay into the medium's image; see the module docstring for the rules.
+
+    workdir: where to extract and build (default: a scratch dir inside LiveOS/, which
+    must then be a Linux filesystem able to hold the tree).
+    """
     t0 = time.monotonic()
     m = find_medium(media, overlay_name)
     if m.overlay is None:
@@ -496,7 +552,7 @@ def merge_overlay(
         steps.append(f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {m.overlay.name} to a copy of rootfs.img")
     else:
         kind = "overlayfs"
-        upper, work = _upper_work(m.overlay)
+        upper, ovl_work = _upper_work(m.overlay)
         if _overlayfs_mounted(upper):
             raise ComposerError(f"{upper} is in use by a mounted overlayfs (a running live system?); merge it offline")
         check_upper(upper)
@@ -516,13 +572,23 @@ def merge_overlay(
     # about the old one plus the overlay's data.
     ov_bytes = allocated_size(m.overlay) if m.overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(m.overlay))
     estimate = 2 * old_size + ov_bytes if m.squashfs else allocated_size(target) + ov_bytes
-    _need_space(m.liveos, estimate, "merge")
+    scratch_root = (workdir or m.liveos).resolve()
+    if not scratch_root.is_dir():
+        raise ComposerError(f"overlay merge: work directory {scratch_root} does not exist")
+    _need_space(scratch_root, estimate, "merge")
+    if not _same_fs(scratch_root, m.liveos):
+        _need_space(m.liveos, old_size + ov_bytes, f"the new {target.name}")
+    elif workdir is None and _fs_of(m.liveos) in _FOREIGN_FS:
+        raise ComposerError(
+            f"overlay merge: {m.liveos} is on {_fs_of(m.liveos)}, which cannot hold a Linux tree or sparse files; "
+            "pass --workdir on a Linux filesystem with enough space"
+        )
     if dry_run:
         for s in steps:
             info(f"overlay merge (dry run): would {s}")
         return MergeResult(m.overlay.name, kind, str(target), True, time.monotonic() - t0, old_size, old_size, tuple(steps))
 
-    with tempfile.TemporaryDirectory(dir=m.liveos, prefix=_SCRATCH_PREFIX) as scratch_s:
+    with tempfile.TemporaryDirectory(dir=scratch_root, prefix=_SCRATCH_PREFIX) as scratch_s:
         scratch = Path(scratch_s)
         tree = scratch / "tree"
         rootfs: Path | None
@@ -532,7 +598,7 @@ def merge_overlay(
             rootfs = tree / "LiveOS" / "rootfs.img" if rootfs_in_sq is not None else None
             # Next: verification copy of the rootfs (or tree) and the new image.
             built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
-            _need_space(m.liveos, built + old_size + ov_bytes, "building and verifying the new squashfs.img")
+            _need_space(scratch_root, built + old_size + ov_bytes, "building and verifying the new squashfs.img")
         else:
             rootfs = scratch / "rootfs.img"
             copy_sparse(target, rootfs)
@@ -555,17 +621,15 @@ def merge_overlay(
             new = scratch / "squashfs.img"
             make_squashfs(tree, new, comp, level=level, all_time=False)
             _verify_squashfs(new, rootfs, None if rootfs is not None else tree, scratch)
-            st_old = m.squashfs.stat()
-            os.chmod(new, stat.S_IMODE(st_old.st_mode))
-            os.replace(new, m.squashfs)
+            _replace_durably(new, m.squashfs)
         else:
             assert rootfs is not None
-            os.replace(rootfs, target)
+            _replace_durably(rootfs, target)
         info(f"overlay merge: replaced {target}")
         if kind == "dm-snapshot":
             _reset_cow(m.overlay, store)
         else:
-            _reset_overlayfs(upper, work)
+            _reset_overlayfs(upper, ovl_work)
         info(f"overlay merge: reset {m.overlay.name}")
     new_size = target.stat().st_size
     secs = time.monotonic() - t0
