@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)
 
+    from composer.live.cli import register as register_live
+
+    register_live(sub)
+
     p = sub.add_parser("testproduct", help="build the built-in test product's RPM repository from Debian packages")
     p.add_argument("--dest", type=Path, default=Path("build/testproduct"))
     p.add_argument("--force", action="store_true", help="rebuild even if the cached repository is up to date")
