@@ -90,7 +90,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if not path.is_file():
             raise ComposerError(f"{opt} {path}: no such file")
-    from composer.verify import boot_kernel
+    from composer.verify import boot_kernel, find_min_memory
+
+    if args.min_memory:
+        lo, _, hi = args.range.partition("-")
+        try:
+            lo_mb, hi_mb = int(lo), int(hi)
+        except ValueError:
+            raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
+        if not 0 < lo_mb <= hi_mb:
+            raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
+        best, results = find_min_memory(
+            args.kernel, args.initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
+            append=args.append, timeout=args.timeout, accel=args.accel,
+        )
+        for r in results:
+            info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
+        if best is None:
+            raise ComposerError(f"verify: no boot marker even at {hi_mb} MB")
+        print(f"min-memory: {best} MB (step {args.step} MB)")
+        return 0
 
     result = boot_kernel(
         args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
@@ -143,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")
+    p.add_argument("--min-memory", action="store_true", help="bisect the smallest --memory that still reaches the marker")
+    p.add_argument("--range", default="128-768", metavar="LO-HI", help="bounds in MB for --min-memory (default 128-768)")
+    p.add_argument("--step", type=int, default=16, metavar="MB", help="granularity of --min-memory (default 16)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
