@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -48,7 +49,19 @@ class Runtime:
     packages: list[str]
     sizes: dict[str, int]
     timings: dict[str, float]
+    cpu: dict[str, float]
+    peak_rss_mib: dict[str, float]  # largest child process so far (getrusage is cumulative)
     treeinfo: dict[str, dict[str, str]]
+
+
+def _cpu_seconds() -> float:
+    """User + system time of composer and every command it waited for."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_child_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
 def template_variables(cfg: Config) -> dict[str, object]:
@@ -104,6 +117,8 @@ def workdir_for(cfg: Config):
 def build_runtime(cfg: Config, work: Path) -> Runtime:
     """Install, configure and clean the tree, then make the initramfs and squashfs.img."""
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    peak_rss_mib: dict[str, float] = {}
     sizes: dict[str, int] = {}
     tree = work / "tree"
     templatedir = cfg.template_dir
@@ -111,10 +126,12 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     def timed(name: str):
         @contextlib.contextmanager
         def cm():
-            start = time.monotonic()
+            start, cpu0 = time.monotonic(), _cpu_seconds()
             with stage(name):
                 yield
             timings[name] = round(time.monotonic() - start, 2)
+            cpu[name] = round(_cpu_seconds() - cpu0, 2)
+            peak_rss_mib[name] = _peak_child_rss_mib()
         return cm()
 
     dnfcfg = DnfConfig(
@@ -182,7 +199,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
     return Runtime(
         tree=tree, kernels=kernels, initramfs=initramfs, squashfs=squashfs,
-        packages=packages, sizes=sizes, timings=timings,
+        packages=packages, sizes=sizes, timings=timings, cpu=cpu, peak_rss_mib=peak_rss_mib,
         treeinfo=dict(getattr(runner, "treeinfo", {}) or {}),
     )
 
@@ -211,7 +228,7 @@ def compose_runtime(cfg: Config) -> Path:
                 "product": cfg.product, "version": cfg.version, "arch": cfg.arch,
                 "rootfs_type": str(cfg.rootfs_type), "compression": str(cfg.compression),
                 "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,
-                "sizes": rt.sizes, "timings": rt.timings,
+                "sizes": rt.sizes, "timings": rt.timings, "cpu": rt.cpu, "peak_rss_mib": rt.peak_rss_mib,
             })
         summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings}
         info("summary: " + json.dumps(summary))
