@@ -29,5 +29,9 @@ test: testproduct
 unit: setup
 	$(PYTHON) -m pytest -q tests/unit
 
+# Benchmarks with baselines measured in the same run (several qemu boots: ~30 min).
+bench: testproduct
+	BUILD=$(BUILD) $(PYTHON) bench/bench.py
+
 clean:
 	rm -rf $(BUILD)/demo $(BUILD)/cache

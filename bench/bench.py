@@ -1,0 +1,188 @@
+"""`make bench`: compose the test product and measure it against baselines taken in the same run.
+
+Prints a Markdown table and writes build/bench/results.json and build/bench/results.md.
+Baselines (same machine, same tree, same run):
+  - the rootfs-image stage against the lorax way (mkfs on a sparse file, loop mount, cp -a, umount);
+  - xz against zstd and lz4: time, size and the RAM floor of the big initrd each one gives;
+  - the whole compose against the tools' physical limit: a bare dnf install of the same
+    packages plus one mksquashfs pass over that tree.
+BENCH_RAM=0 skips the RAM-floor bisections (the slow part: several qemu boots each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from composer.config import Compression, Config, RootfsType
+from composer.dnf import DnfConfig, DnfSession
+from composer.images.rootfs import make_rootfs
+from composer.images.sparse import allocated_size
+from composer.images.squashfs import make_squashfs
+from composer.outputs.bigimage import make_big_initrd
+from composer.runtime import compose_runtime, du, runtime_cmdline
+from composer.testproduct import build_testproduct
+from composer.verify import find_min_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("BUILD", ROOT / "build"))
+OUT = BUILD / "bench"
+MIB = 2**20
+
+
+def cpu_now() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args, **kw) -> tuple[float, float, object]:
+    t0, c0 = time.monotonic(), cpu_now()
+    value = fn(*args, **kw)
+    return round(time.monotonic() - t0, 2), round(cpu_now() - c0, 2), value
+
+
+def lorax_way_rootfs(tree: Path, dest: Path, size: int) -> None:
+    """What lorax does for its runtime image: a loop-mounted filesystem filled with cp -a."""
+    subprocess.run(["truncate", "-s", str(size), str(dest)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", "-m", "single", str(dest)], check=True)
+    mnt = Path(tempfile.mkdtemp(prefix="bench-mnt-"))
+    try:
+        subprocess.run(["mount", "-o", "loop", str(dest), str(mnt)], check=True)
+        try:
+            subprocess.run(["cp", "-a", f"{tree}/.", str(mnt)], check=True)
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    finally:
+        mnt.rmdir()
+
+
+def ram_floor(kernel: Path, initrd: Path, logdir: Path) -> int | None:
+    logdir.mkdir(parents=True, exist_ok=True)
+    best, results = find_min_memory(kernel, initrd, 160, 512, 16, log_dir=logdir, timeout=420)
+    for r in results:
+        print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
+    return best
+
+
+def main() -> int:
+    want_ram = os.environ.get("BENCH_RAM", "1") != "0"
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    work = OUT / "work"
+    res: dict[str, object] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
+
+    repo = build_testproduct(BUILD / "testproduct")
+    source = f"file://{repo}"
+
+    # 1. The whole compose, as users run it (xz, btrfs).
+    cfg = Config(product="TestProduct", version="1", outdir=OUT / "runtime", sources=(source,), nogpgcheck=True,
+                 cachedir=BUILD / "cache", workdir=work, keep_workdir=True, force=True)
+    wall, cpu, _ = timed(compose_runtime, cfg)
+    manifest = json.loads((cfg.outdir / "manifest.json").read_text())
+    res["compose"] = {"wall_s": wall, "cpu_s": cpu, "stages": {
+        name: {"wall_s": manifest["timings"][name], "cpu_s": manifest["cpu"].get(name),
+               "peak_child_rss_mib": manifest["peak_rss_mib"].get(name)} for name in manifest["timings"]},
+        "sizes_mib": {k: round(v / MIB, 1) for k, v in manifest["sizes"].items()}}
+    kept = next(work.glob("composer.*"))
+    tree = kept / "tree"
+    kernel = cfg.outdir / "images/pxeboot/vmlinuz"
+    initramfs = next((kept / "initramfs").glob("initramfs-*.img"))
+
+    # 2. rootfs stage: ours (mkfs --rootdir, no loop, no mount) vs the lorax way.
+    ours = OUT / "rootfs-ours.img"
+    t_ours, c_ours, _ = timed(make_rootfs, tree, ours, RootfsType.BTRFS, free=None)
+    lorax = OUT / "rootfs-lorax.img"
+    t_lorax, c_lorax, _ = timed(lorax_way_rootfs, tree, lorax, ours.stat().st_size)
+    res["rootfs_stage"] = {
+        "ours": {"wall_s": t_ours, "cpu_s": c_ours, "apparent_mib": round(ours.stat().st_size / MIB, 1),
+                 "allocated_mib": round(allocated_size(ours) / MIB, 1), "loop_devices": 0, "mounts": 0},
+        "lorax_way": {"wall_s": t_lorax, "cpu_s": c_lorax, "apparent_mib": round(lorax.stat().st_size / MIB, 1),
+                      "allocated_mib": round(allocated_size(lorax) / MIB, 1), "loop_devices": 1, "mounts": 1},
+        "speedup": round(t_lorax / t_ours, 2) if t_ours else None,
+    }
+    lorax.unlink()
+
+    # 3. Compressors over the same LiveOS/rootfs.img.
+    squash_src = kept / "squashfs-root"
+    comp: dict[str, dict[str, object]] = {}
+    for c in (Compression.XZ, Compression.ZSTD, Compression.LZ4):
+        img = OUT / f"squashfs-{c}.img"
+        t, cp, _ = timed(make_squashfs, squash_src, img, c)
+        big = OUT / f"initrd-{c}.img"
+        make_big_initrd(initramfs, img, runtime_cmdline(RootfsType.BTRFS), big)
+        entry: dict[str, object] = {"wall_s": t, "cpu_s": cp, "squashfs_mib": round(img.stat().st_size / MIB, 1),
+                                    "big_initrd_mib": round(big.stat().st_size / MIB, 1)}
+        if want_ram:
+            print(f"RAM floor, {c}:", flush=True)
+            entry["ram_floor_mb"] = ram_floor(kernel, big, OUT / f"boots-{c}")
+        comp[str(c)] = entry
+        img.unlink()
+    xz = comp["xz"]
+    for c in ("zstd", "lz4"):
+        comp[c]["time_vs_xz"] = round(comp[c]["wall_s"] / xz["wall_s"], 2)
+        comp[c]["size_vs_xz"] = round(comp[c]["squashfs_mib"] / xz["squashfs_mib"], 2)
+    res["compression"] = comp
+
+    # 4. The physical limit: the dnf install alone plus one mksquashfs pass over that tree.
+    from composer.testproduct import RUNTIME_PACKAGES
+
+    limit_tree = OUT / "limit" / "tree"
+    session = DnfSession(limit_tree, DnfConfig(releasever="1", arch=os.uname().machine, sources=(source,),
+                                               cachedir=BUILD / "cache" / "dnf", nogpgcheck=True), OUT / "limit")
+    t0 = time.monotonic()
+    session.install(list(RUNTIME_PACKAGES), required=True)
+    session.run_transaction()
+    t_dnf = time.monotonic() - t0
+    t_sq, _, _ = timed(make_squashfs, limit_tree, OUT / "limit.img", Compression.XZ)
+    limit = t_dnf + t_sq
+    res["physical_limit"] = {"dnf_install_s": round(t_dnf, 2), "mksquashfs_xz_s": t_sq,
+                             "tree_mib": round(du(limit_tree) / MIB, 1), "total_s": round(limit, 2),
+                             "compose_vs_limit": round(wall / limit, 2)}
+    shutil.rmtree(OUT / "limit")
+    (OUT / "limit.img").unlink()
+
+    # The big initrd as shipped: RAM floor of the default build.
+    res["ram_floor_mb"] = comp["xz"].get("ram_floor_mb")
+    shutil.rmtree(work)
+
+    (OUT / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = table(res)
+    (OUT / "results.md").write_text(md)
+    print(md)
+    return 0
+
+
+def table(r: dict) -> str:
+    c = r["compose"]
+    lines = ["| stage | wall s | CPU s | peak child RSS MiB |", "|---|---:|---:|---:|"]
+    for name, s in c["stages"].items():
+        lines.append(f"| {name} | {s['wall_s']} | {s['cpu_s']} | {s['peak_child_rss_mib']} |")
+    lines.append(f"| **whole compose** | {c['wall_s']} | {c['cpu_s']} | |")
+    lines += ["", "| output | MiB |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in c["sizes_mib"].items()]
+    rf = r["rootfs_stage"]
+    lines += ["", "| rootfs.img stage | wall s | CPU s | loop devices | mounts |", "|---|---:|---:|---:|---:|",
+              f"| composer (mkfs.btrfs --rootdir) | {rf['ours']['wall_s']} | {rf['ours']['cpu_s']} | 0 | 0 |",
+              f"| lorax way (loop mount + cp -a) | {rf['lorax_way']['wall_s']} | {rf['lorax_way']['cpu_s']} | 1 | 1 |",
+              f"| ratio lorax/composer | {rf['speedup']} | | | |"]
+    lines += ["", "| compressor | mksquashfs s | squashfs MiB | big initrd MiB | RAM floor MB | time vs xz | size vs xz |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, e in r["compression"].items():
+        lines.append(f"| {name} | {e['wall_s']} | {e['squashfs_mib']} | {e['big_initrd_mib']} | "
+                     f"{e.get('ram_floor_mb', 'n/a')} | {e.get('time_vs_xz', 1.0)} | {e.get('size_vs_xz', 1.0)} |")
+    pl = r["physical_limit"]
+    lines += ["", f"Physical limit (dnf install {pl['dnf_install_s']} s + one mksquashfs xz pass {pl['mksquashfs_xz_s']} s "
+              f"= {pl['total_s']} s); whole compose {c['wall_s']} s = **{pl['compose_vs_limit']}x** the limit.", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
