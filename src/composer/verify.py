@@ -335,3 +335,184 @@ def find_min_memory(
         else:
             bad = mid
     return grid[good], results
+
+
+# --------------------------------------------------------------------------- media
+# Boot checks for boot.iso (as a CD, under SeaBIOS or OVMF) and for netboot trees
+# (qemu's built-in DHCP + TFTP, the firmware's iPXE ROM). The boot loader's menu
+# decides the kernel command line, so the default entry must carry console=ttyS0
+# and composer.check=poweroff (the test product's templates do).
+
+OVMF_CODE_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                        "/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/qemu/OVMF_CODE.fd")
+
+
+def find_ovmf() -> tuple[Path, Path]:
+    """(OVMF code, the matching pristine variable store) of this host."""
+    for code in map(Path, OVMF_CODE_CANDIDATES):
+        vars_ = code.with_name(code.name.replace("CODE", "VARS"))
+        if code.is_file() and vars_.is_file():
+            return code, vars_
+    raise ComposerError("UEFI boot check: no OVMF firmware found (install ovmf)")
+
+
+def qemu_media_argv(
+    *,
+    memory_mb: int,
+    accel: str = "tcg",
+    smp: int = 2,
+    cpu: str | None = None,
+    firmware: str = "bios",
+    ovmf_vars: Path | None = None,
+    iso: Path | None = None,
+    tftp_dir: Path | None = None,
+    bootfile: str | None = None,
+) -> list[str]:
+    """qemu for a firmware boot: a CD (iso) or the network (tftp_dir + bootfile)."""
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be resolved to kvm or tcg, not {accel!r}")
+    if firmware not in ("bios", "uefi"):
+        raise ComposerError(f"firmware must be bios or uefi, not {firmware!r}")
+    cpu = cpu or ("host" if accel == "kvm" else "max")
+    argv = [
+        QEMU, "-machine", "q35", "-accel", accel, "-cpu", cpu,
+        "-m", str(memory_mb), "-smp", str(smp),
+        "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot", "-serial", "stdio",
+    ]
+    if firmware == "uefi":
+        code, _ = find_ovmf()
+        if ovmf_vars is None:
+            raise ValueError("a UEFI boot needs a private copy of the OVMF variable store")
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}"]
+    if iso is not None:
+        argv += ["-drive", f"file={iso},media=cdrom,readonly=on,if=none,id=cd0",
+                 "-device", "ide-cd,drive=cd0,bootindex=1", "-nic", "none"]
+    elif tftp_dir is not None:
+        if not bootfile:
+            raise ValueError("a network boot needs a boot file")
+        argv += ["-netdev", f"user,id=n0,tftp={tftp_dir},bootfile={bootfile}",
+                 "-device", "virtio-net-pci,netdev=n0,bootindex=1"]
+    else:
+        raise ValueError("nothing to boot: give iso or tftp_dir")
+    return argv
+
+
+def boot_argv(
+    argv: list[str],
+    *,
+    memory_mb: int,
+    timeout: float = 900,
+    marker: str = DEFAULT_MARKER,
+    log: Path | None = None,
+    what: str = "boot check",
+) -> BootResult:
+    """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout."""
+    if shutil.which(argv[0]) is None:
+        raise ComposerError(f"{what}: {argv[0]} not found")
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix=f"composer-boot-{memory_mb}M-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    info(f"{what}: {memory_mb} MB, {argv[argv.index('-accel') + 1] if '-accel' in argv else '?'}, log {log}")
+    debug("$ " + " ".join(argv))
+    start = time.monotonic()
+    ok, marker_line, reason, seconds = False, None, "", 0.0
+    with log.open("wb") as logf:
+        lines = _Lines(logf)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            lines.start(proc)
+            deadline = start + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    reason = f"timeout after {timeout:.0f}s without the marker"
+                    break
+                line = lines.get(left)
+                if line is _TIMEOUT:
+                    continue
+                if line is None:
+                    rc = proc.wait()
+                    last = lines.tail[-1] if lines.tail else "no console output"
+                    reason = f"qemu exited (code {rc}) before the marker; last line: {last}"
+                    break
+                kind = classify_line(line, marker)
+                if kind == "marker":
+                    ok, marker_line, reason = True, line.strip(), "marker seen"
+                    break
+                if kind == "fatal":
+                    reason = line.strip()
+                    break
+            seconds = time.monotonic() - start
+            if ok:
+                try:
+                    proc.wait(timeout=POWEROFF_GRACE)
+                except subprocess.TimeoutExpired:
+                    debug(f"{what}: qemu did not power off after the marker; killing it")
+        finally:
+            _kill_group(proc)
+            lines.join()
+    result = BootResult(ok, round(seconds, 1), memory_mb, marker_line, log, reason)
+    info(f"{what}: {memory_mb} MB: {'OK' if ok else 'FAILED'} in {result.seconds:.0f}s: {reason}")
+    return result
+
+
+def boot_iso(
+    iso: Path,
+    *,
+    firmware: str = "bios",
+    memory_mb: int = 512,
+    timeout: float = 900,
+    marker: str = DEFAULT_MARKER,
+    accel: str = "auto",
+    log: Path | None = None,
+    smp: int = 2,
+) -> BootResult:
+    """Boot iso as a CD under SeaBIOS (firmware="bios") or OVMF ("uefi"); the menu's
+    default entry must boot unattended to the marker."""
+    if not iso.is_file():
+        raise ComposerError(f"boot check: ISO {iso} does not exist")
+    with tempfile.TemporaryDirectory(prefix="composer-ovmf-") as tmp:
+        vars_copy = None
+        if firmware == "uefi":
+            _, vars_src = find_ovmf()
+            vars_copy = Path(tmp) / "OVMF_VARS.fd"
+            shutil.copyfile(vars_src, vars_copy)
+        argv = qemu_media_argv(memory_mb=memory_mb, accel=resolve_accel(accel), smp=smp,
+                               firmware=firmware, ovmf_vars=vars_copy, iso=iso.resolve())
+        return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
+                         what=f"boot check ({firmware.upper()} CD)")
+
+
+def boot_netboot(
+    tftp_dir: Path,
+    bootfile: str,
+    *,
+    firmware: str = "bios",
+    memory_mb: int = 512,
+    timeout: float = 900,
+    marker: str = DEFAULT_MARKER,
+    accel: str = "auto",
+    log: Path | None = None,
+    smp: int = 2,
+) -> BootResult:
+    """Boot from the network: qemu's DHCP hands out `bootfile`, served by its TFTP
+    server from tftp_dir (the firmware's iPXE ROM fetches it; an iPXE script works
+    as the boot file, and may fetch the rest over HTTP from 10.0.2.2 = the host)."""
+    if not tftp_dir.is_dir():
+        raise ComposerError(f"boot check: TFTP directory {tftp_dir} does not exist")
+    if not (tftp_dir / bootfile).is_file():
+        raise ComposerError(f"boot check: boot file {tftp_dir / bootfile} does not exist")
+    with tempfile.TemporaryDirectory(prefix="composer-ovmf-") as tmp:
+        vars_copy = None
+        if firmware == "uefi":
+            _, vars_src = find_ovmf()
+            vars_copy = Path(tmp) / "OVMF_VARS.fd"
+            shutil.copyfile(vars_src, vars_copy)
+        argv = qemu_media_argv(memory_mb=memory_mb, accel=resolve_accel(accel), smp=smp, firmware=firmware,
+                               ovmf_vars=vars_copy, tftp_dir=tftp_dir.resolve(), bootfile=bootfile)
+        return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
+                         what=f"boot check ({firmware.upper()} netboot)")

@@ -49,7 +49,7 @@ def test_big_initrd_ends_with_squashfs_and_cmdline(runtime, tmp_path):
     initrd = runtime / "images" / "pxeboot" / "initrd.img"
     archives = read_newc(initrd)
     last = archives[-1]
-    names = [e.name for e in last.entries]
+    names = [m.name for m in last.members]
     assert "squashfs.img" in names and "etc/cmdline" in names
     # the real cpio agrees, reading from the last archive's start
     with initrd.open("rb") as f:

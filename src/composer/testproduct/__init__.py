@@ -25,7 +25,7 @@ from composer.run import ComposerError, atomic_dir, info, require, run, stage
 from composer.testproduct import debrpm, resolve, setuppkg
 
 # Bump whenever the repackaging rules change: it is part of the cache key.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 STAMP = ".testproduct-key"
 
 # What the runtime template installs (package names in the repository).

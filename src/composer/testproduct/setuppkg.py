@@ -68,6 +68,76 @@ say "COMPOSER-BOOT-OK kernel=$(uname -r) memtotal=$mem failed=$nfailed"
 systemctl poweroff --no-block || poweroff -f
 """
 
+SCRIPT_UNIT = "composer-script.service"
+SCRIPT_MARKER = "COMPOSER-SCRIPT-DONE"
+
+# Test harness hook: with composer.script=1 on the kernel command line, run run.sh from
+# the first virtio disk (an ext4 image the host prepared) and power off. Ordered before
+# the boot check, whose poweroff would otherwise race it; the boot check stays as it is.
+SCRIPT_UNIT_TEXT = f"""\
+[Unit]
+Description=composer test script: run run.sh from the first virtio disk and power off
+ConditionKernelCommandLine=composer.script=1
+After=multi-user.target
+Before={UNIT}
+
+[Service]
+Type=oneshot
+TimeoutStartSec=infinity
+ExecStart={LIBEXEC}/run-script
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+RUN_SCRIPT = r"""#!/bin/sh
+# Mounts /dev/vda (ext4, prepared by the host) at /mnt/composer, runs its run.sh with
+# the output on the serial port, unmounts, prints COMPOSER-SCRIPT-DONE rc=<rc>, powers off.
+PATH=/usr/sbin:/usr/bin
+export PATH
+DISK=/dev/vda
+MNT=/mnt/composer
+say() {
+    for dev in /dev/ttyS0 /dev/console; do
+        [ -c "$dev" ] || continue
+        timeout 5 sh -c 'printf "\r\n%s\r\n" "$1" > "$2"' sh "$1" "$dev" 2>/dev/null || :
+        break
+    done
+}
+out=/dev/ttyS0
+[ -c "$out" ] || out=/dev/console
+rc=0
+modprobe virtio_blk 2>/dev/null || :
+i=0
+while [ ! -b "$DISK" ] && [ $i -lt 60 ]; do
+    udevadm settle --timeout=5 2>/dev/null || :
+    [ -b "$DISK" ] || sleep 1
+    i=$((i + 1))
+done
+if [ ! -b "$DISK" ]; then
+    say "composer-script: no $DISK"
+    rc=253
+elif ! { mkdir -p "$MNT" && mount -t ext4 "$DISK" "$MNT"; }; then
+    say "composer-script: cannot mount $DISK"
+    rc=254
+else
+    if [ -f "$MNT/run.sh" ]; then
+        (cd "$MNT" && sh "$MNT/run.sh") > "$out" 2>&1 < /dev/null
+        rc=$?
+    else
+        say "composer-script: no run.sh on $DISK"
+        rc=252
+    fi
+    sync
+    umount "$MNT" || { say "composer-script: cannot unmount $MNT"; rc=251; }
+fi
+sync
+say "@MARKER@ rc=$rc"
+systemctl poweroff --no-block || poweroff -f
+""".replace("@MARKER@", SCRIPT_MARKER)
+
 # update-alternatives links Debian's postinst scripts would make: (name, link, target)
 ALTERNATIVES = (
     ("awk", "/usr/bin/awk", "/usr/bin/mawk"),
@@ -198,6 +268,8 @@ def payload() -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
     files: dict[str, tuple[int, str]] = {
         f"{SYSTEMD_SYSTEM}/{UNIT}": (0o644, BOOT_CHECK_UNIT),
         f"{LIBEXEC}/boot-check": (0o755, BOOT_CHECK),
+        f"{SYSTEMD_SYSTEM}/{SCRIPT_UNIT}": (0o644, SCRIPT_UNIT_TEXT),
+        f"{LIBEXEC}/run-script": (0o755, RUN_SCRIPT),
         "/usr/lib/sysusers.d/testproduct.conf": (0o644, SYSUSERS),
     }
     for name, text in PAM.items():
@@ -206,6 +278,7 @@ def payload() -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
     links.update({"/var/run": "../run", "/var/lock": "../run/lock", "/etc/mtab": "../proc/self/mounts"})
     links["/etc/systemd/system/default.target"] = f"{SYSTEMD_SYSTEM}/multi-user.target"
     links[f"/etc/systemd/system/multi-user.target.wants/{UNIT}"] = f"{SYSTEMD_SYSTEM}/{UNIT}"
+    links[f"/etc/systemd/system/multi-user.target.wants/{SCRIPT_UNIT}"] = f"{SYSTEMD_SYSTEM}/{SCRIPT_UNIT}"
     links["/etc/systemd/system/getty.target.wants/getty@tty1.service"] = f"{SYSTEMD_SYSTEM}/getty@.service"
     return files, links
 

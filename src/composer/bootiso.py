@@ -1,0 +1,254 @@
+"""`composer boot-iso`: installer/runtime media — boot.iso (BIOS + UEFI, hybrid) and its tree.
+
+The runtime is built as for `composer runtime`; the media use it split: the small
+dracut initramfs boots and finds images/install.img (the squashfs) on the medium by
+its volume label. OUTDIR gets:
+
+    images/boot.iso  images/install.img  images/efiboot.img  images/eltorito.img
+    images/pxeboot/vmlinuz  images/pxeboot/initrd.img  (small initrd; -KVER for more kernels)
+    boot/grub2/grub.cfg  EFI/BOOT/{BOOTX64.EFI,grub.cfg}  .treeinfo  .discinfo
+
+boot.iso holds the same tree. The menus come from the product's templates:
+grub2-bios.cfg, grub2-efi.cfg (GRUB) or isolinux.cfg (--bios-loader isolinux); an
+optional bootiso-<basearch>.tmpl command template and --add-arch-template files run
+on the media tree (not the runtime tree) before the images are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from composer.config import Config, RootfsType
+from composer.images.efiboot import find_grub, find_shim, grub_mkimage, make_efiboot, EFI_ARCH_NAMES
+from composer.images.iso import BiosBoot, check_volid, default_volid, make_iso
+from composer.images.sparse import copy_sparse
+from composer.outputs.media import BootKernel, boot_kernels, copy_file, join_args, render_config
+from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.run import ComposerError, atomic_dir, info, set_logging, stage
+
+BIOS_LOADERS = ("grub2", "isolinux")
+GRUB_BIOS_PREFIX = "/boot/grub2"
+ISOLINUX_DIRS = ("usr/share/syslinux", "usr/lib/ISOLINUX", "usr/lib/syslinux/modules/bios")
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaOptions:
+    volid: str
+    bios_loader: str = "grub2"
+    kernel_args: tuple[str, ...] = ()
+    arch_templates: tuple[Path, ...] = ()
+    arch_template_vars: tuple[tuple[str, str], ...] = ()
+
+
+def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) -> dict[str, object]:
+    from composer.runtime import template_variables
+
+    variables = template_variables(cfg)
+    variables.update(dict(opts.arch_template_vars))
+    variables.update({
+        "volid": opts.volid,
+        "kernels": kernels,
+        "extra_args": join_args(opts.kernel_args),
+        "bios_loader": opts.bios_loader,
+        # A read-only rootfs (erofs, or the tree straight in squashfs) needs an overlayfs.
+        "overlay_args": "rd.live.overlay.overlayfs=1" if cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS) else "",
+    })
+    return variables
+
+
+def config_names(bios_loader: str) -> dict[str, str]:
+    """Template file -> place in the media tree."""
+    names = {"grub2-efi.cfg": "EFI/BOOT/grub.cfg"}
+    if bios_loader == "grub2":
+        names["grub2-bios.cfg"] = f"{GRUB_BIOS_PREFIX.lstrip('/')}/grub.cfg"
+    else:
+        names["isolinux.cfg"] = "isolinux/isolinux.cfg"
+    return names
+
+
+def check_templates(cfg: Config, opts: MediaOptions) -> None:
+    """Render the boot configs with a sample kernel before the long build: a template
+    error stops the build in a second, not after the runtime compose."""
+    templatedir = cfg.template_dir
+    variables = media_variables(cfg, opts, boot_kernels(["0.0.0-sample"]))
+    for name in config_names(opts.bios_loader):
+        render_config(templatedir, name, variables)
+    for t in opts.arch_templates:
+        if not t.is_file():
+            raise ComposerError(f"--add-arch-template {t}: no such file")
+
+
+def _find_isolinux(tree: Path) -> tuple[Path, Path | None]:
+    """(directory with isolinux.bin + ldlinux.c32, isohdpfx.bin or None): tree first, then host."""
+    for root, origin in ((tree, "install tree"), (Path("/"), "HOST")):
+        bins = [root / d / "isolinux.bin" for d in ISOLINUX_DIRS]
+        ldl = [root / d / "ldlinux.c32" for d in ISOLINUX_DIRS]
+        found_bin = next((b for b in bins if b.is_file()), None)
+        found_ldl = next((b for b in ldl if b.is_file()), None)
+        if found_bin and found_ldl:
+            mbr = next((root / d / "isohdpfx.bin" for d in ISOLINUX_DIRS if (root / d / "isohdpfx.bin").is_file()), None)
+            info(f"isolinux: from the {origin} ({found_bin.parent})")
+            return found_bin, mbr if mbr is not None else None
+    raise ComposerError("no isolinux.bin + ldlinux.c32 in the install tree or on this host (install isolinux syslinux-common)")
+
+
+def _ldlinux(isolinux_bin: Path) -> Path:
+    for d in (isolinux_bin.parent, *(Path("/") / x for x in ISOLINUX_DIRS)):
+        if (d / "ldlinux.c32").is_file():
+            return d / "ldlinux.c32"
+    raise ComposerError("ldlinux.c32 not found next to isolinux.bin")
+
+
+def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> dict[str, object]:
+    """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso."""
+    timings: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    templatedir = cfg.template_dir
+    kernels = boot_kernels([k.version for k in rt.kernels])
+    variables = media_variables(cfg, opts, kernels)
+
+    t0 = time.monotonic()
+    with stage("media tree"):
+        for bk, k in zip(kernels, rt.kernels):
+            copy_file(k.vmlinuz, out / bk.kernel)
+            copy_file(rt.initramfs[k.version], out / bk.initrd)
+        copy_sparse(rt.squashfs, out / "images" / "install.img")
+        for name, dest in config_names(opts.bios_loader).items():
+            target = out / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render_config(templatedir, name, variables))
+
+        # BIOS boot image.
+        bios_work = work / "bios"
+        if opts.bios_loader == "grub2":
+            grub = find_grub(rt.tree, "i386-pc")
+            grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
+            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", grub.moddir / "boot_hybrid.img")
+            if not bios.mbr.is_file():
+                info(f"grub i386-pc: no boot_hybrid.img in {grub.moddir}: boot.iso boots BIOS from CD only")
+                bios = dataclasses.replace(bios, mbr=None)
+        else:
+            isolinux_bin, mbr = _find_isolinux(rt.tree)
+            copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
+            copy_file(_ldlinux(isolinux_bin), out / "isolinux" / "ldlinux.c32")
+            bios = BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", mbr)
+        bios_work.mkdir(parents=True, exist_ok=True)
+
+        # UEFI: EFI/BOOT on the ISO and in efiboot.img.
+        efi_names = EFI_ARCH_NAMES.get(cfg.arch)
+        if efi_names is None:
+            raise ComposerError(f"boot-iso: no UEFI boot for architecture {cfg.arch}")
+        efidir = out / "EFI" / "BOOT"
+        shim = find_shim(rt.tree, cfg.arch)
+        if shim:
+            for name, src in shim.items():
+                copy_file(src, efidir / name)
+        else:
+            efi_grub = find_grub(rt.tree, f"{cfg.arch}-efi")
+            grub_mkimage(efi_grub, f"{cfg.arch}-efi", "/EFI/BOOT", efidir / f"BOOT{efi_names[1]}.EFI")
+            info("efi: no shim in the install tree: GRUB alone (no Secure Boot)")
+
+        # Product/arch templates on the media tree (e.g. extra files for the ISO).
+        from composer.templates import TemplateRunner
+
+        arch_tmpl = templatedir / f"bootiso-{variables['basearch']}.tmpl"
+        templates = ([arch_tmpl] if arch_tmpl.is_file() else []) + [t.resolve() for t in opts.arch_templates]
+        runner = TemplateRunner(tree=out, templatedir=templatedir, variables=variables)
+        for t in templates:
+            runner.run(t)
+
+        efi_files = sorted(p for p in efidir.rglob("*") if p.is_file())
+        make_efiboot([(p, p.relative_to(out).as_posix()) for p in efi_files], out / "images" / "efiboot.img")
+    timings["media_tree"] = round(time.monotonic() - t0, 2)
+
+    arch = cfg.arch
+    images = {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd, "efiboot.img": "images/efiboot.img"}
+    treeinfo_args = dict(product=cfg.product, version=cfg.version, arch=arch, variant=cfg.variant,
+                         stage2="images/install.img", extra={**rt.treeinfo, **runner.treeinfo})
+    release = f"{cfg.product} {cfg.version}"
+    write_discinfo(out / ".discinfo", release=release, arch=arch)
+
+    t0 = time.monotonic()
+    with stage("boot.iso"):
+        # The .treeinfo on the ISO cannot list the ISO itself.
+        iso_treeinfo = work / "iso.treeinfo"
+        write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, **treeinfo_args)
+        grafts = [(".treeinfo", iso_treeinfo)]
+        for p in sorted(out.rglob("*")):
+            rel = p.relative_to(out).as_posix()
+            if p.is_file() and rel not in (".treeinfo",) and not rel.startswith("images/boot.iso"):
+                grafts.append((rel, p))
+        iso = out / "images" / "boot.iso"
+        make_iso(iso, opts.volid, grafts, bios=bios, efiboot=out / "images" / "efiboot.img",
+                 efiboot_in_iso="images/efiboot.img")
+    timings["iso"] = round(time.monotonic() - t0, 2)
+    write_treeinfo(out / ".treeinfo", images={arch: {**images, "boot.iso": "images/boot.iso"}},
+                   checksum_root=out, **treeinfo_args)
+    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
+        sizes[rel] = (out / rel).stat().st_size
+    return {"sizes": sizes, "timings": timings}
+
+
+def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
+    from composer.runtime import build_runtime, workdir_for
+
+    check_volid(opts.volid)
+    check_templates(cfg, opts)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
+        work = stack.enter_context(workdir_for(cfg))
+        rt = build_runtime(cfg, work)
+        result = make_media(cfg, opts, rt, out, work)
+        timings = {**rt.timings, **result["timings"]}
+        sizes = {**{k: v for k, v in rt.sizes.items()}, **result["sizes"]}
+        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
+                                       "timings_s": timings}))
+    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
+    return cfg.outdir
+
+
+def cmd_boot_iso(args: argparse.Namespace) -> int:
+    from composer.cli import _template_vars, config_from_args
+    from composer.kickstart import config_with_kickstart
+
+    if args.bootiso_logfile is not None:
+        set_logging(logfile=args.bootiso_logfile)
+    cfg = config_from_args(args)
+    cfg, ks = config_with_kickstart(cfg, args.ks)
+    volid = args.volid if args.volid is not None else default_volid(cfg.product, cfg.version, cfg.arch)
+    opts = MediaOptions(
+        volid=check_volid(volid),
+        bios_loader=args.bios_loader,
+        kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg),
+        arch_templates=tuple(args.add_arch_template),
+        arch_template_vars=_template_vars(args.add_arch_template_var),
+    )
+    compose_boot_iso(cfg, opts)
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `boot-iso` to composer's subcommands."""
+    from composer.cli import _add_compose_options
+    from composer.kickstart import add_ks_option
+
+    p = subparsers.add_parser("boot-iso", help="compose installer media: boot.iso (BIOS + UEFI), install.img, pxeboot, .treeinfo")
+    _add_compose_options(p)
+    p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
+    p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every menu entry (repeatable)")
+    p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
+                   help="extra command template run on the media tree before the images are made (repeatable)")
+    p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",
+                   help="variable for the boot config and arch templates (repeatable)")
+    add_ks_option(p)
+    p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
+    p.set_defaults(func=cmd_boot_iso)
+    return p

@@ -1,0 +1,148 @@
+"""Kickstart input (`--ks FILE`), parsed with pykickstart.
+
+What composer takes from a kickstart:
+* ``url --url=URL`` and ``repo --name=N --baseurl=URL``: package sources;
+* ``%packages``: names and globs are installed on top of the templates' set,
+  ``-name`` excludes a package; ``@group`` lines are not supported (no comps here)
+  and are reported;
+* ``bootloader --append="ARGS"``: kernel arguments for the generated boot menus.
+Every other command, %pre/%post/%traceback script and unsupported option is
+reported by name (never silently ignored). A kickstart pykickstart rejects gives
+one error with the file and line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from pathlib import Path
+
+from composer.config import Config
+from composer.run import ComposerError, info
+
+# Commands composer reads; everything else the kickstart says is reported.
+USED_COMMANDS = ("url", "repo", "bootloader")
+
+
+@dataclasses.dataclass(frozen=True)
+class KickstartInput:
+    path: Path
+    sources: tuple[str, ...] = ()
+    installpkgs: tuple[str, ...] = ()
+    excludepkgs: tuple[str, ...] = ()
+    kernel_args: tuple[str, ...] = ()
+    unused: tuple[str, ...] = ()  # command / section / option names composer did not use
+
+
+def _parse_error(path: Path, e: Exception) -> ComposerError:
+    lineno = getattr(e, "lineno", None)
+    message = getattr(e, "message", None) or str(e)
+    message = " ".join(message.split())
+    where = f"{path}:{lineno}" if lineno else f"{path}"
+    return ComposerError(f"kickstart {where}: {message}")
+
+
+def load_kickstart(path: Path) -> KickstartInput:
+    """Parse a kickstart file and pick out what composer uses."""
+    from pykickstart import errors as kserrors
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    path = Path(path)
+    if not path.is_file():
+        raise ComposerError(f"--ks {path}: no such file")
+    handler = makeVersion()
+    parser = KickstartParser(handler, missingIncludeIsFatal=True)
+    try:
+        parser.readKickstart(str(path))
+    except kserrors.KickstartError as e:
+        raise _parse_error(path, e) from None
+    except OSError as e:
+        raise ComposerError(f"kickstart {path}: {e.strerror or e}") from None
+
+    unused: list[str] = []
+    sources: list[str] = []
+    url = handler.url
+    if getattr(url, "seen", False):
+        if url.url:
+            sources.append(url.url)
+        for opt in ("mirrorlist", "metalink"):
+            if getattr(url, opt, None):
+                unused.append(f"url --{opt}")
+    for repo in handler.repo.repoList:
+        if repo.baseurl:
+            sources.append(repo.baseurl)
+        for opt in ("mirrorlist", "metalink"):
+            if getattr(repo, opt, None):
+                unused.append(f"repo {repo.name} --{opt}")
+
+    pkgs = handler.packages
+    installpkgs = tuple(pkgs.packageList)
+    excludepkgs = tuple(pkgs.excludedList)
+    for g in pkgs.groupList:
+        unused.append(f"%packages @{g.name}")
+    for g in pkgs.excludedGroupList:
+        unused.append(f"%packages -@{g.name}")
+    if getattr(pkgs, "environment", None):
+        unused.append(f"%packages @^{pkgs.environment}")
+
+    kernel_args: tuple[str, ...] = ()
+    bl = handler.bootloader
+    if getattr(bl, "seen", False) and bl.appendLine:
+        try:
+            kernel_args = tuple(shlex.split(bl.appendLine))
+        except ValueError as e:
+            raise ComposerError(f"kickstart {path}: bootloader --append: {e}") from None
+
+    seen_names: set[str] = set()
+    seen_objects: set[int] = set()
+    for name, cmd in sorted(handler.commands.items()):
+        if not getattr(cmd, "seen", False) or name in USED_COMMANDS:
+            continue
+        if id(cmd) in seen_objects:
+            continue
+        seen_objects.add(id(cmd))
+        seen_names.add(name)
+    unused = sorted(seen_names) + unused
+    for script in handler.scripts:
+        kind = {0: "%pre", 1: "%post", 2: "%traceback", 3: "%pre-install", 4: "%onerror"}.get(script.type, "%script")
+        if kind not in unused:
+            unused.append(kind)
+    return KickstartInput(path, tuple(sources), installpkgs, excludepkgs, kernel_args, tuple(unused))
+
+
+def report_unused(ks: KickstartInput) -> None:
+    if ks.unused:
+        info(f"kickstart {ks.path}: not used by composer: {', '.join(ks.unused)}")
+
+
+def apply_kickstart(cfg: Config, ks: KickstartInput) -> Config:
+    """cfg with the kickstart's sources and package changes added (command line first)."""
+    def merged(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a + b))
+
+    return dataclasses.replace(
+        cfg,
+        sources=merged(cfg.sources, ks.sources),
+        installpkgs=merged(cfg.installpkgs, ks.installpkgs),
+        excludepkgs=merged(cfg.excludepkgs, ks.excludepkgs),
+    )
+
+
+def add_ks_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ks", type=Path, default=None, metavar="FILE",
+                   help="kickstart: url/repo add sources, %%packages adds/excludes packages, "
+                        "bootloader --append adds kernel arguments")
+
+
+def config_with_kickstart(cfg: Config, ks_path: Path | None) -> tuple[Config, KickstartInput | None]:
+    """For a command's `--ks`: the config with the kickstart applied (and its report)."""
+    if ks_path is None:
+        return cfg, None
+    ks = load_kickstart(ks_path)
+    report_unused(ks)
+    if ks.sources or ks.installpkgs or ks.excludepkgs or ks.kernel_args:
+        info(f"kickstart {ks.path}: {len(ks.sources)} sources, {len(ks.installpkgs)} packages added, "
+             f"{len(ks.excludepkgs)} excluded, kernel arguments: {' '.join(ks.kernel_args) or '(none)'}")
+    return apply_kickstart(cfg, ks), ks

@@ -1,0 +1,193 @@
+"""`composer netboot OUTDIR --url URL`: a tree a PXE/TFTP/HTTP boot server serves as is.
+
+Per kernel (newest first; several kernels give several menu entries):
+* default, single image: images/pxeboot/vmlinuz + the big initrd (initramfs + squashfs,
+  boots from RAM; the boot configs pass root=live:/squashfs.img so the kernel unpacks
+  it into an uncapped ramfs);
+* --split: the small initrd + images/install.img, which dracut's livenet module
+  fetches at boot (root=live:<URL>images/install.img; the initramfs gets livenet).
+
+Boot loaders and configs, all rendered from the product's templates with the URL:
+* pxelinux.cfg/default (netboot-pxelinux.cfg), with pxelinux.0 + ldlinux.c32 when
+  the install tree or the host has them (Debian: pxelinux, syslinux-common);
+* GRUB for PXE: grubx64.efi (UEFI) and grubpxe.0 (BIOS), both reading
+  grub2/grub.cfg over TFTP (netboot-grub2.cfg);
+* boot.ipxe (netboot.ipxe), an iPXE script that fetches everything from URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from composer.config import Config, RootfsType
+from composer.images.efiboot import EFI_ARCH_NAMES, find_grub, grub_mkimage
+from composer.images.sparse import copy_sparse
+from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
+from composer.run import ComposerError, atomic_dir, info, set_logging, stage
+
+PXELINUX_DIRS = ("usr/share/syslinux", "usr/lib/PXELINUX", "usr/lib/syslinux/modules/bios", "usr/lib/syslinux")
+# template -> place in the netboot tree
+CONFIGS = {
+    "netboot-pxelinux.cfg": "pxelinux.cfg/default",
+    "netboot-grub2.cfg": "grub2/grub.cfg",
+    "netboot.ipxe": "boot.ipxe",
+}
+GRUB_NET_PREFIX = "(tftp)/grub2"
+NET_MODULES = ("net", "tftp", "http", "linux", "normal", "configfile", "echo", "test", "serial", "terminal",
+               "search", "halt", "reboot", "sleep", "gzio", "xzio", "boot", "minicmd", "ls", "cat", "true", "regexp")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetbootOptions:
+    url: str
+    split: bool = False
+    kernel_args: tuple[str, ...] = ()
+
+
+def normalize_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "tftp", "ftp", "nfs") or not parts.netloc:
+        raise ComposerError(f"--url {url!r}: expected e.g. http://server/path/ (http, https, tftp, ftp or nfs)")
+    if any(c.isspace() for c in url):
+        raise ComposerError(f"--url {url!r}: must not contain white space")
+    return url if url.endswith("/") else url + "/"
+
+
+def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) -> dict[str, object]:
+    from composer.runtime import template_variables
+
+    variables = template_variables(cfg)
+    readonly_root = cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS)
+    variables.update({
+        "url": opts.url,
+        "split": opts.split,
+        "kernels": boot_kernels(versions),
+        "extra_args": join_args(opts.kernel_args),
+        "overlay_args": "rd.live.overlay.overlayfs=1" if readonly_root else "",
+    })
+    return variables
+
+
+def check_templates(cfg: Config, opts: NetbootOptions) -> None:
+    variables = netboot_variables(cfg, opts, ["0.0.0-sample"])
+    for name in CONFIGS:
+        render_config(cfg.template_dir, name, variables)
+
+
+def _find_pxelinux(tree: Path) -> dict[str, Path]:
+    for root, origin in ((tree, "install tree"), (Path("/"), "HOST")):
+        found: dict[str, Path] = {}
+        for name in ("pxelinux.0", "ldlinux.c32"):
+            for d in PXELINUX_DIRS:
+                if (root / d / name).is_file():
+                    found[name] = root / d / name
+                    break
+        if len(found) == 2:
+            info(f"pxelinux: from the {origin} ({found['pxelinux.0'].parent})")
+            return found
+    info("pxelinux: no pxelinux.0 in the install tree or on this host (Debian: apt-get install pxelinux); "
+         "pxelinux.cfg/default is written anyway")
+    return {}
+
+
+def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, object]:
+    from composer.outputs.bigimage import make_big_initrd
+    from composer.runtime import runtime_cmdline
+
+    timings: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    versions = [k.version for k in rt.kernels]
+    kernels = boot_kernels(versions)
+    variables = netboot_variables(cfg, opts, versions)
+    t0 = time.monotonic()
+    with stage("netboot tree"):
+        cmdline = runtime_cmdline(cfg.rootfs_type)
+        for bk, k in zip(kernels, rt.kernels):
+            copy_file(k.vmlinuz, out / bk.kernel)
+            if opts.split:
+                copy_file(rt.initramfs[k.version], out / bk.initrd)
+            else:
+                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd)
+            sizes[bk.initrd] = (out / bk.initrd).stat().st_size
+        if opts.split:
+            copy_sparse(rt.squashfs, out / "images" / "install.img")
+            sizes["images/install.img"] = (out / "images" / "install.img").stat().st_size
+        for name, dest in CONFIGS.items():
+            target = out / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render_config(cfg.template_dir, name, variables))
+        for name, src in _find_pxelinux(rt.tree).items():
+            copy_file(src, out / name)
+        efi = EFI_ARCH_NAMES.get(cfg.arch)
+        if efi is not None:
+            grub = find_grub(rt.tree, f"{cfg.arch}-efi")
+            grub_mkimage(grub, f"{cfg.arch}-efi", GRUB_NET_PREFIX, out / f"grub{efi[0]}.efi",
+                         modules=NET_MODULES + ("efinet", "efi_gop", "all_video"))
+        if cfg.arch in ("x86_64", "i686"):
+            grub = find_grub(rt.tree, "i386-pc")
+            grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
+    timings["netboot_tree"] = round(time.monotonic() - t0, 2)
+    return {"sizes": sizes, "timings": timings}
+
+
+def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
+    from composer.runtime import build_runtime, workdir_for
+
+    check_templates(cfg, opts)
+    if opts.split and not any("livenet" in a for a in cfg.dracut_args):
+        # The small initrd fetches install.img itself: it needs dracut's livenet module.
+        cfg = dataclasses.replace(cfg, dracut_args=cfg.dracut_args + ("--add", "livenet"))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
+        work = stack.enter_context(workdir_for(cfg))
+        rt = build_runtime(cfg, work)
+        result = make_netboot(cfg, opts, rt, out)
+        (out / "netboot.json").write_text(json.dumps({
+            "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
+            "split": opts.split, "kernels": [k.version for k in rt.kernels],
+            "sizes": {**rt.sizes, **result["sizes"]}, "timings": {**rt.timings, **result["timings"]},
+        }, indent=2) + "\n")
+        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result["sizes"].items()},
+                                       "timings_s": {**rt.timings, **result["timings"]}}))
+    info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
+         "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
+    return cfg.outdir
+
+
+def cmd_netboot(args: argparse.Namespace) -> int:
+    from composer.cli import config_from_args
+    from composer.kickstart import config_with_kickstart
+
+    if args.netboot_logfile is not None:
+        set_logging(logfile=args.netboot_logfile)
+    url = normalize_url(args.url)
+    cfg = config_from_args(args)
+    cfg, ks = config_with_kickstart(cfg, args.ks)
+    opts = NetbootOptions(url=url, split=args.split,
+                          kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
+    compose_netboot(cfg, opts)
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `netboot` to composer's subcommands."""
+    from composer.cli import _add_compose_options
+    from composer.kickstart import add_ks_option
+
+    p = subparsers.add_parser("netboot", help="compose a PXE/HTTP netboot tree: kernels, initrds, pxelinux/GRUB/iPXE configs")
+    _add_compose_options(p)
+    p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
+    p.add_argument("--split", action="store_true",
+                   help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every entry (repeatable)")
+    add_ks_option(p)
+    p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
+    p.set_defaults(func=cmd_netboot)
+    return p

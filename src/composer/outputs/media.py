@@ -1,0 +1,71 @@
+"""What boot.iso and the netboot tree share: boot config rendering and kernel staging.
+
+Boot configuration text (GRUB menus, isolinux.cfg, pxelinux.cfg, iPXE scripts) lives
+in the product's template directory as Mako files; this module only gives them
+variables: the build's template variables plus
+
+* ``kernels``: one entry per kernel, newest first, each with ``version``, ``kernel``
+  and ``initrd`` (paths relative to the media root, e.g. "images/pxeboot/vmlinuz"),
+  and ``index``;
+* ``extra_args``: kernel arguments from the command line / kickstart (a string);
+* whatever the caller adds (``volid`` for media, ``url`` and ``split`` for netboot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from composer.run import ComposerError
+
+
+@dataclasses.dataclass(frozen=True)
+class BootKernel:
+    index: int
+    version: str
+    kernel: str  # path relative to the media root
+    initrd: str
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.index == 0 else f"-{self.version}"
+
+
+def boot_kernels(versions: Sequence[str], directory: str = "images/pxeboot") -> list[BootKernel]:
+    """The newest kernel gets the plain names (vmlinuz, initrd.img) boot configs expect;
+    the others vmlinuz-KVER / initrd-KVER.img."""
+    out = []
+    for i, v in enumerate(versions):
+        suffix = "" if i == 0 else f"-{v}"
+        out.append(BootKernel(i, v, f"{directory}/vmlinuz{suffix}", f"{directory}/initrd{suffix}.img"))
+    return out
+
+
+def render_config(templatedir: Path, name: str, variables: Mapping[str, object]) -> str:
+    """Render the Mako file templatedir/name (a boot config, not a command template)."""
+    from composer.templates import _render
+
+    path = name if isinstance(name, Path) else templatedir / name
+    if not path.is_file():
+        raise ComposerError(f"template set {templatedir.name} has no {path.name} ({path})")
+    text, _ = _render(path, [templatedir, path.parent], dict(variables))
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()) + "\n"
+
+
+def join_args(*parts: str | Sequence[str]) -> str:
+    words: list[str] = []
+    for p in parts:
+        if isinstance(p, str):
+            words += shlex.split(p)
+        else:
+            words += list(p)
+    return " ".join(words)
+
+
+def copy_file(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
