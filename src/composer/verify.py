@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,11 @@ def qemu_argv(
     accel: str = "tcg",
     smp: int = 2,
     cpu: str | None = None,
+    extra_qemu_args: Sequence[str] = (),
 ) -> list[str]:
-    """The qemu command for one boot check; accel is a resolved "kvm" or "tcg"."""
+    """The qemu command for one boot check; accel is a resolved "kvm" or "tcg".
+
+    extra_qemu_args go last (e.g. a -drive for a test disk)."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be resolved to kvm or tcg, not {accel!r}")
     cpu = cpu or ("host" if accel == "kvm" else "max")  # max: every feature TCG emulates
@@ -115,6 +118,7 @@ def qemu_argv(
         "-serial", "stdio",
         "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd),
         "-append", cmdline,
+        *extra_qemu_args,
     ]
 
 
@@ -233,11 +237,13 @@ def boot_kernel(
     accel: str = "auto",
     log: Path | None = None,
     smp: int = 2,
+    extra_qemu_args: Sequence[str] = (),
 ) -> BootResult:
     """Boot under qemu until the marker, a fatal console line, qemu's exit or the timeout.
 
     qemu runs in its own process group and is killed on every way out (including
     KeyboardInterrupt). The full serial log is kept in `log` (a temp file if None).
+    extra_qemu_args are appended to qemu's command line (e.g. a -drive).
     """
     for what, p in (("kernel", kernel), ("initrd", initrd)):
         if not p.is_file():
@@ -249,7 +255,8 @@ def boot_kernel(
         os.close(fd)
         log = Path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, append=append, accel=resolve_accel(accel), smp=smp)
+    argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, append=append, accel=resolve_accel(accel), smp=smp,
+                     extra_qemu_args=extra_qemu_args)
     info(f"boot check: {memory_mb} MB, {argv[argv.index('-accel') + 1]}, log {log}")
     debug("$ " + " ".join(argv))
 

@@ -147,3 +147,20 @@ def el_torito_platforms(report: str) -> list[str]:
         if m:
             found.append(m.group(1))
     return found
+
+
+def mbr_partitions(image: Path) -> list[tuple[int, int, int, int]]:
+    """The MBR's used partition entries: (number, type, start sector, sectors)."""
+    import struct
+
+    with open(image, "rb") as f:
+        mbr = f.read(512)
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        return []
+    out = []
+    for i in range(4):
+        entry = mbr[446 + 16 * i: 462 + 16 * i]
+        start, count = struct.unpack("<II", entry[8:16])
+        if entry[4]:
+            out.append((i + 1, entry[4], start, count))
+    return out

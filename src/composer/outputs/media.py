@@ -14,6 +14,7 @@ variables: the build's template variables plus
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,9 @@ def render_config(templatedir: Path, name: str, variables: Mapping[str, object])
     if not path.is_file():
         raise ComposerError(f"template set {templatedir.name} has no {path.name} ({path})")
     text, _ = _render(path, [templatedir, path.parent], dict(variables))
-    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()) + "\n"
+    # Empty variables leave runs of blanks inside lines (not in the indentation): tidy them.
+    lines = [re.sub(r"(?<=\S) {2,}", " ", line.rstrip()) for line in text.strip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def join_args(*parts: str | Sequence[str]) -> str:

@@ -1,0 +1,148 @@
+"""Netboot and boot.iso configs rendered from the product templates (no build)."""
+
+import argparse
+import re
+
+import pytest
+
+from composer.bootiso import MediaOptions, config_names, media_variables
+from composer.config import Config, RootfsType
+from composer.netboot import CONFIGS, NetbootOptions, netboot_variables, normalize_url
+from composer.outputs.media import boot_kernels, render_config
+from composer.run import ComposerError
+from composer.templates import TemplateError
+
+KVERS = ["6.1.0-56-amd64", "6.1.0-40-amd64"]
+
+
+def cfg(product="TestProduct", tmp_path=None, **kw):
+    return Config(product=product, version="1", outdir=tmp_path or "/nonexistent", arch="x86_64", **kw)
+
+
+def render_netboot(c, opts, kvers=KVERS):
+    variables = netboot_variables(c, opts, kvers)
+    return {dest: render_config(c.template_dir, name, variables) for name, dest in CONFIGS.items()}
+
+
+def test_boot_kernels_names():
+    ks = boot_kernels(KVERS)
+    assert [k.kernel for k in ks] == ["images/pxeboot/vmlinuz", "images/pxeboot/vmlinuz-6.1.0-40-amd64"]
+    assert [k.initrd for k in ks] == ["images/pxeboot/initrd.img", "images/pxeboot/initrd-6.1.0-40-amd64.img"]
+
+
+@pytest.mark.parametrize("url,want", [
+    ("http://server/path", "http://server/path/"),
+    ("http://10.0.2.2:8000/", "http://10.0.2.2:8000/"),
+    ("tftp://server/x/", "tftp://server/x/"),
+])
+def test_normalize_url(url, want):
+    assert normalize_url(url) == want
+
+
+@pytest.mark.parametrize("url", ["server/path", "file:///srv", "http://", "http://a b/"])
+def test_bad_url(url):
+    with pytest.raises(ComposerError, match="--url"):
+        normalize_url(url)
+
+
+def test_testproduct_netboot_single_image_every_kernel_has_an_entry():
+    out = render_netboot(cfg(), NetbootOptions(url="http://srv/tree/"))
+    pxe, grub, ipxe = out["pxelinux.cfg/default"], out["grub2/grub.cfg"], out["boot.ipxe"]
+    for text in (pxe, grub, ipxe):
+        assert "vmlinuz-6.1.0-40-amd64" in text and "initrd-6.1.0-40-amd64.img" in text
+        assert "root=live:/squashfs.img rd.live.image" in text
+        assert "install.img" not in text
+    assert ipxe.startswith("#!ipxe\n")
+    assert "kernel http://srv/tree/images/pxeboot/vmlinuz " in ipxe
+    assert "initrd http://srv/tree/images/pxeboot/initrd.img" in ipxe
+    assert "goto ${target}" in ipxe
+    # the default entry boots unattended and reports on the serial console
+    first = re.search(r"label start\n  kernel (\S+)\n  append (.*)", pxe)
+    assert first.group(1) == "images/pxeboot/vmlinuz"
+    assert "composer.check=poweroff" in first.group(2) and "console=ttyS0" in first.group(2)
+    assert "default start" in pxe and "timeout 10" in pxe
+    assert "set timeout=1" in grub and "set default=0" in grub
+    assert grub.count("menuentry") == 3
+    assert "  " not in "".join(l.strip() for l in ipxe.splitlines())
+
+
+def test_testproduct_netboot_split():
+    out = render_netboot(cfg(), NetbootOptions(url="http://srv/tree/", split=True))
+    for text in out.values():
+        assert "root=live:http://srv/tree/images/install.img" in text and "rd.neednet=1" in text
+        assert "root=live:/squashfs.img" not in text
+
+
+def test_readonly_rootfs_gets_overlayfs_and_kernel_args():
+    out = render_netboot(cfg(rootfs_type=RootfsType.EROFS),
+                         NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b c")))
+    for text in out.values():
+        assert "rd.live.overlay.overlayfs=1" in text
+        assert "quiet a=b c" in text
+
+
+def test_fedora_netboot_templates():
+    out = render_netboot(cfg("Fedora"), NetbootOptions(url="http://srv/f/", split=True))
+    for text in out.values():
+        assert "inst.stage2=http://srv/f/" in text
+        assert "composer.check" not in text
+
+
+def media(c, kvers=KVERS, **kw):
+    opts = MediaOptions(volid="TestProduct-1-x86_64", **kw)
+    variables = media_variables(c, opts, boot_kernels(kvers))
+    return {dest: render_config(c.template_dir, name, variables) for name, dest in config_names(opts.bios_loader).items()}
+
+
+def test_testproduct_iso_menus():
+    out = media(cfg())
+    assert set(out) == {"EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg"}
+    for text in out.values():
+        assert "search --no-floppy --set=root --label 'TestProduct-1-x86_64'" in text
+        assert "set timeout=1" in text and "set default=0" in text
+        entries = re.findall(r"menuentry '([^']*)'.*?\n\s*linux (.*)\n", text)
+        names = [n for n, _ in entries]
+        assert names[0] == "Start TestProduct 1" and "Start TestProduct 1 (kernel 6.1.0-40-amd64)" in names
+        default_args = entries[0][1]
+        assert default_args.startswith("/images/pxeboot/vmlinuz root=live:CDLABEL=TestProduct-1-x86_64 rd.live.image")
+        assert "composer.check=poweroff" in default_args and "console=ttyS0" in default_args
+        assert "rd.live.dir=images rd.live.squashimg=install.img" in default_args
+        assert any("rd.live.check" in a for _, a in entries)
+        assert "Troubleshooting" in text and "rescue.target" in text
+
+
+def test_testproduct_isolinux_menu():
+    out = media(cfg(), bios_loader="isolinux")
+    text = out["isolinux/isolinux.cfg"]
+    assert "default start" in text and "timeout 10" in text
+    assert "append initrd=/images/pxeboot/initrd.img root=live:CDLABEL=TestProduct-1-x86_64" in text
+    assert "label start-6.1.0-40-amd64" in text and "rd.live.check" in text
+
+
+def test_fedora_iso_menus_use_inst_stage2():
+    for text in media(cfg("Fedora")).values():
+        assert "inst.stage2=hd:LABEL=TestProduct-1-x86_64" in text
+        assert "rd.live.check" in text and "inst.rescue" in text
+        assert "root=live:" not in text
+
+
+def test_template_error_names_file_and_line(tmp_path, monkeypatch):
+    (tmp_path / "grub2-efi.cfg").write_text("set timeout=1\nlinux ${nosuchvar}\n")
+    with pytest.raises(TemplateError, match=r"grub2-efi.cfg:2: undefined variable"):
+        render_config(tmp_path, "grub2-efi.cfg", {"volid": "x"})
+    with pytest.raises(ComposerError, match="has no grub2-bios.cfg"):
+        render_config(tmp_path, "grub2-bios.cfg", {})
+
+
+def test_register_adds_commands():
+    from composer import bootiso, netboot
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    bootiso.register(sub)
+    netboot.register(sub)
+    a = parser.parse_args(["boot-iso", "-p", "TestProduct", "-v", "1", "--volid", "X", "--ks", "k.ks",
+                           "--add-arch-template", "t.tmpl", "--logfile", "l", "out"])
+    assert a.volid == "X" and str(a.ks) == "k.ks" and a.bios_loader == "grub2" and str(a.bootiso_logfile) == "l"
+    n = parser.parse_args(["netboot", "-p", "TestProduct", "-v", "1", "--url", "http://s/", "--split", "out"])
+    assert n.split and n.url == "http://s/"
