@@ -22,3 +22,22 @@ def testproduct_repo() -> Path:
     from composer.testproduct import build_testproduct
 
     return build_testproduct(BUILD / "testproduct")
+
+
+@pytest.fixture(scope="session")
+def runtime_outputs(testproduct_repo, tmp_path_factory) -> Path:
+    """The test product's runtime, composed once per test session (slow tests share it).
+
+    COMPOSER_TEST_RUNTIME=DIR reuses an earlier `composer runtime` output instead
+    (for iterating on a test; CI always composes).
+    """
+    given = os.environ.get("COMPOSER_TEST_RUNTIME")
+    if given:
+        return Path(given).resolve()
+    out = tmp_path_factory.mktemp("runtime") / "out"
+    work = tmp_path_factory.mktemp("work")
+    composer("--logfile", str(out.parent / "build.log"), "runtime", "--product", "TestProduct", "--version", "1",
+             "--source", f"file://{testproduct_repo}", "--nogpgcheck",
+             "--cachedir", str(BUILD / "cache"), "--workdir", str(work), str(out))
+    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
+    return out

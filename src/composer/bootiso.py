@@ -20,16 +20,26 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 from composer.config import Config, RootfsType
-from composer.images.efiboot import find_grub, find_shim, grub_mkimage, make_efiboot, EFI_ARCH_NAMES
+from composer.images.efiboot import (
+    EFI_ARCH_NAMES,
+    find_grub,
+    find_shim,
+    grub_mkimage,
+    make_efiboot,
+)
 from composer.images.iso import BiosBoot, check_volid, default_volid, make_iso
 from composer.images.sparse import copy_sparse
-from composer.outputs.media import BootKernel, boot_kernels, copy_file, join_args, render_config
+from composer.outputs.media import (
+    BootKernel,
+    boot_kernels,
+    copy_file,
+    join_args,
+    render_config,
+)
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
 
@@ -83,6 +93,17 @@ def check_templates(cfg: Config, opts: MediaOptions) -> None:
     for t in opts.arch_templates:
         if not t.is_file():
             raise ComposerError(f"--add-arch-template {t}: no such file")
+    from composer.templates import TemplateRunner
+
+    checker = TemplateRunner(tree=Path("/nonexistent-media-tree"), templatedir=templatedir, variables=variables, dry_run=True)
+    for t in arch_templates(cfg, variables, opts):
+        checker.run(t)
+
+
+def arch_templates(cfg: Config, variables: dict[str, object], opts: MediaOptions) -> list[Path]:
+    """The product's bootiso-<basearch>.tmpl (if any), then --add-arch-template files."""
+    own = cfg.template_dir / f"bootiso-{variables['basearch']}.tmpl"
+    return ([own] if own.is_file() else []) + [t.resolve() for t in opts.arch_templates]
 
 
 def _find_isolinux(tree: Path) -> tuple[Path, Path | None]:
@@ -95,7 +116,7 @@ def _find_isolinux(tree: Path) -> tuple[Path, Path | None]:
         if found_bin and found_ldl:
             mbr = next((root / d / "isohdpfx.bin" for d in ISOLINUX_DIRS if (root / d / "isohdpfx.bin").is_file()), None)
             info(f"isolinux: from the {origin} ({found_bin.parent})")
-            return found_bin, mbr if mbr is not None else None
+            return found_bin, mbr
     raise ComposerError("no isolinux.bin + ldlinux.c32 in the install tree or on this host (install isolinux syslinux-common)")
 
 
@@ -126,7 +147,6 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
             target.write_text(render_config(templatedir, name, variables))
 
         # BIOS boot image.
-        bios_work = work / "bios"
         if opts.bios_loader == "grub2":
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
@@ -139,7 +159,6 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
             copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
             copy_file(_ldlinux(isolinux_bin), out / "isolinux" / "ldlinux.c32")
             bios = BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", mbr)
-        bios_work.mkdir(parents=True, exist_ok=True)
 
         # UEFI: EFI/BOOT on the ISO and in efiboot.img.
         efi_names = EFI_ARCH_NAMES.get(cfg.arch)
@@ -158,10 +177,8 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
         # Product/arch templates on the media tree (e.g. extra files for the ISO).
         from composer.templates import TemplateRunner
 
-        arch_tmpl = templatedir / f"bootiso-{variables['basearch']}.tmpl"
-        templates = ([arch_tmpl] if arch_tmpl.is_file() else []) + [t.resolve() for t in opts.arch_templates]
         runner = TemplateRunner(tree=out, templatedir=templatedir, variables=variables)
-        for t in templates:
+        for t in arch_templates(cfg, variables, opts):
             runner.run(t)
 
         efi_files = sorted(p for p in efidir.rglob("*") if p.is_file())
@@ -170,8 +187,8 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
 
     arch = cfg.arch
     images = {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd, "efiboot.img": "images/efiboot.img"}
-    treeinfo_args = dict(product=cfg.product, version=cfg.version, arch=arch, variant=cfg.variant,
-                         stage2="images/install.img", extra={**rt.treeinfo, **runner.treeinfo})
+    treeinfo_args = {"product": cfg.product, "version": cfg.version, "arch": arch, "variant": cfg.variant,
+                     "stage2": "images/install.img", "extra": {**rt.treeinfo, **runner.treeinfo}}
     release = f"{cfg.product} {cfg.version}"
     write_discinfo(out / ".discinfo", release=release, arch=arch)
 
@@ -252,3 +269,48 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
     p.set_defaults(func=cmd_boot_iso)
     return p
+
+
+# --------------------------------------------------------------------------- verify
+# `composer verify --iso boot.iso [--firmware bios|uefi]` and `composer verify
+# --netboot DIR [--bootfile NAME]`: cli.py adds these options with
+# add_verify_media_options() and hands such a call to verify_media().
+
+
+def add_verify_media_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iso", type=Path, default=None, help="boot this ISO as a CD instead of --kernel/--initrd")
+    p.add_argument("--firmware", default="bios", choices=["bios", "uefi"], help="for --iso/--netboot: SeaBIOS or OVMF")
+    p.add_argument("--netboot", type=Path, default=None, metavar="DIR",
+                   help="boot a `composer netboot` tree through qemu's TFTP (and HTTP on 127.0.0.1 when its URL is http://10.0.2.2:PORT/)")
+    p.add_argument("--bootfile", default=None, help="for --netboot: the DHCP boot file (default boot.ipxe or grubpxe.0)")
+
+
+def verify_media(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from composer.verify import boot_iso, boot_netboot, serve_http
+
+    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
+    if args.iso is not None:
+        if not args.iso.is_file():
+            raise ComposerError(f"--iso {args.iso}: no such file")
+        result = boot_iso(args.iso, firmware=args.firmware, **common)
+        what = f"{args.iso} ({args.firmware})"
+    else:
+        tree = args.netboot
+        meta_file = tree / "netboot.json"
+        if not meta_file.is_file():
+            raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
+        url = urlsplit(json.loads(meta_file.read_text())["url"])
+        local = url.hostname == "10.0.2.2"
+        bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
+        with contextlib.ExitStack() as stack:
+            if local and url.scheme == "http":
+                stack.enter_context(serve_http(tree, url.port or 80))
+            result = boot_netboot(tree, bootfile, firmware=args.firmware, **common)
+        what = f"{tree} ({args.firmware}, {bootfile})"
+    if result.ok:
+        info(f"verify: {what}: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
+        return 0
+    raise ComposerError(f"verify: {what}: no boot marker at {args.memory} MB after {result.seconds:.0f}s: "
+                        f"{result.reason} (serial log: {result.log})")

@@ -12,8 +12,10 @@ proves a guest makes progress; otherwise TCG.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import http.server
 import os
 import queue
 import re
@@ -523,3 +525,24 @@ def boot_netboot(
                                ovmf_vars=vars_copy, tftp_dir=tftp_dir.resolve(), bootfile=bootfile)
         return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
                          what=f"boot check ({firmware.upper()} netboot)")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        debug("http: " + format % args)
+
+
+@contextlib.contextmanager
+def serve_http(directory: Path, port: int = 0):
+    """Serve directory over HTTP on 127.0.0.1 (loopback only) while the block runs;
+    yields the port. A qemu guest on user networking reaches it as 10.0.2.2:port."""
+    handler = functools.partial(_QuietHandler, directory=os.fspath(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, name="composer-http", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

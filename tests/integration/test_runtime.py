@@ -22,14 +22,9 @@ def loop_devices() -> str:
 
 
 @pytest.fixture(scope="module")
-def runtime(testproduct_repo, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runtime") / "out"
-    work = tmp_path_factory.mktemp("work")
-    composer("--logfile", str(out.parent / "build.log"), "runtime", "--product", "TestProduct", "--version", "1",
-             "--source", f"file://{testproduct_repo}", "--nogpgcheck",
-             "--cachedir", str(BUILD / "cache"), "--workdir", str(work), str(out))
-    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
-    return out
+def runtime(runtime_outputs) -> Path:
+    # composed once per session in tests/conftest.py (test_live_kernel.py boots it too)
+    return runtime_outputs
 
 
 def test_outputs_and_manifest(runtime):

@@ -116,7 +116,7 @@ def test_make_efiboot_with_mtools(tmp_path):
     subprocess.run(["mcopy", "-i", str(img), "::/EFI/BOOT/grub.cfg", str(out)], check=True,
                    env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
     assert out.read_text() == "set timeout=1\n"
-    blkid = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(img)], capture_output=True, text=True).stdout
+    blkid = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(img)], capture_output=True, text=True, check=True).stdout
     assert blkid.strip() == "vfat"
 
 
@@ -141,13 +141,13 @@ def test_small_hybrid_iso_has_bios_and_uefi_images(tmp_path):
                        efiboot=img)
     report = iso.el_torito_report(out)
     assert iso.el_torito_platforms(report) == ["BIOS", "UEFI"]
-    assert subprocess.run(["checkisomd5", str(out)], capture_output=True).returncode == 0
-    label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(out)], capture_output=True, text=True).stdout
+    assert subprocess.run(["checkisomd5", str(out)], capture_output=True, check=False).returncode == 0
+    label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(out)], capture_output=True, text=True, check=True).stdout
     assert label.strip() == "Test-1-x86_64"
     # the appended EFI system partition is in the partition table (USB boot)
     parts = iso.mbr_partitions(out)
     assert [p[1] for p in parts if p[0] == 2] == [0xEF]
-    efi_start, efi_sectors = next((p[2], p[3]) for p in parts if p[0] == 2)
+    efi_start = next(p[2] for p in parts if p[0] == 2)
     with out.open("rb") as f:
         f.seek(efi_start * 512)
         assert f.read(img.stat().st_size) == img.read_bytes()
@@ -159,3 +159,45 @@ def test_make_iso_refuses_missing_files_and_no_boot(tmp_path):
         iso.make_iso(tmp_path / "b.iso", "V", [], bios=None, efiboot=None)
     with pytest.raises(ComposerError, match="does not exist"):
         iso.make_iso(tmp_path / "b.iso", "V", [("x", tmp_path / "nope")], bios=None, efiboot=tmp_path / "e")
+
+
+def test_qemu_media_argv_cd_and_network(tmp_path):
+    from composer import verify
+
+    bios = verify.qemu_media_argv(memory_mb=512, iso=tmp_path / "boot.iso")
+    s = " ".join(bios)
+    assert "-m 512" in s and f"file={tmp_path / 'boot.iso'},media=cdrom" in s and "-nic none" in s
+    assert "pflash" not in s and "-kernel" not in s
+    try:
+        code, _ = verify.find_ovmf()
+    except ComposerError:
+        code = None
+    if code is not None:
+        uefi = " ".join(verify.qemu_media_argv(memory_mb=512, firmware="uefi", ovmf_vars=tmp_path / "v.fd",
+                                               iso=tmp_path / "boot.iso"))
+        assert f"readonly=on,file={code}" in uefi and f"unit=1,file={tmp_path / 'v.fd'}" in uefi
+    net = " ".join(verify.qemu_media_argv(memory_mb=512, tftp_dir=tmp_path, bootfile="boot.ipxe"))
+    assert f"user,id=n0,tftp={tmp_path},bootfile=boot.ipxe" in net and "virtio-net-pci" in net
+    with pytest.raises(ValueError):
+        verify.qemu_media_argv(memory_mb=512)
+    with pytest.raises(ComposerError, match="bios or uefi"):
+        verify.qemu_media_argv(memory_mb=512, firmware="coreboot", iso=tmp_path / "x")
+
+
+def test_serve_http_is_loopback_only(tmp_path):
+    import urllib.request
+
+    from composer.verify import serve_http
+
+    (tmp_path / "f.txt").write_text("hello")
+    with serve_http(tmp_path) as port:
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/f.txt", timeout=10).read() == b"hello"
+
+
+def test_boot_iso_missing_file(tmp_path):
+    from composer.verify import boot_iso, boot_netboot
+
+    with pytest.raises(ComposerError, match="does not exist"):
+        boot_iso(tmp_path / "nope.iso")
+    with pytest.raises(ComposerError, match="boot file"):
+        boot_netboot(tmp_path, "boot.ipxe")
