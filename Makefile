@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo test unit bench clean
+.PHONY: setup testproduct demo demo-iso test unit bench clean
 
 setup:
 	./scripts/setup-host
@@ -21,6 +21,16 @@ demo: testproduct
 		--initrd $(BUILD)/demo/images/pxeboot/initrd.img --memory $(DEMO_MEMORY) \
 		--log $(BUILD)/demo-serial.log
 	@echo "demo outputs: $(BUILD)/demo/images/pxeboot/{vmlinuz,initrd.img}, $(BUILD)/demo/images/install.img, $(BUILD)/demo/manifest.json"
+
+# Compose the test product's installer media and boot boot.iso under BIOS and UEFI at 512 MB.
+demo-iso: testproduct
+	$(COMPOSER) --logfile $(BUILD)/demo-iso.log boot-iso --product TestProduct --version 1 \
+		--source file://$(REPO) --nogpgcheck --cachedir $(BUILD)/cache --force $(BUILD)/demo-iso
+	$(COMPOSER) verify --iso $(BUILD)/demo-iso/images/boot.iso --firmware bios \
+		--memory $(DEMO_MEMORY) --log $(BUILD)/demo-iso-bios-serial.log
+	$(COMPOSER) verify --iso $(BUILD)/demo-iso/images/boot.iso --firmware uefi \
+		--memory $(DEMO_MEMORY) --log $(BUILD)/demo-iso-uefi-serial.log
+	@echo "demo-iso outputs: $(BUILD)/demo-iso/images/boot.iso, install.img, pxeboot/, efiboot.img, .treeinfo, .discinfo"
 
 # Unit tests, then the slow integration tests that build and boot real images.
 test: testproduct

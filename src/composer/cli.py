@@ -79,7 +79,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    from composer.kickstart import config_with_kickstart
+
+    cfg, _ = config_with_kickstart(config_from_args(args), args.ks)
     from composer.runtime import compose_runtime
 
     compose_runtime(cfg)
@@ -87,6 +89,12 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.iso is not None or args.netboot is not None:
+        from composer.bootiso import verify_media
+
+        return verify_media(args)
+    if args.kernel is None or args.initrd is None:
+        raise ComposerError("verify: give --kernel and --initrd, or --iso ISO, or --netboot DIR")
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if not path.is_file():
             raise ComposerError(f"{opt} {path}: no such file")
@@ -150,13 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logfile", type=Path, default=None, help="write a full log here")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from composer.bootiso import add_verify_media_options
+    from composer.kickstart import add_ks_option
+
     p = sub.add_parser("runtime", help="compose a runtime: big initrd (boots from RAM), install.img, manifest")
     _add_compose_options(p)
+    add_ks_option(p)
     p.set_defaults(func=cmd_runtime)
 
     p = sub.add_parser("verify", help="boot a kernel and initrd in qemu and wait for the boot marker")
-    p.add_argument("--kernel", type=Path, required=True)
-    p.add_argument("--initrd", type=Path, required=True)
+    p.add_argument("--kernel", type=Path, default=None)
+    p.add_argument("--initrd", type=Path, default=None)
     p.add_argument("--memory", type=int, default=512, metavar="MB")
     p.add_argument("--append", default="", help="extra kernel arguments")
     p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-memory", action="store_true", help="bisect the smallest --memory that still reaches the marker")
     p.add_argument("--range", default="128-768", metavar="LO-HI", help="bounds in MB for --min-memory (default 128-768)")
     p.add_argument("--step", type=int, default=16, metavar="MB", help="granularity of --min-memory (default 16)")
+    add_verify_media_options(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
@@ -173,7 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)
 
+    from composer.bootiso import register as register_bootiso
     from composer.live.cli import register as register_live
+    from composer.netboot import register as register_netboot
+
+    register_bootiso(sub)
+    register_netboot(sub)
 
     register_live(sub)
 

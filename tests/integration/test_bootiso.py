@@ -1,0 +1,146 @@
+"""Compose the test product's boot.iso for real and boot it under SeaBIOS and OVMF.
+
+The media are built once for the module (~3 min: runtime compose + ~2 s of media);
+each boot takes 1-3 minutes under TCG.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUILD
+
+pytestmark = pytest.mark.slow
+
+VOLID = "TestProduct-1-x86_64"
+
+# `composer` with boot-iso/netboot registered, whether or not cli.py does it yet.
+RUNNER = """
+import argparse, sys
+import composer.cli as cli
+from composer import bootiso, netboot
+build = cli.build_parser
+def build_parser():
+    parser = build()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "boot-iso" not in sub.choices:
+        bootiso.register(sub)
+    if "netboot" not in sub.choices:
+        netboot.register(sub)
+    return parser
+cli.build_parser = build_parser
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def composer(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"composer {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def compose_args(repo: Path, *extra: str) -> list[str]:
+    return ["boot-iso", "--product", "TestProduct", "--version", "1", "--source", f"file://{repo}",
+            "--nogpgcheck", "--cachedir", str(BUILD / "cache"), *extra]
+
+
+@pytest.fixture(scope="module")
+def media(testproduct_repo, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("bootiso")
+    out = base / "out"
+    work = base / "work"
+    work.mkdir()
+    # lz4: the squashfs compressor barely matters for these checks and xz costs minutes.
+    proc = composer("--logfile", str(base / "build.log"),
+                    *compose_args(testproduct_repo, "--compression", "lz4", "--workdir", str(work), str(out)))
+    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
+    (base / "stderr.log").write_text(proc.stderr)
+    return out
+
+
+def test_output_tree(media):
+    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", "images/eltorito.img",
+                "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "EFI/BOOT/BOOTX64.EFI",
+                "EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
+        assert (media / rel).is_file(), rel
+    # the small initrd: the dracut initramfs alone, not the big one with the squashfs
+    assert (media / "images/pxeboot/initrd.img").stat().st_size < (media / "images/install.img").stat().st_size
+    assert "COMPOSER-BOOT-OK" not in (media / "EFI/BOOT/grub.cfg").read_text()
+    assert f"root=live:CDLABEL={VOLID}" in (media / "EFI/BOOT/grub.cfg").read_text()
+
+
+def test_treeinfo_loads_and_points_at_files(media):
+    import productmd.treeinfo
+
+    ti = productmd.treeinfo.TreeInfo()
+    ti.load(str(media / ".treeinfo"))
+    assert ti.stage2.mainimage == "images/install.img"
+    images = ti.images.images["x86_64"]
+    assert images["boot.iso"] == "images/boot.iso" and images["efiboot.img"] == "images/efiboot.img"
+    assert images["kernel"] == "images/pxeboot/vmlinuz" and images["initrd"] == "images/pxeboot/initrd.img"
+    for rel in [*images.values(), ti.stage2.mainimage]:
+        assert (media / rel).is_file(), rel
+    disc = (media / ".discinfo").read_text().splitlines()
+    assert disc[1:] == ["TestProduct 1", "x86_64", "ALL"]
+
+
+def test_el_torito_bios_and_uefi(media):
+    report = subprocess.run(["xorriso", "-indev", str(media / "images/boot.iso"), "-report_el_torito", "plain"],
+                            capture_output=True, text=True, check=True).stdout
+    from composer.images.iso import el_torito_platforms, mbr_partitions
+
+    assert el_torito_platforms(report) == ["BIOS", "UEFI"], report
+    parts = mbr_partitions(media / "images/boot.iso")
+    assert any(p[1] == 0xEF for p in parts), parts  # hybrid: EFI system partition for USB boot
+
+
+def test_checkisomd5_and_label(media):
+    iso = media / "images/boot.iso"
+    proc = subprocess.run(["checkisomd5", str(iso)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(iso)], capture_output=True, text=True, check=True).stdout
+    assert label.strip() == VOLID
+
+
+def test_iso_holds_the_tree(media):
+    listing = subprocess.run(["xorriso", "-indev", str(media / "images/boot.iso"), "-find", "/", "-type", "f"],
+                             capture_output=True, text=True, check=True).stdout
+    for rel in ("images/install.img", "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img",
+                "EFI/BOOT/BOOTX64.EFI", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
+        assert f"'/{rel}'" in listing, rel
+    assert "boot.iso" not in listing
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_boots_to_marker(media, firmware, tmp_path):
+    from composer.verify import boot_iso
+
+    log = tmp_path / f"serial-{firmware}.log"
+    result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=512, timeout=900, log=log)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    assert result.ok, f"{firmware}: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
+    assert "COMPOSER-BOOT-OK" in serial
+    assert "root=live:CDLABEL=" in serial  # the kernel came through the boot menu, not -kernel
+    print(f"{firmware} boot to the marker: {result.seconds:.0f}s")
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("composer: error:")]
+    assert len(err) == 1, proc.stderr[-2000:]
+    return err[0]
+
+
+def test_unreachable_source(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = composer("boot-iso", "--product", "TestProduct", "--version", "1", "--source", "http://127.0.0.1:9/nothing/",
+                    "--nogpgcheck", "--cachedir", str(tmp_path / "cache"), "--workdir", str(work),
+                    str(tmp_path / "out"), check=False)
+    one_error_line(proc)
+    assert not (tmp_path / "out").exists() and list(work.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
