@@ -124,8 +124,13 @@ elif ! { mkdir -p "$MNT" && mount -t ext4 "$DISK" "$MNT"; }; then
     rc=254
 else
     if [ -f "$MNT/run.sh" ]; then
-        (cd "$MNT" && sh "$MNT/run.sh") > "$out" 2>&1 < /dev/null
-        rc=$?
+        # The serial getty hangs up ttyS0 when it starts (vhangup), which would cut off
+        # an fd opened before: reopen the port for every line instead (as say does).
+        { (cd "$MNT" && sh "$MNT/run.sh") < /dev/null 2>&1; echo $? > /run/composer-script.rc; } |
+            while IFS= read -r line || [ -n "$line" ]; do
+                timeout 5 sh -c 'printf "%s\r\n" "$1" > "$2"' sh "$line" "$out" 2>/dev/null || :
+            done
+        rc=$(cat /run/composer-script.rc 2>/dev/null || echo 250)
     else
         say "composer-script: no run.sh on $DISK"
         rc=252
