@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import signal
 import sys
@@ -37,6 +38,11 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cachedir", type=Path, default=Path("/var/cache/composer"), help="persistent cache (dnf packages)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--force", action="store_true", help="replace OUTDIR once the new output is complete")
+    p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
+                   help="reproducible build: timestamps clamped to this (default: $SOURCE_DATE_EPOCH if set)")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse a cached populated tree")
+    p.add_argument("--osmin", action="store_true",
+                   help="also ship LiveOS/osmin.img.gz, a minimized-install delta of rootfs.img (ext4 only)")
 
 
 def _template_vars(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -47,6 +53,19 @@ def _template_vars(items: list[str]) -> tuple[tuple[str, str], ...]:
             raise ComposerError(f"--add-template-var {item!r}: expected NAME=VALUE with NAME a valid identifier")
         out.append((name, value))
     return tuple(out)
+
+
+def _source_date_epoch(option: int | None) -> int | None:
+    if option is not None:
+        if option < 0:
+            raise ComposerError(f"--source-date-epoch {option}: must not be negative")
+        return option
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if not env:
+        return None
+    if not env.isdigit():
+        raise ComposerError(f"SOURCE_DATE_EPOCH={env!r}: expected a number of seconds since 1970")
+    return int(env)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -75,6 +94,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cachedir=args.cachedir.resolve(),
         force=args.force,
         keep_workdir=args.keep_workdir,
+        source_date_epoch=_source_date_epoch(args.source_date_epoch),
+        use_cache=not args.no_cache,
+        osmin=args.osmin,
     )
 
 

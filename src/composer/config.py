@@ -49,6 +49,12 @@ class Config:
     cachedir: Path = Path("/var/cache/composer")
     force: bool = False
     keep_workdir: bool = False
+    # Reproducible builds: clamp every timestamp to this and derive UUIDs/serials from it.
+    source_date_epoch: int | None = None
+    # Reuse a populated tree from cachedir when its inputs match; False forces a clean build.
+    use_cache: bool = True
+    # Ship LiveOS/osmin.img.gz (a minimized-install delta against rootfs.img) in install.img.
+    osmin: bool = False
 
     @property
     def template_dir(self) -> Path:
