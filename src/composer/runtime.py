@@ -17,6 +17,7 @@ from composer.dnf import DnfConfig, DnfSession
 from composer.images.rootfs import make_rootfs
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
+from composer.live.delta import create_delta
 from composer.outputs import bigimage
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
@@ -122,6 +123,10 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     sizes: dict[str, int] = {}
     tree = work / "tree"
     templatedir = cfg.template_dir
+    if cfg.osmin and cfg.rootfs_type is not RootfsType.EXT4:
+        # Checked before the long build: only ext4 can be shrunk without a mount.
+        raise ComposerError(f"--osmin: needs --rootfs-type ext4 (not {cfg.rootfs_type}): "
+                            "the minimized delta is made with resize2fs -M")
 
     def timed(name: str):
         @contextlib.contextmanager
@@ -193,6 +198,11 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size)
             sizes["rootfs_apparent"] = rootfs_img.stat().st_size
             sizes["rootfs_allocated"] = allocated_size(rootfs_img)
+            if cfg.osmin:
+                # Installers copy the minimized filesystem: snapshot(rootfs.img, osmin.img).
+                delta = create_delta(rootfs_img, squash_src / "LiveOS" / "osmin.img.gz")
+                sizes["osmin_raw"] = delta.raw_size
+                sizes["osmin_gz"] = delta.gz_size
     with timed("squashfs"):
         make_squashfs(squash_src, squashfs, cfg.compression)
     sizes["squashfs"] = squashfs.stat().st_size

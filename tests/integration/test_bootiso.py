@@ -54,8 +54,10 @@ def media(testproduct_repo, tmp_path_factory) -> Path:
     work = base / "work"
     work.mkdir()
     # lz4: the squashfs compressor barely matters for these checks and xz costs minutes.
+    # ext4 + --osmin: the session runtime covers btrfs; this covers the ext4 live root and osmin.img.gz.
     proc = composer("--logfile", str(base / "build.log"),
-                    *compose_args(testproduct_repo, "--compression", "lz4", "--workdir", str(work), str(out)))
+                    *compose_args(testproduct_repo, "--compression", "lz4", "--rootfs-type", "ext4", "--osmin",
+                                  "--workdir", str(work), str(out)))
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
     (base / "stderr.log").write_text(proc.stderr)
     return out
@@ -112,6 +114,19 @@ def test_iso_holds_the_tree(media):
                 "EFI/BOOT/BOOTX64.EFI", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
         assert f"'/{rel}'" in listing, rel
     assert "boot.iso" not in listing
+
+
+def test_install_img_ships_osmin_delta(media, tmp_path):
+    """LiveOS/osmin.img.gz over LiveOS/rootfs.img presents a clean, minimized ext4."""
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "sq"), str(media / "images/install.img")],
+                   check=True, capture_output=True)
+    live = tmp_path / "sq" / "LiveOS"
+    assert sorted(p.name for p in live.iterdir()) == ["osmin.img.gz", "rootfs.img"]
+    minimal = tmp_path / "minimal.img"
+    composer("delta", "apply", str(live / "rootfs.img"), str(live / "osmin.img.gz"), "-o", str(minimal))
+    fsck = subprocess.run(["e2fsck", "-fn", str(minimal)], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert minimal.stat().st_size < (live / "rootfs.img").stat().st_size // 2
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])

@@ -19,6 +19,8 @@ def fake_repo(tmp_path):
     (["--source", "ftp//typo"], "--source ftp//typo: not a URL"),
     (["--repo", "/nonexistent.repo"], "--repo /nonexistent.repo: no such file"),
     (["--product", "NoSuchOS"], "--product NoSuchOS"),
+    (["--osmin"], "--osmin: needs --rootfs-type ext4 (not btrfs)"),
+    (["--source-date-epoch", "-5"], "--source-date-epoch -5: must not be negative"),
 ])
 def test_bad_option_is_one_line(tmp_path, args, expected):
     out = tmp_path / "out"

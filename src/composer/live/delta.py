@@ -118,7 +118,9 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
         run(["cmp", small, check])
         part = output.with_name(f".{output.name}.partial-{os.getpid()}")
         try:
-            with open(store_path, "rb") as i, gzip.open(part, "wb", compresslevel=9) as o:
+            # mtime=0 and no file name in the gzip header: the same store gives the same bytes.
+            with open(store_path, "rb") as i, open(part, "wb") as raw, \
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as o:
                 shutil.copyfileobj(i, o, 1 << 20)
             os.replace(part, output)
         finally:
