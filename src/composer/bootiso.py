@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from typing import Any
 from pathlib import Path
 
 from composer.config import Config, RootfsType
@@ -294,9 +295,18 @@ def verify_media(args: argparse.Namespace) -> int:
     if args.iso is not None:
         if not args.iso.is_file():
             raise ComposerError(f"--iso {args.iso}: no such file")
+        if args.min_memory:
+            from composer.cli import report_min_memory
+
+            def boot_cd(_kernel: object, _initrd: object, **kw: Any) -> Any:
+                return boot_iso(args.iso, firmware=args.firmware, **kw)
+
+            return report_min_memory(args, None, None, boot=boot_cd)
         result = boot_iso(args.iso, firmware=args.firmware, **common)
         what = f"{args.iso} ({args.firmware})"
     else:
+        if args.min_memory:
+            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
         tree = args.netboot
         meta_file = tree / "netboot.json"
         if not meta_file.is_file():

@@ -110,6 +110,31 @@ def cmd_runtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: object) -> int:
+    """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
+    from composer.verify import find_min_memory
+
+    lo, _, hi = args.range.partition("-")
+    try:
+        lo_mb, hi_mb = int(lo), int(hi)
+    except ValueError:
+        raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
+    if not 0 < lo_mb <= hi_mb:
+        raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
+    if args.step <= 0:
+        raise ComposerError(f"--step {args.step}: must be a positive number of MB")
+    best, results = find_min_memory(
+        kernel, initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
+        timeout=args.timeout, accel=args.accel, **boot_kw,
+    )
+    for r in results:
+        info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
+    if best is None:
+        raise ComposerError(f"verify: no boot marker even at {hi_mb} MB")
+    print(f"min-memory: {best} MB (step {args.step} MB)")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.iso is not None or args.netboot is not None:
         from composer.bootiso import verify_media
@@ -120,27 +145,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if not path.is_file():
             raise ComposerError(f"{opt} {path}: no such file")
-    from composer.verify import boot_kernel, find_min_memory
+    from composer.verify import boot_kernel
 
     if args.min_memory:
-        lo, _, hi = args.range.partition("-")
-        try:
-            lo_mb, hi_mb = int(lo), int(hi)
-        except ValueError:
-            raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
-        if not 0 < lo_mb <= hi_mb:
-            raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
-        best, results = find_min_memory(
-            args.kernel, args.initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
-            append=args.append, timeout=args.timeout, accel=args.accel,
-        )
-        for r in results:
-            info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
-        if best is None:
-            raise ComposerError(f"verify: no boot marker even at {hi_mb} MB")
-        print(f"min-memory: {best} MB (step {args.step} MB)")
-        return 0
-
+        return report_min_memory(args, args.kernel, args.initrd, append=args.append)
     result = boot_kernel(
         args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
         timeout=args.timeout, accel=args.accel, log=args.log,

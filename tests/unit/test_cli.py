@@ -50,3 +50,23 @@ def test_existing_outdir_is_refused_without_force(tmp_path):
 def test_verify_missing_kernel(tmp_path):
     proc = composer("verify", "--kernel", str(tmp_path / "nope"), "--initrd", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 1 and "--kernel" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_min_memory_report_bisects_with_the_given_boot(capsys):
+    """--min-memory for any boot kind (kernel+initrd, ISO): the floor on the --step grid."""
+    import argparse
+
+    from composer.cli import report_min_memory
+    from composer.verify import BootResult
+
+    tried = []
+
+    def boot(kernel, initrd, *, memory_mb, log, timeout, accel):
+        tried.append(memory_mb)
+        return BootResult(ok=memory_mb >= 300, seconds=1.0, reason="" if memory_mb >= 300 else "panic",
+                          marker_line="", log=log, memory_mb=memory_mb)
+
+    args = argparse.Namespace(range="128-512", step=16, log=None, timeout=10, accel="tcg")
+    assert report_min_memory(args, None, None, boot=boot) == 0
+    assert capsys.readouterr().out.strip() == "min-memory: 304 MB (step 16 MB)"
+    assert tried[0] == 512 and len(tried) <= 6
