@@ -12,6 +12,7 @@ the default build, BENCH_RAM=0 for none (the slow part: several qemu boots each)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from composer.bootiso import MediaOptions, compose_boot_iso
 from composer.config import Compression, Config, RootfsType
 from composer.dnf import DnfConfig, DnfSession
 from composer.images.rootfs import make_rootfs
@@ -30,7 +32,7 @@ from composer.images.squashfs import make_squashfs
 from composer.outputs.bigimage import make_big_initrd
 from composer.runtime import compose_runtime, du, runtime_cmdline
 from composer.testproduct import build_testproduct
-from composer.verify import find_min_memory
+from composer.verify import BootResult, boot_iso, find_min_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("BUILD", ROOT / "build"))
@@ -64,9 +66,15 @@ def lorax_way_rootfs(tree: Path, dest: Path, size: int) -> None:
         mnt.rmdir()
 
 
-def ram_floor(kernel: Path, initrd: Path, logdir: Path) -> int | None:
+def iso_boot(iso: Path):
+    def boot(_kernel: object, _initrd: object, **kw: object) -> BootResult:
+        return boot_iso(iso, firmware="bios", **kw)
+    return boot
+
+
+def ram_floor(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> int | None:
     logdir.mkdir(parents=True, exist_ok=True)
-    best, results = find_min_memory(kernel, initrd, 160, 512, 16, log_dir=logdir, timeout=420)
+    best, results = find_min_memory(kernel, initrd, 160, 512, 16, log_dir=logdir, timeout=600, **kw)
     for r in results:
         print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
     return best
@@ -96,6 +104,19 @@ def main() -> int:
     tree = kept / "tree"
     kernel = cfg.outdir / "images/pxeboot/vmlinuz"
     initramfs = next((kept / "initramfs").glob("initramfs-*.img"))
+
+    # 1b. boot.iso from the same repository and options (its own compose: the ISO carries the small
+    # initrd and install.img); its size, and its RAM floor as a CD under SeaBIOS.
+    iso_cfg = dataclasses.replace(cfg, outdir=OUT / "boot-iso", keep_workdir=False)
+    iso_wall, iso_cpu, _ = timed(compose_boot_iso, iso_cfg, MediaOptions(volid="TestProduct-1-x86_64"))
+    iso = iso_cfg.outdir / "images/boot.iso"
+    res["boot_iso"] = {"wall_s": iso_wall, "cpu_s": iso_cpu, "iso_mib": round(iso.stat().st_size / MIB, 1),
+                       "install_img_mib": round((iso_cfg.outdir / "images/install.img").stat().st_size / MIB, 1)}
+    res["compose"]["sizes_mib"]["boot.iso"] = res["boot_iso"]["iso_mib"]
+    if ram_mode != "0":
+        print("RAM floor, boot.iso (BIOS CD):", flush=True)
+        res["boot_iso"]["ram_floor_mb"] = ram_floor(None, None, OUT / "boots-iso", boot=iso_boot(iso))
+    shutil.rmtree(iso_cfg.outdir)
 
     # 2. rootfs stage: ours (mkfs --rootdir, no loop, no mount) vs the lorax way.
     ours = OUT / "rootfs-ours.img"
@@ -179,6 +200,9 @@ def table(r: dict) -> str:
     for name, e in r["compression"].items():
         lines.append(f"| {name} | {e['wall_s']} | {e['squashfs_mib']} | {e['big_initrd_mib']} | "
                      f"{e.get('ram_floor_mb', 'n/a')} | {e.get('time_vs_xz', 1.0)} | {e.get('size_vs_xz', 1.0)} |")
+    bi = r["boot_iso"]
+    lines += ["", f"boot.iso: {bi['iso_mib']} MiB (install.img {bi['install_img_mib']} MiB), composed in {bi['wall_s']} s; "
+              f"RAM floor as a BIOS CD: {bi.get('ram_floor_mb', 'n/a')} MB."]
     pl = r["physical_limit"]
     lines += ["", f"Physical limit (dnf install {pl['dnf_install_s']} s + one mksquashfs xz pass {pl['mksquashfs_xz_s']} s "
               f"= {pl['total_s']} s); whole compose {c['wall_s']} s = **{pl['compose_vs_limit']}x** the limit.", ""]
