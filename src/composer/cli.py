@@ -131,6 +131,15 @@ def _check_verify_options(args: argparse.Namespace) -> None:
         raise ComposerError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
     if args.step < 1:
         raise ComposerError(f"--step {args.step}: must be at least 1 MB")
+    if args.min_memory:
+        lo, _, hi = args.range.partition("-")
+        try:
+            lo_mb, hi_mb = int(lo), int(hi)
+        except ValueError:
+            raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
+        if not 0 < lo_mb <= hi_mb:
+            raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
+        args.range_mb = (lo_mb, hi_mb)
     if args.log is not None:
         if args.log.is_dir():
             raise ComposerError(f"--log {args.log}: is a directory")
@@ -162,13 +171,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from composer.verify import boot_kernel, find_min_memory
 
     if args.min_memory:
-        lo, _, hi = args.range.partition("-")
-        try:
-            lo_mb, hi_mb = int(lo), int(hi)
-        except ValueError:
-            raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
-        if not 0 < lo_mb <= hi_mb:
-            raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
+        lo_mb, hi_mb = args.range_mb
         best, results = find_min_memory(
             args.kernel, args.initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
             append=args.append, timeout=args.timeout, accel=args.accel,
@@ -208,8 +211,11 @@ def cmd_template_check(args: argparse.Namespace) -> int:
 
 
 def cmd_testproduct(args: argparse.Namespace) -> int:
+    from composer.preflight import check_dir_creatable
     from composer.testproduct import build_testproduct
 
+    # Before the closure is resolved and packages are downloaded.
+    check_dir_creatable(args.dest, "--dest")
     repo = build_testproduct(args.dest.resolve(), force=args.force)
     print(repo)
     return 0
