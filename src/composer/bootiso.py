@@ -236,18 +236,34 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
     from composer.cli import _template_vars, config_from_args
     from composer.kickstart import config_with_kickstart
 
+    from composer.preflight import check_compose_inputs
+
     if args.bootiso_logfile is not None:
         set_logging(logfile=args.bootiso_logfile)
     cfg = config_from_args(args)
     cfg, ks = config_with_kickstart(cfg, args.ks)
-    volid = args.volid if args.volid is not None else default_volid(cfg.product, cfg.version, cfg.arch)
+    if args.volid is not None:
+        volid = check_volid(args.volid)
+    else:
+        volid = default_volid(cfg.product, cfg.version, cfg.arch)
+        try:
+            check_volid(volid)
+        except ComposerError as e:
+            # The user gave no --volid: say where this one came from.
+            raise ComposerError(f"the default volume id {str(e).removeprefix('--volid ')} "
+                                "(made from --product, --version, --buildarch); give --volid") from None
+    if cfg.arch not in EFI_ARCH_NAMES:
+        # Found out only after the runtime build otherwise (make_media).
+        raise ComposerError(f"--buildarch {cfg.arch}: boot-iso has no UEFI boot for this architecture "
+                            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
     opts = MediaOptions(
-        volid=check_volid(volid),
+        volid=volid,
         bios_loader=args.bios_loader,
         kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg),
         arch_templates=tuple(args.add_arch_template),
-        arch_template_vars=_template_vars(args.add_arch_template_var),
+        arch_template_vars=_template_vars(args.add_arch_template_var, "--add-arch-template-var"),
     )
+    check_compose_inputs(cfg, "boot-iso")
     compose_boot_iso(cfg, opts)
     return 0
 
@@ -311,7 +327,11 @@ def verify_media(args: argparse.Namespace) -> int:
         meta_file = tree / "netboot.json"
         if not meta_file.is_file():
             raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
-        url = urlsplit(json.loads(meta_file.read_text())["url"])
+        try:
+            meta = json.loads(meta_file.read_text())
+            url = urlsplit(meta["url"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
         local = url.hostname == "10.0.2.2"
         bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
         with contextlib.ExitStack() as stack:

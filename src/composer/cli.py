@@ -45,26 +45,34 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
                    help="also ship LiveOS/osmin.img.gz, a minimized-install delta of rootfs.img (ext4 only)")
 
 
-def _template_vars(items: list[str]) -> tuple[tuple[str, str], ...]:
+def _template_vars(items: list[str], option: str = "--add-template-var") -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.isidentifier():
-            raise ComposerError(f"--add-template-var {item!r}: expected NAME=VALUE with NAME a valid identifier")
+            raise ComposerError(f"{option} {item!r}: expected NAME=VALUE with NAME a valid identifier")
         out.append((name, value))
     return tuple(out)
+
+
+# cpio (newc) and squashfs keep 32-bit timestamps: a later epoch cannot be stored.
+MAX_EPOCH = 2**32 - 1
 
 
 def _source_date_epoch(option: int | None) -> int | None:
     if option is not None:
         if option < 0:
             raise ComposerError(f"--source-date-epoch {option}: must not be negative")
+        if option > MAX_EPOCH:
+            raise ComposerError(f"--source-date-epoch {option}: too large (at most {MAX_EPOCH})")
         return option
     env = os.environ.get("SOURCE_DATE_EPOCH")
     if not env:
         return None
-    if not env.isdigit():
+    if not env.isdigit() or not env.isascii():
         raise ComposerError(f"SOURCE_DATE_EPOCH={env!r}: expected a number of seconds since 1970")
+    if int(env) > MAX_EPOCH:
+        raise ComposerError(f"SOURCE_DATE_EPOCH={env}: too large (at most {MAX_EPOCH})")
     return int(env)
 
 
@@ -85,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         add_templates=tuple(args.add_template),
         add_template_vars=_template_vars(args.add_template_var),
         rootfs_type=RootfsType(args.rootfs_type),
-        rootfs_size=parse_size(args.rootfs_size, "--rootfs-size") if args.rootfs_size else None,
+        rootfs_size=parse_size(args.rootfs_size, "--rootfs-size") if args.rootfs_size is not None else None,
         compression=Compression(args.compression),
         dracut_args=tuple(args.dracut_arg),
         dracut_conf=args.dracut_conf,
@@ -103,17 +111,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def cmd_runtime(args: argparse.Namespace) -> int:
     from composer.kickstart import config_with_kickstart
 
+    from composer.preflight import check_compose_inputs
+
     cfg, _ = config_with_kickstart(config_from_args(args), args.ks)
+    check_compose_inputs(cfg, "runtime")
     from composer.runtime import compose_runtime
 
     compose_runtime(cfg)
     return 0
 
 
-def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: object) -> int:
-    """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
-    from composer.verify import find_min_memory
-
+def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
     lo, _, hi = args.range.partition("-")
     try:
         lo_mb, hi_mb = int(lo), int(hi)
@@ -121,6 +129,14 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
         raise ComposerError(f"--range {args.range!r}: expected LO-HI in MB, e.g. 128-768") from None
     if not 0 < lo_mb <= hi_mb:
         raise ComposerError(f"--range {args.range!r}: need 0 < LO <= HI")
+    return lo_mb, hi_mb
+
+
+def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: object) -> int:
+    """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
+    from composer.verify import find_min_memory
+
+    lo_mb, hi_mb = _range_mb(args)
     if args.step <= 0:
         raise ComposerError(f"--step {args.step}: must be a positive number of MB")
     best, results = find_min_memory(
@@ -135,7 +151,34 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
     return 0
 
 
+def _check_verify_options(args: argparse.Namespace) -> None:
+    """Numbers qemu or the bisection would choke on, and a log that cannot be written."""
+    from composer.preflight import check_dir_creatable
+
+    if args.memory < 16:
+        raise ComposerError(f"--memory {args.memory}: too small (MB; at least 16)")
+    if not args.timeout > 0:
+        raise ComposerError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if args.step < 1:
+        raise ComposerError(f"--step {args.step}: must be at least 1 MB")
+    if args.min_memory:
+        _range_mb(args)
+    if args.log is not None:
+        if args.log.is_dir():
+            raise ComposerError(f"--log {args.log}: is a directory")
+        check_dir_creatable(args.log.parent, "--log")
+
+
+def _check_kernel_file(path: Path) -> None:
+    # qemu loads x86 kernels only (verify.QEMU): a bzImage has "HdrS" at 0x202.
+    with path.open("rb") as f:
+        f.seek(0x202)
+        if f.read(4) != b"HdrS":
+            raise ComposerError(f"--kernel {path}: not a Linux kernel image (no x86 boot header)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    _check_verify_options(args)
     if args.iso is not None or args.netboot is not None:
         from composer.bootiso import verify_media
 
@@ -145,10 +188,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if not path.is_file():
             raise ComposerError(f"{opt} {path}: no such file")
+        if path.stat().st_size == 0:
+            raise ComposerError(f"{opt} {path}: empty file")
+    _check_kernel_file(args.kernel)
     from composer.verify import boot_kernel
 
     if args.min_memory:
         return report_min_memory(args, args.kernel, args.initrd, append=args.append)
+
     result = boot_kernel(
         args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
         timeout=args.timeout, accel=args.accel, log=args.log,
@@ -167,6 +214,8 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
     variables = sample_variables(args.basearch) | dict(_template_vars(args.add_template_var))
     for t in paths:
+        if t.is_dir():
+            raise ComposerError(f"{t}: a directory, not a template (give its *.tmpl files)")
         if not t.is_file():
             raise ComposerError(f"{t}: no such template")
         TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=t.parent, variables=variables, dry_run=True).run(t)
@@ -175,8 +224,11 @@ def cmd_template_check(args: argparse.Namespace) -> int:
 
 
 def cmd_testproduct(args: argparse.Namespace) -> int:
+    from composer.preflight import check_dir_creatable
     from composer.testproduct import build_testproduct
 
+    # Before the closure is resolved and packages are downloaded.
+    check_dir_creatable(args.dest, "--dest")
     repo = build_testproduct(args.dest.resolve(), force=args.force)
     print(repo)
     return 0

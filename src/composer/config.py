@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import platform
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class Config:
     def template_dir(self) -> Path:
         """The product's template set: templates/<product, lower case>."""
         name = self.product.lower().replace(" ", "")
+        if not name or "/" in name or name.startswith("."):
+            # The product names a directory under templates/: never a path out of it.
+            raise ComposerError(f"--product {self.product!r}: not a product name (letters, digits, - and _)")
         d = DATADIR / "templates" / name
         if not d.is_dir():
             known = sorted(p.name for p in (DATADIR / "templates").iterdir() if p.is_dir())
@@ -68,6 +72,8 @@ class Config:
 
 
 SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Far beyond any image we make, far below the 8 EiB where off_t (truncate, mkfs) overflows.
+MAX_SIZE = 1 << 50
 
 
 def parse_size(text: str, option: str) -> int:
@@ -78,7 +84,13 @@ def parse_size(text: str, option: str) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise ComposerError(f"{option}: not a size: {text!r} (use e.g. 512M or 2G)") from None
+        value = math.nan
+    # float() also takes "nan", "inf" and "1e400": none of them is a size.
+    if not math.isfinite(value):
+        raise ComposerError(f"{option}: not a size: {text!r} (use e.g. 512M or 2G)")
     if value < 0:
         raise ComposerError(f"{option}: size must not be negative: {text!r}")
-    return int(value * SIZE_SUFFIXES[suffix])
+    size = int(value * SIZE_SUFFIXES[suffix])
+    if size > MAX_SIZE:
+        raise ComposerError(f"{option}: {text!r} is too large (at most {MAX_SIZE >> 40}T)")
+    return size

@@ -48,15 +48,55 @@ def _repo_id(url: str, index: int) -> str:
     return f"source{index}-{tail}"
 
 
-def _check_source(url: str) -> None:
+def check_source(url: str) -> None:
     """Fail early, with the option named, on a source that cannot work."""
     parsed = urlparse(url)
-    if parsed.scheme not in ("file", "http", "https", "ftp"):
+    if parsed.scheme not in ("file", "http", "https", "ftp") or (parsed.scheme != "file" and not parsed.netloc):
         raise ComposerError(f"--source {url}: not a URL (use file:///path, http:// or https://)")
     if parsed.scheme == "file":
         path = Path(parsed.path)
-        if not (path / "repodata" / "repomd.xml").is_file():
+        repomd = path / "repodata" / "repomd.xml"
+        if not repomd.is_file():
             raise ComposerError(f"--source {url}: no repository there ({path}/repodata/repomd.xml is missing)")
+        import xml.etree.ElementTree as ET
+
+        # A local repository can be checked now; dnf would only say so after loading the rest.
+        try:
+            root = ET.parse(repomd).getroot()
+        except (ET.ParseError, OSError) as e:
+            raise ComposerError(f"--source {url}: malformed repository: {repomd}: {e}") from None
+        if root.tag.rpartition("}")[2] != "repomd":
+            raise ComposerError(f"--source {url}: malformed repository: {repomd} is not a repomd document")
+
+
+def check_repofile(path: Path) -> None:
+    """A .repo file dnf can use: ini sections, each with a way to reach its packages."""
+    import configparser
+
+    if not path.is_file():
+        raise ComposerError(f"--repo {path}: no such file")
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(path.read_text(errors="replace"), source=str(path))
+    except configparser.MissingSectionHeaderError as e:
+        raise ComposerError(f"--repo {path}:{e.lineno}: not a .repo file: {e.line.strip()!r} before any [section]") from None
+    except configparser.ParsingError as e:
+        lineno, line = e.errors[0]  # line is repr()'d by configparser
+        raise ComposerError(f"--repo {path}:{lineno}: not a .repo file: cannot parse {line}") from None
+    except configparser.Error as e:
+        lineno = getattr(e, "lineno", None)
+        where = f"{path}:{lineno}" if lineno else str(path)
+        raise ComposerError(f"--repo {where}: not a .repo file: {e.message}") from None
+    except OSError as e:
+        raise ComposerError(f"--repo {path}: {e.strerror or e}") from None
+    if not parser.sections():
+        raise ComposerError(f"--repo {path}: no [repository] section")
+    for name in parser.sections():
+        if not any(parser.get(name, key, fallback="").strip() for key in ("baseurl", "mirrorlist", "metalink")):
+            raise ComposerError(f"--repo {path}: [{name}] has no baseurl, mirrorlist or metalink")
+        for url in re.split(r"[\s,]+", parser.get(name, "baseurl", fallback="").strip()):
+            if url and urlparse(url).scheme not in ("file", "http", "https", "ftp"):
+                raise ComposerError(f"--repo {path}: [{name}] baseurl {url!r} is not a URL (file:///path, http://, https://)")
 
 
 class DnfSession:
@@ -70,10 +110,9 @@ class DnfSession:
         self._to_remove: list[str] = []
         self._available: list[str] | None = None
         for url in config.sources:
-            _check_source(url)
+            check_source(url)
         for f in config.repofiles:
-            if not f.is_file():
-                raise ComposerError(f"--repo {f}: no such file")
+            check_repofile(f)
         if not config.sources and not config.repofiles:
             raise ComposerError("no package source: give --source URL or --repo FILE")
         self.home = workdir / "home"
@@ -103,6 +142,9 @@ class DnfSession:
             "--setopt=keepcache=True",
             "--setopt=install_weak_deps=False",
             "--setopt=check_config_file_age=False",
+            # A repository that cannot be read is an error, not an empty repository
+            # (else a typo in a URL surfaces as "no package matches").
+            "--setopt=skip_if_unavailable=False",
         ]
         if c.nodocs:
             argv.append("--setopt=tsflags=nodocs")
@@ -116,6 +158,7 @@ class DnfSession:
                 argv.append(f"--setopt={rid}.metadata_expire=0")
             # gpgcheck is per repo for --repofrompath repos
             argv.append(f"--setopt={rid}.gpgcheck={'0' if c.nogpgcheck else '1'}")
+            argv.append(f"--setopt={rid}.skip_if_unavailable=False")
         for pattern in c.excludepkgs:
             argv.append(f"--exclude={pattern}")
         return argv
@@ -132,10 +175,23 @@ class DnfSession:
             try:
                 proc = run(argv, env=self.env, capture=True)
             except CommandError as e:
-                raise ComposerError(f"cannot read the package repositories: {_dnf_reason(e.stderr)}") from None
+                raise ComposerError(self._repo_error(e.stderr)) from None
             self._available = sorted(set(proc.stdout.decode().split()))
             debug(f"{len(self._available)} package names available")
         return self._available
+
+    def _repo_error(self, stderr: str) -> str:
+        """dnf's complaint about a repository, naming the --source it came from."""
+        reason = _dnf_reason(stderr)
+        origins = {_repo_id(url, i): f"--source {url}" for i, url in enumerate(self.config.sources)}
+        for f in self.config.repofiles:
+            for section in _repo_sections(f):
+                origins.setdefault(section, f"--repo {f} [{section}]")
+        for rid, origin in origins.items():
+            if f"'{rid}'" in reason:
+                reason = re.sub(r"^Error: ", "", reason.replace(f" for repo '{rid}'", "").replace(f"'{rid}'", "it"))
+                return f"{origin}: cannot read the repository: {reason}"
+        return f"cannot read the package repositories: {reason}"
 
     def _match(self, patterns: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
         return {p: [n for n in names if fnmatch.fnmatchcase(n, p)] for p in patterns}
@@ -197,6 +253,17 @@ class DnfSession:
         for f in self.config.repofiles:
             h.update(f.read_bytes())
         return h.hexdigest()
+
+
+def _repo_sections(path: Path) -> list[str]:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(path)
+    except configparser.Error:
+        return []
+    return parser.sections()
 
 
 def _dnf_reason(stderr: str) -> str:

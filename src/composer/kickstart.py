@@ -50,8 +50,10 @@ def load_kickstart(path: Path) -> KickstartInput:
     from pykickstart.version import makeVersion
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ComposerError(f"--ks {path}: no such file")
+    if not path.is_file():
+        raise ComposerError(f"--ks {path}: not a regular file")
     handler = makeVersion()
     parser = KickstartParser(handler, missingIncludeIsFatal=True)
     try:
@@ -60,6 +62,8 @@ def load_kickstart(path: Path) -> KickstartInput:
         raise _parse_error(path, e) from None
     except OSError as e:
         raise ComposerError(f"kickstart {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ComposerError(f"kickstart {path}: not a text file ({e.reason} at byte {e.start})") from None
 
     unused: list[str] = []
     sources: list[str] = []

@@ -172,6 +172,9 @@ def cmd_netboot(args: argparse.Namespace) -> int:
     cfg, ks = config_with_kickstart(cfg, args.ks)
     opts = NetbootOptions(url=url, split=args.split,
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
+    from composer.preflight import check_compose_inputs
+
+    check_compose_inputs(cfg, "netboot")
     compose_netboot(cfg, opts)
     return 0
 

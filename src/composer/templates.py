@@ -156,6 +156,23 @@ def resolve_in_tree(tree: Path | str, path: str | os.PathLike[str], *, follow_la
     return root.joinpath(*parts)
 
 
+def check_lexical(path: str) -> None:
+    """Refuse a path whose ".." climbs above the tree root by its text alone.
+
+    Checked when a template is parsed (also in dry runs, with no tree): such a
+    path leaves the tree whatever the tree holds. Symlink escapes depend on the
+    tree and are caught by resolve_in_tree when the command runs.
+    """
+    depth = 0
+    for comp in path.split("/"):
+        if comp == "..":
+            depth -= 1
+            if depth < 0:
+                raise PathEscapeError(f"path leads out of the tree: {path}")
+        elif comp not in ("", "."):
+            depth += 1
+
+
 def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
@@ -294,7 +311,9 @@ def split_line(line: str) -> list[str]:
 def brace_expand(word: str) -> list[str]:
     """Shell-style brace expansion: "a{b,c}d" -> ["abd", "acd"]; nesting allowed.
 
-    A group without a top-level comma, or without its closing brace, is literal.
+    A group without a top-level comma is literal. A "{" that is never closed is an
+    error (quote or escape it for a literal brace): it is almost always a typo, and
+    taken literally it would surface much later as a missing file or package.
     """
     start = 0
     while True:
@@ -316,7 +335,7 @@ def brace_expand(word: str) -> list[str]:
             elif ch == "," and depth == 1:
                 commas.append(j)
         if end < 0:
-            return [word]
+            raise ValueError(f"unbalanced brace in {word.translate(_UNPROTECT)!r} (quote a literal '{{')")
         if not commas:
             start = i + 1
             continue
@@ -436,7 +455,8 @@ def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, obje
     except exceptions.MakoException as e:
         fname = getattr(e, "filename", None) or str(template)
         msg = _MAKO_POS.sub("", str(e))
-        raise TemplateError(fname, getattr(e, "lineno", None), f"template syntax error: {msg}") from None
+        # Mako says line 0 when the file cannot even be decoded.
+        raise TemplateError(fname, getattr(e, "lineno", None) or None, f"template syntax error: {msg}") from None
     buf = _TrackingBuffer()
     try:
         tmpl.render_context(Context(buf, **data))
@@ -530,9 +550,10 @@ class TemplateRunner:
         data = self._template_data(extra)
         text, origins = _render(template, [self.templatedir, template.parent], data)
         lines = self._parse(template, text, origins)
-        info(f"template {template.name}: {len(lines)} commands{' (dry run)' if self.dry_run else ''}")
         if self.dry_run:
+            debug(f"template {template.name}: {len(lines)} commands (dry run)")
             return
+        info(f"template {template.name}: {len(lines)} commands")
         for line in lines:
             self._execute(line)
 
@@ -710,6 +731,12 @@ class TemplateRunner:
             raise _Usage(usage)
         return args[0], args[1]
 
+    @staticmethod
+    def _in_tree(*paths: str) -> None:
+        """Parse-time check of tree path arguments (see check_lexical)."""
+        for path in paths:
+            check_lexical(path)
+
     # ----------------------------------------------------------------- commands
     # Each _p_<name>(args) checks the arguments and returns the action to run.
 
@@ -840,6 +867,11 @@ class TemplateRunner:
 
     def _p_install(self, args: list[str]) -> Callable[[], None]:
         src, dest = self._two_paths(args, "SRC DEST")
+        self._in_tree(dest)
+        try:
+            check_lexical(src)
+        except PathEscapeError:
+            raise ComposerError(f"path leads out of the template directory: {src}") from None
 
         def sources() -> list[str]:
             import glob as globmod
@@ -866,6 +898,7 @@ class TemplateRunner:
     def _p_mkdir(self, args: list[str]) -> Callable[[], None]:
         if not args:
             raise _Usage("DIR...")
+        self._in_tree(*args)
 
         def action() -> None:
             for d in args:
@@ -875,6 +908,7 @@ class TemplateRunner:
 
     def _p_append(self, args: list[str]) -> Callable[[], None]:
         filename, text = self._two_paths(args, "FILE TEXT")
+        self._in_tree(filename)
 
         def action() -> None:
             host = self._path(filename)
@@ -888,6 +922,7 @@ class TemplateRunner:
         if len(args) < 3:
             raise _Usage("REGEX REPLACEMENT FILEGLOB...")
         pattern, repl, globs = args[0], args[1], args[2:]
+        self._in_tree(*globs)
         try:
             regex = re.compile(pattern)
         except re.error as e:
@@ -917,6 +952,7 @@ class TemplateRunner:
     def _p_remove(self, args: list[str]) -> Callable[[], None]:
         if not args:
             raise _Usage("GLOB...")
+        self._in_tree(*args)
 
         def action() -> None:
             for g in args:
@@ -930,6 +966,7 @@ class TemplateRunner:
 
     def _p_symlink(self, args: list[str]) -> Callable[[], None]:
         target, name = self._two_paths(args, "TARGET NAME")
+        self._in_tree(name)  # TARGET is the link's text: resolved in the tree when used
 
         def action() -> None:
             host = self._path(name, follow_last=False)
@@ -944,6 +981,7 @@ class TemplateRunner:
 
     def _two_path_op(self, args: list[str], op: str, *, follow_src: bool) -> Callable[[], None]:
         src, dest = self._two_paths(args, "SRC DEST")
+        self._in_tree(src, dest)
 
         def action() -> None:
             sources = self._matches(src, required=True)
@@ -973,6 +1011,7 @@ class TemplateRunner:
             mode = -1
         if not 0 <= mode <= 0o7777:
             raise ComposerError(f"bad mode {args[0]!r} (octal, e.g. 0755)")
+        self._in_tree(*args[1:])
 
         def action() -> None:
             for g in args[1:]:
@@ -1027,6 +1066,7 @@ class TemplateRunner:
         if len(args) != 3:
             raise _Usage("SECTION SRC DEST")
         section, src, dest = args
+        self._in_tree(src, dest)
 
         def action() -> None:
             sources = self._matches(src, required=True)

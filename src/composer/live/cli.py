@@ -11,12 +11,20 @@ from composer.run import ComposerError
 
 def _chunk_sectors(text: str) -> int:
     """'8' is sectors (as in a dmsetup table); '4K', '16KiB' are bytes."""
+    from composer.live.dmsnap import check_chunk_sectors
+
     if text.strip().isdigit():
-        return int(text)
-    size = parse_size(text, "--chunk-size")
-    if size % 512:
-        raise ComposerError(f"--chunk-size {text}: not a multiple of 512 bytes")
-    return size // 512
+        sectors = int(text)
+    else:
+        size = parse_size(text, "--chunk-size")
+        if size % 512:
+            raise ComposerError(f"--chunk-size {text}: not a multiple of 512 bytes")
+        sectors = size // 512
+    try:
+        check_chunk_sectors(sectors)
+    except ComposerError as e:
+        raise ComposerError(f"--chunk-size {text}: {e}") from None
+    return sectors
 
 
 def cmd_delta_create(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from composer.images.sparse import copy_sparse
 from composer.live.dmsnap import (
     DEFAULT_CHUNK_SECTORS,
+    CowFormatError,
     CowStore,
     apply_store,
     check_chunk_sectors,
@@ -82,10 +83,29 @@ def _gunzip_to(src: Path, dst: Path) -> None:
         raise ComposerError(f"delta: cannot decompress {src}: {e}") from None
 
 
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise ComposerError(f"delta: {path}: no such file")
+    if not path.is_file():
+        raise ComposerError(f"delta: {path} is not a regular file")
+
+
+def _check_output(output: Path) -> None:
+    """The output is written beside itself and renamed: its directory must take files."""
+    from composer.preflight import check_dir_creatable
+
+    if output.is_dir():
+        raise ComposerError(f"delta: -o {output} is a directory")
+    parent = Path(os.path.abspath(output)).parent
+    if not parent.is_dir():
+        raise ComposerError(f"delta: -o {output}: {parent} is not a directory")
+    check_dir_creatable(parent, "delta: -o")
+
+
 def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHUNK_SECTORS) -> DeltaInfo:
     check_chunk_sectors(chunk_sectors)
-    if not rootfs.is_file():
-        raise ComposerError(f"delta: {rootfs} is not a regular file")
+    _check_input(rootfs)
+    _check_output(output)
     fstype = fs_type(rootfs)
     if fstype == "btrfs":
         raise ComposerError(
@@ -135,16 +155,19 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
 
 def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -> int:
     """Write the minimized filesystem snapshot(rootfs, delta) presents to `output`; returns its size."""
-    if not rootfs.is_file():
-        raise ComposerError(f"delta: {rootfs} is not a regular file")
-    if not delta.is_file():
-        raise ComposerError(f"delta: {delta} is not a regular file")
+    _check_input(rootfs)
+    _check_input(delta)
+    _check_output(output)
     output = output.resolve()
     origin_size = rootfs.stat().st_size
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
         cow = Path(tmpd) / "osmin.img"
         _gunzip_to(delta, cow)
-        store = CowStore.read(cow, origin_size=origin_size)
+        try:
+            store = CowStore.read(cow, origin_size=origin_size)
+        except CowFormatError as e:
+            # Name the user's file, not our decompressed copy of it.
+            raise CowFormatError(f"delta: {delta}: {str(e).replace(f'{cow}: ', '')}") from None
         size = ext_fs_size(read_presented(store, cow, rootfs, 1024, 1024))
         if size is None:
             raise ComposerError(f"delta: {delta} over {rootfs} does not present an ext2/3/4 filesystem (wrong origin?)")

@@ -97,8 +97,13 @@ def human(n: float) -> str:
 
 
 def sparsify(img: Path) -> SparsifyResult:
+    if not img.exists():
+        raise ComposerError(f"sparsify: {img}: no such file")
     if not img.is_file():
         raise ComposerError(f"sparsify: {img} is not a regular file")
+    if not os.access(img, os.R_OK | os.W_OK):
+        # Holes are punched in place: the image must be writable by us.
+        raise ComposerError(f"sparsify: {img}: not writable (permission denied)")
     refuse_if_in_use(img, "image")
     fstype = fs_type(img)
     before = allocated_size(img)
