@@ -9,8 +9,10 @@ across builds but still differs between products and releases.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,3 +77,36 @@ def clamp_times(tree: Path, epoch: int) -> int:
             clamp(path, st)
     info(f"reproducible: {changed} timestamps in {tree.name} clamped to {epoch}")
     return changed
+
+
+# Directories that hold the leaked host paths removed below but are the tree's own.
+_KEEP_PARENTS = ("", "var", "var/tmp", "tmp")
+
+
+def normalize_tree(tree: Path, *, host_dirs: Sequence[Path] = ()) -> None:
+    """Remove what a build writes into the tree that differs from build to build
+    even with the same packages and times. Found by comparing two kept work trees;
+    everything else in them (ldconfig cache, depmod output, machine-id, the rpm
+    database with SOURCE_DATE_EPOCH given to rpm) was already identical.
+    """
+    # dnf 4 records wall-clock transaction times in its history database, and
+    # SQLite's WAL file carries random salts; nothing in a runtime reads dnf history.
+    for p in sorted((tree / "var/lib/dnf").glob("history.sqlite*")):
+        p.unlink()
+        info(f"reproducible: removed /{p.relative_to(tree)}")
+    # dnf writes its logs below the installroot even when logdir is a host path, so
+    # the work directory's (random) name shows up in the tree: /var/tmp/composer.XXXX/.
+    for host in host_dirs:
+        leak = tree / host.resolve().relative_to("/")
+        if leak.exists() and leak.resolve().is_relative_to(tree.resolve()):
+            shutil.rmtree(leak)
+            info(f"reproducible: removed /{leak.relative_to(tree)} (dnf logs of this build)")
+            parent = leak.parent
+            while _rel(parent, tree) not in _KEEP_PARENTS and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+
+def _rel(path: Path, tree: Path) -> str:
+    rel = path.relative_to(tree).as_posix()
+    return "" if rel == "." else rel

@@ -20,7 +20,7 @@ from composer.images.squashfs import make_squashfs
 from composer.outputs import bigimage
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
-from composer.reproducible import config_seed
+from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, run, stage
 from composer.templates import TemplateRunner
 
@@ -145,6 +145,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         nogpgcheck=cfg.nogpgcheck,
     )
     session = DnfSession(tree, dnfcfg, work)
+    if cfg.source_date_epoch is not None:
+        session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database
     runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session)
 
     with timed("install"):
@@ -186,6 +188,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
     squashfs = work / "squashfs.img"
     with timed("rootfs"):
+        if cfg.source_date_epoch is not None:
+            normalize_tree(tree, host_dirs=[work])
         if cfg.rootfs_type is RootfsType.SQUASHFS:
             squash_src = tree
         else:

@@ -17,7 +17,7 @@ from composer.images.iso import iso_date, xorriso_argv
 from composer.images.rootfs import Repro, btrfs_argv, erofs_argv, ext4_argv, ext4_time_commands, make_rootfs
 from composer.images.squashfs import make_squashfs, squashfs_env
 from composer.outputs.bigimage import make_big_initrd
-from composer.reproducible import build_seed, clamp_times, fat_serial, seed_uuid
+from composer.reproducible import build_seed, clamp_times, fat_serial, normalize_tree, seed_uuid
 
 EPOCH = 1700000000
 SEED = build_seed("TestProduct", "1", "x86_64", EPOCH)
@@ -66,6 +66,22 @@ def test_clamp_times(tmp_path: Path) -> None:
     assert (tree / "etc/old").stat().st_mtime == EPOCH - 1000  # older times are kept
     assert os.readlink(tree / "usr/bin/sh") == "tool"
     assert (tree / "usr/bin/sh").lstat().st_mtime == EPOCH
+
+
+def test_normalize_tree(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "t")
+    (tree / "var/lib/dnf").mkdir(parents=True)
+    for name in ("history.sqlite", "history.sqlite-wal", "history.sqlite-shm"):
+        (tree / "var/lib/dnf" / name).write_text("x")
+    (tree / "var/tmp").mkdir()
+    work = Path("/var/tmp/composer-test-leak/composer.1234")
+    (tree / work.relative_to("/") / "dnf-log").mkdir(parents=True)
+    (tree / work.relative_to("/") / "dnf-log/dnf.log").write_text("log")
+    normalize_tree(tree, host_dirs=[work])
+    assert list((tree / "var/lib/dnf").iterdir()) == []
+    assert not (tree / work.relative_to("/")).exists()
+    assert list((tree / "var/tmp").iterdir()) == []  # empty leaked parents go too, /var/tmp stays
+    assert (tree / "etc/os-release").is_file()
 
 
 def test_mkfs_argv_reproducibility_options(tmp_path: Path) -> None:
