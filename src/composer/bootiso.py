@@ -42,6 +42,7 @@ from composer.outputs.media import (
     render_config,
 )
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.reproducible import config_seed
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
 
 BIOS_LOADERS = ("grub2", "isolinux")
@@ -183,7 +184,8 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
             runner.run(t)
 
         efi_files = sorted(p for p in efidir.rglob("*") if p.is_file())
-        make_efiboot([(p, p.relative_to(out).as_posix()) for p in efi_files], out / "images" / "efiboot.img")
+        make_efiboot([(p, p.relative_to(out).as_posix()) for p in efi_files], out / "images" / "efiboot.img",
+                     source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
     timings["media_tree"] = round(time.monotonic() - t0, 2)
 
     arch = cfg.arch
@@ -191,13 +193,14 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
     treeinfo_args = {"product": cfg.product, "version": cfg.version, "arch": arch, "variant": cfg.variant,
                      "stage2": "images/install.img", "extra": {**rt.treeinfo, **runner.treeinfo}}
     release = f"{cfg.product} {cfg.version}"
-    write_discinfo(out / ".discinfo", release=release, arch=arch)
+    write_discinfo(out / ".discinfo", release=release, arch=arch, timestamp=cfg.source_date_epoch)
 
     t0 = time.monotonic()
     with stage("boot.iso"):
         # The .treeinfo on the ISO cannot list the ISO itself.
         iso_treeinfo = work / "iso.treeinfo"
-        write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, **treeinfo_args)
+        write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, timestamp=cfg.source_date_epoch,
+                       **treeinfo_args)
         grafts = [(".treeinfo", iso_treeinfo)]
         for p in sorted(out.rglob("*")):
             rel = p.relative_to(out).as_posix()
@@ -205,10 +208,10 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
                 grafts.append((rel, p))
         iso = out / "images" / "boot.iso"
         make_iso(iso, opts.volid, grafts, bios=bios, efiboot=out / "images" / "efiboot.img",
-                 efiboot_in_iso="images/efiboot.img")
+                 efiboot_in_iso="images/efiboot.img", source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
     timings["iso"] = round(time.monotonic() - t0, 2)
     write_treeinfo(out / ".treeinfo", images={arch: {**images, "boot.iso": "images/boot.iso"}},
-                   checksum_root=out, **treeinfo_args)
+                   checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
         sizes[rel] = (out / rel).stat().st_size
     return {"sizes": sizes, "timings": timings}

@@ -64,9 +64,13 @@ def take_kernels(tree: Path, dest: Path) -> list[Kernel]:
     return taken
 
 
-def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str]) -> list[str]:
+def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str], *, reproducible: bool = False) -> list[str]:
     drivers = ROOTFS_DRIVERS[rootfs]
     argv = ["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--kver", kver]
+    if reproducible:
+        # Sorted cpio, mtimes clamped to SOURCE_DATE_EPOCH (given in the environment).
+        # Our dracut.conf says so too, but a user's --dracut-conf must not undo it.
+        argv += ["--reproducible"]
     if drivers:
         argv += ["--add-drivers", " ".join(drivers)]
     return argv + list(extra) + [output]
@@ -80,12 +84,16 @@ def build_initramfs(
     rootfs: RootfsType,
     dracut_args: Sequence[str] = (),
     dracut_conf: Path | None = None,
+    source_date_epoch: int | None = None,
 ) -> dict[str, Path]:
     """Run dracut in the tree for every kernel; return {kver: initramfs path in outdir}.
 
     The tree is not changed: our configuration is bound in read-only and the
     initramfs is written to a directory bound under /tmp.
     """
+    epoch = source_date_epoch
+    if epoch is None and "SOURCE_DATE_EPOCH" in os.environ:
+        epoch = int(os.environ["SOURCE_DATE_EPOCH"])
     if not (tree / "usr/bin/dracut").exists() and not (tree / "usr/sbin/dracut").exists():
         raise ComposerError("dracut is not installed in the tree: the templates must install it")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +110,11 @@ def build_initramfs(
     result: dict[str, Path] = {}
     for k in kernels:
         info(f"dracut: kernel {k.version}")
-        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", rootfs, dracut_args)
+        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", rootfs, dracut_args,
+                           reproducible=epoch is not None)
         try:
             run(in_tree_argv(tree, argv, binds=[(outdir, "/tmp/out")], ro_binds=ro_binds),
-                env={"SOURCE_DATE_EPOCH": os.environ["SOURCE_DATE_EPOCH"]} if "SOURCE_DATE_EPOCH" in os.environ else None)
+                env={"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else None)
         except CommandError as e:
             raise ComposerError(f"dracut failed for kernel {k.version}: {e}") from None
         result[k.version] = outdir / f"initramfs-{k.version}.img"

@@ -114,7 +114,8 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             if opts.split:
                 copy_file(rt.initramfs[k.version], out / bk.initrd)
             else:
-                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd)
+                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
+                                mtime=cfg.source_date_epoch or 0)
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
         if opts.split:
             copy_sparse(rt.squashfs, out / "images" / "install.img")

@@ -21,6 +21,7 @@ from composer.live.delta import create_delta
 from composer.outputs import bigimage
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
+from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, run, stage
 from composer.templates import TemplateRunner
 
@@ -149,6 +150,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         nogpgcheck=cfg.nogpgcheck,
     )
     session = DnfSession(tree, dnfcfg, work)
+    if cfg.source_date_epoch is not None:
+        session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database
     runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session)
 
     with timed("install"):
@@ -183,19 +186,23 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         initramfs = dracut.build_initramfs(
             tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
             dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
+            source_date_epoch=cfg.source_date_epoch,
         )
     for kver, path in initramfs.items():
         sizes[f"initramfs-{kver}"] = path.stat().st_size
 
     squashfs = work / "squashfs.img"
     with timed("rootfs"):
+        if cfg.source_date_epoch is not None:
+            normalize_tree(tree, host_dirs=[work])
         if cfg.rootfs_type is RootfsType.SQUASHFS:
             squash_src = tree
         else:
             squash_src = work / "squashfs-root"
             (squash_src / "LiveOS").mkdir(parents=True)
             rootfs_img = squash_src / "LiveOS" / "rootfs.img"
-            make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size)
+            make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size,
+                        source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
             sizes["rootfs_apparent"] = rootfs_img.stat().st_size
             sizes["rootfs_allocated"] = allocated_size(rootfs_img)
             if cfg.osmin:
@@ -204,7 +211,9 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                 sizes["osmin_raw"] = delta.raw_size
                 sizes["osmin_gz"] = delta.gz_size
     with timed("squashfs"):
-        make_squashfs(squash_src, squashfs, cfg.compression)
+        # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
+        make_squashfs(squash_src, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch,
+                      all_time=squash_src != tree)
     sizes["squashfs"] = squashfs.stat().st_size
 
     return Runtime(
@@ -231,7 +240,7 @@ def compose_runtime(cfg: Config) -> Path:
                 suffix = "" if i == 0 else f"-{k.version}"
                 shutil.copy(k.vmlinuz, pxe / f"vmlinuz{suffix}")
                 big = pxe / f"initrd{suffix}.img"
-                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big)
+                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
             rt.timings["outputs"] = round(time.monotonic() - start, 2)
             write_manifest(out, rt.packages, {

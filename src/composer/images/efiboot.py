@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from composer.reproducible import fat_serial
 from composer.run import ComposerError, debug, in_tree_argv, info, run
 
 GRUB_MODDIRS = ("usr/lib/grub/{platform}", "usr/lib/grub2/{platform}")
@@ -140,8 +141,37 @@ def fat_size_kib(files: Sequence[Path]) -> int:
     return -(-size // 1024) * 1024  # whole MiB
 
 
-def make_efiboot(files: Sequence[tuple[Path, str]], dest: Path, *, label: str = "EFIBOOT") -> Path:
-    """A FAT image holding files: (host path, path in the image, e.g. "EFI/BOOT/BOOTX64.EFI")."""
+def mkfs_fat_argv(dest: Path, size_kib: int, label: str, *, serial: str | None = None) -> list[str]:
+    argv = ["mkfs.fat", "-C", "-n", label[:11].upper()]
+    if serial is not None:
+        # dosfstools 4.2 ignores SOURCE_DATE_EPOCH: --invariant fixes its times (and a
+        # serial, which the -i after it replaces with ours; the order matters).
+        argv += ["--invariant", "-i", serial]
+    return argv + [os.fspath(dest), str(size_kib)]
+
+
+def mtools_env(source_date_epoch: int | None) -> dict[str, str]:
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    if source_date_epoch is not None:
+        # mtools dates the directories mmd makes (and "." and "..") from it.
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
+    return env
+
+
+def make_efiboot(
+    files: Sequence[tuple[Path, str]],
+    dest: Path,
+    *,
+    label: str = "EFIBOOT",
+    source_date_epoch: int | None = None,
+    seed: str = "",
+) -> Path:
+    """A FAT image holding files: (host path, path in the image, e.g. "EFI/BOOT/BOOTX64.EFI").
+
+    With source_date_epoch the image is reproducible: fixed mkfs times, a volume serial
+    derived from `seed`, directory and file dates at the epoch (or the files' own older
+    mtimes), entries added in the order given.
+    """
     if not files:
         raise ComposerError("efiboot.img: no files to put in it")
     for src, _ in files:
@@ -150,11 +180,8 @@ def make_efiboot(files: Sequence[tuple[Path, str]], dest: Path, *, label: str = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
     size = fat_size_kib([s for s, _ in files])
-    argv = ["mkfs.fat", "-C", "-n", label[:11].upper()]
-    if "SOURCE_DATE_EPOCH" in os.environ:
-        argv += ["--invariant"]
-    run(argv + [os.fspath(dest), str(size)])
-    env = {"MTOOLS_SKIP_CHECK": "1"}
+    run(mkfs_fat_argv(dest, size, label, serial=fat_serial(seed) if source_date_epoch is not None else None))
+    env = mtools_env(source_date_epoch)
     dirs = sorted({str(Path(p).parent) for _, p in files} - {"."}, key=lambda d: d.count("/"))
     made: set[str] = set()
     for d in dirs:
@@ -165,6 +192,12 @@ def make_efiboot(files: Sequence[tuple[Path, str]], dest: Path, *, label: str = 
                 run(["mmd", "-i", os.fspath(dest), f"::/{sub}"], env=env)
                 made.add(sub)
     for src, p in files:
-        run(["mcopy", "-i", os.fspath(dest), os.fspath(src), f"::/{p}"], env=env)
+        copy = ["mcopy", "-i", os.fspath(dest)]
+        if source_date_epoch is not None:
+            # -m keeps the file's own mtime (clamped to the epoch here) instead of "now".
+            copy += ["-m"]
+            if os.lstat(src).st_mtime > source_date_epoch:
+                os.utime(src, (source_date_epoch, source_date_epoch))
+        run([*copy, os.fspath(src), f"::/{p}"], env=env)
     info(f"efiboot.img: {size // 1024} MiB FAT, {len(files)} files")
     return dest

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from composer.reproducible import seed_uuid
 from composer.run import ComposerError, info, run
 
 VOLID_MAX = 32
@@ -69,14 +71,24 @@ def xorriso_argv(
     bios: BiosBoot | None,
     efiboot: Path | None,
     efiboot_in_iso: str | None = None,
+    source_date_epoch: int | None = None,
+    seed: str = "",
 ) -> list[str]:
     """The xorriso command. grafts: (path in the ISO, host file or directory).
 
     efiboot is the host efiboot.img; efiboot_in_iso its path inside the ISO if it is
-    grafted there too (needed for the ISOLINUX layout).
+    grafted there too (needed for the ISOLINUX layout). With source_date_epoch every
+    date in the image is the epoch and the GPT disk GUID comes from `seed`.
     """
     argv = ["xorriso", "-as", "mkisofs", "-o", os.fspath(output), "-V", volid,
             "-R", "-J", "-joliet-long", "-iso-level", "3", "-graft-points"]
+    if source_date_epoch is not None:
+        date = iso_date(source_date_epoch)
+        # The volume dates (also the "UUID" GRUB's search --fs-uuid sees, and the
+        # hybrid MBR id), every file and directory date, and the GPT GUID that is
+        # random by default (GPT only with -isohybrid-gpt-basdat).
+        argv += [f"--modification-date={date}", "--set_all_file_dates", date,
+                 "--gpt_disk_guid", str(seed_uuid(seed, "iso-gpt"))]
     if bios is not None:
         argv += ["-b", bios.image, "-c", bios.catalog, "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"]
         if bios.loader == "grub2":
@@ -103,6 +115,11 @@ def xorriso_argv(
     return argv
 
 
+def iso_date(epoch: int) -> str:
+    """YYYYMMDDhhmmsscc in UTC, as xorriso's --modification-date= wants it."""
+    return time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+
+
 def make_iso(
     output: Path,
     volid: str,
@@ -112,6 +129,8 @@ def make_iso(
     efiboot: Path | None,
     efiboot_in_iso: str | None = None,
     implant_md5: bool = True,
+    source_date_epoch: int | None = None,
+    seed: str = "",
 ) -> Path:
     check_volid(volid)
     if bios is None and efiboot is None:
@@ -123,8 +142,13 @@ def make_iso(
     tmp = output.with_name(output.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
-        run(xorriso_argv(tmp, volid, grafts, bios=bios, efiboot=efiboot, efiboot_in_iso=efiboot_in_iso))
+        # grafts are written in the order given; the caller sorts them. xorriso also
+        # reads SOURCE_DATE_EPOCH (for the times our options do not name, e.g. -iso_nowtime).
+        run(xorriso_argv(tmp, volid, grafts, bios=bios, efiboot=efiboot, efiboot_in_iso=efiboot_in_iso,
+                         source_date_epoch=source_date_epoch, seed=seed),
+            env={"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None)
         if implant_md5:
+            # implantisomd5 is deterministic: an MD5 of the image and fragment sums, no dates.
             run(["implantisomd5", "--supported-iso", os.fspath(tmp)])
         os.replace(tmp, output)
     finally:

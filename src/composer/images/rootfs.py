@@ -20,6 +20,7 @@ from pathlib import Path
 
 from composer.config import RootfsType
 from composer.images.sparse import allocated_size, create_sparse
+from composer.reproducible import clamp_times, seed_uuid
 from composer.run import CommandError, ComposerError, info, run
 
 MiB = 1 << 20
@@ -74,12 +75,17 @@ def make_rootfs(
     *,
     free: int | None,
     label: str = "Anaconda",
+    source_date_epoch: int | None = None,
+    seed: str = "",
 ) -> None:
     """Build a sparse filesystem image `dest` holding `tree`.
 
     free=None: DEFAULT_FREE of room; free=0: as small as the filesystem allows.
     The label is not needed by dmsquash-live (it finds LiveOS/rootfs.img by path)
     but is kept for people who inspect or mount the image.
+
+    With source_date_epoch the tree's times are clamped to it (this changes the
+    tree) and the filesystem's UUIDs and hash seeds are derived from `seed`.
     """
     if fstype is RootfsType.SQUASHFS:
         raise ValueError("RootfsType.SQUASHFS has no rootfs.img: put the tree in squashfs directly")
@@ -87,17 +93,24 @@ def make_rootfs(
         raise ComposerError(f"rootfs: tree {tree} is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
+    repro = Repro(source_date_epoch, seed) if source_date_epoch is not None else None
+    if repro is not None:
+        clamp_times(tree, repro.epoch)
     size = tree_size(tree)
     if fstype is RootfsType.EROFS:
         if free:
             info("rootfs: erofs is read-only, --rootfs-size is ignored (writes need an overlayfs overlay)")
-        _make_erofs(tree, dest)
+        run(erofs_argv(tree, dest, repro))
     else:
         room = DEFAULT_FREE if free is None else free
         if fstype is RootfsType.BTRFS:
-            _make_btrfs(tree, dest, size, room, label)
+            if repro is not None:
+                info("rootfs: WARNING: btrfs-progs 6.2 cannot make a byte-reproducible image (it copies host "
+                     "inode numbers and change times and makes random device/chunk UUIDs); "
+                     "use --rootfs-type ext4 or erofs for reproducible builds")
+            _make_btrfs(tree, dest, size, room, label, repro)
         elif fstype is RootfsType.EXT4:
-            _make_ext4(tree, dest, size, room, label)
+            _make_ext4(tree, dest, size, room, label, repro)
         else:
             raise ValueError(f"unknown rootfs type {fstype}")
     info(
@@ -106,10 +119,29 @@ def make_rootfs(
     )
 
 
-def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class Repro:
+    """What a reproducible mkfs needs: the time to use and the seed for its UUIDs."""
+
+    epoch: int
+    seed: str
+
+    def uuid(self, role: str) -> str:
+        return str(seed_uuid(self.seed, role))
+
+
+def btrfs_argv(tree: Path, label: str, repro: Repro | None) -> list[str | os.PathLike[str]]:
     # -m single: the image is one "device" inside squashfs, so DUP metadata gives no
     # redundancy, only doubles metadata in the image and in the RAM overlay.
     argv: list[str | os.PathLike[str]] = ["mkfs.btrfs", "-q", "-m", "single", "-L", label, "--rootdir", tree]
+    if repro is not None:
+        # Only the filesystem UUID can be chosen; the device and chunk-tree UUIDs stay random.
+        argv += ["-U", repro.uuid("rootfs")]
+    return argv
+
+
+def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
+    argv = btrfs_argv(tree, label, repro)
     if free == 0:
         dest.touch()
         run([*argv, "--shrink", dest])
@@ -130,7 +162,31 @@ def _btrfs_usage(img: Path) -> tuple[int, int]:
     return int(fields["total_bytes"]), int(fields["bytes_used"])
 
 
-def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str) -> None:
+def ext4_argv(tree: Path, dest: Path, inodes: int, label: str, repro: Repro | None) -> list[str | os.PathLike[str]]:
+    extended = "root_owner=0:0"
+    if repro is not None:
+        # The htree directory hash seed is random by default and changes every directory block.
+        extended += f",hash_seed={repro.uuid('rootfs-hash')}"
+    return [
+        "mkfs.ext4", "-q", "-F",
+        "-b", "4096",  # mke2fs picks 1 KiB blocks for "small" images; never want that
+        "-m", "0",  # no blocks reserved for root: everything in the runtime is root
+        "-N", str(inodes),
+        "-J", f"size={EXT4_JOURNAL_MB}",
+        "-L", label,
+        *(["-U", repro.uuid("rootfs")] if repro is not None else []),
+        "-E", extended,
+        "-d", tree, dest,
+    ]
+
+
+def e2fs_env(repro: Repro | None) -> dict[str, str] | None:
+    """e2fsprogs 1.47.0 has no SOURCE_DATE_EPOCH; this test hook replaces its clock
+    (superblock times, the root directory, lost+found, the journal, crtimes)."""
+    return {"E2FSPROGS_FAKE_TIME": str(repro.epoch)} if repro is not None else None
+
+
+def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
     # Inodes for the tree, 10% slack, plus mke2fs's default one per 16 KiB of free room,
     # because running out of inodes is as fatal for the runtime as running out of blocks.
     inodes = size.inodes + size.inodes // 10 + 1024 + free // (16 * 1024)
@@ -138,18 +194,8 @@ def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str) ->
     for attempt, factor in enumerate((1.0, 1.5)):
         image_size = _round_up(int(base * factor) + free, 4 * MiB)
         create_sparse(dest, image_size)
-        argv: list[str | os.PathLike[str]] = [
-            "mkfs.ext4", "-q", "-F",
-            "-b", "4096",  # mke2fs picks 1 KiB blocks for "small" images; never want that
-            "-m", "0",  # no blocks reserved for root: everything in the runtime is root
-            "-N", str(inodes),
-            "-J", f"size={EXT4_JOURNAL_MB}",
-            "-L", label,
-            "-E", "root_owner=0:0",
-            "-d", tree, dest,
-        ]
         try:
-            run(argv)
+            run(ext4_argv(tree, dest, inodes, label, repro), env=e2fs_env(repro))
             break
         except CommandError as e:
             nospace = re.search(r"no space|could not allocate|not enough", e.stderr, re.IGNORECASE)
@@ -163,11 +209,52 @@ def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str) ->
     # mke2fs -d leaves / at its own defaults; give it the tree's owner and mode
     # (Fedora's / is 0555). debugfs edits the image file directly: no mount needed.
     st = os.lstat(tree)
-    for field, value in (("mode", f"0{st.st_mode:o}"), ("uid", str(st.st_uid)), ("gid", str(st.st_gid))):
-        run(["debugfs", "-w", "-R", f"set_inode_field / {field} {value}", dest], quiet=True)
+    commands = [f"set_inode_field / {field} {value}"
+                for field, value in (("mode", f"0{st.st_mode:o}"), ("uid", str(st.st_uid)), ("gid", str(st.st_gid)))]
+    if repro is not None:
+        commands += ext4_time_commands(_ext4_used_inodes(dest), repro.epoch)
+    script = dest.with_name(dest.name + ".debugfs")
+    script.write_text("".join(c + "\n" for c in commands))
+    try:
+        # debugfs exits 0 even when a command fails; its errors are the stderr lines
+        # other than the version banner.
+        proc = run(["debugfs", "-w", "-f", script, dest], capture=True, env=e2fs_env(repro))
+        errors = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln and not ln.startswith("debugfs ")]
+        if errors:
+            raise ComposerError(f"rootfs: debugfs on {dest.name}: {' | '.join(errors[:3])}")
+    finally:
+        script.unlink(missing_ok=True)
 
 
-def _make_erofs(tree: Path, dest: Path) -> None:
+def ext4_time_commands(inodes: list[int], epoch: int) -> list[str]:
+    """debugfs commands that set atime and ctime of these inodes to epoch.
+
+    mke2fs -d copies atime and ctime from the source tree. atime we clamp, but ctime
+    is the host's "last change" time, which no system call can set.
+    """
+    return [f"set_inode_field <{ino}> {field} @{epoch}" for ino in inodes for field in ("atime", "ctime")]
+
+
+def _ext4_used_inodes(img: Path) -> list[int]:
+    """Inodes in use, from dumpe2fs's per-group "Free inodes:" ranges: the root
+    directory and every inode from the first non-reserved one on."""
+    out = run(["dumpe2fs", img], capture=True, quiet=True).stdout.decode()
+    head = dict(re.findall(r"^(Inode count|Inodes per group|First inode):\s+(\d+)$", out, re.MULTILINE))
+    total, first = int(head["Inode count"]), int(head["First inode"])
+    free: set[int] = set()
+    for ranges in re.findall(r"^\s+Free inodes: (.*)$", out, re.MULTILINE):
+        for part in filter(None, (r.strip() for r in ranges.split(","))):
+            lo, _, hi = part.partition("-")
+            free.update(range(int(lo), int(hi or lo) + 1))
+    return [2] + [i for i in range(first, total + 1) if i not in free]
+
+
+def erofs_argv(tree: Path, dest: Path, repro: Repro | None) -> list[str | os.PathLike[str]]:
     # Uncompressed on purpose: the image goes into squashfs, which compresses it;
     # compressing twice costs CPU at boot and gains nothing.
-    run(["mkfs.erofs", "--quiet", dest, tree])
+    argv: list[str | os.PathLike[str]] = ["mkfs.erofs", "--quiet"]
+    if repro is not None:
+        # -T is the build time (root and files without their own time); per-file
+        # mtimes are kept (already clamped), so Python's .pyc files stay valid.
+        argv += [f"-U{repro.uuid('rootfs')}", f"-T{repro.epoch}"]
+    return argv + [dest, tree]

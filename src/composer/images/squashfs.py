@@ -18,6 +18,7 @@ import platform
 from pathlib import Path
 
 from composer.config import Compression
+from composer.reproducible import clamp_times
 from composer.run import ComposerError, info, run
 
 ZSTD_DEFAULT_LEVEL = 19
@@ -74,6 +75,14 @@ def squashfs_argv(
     return argv
 
 
+def squashfs_env(source_date_epoch: int | None) -> dict[str, str] | None:
+    """When mksquashfs reads SOURCE_DATE_EPOCH itself, make it read our value
+    (--source-date-epoch overrides the environment)."""
+    if source_date_epoch is not None and "SOURCE_DATE_EPOCH" in os.environ:
+        return {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
+    return None
+
+
 def make_squashfs(
     srcdir: Path,
     dest: Path,
@@ -87,16 +96,22 @@ def make_squashfs(
     """Pack srcdir (its contents, not the directory itself) into dest, replacing it.
 
     For the live runtime srcdir holds LiveOS/rootfs.img; for RootfsType.SQUASHFS it
-    is the tree itself.
+    is the tree itself. With source_date_epoch the image's time is set to it and, unless
+    all_time flattens every file time, srcdir's times are clamped to it first.
     """
     if not srcdir.is_dir():
         raise ComposerError(f"squashfs: {srcdir} is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
+    if source_date_epoch is not None and not all_time:
+        clamp_times(srcdir, source_date_epoch)
     try:
+        # mksquashfs sorts directory entries and (-reproducible, its default) packs
+        # fragments in a fixed order, so equal trees and times give equal images.
         run(squashfs_argv(srcdir, tmp, compression, processors=processors,
-                          source_date_epoch=source_date_epoch, all_time=all_time, level=level))
+                          source_date_epoch=source_date_epoch, all_time=all_time, level=level),
+            env=squashfs_env(source_date_epoch))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,112 @@
+"""Reproducible builds (SOURCE_DATE_EPOCH): seeds for UUIDs and serials, clamped times.
+
+Two builds from the same repository with the same epoch must give byte-identical
+images. Every value a tool would otherwise take from the clock or from random bytes
+is derived here from a seed string (product, version, arch, epoch), so it is stable
+across builds but still differs between products and releases.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from composer.run import info
+
+if TYPE_CHECKING:
+    from composer.config import Config
+
+# composer's own namespace for uuid5; any fixed UUID works, it only has to never change.
+_NAMESPACE = uuid.UUID("6c1f3c36-5f43-4f43-9a5e-2b8a8d1e7c11")
+
+
+def build_seed(product: str, version: str, arch: str, epoch: int | None) -> str:
+    return f"{product}/{version}/{arch}/{epoch or 0}"
+
+
+def config_seed(cfg: Config) -> str:
+    return build_seed(cfg.product, cfg.version, cfg.arch, cfg.source_date_epoch)
+
+
+def seed_uuid(seed: str, role: str) -> uuid.UUID:
+    """A UUID for one purpose ("rootfs", "rootfs-hash", ...) derived from the seed."""
+    return uuid.uuid5(_NAMESPACE, f"{seed}\0{role}")
+
+
+def fat_serial(seed: str, role: str = "efiboot") -> str:
+    """A FAT volume serial (mkfs.fat -i: 8 hex digits) derived from the seed."""
+    return seed_uuid(seed, role).hex[:8]
+
+
+def clamp_times(tree: Path, epoch: int) -> int:
+    """Clamp every mtime in tree (the tree itself included) to epoch, in whole seconds,
+    and set atime to the same value; return how many entries were changed.
+
+    rpm, dnf, dracut and our templates write files with "now" times; packages keep
+    their (older) file times, which are as reproducible as the packages. Symlinks are
+    changed themselves, never followed. A directory is done after its entries were
+    read, as reading it updates its atime; later reads (mkfs) may update atimes again,
+    so images that store atimes get them set on their own (ext4: see rootfs.py).
+    """
+    changed = 0
+
+    def clamp(path: str, st: os.stat_result) -> None:
+        nonlocal changed
+        ns = min(int(st.st_mtime), epoch) * 10**9
+        if st.st_mtime_ns != ns or st.st_atime_ns != ns:
+            os.utime(path, ns=(ns, ns), follow_symlinks=False)
+            changed += 1
+
+    todo: list[tuple[str, os.stat_result | None]] = [(os.fspath(tree), None)]
+    while todo:
+        path, done = todo.pop()
+        if done is not None:  # a directory whose entries were all pushed
+            clamp(path, done)
+            continue
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            todo.append((path, st))
+            with os.scandir(path) as it:
+                todo.extend((e.path, None) for e in it)
+        else:
+            clamp(path, st)
+    info(f"reproducible: {changed} timestamps in {tree.name} clamped to {epoch}")
+    return changed
+
+
+# Directories that hold the leaked host paths removed below but are the tree's own.
+_KEEP_PARENTS = ("", "var", "var/tmp", "tmp")
+
+
+def normalize_tree(tree: Path, *, host_dirs: Sequence[Path] = ()) -> None:
+    """Remove what a build writes into the tree that differs from build to build
+    even with the same packages and times. Found by comparing two kept work trees;
+    everything else in them (ldconfig cache, depmod output, machine-id, the rpm
+    database with SOURCE_DATE_EPOCH given to rpm) was already identical.
+    """
+    # dnf 4 records wall-clock transaction times in its history database, and
+    # SQLite's WAL file carries random salts; nothing in a runtime reads dnf history.
+    for p in sorted((tree / "var/lib/dnf").glob("history.sqlite*")):
+        p.unlink()
+        info(f"reproducible: removed /{p.relative_to(tree)}")
+    # dnf writes its logs below the installroot even when logdir is a host path, so
+    # the work directory's (random) name shows up in the tree: /var/tmp/composer.XXXX/.
+    for host in host_dirs:
+        leak = tree / host.resolve().relative_to("/")
+        if leak.exists() and leak.resolve().is_relative_to(tree.resolve()):
+            shutil.rmtree(leak)
+            info(f"reproducible: removed /{leak.relative_to(tree)} (dnf logs of this build)")
+            parent = leak.parent
+            while _rel(parent, tree) not in _KEEP_PARENTS and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+
+def _rel(path: Path, tree: Path) -> str:
+    rel = path.relative_to(tree).as_posix()
+    return "" if rel == "." else rel

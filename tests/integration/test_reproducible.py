@@ -1,0 +1,104 @@
+"""Two real builds of the test product with the same SOURCE_DATE_EPOCH are byte-identical.
+
+One pair of `composer boot-iso` composes (ext4 rootfs.img, lz4 squashfs; ~2 x 5 min)
+covers LiveOS/rootfs.img (taken out of install.img with unsquashfs), install.img
+(= squashfs.img), the dracut initrd, efiboot.img, the GRUB images, boot.iso and the
+metadata. The big initrd is assembled from each build's parts as `composer runtime`
+does. The builds use different work and output directories, and run one after the
+other, so every "now" differs. btrfs-progs 6.2 cannot make a reproducible btrfs image
+(see images/rootfs.py), hence --rootfs-type ext4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUILD, composer
+
+pytestmark = pytest.mark.slow
+
+EPOCH = 1700000000
+
+
+def first_difference(a: Path, b: Path) -> int | None:
+    """Offset of the first byte where a and b differ (the shorter length if one is a
+    prefix of the other), or None when they are identical."""
+    offset = 0
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                n = min(len(ca), len(cb))
+                return offset + next((i for i in range(n) if ca[i] != cb[i]), n)
+            if not ca:
+                return None
+            offset += len(ca)
+
+
+def sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compose(repo: Path, base: Path) -> Path:
+    out, work = base / "out", base / "work"
+    work.mkdir(parents=True)
+    composer("--logfile", str(base / "build.log"), "boot-iso", "--product", "TestProduct", "--version", "1",
+             "--source", f"file://{repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
+             "--rootfs-type", "ext4", "--compression", "lz4", "--source-date-epoch", str(EPOCH),
+             "--workdir", str(work), str(out))
+    # Parts the media do not ship as files of their own.
+    extra = base / "extra"
+    extra.mkdir()
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(extra / "squashfs-root"),
+                    str(out / "images/install.img"), "LiveOS/rootfs.img"], check=True, capture_output=True)
+    from composer.outputs.bigimage import make_big_initrd
+    from composer.runtime import runtime_cmdline
+    from composer.config import RootfsType
+
+    make_big_initrd(out / "images/pxeboot/initrd.img", out / "images/install.img",
+                    runtime_cmdline(RootfsType.EXT4), extra / "big-initrd.img", mtime=EPOCH)
+    return base
+
+
+@pytest.fixture(scope="module")
+def builds(testproduct_repo, tmp_path_factory) -> tuple[Path, Path]:
+    return (compose(testproduct_repo, tmp_path_factory.mktemp("repro-a")),
+            compose(testproduct_repo, tmp_path_factory.mktemp("repro-b")))
+
+
+def files_below(base: Path) -> dict[str, Path]:
+    return {p.relative_to(base).as_posix(): p for d in ("out", "extra") for p in sorted((base / d).rglob("*"))
+            if p.is_file()}
+
+
+def test_first_difference(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"abcdef")
+    b.write_bytes(b"abcXef")
+    assert first_difference(a, b) == 3
+    b.write_bytes(b"abcdef")
+    assert first_difference(a, b) is None
+    b.write_bytes(b"abc")
+    assert first_difference(a, b) == 3
+
+
+def test_outputs_are_byte_identical(builds: tuple[Path, Path]) -> None:
+    a, b = (files_below(x) for x in builds)
+    assert sorted(a) == sorted(b), "the two builds made different files"
+    for must in ("out/images/boot.iso", "out/images/install.img", "out/images/efiboot.img",
+                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img", "extra/big-initrd.img"):
+        assert must in a, must
+    differ = []
+    for rel in sorted(a):
+        if sha256(a[rel]) != sha256(b[rel]):
+            differ.append(f"{rel}: first difference at offset {first_difference(a[rel], b[rel])} "
+                          f"(sizes {a[rel].stat().st_size} and {b[rel].stat().st_size})")
+    assert not differ, "not reproducible:\n" + "\n".join(differ)
