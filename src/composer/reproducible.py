@@ -93,14 +93,14 @@ def normalize_tree(tree: Path, *, host_dirs: Sequence[Path] = ()) -> None:
     # SQLite's WAL file carries random salts; nothing in a runtime reads dnf history.
     for p in sorted((tree / "var/lib/dnf").glob("history.sqlite*")):
         p.unlink()
-        info(f"reproducible: removed /{p.relative_to(tree)}")
+        info(f"tree: removed /{p.relative_to(tree)}")
     # dnf writes its logs below the installroot even when logdir is a host path, so
     # the work directory's (random) name shows up in the tree: /var/tmp/composer.XXXX/.
     for host in host_dirs:
         leak = tree / host.resolve().relative_to("/")
         if leak.exists() and leak.resolve().is_relative_to(tree.resolve()):
             shutil.rmtree(leak)
-            info(f"reproducible: removed /{leak.relative_to(tree)} (dnf logs of this build)")
+            info(f"tree: removed /{leak.relative_to(tree)} (dnf logs of this build)")
             parent = leak.parent
             while _rel(parent, tree) not in _KEEP_PARENTS and not any(parent.iterdir()):
                 parent.rmdir()

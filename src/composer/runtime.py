@@ -193,8 +193,9 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
     squashfs = work / "squashfs.img"
     with timed("rootfs"):
-        if cfg.source_date_epoch is not None:
-            normalize_tree(tree, host_dirs=[work])
+        # Always: dnf's logs of this build (under the work dir's path) and its history
+        # database are build records, not part of the runtime.
+        normalize_tree(tree, host_dirs=[work])
         if cfg.rootfs_type is RootfsType.SQUASHFS:
             squash_src = tree
         else:

@@ -127,6 +127,11 @@ def test_install_img_ships_osmin_delta(media, tmp_path):
     fsck = subprocess.run(["e2fsck", "-fn", str(minimal)], capture_output=True, text=True, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert minimal.stat().st_size < (live / "rootfs.img").stat().st_size // 2
+    # the build's own records (dnf logs under the work dir's path, dnf history) stay out of the runtime
+    var_tmp = subprocess.run(["debugfs", "-R", "ls /var/tmp", str(minimal)], capture_output=True, text=True, check=True).stdout
+    assert "composer." not in var_tmp, var_tmp
+    dnf_lib = subprocess.run(["debugfs", "-R", "ls /var/lib/dnf", str(minimal)], capture_output=True, text=True).stdout
+    assert "history.sqlite" not in dnf_lib, dnf_lib
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
