@@ -69,8 +69,9 @@ def test_build_left_no_mounts_or_loop_devices(runtime):
     assert loop_devices() == ""
 
 
-@pytest.mark.parametrize("memory", [512, 384])
-def test_boots_to_marker(runtime, memory, tmp_path):
+def test_boots_to_marker(runtime, tmp_path):
+    # The promise is 512 MB; the actual floor is bisected by `make bench`, not here (each boot costs minutes).
+    memory = 512
     proc = composer("verify", "--kernel", str(runtime / "images/pxeboot/vmlinuz"),
                     "--initrd", str(runtime / "images/pxeboot/initrd.img"),
                     "--memory", str(memory), "--timeout", "600", "--log", str(tmp_path / "serial.log"), check=False)
