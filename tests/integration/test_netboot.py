@@ -2,13 +2,14 @@
 
 qemu's user network gives DHCP and TFTP (`-netdev user,tftp=TREE,bootfile=...`); the
 NIC's iPXE ROM (SeaBIOS) or OVMF's PXE fetches the boot file. Four boots at 512 MB,
-each a different loader and path (~1-3 min each under TCG):
+each a different loader and path (measured under TCG: 190 s, 93 s, 95 s, 129 s):
 * BIOS: pxelinux.0 loads the kernel and the big initrd over TFTP;
 * UEFI: OVMF runs grubx64.efi, which loads them over TFTP;
 * iPXE: boot.ipxe fetches them over HTTP (a loopback server; 10.0.2.2 in the guest);
 * split: grubpxe.0 (BIOS GRUB) loads the small initrd over TFTP, dracut's livenet
   fetches images/install.img over HTTP.
-Two composes per module (single image and --split, lz4), ~2-4 min each.
+Two composes per module (single image and --split, lz4), 1.5-2 min each; the
+module took 12 min here.
 """
 
 import json
