@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo demo-iso test unit bench clean
+.PHONY: setup testproduct demo demo-iso demo-netboot test unit bench clean
 
 setup:
 	./scripts/setup-host
@@ -31,6 +31,19 @@ demo-iso: testproduct
 	$(COMPOSER) verify --iso $(BUILD)/demo-iso/images/boot.iso --firmware uefi \
 		--memory $(DEMO_MEMORY) --log $(BUILD)/demo-iso-uefi-serial.log
 	@echo "demo-iso outputs: $(BUILD)/demo-iso/images/boot.iso, install.img, pxeboot/, efiboot.img, .treeinfo, .discinfo"
+
+# Compose the test product's netboot tree (URL: the guest's view of a loopback HTTP
+# server) and boot it over qemu's TFTP: iPXE (HTTP) under BIOS, GRUB under UEFI.
+NETBOOT_PORT ?= 18480
+demo-netboot: testproduct
+	$(COMPOSER) --logfile $(BUILD)/demo-netboot.log netboot --product TestProduct --version 1 \
+		--source file://$(REPO) --nogpgcheck --cachedir $(BUILD)/cache --force \
+		--url http://10.0.2.2:$(NETBOOT_PORT)/ $(BUILD)/demo-netboot
+	$(COMPOSER) verify --netboot $(BUILD)/demo-netboot --firmware bios --bootfile boot.ipxe \
+		--memory $(DEMO_MEMORY) --log $(BUILD)/demo-netboot-bios-serial.log
+	$(COMPOSER) verify --netboot $(BUILD)/demo-netboot --firmware uefi --bootfile grubx64.efi \
+		--memory $(DEMO_MEMORY) --log $(BUILD)/demo-netboot-uefi-serial.log
+	@echo "demo-netboot tree: $(BUILD)/demo-netboot (pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe, images/pxeboot/)"
 
 # Unit tests, then the slow integration tests that build and boot real images.
 test: testproduct

@@ -8,8 +8,12 @@ Per kernel (newest first; several kernels give several menu entries):
   fetches at boot (root=live:<URL>images/install.img; the initramfs gets livenet).
 
 Boot loaders and configs, all rendered from the product's templates with the URL:
-* pxelinux.cfg/default (netboot-pxelinux.cfg), with pxelinux.0 + ldlinux.c32 when
-  the install tree or the host has them (Debian: pxelinux, syslinux-common);
+* pxelinux.cfg/default (netboot-pxelinux.cfg), with pxelinux.0 + ldlinux.c32 (a
+  matching pair, both from one place): from the install tree when its templates
+  install syslinux (as lorax takes them), else from the build host (Debian:
+  pxelinux + syslinux-common, in scripts/setup-host). The test product's runtime
+  does not carry syslinux (it would only cost RAM), so its trees use the host's;
+  netboot.json records which;
 * GRUB for PXE: grubx64.efi (UEFI) and grubpxe.0 (BIOS), both reading
   grub2/grub.cfg over TFTP (netboot-grub2.cfg);
 * boot.ipxe (netboot.ipxe), an iPXE script that fetches everything from URL.
@@ -37,6 +41,9 @@ CONFIGS = {
     "netboot-grub2.cfg": "grub2/grub.cfg",
     "netboot.ipxe": "boot.ipxe",
 }
+# The product's dracut configuration for netboot initrds (livenet and its network
+# handler for --split), rendered with the netboot variables.
+DRACUT_TEMPLATE = "netboot-dracut.conf"
 GRUB_NET_PREFIX = "(tftp)/grub2"
 NET_MODULES = ("net", "tftp", "http", "linux", "normal", "configfile", "echo", "test", "serial", "terminal",
                "search", "halt", "reboot", "sleep", "gzio", "xzio", "boot", "minicmd", "ls", "cat", "true", "regexp")
@@ -79,10 +86,13 @@ def check_templates(cfg: Config, opts: NetbootOptions) -> None:
     variables = netboot_variables(cfg, opts, ["0.0.0-sample"])
     for name in CONFIGS:
         render_config(cfg.template_dir, name, variables)
+    if (cfg.template_dir / DRACUT_TEMPLATE).is_file():
+        render_config(cfg.template_dir, DRACUT_TEMPLATE, variables)
 
 
-def _find_pxelinux(tree: Path) -> dict[str, Path]:
-    for root, origin in ((tree, "install tree"), (Path("/"), "HOST")):
+def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
+    """pxelinux.0 and ldlinux.c32 from the tree, else the host; and where they came from."""
+    for root, origin in ((tree, "tree"), (Path("/"), "host")):
         found: dict[str, Path] = {}
         for name in ("pxelinux.0", "ldlinux.c32"):
             for d in PXELINUX_DIRS:
@@ -91,10 +101,10 @@ def _find_pxelinux(tree: Path) -> dict[str, Path]:
                     break
         if len(found) == 2:
             info(f"pxelinux: from the {origin} ({found['pxelinux.0'].parent})")
-            return found
+            return found, origin
     info("pxelinux: no pxelinux.0 in the install tree or on this host (Debian: apt-get install pxelinux); "
          "pxelinux.cfg/default is written anyway")
-    return {}
+    return {}, "none"
 
 
 def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, object]:
@@ -124,7 +134,8 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(render_config(cfg.template_dir, name, variables))
-        for name, src in _find_pxelinux(rt.tree).items():
+        pxelinux, pxelinux_origin = _find_pxelinux(rt.tree)
+        for name, src in pxelinux.items():
             copy_file(src, out / name)
         efi = EFI_ARCH_NAMES.get(cfg.arch)
         if efi is not None:
@@ -135,24 +146,41 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
     timings["netboot_tree"] = round(time.monotonic() - t0, 2)
-    return {"sizes": sizes, "timings": timings}
+    return {"sizes": sizes, "timings": timings, "pxelinux": pxelinux_origin}
+
+
+def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
+    """cfg whose dracut configuration adds the product's netboot-dracut.conf (split:
+    livenet and a network handler); a user's --dracut-conf comes after it and wins."""
+    if not (cfg.template_dir / DRACUT_TEMPLATE).is_file():
+        if opts.split:  # a template set without one: at least dracut's livenet
+            return dataclasses.replace(cfg, dracut_args=cfg.dracut_args + ("--add", "livenet"))
+        return cfg
+    text = render_config(cfg.template_dir, DRACUT_TEMPLATE, netboot_variables(cfg, opts, []))
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        return cfg
+    if cfg.dracut_conf is not None:
+        if not cfg.dracut_conf.is_file():
+            raise ComposerError(f"--dracut-conf {cfg.dracut_conf}: no such file")
+        text += f"# --dracut-conf {cfg.dracut_conf}\n" + cfg.dracut_conf.read_text()
+    conf = work / "netboot-dracut.conf"
+    conf.write_text(text)
+    return dataclasses.replace(cfg, dracut_conf=conf)
 
 
 def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
     from composer.runtime import build_runtime, workdir_for
 
     check_templates(cfg, opts)
-    if opts.split and not any("livenet" in a for a in cfg.dracut_args):
-        # The small initrd fetches install.img itself: it needs dracut's livenet module.
-        cfg = dataclasses.replace(cfg, dracut_args=cfg.dracut_args + ("--add", "livenet"))
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
         work = stack.enter_context(workdir_for(cfg))
+        cfg = netboot_dracut_conf(cfg, opts, work)
         rt = build_runtime(cfg, work)
         result = make_netboot(cfg, opts, rt, out)
         (out / "netboot.json").write_text(json.dumps({
             "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
-            "split": opts.split, "kernels": [k.version for k in rt.kernels],
+            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result["pxelinux"],
             "sizes": {**rt.sizes, **result["sizes"]}, "timings": {**rt.timings, **result["timings"]},
         }, indent=2) + "\n")
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result["sizes"].items()},

@@ -246,63 +246,14 @@ def boot_kernel(
     qemu runs in its own process group and is killed on every way out (including
     KeyboardInterrupt). The full serial log is kept in `log` (a temp file if None).
     extra_qemu_args are appended to qemu's command line (e.g. a -drive).
+    Runs through boot_argv, like the media boots.
     """
     for what, p in (("kernel", kernel), ("initrd", initrd)):
         if not p.is_file():
             raise ComposerError(f"boot check: {what} {p} does not exist")
-    if shutil.which(QEMU) is None:
-        raise ComposerError(f"boot check: {QEMU} not found")
-    if log is None:
-        fd, name = tempfile.mkstemp(prefix=f"composer-boot-{memory_mb}M-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
-    log.parent.mkdir(parents=True, exist_ok=True)
     argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, append=append, accel=resolve_accel(accel), smp=smp,
                      extra_qemu_args=extra_qemu_args)
-    info(f"boot check: {memory_mb} MB, {argv[argv.index('-accel') + 1]}, log {log}")
-    debug("$ " + " ".join(argv))
-
-    start = time.monotonic()
-    ok, marker_line, reason = False, None, ""
-    with log.open("wb") as logf:
-        lines = _Lines(logf)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            lines.start(proc)
-            deadline = start + timeout
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    reason = f"timeout after {timeout:.0f}s without the marker"
-                    break
-                line = lines.get(left)
-                if line is _TIMEOUT:
-                    continue
-                if line is None:
-                    rc = proc.wait()
-                    last = lines.tail[-1] if lines.tail else "no console output"
-                    reason = f"qemu exited (code {rc}) before the marker; last line: {last}"
-                    break
-                kind = classify_line(line, marker)
-                if kind == "marker":
-                    ok, marker_line, reason = True, line.strip(), "marker seen"
-                    break
-                if kind == "fatal":
-                    reason = line.strip()
-                    break
-            seconds = time.monotonic() - start
-            if ok:
-                try:  # let the guest power off by itself; it is killed below if not
-                    proc.wait(timeout=POWEROFF_GRACE)
-                except subprocess.TimeoutExpired:
-                    debug("boot check: qemu did not power off after the marker; killing it")
-        finally:
-            _kill_group(proc)
-            lines.join()
-    result = BootResult(ok, round(seconds, 1), memory_mb, marker_line, log, reason)
-    info(f"boot check: {memory_mb} MB: {'OK' if ok else 'FAILED'} in {result.seconds:.0f}s: {reason}")
-    return result
+    return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log)
 
 
 def find_min_memory(
@@ -416,7 +367,10 @@ def boot_argv(
     log: Path | None = None,
     what: str = "boot check",
 ) -> BootResult:
-    """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout."""
+    """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout.
+
+    qemu runs in its own process group and is killed on every way out (including
+    KeyboardInterrupt); the serial log is kept in `log` (a temp file if None)."""
     if shutil.which(argv[0]) is None:
         raise ComposerError(f"{what}: {argv[0]} not found")
     if log is None:
@@ -457,7 +411,7 @@ def boot_argv(
                     break
             seconds = time.monotonic() - start
             if ok:
-                try:
+                try:  # let the guest power off by itself; it is killed below if not
                     proc.wait(timeout=POWEROFF_GRACE)
                 except subprocess.TimeoutExpired:
                     debug(f"{what}: qemu did not power off after the marker; killing it")

@@ -5,41 +5,15 @@ each boot takes 1-3 minutes under TCG.
 """
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUILD
+from tests.conftest import BUILD, composer
 
 pytestmark = pytest.mark.slow
 
 VOLID = "TestProduct-1-x86_64"
-
-# `composer` with boot-iso/netboot registered, whether or not cli.py does it yet.
-RUNNER = """
-import argparse, sys
-import composer.cli as cli
-from composer import bootiso, netboot
-build = cli.build_parser
-def build_parser():
-    parser = build()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "boot-iso" not in sub.choices:
-        bootiso.register(sub)
-    if "netboot" not in sub.choices:
-        netboot.register(sub)
-    return parser
-cli.build_parser = build_parser
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def composer(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"composer {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def compose_args(repo: Path, *extra: str) -> list[str]:

@@ -1,14 +1,12 @@
 """`composer boot-iso` refuses bad input with one line, before any build, leaving nothing behind."""
 
-import subprocess
-import sys
+import functools
 
 from tests.conftest import BUILD
-from tests.integration.test_bootiso import RUNNER, compose_args, one_error_line
+from tests.conftest import composer as _composer
+from tests.integration.test_bootiso import compose_args, one_error_line
 
-
-def composer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, check=False)
+composer = functools.partial(_composer, check=False)
 
 
 REPO = BUILD / "testproduct" / "repo"  # never reached: every case fails before dnf runs

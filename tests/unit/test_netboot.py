@@ -146,3 +146,42 @@ def test_register_adds_commands():
     assert a.volid == "X" and str(a.ks) == "k.ks" and a.bios_loader == "grub2" and str(a.bootiso_logfile) == "l"
     n = parser.parse_args(["netboot", "-p", "TestProduct", "-v", "1", "--url", "http://s/", "--split", "out"])
     assert n.split and n.url == "http://s/"
+
+
+def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
+    from composer.netboot import netboot_dracut_conf
+
+    c = cfg(tmp_path=tmp_path / "out")
+    assert netboot_dracut_conf(c, NetbootOptions(url="http://s/"), tmp_path) is c  # single: nothing to add
+    user = tmp_path / "user.conf"
+    user.write_text('compress="zstd"\n')
+    split = netboot_dracut_conf(cfg(tmp_path=tmp_path / "out", dracut_conf=user),
+                                NetbootOptions(url="http://s/", split=True), tmp_path)
+    text = split.dracut_conf.read_text()
+    assert split.dracut_conf.parent == tmp_path and split.dracut_args == ()
+    assert 'add_dracutmodules+=" livenet network-legacy "' in text
+    assert text.index("livenet") < text.index('compress="zstd"')  # the user's configuration wins
+    fedora = netboot_dracut_conf(cfg("Fedora", tmp_path / "out"), NetbootOptions(url="http://s/", split=True), tmp_path)
+    assert 'add_dracutmodules+=" livenet "' in fedora.dracut_conf.read_text()
+
+
+def test_netboot_dracut_conf_without_template_falls_back_to_livenet(tmp_path, monkeypatch):
+    from composer import netboot
+
+    monkeypatch.setattr(netboot, "DRACUT_TEMPLATE", "no-such-file.conf")
+    c = netboot.netboot_dracut_conf(cfg(tmp_path=tmp_path), NetbootOptions(url="http://s/", split=True), tmp_path)
+    assert c.dracut_args == ("--add", "livenet")
+
+
+def test_pxelinux_from_the_tree_first(tmp_path):
+    from composer.netboot import _find_pxelinux
+
+    d = tmp_path / "usr/share/syslinux"
+    d.mkdir(parents=True)
+    (d / "pxelinux.0").write_bytes(b"p")
+    found, origin = _find_pxelinux(tmp_path)
+    if origin == "tree":
+        pytest.fail("a tree without ldlinux.c32 must not be used: the pair has to match")
+    (d / "ldlinux.c32").write_bytes(b"l")
+    found, origin = _find_pxelinux(tmp_path)
+    assert origin == "tree" and found == {"pxelinux.0": d / "pxelinux.0", "ldlinux.c32": d / "ldlinux.c32"}

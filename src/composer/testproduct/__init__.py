@@ -40,6 +40,8 @@ RUNTIME_PACKAGES = (
     "dracut-core",
     "dracut-live",
     "dracut-squash",
+    "dracut-network",
+    "curl",
     "bash",
     "coreutils",
     "util-linux",

@@ -14,6 +14,8 @@ from composer.run import ComposerError, info, run
 # need (at initramfs build time): cpio, kmod, udev, blkid/losetup (util-linux),
 # dmsetup + its udev rules (dmsetup), xz (--xz), squashfs-tools (dracut-squash);
 # e2fsprogs/btrfs-progs/erofs-utils build the rootfs images' tools into the runtime.
+# dracut-network (+ its isc-dhcp-client, iputils-arping) and curl: the livenet
+# module of the split netboot initrd fetches install.img over HTTP.
 EXTRA_ROOTS = (
     "usr-is-merged",
     "linux-image-amd64",
@@ -24,6 +26,8 @@ EXTRA_ROOTS = (
     "dracut-core",
     "dracut-live",
     "dracut-squash",
+    "dracut-network",
+    "curl",
     "dmsetup",
     "kpartx",
     "bash",
