@@ -224,29 +224,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signum: int, frame: object) -> None:
-    # Turn SIGTERM/SIGHUP into the same unwinding as Ctrl-C, so every cleanup runs.
-    raise KeyboardInterrupt(f"signal {signum}")
+    """Turn SIGINT/SIGTERM/SIGHUP into one KeyboardInterrupt, so every cleanup runs.
+
+    Later signals are swallowed (not SIG_IGN, which children would inherit): a second
+    Ctrl-C must not interrupt the cleanup that removes the half-built output.
+    """
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _swallow)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _swallow(signum: int, frame: object) -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     set_logging(verbose=args.verbose, logfile=args.logfile)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
         return args.func(args)
     except ComposerError as e:
         print(f"composer: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("composer: interrupted; cleaned up", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"composer: interrupted by {name}; cleaned up", file=sys.stderr)
+        return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        print(f"composer: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"composer: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, run
+from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, locked_mkdir, remove_stale, run
 
 
 def test_run_error_shows_command_and_stderr_tail():
@@ -89,3 +89,24 @@ def test_in_tree_argv_uses_private_namespace(tmp_path):
     assert argv[0] == "bwrap" and "--die-with-parent" in argv
     assert argv[argv.index("--bind") + 1] == str(tmp_path)
     assert argv[-3:] == ["--", "dracut", "-f"]
+
+
+def test_remove_stale_spares_live_builds(tmp_path):
+    live = tmp_path / "composer-build.live"
+    fd = locked_mkdir(live)
+    dead = tmp_path / "composer-build.dead"
+    (dead / "tree").mkdir(parents=True)  # nobody holds its lock: a killed build's
+    try:
+        assert remove_stale(tmp_path, "composer-build.*") == [dead]
+        assert live.is_dir() and not dead.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale(tmp_path, "composer-build.*") == [live]
+
+
+def test_atomic_dir_removes_a_killed_builds_partial(tmp_path):
+    final = tmp_path / "out"
+    (tmp_path / ".out.partial-999999").mkdir()
+    with atomic_dir(final) as d:
+        (d / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
