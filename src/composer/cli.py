@@ -242,9 +242,24 @@ def _swallow(signum: int, frame: object) -> None:
     pass
 
 
+# Options whose values are themselves options (`--dracut-arg --add`): argparse would
+# take such a value for an unknown or ambiguous option of ours.
+_PASS_THROUGH_OPTIONS = ("--dracut-arg",)
+
+
+def _glue_pass_through(argv: list[str]) -> list[str]:
+    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
+        out.append(arg if value is None else f"{arg}={value}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
     set_logging(verbose=args.verbose, logfile=args.logfile)
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:

@@ -225,7 +225,9 @@ class DnfSession:
 def _dnf_reason(stderr: str) -> str:
     """The lines of dnf's complaint that say what is wrong."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    keep = [ln for ln in lines if re.search(r"error|problem|no match|nothing provides|conflict|cannot|failed", ln, re.I)]
+    # Whole words only (not "libgpg-error0"), and not bare headings such as "Failed:".
+    keep = [ln for ln in lines if not re.fullmatch(r"[\w ]+:", ln)
+            and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)]
     text = " | ".join((keep or lines)[-4:])
     return text or "see the log for dnf's output"
 

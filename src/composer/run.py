@@ -7,6 +7,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,10 +32,24 @@ class CommandError(ComposerError):
         self.returncode = returncode
         self.stderr = stderr
         tail = " | ".join(line.strip() for line in stderr.strip().splitlines()[-3:] if line.strip())
-        msg = f"command failed (exit {returncode}): {shlex.join(self.argv)}"
+        shown = self.argv
+        if os.path.basename(shown[0]) == "bwrap" and "--" in shown:
+            # The sandbox's dozen options hide the command that failed; the log has them.
+            shown = shown[shown.index("--") + 1:]
+        msg = f"command failed (exit {returncode}): {shlex.join(shown)}"
         if tail:
             msg += f": {tail}"
         super().__init__(msg)
+
+    @property
+    def reason(self) -> str:
+        """The line of stderr that says what went wrong (the last that looks like an error)."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if _ERROR_WORDS.search(line)]
+        return (errors or lines or [f"exit {self.returncode}"])[-1]
+
+
+_ERROR_WORDS = re.compile(r"\b(error|fatal|failed|cannot|can't|not found|no such|no space|denied)\b", re.I)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -147,3 +147,62 @@ def test_store_failure_costs_only_the_entry(tmp_path, monkeypatch):
     assert cache.store("9" * 64, tree, packages=["p"], treeinfo={}) is None
     assert list((tmp_path / "trees").iterdir()) == []
 
+
+
+def inputs_for(tmp_path, work_name, templates, cfg_changes=None):
+    """install_inputs() of a build with the given template directory and work directory."""
+    from composer.config import Config
+    from composer.dnf import DnfConfig, DnfSession
+    from composer.runtime import template_variables
+    from composer.templates import TemplateRunner
+
+    from composer.cache import install_inputs
+
+    repo = tmp_path / "repo"
+    (repo / "repodata").mkdir(parents=True, exist_ok=True)
+    if not (repo / "repodata" / "repomd.xml").exists():
+        (repo / "repodata" / "repomd.xml").write_text("<repomd>1</repomd>")
+    cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", sources=(f"file://{repo}",),
+                 arch="x86_64", cachedir=tmp_path / "cache", **(cfg_changes or {}))
+    work = tmp_path / work_name
+    session = DnfSession(work / "tree", DnfConfig(releasever=cfg.version, arch=cfg.arch, sources=cfg.sources,
+                                                  excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf"), work)
+    runner = TemplateRunner(tree=work / "tree", templatedir=templates, variables=template_variables(cfg), pkgmgr=session)
+    return install_inputs(cfg, session, runner, templates / "runtime-install.tmpl")
+
+
+@pytest.fixture
+def templates(tmp_path):
+    d = tmp_path / "templates"
+    d.mkdir()
+    (d / "runtime-install.tmpl").write_text(
+        "installpkg bash\n%if rootfs_type == 'btrfs':\ninstallpkg btrfs-progs\n%endif\n"
+        "install motd /etc/motd\nrun_pkg_transaction\n")
+    (d / "motd").write_text("hello\n")
+    (d / "runtime-cleanup.tmpl").write_text("remove /usr/share/doc\n")
+    return d
+
+
+def test_inputs_do_not_depend_on_work_paths(tmp_path, templates):
+    a = inputs_for(tmp_path, "work-a", templates)
+    b = inputs_for(tmp_path, "work-b", templates)
+    assert a == b
+    assert "@TREE@" in " ".join(a.dnf_argv) and str(tmp_path / "work-a") not in " ".join(a.dnf_argv)
+
+
+def test_inputs_follow_the_install_stage_only(tmp_path, templates):
+    base = tree_key(inputs_for(tmp_path, "w0", templates))
+    (templates / "runtime-cleanup.tmpl").write_text("remove /usr/share/man\n")  # a later stage
+    assert tree_key(inputs_for(tmp_path, "w1", templates)) == base
+    (templates / "motd").write_text("changed\n")  # a file the install template copies
+    changed_file = tree_key(inputs_for(tmp_path, "w2", templates))
+    assert changed_file != base
+    (tmp_path / "repo" / "repodata" / "repomd.xml").write_text("<repomd>2</repomd>")  # the repository changed
+    changed_repo = tree_key(inputs_for(tmp_path, "w3", templates))
+    assert changed_repo != changed_file
+    from composer.config import RootfsType
+
+    ext4 = tree_key(inputs_for(tmp_path, "w4", templates, {"rootfs_type": RootfsType.EXT4}))  # renders differently
+    assert ext4 != changed_repo
+    assert tree_key(inputs_for(tmp_path, "w5", templates, {"compression": "lz4"})) == changed_repo
+    assert tree_key(inputs_for(tmp_path, "w6", templates, {"excludepkgs": ("foo",)})) != changed_repo

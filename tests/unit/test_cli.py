@@ -48,3 +48,10 @@ def test_existing_outdir_is_refused_without_force(tmp_path):
 def test_verify_missing_kernel(tmp_path):
     proc = composer("verify", "--kernel", str(tmp_path / "nope"), "--initrd", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 1 and "--kernel" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dracut_arg_values_may_look_like_options():
+    from composer.cli import _glue_pass_through
+
+    argv = ["runtime", "--dracut-arg", "--add", "--dracut-arg", "nfs", "--force", "OUT"]
+    assert _glue_pass_through(argv) == ["runtime", "--dracut-arg=--add", "--dracut-arg=nfs", "--force", "OUT"]

@@ -110,3 +110,10 @@ def test_atomic_dir_removes_a_killed_builds_partial(tmp_path):
     with atomic_dir(final) as d:
         (d / "x").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_command_error_reason_and_sandbox_argv():
+    e = CommandError(["bwrap", "--bind", "/t", "/", "--", "dracut", "--add", "x"], 1,
+                     "dracut: memstrack is not available\ndracut: dracut module 'x' cannot be found or installed.\n")
+    assert str(e).startswith("command failed (exit 1): dracut --add x: ")
+    assert e.reason == "dracut: dracut module 'x' cannot be found or installed."
