@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import os
 import re
 import shlex
@@ -246,8 +247,8 @@ def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
     if final.exists() and not force:
         raise ComposerError(f"output directory {final} exists (use --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final.parent, f".{final.name}.partial-*")
-    remove_stale(final.parent, f".{final.name}.old-*")
+    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
+    remove_stale(final.parent, f".{glob.escape(final.name)}.old-*")
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -193,6 +193,8 @@ def test_signal_cleans_up(env, case, sig, pattern, delay):
     wait_for(proc, errlog, pattern)
     time.sleep(delay)
     proc.send_signal(sig)
+    time.sleep(0.3)
+    proc.send_signal(sig)  # an impatient second one must not cut the cleanup short
     rc = proc.wait(timeout=120)
     stderr = errlog.read_text()
     errlog.unlink()
