@@ -102,6 +102,7 @@ def du(path: Path) -> int:
 
 # Work directories are named WORKDIR_PREFIX + random; a killed build's one is removed by the next run.
 WORKDIR_PREFIX = "composer-build."
+KEPT_PREFIX = "composer-kept."  # --keep-workdir
 
 
 @contextlib.contextmanager
@@ -115,7 +116,10 @@ def workdir_for(cfg: Config):
         yield d
     finally:
         if cfg.keep_workdir:
-            info(f"work directory kept: {d}")
+            # Out of the WORKDIR_PREFIX namespace, or the next build would delete it as stale.
+            kept = d.with_name(KEPT_PREFIX + d.name.removeprefix(WORKDIR_PREFIX))
+            d.rename(kept)
+            info(f"work directory kept: {kept}")
         else:
             shutil.rmtree(d, ignore_errors=True)
         os.close(fd)

@@ -117,3 +117,17 @@ def test_command_error_reason_and_sandbox_argv():
                      "dracut: memstrack is not available\ndracut: dracut module 'x' cannot be found or installed.\n")
     assert str(e).startswith("command failed (exit 1): dracut --add x: ")
     assert e.reason == "dracut: dracut module 'x' cannot be found or installed."
+
+
+def test_workdir_is_removed_but_a_kept_one_survives_the_next_build(tmp_path):
+    from composer.config import Config
+    from composer.runtime import KEPT_PREFIX, workdir_for
+
+    cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w", keep_workdir=True)
+    with workdir_for(cfg) as d:
+        (d / "tree").mkdir()
+    (kept,) = (tmp_path / "w").iterdir()
+    assert kept.name.startswith(KEPT_PREFIX) and (kept / "tree").is_dir()
+    with workdir_for(Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w")):
+        pass
+    assert list((tmp_path / "w").iterdir()) == [kept]
