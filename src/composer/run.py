@@ -193,6 +193,13 @@ def locked_mkdir(path: Path) -> int:
     return fd
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
 def remove_stale(parent: Path, pattern: str) -> list[Path]:
     """Delete directories matching `pattern` in `parent` that no live process holds locked.
 
@@ -201,7 +208,10 @@ def remove_stale(parent: Path, pattern: str) -> list[Path]:
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
-    for d in sorted(parent.glob(pattern)):
+    # .nascent-*: killed inside locked_mkdir's split second between mkdir and rename
+    # (a minute old, so never one that another build is about to lock).
+    nascent = {d for d in parent.glob(".nascent-*") if time.time() - _mtime(d) > 60}
+    for d in sorted({*parent.glob(pattern), *nascent}):
         try:
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
