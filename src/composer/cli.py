@@ -284,29 +284,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signum: int, frame: object) -> None:
-    # Turn SIGTERM/SIGHUP into the same unwinding as Ctrl-C, so every cleanup runs.
-    raise KeyboardInterrupt(f"signal {signum}")
+    """Turn SIGINT/SIGTERM/SIGHUP into one KeyboardInterrupt, so every cleanup runs.
+
+    Later signals are swallowed (not SIG_IGN, which children would inherit): a second
+    Ctrl-C must not interrupt the cleanup that removes the half-built output.
+    """
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _swallow)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _swallow(signum: int, frame: object) -> None:
+    pass
+
+
+# Options whose values are themselves options (`--dracut-arg --add`): argparse would
+# take such a value for an unknown or ambiguous option of ours.
+_PASS_THROUGH_OPTIONS = ("--dracut-arg",)
+
+
+def _glue_pass_through(argv: list[str]) -> list[str]:
+    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
+        out.append(arg if value is None else f"{arg}={value}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
     set_logging(verbose=args.verbose, logfile=args.logfile)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
         return args.func(args)
     except ComposerError as e:
         print(f"composer: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("composer: interrupted; cleaned up", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"composer: interrupted by {name}; cleaned up", file=sys.stderr)
+        return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        print(f"composer: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"composer: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ only turns their requests into dnf transactions. dnf runs on the host with
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import fnmatch
+import glob
 import hashlib
 import re
 import shutil
@@ -243,15 +245,36 @@ class DnfSession:
         return sorted(out.split())
 
     def metadata_digest(self) -> str:
-        """A digest of the repositories' metadata, for keying caches."""
+        """A digest of the repositories' metadata (their repomd.xml), for keying caches.
+
+        Local repositories are read in place. For remote ones (and .repo files) dnf
+        first refreshes its cached copy (the metadata load a build does anyway), so a
+        mirror that changed changes the digest, not only a changed URL.
+        """
         h = hashlib.sha256()
-        for url in self.config.sources:
-            h.update(url.encode())
+        remote_ids: list[str] = []
+        for i, url in enumerate(self.config.sources):
+            h.update(url.encode() + b"\0")
             parsed = urlparse(url)
             if parsed.scheme == "file":
                 h.update((Path(parsed.path) / "repodata" / "repomd.xml").read_bytes())
+            else:
+                remote_ids.append(_repo_id(url, i))
         for f in self.config.repofiles:
             h.update(f.read_bytes())
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                parser.read_string(f.read_text(), source=str(f))
+            except configparser.Error as e:
+                raise ComposerError(f"--repo {f}: cannot parse: {e}") from None
+            remote_ids += [sec for sec in parser.sections() if sec != "main"]
+        if remote_ids:
+            self.available()
+            for rid in remote_ids:
+                # dnf keeps each repository's metadata in CACHEDIR/<id>-<16 hex digits>/.
+                found = sorted(self.config.cachedir.glob(f"{glob.escape(rid)}-{'?' * 16}/repodata/repomd.xml"),
+                               key=lambda p: p.stat().st_mtime)
+                h.update(rid.encode() + b"\0" + (found[-1].read_bytes() if found else b"(no metadata)"))
         return h.hexdigest()
 
 
@@ -269,7 +292,9 @@ def _repo_sections(path: Path) -> list[str]:
 def _dnf_reason(stderr: str) -> str:
     """The lines of dnf's complaint that say what is wrong."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    keep = [ln for ln in lines if re.search(r"error|problem|no match|nothing provides|conflict|cannot|failed", ln, re.I)]
+    # Whole words only (not "libgpg-error0"), and not bare headings such as "Failed:".
+    keep = [ln for ln in lines if not re.fullmatch(r"[\w ]+:", ln)
+            and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)]
     text = " | ".join((keep or lines)[-4:])
     return text or "see the log for dnf's output"
 

@@ -116,6 +116,6 @@ def build_initramfs(
             run(in_tree_argv(tree, argv, binds=[(outdir, "/tmp/out")], ro_binds=ro_binds),
                 env={"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else None)
         except CommandError as e:
-            raise ComposerError(f"dracut failed for kernel {k.version}: {e}") from None
+            raise ComposerError(f"dracut failed for kernel {k.version} (exit {e.returncode}): {e.reason}") from None
         result[k.version] = outdir / f"initramfs-{k.version}.img"
     return result

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
+import glob
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -29,10 +33,24 @@ class CommandError(ComposerError):
         self.returncode = returncode
         self.stderr = stderr
         tail = " | ".join(line.strip() for line in stderr.strip().splitlines()[-3:] if line.strip())
-        msg = f"command failed (exit {returncode}): {shlex.join(self.argv)}"
+        shown = self.argv
+        if os.path.basename(shown[0]) == "bwrap" and "--" in shown:
+            # The sandbox's dozen options hide the command that failed; the log has them.
+            shown = shown[shown.index("--") + 1:]
+        msg = f"command failed (exit {returncode}): {shlex.join(shown)}"
         if tail:
             msg += f": {tail}"
         super().__init__(msg)
+
+    @property
+    def reason(self) -> str:
+        """The line of stderr that says what went wrong (the last that looks like an error)."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if _ERROR_WORDS.search(line)]
+        return (errors or lines or [f"exit {self.returncode}"])[-1]
+
+
+_ERROR_WORDS = re.compile(r"\b(error|fatal|failed|cannot|can't|not found|no such|no space|denied)\b", re.I)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -82,7 +100,12 @@ def stage(name: str) -> Iterator[None]:
     """Announce a pipeline stage and report how long it took."""
     info(f"{name} ...")
     start = time.monotonic()
-    yield
+    try:
+        yield
+    except OSError as e:
+        # e.g. ENOSPC from a copy in Python: say in which stage, as one line.
+        where = f" ({e.filename})" if e.filename else ""
+        raise ComposerError(f"{name}: {e.strerror or e}{where}") from e
     info(f"{name}: done in {time.monotonic() - start:.1f}s")
 
 
@@ -148,33 +171,117 @@ def require(*programs: str) -> None:
         raise ComposerError(f"required program(s) not found: {', '.join(missing)}")
 
 
+def locked_mkdir(path: Path) -> int:
+    """Create directory `path` and return an fd holding an exclusive flock on it.
+
+    The lock lives as long as the fd, i.e. at most as long as this process (even after
+    SIGKILL), so remove_stale() can tell a live build's directory from a dead one's.
+    The directory gets its final name only once it is locked, so a concurrent scan
+    never sees it unlocked.
+    """
+    path = Path(path)
+    nascent = path.parent / f".nascent-{os.getpid()}-{path.name}"
+    nascent.mkdir()
+    fd = os.open(nascent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        nascent.rename(path)
+    except BaseException:
+        os.close(fd)
+        nascent.rmdir()
+        raise
+    return fd
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
+def remove_stale(parent: Path, pattern: str) -> list[Path]:
+    """Delete directories matching `pattern` in `parent` that no live process holds locked.
+
+    They are what a killed build (SIGKILL, power loss) left behind.
+    """
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    # .nascent-*: killed inside locked_mkdir's split second between mkdir and rename
+    # (a minute old, so never one that another build is about to lock).
+    nascent = {d for d in parent.glob(".nascent-*") if time.time() - _mtime(d) > 60}
+    for d in sorted({*parent.glob(pattern), *nascent}):
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or not a directory
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live build owns it
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        finally:
+            os.close(fd)
+    if removed:
+        debug(f"removed leftovers of killed builds: {', '.join(map(str, removed))}")
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a scratch directory beside `final`; it becomes `final` only on success.
 
     With force, an existing `final` is replaced only after the new one is complete,
-    so a failed build never destroys the previous output.
+    so a failed build never destroys the previous output. Scratch directories of
+    killed builds (SIGKILL) are removed on the next run.
     """
     final = final.resolve()
     if final.exists() and not force:
         raise ComposerError(f"output directory {final} exists (use --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
+    remove_stale(final.parent, f".{glob.escape(final.name)}.old-*")
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    fd = locked_mkdir(tmp)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():
+            # Swap in one step where the kernel can, so `final` never disappears.
+            if _exchange(tmp, final):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = final.parent / f".{final.name}.old-{os.getpid()}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    finally:
+        os.close(fd)
 
 
 def in_tree_argv(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import resource
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from composer import dracut
+from composer.cache import cached_install
 from composer.config import Config, RootfsType
 from composer.dnf import DnfConfig, DnfSession
 from composer.images.rootfs import make_rootfs
@@ -22,7 +24,7 @@ from composer.outputs import bigimage
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
 from composer.reproducible import config_seed, normalize_tree
-from composer.run import ComposerError, atomic_dir, in_tree_argv, info, run, stage
+from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
 from composer.templates import TemplateRunner
 
 # The runtime templates of a product, in the order they run.
@@ -100,20 +102,29 @@ def du(path: Path) -> int:
     return total
 
 
+# Work directories are named WORKDIR_PREFIX + random; a killed build's one is removed by the next run.
+WORKDIR_PREFIX = "composer-build."
+KEPT_PREFIX = "composer-kept."  # --keep-workdir
+
+
 @contextlib.contextmanager
 def workdir_for(cfg: Config):
-    if cfg.workdir is not None:
-        cfg.workdir.mkdir(parents=True, exist_ok=True)
-        d = Path(tempfile.mkdtemp(prefix="composer.", dir=cfg.workdir))
-    else:
-        d = Path(tempfile.mkdtemp(prefix="composer.", dir="/var/tmp"))
+    parent = cfg.workdir if cfg.workdir is not None else Path("/var/tmp")
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(parent, WORKDIR_PREFIX + "*")
+    d = parent / (WORKDIR_PREFIX + secrets.token_hex(4))
+    fd = locked_mkdir(d)
     try:
         yield d
     finally:
         if cfg.keep_workdir:
-            info(f"work directory kept: {d}")
+            # Out of the WORKDIR_PREFIX namespace, or the next build would delete it as stale.
+            kept = d.with_name(KEPT_PREFIX + d.name.removeprefix(WORKDIR_PREFIX))
+            d.rename(kept)
+            info(f"work directory kept: {kept}")
         else:
             shutil.rmtree(d, ignore_errors=True)
+        os.close(fd)
 
 
 def build_runtime(cfg: Config, work: Path) -> Runtime:
@@ -154,12 +165,15 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database
     runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session)
 
-    with timed("install"):
+    def install() -> None:
         if cfg.installpkgs:
             session.install(cfg.installpkgs, required=True)
         runner.run(templatedir / INSTALL_TEMPLATE)
         session.run_transaction()  # in case a template forgot run_pkg_transaction
-    packages = session.nevras()
+
+    with timed("install"):
+        # A tree from cachedir/trees when its inputs match (see composer.cache).
+        packages = cached_install(cfg, session, runner, templatedir / INSTALL_TEMPLATE, install)
     sizes["tree_installed"] = du(tree)
     info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB")
 

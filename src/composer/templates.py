@@ -557,6 +557,34 @@ class TemplateRunner:
         for line in lines:
             self._execute(line)
 
+    def render(self, template: Path, extra: Mapping[str, object] | None = None) -> str:
+        """The text Mako makes of `template` with this runner's variables (nothing runs)."""
+        template = Path(template)
+        if not template.is_absolute() and not template.exists():
+            template = self.templatedir / template
+        if not template.is_file():
+            raise ComposerError(f"template not found: {template}")
+        text, _ = _render(template, [self.templatedir, template.parent], self._template_data(extra))
+        return text
+
+    def install_sources(self, text: str) -> list[Path]:
+        """Files of the template directory that the `install` commands of rendered `text` copy."""
+        import glob as globmod
+
+        found: list[Path] = []
+        for raw in text.split("\n"):
+            line = raw.strip().removeprefix("-").lstrip()
+            if not line.startswith("install ") or line.startswith("#"):
+                continue
+            try:
+                words = split_line(line)
+            except ValueError:
+                continue  # run() reports it with the template line
+            if len(words) == 3:
+                pattern = os.path.join(self.templatedir, words[1].lstrip("/"))
+                found += [Path(f) for f in sorted(globmod.glob(pattern) if _has_magic(words[1]) else [pattern])]
+        return found
+
     # ----------------------------------------------------------------- variables
 
     def _template_data(self, extra: Mapping[str, object] | None) -> dict[str, object]:

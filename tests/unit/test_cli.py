@@ -70,3 +70,10 @@ def test_min_memory_report_bisects_with_the_given_boot(capsys):
     assert report_min_memory(args, None, None, boot=boot) == 0
     assert capsys.readouterr().out.strip() == "min-memory: 304 MB (step 16 MB)"
     assert tried[0] == 512 and len(tried) <= 6
+
+
+def test_dracut_arg_values_may_look_like_options():
+    from composer.cli import _glue_pass_through
+
+    argv = ["runtime", "--dracut-arg", "--add", "--dracut-arg", "nfs", "--force", "OUT"]
+    assert _glue_pass_through(argv) == ["runtime", "--dracut-arg=--add", "--dracut-arg=nfs", "--force", "OUT"]

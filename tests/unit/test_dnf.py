@@ -61,3 +61,11 @@ def test_required_pattern_without_match_fails_optional_is_skipped(tmp_path):
     s.install(["nosuch"], required=False)
     with pytest.raises(ComposerError, match="no package matches 'nosuch'"):
         s.install(["nosuch"], required=True)
+
+
+def test_dnf_reason_keeps_the_scriptlet_failure():
+    from composer.dnf import _dnf_reason
+
+    stderr = ("Running transaction\n  Installing : libgpg-error0-1.46-1.x86_64\nFailed:\n  failing-pre-1-1.noarch\n"
+              "Error in PREIN scriptlet in rpm package failing-pre\nError: Transaction failed\n")
+    assert _dnf_reason(stderr) == "Error in PREIN scriptlet in rpm package failing-pre | Error: Transaction failed"

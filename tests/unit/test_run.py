@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, run
+from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, locked_mkdir, remove_stale, run
 
 
 def test_run_error_shows_command_and_stderr_tail():
@@ -89,3 +89,45 @@ def test_in_tree_argv_uses_private_namespace(tmp_path):
     assert argv[0] == "bwrap" and "--die-with-parent" in argv
     assert argv[argv.index("--bind") + 1] == str(tmp_path)
     assert argv[-3:] == ["--", "dracut", "-f"]
+
+
+def test_remove_stale_spares_live_builds(tmp_path):
+    live = tmp_path / "composer-build.live"
+    fd = locked_mkdir(live)
+    dead = tmp_path / "composer-build.dead"
+    (dead / "tree").mkdir(parents=True)  # nobody holds its lock: a killed build's
+    try:
+        assert remove_stale(tmp_path, "composer-build.*") == [dead]
+        assert live.is_dir() and not dead.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale(tmp_path, "composer-build.*") == [live]
+
+
+def test_atomic_dir_removes_a_killed_builds_partial(tmp_path):
+    final = tmp_path / "out"
+    (tmp_path / ".out.partial-999999").mkdir()
+    with atomic_dir(final) as d:
+        (d / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_command_error_reason_and_sandbox_argv():
+    e = CommandError(["bwrap", "--bind", "/t", "/", "--", "dracut", "--add", "x"], 1,
+                     "dracut: memstrack is not available\ndracut: dracut module 'x' cannot be found or installed.\n")
+    assert str(e).startswith("command failed (exit 1): dracut --add x: ")
+    assert e.reason == "dracut: dracut module 'x' cannot be found or installed."
+
+
+def test_workdir_is_removed_but_a_kept_one_survives_the_next_build(tmp_path):
+    from composer.config import Config
+    from composer.runtime import KEPT_PREFIX, workdir_for
+
+    cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w", keep_workdir=True)
+    with workdir_for(cfg) as d:
+        (d / "tree").mkdir()
+    (kept,) = (tmp_path / "w").iterdir()
+    assert kept.name.startswith(KEPT_PREFIX) and (kept / "tree").is_dir()
+    with workdir_for(Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w")):
+        pass
+    assert list((tmp_path / "w").iterdir()) == [kept]

@@ -1,0 +1,71 @@
+"""The tree cache for real: compose, compose again with only later stages changed (a hit),
+then compose with --no-cache (a clean install), and compare what got installed."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import composer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def builds(testproduct_repo, base) -> dict[str, tuple[dict, str]]:
+    conf = base / "fast-dracut.conf"
+    conf.write_text('compress="cat"\n')  # this test is about the install stage
+    extra = base / "marker.tmpl"
+    extra.write_text("append /etc/composer-marker later-stage-only\n")
+
+    def build(name: str, *args: str) -> tuple[dict, str]:
+        out = base / name
+        proc = composer("runtime", "--product", "TestProduct", "--version", "1",
+                        "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(base / "cache"),
+                        "--workdir", str(base / "work"), "--compression", "lz4", "--rootfs-type", "squashfs",
+                        "--dracut-conf", str(conf), *args, str(out))
+        return json.loads((out / "manifest.json").read_text()), proc.stderr
+
+    return {
+        "cold": build("cold"),
+        # Only later stages differ: an extra template after postinstall, another dracut option.
+        "hit": build("hit", "--add-template", str(extra), "--dracut-arg", "--no-early-microcode"),
+        "nocache": build("nocache", "--no-cache"),
+    }
+
+
+def test_first_build_stores_the_tree(builds):
+    _, stderr = builds["cold"]
+    assert "install: tree cache miss" in stderr
+    assert re.search(r"install: tree cached as [0-9a-f]{12} \(\d+ MiB", stderr)
+
+
+def test_second_build_is_a_hit_with_the_same_packages(builds):
+    cold, _ = builds["cold"]
+    hit, stderr = builds["hit"]
+    m = re.search(r"install: tree cache hit \(key ([0-9a-f]{12})", stderr)
+    assert m, stderr[-3000:]
+    assert "dnf: installing" not in stderr
+    assert hit["packages"] == cold["packages"]
+    assert hit["timings"]["install"] < cold["timings"]["install"]
+    print(f"install stage: cold {cold['timings']['install']}s, hit {hit['timings']['install']}s")
+
+
+def test_no_cache_installs_afresh(builds):
+    cold, _ = builds["cold"]
+    fresh, stderr = builds["nocache"]
+    assert "tree cache not used (--no-cache)" in stderr
+    assert "tree cache hit" not in stderr and "dnf: installing" in stderr
+    assert fresh["packages"] == cold["packages"]
+
+
+def test_one_entry_and_no_leftovers(builds, base):
+    entries = [p.name for p in (base / "cache" / "trees").iterdir()]
+    assert len(entries) == 1 and re.fullmatch(r"[0-9a-f]{64}", entries[0]), entries
+    assert list((base / "work").iterdir()) == []

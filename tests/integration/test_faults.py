@@ -1,0 +1,296 @@
+"""Failure hygiene: faults injected at the stage boundaries of a real `composer runtime`.
+
+Every fault must leave no mount, no loop device, no child process and nothing under
+the final output name, end with one clear error line, and not stop the next run from
+succeeding. Nothing is mocked: the faults are a package that is not there, a package
+whose %pre scriptlet fails, a dracut module that does not exist, a 64 MiB tmpfs as the
+work directory, a filesystem that fills up while the images are written, and
+SIGTERM/SIGINT/SIGKILL sent to the composer process.
+
+After SIGKILL nobody can clean up, so the killed build's work directory (and its
+scratch directory beside OUTDIR) may remain, but nothing at OUTDIR itself: the next
+run recognises them (nobody holds their lock) and deletes them before it starts.
+
+Cost: the module shares one tree cache, so only two tests run a dnf transaction and one
+build runs to the end; builds use --rootfs-type squashfs, lz4 and an uncompressed
+initramfs (the faults concern cleanup, not compression). Measured on the 2-core machine:
+3 minutes at load 3, under 7 at load 10+; most of it is the one complete build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import composer
+
+pytestmark = pytest.mark.slow
+
+
+@dataclasses.dataclass
+class Env:
+    repo: Path
+    base: Path
+    cache: Path
+    dracut_conf: Path
+
+
+@pytest.fixture(scope="module")
+def env(testproduct_repo, tmp_path_factory) -> Env:
+    base = tmp_path_factory.mktemp("faults")
+    conf = base / "fast-dracut.conf"
+    conf.write_text('compress="cat"\n')  # xz would cost a minute per dracut run
+    return Env(testproduct_repo, base, base / "cache", conf)
+
+
+@pytest.fixture
+def case(env, request) -> tuple[Path, Path]:
+    """(OUTDIR, WORKDIR) of one test, and the state checked against afterwards."""
+    d = env.base / re.sub(r"\W+", "-", request.node.name).strip("-")
+    d.mkdir()
+    return d / "out", d / "work"
+
+
+def runtime_args(env: Env, out: Path, work: Path, *extra: str) -> list[str]:
+    return ["runtime", "--product", "TestProduct", "--version", "1",
+            "--source", f"file://{env.repo}", "--nogpgcheck", "--cachedir", str(env.cache),
+            "--workdir", str(work), "--compression", "lz4", "--rootfs-type", "squashfs",
+            "--dracut-conf", str(env.dracut_conf), *extra, str(out)]
+
+
+# ------------------------------------------------------------------ what must be left
+
+
+def mountinfo() -> set[str]:
+    return {" ".join(line.split()[3:5]) for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+
+
+def processes_mentioning(*paths: Path) -> list[str]:
+    found = []
+    for p in Path("/proc").glob("[0-9]*"):
+        if int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(str(x) in cmd for x in paths):
+            found.append(f"{p.name}: {cmd[:200]}")
+    return found
+
+
+def loop_devices_mentioning(*paths: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if any(str(x) in line for x in paths)]
+
+
+def assert_clean(out: Path, work: Path, mounts_before: set[str], *, killed: bool = False) -> None:
+    # Children die with composer (PR_SET_PDEATHSIG, bwrap --die-with-parent), a moment later.
+    deadline = time.monotonic() + 15
+    while processes_mentioning(work, out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_mentioning(work, out) == []
+    assert [m for m in mountinfo() - mounts_before if str(out.parent) in m or "composer" in m] == []
+    assert loop_devices_mentioning(work, out) == []
+    assert not out.exists(), "something was left under the final output name"
+    if not killed:
+        assert list(out.parent.glob(f".{out.name}.*")) == [], "scratch output left beside OUTDIR"
+        assert list(work.iterdir()) == [], "the work directory was not cleaned up"
+
+
+def error_line(stderr: str) -> str:
+    """The one line composer ends a failed run with (progress lines come before it)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("composer:")]
+    assert len(ours) == 1, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == ours[0], "the error is not the last line"
+    assert len(ours[0]) < 1000, ours[0]
+    return ours[0]
+
+
+def run_failing(env: Env, out: Path, work: Path, *extra: str) -> str:
+    before = mountinfo()
+    proc = composer(*runtime_args(env, out, work, *extra), check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert_clean(out, work, before)
+    return error_line(proc.stderr)
+
+
+# ------------------------------------------------------------------ dnf
+
+
+def test_missing_required_package(env, case):
+    out, work = case
+    line = run_failing(env, out, work, "--installpkgs", "no-such-package")
+    assert line == "composer: error: no package matches 'no-such-package' in the repositories"
+
+
+@pytest.fixture(scope="module")
+def bad_repo(env) -> Path:
+    """A repository with one package whose %pre scriptlet fails (rpm then aborts its install)."""
+    top = env.base / "badrepo-build"
+    (top / "SPECS").mkdir(parents=True)
+    spec = top / "SPECS" / "failing-pre.spec"
+    spec.write_text(
+        "Name: failing-pre\nVersion: 1\nRelease: 1\nSummary: fails in %pre\nLicense: MIT\nBuildArch: noarch\n"
+        "%description\nA fault-injection package.\n"
+        "%pre\necho 'failing-pre: refusing to install' >&2\nexit 1\n"
+        "%files\n"
+    )
+    repo = env.base / "badrepo"
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}", str(spec)],
+                   check=True, capture_output=True, env={**os.environ, "HOME": str(top)})
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True, capture_output=True)
+    return repo
+
+
+def test_failing_scriptlet_fails_the_dnf_transaction(env, case, bad_repo):
+    out, work = case
+    line = run_failing(env, out, work, "--source", f"file://{bad_repo}", "--installpkgs", "failing-pre")
+    assert "dnf transaction failed: Error in PREIN scriptlet in rpm package failing-pre" in line, line
+    assert list((env.cache / "trees").glob("*")) == [], "a failed install must not be cached"
+
+
+# ------------------------------------------------------------------ signals
+
+
+def start(env: Env, out: Path, work: Path, errlog: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "composer", *runtime_args(env, out, work, *extra)],
+                            stdout=subprocess.DEVNULL, stderr=errlog.open("w"))
+
+
+def wait_for(proc: subprocess.Popen, errlog: Path, pattern: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, errlog.read_text(), re.M):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"composer ended ({proc.returncode}) before {pattern!r}:\n{errlog.read_text()[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"no {pattern!r} after {timeout}s:\n{errlog.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize(("sig", "pattern", "delay"), [
+    (signal.SIGTERM, r"dnf: installing", 3.0),  # dnf is writing the rpm database
+    (signal.SIGINT, r"dracut: kernel", 2.0),     # dracut runs under bwrap in the tree
+])
+def test_signal_cleans_up(env, case, sig, pattern, delay):
+    out, work = case
+    errlog = out.parent / "stderr.log"
+    before = mountinfo()
+    proc = start(env, out, work, errlog)
+    wait_for(proc, errlog, pattern)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    time.sleep(0.3)
+    proc.send_signal(sig)  # an impatient second one must not cut the cleanup short
+    rc = proc.wait(timeout=120)
+    stderr = errlog.read_text()
+    errlog.unlink()
+    assert rc == 128 + sig, stderr[-3000:]
+    assert error_line(stderr) == f"composer: interrupted by {sig.name}; cleaned up"
+    assert_clean(out, work, before)
+
+
+# ------------------------------------------------------------------ dracut
+
+
+def test_failing_dracut(env, case):
+    out, work = case
+    line = run_failing(env, out, work, "--dracut-arg", "--add", "--dracut-arg", "nonexistent-module")
+    assert re.fullmatch(r"composer: error: dracut failed for kernel \S+ \(exit \d+\): .*'nonexistent-module'.*", line), line
+
+
+# ------------------------------------------------------------------ full disks
+
+
+@contextlib.contextmanager
+def tmpfs(env: Env, name: str, size: str):
+    mnt = env.base / f"tmpfs-{name}"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "composer-faults", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+        mnt.rmdir()
+
+
+def test_full_work_directory(env, case):
+    """64 MiB for a tree of ~560 MiB: the copy from the tree cache (or dnf) runs out of room."""
+    out, _ = case
+    with tmpfs(env, "work", "64m") as mnt:
+        work = mnt / "work"
+        line = run_failing(env, out, work)
+        assert "No space left on device" in line or "space" in line.lower(), line
+        assert list(mnt.iterdir()) == [work]
+
+
+def test_disk_fills_while_writing_images(env):
+    """The work and output directories share a filesystem that fills up during mksquashfs.
+
+    A tmpfs big enough for the tree, filled with a ballast file once the squashfs stage
+    has begun (as another program filling the disk would): the image write fails, or, if
+    mksquashfs was quicker, the copy into OUTDIR does.
+    """
+    with tmpfs(env, "images", "1g") as mnt:
+        out, work = mnt / "out", mnt / "work"
+        errlog = env.base / "disk-fills.log"
+        before = mountinfo()
+        proc = start(env, out, work, errlog)
+        wait_for(proc, errlog, r"^\[ *[\d.]+s\] squashfs \.\.\.$")
+        ballast = mnt / "ballast"
+        with ballast.open("wb") as f:
+            size, chunk = 0, 16 << 20
+            while chunk >= 4096:  # take every block left, whatever the rounding
+                try:
+                    os.posix_fallocate(f.fileno(), size, chunk)
+                    size += chunk
+                except OSError:
+                    chunk //= 2
+        rc = proc.wait(timeout=600)
+        stderr = errlog.read_text()
+        assert rc == 1, stderr[-3000:]
+        line = error_line(stderr)
+        assert "No space left on device" in line or "space" in line.lower(), line
+        assert "tree cache hit" in stderr
+        ballast.unlink()
+        assert_clean(out, work, before)
+        assert sorted(p.name for p in mnt.iterdir()) == ["work"]
+
+
+# ------------------------------------------------------------------ SIGKILL, then a rerun
+
+
+def test_sigkill_then_rerun(env, case):
+    out, work = case
+    errlog = out.parent / "stderr.log"
+    before = mountinfo()
+    proc = start(env, out, work, errlog)
+    wait_for(proc, errlog, r"dracut: kernel")
+    time.sleep(2)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert_clean(out, work, before, killed=True)
+    assert [p.name for p in work.iterdir()], "expected the killed build's work directory (it could not clean up)"
+
+    start_time = time.monotonic()
+    rerun = composer(*runtime_args(env, out, work))
+    assert "tree cache hit" in rerun.stderr
+    assert (out / "images" / "pxeboot" / "initrd.img").stat().st_size > 1 << 20
+    # The rerun removed what the killed build left, and left nothing of its own.
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out", "stderr.log", "work"]
+    assert list((env.cache / "trees").glob(".*")) == []
+    print(f"rerun after SIGKILL: {time.monotonic() - start_time:.0f}s")
