@@ -41,3 +41,27 @@ def runtime_outputs(testproduct_repo, tmp_path_factory) -> Path:
              "--cachedir", str(BUILD / "cache"), "--workdir", str(work), str(out))
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
     return out
+
+
+# boot.iso media for the slow tests: ext4 + osmin (the session runtime covers btrfs), lz4
+# (the compressor barely matters to the checks and xz costs minutes), and a fixed
+# SOURCE_DATE_EPOCH so that test_reproducible can compare a second build against it.
+MEDIA_EPOCH = 1700000000
+
+
+def compose_media(repo: Path, base: Path, *extra: str) -> Path:
+    """`composer boot-iso` into base/out (work in base/work, log in base/build.log); returns base."""
+    out, work = base / "out", base / "work"
+    work.mkdir(parents=True)
+    proc = composer("--logfile", str(base / "build.log"), "boot-iso", "--product", "TestProduct", "--version", "1",
+                    "--source", f"file://{repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
+                    "--rootfs-type", "ext4", "--osmin", "--compression", "lz4",
+                    "--source-date-epoch", str(MEDIA_EPOCH), "--workdir", str(work), *extra, str(out))
+    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
+    (base / "stderr.log").write_text(proc.stderr)
+    return base
+
+
+@pytest.fixture(scope="session")
+def bootiso_build(testproduct_repo, tmp_path_factory) -> Path:
+    return compose_media(testproduct_repo, tmp_path_factory.mktemp("bootiso"))

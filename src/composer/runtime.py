@@ -222,7 +222,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             sizes["rootfs_allocated"] = allocated_size(rootfs_img)
             if cfg.osmin:
                 # Installers copy the minimized filesystem: snapshot(rootfs.img, osmin.img).
-                delta = create_delta(rootfs_img, squash_src / "LiveOS" / "osmin.img.gz")
+                delta = create_delta(rootfs_img, squash_src / "LiveOS" / "osmin.img.gz",
+                                     source_date_epoch=cfg.source_date_epoch)
                 sizes["osmin_raw"] = delta.raw_size
                 sizes["osmin_gz"] = delta.gz_size
     with timed("squashfs"):

@@ -1,6 +1,6 @@
 """Compose the test product's boot.iso for real and boot it under SeaBIOS and OVMF.
 
-The media are built once for the module (~3 min: runtime compose + ~2 s of media);
+The media are built once per session (tests/conftest.py bootiso_build, shared with test_reproducible);
 each boot takes 1-3 minutes under TCG.
 """
 
@@ -9,32 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUILD, composer
+from tests.conftest import composer
 
 pytestmark = pytest.mark.slow
 
 VOLID = "TestProduct-1-x86_64"
 
 
-def compose_args(repo: Path, *extra: str) -> list[str]:
-    return ["boot-iso", "--product", "TestProduct", "--version", "1", "--source", f"file://{repo}",
-            "--nogpgcheck", "--cachedir", str(BUILD / "cache"), *extra]
-
-
 @pytest.fixture(scope="module")
-def media(testproduct_repo, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("bootiso")
-    out = base / "out"
-    work = base / "work"
-    work.mkdir()
-    # lz4: the squashfs compressor barely matters for these checks and xz costs minutes.
-    # ext4 + --osmin: the session runtime covers btrfs; this covers the ext4 live root and osmin.img.gz.
-    proc = composer("--logfile", str(base / "build.log"),
-                    *compose_args(testproduct_repo, "--compression", "lz4", "--rootfs-type", "ext4", "--osmin",
-                                  "--workdir", str(work), str(out)))
-    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
-    (base / "stderr.log").write_text(proc.stderr)
-    return out
+def media(bootiso_build) -> Path:
+    return bootiso_build / "out"
 
 
 def test_output_tree(media):

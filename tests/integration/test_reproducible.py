@@ -1,6 +1,7 @@
 """Two real builds of the test product with the same SOURCE_DATE_EPOCH are byte-identical.
 
-One pair of `composer boot-iso` composes (ext4 rootfs.img, lz4 squashfs; ~2 x 5 min)
+Build A is the session's boot.iso media (tests/conftest.py); build B is one more compose
+with --no-cache. One pair of `composer boot-iso` composes (ext4 rootfs.img + osmin, lz4 squashfs)
 covers LiveOS/rootfs.img (taken out of install.img with unsquashfs), install.img
 (= squashfs.img), the dracut initrd, efiboot.img, the GRUB images, boot.iso and the
 metadata. The big initrd is assembled from each build's parts as `composer runtime`
@@ -17,12 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUILD, composer
+from tests.conftest import MEDIA_EPOCH, compose_media
 
 pytestmark = pytest.mark.slow
-
-EPOCH = 1700000000
-
 
 def first_difference(a: Path, b: Path) -> int | None:
     """Offset of the first byte where a and b differ (the shorter length if one is a
@@ -47,31 +45,31 @@ def sha256(p: Path) -> str:
     return h.hexdigest()
 
 
-def compose(repo: Path, base: Path) -> Path:
-    out, work = base / "out", base / "work"
-    work.mkdir(parents=True)
-    composer("--logfile", str(base / "build.log"), "boot-iso", "--product", "TestProduct", "--version", "1",
-             "--source", f"file://{repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
-             "--rootfs-type", "ext4", "--compression", "lz4", "--source-date-epoch", str(EPOCH),
-             "--workdir", str(work), str(out))
-    # Parts the media do not ship as files of their own.
+def with_extra(base: Path) -> Path:
+    """Add the parts the media do not ship as files of their own: rootfs.img and a big initrd."""
     extra = base / "extra"
+    if extra.exists():
+        return base
     extra.mkdir()
+    out = base / "out"
     subprocess.run(["unsquashfs", "-no-progress", "-d", str(extra / "squashfs-root"),
-                    str(out / "images/install.img"), "LiveOS/rootfs.img"], check=True, capture_output=True)
+                    str(out / "images/install.img"), "LiveOS/rootfs.img", "LiveOS/osmin.img.gz"],
+                   check=True, capture_output=True)
+    from composer.config import RootfsType
     from composer.outputs.bigimage import make_big_initrd
     from composer.runtime import runtime_cmdline
-    from composer.config import RootfsType
 
     make_big_initrd(out / "images/pxeboot/initrd.img", out / "images/install.img",
-                    runtime_cmdline(RootfsType.EXT4), extra / "big-initrd.img", mtime=EPOCH)
+                    runtime_cmdline(RootfsType.EXT4), extra / "big-initrd.img", mtime=MEDIA_EPOCH)
     return base
 
 
 @pytest.fixture(scope="module")
-def builds(testproduct_repo, tmp_path_factory) -> tuple[Path, Path]:
-    return (compose(testproduct_repo, tmp_path_factory.mktemp("repro-a")),
-            compose(testproduct_repo, tmp_path_factory.mktemp("repro-b")))
+def builds(bootiso_build, testproduct_repo, tmp_path_factory) -> tuple[Path, Path]:
+    # Build A is the session's boot.iso media; B installs afresh (--no-cache), so the
+    # dnf/rpm install is compared too, not a copy of A's tree.
+    second = compose_media(testproduct_repo, tmp_path_factory.mktemp("repro-b"), "--no-cache")
+    return with_extra(bootiso_build), with_extra(second)
 
 
 def files_below(base: Path) -> dict[str, Path]:
@@ -94,7 +92,8 @@ def test_outputs_are_byte_identical(builds: tuple[Path, Path]) -> None:
     a, b = (files_below(x) for x in builds)
     assert sorted(a) == sorted(b), "the two builds made different files"
     for must in ("out/images/boot.iso", "out/images/install.img", "out/images/efiboot.img",
-                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img", "extra/big-initrd.img"):
+                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img", "extra/squashfs-root/LiveOS/osmin.img.gz",
+                 "extra/big-initrd.img"):
         assert must in a, must
     differ = []
     for rel in sorted(a):

@@ -30,7 +30,10 @@ def _chunk_sectors(text: str) -> int:
 def cmd_delta_create(args: argparse.Namespace) -> int:
     from composer.live.delta import create_delta
 
-    d = create_delta(args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size))
+    from composer.cli import _source_date_epoch
+
+    d = create_delta(args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size),
+                     source_date_epoch=_source_date_epoch(None))  # $SOURCE_DATE_EPOCH, if set
     print(f"{args.output}: {d.chunks} chunks, store {d.raw_size} bytes, gzip {d.gz_size} bytes; "
           f"minimized filesystem {d.minimized_size} of {d.origin_size} bytes")
     return 0

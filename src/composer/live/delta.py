@@ -64,9 +64,17 @@ class DeltaInfo:
     gz_size: int
 
 
-def _e2fsck_fix(img: Path) -> None:
+def _e2fs_clock(source_date_epoch: int | None) -> dict[str, str] | None:
+    """e2fsprogs 1.47.0 stamps "now" into the superblock (and so into the delta); its test
+    hooks fix the clock for reproducible builds."""
+    if source_date_epoch is None:
+        return None
+    return {"E2FSPROGS_FAKE_TIME": str(source_date_epoch), "E2FSCK_TIME": str(source_date_epoch)}
+
+
+def _e2fsck_fix(img: Path, env: dict[str, str] | None = None) -> None:
     # resize2fs insists on a freshly checked filesystem. Exit 1 = errors fixed (in our copy).
-    proc = run(["e2fsck", "-fy", img], check=False, capture=True)
+    proc = run(["e2fsck", "-fy", img], check=False, capture=True, env=env)
     if proc.returncode not in (0, 1):
         raise CommandError(proc.args, proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
     if proc.returncode == 1:
@@ -102,7 +110,8 @@ def _check_output(output: Path) -> None:
     check_dir_creatable(parent, "delta: -o")
 
 
-def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHUNK_SECTORS) -> DeltaInfo:
+def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHUNK_SECTORS,
+                 source_date_epoch: int | None = None) -> DeltaInfo:
     check_chunk_sectors(chunk_sectors)
     _check_input(rootfs)
     _check_output(output)
@@ -122,8 +131,9 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
         small = tmp / "minimized.img"
         info(f"delta: minimizing a sparse copy of {rootfs} ({human(origin_size)})")
         copy_sparse(rootfs, small)
-        _e2fsck_fix(small)
-        run(["resize2fs", "-M", small])
+        clock = _e2fs_clock(source_date_epoch)
+        _e2fsck_fix(small, clock)
+        run(["resize2fs", "-M", small], env=clock)
         size = ext_fs_size(_read_superblock(small))
         if size is None or size > origin_size:
             raise ComposerError(f"delta: resize2fs left no sane ext filesystem in {small}")
