@@ -1,10 +1,17 @@
 """`composer boot-iso` refuses bad input with one line, before any build, leaving nothing behind."""
 
 import functools
+from pathlib import Path
 
 from tests.conftest import BUILD
 from tests.conftest import composer as _composer
-from tests.integration.test_bootiso import compose_args, one_error_line
+from tests.integration.test_bootiso import one_error_line
+
+
+def compose_args(repo: Path, *extra: str) -> list[str]:
+    return ["boot-iso", "--product", "TestProduct", "--version", "1", "--source", f"file://{repo}",
+            "--nogpgcheck", "--cachedir", str(BUILD / "cache"), *extra]
+
 
 composer = functools.partial(_composer, check=False)
 
