@@ -12,12 +12,12 @@ other, so every "now" differs. btrfs-progs 6.2 cannot make a reproducible btrfs 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from composer.outputs.manifest import sha256_file
 from tests.conftest import MEDIA_EPOCH, compose_media
 
 pytestmark = pytest.mark.slow
@@ -35,14 +35,6 @@ def first_difference(a: Path, b: Path) -> int | None:
             if not ca:
                 return None
             offset += len(ca)
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def with_extra(base: Path) -> Path:
@@ -97,7 +89,7 @@ def test_outputs_are_byte_identical(builds: tuple[Path, Path]) -> None:
         assert must in a, must
     differ = []
     for rel in sorted(a):
-        if sha256(a[rel]) != sha256(b[rel]):
+        if sha256_file(a[rel]) != sha256_file(b[rel]):
             differ.append(f"{rel}: first difference at offset {first_difference(a[rel], b[rel])} "
                           f"(sizes {a[rel].stat().st_size} and {b[rel].stat().st_size})")
     assert not differ, "not reproducible:\n" + "\n".join(differ)
