@@ -36,8 +36,14 @@ DEFAULT_MARKER = "COMPOSER-BOOT-OK"
 # root= is always passed: without it the kernel unpacks an oversized initrd into a
 # tmpfs capped at half the RAM and fails. Later arguments win (kernel and dracut),
 # so `append` can override any of these.
-BASE_APPEND = "console=ttyS0 root=live:/squashfs.img rd.live.image composer.check=poweroff"
+# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer probe can miss its
+# ticks and panic ("IO-APIC + timer doesn't work!"); the emulated timer is fine.
+BASE_APPEND = "console=ttyS0 root=live:/squashfs.img rd.live.image composer.check=poweroff no_timer_check"
 POWEROFF_GRACE = 20.0  # seconds qemu gets to power off by itself after the marker
+# Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
+# such a boot is tried again, up to this many times.
+EMULATION_FLAKES = ("IO-APIC + timer doesn't work",)
+EMULATION_RETRIES = 2
 
 # Lines after which a boot cannot reach the marker any more.
 FATAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
@@ -370,7 +376,25 @@ def boot_argv(
     """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout.
 
     qemu runs in its own process group and is killed on every way out (including
-    KeyboardInterrupt); the serial log is kept in `log` (a temp file if None)."""
+    KeyboardInterrupt); the serial log is kept in `log` (a temp file if None).
+    A boot that fails on a known emulation flake (EMULATION_FLAKES) is run again."""
+    for attempt in range(EMULATION_RETRIES + 1):
+        result = _boot_once(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log, what=what)
+        if result.ok or not any(f in result.reason for f in EMULATION_FLAKES) or attempt == EMULATION_RETRIES:
+            return result
+        info(f"{what}: emulation flake ({result.reason}); booting again")
+    raise AssertionError("unreachable")
+
+
+def _boot_once(
+    argv: list[str],
+    *,
+    memory_mb: int,
+    timeout: float,
+    marker: str,
+    log: Path | None,
+    what: str,
+) -> BootResult:
     if shutil.which(argv[0]) is None:
         raise ComposerError(f"{what}: {argv[0]} not found")
     if log is None:

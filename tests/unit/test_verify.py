@@ -256,3 +256,38 @@ def test_boot_keyboard_interrupt_kills_qemu(tmp_path: Path, monkeypatch: pytest.
 def test_boot_missing_kernel(tmp_path: Path) -> None:
     with pytest.raises(ComposerError, match="kernel"):
         verify.boot_kernel(tmp_path / "nope", tmp_path / "nope2", memory_mb=256, accel="tcg")
+
+
+def test_boot_retries_an_emulation_flake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IO-APIC timer panic of a starved TCG guest is retried; the second boot counts."""
+    count = tmp_path / "count"
+    _fake_qemu(tmp_path, monkeypatch, f"""\
+        n = int(open({str(count)!r}).read()) + 1 if os.path.exists({str(count)!r}) else 1
+        open({str(count)!r}, "w").write(str(n))
+        if n == 1:
+            say("[    0.024000] Kernel panic - not syncing: IO-APIC + timer doesn't work!  Boot with apic=debug")
+            time.sleep(600)
+        say("COMPOSER-BOOT-OK")
+        sys.exit(0)
+        """)
+    r = _boot(tmp_path)
+    assert r.ok and count.read_text() == "2"
+
+
+def test_boot_gives_up_after_repeated_flakes_and_never_retries_real_panics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = tmp_path / "count"
+    _fake_qemu(tmp_path, monkeypatch, f"""\
+        n = int(open({str(count)!r}).read()) + 1 if os.path.exists({str(count)!r}) else 1
+        open({str(count)!r}, "w").write(str(n))
+        say("Kernel panic - not syncing: IO-APIC + timer doesn't work!" if "flake" in sys.argv[-1] else
+            "Kernel panic - not syncing: VFS: Unable to mount root fs")
+        time.sleep(600)
+        """)
+    monkeypatch.setattr(verify, "BASE_APPEND", "flake")
+    r = _boot(tmp_path)
+    assert not r.ok and "IO-APIC" in r.reason and count.read_text() == str(verify.EMULATION_RETRIES + 1)
+    count.unlink()
+    monkeypatch.setattr(verify, "BASE_APPEND", "real")
+    r = _boot(tmp_path)
+    assert not r.ok and "VFS" in r.reason and count.read_text() == "1"
