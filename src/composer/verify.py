@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from composer.run import ComposerError, debug, info
+from composer.run import ComposerError, _die_with_parent, debug, info
 
 QEMU = "qemu-system-x86_64"
 DEFAULT_MARKER = "COMPOSER-BOOT-OK"
@@ -164,7 +164,7 @@ def kvm_usable(cpu: str = "host", timeout: float = 2.0) -> bool:
     ok = False
     lines = _Lines()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         lines.start(proc)
         deadline = time.monotonic() + timeout
@@ -409,7 +409,7 @@ def _boot_once(
     with log.open("wb") as logf:
         lines = _Lines(logf)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             lines.start(proc)
             deadline = start + timeout

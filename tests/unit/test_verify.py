@@ -291,3 +291,25 @@ def test_boot_gives_up_after_repeated_flakes_and_never_retries_real_panics(
     monkeypatch.setattr(verify, "BASE_APPEND", "real")
     r = _boot(tmp_path)
     assert not r.ok and "VFS" in r.reason and count.read_text() == "1"
+
+
+def test_qemu_dies_with_a_killed_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL of the process running the boot (no finally runs) still takes qemu down."""
+    import signal
+    import subprocess
+
+    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+        say("booting")
+        time.sleep(600)
+        """)
+    caller = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; import composer.verify as v; "
+        f"v.QEMU = {str(tmp_path / 'fake-qemu')!r}; "
+        f"v.boot_kernel(Path({str(tmp_path / 'k')!r}), Path({str(tmp_path / 'i')!r}), memory_mb=256, accel='tcg', timeout=600)")])
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    assert _gone(pidfile)
