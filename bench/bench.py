@@ -164,10 +164,12 @@ def main() -> int:
     session.install(list(RUNTIME_PACKAGES), required=True)
     session.run_transaction()
     t_dnf = time.monotonic() - t0
-    t_sq, _, _ = timed(make_squashfs, limit_tree, OUT / "limit.img", Compression.XZ)
+    # One mksquashfs pass over the tree the compose shipped (cleaned): what any tool must at least do.
+    # (Over the uncleaned dnf tree it would compress 2.3x the data and flatter the compose.)
+    t_sq, _, _ = timed(make_squashfs, tree, OUT / "limit.img", Compression.XZ)
     limit = t_dnf + t_sq
     res["physical_limit"] = {"dnf_install_s": round(t_dnf, 2), "mksquashfs_xz_s": t_sq,
-                             "tree_mib": round(du(limit_tree) / MIB, 1), "total_s": round(limit, 2),
+                             "dnf_tree_mib": round(du(limit_tree) / MIB, 1), "squashed_tree_mib": round(du(tree) / MIB, 1), "total_s": round(limit, 2),
                              "compose_vs_limit": round(wall / limit, 2)}
     shutil.rmtree(OUT / "limit")
     (OUT / "limit.img").unlink()
