@@ -8,13 +8,15 @@ only turns their requests into dnf transactions. dnf runs on the host with
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import fnmatch
 import glob
 import hashlib
 import re
 import shutil
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -169,13 +171,42 @@ class DnfSession:
         proc = run(["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args], env=self.env, capture=True)
         return proc.stdout.decode(errors="replace")
 
+    @contextlib.contextmanager
+    def _host_dirs_in_tree(self) -> Iterator[None]:
+        """dnf 4 puts the installroot in front of cachedir and logdir, whatever they are set to,
+        so its package cache and logs would land in the tree (and ship in the image) while the
+        host cache stays empty. Symlinks at those paths in the tree send them to the host; they
+        and the directories made for them are gone again after each dnf run."""
+        made: list[Path] = []
+        try:
+            for host in (self.config.cachedir.resolve(), (self.workdir / "dnf-log").resolve()):
+                link = self.tree / host.relative_to("/")
+                if link.is_symlink() or link.exists():
+                    continue
+                missing = [d for d in reversed(link.parents) if d.is_relative_to(self.tree) and not d.exists()]
+                link.parent.mkdir(parents=True, exist_ok=True)
+                made += missing
+                link.symlink_to(host)
+                made.append(link)
+            yield
+        finally:
+            for path in reversed(made):
+                if path.is_symlink():
+                    path.unlink()
+                else:
+                    with contextlib.suppress(OSError):  # not empty: dnf's own files, keep them
+                        path.rmdir()
+
+    def _dnf(self, *args: str, capture: bool = False) -> subprocess.CompletedProcess[bytes]:
+        with self._host_dirs_in_tree():
+            return run(self._dnf_argv() + list(args), env=self.env, capture=capture)
+
     # -- what the repositories offer ---------------------------------------------
     def available(self) -> list[str]:
         """Names of all packages the repositories offer (one metadata load, cached)."""
         if self._available is None:
-            argv = self._dnf_argv() + ["repoquery", "--available", "--queryformat=%{name}\n"]
             try:
-                proc = run(argv, env=self.env, capture=True)
+                proc = self._dnf("repoquery", "--available", "--queryformat=%{name}\n", capture=True)
             except CommandError as e:
                 raise ComposerError(self._repo_error(e.stderr)) from None
             self._available = sorted(set(proc.stdout.decode().split()))
@@ -218,15 +249,13 @@ class DnfSession:
         if self._to_install:
             pkgs = sorted(set(self._to_install))
             info(f"dnf: installing {len(pkgs)} requested packages and their dependencies")
-            argv = self._dnf_argv() + ["install", *pkgs]
             try:
-                run(argv, env=self.env)
+                self._dnf("install", *pkgs)
             except CommandError as e:
                 raise ComposerError(f"dnf transaction failed: {_dnf_reason(e.stderr)}") from None
         if self._to_remove:
-            argv = self._dnf_argv() + ["remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove))]
             try:
-                run(argv, env=self.env)
+                self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)))
             except CommandError as e:
                 raise ComposerError(f"dnf remove failed: {_dnf_reason(e.stderr)}") from None
         self._to_install.clear()

@@ -9,10 +9,8 @@ across builds but still differs between products and releases.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,11 +77,7 @@ def clamp_times(tree: Path, epoch: int) -> int:
     return changed
 
 
-# Directories that hold the leaked host paths removed below but are the tree's own.
-_KEEP_PARENTS = ("", "var", "var/tmp", "tmp")
-
-
-def normalize_tree(tree: Path, *, host_dirs: Sequence[Path] = ()) -> None:
+def normalize_tree(tree: Path) -> None:
     """Remove what a build writes into the tree that differs from build to build
     even with the same packages and times. Found by comparing two kept work trees;
     everything else in them (ldconfig cache, depmod output, machine-id, the rpm
@@ -94,19 +88,5 @@ def normalize_tree(tree: Path, *, host_dirs: Sequence[Path] = ()) -> None:
     for p in sorted((tree / "var/lib/dnf").glob("history.sqlite*")):
         p.unlink()
         info(f"tree: removed /{p.relative_to(tree)}")
-    # dnf writes its logs below the installroot even when logdir is a host path, so
-    # the work directory's (random) name shows up in the tree: /var/tmp/composer.XXXX/.
-    for host in host_dirs:
-        leak = tree / host.resolve().relative_to("/")
-        if leak.exists() and leak.resolve().is_relative_to(tree.resolve()):
-            shutil.rmtree(leak)
-            info(f"tree: removed /{leak.relative_to(tree)} (dnf logs of this build)")
-            parent = leak.parent
-            while _rel(parent, tree) not in _KEEP_PARENTS and not any(parent.iterdir()):
-                parent.rmdir()
-                parent = parent.parent
 
 
-def _rel(path: Path, tree: Path) -> str:
-    rel = path.relative_to(tree).as_posix()
-    return "" if rel == "." else rel

@@ -207,9 +207,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
     squashfs = work / "squashfs.img"
     with timed("rootfs"):
-        # Always: dnf's logs of this build (under the work dir's path) and its history
-        # database are build records, not part of the runtime.
-        normalize_tree(tree, host_dirs=[work])
+        # Always: dnf's history database is a build record, not part of the runtime.
+        normalize_tree(tree)
         if cfg.rootfs_type is RootfsType.SQUASHFS:
             squash_src = tree
         else:

@@ -462,16 +462,8 @@ def boot_iso(
     default entry must boot unattended to the marker."""
     if not iso.is_file():
         raise ComposerError(f"boot check: ISO {iso} does not exist")
-    with tempfile.TemporaryDirectory(prefix="composer-ovmf-") as tmp:
-        vars_copy = None
-        if firmware == "uefi":
-            _, vars_src = find_ovmf()
-            vars_copy = Path(tmp) / "OVMF_VARS.fd"
-            shutil.copyfile(vars_src, vars_copy)
-        argv = qemu_media_argv(memory_mb=memory_mb, accel=resolve_accel(accel), smp=smp,
-                               firmware=firmware, ovmf_vars=vars_copy, iso=iso.resolve())
-        return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
-                         what=f"boot check ({firmware.upper()} CD)")
+    return _boot_media("CD", firmware=firmware, memory_mb=memory_mb, timeout=timeout, marker=marker,
+                       accel=accel, log=log, smp=smp, iso=iso.resolve())
 
 
 def boot_netboot(
@@ -493,6 +485,14 @@ def boot_netboot(
         raise ComposerError(f"boot check: TFTP directory {tftp_dir} does not exist")
     if not (tftp_dir / bootfile).is_file():
         raise ComposerError(f"boot check: boot file {tftp_dir / bootfile} does not exist")
+    return _boot_media("netboot", firmware=firmware, memory_mb=memory_mb, timeout=timeout, marker=marker,
+                       accel=accel, log=log, smp=smp, tftp_dir=tftp_dir.resolve(), bootfile=bootfile)
+
+
+def _boot_media(what: str, *, firmware: str, memory_mb: int, timeout: float, marker: str, accel: str,
+                log: Path | None, smp: int, **media: Any) -> BootResult:
+    """boot_argv for firmware boots (CD or network); UEFI gets a private copy of OVMF's
+    variable store, which the firmware writes to."""
     with tempfile.TemporaryDirectory(prefix="composer-ovmf-") as tmp:
         vars_copy = None
         if firmware == "uefi":
@@ -500,9 +500,9 @@ def boot_netboot(
             vars_copy = Path(tmp) / "OVMF_VARS.fd"
             shutil.copyfile(vars_src, vars_copy)
         argv = qemu_media_argv(memory_mb=memory_mb, accel=resolve_accel(accel), smp=smp, firmware=firmware,
-                               ovmf_vars=vars_copy, tftp_dir=tftp_dir.resolve(), bootfile=bootfile)
+                               ovmf_vars=vars_copy, **media)
         return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
-                         what=f"boot check ({firmware.upper()} netboot)")
+                         what=f"boot check ({firmware.upper()} {what})")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

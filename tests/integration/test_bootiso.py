@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import composer
+from tests.conftest import BUILD, composer
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,9 @@ def test_install_img_ships_osmin_delta(media, tmp_path):
     assert "composer." not in var_tmp, var_tmp
     dnf_lib = subprocess.run(["debugfs", "-R", "ls /var/lib/dnf", str(minimal)], capture_output=True, text=True).stdout
     assert "history.sqlite" not in dnf_lib, dnf_lib
+    cache = subprocess.run(["debugfs", "-R", f"stat {BUILD / 'cache' / 'dnf'}", str(minimal)],
+                           capture_output=True, text=True)
+    assert "File not found" in cache.stdout + cache.stderr, "dnf's package cache leaked into the runtime"
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])

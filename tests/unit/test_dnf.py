@@ -69,3 +69,30 @@ def test_dnf_reason_keeps_the_scriptlet_failure():
     stderr = ("Running transaction\n  Installing : libgpg-error0-1.46-1.x86_64\nFailed:\n  failing-pre-1-1.noarch\n"
               "Error in PREIN scriptlet in rpm package failing-pre\nError: Transaction failed\n")
     assert _dnf_reason(stderr) == "Error in PREIN scriptlet in rpm package failing-pre | Error: Transaction failed"
+
+
+def test_dnf_cache_and_logs_stay_on_the_host(tmp_path):
+    """dnf prefixes cachedir and logdir with the installroot; a real dnf run must still write
+    them on the host and leave nothing of them (nor the work dir's path) in the tree."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
+    work = Path(tempfile.mkdtemp(prefix="composer-test-", dir="/var/tmp"))  # as in a build
+    try:
+        tree = work / "tree"
+        (tree / "var/tmp").mkdir(parents=True)
+        cache = tmp_path / "cache"
+        s = DnfSession(tree, DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",),
+                                       cachedir=cache, nogpgcheck=True), work)
+        assert s.available() == []  # a real dnf run over an empty repository
+        assert any(cache.iterdir()), "dnf's cache is not on the host"
+        assert (work / "dnf-log" / "dnf.log").is_file(), "dnf's log is not on the host"
+        assert not (tree / work.relative_to("/")).exists()
+        assert list((tree / "var/tmp").iterdir()) == []  # empty parents go too, /var/tmp stays
+        assert not (tree / cache.relative_to("/").parts[0]).exists()
+    finally:
+        shutil.rmtree(work)
