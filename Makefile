@@ -11,7 +11,7 @@ setup:
 	./scripts/setup-host
 
 testproduct: setup
-	$(COMPOSER) testproduct --dest $(BUILD)/testproduct
+	PYTHONPATH=$(CURDIR)/tools $(PYTHON) -m testproduct $(BUILD)/testproduct
 
 # Compose the test product's runtime and boot it in qemu at 512 MB.
 demo: testproduct

@@ -31,7 +31,7 @@ from composer.images.sparse import allocated_size
 from composer.images.squashfs import make_squashfs
 from composer.outputs.bigimage import make_big_initrd
 from composer.runtime import KEPT_PREFIX, compose_runtime, du, runtime_cmdline
-from composer.testproduct import build_testproduct
+from testproduct import build_testproduct
 from composer.verify import BootResult, boot_iso, find_min_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def main() -> int:
     res["compression"] = comp
 
     # 4. The physical limit: the dnf install alone plus one mksquashfs pass over that tree.
-    from composer.testproduct import RUNTIME_PACKAGES
+    from testproduct import RUNTIME_PACKAGES
 
     limit_tree = OUT / "limit" / "tree"
     session = DnfSession(limit_tree, DnfConfig(releasever="1", arch=os.uname().machine, sources=(source,),

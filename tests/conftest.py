@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test product is a test fixture, not part of the shipped package.
+sys.path.insert(0, str(ROOT / "tools"))
 BUILD = Path(os.environ.get("COMPOSER_TEST_BUILD", ROOT / "build"))
 
 
@@ -19,7 +21,7 @@ def composer(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="session")
 def testproduct_repo() -> Path:
-    from composer.testproduct import build_testproduct
+    from testproduct import build_testproduct
 
     return build_testproduct(BUILD / "testproduct")
 

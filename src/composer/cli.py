@@ -223,17 +223,6 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_testproduct(args: argparse.Namespace) -> int:
-    from composer.preflight import check_dir_creatable
-    from composer.testproduct import build_testproduct
-
-    # Before the closure is resolved and packages are downloaded.
-    check_dir_creatable(args.dest, "--dest")
-    repo = build_testproduct(args.dest.resolve(), force=args.force)
-    print(repo)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="composer", description="Build boot and runtime images of RPM-based operating systems.")
     parser.add_argument("--verbose", action="store_true", help="show every command and its output")
@@ -277,10 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_live(sub)
 
-    p = sub.add_parser("testproduct", help="build the built-in test product's RPM repository from Debian packages")
-    p.add_argument("--dest", type=Path, default=Path("build/testproduct"))
-    p.add_argument("--force", action="store_true", help="rebuild even if the cached repository is up to date")
-    p.set_defaults(func=cmd_testproduct)
     return parser
 
 

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import fcntl
 import glob
+import importlib.resources
 import os
 import re
 import shlex
@@ -18,9 +19,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-# Where templates/ and share/ live: the source checkout (editable install) or
-# an override for packagers.
-DATADIR = Path(os.environ.get("COMPOSER_DATADIR", Path(__file__).resolve().parents[2]))
+# Where templates/ and share/ live: the package's own data (installed or editable),
+# or an override for packagers and tests.
+DATADIR = Path(os.environ.get("COMPOSER_DATADIR") or str(importlib.resources.files("composer") / "data"))
 
 
 class ComposerError(Exception):

@@ -672,7 +672,7 @@ def test_dry_run_changes_nothing_and_needs_no_tree(tmp_path):
 
 
 def _product_templates() -> list[Path]:
-    return sorted((REPO / "templates").glob("*/*.tmpl"))
+    return sorted((REPO / "src/composer/data/templates").glob("*/*.tmpl"))
 
 
 @pytest.mark.parametrize("template", _product_templates(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -687,7 +687,7 @@ def test_product_templates_render_and_parse(template, basearch, installer, tmp_p
 
 
 def test_fedora_template_set_exists():
-    names = {p.name for p in (REPO / "templates/fedora").glob("*.tmpl")}
+    names = {p.name for p in (REPO / "src/composer/data/templates/fedora").glob("*.tmpl")}
     assert {"runtime-install.tmpl", "runtime-postinstall.tmpl", "runtime-cleanup.tmpl"} <= names
 
 
@@ -698,7 +698,7 @@ def test_fedora_postinstall_runs_on_a_tree(tmp_path, monkeypatch):
     write(tree / "etc/shadow", "root:!locked:19000:0:99999:7:::\nbin:*:19000::::::\n")
     write(tree / "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
     write(tree / "etc/hostname", "old\n")
-    tdir = REPO / "templates/fedora"
+    tdir = REPO / "src/composer/data/templates/fedora"
     runner = TemplateRunner(tree=tree, templatedir=tdir, variables=sample_variables(), pkgmgr=FakePM())
     runner.run(tdir / "runtime-postinstall.tmpl")
     assert (tree / "etc/machine-id").read_bytes() == b""
@@ -719,7 +719,7 @@ def test_fedora_cleanup_runs_on_a_tree(tmp_path, monkeypatch):
     ):
         write(tree / f)
     (tree / "usr/lib/modules/6.9.0/build").symlink_to("/usr/src/kernels/6.9.0")
-    tdir = REPO / "templates/fedora"
+    tdir = REPO / "src/composer/data/templates/fedora"
     runner = TemplateRunner(tree=tree, templatedir=tdir, variables=sample_variables(), pkgmgr=FakePM())
     runner.run(tdir / "runtime-cleanup.tmpl")
     assert not (tree / "usr/share/doc").exists()

@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from composer.testproduct import debrpm, resolve, setuppkg
-from composer.testproduct import translate as tr
+from testproduct import debrpm, resolve, setuppkg
+from testproduct import translate as tr
 
 # ------------------------------------------------------------------ versions
 

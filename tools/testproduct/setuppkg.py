@@ -20,8 +20,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from composer.testproduct import debrpm
-from composer.testproduct import translate as tr
+from testproduct import debrpm
+from testproduct import translate as tr
 
 NAME = "testproduct-setup"
 VERSION = "1.0"

@@ -18,11 +18,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
-from composer.testproduct import debrpm, resolve, setuppkg
+from testproduct import debrpm, resolve, setuppkg
 
 # Bump whenever the repackaging rules change: it is part of the cache key.
 BUILDER_VERSION = "2"
@@ -154,11 +155,13 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m testproduct DEST` (tools/ on sys.path; `make testproduct` does this)."""
     import argparse
 
+    from composer.preflight import check_dir_creatable
     from composer.run import set_logging
 
-    ap = argparse.ArgumentParser(prog="python -m composer.testproduct", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m testproduct", description=__doc__.splitlines()[0])
     ap.add_argument("dest", type=Path, nargs="?", default=Path("build/testproduct"))
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--jobs", type=int)
@@ -167,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     set_logging(verbose=args.verbose)
     t0 = time.monotonic()
     try:
-        repo = build_testproduct(args.dest, force=args.force, jobs=args.jobs)
+        # Before the closure is resolved and packages are downloaded.
+        check_dir_creatable(args.dest, "DEST")
+        repo = build_testproduct(args.dest.resolve(), force=args.force, jobs=args.jobs)
     except ComposerError as e:
-        print(f"error: {e}")
+        print(f"testproduct: error: {e}", file=sys.stderr)
         return 1
     print(f"{repo} ({time.monotonic() - t0:.1f}s)")
     return 0

@@ -1,3 +1,0 @@
-from composer.testproduct import main
-
-raise SystemExit(main())

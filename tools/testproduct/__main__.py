@@ -1,0 +1,3 @@
+from testproduct import main
+
+raise SystemExit(main())
