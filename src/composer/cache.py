@@ -28,7 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from composer import __version__
 from composer.dnf import RPMDB
+from composer.treecheck import fail_on
 from composer.run import CommandError, ComposerError, debug, info, locked_mkdir, remove_stale, run
 
 if TYPE_CHECKING:
@@ -56,8 +58,9 @@ class InstallInputs:
     version: str = ""
     product: str = ""
     variables: tuple[tuple[str, str], ...] = ()
-    dnf_argv: tuple[str, ...] = ()  # dnf's options, work paths replaced
+    dnf_argv: tuple[str, ...] = ()  # dnf's options, work paths left out
     source_date_epoch: int | None = None  # rpm stamps it as the install time of every package
+    code: str = ""  # composer's version and a digest of its code: a fix to it never meets an old tree
 
 
 def tree_key(inputs: InstallInputs) -> str:
@@ -69,6 +72,15 @@ def tree_key(inputs: InstallInputs) -> str:
     doc["template_files"] = sorted(inputs.template_files)
     doc["format"] = FORMAT_VERSION
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def code_digest() -> str:
+    """composer's version and a digest of all its Python code (any of it may shape the tree)."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256(__version__.encode() + b"\0")
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
+    return f"{__version__}:{h.hexdigest()}"
 
 
 def _file_digest(path: Path) -> str:
@@ -89,12 +101,7 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
     text = runner.render(template).replace(tree, "@TREE@")
     files = tuple((str(p.relative_to(runner.templatedir)) if p.is_relative_to(runner.templatedir) else str(p),
                    _file_digest(p)) for p in runner.install_sources(text))
-    paths = {tree: "@TREE@", str(session.workdir): "@WORK@", str(session.config.cachedir): "@CACHE@"}
-    argv = []
-    for arg in session._dnf_argv():
-        for path, token in paths.items():
-            arg = arg.replace(path, token)
-        argv.append(arg)
+    argv = session.shaping_options()
     return InstallInputs(
         metadata_digest=session.metadata_digest(),
         install_template=text,
@@ -107,6 +114,7 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
         variables=tuple((str(k), repr(v)) for k, v in runner.variables.items()),
         dnf_argv=tuple(argv),
         source_date_epoch=cfg.source_date_epoch,
+        code=code_digest(),
     )
 
 
@@ -262,32 +270,41 @@ class TreeCache:
 
 
 def cached_install(
-    cfg: Config, session: DnfSession, runner: TemplateRunner, template: Path, install: Callable[[], None]
+    cfg: Config, session: DnfSession, runner: TemplateRunner, template: Path, install: Callable[[], None],
+    verify: Callable[[], list[str]],
 ) -> list[str]:
-    """Populate session.tree with `install()` or from the tree cache; return the installed NEVRAs."""
+    """Populate session.tree with `install()` or from the tree cache; return the installed NEVRAs.
+
+    `verify` checks the tree against its package database: a cached tree that fails it
+    is dropped, a freshly installed one that fails it stops the build.
+    """
     if not cfg.use_cache:
         info("install: tree cache not used (--no-cache)")
+        install()
+        fail_on(verify(), "after the install stage")
+        return session.nevras()
     inputs = install_inputs(cfg, session, runner, template)
     key = tree_key(inputs)
     cache = TreeCache(cfg.cachedir / "trees")
-    if cfg.use_cache:
-        entry = cache.lookup(key)
-        if entry is not None:
-            start = time.monotonic()
-            if cache.restore(entry, session.tree):
-                packages = session.nevras()
-                if packages == list(entry.packages):
-                    runner.treeinfo.update({s: dict(v) for s, v in entry.treeinfo.items()})
-                    info(f"install: tree cache hit (key {key[:12]}, {len(packages)} packages, "
-                         f"{entry.size / 2**20:.0f} MiB copied in {time.monotonic() - start:.1f}s)")
-                    return packages
-                info(f"install: tree cache entry {key[:12]} does not match its package list; installing afresh")
-                cache.discard(key)
-            # Whatever the failed restore left must not mix with a fresh install.
-            shutil.rmtree(session.tree, ignore_errors=True)
-            session.tree.mkdir()
-        info(f"install: tree cache miss (key {key[:12]})")
+    entry = cache.lookup(key)
+    if entry is not None:
+        start = time.monotonic()
+        if cache.restore(entry, session.tree):
+            packages = session.nevras()
+            problems = verify() if packages == list(entry.packages) else ["its package list differs"]
+            if not problems:
+                runner.treeinfo.update({s: dict(v) for s, v in entry.treeinfo.items()})
+                info(f"install: tree cache hit (key {key[:12]}, {len(packages)} packages, "
+                     f"{entry.size / 2**20:.0f} MiB copied in {time.monotonic() - start:.1f}s)")
+                return packages
+            info(f"install: tree cache entry {key[:12]} fails its check ({problems[0]}); installing afresh")
+            cache.discard(key)
+        # Whatever the failed restore left must not mix with a fresh install.
+        shutil.rmtree(session.tree, ignore_errors=True)
+        session.tree.mkdir()
+    info(f"install: tree cache miss (key {key[:12]})")
     install()
+    fail_on(verify(), "after the install stage")
     packages = session.nevras()
     start = time.monotonic()
     stored = cache.store(key, session.tree, packages=packages, treeinfo=runner.treeinfo)

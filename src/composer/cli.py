@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from composer import __version__
 from composer.config import Compression, Config, RootfsType, parse_size
 from composer.run import ComposerError, info, set_logging
 
@@ -225,6 +226,7 @@ def cmd_template_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="composer", description="Build boot and runtime images of RPM-based operating systems.")
+    parser.add_argument("--version", action="version", version=f"composer {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show every command and its output")
     parser.add_argument("--logfile", type=Path, default=None, help="write a full log here")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,6 +13,7 @@ import dataclasses
 import fnmatch
 import glob
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -25,6 +26,9 @@ from composer.run import ComposerError, CommandError, debug, info, run
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
 RPMDB = "/usr/lib/sysimage/rpm"
+# Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
+# state): kept only as a package makes them.
+DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,38 @@ def check_repofile(path: Path) -> None:
                 raise ComposerError(f"--repo {path}: [{name}] baseurl {url!r} is not a URL (file:///path, http://, https://)")
 
 
+@dataclasses.dataclass(frozen=True)
+class RpmFile:
+    """What the rpm database says one path of the tree must be."""
+
+    path: str
+    kind: str    # d f l c b p s (as treecheck.Node.kind)
+    perm: int    # permission bits, setuid/setgid/sticky included
+    user: str
+    group: str
+    target: str  # symlink target
+    package: str
+
+
+_KINDS = {0o040000: "d", 0o100000: "f", 0o120000: "l", 0o020000: "c", 0o060000: "b", 0o010000: "p", 0o140000: "s"}
+# rpm's file flags and states that mean "need not be on disk as listed".
+_RPMFILE_GHOST = 1 << 6
+_RPMFILE_STATE_NORMAL = 0
+
+
+def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """User and group names of the tree's /etc/passwd and /etc/group (rpm resolves names there)."""
+    def read(name: str) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            for line in (tree / "etc" / name).read_text(errors="replace").splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[2].isdigit():
+                    ids.setdefault(fields[0], int(fields[2]))
+        return ids
+    return read("passwd"), read("group")
+
+
 class DnfSession:
     """One install tree and the dnf transactions that fill it (a templates.PackageManager)."""
 
@@ -127,6 +163,7 @@ class DnfSession:
         for f in config.repofiles:
             shutil.copy(f, self.reposdir / f.name)
         (workdir / "dnf-log").mkdir(exist_ok=True)
+        (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
         self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
 
@@ -141,8 +178,10 @@ class DnfSession:
             f"--forcearch={c.arch}",
             "--noplugins",
             f"--setopt=reposdir={self.reposdir}",
-            f"--setopt=cachedir={c.cachedir}",
-            f"--setopt=logdir={self.workdir / 'dnf-log'}",
+            f"--setopt=cachedir={self._host_path(c.cachedir)}",
+            f"--setopt=logdir={self._host_path(self.workdir / 'dnf-log')}",
+            # persistdir (history) is not prefixed with the installroot: a host path as it is.
+            f"--setopt=persistdir={self.workdir / 'dnf-state'}",
             "--setopt=keepcache=True",
             "--setopt=install_weak_deps=False",
             "--setopt=check_config_file_age=False",
@@ -167,39 +206,68 @@ class DnfSession:
             argv.append(f"--exclude={pattern}")
         return argv
 
+    def shaping_options(self) -> list[str]:
+        """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
+        local = ("--installroot=", "--setopt=cachedir=", "--setopt=logdir=", "--setopt=persistdir=",
+                 "--setopt=reposdir=")
+        return [a for a in self._dnf_argv() if not a.startswith(local)]
+
     def _rpm(self, *args: str) -> str:
         proc = run(["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args], env=self.env, capture=True)
         return proc.stdout.decode(errors="replace")
 
+    def _host_path(self, host: Path) -> str:
+        """A value for dnf's cachedir or logdir that reaches `host` from the tree.
+
+        dnf 4 puts the installroot in front of these, whatever they are set to; one `..`
+        per component of the tree's path leads back to /, so the package cache, logs and
+        history stay on the host and nothing is created in the tree for them.
+        """
+        depth = len(self.tree.resolve().parts) - 1
+        return "/" + "../" * depth + str(host.resolve()).lstrip("/")
+
     @contextlib.contextmanager
-    def _host_dirs_in_tree(self) -> Iterator[None]:
-        """dnf 4 puts the installroot in front of cachedir and logdir, whatever they are set to,
-        so its package cache and logs would land in the tree (and ship in the image) while the
-        host cache stays empty. Symlinks at those paths in the tree send them to the host; they
-        and the directories made for them are gone again after each dnf run."""
-        made: list[Path] = []
+    def _tidy(self) -> Iterator[None]:
+        """Put back what dnf itself makes in the tree, whatever the run does.
+
+        libdnf creates /etc/dnf/modules.d under the installroot, and bubblewrap the mount
+        points of /dev, /proc and /sys. A path made that way gets rpm's mode and owner if a
+        package owns it (rpm's chmod of a mount point went to the mount on top), else it is
+        removed again (it is empty: the mounts kept everything off it).
+        """
+        made = [p for p in DNF_MADE if not os.path.lexists(self.tree / p)]
         try:
-            for host in (self.config.cachedir.resolve(), (self.workdir / "dnf-log").resolve()):
-                link = self.tree / host.relative_to("/")
-                if link.is_symlink() or link.exists():
-                    continue
-                missing = [d for d in reversed(link.parents) if d.is_relative_to(self.tree) and not d.exists()]
-                link.parent.mkdir(parents=True, exist_ok=True)
-                made += missing
-                link.symlink_to(host)
-                made.append(link)
             yield
         finally:
-            for path in reversed(made):
-                if path.is_symlink():
-                    path.unlink()
-                else:
-                    with contextlib.suppress(OSError):  # not empty: dnf's own files, keep them
-                        path.rmdir()
+            made = [p for p in made if os.path.lexists(self.tree / p)]
+            if made:
+                owned = self.packaged_files() if (self.tree / RPMDB.lstrip("/")).is_dir() else {}
+                users, groups = tree_ids(self.tree)
+                for rel in sorted(made, key=lambda p: p.count("/"), reverse=True):
+                    path = self.tree / rel
+                    spec = owned.get(f"/{rel}", [None])[0]
+                    if spec is not None and spec.kind == "d" and path.is_dir() and not path.is_symlink():
+                        os.chown(path, users.get(spec.user, 0), groups.get(spec.group, 0))
+                        os.chmod(path, spec.perm)
+                    elif spec is None:
+                        with contextlib.suppress(OSError):
+                            path.rmdir()
 
-    def _dnf(self, *args: str, capture: bool = False) -> subprocess.CompletedProcess[bytes]:
-        with self._host_dirs_in_tree():
-            return run(self._dnf_argv() + list(args), env=self.env, capture=capture)
+    def _dnf(self, *args: str, capture: bool = False, transaction: bool = False) -> subprocess.CompletedProcess[bytes]:
+        prefix: list[str] = []
+        if transaction:
+            # Scriptlets get /dev, /proc and /sys as on a real system; the mounts live in a
+            # private namespace that dies with dnf, so none can outlive it.
+            t = str(self.tree)
+            prefix = ["bwrap", "--dev-bind", "/", "/", "--dev", f"{t}/dev", "--proc", f"{t}/proc",
+                      # rpm sets the mode of a packaged /sys: on a tmpfs, never on the host's
+                      # sysfs; its contents are bound read-only below it.
+                      "--tmpfs", f"{t}/sys"]
+            for entry in sorted(os.listdir("/sys")):
+                prefix += ["--ro-bind", f"/sys/{entry}", f"{t}/sys/{entry}"]
+            prefix += ["--unshare-pid", "--die-with-parent", "--"]
+        with self._tidy():
+            return run(prefix + self._dnf_argv() + list(args), env=self.env, capture=capture)
 
     # -- what the repositories offer ---------------------------------------------
     def available(self) -> list[str]:
@@ -245,17 +313,21 @@ class DnfSession:
     def remove(self, patterns: Sequence[str]) -> None:
         self._to_remove.extend(patterns)
 
+    def has_pending(self) -> bool:
+        return bool(self._to_install or self._to_remove)
+
     def run_transaction(self) -> None:
         if self._to_install:
             pkgs = sorted(set(self._to_install))
             info(f"dnf: installing {len(pkgs)} requested packages and their dependencies")
             try:
-                self._dnf("install", *pkgs)
+                self._dnf("install", *pkgs, transaction=True)
             except CommandError as e:
                 raise ComposerError(f"dnf transaction failed: {_dnf_reason(e.stderr)}") from None
         if self._to_remove:
             try:
-                self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)))
+                self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)),
+                          transaction=True)
             except CommandError as e:
                 raise ComposerError(f"dnf remove failed: {_dnf_reason(e.stderr)}") from None
         self._to_install.clear()
@@ -267,6 +339,27 @@ class DnfSession:
     def files_of(self, name: str) -> list[str]:
         out = self._rpm("-ql", name)
         return [line for line in out.splitlines() if line.startswith("/")]
+
+    def packaged_files(self) -> dict[str, list[RpmFile]]:
+        """Every path the rpm database says is installed, with its mode, owner and type.
+
+        %ghost files and files rpm did not install (nodocs, other languages) are left out:
+        they need not exist. A directory shared by several packages has several entries.
+        """
+        fmt = ("[%{FILENAMES}\\t%{FILEMODES}\\t%{FILEUSERNAME}\\t%{FILEGROUPNAME}\\t%{FILEFLAGS}"
+               "\\t%{FILESTATES}\\t%{FILELINKTOS}\\t%{=NAME}\\n]")
+        files: dict[str, list[RpmFile]] = {}
+        for line in self._rpm("-qa", f"--queryformat={fmt}").splitlines():
+            fields = line.split("\t")
+            if len(fields) != 8 or not fields[0].startswith("/"):
+                continue
+            path, mode, user, group, flags, state, target, name = fields
+            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state != str(_RPMFILE_STATE_NORMAL):
+                continue
+            m = int(mode)
+            files.setdefault(path, []).append(
+                RpmFile(path, _KINDS.get(m & 0o170000, "?"), m & 0o7777, user, group, target, name))
+        return files
 
     def nevras(self) -> list[str]:
         """name-epoch:version-release.arch of everything installed, for the manifest."""

@@ -12,10 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
-from composer import dracut
+from composer import dracut, treecheck
 from composer.cache import cached_install
 from composer.config import Config, RootfsType
-from composer.dnf import DnfConfig, DnfSession
+from composer.dnf import RPMDB, DnfConfig, DnfSession, tree_ids
 from composer.images.rootfs import make_rootfs
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
@@ -56,6 +56,7 @@ class Runtime:
     cpu: dict[str, float]
     peak_rss_mib: dict[str, float]  # largest child process so far (getrusage is cumulative)
     treeinfo: dict[str, dict[str, str]]
+    tree_check: dict[str, int]  # what the tree check verified (see composer.treecheck)
 
 
 def _cpu_seconds() -> float:
@@ -163,19 +164,40 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     session = DnfSession(tree, dnfcfg, work)
     if cfg.source_date_epoch is not None:
         session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database
-    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session)
+    checked: dict[str, int] = {}
+
+    def verify_packages(only: set[str] | None = None) -> list[str]:
+        """The tree against the rpm database: every packaged path with rpm's type, mode and owner."""
+        snap, packaged = treecheck.snapshot(tree), session.packaged_files()
+        checked["packaged_paths"] = len(packaged)
+        return treecheck.check_packaged(snap, packaged, *tree_ids(tree), only=only)
+
+    ledger = treecheck.Ledger(lambda paths: treecheck.fail_on(verify_packages(paths), "after a package transaction"))
+    ledger.record("rpm (its database)", [RPMDB])
+    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session,
+                            recorder=ledger)
+
+    def pending_transaction(who: str) -> None:
+        """Requests no template's run_pkg_transaction carried out (e.g. --installpkgs)."""
+        if session.has_pending():
+            with ledger.observe(tree, who, packages=True):
+                session.run_transaction()
 
     def install() -> None:
         if cfg.installpkgs:
             session.install(cfg.installpkgs, required=True)
         runner.run(templatedir / INSTALL_TEMPLATE)
-        session.run_transaction()  # in case a template forgot run_pkg_transaction
+        pending_transaction("composer: --installpkgs")
+        # Everything in the fresh tree came from a package transaction or a template command.
+        treecheck.fail_on(treecheck.check_changes({}, treecheck.snapshot(tree), ledger), "after the install stage")
 
     with timed("install"):
-        # A tree from cachedir/trees when its inputs match (see composer.cache).
-        packages = cached_install(cfg, session, runner, templatedir / INSTALL_TEMPLATE, install)
+        # A tree from cachedir/trees when its inputs match (see composer.cache); checked either way.
+        packages = cached_install(cfg, session, runner, templatedir / INSTALL_TEMPLATE, install, verify=verify_packages)
+    installed = treecheck.snapshot(tree)
     sizes["tree_installed"] = du(tree)
-    info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB")
+    info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB, "
+         f"{checked.get('packaged_paths', 0)} packaged paths as rpm says")
 
     with timed("postinstall"):
         runner.run(templatedir / POSTINSTALL_TEMPLATE)
@@ -183,7 +205,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             if not tmpl.is_file():
                 raise ComposerError(f"--add-template {tmpl}: no such file")
             runner.run(tmpl.resolve())
-        session.run_transaction()
+        pending_transaction("composer: package requests of the postinstall templates")
 
     kernels = dracut.take_kernels(tree, work / "kernels")
 
@@ -192,7 +214,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         if getattr(runner, "kmods_changed", True):
             for k in kernels:
                 # The tree's own depmod, so the index matches its kmod.
-                run(in_tree_argv(tree, ["depmod", "-a", k.version]))
+                with ledger.observe(tree, "composer: depmod"):
+                    run(in_tree_argv(tree, ["depmod", "-a", k.version]))
     sizes["tree_cleaned"] = du(tree)
     info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
 
@@ -204,6 +227,13 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         )
     for kver, path in initramfs.items():
         sizes[f"initramfs-{kver}"] = path.stat().st_size
+
+    # Nothing but packages and template commands shaped the tree: no trace of the build host.
+    final = treecheck.snapshot(tree)
+    treecheck.fail_on(treecheck.check_changes(installed, final, ledger), "after cleanup")
+    tree_check = {"packaged_paths_verified": checked.get("packaged_paths", 0), "paths_after_install": len(installed),
+                  "paths_shipped": len(final), "changed_by_templates": len(treecheck.differences(installed, final)),
+                  "observed_commands": ledger.observed}
 
     squashfs = work / "squashfs.img"
     with timed("rootfs"):
@@ -234,7 +264,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     return Runtime(
         tree=tree, kernels=kernels, initramfs=initramfs, squashfs=squashfs,
         packages=packages, sizes=sizes, timings=timings, cpu=cpu, peak_rss_mib=peak_rss_mib,
-        treeinfo=dict(getattr(runner, "treeinfo", {}) or {}),
+        treeinfo=dict(getattr(runner, "treeinfo", {}) or {}), tree_check=tree_check,
     )
 
 
@@ -263,6 +293,7 @@ def compose_runtime(cfg: Config) -> Path:
                 "rootfs_type": str(cfg.rootfs_type), "compression": str(cfg.compression),
                 "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,
                 "sizes": rt.sizes, "timings": rt.timings, "cpu": rt.cpu, "peak_rss_mib": rt.peak_rss_mib,
+                "tree_check": rt.tree_check,
             })
         summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings}
         info("summary: " + json.dumps(summary))

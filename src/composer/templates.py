@@ -57,6 +57,7 @@ any of its commands run) and ``flag(name, default=False)`` (a variable as a bool
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import os
@@ -90,6 +91,17 @@ class PackageManager(Protocol):
     def run_transaction(self) -> None: ...
     def installed(self) -> list[str]: ...
     def files_of(self, name: str) -> list[str]: ...
+
+
+class ChangeRecorder(Protocol):
+    """Where a run says which tree paths each command changed (see composer.treecheck.Ledger)."""
+
+    def record(self, who: str, paths: Sequence[str]) -> None: ...
+    def observe(self, tree: Path, who: str, *, packages: bool = False) -> contextlib.AbstractContextManager[object]: ...
+
+
+# Commands that may change any path: observed as a before/after difference of the tree.
+_OPAQUE_COMMANDS = {"runcmd": False, "systemctl": False, "run_pkg_transaction": True}
 
 
 class TemplateError(ComposerError):
@@ -534,6 +546,8 @@ class TemplateRunner:
     outroot: Path | None = None  # where installkernel/installinitrd put files (default: tree)
     treeinfo: dict[str, dict[str, str]] = field(default_factory=dict)
     kmods_changed: bool = False
+    recorder: ChangeRecorder | None = None  # told which paths each command changes
+    _who: str | None = field(default=None, init=False, repr=False)
 
     # ----------------------------------------------------------------- public
 
@@ -669,19 +683,33 @@ class TemplateRunner:
 
     def _execute(self, line: _Line) -> None:
         debug(f"{line.filename}:{line.lineno}: {line.text}")
+        who = f"{line.filename}:{line.lineno}"
+        self._who = who
         try:
-            line.action()
+            if self.recorder is not None and line.name in _OPAQUE_COMMANDS:
+                with self.recorder.observe(self.tree, who, packages=_OPAQUE_COMMANDS[line.name]):
+                    line.action()
+            else:
+                line.action()
         except (ComposerError, OSError, ValueError, re.error) as e:
             msg = f"{line.name}: {e}"
             if line.ignore_failure:
                 info(f"{line.filename}:{line.lineno}: ignored failure: {msg}")
                 return
             raise TemplateError(line.filename, line.lineno, msg) from None
+        finally:
+            self._who = None
 
     # ----------------------------------------------------------------- helpers
 
     def _path(self, path: str, *, follow_last: bool = True) -> Path:
-        return resolve_in_tree(self.tree, path, follow_last=follow_last)
+        host = resolve_in_tree(self.tree, path, follow_last=follow_last)
+        if self.recorder is not None and self._who is not None:
+            # Every path a command resolves may be changed by it (and what is below it).
+            rel = os.path.relpath(host, os.path.abspath(self.tree))
+            if not rel.startswith(".."):
+                self.recorder.record(self._who, ["/" if rel == "." else "/" + rel])
+        return host
 
     def _matches(self, pattern: str, *, required: bool) -> list[str]:
         found = glob_in_tree(self.tree, pattern)

@@ -26,7 +26,7 @@ from composer.run import ComposerError, atomic_dir, info, require, run, stage
 from testproduct import debrpm, resolve, setuppkg
 
 # Bump whenever the repackaging rules change: it is part of the cache key.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 STAMP = ".testproduct-key"
 
 # What the runtime template installs (package names in the repository).

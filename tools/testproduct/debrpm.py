@@ -292,10 +292,13 @@ def files_section(entries: Iterable[Entry], *, config: Iterable[str] = ()) -> st
     lines = ["%files", "%defattr(-,root,root,-)"]
     for e in sorted(entries, key=lambda e: e.path):
         p = tr.escape_files_path(e.path)
+        # The database must say who owns what (rpm -V, composer's tree check): rpm installs
+        # as root while the user does not exist yet, setup-fixups chowns it later.
+        attr = f"%attr(-,{e.user},{e.group}) " if (e.user, e.group) != ("root", "root") else ""
         if e.kind == "d":
-            lines.append(f"%dir {p}")
+            lines.append(f"%dir {attr}{p}")
             continue
-        prefix = ""
+        prefix = attr
         if e.path in config:
             prefix += "%config(noreplace) "
         if tr.is_doc(e.path):
