@@ -13,10 +13,11 @@ setup:
 testproduct: setup
 	PYTHONPATH=$(CURDIR)/tools $(PYTHON) -m testproduct $(BUILD)/testproduct
 
-# Compose the test product's runtime and boot it in qemu at 512 MB.
+# Compose the test product's runtime as a user would (every default: work dir /var/tmp,
+# cache /var/cache/composer, xz, btrfs) and boot it in qemu at 512 MB.
 demo: testproduct
 	$(COMPOSER) --logfile $(BUILD)/demo.log runtime --product TestProduct --version 1 \
-		--source file://$(REPO) --nogpgcheck --cachedir $(BUILD)/cache --force $(BUILD)/demo
+		--source file://$(REPO) --nogpgcheck --force $(BUILD)/demo
 	$(COMPOSER) verify --kernel $(BUILD)/demo/images/pxeboot/vmlinuz \
 		--initrd $(BUILD)/demo/images/pxeboot/initrd.img --memory $(DEMO_MEMORY) \
 		--log $(BUILD)/demo-serial.log

@@ -294,6 +294,31 @@ class DnfSession:
                 return f"{origin}: cannot read the repository: {reason}"
         return f"cannot read the package repositories: {reason}"
 
+    def _gpg_reason(self, stderr: str) -> str | None:
+        """dnf's signature complaints ("Problem repository: [id]") as what is wrong and what to do."""
+        if not re.search(r"\bGPG\b|not signed|public key", stderr):
+            return None
+        unsigned = self._an_unsigned_package()
+        what = (f"package {unsigned} is not signed" if unsigned
+                else "package signatures cannot be checked (no GPG key for the repository)")
+        return (f"{what}: signature checks are on by default; give the repository's key (gpgkey= in a --repo "
+                "file) or pass --nogpgcheck to trust the source as it is")
+
+    def _an_unsigned_package(self) -> str | None:
+        """The first package without a signature in a local --source (remote ones are not read)."""
+        for url in self.config.sources:
+            parsed = urlparse(url)
+            if parsed.scheme != "file":
+                continue
+            for rpm in sorted(Path(parsed.path).rglob("*.rpm"))[:50]:
+                try:
+                    out = self._rpm("-qp", "--nosignature", "--queryformat=%{SIGPGP:pgpsig}%{RSAHEADER:pgpsig}", str(rpm))
+                except CommandError:
+                    continue
+                if out.strip() == "(none)(none)":
+                    return rpm.name
+        return None
+
     def _match(self, patterns: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
         return {p: [n for n in names if fnmatch.fnmatchcase(n, p)] for p in patterns}
 
@@ -323,7 +348,8 @@ class DnfSession:
             try:
                 self._dnf("install", *pkgs, transaction=True)
             except CommandError as e:
-                raise ComposerError(f"dnf transaction failed: {_dnf_reason(e.stderr)}") from None
+                reason = self._gpg_reason(e.stderr) or _dnf_reason(e.stderr)
+                raise ComposerError(f"dnf transaction failed: {reason}") from None
         if self._to_remove:
             try:
                 self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)),

@@ -32,12 +32,17 @@ def builds(testproduct_repo, base) -> dict[str, tuple[dict, str]]:
                         "--dracut-conf", str(conf), *args, str(out))
         return json.loads((out / "manifest.json").read_text()), proc.stderr
 
-    return {
+    results = {
         "cold": build("cold"),
         # Only later stages differ: an extra template after postinstall, another dracut option.
         "hit": build("hit", "--add-template", str(extra), "--dracut-arg", "--no-early-microcode"),
         "nocache": build("nocache", "--no-cache"),
     }
+    # An entry holding what cc38539 stored (/tmp at 0755): the next build must not use it.
+    (entry,) = (base / "cache" / "trees").iterdir()
+    (entry / "tree" / "tmp").chmod(0o755)
+    results["tampered"] = build("tampered")
+    return results
 
 
 def test_first_build_stores_the_tree(builds):
@@ -62,7 +67,18 @@ def test_no_cache_installs_afresh(builds):
     fresh, stderr = builds["nocache"]
     assert "tree cache not used (--no-cache)" in stderr
     assert "tree cache hit" not in stderr and "dnf: installing" in stderr
+    assert "tree cached as" not in stderr, "--no-cache must not pay for a cache copy either"
     assert fresh["packages"] == cold["packages"]
+
+
+def test_an_entry_that_fails_the_tree_check_is_not_used(builds, base):
+    tampered, stderr = builds["tampered"]
+    assert re.search(r"tree cache entry [0-9a-f]{12} fails its check \(/tmp: is d 0755 0:0, package base-files "
+                     r"says d 1777 0:0\); installing afresh", stderr), stderr[-3000:]
+    assert "dnf: installing" in stderr and "tree cached as" in stderr
+    assert tampered["packages"] == builds["cold"][0]["packages"]
+    (entry,) = (base / "cache" / "trees").iterdir()
+    assert (entry / "tree" / "tmp").stat().st_mode & 0o7777 == 0o1777
 
 
 def test_one_entry_and_no_leftovers(builds, base):

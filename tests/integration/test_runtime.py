@@ -62,6 +62,21 @@ def test_squashfs_holds_a_btrfs_rootfs(runtime, tmp_path):
     rootfs = tmp_path / "x" / "LiveOS" / "rootfs.img"
     fstype = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(rootfs)], capture_output=True, text=True).stdout.strip()
     assert fstype == "btrfs"
+    # What a user of the runtime notices (cc38539 shipped /tmp at 0755, no /var/tmp, a file /dev/null):
+    # read back from the image itself, with owners and modes (btrfs restore -m, no mount).
+    out = tmp_path / "restored"
+    out.mkdir()
+    subprocess.run(["btrfs", "restore", "-m", "--path-regex", r"^/(|tmp|var|var/tmp|root|dev|dev/.*|usr|usr/lib|"
+                    r"usr/lib/sysimage|usr/lib/sysimage/rpm|usr/lib/sysimage/rpm/.*)$", str(rootfs), str(out)],
+                   check=True, capture_output=True)
+    modes = {d: (out / d).stat().st_mode & 0o7777 for d in ("tmp", "var/tmp", "root", "dev")}
+    assert modes == {"tmp": 0o1777, "var/tmp": 0o1777, "root": 0o700, "dev": 0o755}, modes
+    assert all((out / d).stat().st_uid == 0 for d in modes)
+    assert list((out / "dev").iterdir()) == [], "files written into the bare /dev shipped"
+    assert list((out / "usr/lib/sysimage/rpm").iterdir()) == [], "the runtime's cleanup removes the rpm database"
+    manifest = json.loads((runtime / "manifest.json").read_text())
+    check = manifest["tree_check"]
+    assert check["packaged_paths_verified"] > 5000 and check["paths_shipped"] > 3000, check
 
 
 def test_build_left_no_mounts_or_loop_devices(runtime):

@@ -96,3 +96,27 @@ def test_dnf_cache_and_logs_stay_on_the_host(tmp_path):
         assert not (tree / cache.relative_to("/").parts[0]).exists()
     finally:
         shutil.rmtree(work)
+
+
+def test_unsigned_packages_are_named_with_the_way_out(tmp_path):
+    """GPG checks on (the default) over unsigned packages: dnf only says "Problem repository"."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("rpmbuild"):
+        pytest.skip("rpmbuild missing")
+    spec = tmp_path / "u.spec"
+    spec.write_text("Name: unsigned\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n"
+                    "%description\nd\n%files\n")
+    repo = tmp_path / "repo"
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}",
+                    "--define", f"_rpmdir {repo}", str(spec)], check=True, capture_output=True)
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
+    s = DnfSession(tmp_path / "tree", DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",),
+                                                 cachedir=tmp_path / "cache"), tmp_path / "work")
+    s.install(["unsigned"])
+    with pytest.raises(ComposerError) as e:
+        s.run_transaction()
+    assert str(e.value) == ("dnf transaction failed: package unsigned-1-1.noarch.rpm is not signed: signature "
+                            "checks are on by default; give the repository's key (gpgkey= in a --repo file) "
+                            "or pass --nogpgcheck to trust the source as it is")
