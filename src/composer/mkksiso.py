@@ -224,9 +224,9 @@ def read_volume_info(iso: Path) -> VolumeInfo:
                 elif vd[0] == 255:
                     break
     except OSError as e:
-        raise ComposerError(f"{iso}: {e.strerror or e}") from None
+        raise ComposerError(f"INPUT {iso}: {e.strerror or e}") from None
     if volid is None:
-        raise ComposerError(f"{iso}: not an ISO 9660 image (no volume descriptor at sector 16)")
+        raise ComposerError(f"INPUT {iso}: not an ISO 9660 image (no volume descriptor at sector 16)")
     return VolumeInfo(volid, modified or "", joliet)
 
 
@@ -391,6 +391,7 @@ def check_options(opts: MkksisoOptions) -> None:
         raise ComposerError(f"INPUT {opts.input}: no such file")
     if not opts.input.is_file():
         raise ComposerError(f"INPUT {opts.input}: not a regular file")
+    read_volume_info(opts.input)
     out = opts.output
     if out.exists() or out.is_symlink():
         if out.resolve() == opts.input.resolve() or (out.exists() and os.path.samefile(out, opts.input)):
@@ -521,8 +522,8 @@ def _read_interval(iv: Interval, dest: Path) -> None:
 
 
 def plan(opts: MkksisoOptions, work: Path) -> Plan:
-    """Read the input, decide every change; edited files are written under work."""
-    check_options(opts)
+    """Read the input, decide every change (check_options first); edited files are
+    written under work."""
     volume = read_volume_info(opts.input)
     layout, files = inspect_iso(opts.input)
     if layout.bios_image is None and layout.efi_image is None:
