@@ -770,18 +770,15 @@ def _report_plan(p: Plan) -> None:
 def options_from_args(args: argparse.Namespace) -> MkksisoOptions:
     from composer.cli import _source_date_epoch
 
-    paths = list(args.paths)
     ks = args.ks
-    if len(paths) == 3:
+    if args.ks_pos is not None:
         # mkksiso's older form: KICKSTART INPUT OUTPUT
         if ks is not None:
-            raise ComposerError("give the kickstart either as --ks or as the first of three paths, not both")
-        ks = paths.pop(0)
-    if len(paths) != 2:
-        raise ComposerError(f"expected INPUT OUTPUT (got {len(paths)} paths: {' '.join(map(str, paths))})")
+            raise ComposerError("give the kickstart either as --ks or before INPUT, not both")
+        ks = args.ks_pos
     rm_args = tuple(w for r in args.rm_args for w in r.split())
     return MkksisoOptions(
-        input=paths[0], output=paths[1], ks=ks, add=tuple(args.add), cmdline=" ".join(args.cmdline),
+        input=args.input, output=args.output, ks=ks, add=tuple(args.add), cmdline=" ".join(args.cmdline),
         rm_args=rm_args, volid=args.volid, updates=args.updates, replace=tuple(tuple(r) for r in args.replace),
         skip_efiboot=args.skip_mkefiboot, force=args.force, implant_md5=not args.no_md5sum,
         source_date_epoch=_source_date_epoch(args.source_date_epoch),
@@ -800,8 +797,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Remaster an existing boot ISO without root, loop devices or mounts: xorriso keeps its BIOS, "
                     "UEFI and USB (hybrid) boot layout; every boot menu (GRUB, isolinux, the one in efiboot.img) "
                     "gets the changes.")
-    p.add_argument("paths", nargs="+", type=Path, metavar="INPUT OUTPUT",
-                   help="the ISO to remaster and the new ISO (mkksiso's KICKSTART INPUT OUTPUT form works too)")
+    p.add_argument("ks_pos", nargs="?", type=Path, metavar="KICKSTART", help="same as --ks (mkksiso's older form)")
+    p.add_argument("input", type=Path, metavar="INPUT", help="the ISO to remaster (left as it is)")
+    p.add_argument("output", type=Path, metavar="OUTPUT", help="the new ISO (written under a temporary name, then renamed)")
     p.add_argument("--ks", type=Path, default=None, metavar="FILE",
                    help="kickstart to put at the ISO's root; adds inst.ks=hd:LABEL=<volid>:/<name>")
     p.add_argument("-a", "--add", action="append", default=[], type=Path, metavar="PATH",

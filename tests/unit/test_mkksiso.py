@@ -315,10 +315,15 @@ def test_remaster_replaces_an_earlier_kickstart_and_keeps_other_args(small_isos,
     assert composer("mkksiso", "--ks", str(ks), str(small_isos["grub2"]), str(first)).returncode == 0
     other = tmp_path / "other.ks"
     other.write_text("text\n")
-    proc = composer("mkksiso", "--ks", str(other), "--skip-mkefiboot", str(first), str(second))
+    updates = tmp_path / "updates.img"
+    updates.write_bytes(b"\0" * 4096)
+    # mkksiso's older form: KICKSTART INPUT OUTPUT
+    proc = composer("mkksiso", "-u", str(updates), "--skip-mkefiboot", str(other), str(first), str(second))
     assert proc.returncode == 0, proc.stderr
     text = extract(second, "/EFI/BOOT/grub.cfg", tmp_path / "g.cfg").read_text()
     assert "inst.ks=hd:LABEL=Test-1-x86_64:/other.ks" in text and "/ks.cfg" not in text
+    assert "inst.updates=hd:LABEL=Test-1-x86_64:/updates.img" in text
+    assert extract(second, "/updates.img", tmp_path / "u.img").read_bytes() == updates.read_bytes()
     assert "quiet" in text
     # --skip-mkefiboot: efiboot.img is the first remaster's
     img = extract(second, "/images/efiboot.img", tmp_path / "e.img")
