@@ -166,7 +166,7 @@ def edit_menu(text: str, kind: str, edit: MenuEdit) -> tuple[str, int]:
         eol = line[len(body):]
         stripped = body.lstrip()
         indent = body[: len(body) - len(stripped)]
-        first, _, rest = stripped.partition(" ") if " " in stripped else stripped.partition("\t")
+        first, rest = (re.split(r"\s", stripped, maxsplit=1) + [""])[:2]
         if kind == "grub" and first in GRUB_KERNEL_COMMANDS:
             words = split_args(rest)
             if not words:
@@ -352,7 +352,7 @@ class EfiBoot:
 
     source: str  # ISO path or "partition N"
     iso_paths: tuple[str, ...]  # copies inside the ISO (files) to replace
-    partition: tuple[int, str] | None  # (number, type code) to replace
+    partitions: tuple[tuple[int, str], ...]  # appended partitions to replace: (number, type code)
     menus: tuple[MenuChange, ...]
 
 
@@ -581,41 +581,48 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
 
 def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: list[str], edit: MenuEdit,
                   work: Path) -> EfiBoot | None:
+    """efiboot.img from where El Torito's UEFI entry finds it, edited; and every other
+    copy of it to replace: lorax and composer put it both in an appended partition (USB)
+    and in the ISO as images/efiboot.img; Debian-style ISOs point El Torito at the file
+    and also append it as a partition."""
     img = work / "efiboot.img"
     part = layout.efi_partition
-    partition = None
-    iso_paths: list[str] = []
+    efi = layout.efi_image or ""
     if part is not None:
-        type_code, src = layout.appended.get(part, ("", ""))
-        iv = parse_interval(src)
+        iv = parse_interval(layout.appended.get(part, ("", ""))[1])
         if iv is None:
-            raise ComposerError(f"INPUT {opts.input}: cannot locate its EFI partition {part} ({src or 'not reported'}); "
+            raise ComposerError(f"INPUT {opts.input}: cannot locate its EFI partition {part} "
+                                f"({layout.appended.get(part, ('', 'not reported'))[1]}); "
                                 "--skip-mkefiboot leaves it as it is")
         _read_interval(iv, img)
-        partition = (part, type_code)
         source = f"partition {part}"
-    elif not layout.efi_image.startswith("--interval:"):
-        path = layout.efi_image.lstrip("/")
-        _extract(opts.input, [path], work / "efi-extract")
+    elif not efi.startswith("--interval:"):
+        _extract(opts.input, [efi.lstrip("/")], work / "efi-extract")
         os.replace(work / "efi-extract" / "0", img)
-        iso_paths.append(path)
-        source = f"/{path}"
+        source = efi
     else:
         raise ComposerError(f"INPUT {opts.input}: its EFI boot image is neither a file nor an appended partition "
-                            f"({layout.efi_image}); --skip-mkefiboot leaves it as it is")
-    if part is not None:
-        # A copy of the partition as a file in the ISO (lorax and composer both ship
-        # images/efiboot.img): kept identical to the partition.
-        size = img.stat().st_size
-        candidates = [f for f in files if f.rsplit("/", 1)[-1].lower() == "efiboot.img"]
-        for path, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies")):
-            if host.stat().st_size == size and host.read_bytes() == img.read_bytes():
-                iso_paths.append(path)
+                            f"({efi}); --skip-mkefiboot leaves it as it is")
+    data = img.read_bytes()
+    partitions = []
+    for num, (type_code, src) in sorted(layout.appended.items()):
+        iv = parse_interval(src)
+        if num == part or (iv is not None and iv.end - iv.start >= len(data) and _read_bytes(iv, len(data)) == data):
+            partitions.append((num, type_code))
+    candidates = [f for f in files if f == efi.lstrip("/") or f.rsplit("/", 1)[-1].lower() in ("efiboot.img", "efi.img")]
+    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"))
+                 if host.stat().st_size == len(data) and host.read_bytes() == data]
     menus = _efiboot_menus(img, edit, work, opts.source_date_epoch)
     if not menus:
         info(f"mkksiso: efiboot.img ({source}): no menu to change")
         return None
-    return EfiBoot(source, tuple(iso_paths), partition, menus)
+    return EfiBoot(source, tuple(iso_paths), tuple(partitions), menus)
+
+
+def _read_bytes(iv: Interval, size: int) -> bytes:
+    with iv.path.open("rb") as f:
+        f.seek(iv.start)
+        return f.read(size)
 
 
 # --------------------------------------------------------------------------- execute
@@ -666,8 +673,7 @@ def xorriso_argv(p: Plan, work: Path, output: Path) -> list[str]:
     if opts.source_date_epoch is not None and (changed or added):
         date = f"={opts.source_date_epoch}"
         argv += ["-alter_date_r", "b", date, *changed, *added, "--"]
-    if p.efiboot is not None and p.efiboot.partition is not None:
-        num, type_code = p.efiboot.partition
+    for num, type_code in p.efiboot.partitions if p.efiboot is not None else ():
         argv += ["-append_partition", str(num), type_code, os.fspath(work / "efiboot.img")]
     return argv + ["-commit"]
 
@@ -755,7 +761,7 @@ def _report_plan(p: Plan) -> None:
     for m in p.menus + (p.efiboot.menus if p.efiboot else ()):
         info(f"mkksiso: {m.where}: {m.lines} kernel command lines edited")
     if p.efiboot is not None:
-        where = [f"partition {p.efiboot.partition[0]}"] if p.efiboot.partition else []
+        where = [f"partition {num}" for num, _ in p.efiboot.partitions]
         where += [f"/{x}" for x in p.efiboot.iso_paths]
         info(f"mkksiso: efiboot.img edited in place (mtools), replaces {', '.join(where)}")
     for host, name in p.additions:

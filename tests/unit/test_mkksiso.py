@@ -5,6 +5,7 @@ and the bad inputs it must refuse with one line and nothing left behind."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -191,7 +192,7 @@ def make_small_iso(base: Path, layout: str) -> Path:
     efidir.mkdir(parents=True)
     efiboot.grub_mkimage(efiboot.find_grub(None, "x86_64-efi"), "x86_64-efi", "/EFI/BOOT", efidir / "BOOTX64.EFI")
     (efidir / "grub.cfg").write_text(GRUB_CFG)
-    if layout == "grub2":
+    if layout in ("grub2", "debian"):
         (root / "boot/grub2").mkdir(parents=True)
         (root / "boot/grub2/grub.cfg").write_text(GRUB_CFG)
         grub = efiboot.find_grub(None, "i386-pc")
@@ -205,6 +206,18 @@ def make_small_iso(base: Path, layout: str) -> Path:
         bios = iso.BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", Path("/usr/lib/ISOLINUX/isohdpfx.bin"))
     img = efiboot.make_efiboot([(p, p.relative_to(root).as_posix()) for p in sorted(efidir.iterdir())],
                                root / "images/efiboot.img", source_date_epoch=EPOCH, seed="t")
+    if layout == "debian":
+        # El Torito's UEFI entry is the file, and the same image is appended as partition 2
+        # (how Debian's ISOs are made).
+        out = base / f"{layout}.iso"
+        subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(out), "-V", VOLID, "-R", "-J", "-iso-level", "3",
+                        "-b", "images/eltorito.img", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4",
+                        "-boot-info-table", "--grub2-boot-info", "--grub2-mbr", str(bios.mbr),
+                        "-append_partition", "2", "0xef", str(img),
+                        "-eltorito-alt-boot", "-e", "images/efiboot.img", "-no-emul-boot", str(root)],
+                       capture_output=True, check=True)
+        shutil.rmtree(root)
+        return out
     grafts = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
     out = iso.make_iso(base / f"{layout}.iso", VOLID, grafts, bios=bios, efiboot=img,
                        efiboot_in_iso="images/efiboot.img", source_date_epoch=EPOCH, seed="t")
@@ -217,7 +230,7 @@ def small_isos(tmp_path_factory) -> dict[str, Path]:
     if not (HOST_GRUB and TOOLS and ISOLINUX):
         pytest.skip("host grub/isolinux/xorriso/mtools missing")
     base = tmp_path_factory.mktemp("small-isos")
-    return {layout: make_small_iso(base, layout) for layout in ("grub2", "isolinux")}
+    return {layout: make_small_iso(base, layout) for layout in ("grub2", "isolinux", "debian")}
 
 
 def composer(*args: str, **kw) -> subprocess.CompletedProcess[str]:
@@ -261,7 +274,7 @@ def remaster_inputs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @needs_tools
-@pytest.mark.parametrize("layout", ["grub2", "isolinux"])
+@pytest.mark.parametrize("layout", ["grub2", "isolinux", "debian"])
 def test_remaster_small_iso(small_isos, layout, tmp_path):
     src = small_isos[layout]
     ks, extra = remaster_inputs(tmp_path)
@@ -280,7 +293,7 @@ def test_remaster_small_iso(small_isos, layout, tmp_path):
 
     line = "root=live:CDLABEL=NEW-1 rd.live.image"
     added = " inst.text no_timer_check inst.ks=hd:LABEL=NEW-1:/ks.cfg\n"
-    menus = ["EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg" if layout == "grub2" else "isolinux/isolinux.cfg"]
+    menus = ["EFI/BOOT/grub.cfg", "isolinux/isolinux.cfg" if layout == "isolinux" else "boot/grub2/grub.cfg"]
     for n, menu in enumerate(menus):
         text = extract(out, "/" + menu, tmp_path / f"menu{n}").read_text()
         assert line in text and added in text, text
@@ -292,6 +305,14 @@ def test_remaster_small_iso(small_isos, layout, tmp_path):
     assert line in inner and added in inner and "search --no-floppy --set=root --label 'NEW-1'" in inner
     part = efi_partition(out)
     assert part is not None and part[:img.stat().st_size] == img.read_bytes()
+    if layout == "debian":  # El Torito's own copy of the image is the edited one too
+        boot = subprocess.run(["xorriso", "-indev", str(out), "-report_el_torito", "plain"], capture_output=True,
+                              text=True, check=True).stdout
+        lba, blocks = (int(x) for x in re.search(r"El Torito boot img :\s+2\s+UEFI\s+y\s+none\s+\S+\s+\S+\s+(\d+)\s+(\d+)", boot)
+                       .groups()[::-1])
+        with out.open("rb") as f:
+            f.seek(lba * 2048)
+            assert f.read(img.stat().st_size) == img.read_bytes()
     # the added files, at the root, root's, dated at the epoch
     assert extract(out, "/ks.cfg", tmp_path / "ks.out").read_text() == ks.read_text()
     assert extract(out, "/extra/sub/hello.txt", tmp_path / "hello.out").read_text() == "hello\n"
