@@ -290,8 +290,11 @@ def parse_layout(report_lines: Sequence[str]) -> BootLayout:
 
 def inspect_iso(iso: Path) -> tuple[BootLayout, list[str]]:
     """The boot layout and every file path (without the leading '/') of an ISO."""
-    proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs", "-find", "/", "-type", "f"],
-               capture=True, env={"LANG": "C", "LC_ALL": "C"})
+    try:
+        proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs", "-find", "/", "-type", "f"],
+                   capture=True, env={"LANG": "C", "LC_ALL": "C"})
+    except CommandError as e:
+        raise ComposerError(f"INPUT {iso}: xorriso cannot read it: {e.reason} (damaged or truncated ISO?)") from None
     report, files = [], []
     for line in proc.stdout.decode(errors="surrogateescape").splitlines():
         if line.startswith("'"):

@@ -371,6 +371,8 @@ BAD = [
     # (id, argv with {i} inputs dir / {t} scratch dir, expected text in the one error line)
     ("not-an-iso", ("--ks", "{i}/good.ks", "{i}/random.img", "{t}/out.iso"), "{i}/random.img: not an ISO 9660 image"),
     ("no-el-torito", ("--ks", "{i}/good.ks", "{i}/plain.iso", "{t}/out.iso"), "{i}/plain.iso: no El Torito boot record"),
+    ("truncated-iso", ("--ks", "{i}/good.ks", "{i}/truncated.iso", "{t}/out.iso"),
+     "INPUT {i}/truncated.iso: xorriso cannot read it"),
     ("bad-kickstart", ("--ks", "{i}/bad.ks", "{i}/boot.iso", "{t}/out.iso"), "kickstart {i}/bad.ks:2: Unknown command: frobnicate"),
     ("output-exists", ("--ks", "{i}/good.ks", "{i}/boot.iso", "{i}/exists.iso"), "OUTPUT {i}/exists.iso: exists (use --force"),
     ("output-is-input", ("--force", "--ks", "{i}/good.ks", "{i}/boot.iso", "{i}/boot.iso"), "is the INPUT"),
@@ -397,6 +399,7 @@ def bad_inputs(small_isos, tmp_path_factory) -> Path:
     subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(i / "plain.iso"), "-V", "PLAIN", str(i / "plain")],
                    capture_output=True, check=True)
     shutil.copy(small_isos["grub2"], i / "boot.iso")
+    (i / "truncated.iso").write_bytes((i / "boot.iso").read_bytes()[:200_000])
     (i / "exists.iso").write_bytes(b"keep me")
     return i
 
