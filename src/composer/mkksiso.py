@@ -288,20 +288,49 @@ def parse_layout(report_lines: Sequence[str]) -> BootLayout:
     return BootLayout(tuple(opts), bios, efi, appended)
 
 
-def inspect_iso(iso: Path) -> tuple[BootLayout, list[str]]:
-    """The boot layout and every file path (without the leading '/') of an ISO."""
+@dataclasses.dataclass(frozen=True)
+class FileAttr:
+    """Owner and mode of a file in the ISO (Rock Ridge), restored on files we replace."""
+
+    mode: int
+    uid: str
+    gid: str
+
+
+_LSDL = re.compile(r"^([-dlcbps][-rwxsStT]{9})\s+\d+\s+(\S+)\s+(\S+)\s+\S+\s+\S+\s+\S+\s+\S+\s+('.*)$")
+
+
+def parse_mode(text: str) -> int:
+    """'-rwsr-x--T' -> 0o5754 (ls -l permission letters to a mode)."""
+    mode = 0
+    for i, c in enumerate(text[1:10]):
+        if c in "rwxst":
+            mode |= 1 << (8 - i)
+        if c in "sS":
+            mode |= 0o4000 if i == 2 else 0o2000
+        elif c in "tT":
+            mode |= 0o1000
+    return mode
+
+
+def inspect_iso(iso: Path) -> tuple[BootLayout, dict[str, FileAttr]]:
+    """The boot layout and every file (path without the leading '/') of an ISO."""
     try:
-        proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs", "-find", "/", "-type", "f"],
+        proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs",
+                    "-find", "/", "-type", "f", "-exec", "lsdl", "--"],
                    capture=True, env={"LANG": "C", "LC_ALL": "C"})
     except CommandError as e:
         raise ComposerError(f"INPUT {iso}: xorriso cannot read it: {e.reason} (damaged or truncated ISO?)") from None
-    report, files = [], []
+    report: list[str] = []
+    files: dict[str, FileAttr] = {}
     for line in proc.stdout.decode(errors="surrogateescape").splitlines():
-        if line.startswith("'"):
+        m = _LSDL.match(line)
+        if m:
             try:
-                files.append(shlex.split(line)[0].lstrip("/"))
-            except ValueError:
+                path = shlex.split(m.group(4))[0].lstrip("/")
+            except (ValueError, IndexError):
                 continue
+            files[path] = FileAttr(parse_mode(m.group(1)), m.group(2), m.group(3))
         elif line.startswith("-"):
             report.append(line)
     return parse_layout(report), files
@@ -347,6 +376,7 @@ class Plan:
     menus: tuple[MenuChange, ...]
     additions: tuple[tuple[Path, str], ...]  # (host path, ISO path)
     efiboot: EfiBoot | None
+    attrs: dict[str, FileAttr]  # of the input's files (those replaced keep theirs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,9 +582,8 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     args = ArgEdit(tuple(remove), tuple(add_args))
     edit = MenuEdit(args, volume.volid, new_volid, opts.replace)
 
-    existing = set(files)
     for host, name in additions:
-        if name in existing or any(f.startswith(name + "/") for f in files):
+        if name in files or any(f.startswith(name + "/") for f in files):
             info(f"mkksiso: /{name} is already on the ISO: {host} replaces it")
 
     menu_paths = [f for f in files if menu_kind(f)]
@@ -579,10 +608,10 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
         efi = _plan_efiboot(opts, layout, files, edit, work)
     elif layout.efi_image is not None:
         info("mkksiso: --skip-mkefiboot: efiboot.img (UEFI El Torito) is left as it is; its menu is not edited")
-    return Plan(opts, volume, layout, new_volid, args, tuple(changes), tuple(additions), efi)
+    return Plan(opts, volume, layout, new_volid, args, tuple(changes), tuple(additions), efi, files)
 
 
-def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: list[str], edit: MenuEdit,
+def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, FileAttr], edit: MenuEdit,
                   work: Path) -> EfiBoot | None:
     """efiboot.img from where El Torito's UEFI entry finds it, edited; and every other
     copy of it to replace: lorax and composer put it both in an appended partition (USB)
@@ -666,13 +695,20 @@ def xorriso_argv(p: Plan, work: Path, output: Path) -> list[str]:
         for path in p.efiboot.iso_paths:
             argv += ["-update", os.fspath(img), "/" + path]
             changed.append("/" + path)
+    for path in changed:
+        # -update took the owner and mode of our work file: give back the input's.
+        a = p.attrs.get(path.lstrip("/"), FileAttr(0o644, "0", "0"))
+        argv += ["-chmod", f"0{a.mode:o}", path, "--", "-chown", a.uid, path, "--", "-chgrp", a.gid, path, "--"]
     added = []
     for host, name in p.additions:
         argv += ["-map", os.fspath(host), "/" + name]
         added.append("/" + name)
     if added:
-        # Not the uid of whoever ran the remaster: the rest of a boot.iso is root's.
-        argv += ["-chown_r", "0", *added, "--", "-chgrp_r", "0", *added, "--"]
+        # Owned by root like the rest of a boot.iso, readable by all, whoever ran the
+        # remaster with whatever umask (the output does not depend on it).
+        argv += ["-chown_r", "0", *added, "--", "-chgrp_r", "0", *added, "--", "-chmod_r", "go-w,a+r", *added, "--"]
+        for path in added:
+            argv += ["-find", path, "-type", "d", "-exec", "chmod", "a+x", "--"]
     if opts.source_date_epoch is not None and (changed or added):
         date = f"={opts.source_date_epoch}"
         argv += ["-alter_date_r", "b", date, *changed, *added, "--"]

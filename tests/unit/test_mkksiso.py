@@ -162,6 +162,13 @@ def test_parse_layout_and_intervals():
     assert mk.parse_layout([]).bios_image is None
 
 
+def test_parse_mode():
+    assert mk.parse_mode("-rw-r--r--") == 0o644
+    assert mk.parse_mode("drwxr-xr-x") == 0o755
+    assert mk.parse_mode("-rwsr-x--T") == 0o5750
+    assert mk.parse_mode("-rwxr-sr-t") == 0o3755
+
+
 def test_read_volume_info_refuses_what_is_not_an_iso(tmp_path):
     f = tmp_path / "random.img"
     f.write_bytes(os.urandom(40000))
@@ -270,6 +277,7 @@ def remaster_inputs(tmp_path: Path) -> tuple[Path, Path]:
     extra = tmp_path / "extra"
     (extra / "sub").mkdir(parents=True)
     (extra / "sub" / "hello.txt").write_text("hello\n")
+    (extra / "sub" / "hello.txt").chmod(0o660)  # as a umask of 007 leaves it: normalized on the ISO
     return ks, extra
 
 
@@ -316,9 +324,11 @@ def test_remaster_small_iso(small_isos, layout, tmp_path):
     # the added files, at the root, root's, dated at the epoch
     assert extract(out, "/ks.cfg", tmp_path / "ks.out").read_text() == ks.read_text()
     assert extract(out, "/extra/sub/hello.txt", tmp_path / "hello.out").read_text() == "hello\n"
-    listing = subprocess.run(["xorriso", "-indev", str(out), "-lsdl", "/ks.cfg", "/extra", "/extra/sub/hello.txt"],
+    listing = subprocess.run(["xorriso", "-indev", str(out), "-lsdl", "/ks.cfg", "/extra", "/extra/sub/hello.txt",
+                              "/EFI/BOOT/grub.cfg", "/images/efiboot.img"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(listing) == 3 and all(ln.split()[2:4] == ["0", "0"] for ln in listing), listing
+    assert [ln.split()[0] for ln in listing] == ["-rw-r--r--", "drwxr-xr-x", "-rw-r--r--", "-rw-r--r--", "-rw-r--r--"]
+    assert all(ln.split()[2:4] == ["0", "0"] for ln in listing), listing
     assert os.stat(tmp_path / "ks.out").st_mtime == EPOCH
 
     # reproducible: the same inputs (touched since) give the same bytes
