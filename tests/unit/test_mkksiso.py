@@ -362,6 +362,33 @@ def test_remaster_replaces_an_earlier_kickstart_and_keeps_other_args(small_isos,
 
 
 @needs_tools
+def test_remaster_an_other_architectures_uefi_only_iso(tmp_path):
+    """An aarch64-style medium (UEFI only, BOOTAA64.EFI): nothing on it is run, so the
+    host's architecture does not matter."""
+    from composer.images import efiboot, iso
+
+    root = tmp_path / "root"
+    (root / "EFI/BOOT").mkdir(parents=True)
+    (root / "EFI/BOOT/BOOTAA64.EFI").write_bytes(b"MZ not really an arm64 grub")
+    (root / "EFI/BOOT/grub.cfg").write_text(GRUB_CFG)
+    img = efiboot.make_efiboot([(p, p.relative_to(root).as_posix()) for p in sorted((root / "EFI/BOOT").iterdir())],
+                               tmp_path / "efiboot.img")
+    src = iso.make_iso(tmp_path / "aa64.iso", VOLID, [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*"))
+                                                      if p.is_file()], bios=None, efiboot=img)
+    out = tmp_path / "out.iso"
+    proc = composer("mkksiso", "-c", "inst.text", "--volid", "AA64", str(src), str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert report(out) == [ln.replace(f"'{VOLID}'", "'AA64'") for ln in report(src)]
+    part = efi_partition(out)
+    assert part is not None
+    (tmp_path / "part.img").write_bytes(part)
+    inner = subprocess.run(["mtype", "-i", str(tmp_path / "part.img"), "::/EFI/BOOT/grub.cfg"], capture_output=True,
+                           text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True).stdout
+    assert "root=live:CDLABEL=AA64 rd.live.image quiet console=ttyS0 inst.text\n" in inner
+    assert extract(out, "/EFI/BOOT/grub.cfg", tmp_path / "g.cfg").read_text() == inner
+
+
+@needs_tools
 def test_interrupted_remaster_leaves_nothing(small_isos, tmp_path, monkeypatch):
     ks, _ = remaster_inputs(tmp_path)
     out = tmp_path / "out.iso"
