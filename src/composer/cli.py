@@ -261,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from composer.bootiso import register as register_bootiso
     from composer.live.cli import register as register_live
+    from composer.mkksiso import register as register_mkksiso
     from composer.netboot import register as register_netboot
 
     register_bootiso(sub)
     register_netboot(sub)
+    register_mkksiso(sub)
 
     register_live(sub)
 

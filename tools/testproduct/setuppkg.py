@@ -46,7 +46,8 @@ WantedBy=multi-user.target
 
 BOOT_CHECK = r"""#!/bin/sh
 # Prints COMPOSER-BOOT-OK (and COMPOSER-BOOT-FAILED <unit> for failed units) on the
-# serial port and the console, then powers the machine off.
+# serial port and the console, then powers the machine off. Before it: COMPOSER-CMDLINE,
+# and COMPOSER-KS / COMPOSER-LIST for media with inst.ks=hd:LABEL= (see below).
 PATH=/usr/sbin:/usr/bin
 export PATH
 say() {
@@ -63,6 +64,32 @@ for unit in $failed; do
     nfailed=$((nfailed + 1))
     say "COMPOSER-BOOT-FAILED $unit"
 done
+# What the boot loader passed, and (for remastered media, composer mkksiso) whether the
+# kickstart named by inst.ks=hd:LABEL=X:/PATH is on medium X, and the files under the
+# medium's directory named by composer.list=/DIR.
+cmdline=$(cat /proc/cmdline)
+say "COMPOSER-CMDLINE $cmdline"
+ks= list=
+set -f
+for arg in $cmdline; do
+    case "$arg" in
+        inst.ks=hd:LABEL=*:/*) ks=${arg#inst.ks=hd:LABEL=} ;;
+        composer.list=/*) list=${arg#composer.list=} ;;
+    esac
+done
+set +f
+if [ -n "$ks" ]; then
+    mnt=/run/composer-medium
+    mkdir -p "$mnt"
+    if mount -r -L "${ks%%:*}" "$mnt"; then
+        f="$mnt${ks#*:}"
+        if [ -f "$f" ]; then say "COMPOSER-KS found $ks first=$(head -n 1 "$f")"; else say "COMPOSER-KS missing $ks"; fi
+        [ -z "$list" ] || say "COMPOSER-LIST $list: $(cd "$mnt$list" && find . -type f | sort | tr '\n' ' ')"
+        umount "$mnt"
+    else
+        say "COMPOSER-KS cannot mount LABEL=${ks%%:*}"
+    fi
+fi
 mem=$(sed -n 's/^MemTotal:[[:space:]]*//p' /proc/meminfo | tr -d ' ')
 say "COMPOSER-BOOT-OK kernel=$(uname -r) memtotal=$mem failed=$nfailed"
 systemctl poweroff --no-block || poweroff -f

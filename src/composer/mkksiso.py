@@ -1,0 +1,869 @@
+"""`composer mkksiso`: remaster an existing boot.iso without root, loop device or mount.
+
+Command line as lorax's mkksiso (embed a kickstart, add files, edit the kernel command
+line, change the volume id, add an updates image); a pipeline in two steps:
+
+* plan (read only): the volume descriptors (volume id, dates, Joliet) read from the
+  file, the El Torito and system-area layout from `xorriso -report_el_torito
+  as_mkisofs`, the boot menus extracted with osirrox (GRUB for BIOS and UEFI,
+  isolinux) and, inside efiboot.img, read with mtools; every menu edited in memory;
+* execute: one xorriso run loads the input, replays its boot layout (`-boot_image any
+  replay`: El Torito BIOS + UEFI images, hybrid MBR/GPT, appended partitions), swaps
+  in the edited menus, the edited efiboot.img (a file in the ISO or an appended
+  partition, both when both exist) and the added files, then implantisomd5; the
+  output appears under its name only when complete.
+
+Nothing from the ISO is ever run (no grub-mkimage, no mkefiboot: efiboot.img is
+edited in place with mcopy), so an ISO of any architecture can be remastered on any
+host. With SOURCE_DATE_EPOCH (or --source-date-epoch) the output is byte-for-byte
+reproducible: xorriso's dates and GPT GUID are fixed, added and edited files dated at
+the epoch. The volume's creation/modification date (what GRUB's `search --fs-uuid`
+sees) is always kept from the input, so such menus keep finding the medium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import os
+import re
+import shlex
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from composer.run import CommandError, ComposerError, info, locked_mkdir, remove_stale, run, stage
+
+SECTOR = 2048
+# Boot menus composer edits, by where they live in the ISO (fnmatch patterns, case
+# sensitive as ISO 9660 with Rock Ridge is) and their kind.
+GRUB_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg",
+              "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
+SYSLINUX_MENUS = ("isolinux/isolinux.cfg", "isolinux/*.cfg", "syslinux/syslinux.cfg", "boot/isolinux/isolinux.cfg")
+# Inside efiboot.img (paths as mdir -/ -b lists them, without "::/").
+EFIBOOT_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg")
+# Lines that carry a kernel command line: GRUB's `linux PATH ARGS`, syslinux's `append ARGS`.
+GRUB_KERNEL_COMMANDS = ("linux", "linuxefi", "linux16")
+SYSLINUX_APPEND = "append"
+# What goes on the kernel command line unescaped in LABEL=; udev escapes the rest as \xNN.
+_LABEL_SAFE = re.compile(r"[A-Za-z0-9#+.:=@_-]")
+# A name we put on the command line as inst.ks=hd:LABEL=V:/NAME needs no quoting.
+_ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def udev_escape(label: str) -> str:
+    """A volume label as it appears in LABEL=/CDLABEL= (/dev/disk/by-label/ escaping)."""
+    return "".join(c if _LABEL_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in label)
+
+
+def split_args(text: str) -> list[str]:
+    """Split a command line into words as GRUB and the kernel do (quotes group, backslash
+    escapes), keeping every word's text as written, so untouched words come back unchanged."""
+    words: list[str] = []
+    cur: list[str] = []
+    quote = ""
+    in_word = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            cur.append(c)
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"' and i + 1 < len(text):
+                i += 1
+                cur.append(text[i])
+        elif c.isspace():
+            if in_word:
+                words.append("".join(cur))
+                cur, in_word = [], False
+        else:
+            in_word = True
+            cur.append(c)
+            if c in "'\"":
+                quote = c
+            elif c == "\\" and i + 1 < len(text):
+                i += 1
+                cur.append(text[i])
+        i += 1
+    if in_word:
+        words.append("".join(cur))
+    return words
+
+
+def unquote(word: str) -> str:
+    """The value a word stands for: quotes removed, backslash escapes resolved."""
+    try:
+        return "".join(shlex.split(word, posix=True)) if any(c in word for c in "'\"\\") else word
+    except ValueError:
+        return word
+
+
+def arg_key(word: str) -> str:
+    return unquote(word).split("=", 1)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgEdit:
+    """How to change every kernel command line: remove (a NAME removes every NAME and
+    NAME=..., a NAME=VALUE that one argument), then append what is not there yet."""
+
+    remove: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()
+
+    def apply(self, words: Sequence[str]) -> list[str]:
+        out = [w for w in words if not self._removed(w)]
+        present = {unquote(w) for w in out}
+        for a in self.add:
+            if unquote(a) not in present:
+                out.append(a)
+                present.add(unquote(a))
+        return out
+
+    def _removed(self, word: str) -> bool:
+        value = unquote(word)
+        key = value.split("=", 1)[0]
+        return any(r == value if "=" in r else r == key for r in self.remove)
+
+
+def replace_volid(text: str, old: str, new: str) -> str:
+    """The volume id in label references: LABEL=/CDLABEL= (udev-escaped, as on the
+    kernel command line) and GRUB's `search --label`/`-l` (as is, maybe quoted).
+    Words that merely contain the old id (a menu title) are left alone."""
+    if old == new:
+        return text
+    old_esc, new_esc = udev_escape(old), udev_escape(new)
+    text = re.sub(r"(LABEL=)" + re.escape(old_esc) + r"(?=$|[\s:'\"/])", lambda m: m.group(1) + new_esc, text)
+    return re.sub(r"(\s(?:--label|-l)[= ]+)(['\"]?)" + re.escape(old) + r"\2(?=\s|$)",
+                  lambda m: m.group(1) + m.group(2) + new + m.group(2), text, flags=re.M)
+
+
+@dataclasses.dataclass(frozen=True)
+class MenuEdit:
+    """Everything done to the text of one boot menu."""
+
+    args: ArgEdit
+    old_volid: str
+    new_volid: str
+    replace: tuple[tuple[str, str], ...] = ()
+
+
+def edit_menu(text: str, kind: str, edit: MenuEdit) -> tuple[str, int]:
+    """(new text, number of kernel command lines edited); kind "grub" or "syslinux"."""
+    for a, b in edit.replace:
+        text = text.replace(a, b)
+    text = replace_volid(text, edit.old_volid, edit.new_volid)
+    lines = text.splitlines(keepends=True)
+    count = 0
+    for n, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        eol = line[len(body):]
+        stripped = body.lstrip()
+        indent = body[: len(body) - len(stripped)]
+        first, rest = (re.split(r"\s", stripped, maxsplit=1) + [""])[:2]
+        if kind == "grub" and first in GRUB_KERNEL_COMMANDS:
+            words = split_args(rest)
+            if not words:
+                continue
+            head, args = [first, words[0]], words[1:]
+        elif kind == "syslinux" and first.lower() == SYSLINUX_APPEND:
+            head, args = [first], split_args(rest)
+        else:
+            continue
+        lines[n] = indent + " ".join(head + edit.args.apply(args)) + eol
+        count += 1
+    return "".join(lines), count
+
+
+def menu_kind(path: str, grub: Sequence[str] = GRUB_MENUS, syslinux: Sequence[str] = SYSLINUX_MENUS,
+              *, fold_case: bool = False) -> str | None:
+    """"grub", "syslinux" or None (not a menu we edit); fold_case for FAT names."""
+    if fold_case:
+        path, grub, syslinux = path.lower(), [g.lower() for g in grub], [s.lower() for s in syslinux]
+    if any(fnmatch.fnmatchcase(path, p) for p in grub):
+        return "grub"
+    if any(fnmatch.fnmatchcase(path, p) for p in syslinux):
+        return "syslinux"
+    return None
+
+
+# --------------------------------------------------------------------------- the input ISO
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeInfo:
+    volid: str
+    modified: str  # YYYYMMDDhhmmsscc (GMT) as xorriso's -volume_date uuid wants it, or ""
+    joliet: bool
+
+
+def read_volume_info(iso: Path) -> VolumeInfo:
+    """The primary volume descriptor's id and modification date, and whether a Joliet
+    tree is there; ComposerError if iso is not an ISO 9660 image."""
+    volid = modified = None
+    joliet = False
+    try:
+        with iso.open("rb") as f:
+            for n in range(16, 64):
+                f.seek(n * SECTOR)
+                vd = f.read(SECTOR)
+                if len(vd) < SECTOR or vd[1:6] != b"CD001":
+                    break
+                if vd[0] == 1 and volid is None:
+                    volid = vd[40:72].decode("ascii", "replace").rstrip(" \0")
+                    date = vd[830:846].decode("ascii", "replace")
+                    modified = date if date.isdigit() and date.strip("0") else ""
+                elif vd[0] == 2 and vd[88:91] in (b"%/@", b"%/C", b"%/E"):
+                    joliet = True
+                elif vd[0] == 255:
+                    break
+    except OSError as e:
+        raise ComposerError(f"INPUT {iso}: {e.strerror or e}") from None
+    if volid is None:
+        raise ComposerError(f"INPUT {iso}: not an ISO 9660 image (no volume descriptor at sector 16)")
+    return VolumeInfo(volid, modified or "", joliet)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A byte range of a host file, from xorriso's --interval:local_fs:START-END::PATH."""
+
+    path: Path
+    start: int
+    end: int  # exclusive
+
+
+_UNITS = {"": 1, "d": 512, "s": 2048, "k": 1024, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_interval(spec: str) -> Interval | None:
+    m = re.fullmatch(r"--interval:local_fs:(\d+)([dskmgt]?)-(\d+)([dskmgt]?):[^:]*:(.+)", spec)
+    if not m:
+        return None
+    start = int(m.group(1)) * _UNITS[m.group(2)]
+    end = (int(m.group(3)) + 1) * _UNITS[m.group(4)]
+    return Interval(Path(m.group(5)), start, end)
+
+
+@dataclasses.dataclass(frozen=True)
+class BootLayout:
+    """What -report_el_torito as_mkisofs says about the boot equipment."""
+
+    options: tuple[tuple[str, ...], ...]  # one tuple per report line (shlex-split)
+    bios_image: str | None  # -b path in the ISO
+    efi_image: str | None  # -e value: an ISO path or an --interval: spec
+    appended: dict[int, tuple[str, str]]  # partition number -> (type code, source)
+
+    @property
+    def efi_partition(self) -> int | None:
+        """The appended partition the EFI El Torito image is, if it is one."""
+        m = re.match(r"--interval:appended_partition_(\d+)", self.efi_image or "")
+        return int(m.group(1)) if m else None
+
+
+def parse_layout(report_lines: Sequence[str]) -> BootLayout:
+    opts: list[tuple[str, ...]] = []
+    bios = efi = None
+    appended: dict[int, tuple[str, str]] = {}
+    for line in report_lines:
+        try:
+            words = tuple(shlex.split(line))
+        except ValueError:
+            continue
+        if not words:
+            continue
+        opts.append(words)
+        if words[0] == "-b" and len(words) > 1:
+            bios = words[1]
+        elif words[0] == "-e" and len(words) > 1:
+            efi = words[1]
+        elif words[0] == "-append_partition" and len(words) > 3 and words[1].isdigit():
+            appended[int(words[1])] = (words[2], words[3])
+    return BootLayout(tuple(opts), bios, efi, appended)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileAttr:
+    """Owner and mode of a file in the ISO (Rock Ridge), restored on files we replace."""
+
+    mode: int
+    uid: str
+    gid: str
+
+
+_LSDL = re.compile(r"^([-dlcbps][-rwxsStT]{9})\s+\d+\s+(\S+)\s+(\S+)\s+\S+\s+\S+\s+\S+\s+\S+\s+('.*)$")
+
+
+def parse_mode(text: str) -> int:
+    """'-rwsr-x--T' -> 0o5754 (ls -l permission letters to a mode)."""
+    mode = 0
+    for i, c in enumerate(text[1:10]):
+        if c in "rwxst":
+            mode |= 1 << (8 - i)
+        if c in "sS":
+            mode |= 0o4000 if i == 2 else 0o2000
+        elif c in "tT":
+            mode |= 0o1000
+    return mode
+
+
+def inspect_iso(iso: Path) -> tuple[BootLayout, dict[str, FileAttr]]:
+    """The boot layout and every file (path without the leading '/') of an ISO."""
+    try:
+        proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs",
+                    "-find", "/", "-type", "f", "-exec", "lsdl", "--"],
+                   capture=True, env={"LANG": "C", "LC_ALL": "C"})
+    except CommandError as e:
+        raise ComposerError(f"INPUT {iso}: xorriso cannot read it: {e.reason} (damaged or truncated ISO?)") from None
+    report: list[str] = []
+    files: dict[str, FileAttr] = {}
+    for line in proc.stdout.decode(errors="surrogateescape").splitlines():
+        m = _LSDL.match(line)
+        if m:
+            try:
+                path = shlex.split(m.group(4))[0].lstrip("/")
+            except (ValueError, IndexError):
+                continue
+            files[path] = FileAttr(parse_mode(m.group(1)), m.group(2), m.group(3))
+        elif line.startswith("-"):
+            report.append(line)
+    return parse_layout(report), files
+
+
+# --------------------------------------------------------------------------- options and plan
+
+
+@dataclasses.dataclass(frozen=True)
+class MkksisoOptions:
+    input: Path
+    output: Path
+    ks: Path | None = None
+    add: tuple[Path, ...] = ()
+    cmdline: str = ""
+    rm_args: tuple[str, ...] = ()
+    volid: str | None = None
+    updates: Path | None = None
+    replace: tuple[tuple[str, str], ...] = ()
+    skip_efiboot: bool = False
+    force: bool = False
+    implant_md5: bool = True
+    source_date_epoch: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MenuChange:
+    where: str  # ISO path, or "efiboot.img:PATH"
+    kind: str
+    old: str
+    new: str
+    lines: int
+    host: Path | None = None  # the edited file (ISO menus; efiboot.img's are written into the image)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    opts: MkksisoOptions
+    volume: VolumeInfo
+    layout: BootLayout
+    new_volid: str
+    args: ArgEdit
+    menus: tuple[MenuChange, ...]
+    additions: tuple[tuple[Path, str], ...]  # (host path, ISO path)
+    efiboot: EfiBoot | None
+    attrs: dict[str, FileAttr]  # of the input's files (those replaced keep theirs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EfiBoot:
+    """Where the input's efiboot.img lives, and its menus edited."""
+
+    source: str  # ISO path or "partition N"
+    iso_paths: tuple[str, ...]  # copies inside the ISO (files) to replace
+    partitions: tuple[tuple[int, str], ...]  # appended partitions to replace: (number, type code)
+    menus: tuple[MenuChange, ...]
+
+
+def check_kickstart(path: Path) -> None:
+    """The kickstart must parse (pykickstart, latest syntax); %include of files that only
+    exist at install time (e.g. written by %pre) is allowed."""
+    from pykickstart import errors as kserrors
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    from composer.kickstart import _parse_error
+
+    parser = KickstartParser(makeVersion(), missingIncludeIsFatal=False)
+    try:
+        parser.readKickstart(os.fspath(path))
+    except kserrors.KickstartError as e:
+        raise _parse_error(path, e) from None
+    except OSError as e:
+        raise ComposerError(f"--ks {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ComposerError(f"--ks {path}: not a text file ({e.reason} at byte {e.start})") from None
+
+
+def _root_name(path: Path, option: str) -> str:
+    name = path.name
+    if not name or name in (".", ".."):
+        raise ComposerError(f"{option} {path}: has no name to put at the ISO's root")
+    return name
+
+
+def check_options(opts: MkksisoOptions) -> None:
+    """Everything that can be refused before reading the ISO's contents."""
+    from composer.images.iso import check_volid
+
+    if not opts.input.exists():
+        raise ComposerError(f"INPUT {opts.input}: no such file")
+    if not opts.input.is_file():
+        raise ComposerError(f"INPUT {opts.input}: not a regular file")
+    read_volume_info(opts.input)
+    out = opts.output
+    if out.exists() or out.is_symlink():
+        if out.resolve() == opts.input.resolve() or (out.exists() and os.path.samefile(out, opts.input)):
+            raise ComposerError(f"OUTPUT {out}: is the INPUT; write the remastered ISO to a new file")
+        if out.is_dir():
+            raise ComposerError(f"OUTPUT {out}: is a directory")
+        if not opts.force:
+            raise ComposerError(f"OUTPUT {out}: exists (use --force to replace it)")
+    elif out.resolve() == opts.input.resolve():
+        raise ComposerError(f"OUTPUT {out}: is the INPUT; write the remastered ISO to a new file")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise ComposerError(f"OUTPUT {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ComposerError(f"OUTPUT {out}: cannot write in {parent}")
+    if opts.volid is not None:
+        check_volid(opts.volid)
+    for r in opts.rm_args:
+        if not r or any(c.isspace() for c in r):
+            raise ComposerError(f"--rm-args: {r!r} is not one argument name")
+    names: dict[str, str] = {}
+    for option, path in ([("--ks", opts.ks)] if opts.ks else []) + ([("--updates", opts.updates)] if opts.updates else []) \
+            + [("--add", p) for p in opts.add]:
+        if not path.exists():
+            raise ComposerError(f"{option} {path}: no such file or directory")
+        if option != "--add" and not path.is_file():
+            raise ComposerError(f"{option} {path}: not a regular file")
+        if not os.access(path, os.R_OK):
+            raise ComposerError(f"{option} {path}: not readable")
+        name = _root_name(path, option)
+        if option != "--add" and not _ROOT_NAME.fullmatch(name):
+            raise ComposerError(f"{option} {path}: the name {name!r} goes on the kernel command line; "
+                                "rename the file to use only A-Z a-z 0-9 . _ + -")
+        if name in names:
+            raise ComposerError(f"{option} {path}: {names[name]} already puts /{name} on the ISO")
+        names[name] = f"{option} {path}"
+    if not (opts.ks or opts.updates or opts.add or opts.cmdline or opts.rm_args or opts.volid or opts.replace):
+        raise ComposerError("nothing to do: give --ks, --add, --cmdline, --rm-args, --volid, --updates or --replace")
+    if opts.cmdline:
+        try:
+            shlex.split(opts.cmdline)
+        except ValueError as e:
+            raise ComposerError(f"--cmdline {opts.cmdline!r}: {e}") from None
+    if opts.ks:
+        check_kickstart(opts.ks)
+
+
+def _extract(iso: Path, paths: Sequence[str], dest: Path) -> list[Path]:
+    """Copy files out of the ISO (osirrox, no mount) to dest/0, dest/1, ... (in order)."""
+    if not paths:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = ["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-iso_rr_pattern", "off"]
+    out = []
+    for n, p in enumerate(paths):
+        target = dest / str(n)
+        argv += ["-extract", "/" + p, os.fspath(target)]
+        out.append(target)
+    run(argv, env={"LANG": "C", "LC_ALL": "C"})
+    for target in out:
+        target.chmod(target.stat().st_mode | stat.S_IWUSR)
+    return out
+
+
+def _read_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        info(f"{where}: not UTF-8; edited as Latin-1")
+        return data.decode("latin-1")
+
+
+def _encode_like(text: str, original: bytes) -> bytes:
+    """Encode an edited menu the way _read_text decoded the original."""
+    try:
+        original.decode("utf-8")
+        return text.encode("utf-8")
+    except UnicodeDecodeError:
+        return text.encode("latin-1", "replace")
+
+
+def _mtools(argv: list[str], epoch: int | None, **kw):
+    from composer.images.efiboot import mtools_env
+
+    return run(argv, env=mtools_env(epoch), **kw)
+
+
+def _efiboot_menus(img: Path, edit: MenuEdit, work: Path, epoch: int | None) -> tuple[MenuChange, ...]:
+    """Edit the GRUB menus inside a FAT image in place (mtools), return what changed."""
+    listing = _mtools(["mdir", "-/", "-b", "-i", os.fspath(img), "::/"], epoch, capture=True)
+    paths = [ln.strip()[3:] for ln in listing.stdout.decode(errors="replace").splitlines()
+             if ln.strip().startswith("::/") and not ln.strip().endswith("/")]
+    changes = []
+    for p in paths:
+        if not menu_kind(p, EFIBOOT_MENUS, (), fold_case=True):
+            continue
+        raw = _mtools(["mtype", "-i", os.fspath(img), f"::/{p}"], epoch, capture=True).stdout
+        old = _read_text(raw, f"efiboot.img:{p}")
+        new, count = edit_menu(old, "grub", edit)
+        if new == old:
+            continue
+        tmp = work / f"efiboot-menu-{len(changes)}"
+        tmp.write_bytes(_encode_like(new, raw))
+        copy = ["mcopy", "-o", "-i", os.fspath(img)]
+        if epoch is not None:
+            # -m keeps the file's mtime (the epoch) instead of "now".
+            os.utime(tmp, (epoch, epoch))
+            copy.append("-m")
+        try:
+            _mtools([*copy, os.fspath(tmp), f"::/{p}"], epoch)
+        except CommandError as e:
+            raise ComposerError(f"efiboot.img: cannot write the edited {p} back ({e.reason}); "
+                                "--skip-mkefiboot leaves efiboot.img as it is") from None
+        changes.append(MenuChange(f"efiboot.img:{p}", "grub", old, new, count))
+    return tuple(changes)
+
+
+def _read_interval(iv: Interval, dest: Path) -> None:
+    with iv.path.open("rb") as src, dest.open("wb") as out:
+        src.seek(iv.start)
+        left = iv.end - iv.start
+        while left > 0:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                raise ComposerError(f"{iv.path}: ends inside its EFI partition (truncated ISO?)")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def plan(opts: MkksisoOptions, work: Path) -> Plan:
+    """Read the input, decide every change (check_options first); edited files are
+    written under work."""
+    volume = read_volume_info(opts.input)
+    layout, files = inspect_iso(opts.input)
+    if layout.bios_image is None and layout.efi_image is None:
+        raise ComposerError(f"INPUT {opts.input}: no El Torito boot record: not a bootable ISO "
+                            "(composer mkksiso remasters boot media such as boot.iso)")
+    new_volid = opts.volid or volume.volid
+    if not new_volid:
+        raise ComposerError(f"INPUT {opts.input}: has no volume id; give --volid")
+    label = udev_escape(new_volid)
+
+    add_args = split_args(opts.cmdline)
+    remove = list(opts.rm_args)
+    additions: list[tuple[Path, str]] = []
+    for option, path, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
+        if path is None:
+            continue
+        # Ours replaces any earlier one (a remaster of a remaster must not carry two).
+        remove.append(key)
+        add_args = [a for a in add_args if arg_key(a) != key]
+        add_args.append(f"{key}=hd:LABEL={label}:/{path.name}")
+        additions.append((path.resolve(), path.name))
+    additions += [(p.resolve(), _root_name(p, "--add")) for p in opts.add]
+    args = ArgEdit(tuple(remove), tuple(add_args))
+    edit = MenuEdit(args, volume.volid, new_volid, opts.replace)
+
+    for host, name in additions:
+        if name in files or any(f.startswith(name + "/") for f in files):
+            info(f"mkksiso: /{name} is already on the ISO: {host} replaces it")
+
+    menu_paths = [f for f in files if menu_kind(f)]
+    changes: list[MenuChange] = []
+    (work / "edited").mkdir(parents=True)
+    for path, host in zip(menu_paths, _extract(opts.input, menu_paths, work / "menus")):
+        raw = host.read_bytes()
+        old = _read_text(raw, path)
+        kind = menu_kind(path) or "grub"
+        new, count = edit_menu(old, kind, edit)
+        if new == old:
+            continue
+        edited = work / "edited" / str(len(changes))
+        edited.write_bytes(_encode_like(new, raw))
+        edited.chmod(stat.S_IMODE(host.stat().st_mode) | stat.S_IRUSR)
+        changes.append(MenuChange(path, kind, old, new, count, edited))
+    if not menu_paths:
+        info("mkksiso: no GRUB or isolinux menu on the ISO: kernel arguments and the volume id are not changed in menus")
+
+    efi = None
+    if layout.efi_image is not None and not opts.skip_efiboot:
+        efi = _plan_efiboot(opts, layout, files, edit, work)
+    elif layout.efi_image is not None:
+        info("mkksiso: --skip-mkefiboot: efiboot.img (UEFI El Torito) is left as it is; its menu is not edited")
+    return Plan(opts, volume, layout, new_volid, args, tuple(changes), tuple(additions), efi, files)
+
+
+def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, FileAttr], edit: MenuEdit,
+                  work: Path) -> EfiBoot | None:
+    """efiboot.img from where El Torito's UEFI entry finds it, edited; and every other
+    copy of it to replace: lorax and composer put it both in an appended partition (USB)
+    and in the ISO as images/efiboot.img; Debian-style ISOs point El Torito at the file
+    and also append it as a partition."""
+    img = work / "efiboot.img"
+    part = layout.efi_partition
+    efi = layout.efi_image or ""
+    if part is not None:
+        iv = parse_interval(layout.appended.get(part, ("", ""))[1])
+        if iv is None:
+            raise ComposerError(f"INPUT {opts.input}: cannot locate its EFI partition {part} "
+                                f"({layout.appended.get(part, ('', 'not reported'))[1]}); "
+                                "--skip-mkefiboot leaves it as it is")
+        _read_interval(iv, img)
+        source = f"partition {part}"
+    elif not efi.startswith("--interval:"):
+        _extract(opts.input, [efi.lstrip("/")], work / "efi-extract")
+        os.replace(work / "efi-extract" / "0", img)
+        source = efi
+    else:
+        raise ComposerError(f"INPUT {opts.input}: its EFI boot image is neither a file nor an appended partition "
+                            f"({efi}); --skip-mkefiboot leaves it as it is")
+    data = img.read_bytes()
+    partitions = []
+    for num, (type_code, src) in sorted(layout.appended.items()):
+        iv = parse_interval(src)
+        if num == part or (iv is not None and iv.end - iv.start >= len(data) and _read_bytes(iv, len(data)) == data):
+            partitions.append((num, type_code))
+    candidates = [f for f in files if f == efi.lstrip("/") or f.rsplit("/", 1)[-1].lower() in ("efiboot.img", "efi.img")]
+    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"))
+                 if host.stat().st_size == len(data) and host.read_bytes() == data]
+    menus = _efiboot_menus(img, edit, work, opts.source_date_epoch)
+    if not menus:
+        info(f"mkksiso: efiboot.img ({source}): no menu to change")
+        return None
+    return EfiBoot(source, tuple(iso_paths), tuple(partitions), menus)
+
+
+def _read_bytes(iv: Interval, size: int) -> bytes:
+    with iv.path.open("rb") as f:
+        f.seek(iv.start)
+        return f.read(size)
+
+
+# --------------------------------------------------------------------------- execute
+
+
+def xorriso_argv(p: Plan, work: Path, output: Path) -> list[str]:
+    """The one xorriso run that writes the remastered ISO."""
+    from composer.images.iso import iso_date
+    from composer.reproducible import seed_uuid
+
+    opts = p.opts
+    argv = ["xorriso", "-report_about", "WARNING", "-return_with", "SORRY", "32",
+            "-iso_rr_pattern", "off", "-disk_pattern", "off",
+            "-indev", os.fspath(opts.input.resolve()), "-outdev", os.fspath(output),
+            # Replays -report_el_torito as_mkisofs: El Torito images, MBR/GPT, appended partitions.
+            "-boot_image", "any", "replay"]
+    if p.new_volid != p.volume.volid:
+        argv += ["-volid", p.new_volid]
+    if p.volume.modified:
+        argv += ["-volume_date", "uuid", p.volume.modified]
+    elif opts.source_date_epoch is not None:
+        argv += ["-volume_date", "uuid", iso_date(opts.source_date_epoch)]
+    if opts.source_date_epoch is not None:
+        seed = f"mkksiso/{p.volume.volid}/{p.new_volid}/{opts.source_date_epoch}"
+        argv += ["-boot_image", "any", f"gpt_disk_guid={seed_uuid(seed, 'iso-gpt')}"]
+    if p.volume.joliet:
+        argv += ["-joliet", "on"]
+    # Level 3: files of 4 GiB and more (a DVD's install image, an added directory).
+    argv += ["-compliance", "iso_9660_level=3:joliet_long_names"]
+
+    changed: list[str] = []
+    for m in p.menus:
+        assert m.host is not None
+        argv += ["-update", os.fspath(m.host), "/" + m.where]
+        changed.append("/" + m.where)
+    if p.efiboot is not None:
+        img = work / "efiboot.img"
+        for path in p.efiboot.iso_paths:
+            argv += ["-update", os.fspath(img), "/" + path]
+            changed.append("/" + path)
+    for path in changed:
+        # -update took the owner and mode of our work file: give back the input's.
+        a = p.attrs.get(path.lstrip("/"), FileAttr(0o644, "0", "0"))
+        argv += ["-chmod", f"0{a.mode:o}", path, "--", "-chown", a.uid, path, "--", "-chgrp", a.gid, path, "--"]
+    added = []
+    for host, name in p.additions:
+        argv += ["-map", os.fspath(host), "/" + name]
+        added.append("/" + name)
+    if added:
+        # Owned by root like the rest of a boot.iso, readable by all, whoever ran the
+        # remaster with whatever umask (the output does not depend on it).
+        argv += ["-chown_r", "0", *added, "--", "-chgrp_r", "0", *added, "--", "-chmod_r", "go-w,a+r", *added, "--"]
+        for path in added:
+            argv += ["-find", path, "-type", "d", "-exec", "chmod", "a+x", "--"]
+    if opts.source_date_epoch is not None and (changed or added):
+        date = f"={opts.source_date_epoch}"
+        argv += ["-alter_date_r", "b", date, *changed, *added, "--"]
+    for num, type_code in p.efiboot.partitions if p.efiboot is not None else ():
+        argv += ["-append_partition", str(num), type_code, os.fspath(work / "efiboot.img")]
+    return argv + ["-commit"]
+
+
+def supported_iso(iso: Path) -> bool:
+    """Was the input's implanted MD5 marked "supported ISO"? (default yes, as boot-iso)."""
+    proc = run(["checkisomd5", "--md5sumonly", os.fspath(iso)], capture=True, check=False)
+    text = proc.stdout.decode(errors="replace")
+    return "Supported ISO: no" not in text
+
+
+@contextlib.contextmanager
+def scratch_beside(final: Path) -> Iterator[Path]:
+    """A locked scratch directory beside `final` for the work files and the new ISO,
+    removed on exit; one left by a killed run (SIGKILL) is removed by the next run,
+    as atomic_dir's are. Beside, so the finished ISO is renamed, never copied."""
+    import glob
+    import shutil
+
+    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
+    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    fd = locked_mkdir(scratch)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.close(fd)
+
+
+def execute(p: Plan, work: Path, tmp: Path) -> dict[str, float]:
+    """Write the ISO to tmp (then implant its MD5); the caller renames it."""
+    opts = p.opts
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    with stage("mkksiso: xorriso"):
+        run(xorriso_argv(p, work, tmp), env=_xorriso_env(opts.source_date_epoch))
+    timings["xorriso"] = round(time.monotonic() - t0, 2)
+    if opts.implant_md5:
+        t0 = time.monotonic()
+        with stage("mkksiso: implantisomd5"):
+            argv = ["implantisomd5", "-f"]
+            if supported_iso(opts.input):
+                argv.append("--supported-iso")
+            run([*argv, os.fspath(tmp)])
+        timings["implantisomd5"] = round(time.monotonic() - t0, 2)
+    return timings
+
+
+def _xorriso_env(epoch: int | None) -> dict[str, str]:
+    env = {"LANG": "C", "LC_ALL": "C"}
+    if epoch is not None:
+        # xorriso then dates nodes it makes itself (directories, the boot catalog) at the
+        # epoch and sets atime/ctime of every file to its mtime.
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
+    return env
+
+
+def remaster(opts: MkksisoOptions) -> Path:
+    """plan + execute; OUTPUT appears only complete (renamed over an old one with --force)."""
+    check_options(opts)
+    final = opts.output.resolve()
+    t0 = time.monotonic()
+    with scratch_beside(final) as scratch:
+        work = scratch / "work"
+        work.mkdir()
+        with stage("mkksiso: plan"):
+            p = plan(opts, work)
+        _report_plan(p)
+        tmp = scratch / final.name
+        timings = execute(p, work, tmp)
+        if final.exists() and not opts.force:
+            raise ComposerError(f"OUTPUT {final}: appeared meanwhile (use --force to replace it)")
+        os.replace(tmp, final)
+    in_size, out_size = opts.input.stat().st_size, final.stat().st_size
+    info(f"mkksiso: {final}: {out_size / 2**20:.1f} MiB (input {in_size / 2**20:.1f} MiB), volume id {p.new_volid}, "
+         f"{time.monotonic() - t0:.1f}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")
+    return final
+
+
+def _report_plan(p: Plan) -> None:
+    if p.new_volid != p.volume.volid:
+        info(f"mkksiso: volume id {p.volume.volid} -> {p.new_volid}")
+    for m in p.menus + (p.efiboot.menus if p.efiboot else ()):
+        info(f"mkksiso: {m.where}: {m.lines} kernel command lines edited")
+    if p.efiboot is not None:
+        where = [f"partition {num}" for num, _ in p.efiboot.partitions]
+        where += [f"/{x}" for x in p.efiboot.iso_paths]
+        info(f"mkksiso: efiboot.img edited in place (mtools), replaces {', '.join(where)}")
+    for host, name in p.additions:
+        info(f"mkksiso: adds /{name} from {host}")
+    if p.args.remove or p.args.add:
+        info(f"mkksiso: kernel arguments: remove {' '.join(p.args.remove) or '(none)'}; add {' '.join(p.args.add) or '(none)'}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def options_from_args(args: argparse.Namespace) -> MkksisoOptions:
+    from composer.cli import _source_date_epoch
+
+    ks = args.ks
+    if args.ks_pos is not None:
+        # mkksiso's older form: KICKSTART INPUT OUTPUT
+        if ks is not None:
+            raise ComposerError("give the kickstart either as --ks or before INPUT, not both")
+        ks = args.ks_pos
+    rm_args = tuple(w for r in args.rm_args for w in r.split())
+    return MkksisoOptions(
+        input=args.input, output=args.output, ks=ks, add=tuple(args.add), cmdline=" ".join(args.cmdline),
+        rm_args=rm_args, volid=args.volid, updates=args.updates, replace=tuple(tuple(r) for r in args.replace),
+        skip_efiboot=args.skip_mkefiboot, force=args.force, implant_md5=not args.no_md5sum,
+        source_date_epoch=_source_date_epoch(args.source_date_epoch),
+    )
+
+
+def cmd_mkksiso(args: argparse.Namespace) -> int:
+    remaster(options_from_args(args))
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `mkksiso` to composer's subcommands."""
+    p = subparsers.add_parser(
+        "mkksiso", help="remaster a boot.iso: add a kickstart and files, edit kernel arguments and the volume id (no root)",
+        description="Remaster an existing boot ISO without root, loop devices or mounts: xorriso keeps its BIOS, "
+                    "UEFI and USB (hybrid) boot layout; every boot menu (GRUB, isolinux, the one in efiboot.img) "
+                    "gets the changes.")
+    p.add_argument("ks_pos", nargs="?", type=Path, metavar="KICKSTART", help="same as --ks (mkksiso's older form)")
+    p.add_argument("input", type=Path, metavar="INPUT", help="the ISO to remaster (left as it is)")
+    p.add_argument("output", type=Path, metavar="OUTPUT", help="the new ISO (written under a temporary name, then renamed)")
+    p.add_argument("--ks", type=Path, default=None, metavar="FILE",
+                   help="kickstart to put at the ISO's root; adds inst.ks=hd:LABEL=<volid>:/<name>")
+    p.add_argument("-a", "--add", action="append", default=[], type=Path, metavar="PATH",
+                   help="file or directory to put at the ISO's root (repeatable)")
+    p.add_argument("-c", "--cmdline", action="append", default=[], metavar="ARGS",
+                   help="kernel arguments to add to every boot entry (repeatable)")
+    p.add_argument("-r", "--rm-args", action="append", default=[], metavar="ARGS",
+                   help="space-separated kernel arguments to remove: NAME removes every NAME and NAME=..., "
+                        "NAME=VALUE only that one (repeatable)")
+    p.add_argument("-V", "--volid", default=None, help="new volume id (menus follow: LABEL=, CDLABEL=, search --label)")
+    p.add_argument("-u", "--updates", type=Path, default=None, metavar="IMG",
+                   help="updates image to put at the ISO's root; adds inst.updates=hd:LABEL=<volid>:/<name>")
+    p.add_argument("-R", "--replace", nargs=2, action="append", default=[], metavar=("FROM", "TO"),
+                   help="replace text in every boot menu (repeatable)")
+    p.add_argument("--skip-mkefiboot", action="store_true",
+                   help="leave efiboot.img (the UEFI boot image and its menu) as it is")
+    p.add_argument("--no-md5sum", action="store_true", help="do not implant an MD5 checksum (implantisomd5)")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (once the new ISO is complete)")
+    p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
+                   help="reproducible output: added and edited files dated at this time (default: $SOURCE_DATE_EPOCH)")
+    p.set_defaults(func=cmd_mkksiso)
+    return p
