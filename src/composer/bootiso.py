@@ -241,10 +241,16 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
     from composer.preflight import check_compose_inputs
 
+    from composer.cli import check_logfile
+    from composer.preflight import check_kernel_arg, check_template_vars
+
+    check_logfile(args.bootiso_logfile, "--logfile")
     if args.bootiso_logfile is not None:
         set_logging(logfile=args.bootiso_logfile)
     cfg = config_from_args(args)
     cfg, ks = config_with_kickstart(cfg, args.ks)
+    for arg in args.kernel_arg:
+        check_kernel_arg("--kernel-arg", arg)
     if args.volid is not None:
         volid = check_volid(args.volid)
     else:
@@ -266,6 +272,8 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
         arch_templates=tuple(args.add_arch_template),
         arch_template_vars=_template_vars(args.add_arch_template_var, "--add-arch-template-var"),
     )
+    # These reach the boot menus too, where quotes and $ are syntax.
+    check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
     check_compose_inputs(cfg, "boot-iso")
     compose_boot_iso(cfg, opts)
     return 0
@@ -305,6 +313,19 @@ def add_verify_media_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootfile", default=None, help="for --netboot: the DHCP boot file (default boot.ipxe or grubpxe.0)")
 
 
+def check_iso_file(path: Path) -> None:
+    """An ISO 9660 image (the primary volume descriptor's "CD001" at byte 32769), checked
+    before qemu starts: a random file would boot nothing and wait for the timeout."""
+    from composer.cli import check_input_file
+
+    check_input_file(path, "--iso")
+    with path.open("rb") as f:
+        f.seek(16 * 2048 + 1)
+        if f.read(5) != b"CD001":
+            raise ComposerError(f"--iso {path}: not an ISO 9660 image (no CD001 volume descriptor); "
+                                "give a boot.iso, e.g. OUTDIR/images/boot.iso")
+
+
 def verify_media(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
@@ -312,8 +333,7 @@ def verify_media(args: argparse.Namespace) -> int:
 
     common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
     if args.iso is not None:
-        if not args.iso.is_file():
-            raise ComposerError(f"--iso {args.iso}: no such file")
+        check_iso_file(args.iso)
         if args.min_memory:
             from composer.cli import report_min_memory
 

@@ -77,6 +77,15 @@ def _source_date_epoch(option: int | None) -> int | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The build's Config; every value is checked for its kind (preflight.check_config_values)."""
+    from composer.preflight import check_config_values
+
+    cfg = _config(args)
+    check_config_values(cfg)
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> Config:
     return Config(
         product=args.product,
         version=args.version,
@@ -155,18 +164,71 @@ def _check_verify_options(args: argparse.Namespace) -> None:
     """Numbers qemu or the bisection would choke on, and a log that cannot be written."""
     from composer.preflight import check_dir_creatable
 
+    from composer.preflight import check_kernel_arg
+
+    host_mb = host_memory_mb()
     if args.memory < 16:
         raise ComposerError(f"--memory {args.memory}: too small (MB; at least 16)")
+    if args.memory > host_mb:
+        raise ComposerError(f"--memory {args.memory}: more than this host's {host_mb} MB of RAM (MB; e.g. 512)")
     if not args.timeout > 0:
         raise ComposerError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if args.timeout > MAX_TIMEOUT:
+        raise ComposerError(f"--timeout {args.timeout:g}: at most {MAX_TIMEOUT} seconds (a day)")
     if args.step < 1:
         raise ComposerError(f"--step {args.step}: must be at least 1 MB")
     if args.min_memory:
-        _range_mb(args)
+        _, hi = _range_mb(args)
+        if hi > host_mb:
+            raise ComposerError(f"--range {args.range}: more than this host's {host_mb} MB of RAM")
+    for arg in _split_append(args.append):
+        check_kernel_arg("--append", arg)
     if args.log is not None:
-        if args.log.is_dir():
-            raise ComposerError(f"--log {args.log}: is a directory")
+        check_logfile(args.log, "--log")
         check_dir_creatable(args.log.parent, "--log")
+
+
+# Longer than any boot under TCG; keeps a typo (or inf) from waiting forever.
+MAX_TIMEOUT = 86400
+
+
+def host_memory_mb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def _split_append(text: str) -> list[str]:
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise ComposerError(f"--append {text!r}: {e}") from None
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """An input file: exists, is a regular file (not a directory or a device), not empty."""
+    if not os.path.lexists(path):
+        raise ComposerError(f"{option} {path}: no such file")
+    if path.is_dir():
+        raise ComposerError(f"{option} {path}: is a directory (give the file itself)")
+    if not path.is_file():
+        raise ComposerError(f"{option} {path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ComposerError(f"{option} {path}: empty file")
+
+
+def check_logfile(path: Path | None, option: str) -> None:
+    """A log is appended to: never a system file, a directory or something not a file."""
+    if path is None:
+        return
+    from composer.preflight import check_dir_creatable, check_outputs_apart
+
+    check_outputs_apart([(option, path)], [])
+    if path.is_dir():
+        raise ComposerError(f"{option} {path}: is a directory")
+    if os.path.lexists(path) and not path.is_file():
+        raise ComposerError(f"{option} {path}: not a regular file")
+    check_dir_creatable(Path(os.path.abspath(path)).parent, option)
 
 
 def _check_kernel_file(path: Path) -> None:
@@ -186,10 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.kernel is None or args.initrd is None:
         raise ComposerError("verify: give --kernel and --initrd, or --iso ISO, or --netboot DIR")
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
-        if not path.is_file():
-            raise ComposerError(f"{opt} {path}: no such file")
-        if path.stat().st_size == 0:
-            raise ComposerError(f"{opt} {path}: empty file")
+        check_input_file(path, opt)
     _check_kernel_file(args.kernel)
     from composer.verify import boot_kernel
 
@@ -211,8 +270,12 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     from composer.run import DATADIR
     from composer.templates import TemplateRunner, iter_template_files, sample_variables
 
+    from composer.preflight import check_template_vars
+
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
-    variables = sample_variables(args.basearch) | dict(_template_vars(args.add_template_var))
+    template_vars = _template_vars(args.add_template_var)
+    check_template_vars("--add-template-var", template_vars)
+    variables = sample_variables(args.basearch) | dict(template_vars)
     for t in paths:
         if t.is_dir():
             raise ComposerError(f"{t}: a directory, not a template (give its *.tmpl files)")
@@ -305,9 +368,10 @@ def _glue_pass_through(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
-    set_logging(verbose=args.verbose, logfile=args.logfile)
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
+        check_logfile(args.logfile, "--logfile")
+        set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
     except ComposerError as e:
         print(f"composer: error: {e}", file=sys.stderr)

@@ -64,6 +64,9 @@ def normalize_url(url: str) -> str:
         raise ComposerError(f"--url {url!r}: expected e.g. http://server/path/ (http, https, tftp, ftp or nfs)")
     if any(c.isspace() for c in url):
         raise ComposerError(f"--url {url!r}: must not contain white space")
+    from composer.preflight import check_menu_value
+
+    check_menu_value("--url", url)  # it lands in every boot menu and kernel command line
     return url if url.endswith("/") else url + "/"
 
 
@@ -194,11 +197,17 @@ def cmd_netboot(args: argparse.Namespace) -> int:
     from composer.cli import config_from_args
     from composer.kickstart import config_with_kickstart
 
+    from composer.cli import check_logfile
+    from composer.preflight import check_kernel_arg
+
+    check_logfile(args.netboot_logfile, "--logfile")
     if args.netboot_logfile is not None:
         set_logging(logfile=args.netboot_logfile)
     url = normalize_url(args.url)
     cfg = config_from_args(args)
     cfg, ks = config_with_kickstart(cfg, args.ks)
+    for arg in args.kernel_arg:
+        check_kernel_arg("--kernel-arg", arg)
     opts = NetbootOptions(url=url, split=args.split,
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
     from composer.preflight import check_compose_inputs
