@@ -143,7 +143,7 @@ def compose_inputs(cfg: Config) -> list[Place]:
             places.append(Place(Path(unquote(parsed.path)), f"the package source {url}"))
     for f in cfg.repofiles:
         places.append(Place(f, f"--repo {f}"))
-        places += [Place(p, f"a file:// baseurl of --repo {f}") for p in _repofile_paths(f)]
+        places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in _repofile_paths(f)]
     for t in cfg.add_templates:
         places.append(Place(t, f"--add-template {t}"))
     if cfg.dracut_conf is not None:
@@ -244,10 +244,12 @@ def describe_char(ch: str) -> str:
 
 
 def check_line(option: str, value: str) -> str:
-    """One line of text: no line break, tab or other control character, sane length."""
+    """One line of text: no line break, tab or other control character, sane length.
+    (`option` ending in "=" is a NAME=VALUE option: the value is shown right after it.)"""
     bad = _CONTROL.search(value)
     if bad:
-        raise ComposerError(f"{option} {value!r}: holds {describe_char(bad.group())}; a value is one line of text")
+        sep = "" if option.endswith("=") else " "
+        raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(bad.group())}; a value is one line of text")
     if len(value) > MAX_VALUE:
         raise ComposerError(f"{option}: {len(value)} characters, at most {MAX_VALUE}")
     return value
@@ -283,7 +285,8 @@ def check_menu_value(option: str, value: str) -> str:
     check_line(option, value)
     for ch in value:
         if ch in MENU_SYNTAX:
-            raise ComposerError(f"{option} {value!r}: holds {describe_char(ch)}, which is syntax in boot menus")
+            sep = "" if option.endswith("=") else " "
+            raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(ch)}, which is syntax in boot menus")
     return value
 
 
