@@ -236,6 +236,13 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
 
 
 def cmd_boot_iso(args: argparse.Namespace) -> int:
+    cfg, opts = prepare_boot_iso(args)
+    compose_boot_iso(cfg, opts)
+    return 0
+
+
+def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
+    """Every check of `composer boot-iso` before any work, boot menus rendered included."""
     from composer.cli import _template_vars, config_from_args
     from composer.kickstart import config_with_kickstart
 
@@ -275,8 +282,8 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
     # These reach the boot menus too, where quotes and $ are syntax.
     check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
     check_compose_inputs(cfg, "boot-iso")
-    compose_boot_iso(cfg, opts)
-    return 0
+    check_templates(cfg, opts)
+    return cfg, opts
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -295,7 +302,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="variable for the boot config and arch templates (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_boot_iso)
+    p.set_defaults(func=cmd_boot_iso, prepare=prepare_boot_iso)
     return p
 
 
@@ -326,14 +333,41 @@ def check_iso_file(path: Path) -> None:
                                 "give a boot.iso, e.g. OUTDIR/images/boot.iso")
 
 
+def _netboot_url(tree: Path) -> str:
+    meta_file = tree / "netboot.json"
+    if not meta_file.is_file():
+        raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        url = meta["url"]
+        if not isinstance(url, str):
+            raise TypeError(f"url is {type(url).__name__}")
+        from urllib.parse import urlsplit
+
+        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
+    return url
+
+
+def check_verify_media(args: argparse.Namespace) -> None:
+    """`verify --iso/--netboot` inputs, checked before qemu starts."""
+    if args.iso is not None:
+        check_iso_file(args.iso)
+    else:
+        if args.min_memory:
+            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
+        _netboot_url(args.netboot)
+
+
 def verify_media(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from composer.verify import boot_iso, boot_netboot, serve_http
 
     common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
+    check_verify_media(args)
     if args.iso is not None:
-        check_iso_file(args.iso)
         if args.min_memory:
             from composer.cli import report_min_memory
 
@@ -347,14 +381,7 @@ def verify_media(args: argparse.Namespace) -> int:
         if args.min_memory:
             raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
         tree = args.netboot
-        meta_file = tree / "netboot.json"
-        if not meta_file.is_file():
-            raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
-        try:
-            meta = json.loads(meta_file.read_text())
-            url = urlsplit(meta["url"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
+        url = urlsplit(_netboot_url(tree))
         local = url.hostname == "10.0.2.2"
         bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
         with contextlib.ExitStack() as stack:

@@ -117,13 +117,18 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
-def cmd_runtime(args: argparse.Namespace) -> int:
+def prepare_runtime(args: argparse.Namespace) -> Config:
+    """Every check of `composer runtime` that runs before any work (reads only)."""
     from composer.kickstart import config_with_kickstart
-
     from composer.preflight import check_compose_inputs
 
     cfg, _ = config_with_kickstart(config_from_args(args), args.ks)
     check_compose_inputs(cfg, "runtime")
+    return cfg
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    cfg = prepare_runtime(args)
     from composer.runtime import compose_runtime
 
     compose_runtime(cfg)
@@ -239,17 +244,27 @@ def _check_kernel_file(path: Path) -> None:
             raise ComposerError(f"--kernel {path}: not a Linux kernel image (no x86 boot header)")
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def prepare_verify(args: argparse.Namespace) -> None:
+    """Every check of `composer verify` before qemu starts."""
     _check_verify_options(args)
     if args.iso is not None or args.netboot is not None:
-        from composer.bootiso import verify_media
+        from composer.bootiso import check_verify_media
 
-        return verify_media(args)
+        check_verify_media(args)
+        return
     if args.kernel is None or args.initrd is None:
         raise ComposerError("verify: give --kernel and --initrd, or --iso ISO, or --netboot DIR")
     for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         check_input_file(path, opt)
     _check_kernel_file(args.kernel)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    prepare_verify(args)
+    if args.iso is not None or args.netboot is not None:
+        from composer.bootiso import verify_media
+
+        return verify_media(args)
     from composer.verify import boot_kernel
 
     if args.min_memory:
@@ -298,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runtime", help="compose a runtime: big initrd (boots from RAM), install.img, manifest")
     _add_compose_options(p)
     add_ks_option(p)
-    p.set_defaults(func=cmd_runtime)
+    p.set_defaults(func=cmd_runtime, prepare=prepare_runtime)
 
     p = sub.add_parser("verify", help="boot a kernel and initrd in qemu and wait for the boot marker")
     p.add_argument("--kernel", type=Path, default=None)
@@ -312,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", default="128-768", metavar="LO-HI", help="bounds in MB for --min-memory (default 128-768)")
     p.add_argument("--step", type=int, default=16, metavar="MB", help="granularity of --min-memory (default 16)")
     add_verify_media_options(p)
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=cmd_verify, prepare=prepare_verify)
 
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
     p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")

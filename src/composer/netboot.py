@@ -194,6 +194,13 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
 
 
 def cmd_netboot(args: argparse.Namespace) -> int:
+    cfg, opts = prepare_netboot(args)
+    compose_netboot(cfg, opts)
+    return 0
+
+
+def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
+    """Every check of `composer netboot` before any work, boot configs rendered included."""
     from composer.cli import config_from_args
     from composer.kickstart import config_with_kickstart
 
@@ -213,8 +220,8 @@ def cmd_netboot(args: argparse.Namespace) -> int:
     from composer.preflight import check_compose_inputs
 
     check_compose_inputs(cfg, "netboot")
-    compose_netboot(cfg, opts)
-    return 0
+    check_templates(cfg, opts)
+    return cfg, opts
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -230,5 +237,5 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every entry (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_netboot)
+    p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
     return p
