@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import signal
 import sys
 from pathlib import Path
@@ -371,25 +372,42 @@ _PASS_THROUGH_OPTIONS = ("--dracut-arg",)
 
 
 def _glue_pass_through(argv: list[str]) -> list[str]:
-    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'."""
+    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'.
+
+    `--opt=--` is refused here: argparse drops a "--" value and hands the command a list."""
     out: list[str] = []
     it = iter(argv)
     for arg in it:
+        if arg.startswith("--") and arg.endswith("=--") and arg.count("=") == 1:
+            raise ComposerError(f"{arg}: '--' is not a value for {arg[:-3]}")
         value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
         out.append(arg if value is None else f"{arg}={value}")
     return out
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """An error is one line: control characters from a value or path (a newline in a
+    file name) are shown escaped, as Python would."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
+    try:
+        glued = _glue_pass_through(sys.argv[1:] if argv is None else list(argv))
+    except ComposerError as e:
+        parser.error(one_line(str(e)))
+    args = parser.parse_args(glued)
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
         check_logfile(args.logfile, "--logfile")
         set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
     except ComposerError as e:
-        print(f"composer: error: {e}", file=sys.stderr)
+        print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
@@ -397,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
         where = f" {e.filename}:" if e.filename else ""
-        print(f"composer: error:{where} {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"composer: error:{where} {e.strerror or e}"), file=sys.stderr)
         return 1
     finally:
         for s, handler in previous.items():

@@ -54,7 +54,11 @@ def _repo_id(url: str, index: int) -> str:
 
 def check_source(url: str, option: str = "--source") -> None:
     """Fail early, with the option (or kickstart file:line) named, on a source that cannot work."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"{option} {url!r}: not a URL ({e})") from None
     if parsed.scheme not in ("file", "http", "https", "ftp") or (parsed.scheme != "file" and not parsed.netloc):
         raise ComposerError(f"{option} {url}: not a URL (use file:///path, http:// or https://)")
     if any(c.isspace() or not c.isprintable() for c in url):
@@ -127,7 +131,11 @@ def check_repofile(path: Path) -> None:
             for url in urls:
                 if not url:
                     continue
-                parsed = urlparse(url)
+                try:
+                    parsed = urlparse(url)
+                    parsed.port  # noqa: B018 - raises ValueError on a bad port
+                except ValueError:
+                    parsed = urlparse("")
                 if parsed.scheme not in _URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc) \
                         or any(not c.isprintable() or c.isspace() for c in url):
                     raise ComposerError(f"--repo {where(name, key)}: [{name}] {key} {url!r} is not a URL "

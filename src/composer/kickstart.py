@@ -95,6 +95,21 @@ def _line_of(files: list[Path], lineno: int | None, command: str) -> str:
     return f"{files[0]}:{lineno}"
 
 
+def _unsplittable_line(files: list[Path]) -> str:
+    """FILE:LINE of the first line shell-style splitting fails on (else the first file)."""
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for n, line in enumerate(lines, 1):
+            try:
+                shlex.split(line)
+            except ValueError:
+                return f"{f}:{n}"
+    return str(files[0])
+
+
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
     from pykickstart import errors as kserrors
@@ -122,6 +137,9 @@ def load_kickstart(path: Path) -> KickstartInput:
         raise ComposerError(f"kickstart {path}: not a text file ({e.reason} at byte {e.start})") from None
     except RecursionError:
         raise ComposerError(f"kickstart {path}: %include nested too deeply (a loop through a remote include?)") from None
+    except ValueError as e:
+        # pykickstart lets some errors through unwrapped (shlex's "No closing quotation").
+        raise ComposerError(f"kickstart {_unsplittable_line(files)}: cannot parse: {e}") from None
 
     unused: list[str] = []
     sources: list[str] = []

@@ -59,7 +59,11 @@ class NetbootOptions:
 def normalize_url(url: str) -> str:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"--url {url!r}: not a URL ({e})") from None
     if parts.scheme not in ("http", "https", "tftp", "ftp", "nfs") or not parts.netloc:
         raise ComposerError(f"--url {url!r}: expected e.g. http://server/path/ (http, https, tftp, ftp or nfs)")
     if any(c.isspace() for c in url):

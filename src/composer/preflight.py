@@ -132,13 +132,13 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Pl
 
 def compose_inputs(cfg: Config) -> list[Place]:
     """What a compose reads or keeps, as places its OUTDIR must keep away from."""
-    from urllib.parse import unquote, urlparse
+    from urllib.parse import unquote
 
     places = [Place(cfg.cachedir, f"--cachedir {cfg.cachedir}")]
     if cfg.workdir is not None:
         places.append(Place(cfg.workdir, f"--workdir {cfg.workdir}", inside=False))
     for url in cfg.sources:
-        parsed = urlparse(url)
+        parsed = _urlparse(url)
         if parsed.scheme == "file":
             places.append(Place(Path(unquote(parsed.path)), f"the package source {url}"))
     for f in cfg.repofiles:
@@ -151,10 +151,20 @@ def compose_inputs(cfg: Config) -> list[Place]:
     return places
 
 
+def _urlparse(url: str):  # noqa: ANN202
+    """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
+    source checks that follow say what is wrong with it."""
+    from urllib.parse import urlparse
+
+    try:
+        return urlparse(url)
+    except ValueError:
+        return urlparse("")
+
+
 def _repofile_paths(path: Path) -> list[Path]:
     """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
-    import re
-    from urllib.parse import unquote, urlparse
+    from urllib.parse import unquote
 
     try:
         text = path.read_text(errors="replace")
@@ -163,7 +173,7 @@ def _repofile_paths(path: Path) -> list[Path]:
     found = []
     for m in re.finditer(r"^\s*baseurl\s*=\s*(.*)$", text, re.M):
         for url in re.split(r"[\s,]+", m.group(1).strip()):
-            parsed = urlparse(url)
+            parsed = _urlparse(url)
             if parsed.scheme == "file" and parsed.path:
                 found.append(Path(unquote(parsed.path)))
     return found
@@ -226,7 +236,7 @@ def check_compose_inputs(cfg: Config, command: str) -> None:
 # file is checked for its kind here, before anything runs. (The templates also take
 # values as data; see templates.TemplateValue. These checks name the option.)
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # rpm's version/release alphabet (and "rawhide"): no spaces, quotes or shell/menu syntax.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^-]*")
 _PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]*")
@@ -240,6 +250,8 @@ MAX_VALUE = 4096
 
 def describe_char(ch: str) -> str:
     names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+    if "\ud800" <= ch <= "\udfff":
+        return f"byte 0x{ord(ch) - 0xdc00:02x}, which is not UTF-8" if ch >= "\udc80" else "a lone surrogate"
     return names.get(ch, f"{ch!r}" if ch.isprintable() else f"control character U+{ord(ch):04X}")
 
 
@@ -249,7 +261,8 @@ def check_line(option: str, value: str) -> str:
     bad = _CONTROL.search(value)
     if bad:
         sep = "" if option.endswith("=") else " "
-        raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(bad.group())}; a value is one line of text")
+        why = "give it in UTF-8" if "\ud800" <= bad.group() <= "\udfff" else "a value is one line of text"
+        raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(bad.group())}; {why}")
     if len(value) > MAX_VALUE:
         raise ComposerError(f"{option}: {len(value)} characters, at most {MAX_VALUE}")
     return value
@@ -296,7 +309,11 @@ def check_url_value(option: str, value: str) -> str:
     check_menu_value(option, value)
     if any(ch.isspace() for ch in value):
         raise ComposerError(f"{option} {value!r}: a URL has no white space")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"{option} {value!r}: not a URL ({e})") from None
     if not parts.scheme or not (parts.netloc or parts.scheme == "file"):
         raise ComposerError(f"{option} {value!r}: not a URL (e.g. https://bugzilla.example.com/)")
     return value

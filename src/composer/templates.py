@@ -407,10 +407,16 @@ class _DataText(str):
 
 # Line breaks, tabs and other control characters (C0, DEL, C1, and the Unicode line
 # and paragraph separators).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+# The private-use characters the parser marks data with (see _DATA_PROTECT).
+_RESERVED = re.compile("[\ue000-\ue01f]")
 
 
 def describe_control(ch: str) -> str:
+    if "\ud800" <= ch <= "\udfff":
+        return "a byte that is not UTF-8"
     names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
     return names.get(ch, f"control character U+{ord(ch):04X}")
 
@@ -418,6 +424,10 @@ def describe_control(ch: str) -> str:
 def _data_filter(value: object) -> str:
     """Mako's default expression filter in composer's templates (instead of str)."""
     if isinstance(value, TemplateValue):
+        reserved = _RESERVED.search(value)
+        if reserved:
+            raise ComposerError(f"the value of {value.name or 'a variable'} holds U+{ord(reserved.group()):04X}, a "
+                                "private-use character composer's template parser reserves")
         bad = _CONTROL.search(value)
         if bad:
             raise ComposerError(f"the value of {value.name or 'a variable'} holds {describe_control(bad.group())}: "

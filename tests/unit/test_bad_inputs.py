@@ -115,6 +115,7 @@ def _defence_inputs(i: Path) -> None:
         (i / f"deep{n}.ks").write_text(f"%include {i}/deep{n + 1}.ks\n" if n < 19 else "lang en_US.UTF-8\n")
     (i / "badurl.ks").write_text("url --url=file:///nonexistent/os\n")
     (i / "badrepo.ks").write_text(f"url --url=file://{i}/empty\nrepo --name=extra --baseurl=example.com/os\n")
+    (i / "quote.ks").write_text('lang en_US.UTF-8\nkeyboard "us\n')
     (i / "menuarg.ks").write_text('lang en_US.UTF-8\nbootloader --append="quiet;reboot"\n')
     # .repo files: a garbage metalink (librepo asserts on it), a control character.
     (i / "metalink.repo").write_text("[r]\nname=r\nmetalink=garbage\n")
@@ -386,6 +387,10 @@ CASES += [Case(*c[:3], **{"defence": "formats", **(c[3] if len(c) > 3 else {})})
     ("delta-create-chunk-size-huge", ("delta", "create", "{i}/victim.img", "-o", "{t}/o.gz", "--chunk-size", "1T"),
      "--chunk-size 1T: invalid chunk size"),
     ("runtime-rootfs-size-huge", (*RT, "--rootfs-size", "99999999T", OUT), "--rootfs-size: '99999999T' is too large"),
+    ("verify-timeout-double-dash", (*VERIFY, "--timeout=--"), "--timeout=--: '--' is not a value for --timeout", {"code": 2}),
+    ("runtime-ks-unbalanced-quote", (*RT, "--ks", "{i}/quote.ks", OUT), "kickstart {i}/quote.ks:2: cannot parse: No closing quotation"),
+    ("runtime-version-not-utf8", ("runtime", "--product", "TestProduct", "--version", "1\udcff", *SRC, OUT),
+     "holds byte 0xff, which is not UTF-8"),
 ]]
 CASES += [Case(*c[:3], **{"defence": "messages", **(c[3] if len(c) > 3 else {})}) for c in [
     # 5. Every message names the cause and the way out
