@@ -286,8 +286,9 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     from composer.run import DATADIR
     from composer.templates import TemplateRunner, iter_template_files, sample_variables
 
-    from composer.preflight import check_template_vars
+    from composer.preflight import check_arch, check_template_vars
 
+    check_arch("--basearch", args.basearch)
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
     template_vars = _template_vars(args.add_template_var)
     check_template_vars("--add-template-var", template_vars)

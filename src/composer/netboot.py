@@ -219,6 +219,9 @@ def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
     cfg, ks = config_with_kickstart(cfg, args.ks)
     for arg in args.kernel_arg:
         check_kernel_arg("--kernel-arg", arg)
+    from composer.preflight import check_template_vars
+
+    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)  # the boot configs get them too
     opts = NetbootOptions(url=url, split=args.split,
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
     from composer.preflight import check_compose_inputs

@@ -335,7 +335,7 @@ def check_config_values(cfg: Config) -> None:
     _check_pattern("--variant", cfg.variant, _VARIANT, "a variant name (letters, digits and . _ + -)")
     if cfg.bugurl:
         check_url_value("--bugurl", cfg.bugurl)
-    _check_pattern("--buildarch", cfg.arch, _ARCH, "an architecture (e.g. x86_64, aarch64)")
+    check_arch("--buildarch", cfg.arch)
     for p in cfg.installpkgs:
         _check_word("--installpkgs", p)
     for p in cfg.excludepkgs:
@@ -345,6 +345,10 @@ def check_config_values(cfg: Config) -> None:
     for url in cfg.sources:
         check_line("--source", url)
     check_template_vars("--add-template-var", cfg.add_template_vars)
+
+
+def check_arch(option: str, value: str) -> str:
+    return _check_pattern(option, value, _ARCH, "an architecture (e.g. x86_64, aarch64)")
 
 
 def _check_word(option: str, value: str) -> str:
