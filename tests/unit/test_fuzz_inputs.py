@@ -335,7 +335,7 @@ def test_other_commands_early_checks(world, data) -> None:
         try:
             if args.command == "verify":
                 prepare_verify(args)
-            elif args.command == "delta" and not str(args.output).startswith(str(world)):
+            elif args.command == "delta" and not os.path.abspath(args.output).startswith(f"{world}/"):
                 from composer.preflight import check_outputs_apart
 
                 check_outputs_apart([("delta: -o", args.output)], [])
