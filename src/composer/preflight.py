@@ -100,13 +100,14 @@ def protected_places() -> list[Place]:
     return places
 
 
-def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Place]) -> None:
+def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Place], *,
+                        protected: bool = True) -> None:
     """Every output (option, path) against every input and protected place: an output
     equal to one, inside one or containing one is refused before any work.
 
     An output is compared as itself (parent resolved, a symlink at its name not
     followed) and as what it resolves to; inputs as what they resolve to."""
-    places = [*protected_places(), *inputs]
+    places = [*(protected_places() if protected else []), *inputs]
     outs = list(outputs)
     for option, out in outs:
         forms = {output_path(out), _real(out)}
@@ -212,7 +213,14 @@ def check_compose_inputs(cfg: Config, command: str) -> None:
 
     check_root(command)
     templatedir = cfg.template_dir  # unknown --product
-    check_outputs_apart([("OUTDIR", cfg.outdir)], compose_inputs(cfg))
+    inputs = compose_inputs(cfg)
+    check_outputs_apart([("OUTDIR", cfg.outdir)], inputs)
+    # composer writes in the cache and the work directory too: never in a source, and
+    # the cache (dnf/, trees/) never a system directory itself (/var/cache/dnf is dnf's).
+    sources = [p for p in inputs if not p.what.startswith(("--cachedir", "--workdir"))]
+    check_outputs_apart([("--cachedir", cfg.cachedir)], sources)
+    if cfg.workdir is not None:
+        check_outputs_apart([("--workdir", cfg.workdir)], sources, protected=False)
     check_outdir(cfg.outdir, force=cfg.force)
     if cfg.workdir is not None:
         check_dir_creatable(cfg.workdir, "--workdir")

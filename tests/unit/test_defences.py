@@ -194,16 +194,17 @@ def test_kickstart_include_loop_is_one_error(tmp_path):
 
 def test_template_check_is_linear(tmp_path):
     """200,000 lines check in well under 20 s (quadratic bookkeeping took ~15 s for 100k)."""
-    times = {}
+    times, wall = {}, {}
     for n in (50_000, 200_000):
         t = tmp_path / f"big{n}.tmpl"
         t.write_text("log hello world\nmkdir /usr/share/x{a,b}\n" * (n // 2))
         runner = TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=tmp_path, variables={}, dry_run=True)
-        start = time.monotonic()
+        start, start_wall = time.process_time(), time.monotonic()
         runner.run(t)
-        times[n] = time.monotonic() - start
-    print(f"\n  template check: 50k lines {times[50_000]:.2f}s, 200k lines {times[200_000]:.2f}s "
-          f"(ratio {times[200_000] / max(times[50_000], 1e-3):.1f}, linear is 4)")
+        # CPU time: the bound holds on a loaded machine too (wall time shown for the record).
+        times[n], wall[n] = time.process_time() - start, time.monotonic() - start_wall
+    print(f"\n  template check (CPU s): 50k lines {times[50_000]:.2f}, 200k lines {times[200_000]:.2f} "
+          f"(ratio {times[200_000] / max(times[50_000], 1e-3):.1f}, linear is 4; wall {wall[200_000]:.1f}s)")
     assert times[200_000] < 20
 
 
@@ -212,10 +213,10 @@ def test_expression_heavy_template_is_linear(tmp_path):
     t = tmp_path / "expr.tmpl"
     t.write_text("% for i in range(100000):\nlog line ${i} of ${x}\n% endfor\n")
     runner = TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=tmp_path, variables={"x": "v"}, dry_run=True)
-    start = time.monotonic()
+    start = time.process_time()
     runner.run(t)
-    took = time.monotonic() - start
-    print(f"\n  100k rendered lines with 2 expressions each: {took:.2f}s")
+    took = time.process_time() - start
+    print(f"\n  100k rendered lines with 2 expressions each: {took:.2f} CPU s")
     assert took < 20
 
 
