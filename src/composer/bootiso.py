@@ -282,7 +282,7 @@ def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     # These reach the boot menus too, where quotes and $ are syntax.
     check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
     check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)
-    check_compose_inputs(cfg, "boot-iso")
+    check_compose_inputs(cfg, "boot-iso", ks=args.ks)
     check_templates(cfg, opts)
     return cfg, opts
 

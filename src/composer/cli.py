@@ -124,7 +124,7 @@ def prepare_runtime(args: argparse.Namespace) -> Config:
     from composer.preflight import check_compose_inputs
 
     cfg, _ = config_with_kickstart(config_from_args(args), args.ks)
-    check_compose_inputs(cfg, "runtime")
+    check_compose_inputs(cfg, "runtime", ks=args.ks)
     return cfg
 
 

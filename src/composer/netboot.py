@@ -226,7 +226,7 @@ def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
     from composer.preflight import check_compose_inputs
 
-    check_compose_inputs(cfg, "netboot")
+    check_compose_inputs(cfg, "netboot", ks=args.ks)
     check_templates(cfg, opts)
     return cfg, opts
 

@@ -60,8 +60,8 @@ def check_outdir(outdir: Path, *, force: bool, option: str = "OUTDIR") -> None:
 
 # --------------------------------------------------------------------------- outputs vs inputs
 
-# Never an output, nor inside one. (Equal or containing is refused for these;
-# inside is refused too for the pseudo and boot/config filesystems.)
+# An output is never one of these and never contains one; nor does it go inside
+# the pseudo filesystems, /boot or /etc (NOTHING_INSIDE).
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
                "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
                "/var/cache", "/var/lib", "/var/log", "/var/tmp")
@@ -149,6 +149,9 @@ def compose_inputs(cfg: Config) -> list[Place]:
         places.append(Place(t, f"--add-template {t}"))
     if cfg.dracut_conf is not None:
         places.append(Place(cfg.dracut_conf, f"--dracut-conf {cfg.dracut_conf}"))
+    from composer.run import DATADIR
+
+    places.append(Place(DATADIR, f"composer's templates and data ({DATADIR})"))
     return places
 
 
@@ -205,15 +208,15 @@ def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
         checker.run(path.resolve())
 
 
-def check_compose_inputs(cfg: Config, command: str) -> None:
+def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -> None:
     """All the cheap checks of `composer runtime|boot-iso|netboot`, in the order a user
-    would fix them."""
+    would fix them. `ks`: the --ks file, an input too."""
     from composer.dnf import check_repofile, check_source
     from composer.runtime import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE
 
     check_root(command)
     templatedir = cfg.template_dir  # unknown --product
-    inputs = compose_inputs(cfg)
+    inputs = compose_inputs(cfg) + ([Place(ks, f"--ks {ks}")] if ks is not None else [])
     check_outputs_apart([("OUTDIR", cfg.outdir)], inputs)
     # composer writes in the cache and the work directory too: never in a source, and
     # the cache (dnf/, trees/) never a system directory itself (/var/cache/dnf is dnf's).

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from composer.run import DATADIR, OUTPUT_MARKER
 from tests.conftest import ROOT
 
 # --------------------------------------------------------------------------- inputs
@@ -116,6 +117,9 @@ def _defence_inputs(i: Path) -> None:
     (i / "badurl.ks").write_text("url --url=file:///nonexistent/os\n")
     (i / "badrepo.ks").write_text(f"url --url=file://{i}/empty\nrepo --name=extra --baseurl=example.com/os\n")
     (i / "quote.ks").write_text('lang en_US.UTF-8\nkeyboard "us\n')
+    (i / "ksdir").mkdir()
+    (i / "ksdir" / "ok.ks").write_text("lang en_US.UTF-8\n")
+    (i / "ksdir" / OUTPUT_MARKER).write_text("")  # as if composer had made it: only the --ks inside stops --force
     (i / "menuarg.ks").write_text('lang en_US.UTF-8\nbootloader --append="quiet;reboot"\n')
     # .repo files: a garbage metalink (librepo asserts on it), a control character.
     (i / "metalink.repo").write_text("[r]\nname=r\nmetalink=garbage\n")
@@ -320,6 +324,9 @@ CASES += [Case(*c[:3], **{"defence": "outputs", **(c[3] if len(c) > 3 else {})})
      {"env": (("HOME", "{i}/home"),)}),
     ("netboot-outdir-inside-repo-baseurl", ("netboot", *C, "--repo", "{i}/local.repo", "--url", "http://s/", "{i}/empty/x"),
      "OUTDIR {i}/empty/x is inside the baseurl file://{i}/empty of --repo {i}/local.repo"),
+    ("runtime-outdir-contains-the-kickstart", (*RT, "--ks", "{i}/ksdir/ok.ks", "--force", "{i}/ksdir"),
+     "OUTDIR {i}/ksdir contains --ks {i}/ksdir/ok.ks"),
+    ("runtime-outdir-inside-composers-data", (*RT, "{data}/templates/out"), "is inside composer's templates and data"),
     ("runtime-cachedir-is-a-system-directory", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
                                                 "--cachedir", "/var/cache", OUT),
      "--cachedir /var/cache is the system directory /var/cache"),
@@ -455,7 +462,7 @@ def test_bad_input(case: Case, inputs: Path, tmp_path: Path, request_cleanup: li
     t = tmp_path
     (t / "work").mkdir()
     (t / "ro").mkdir()
-    sub = {"{t}": str(t), "{i}": str(inputs)}
+    sub = {"{t}": str(t), "{i}": str(inputs), "{data}": str(DATADIR)}
 
     def fill(text: str) -> str:
         for k, v in sub.items():
