@@ -190,7 +190,13 @@ def _check_verify_options(args: argparse.Namespace) -> None:
     for arg in _split_append(args.append):
         check_kernel_arg("--append", arg)
     if args.log is not None:
+        from composer.preflight import Place, check_outputs_apart
+
         check_logfile(args.log, "--log")
+        # The serial log is written: never over what is booted.
+        inputs = [Place(p, f"{opt} {p}") for opt, p in (("--kernel", args.kernel), ("--initrd", args.initrd),
+                                                         ("--iso", args.iso), ("--netboot", args.netboot)) if p]
+        check_outputs_apart([("--log", args.log)], inputs)
         check_dir_creatable(args.log.parent, "--log")
 
 

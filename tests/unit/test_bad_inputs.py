@@ -341,6 +341,9 @@ CASES += [Case(*c[:3], **{"defence": "outputs", **(c[3] if len(c) > 3 else {})})
      "overlay-LIVE-1 is a symbolic link"),
     ("logfile-in-etc", ("--logfile", "/etc/composer.log", "template-check", "{i}/usevar.tmpl"),
      "--logfile /etc/composer.log is inside the system directory /etc"),
+    ("verify-log-is-the-kernel", (*VERIFY, "--log", "{i}/notakernel"), "--log {i}/notakernel is --kernel {i}/notakernel"),
+    ("verify-log-inside-netboot-tree", ("verify", "--netboot", "{i}/netboot", "--log", "{i}/netboot/serial.log"),
+     "--log {i}/netboot/serial.log is inside --netboot {i}/netboot"),
     ("verify-log-in-etc", (*VERIFY, "--log", "/etc/serial.log"), "--log /etc/serial.log is inside the system directory /etc"),
 ]]
 CASES += [Case(*c[:3], **{"defence": "values", **(c[3] if len(c) > 3 else {})}) for c in [
