@@ -21,6 +21,11 @@ All paths name places in the tree: ``/usr/bin`` and ``usr/bin`` both mean
 are followed relative to the tree root, and symlinks leading out of the tree are
 refused (see :func:`resolve_in_tree`).
 
+Variables are data (``TemplateValue``): a value never holds a line break or a control
+character, its quotes, backslashes and braces are literal in the rendered command
+line, and it is never a command name. (White space in an unquoted value still
+separates words, as in lorax.) The template files themselves are trusted code.
+
 Errors name the template and the source line: ``runtime-cleanup.tmpl:12: chmod:
 bad mode '9z'``.
 
