@@ -103,6 +103,9 @@ def world(tmp_path_factory) -> Iterator[Path]:
     (w / "kernel").write_bytes(bytes(0x202) + b"HdrS" + bytes(1024))
     (w / "initrd").write_bytes(b"\x00" * 4096)
     old_cwd, old_home = os.getcwd(), os.environ.get("HOME")
+    # Outside the world: "/" and the directory beside it (fuzzed paths alias both;
+    # /etc and /usr are left out: other programs on this machine may change them).
+    outside = {d: sorted(os.listdir(d)) for d in ("/", w.parent)}
     os.chdir(w / "cwd")
     os.environ["HOME"] = str(w / "home")
     try:
@@ -113,6 +116,8 @@ def world(tmp_path_factory) -> Iterator[Path]:
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = old_home
+    for d, names in outside.items():
+        assert sorted(os.listdir(d)) == names, f"the fuzzing touched {d}"
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items()))
         print(f"\n  fuzz examples run: {counts} (total {sum(COUNTS.values())})")
 
@@ -280,7 +285,9 @@ def test_compose_early_checks(world, data) -> None:
     if outcome == "accepted":
         out = os.path.realpath(values["OUTDIR"])
         assert out.startswith(str(world) + "/"), f"OUTDIR {values['OUTDIR']} outside the test's directory accepted"
-        assert not out.startswith((str(world / "repo"), str(world / "cache"), str(world / "victim"))), out
+        assert not out.startswith((str(world / "repo"), str(world / "cache"))), out
+        # A user's directory may hold a new output, never be replaced by one.
+        assert out != str(world / "victim"), out
         if command != "runtime":
             # An accepted value changes no menu line's kind and no line count.
             benign = {k: (DEFAULTS[k] if k in fuzzed and k in DEFAULTS else v) for k, v in values.items()}
