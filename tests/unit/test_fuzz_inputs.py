@@ -116,10 +116,10 @@ def world(tmp_path_factory) -> Iterator[Path]:
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = old_home
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items()))
+    print(f"\n  fuzz examples run: {counts} (total {sum(COUNTS.values())})")
     for d, names in outside.items():
         assert sorted(os.listdir(d)) == names, f"the fuzzing touched {d}"
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items()))
-        print(f"\n  fuzz examples run: {counts} (total {sum(COUNTS.values())})")
 
 
 def _fingerprint(w: Path) -> dict[str, str]:
