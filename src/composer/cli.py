@@ -168,9 +168,7 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
 
 def _check_verify_options(args: argparse.Namespace) -> None:
     """Numbers qemu or the bisection would choke on, and a log that cannot be written."""
-    from composer.preflight import check_dir_creatable
-
-    from composer.preflight import check_kernel_arg
+    from composer.preflight import check_dir_creatable, check_line
 
     host_mb = host_memory_mb()
     if args.memory < 16:
@@ -187,8 +185,9 @@ def _check_verify_options(args: argparse.Namespace) -> None:
         _, hi = _range_mb(args)
         if hi > host_mb:
             raise ComposerError(f"--range {args.range}: more than this host's {host_mb} MB of RAM")
-    for arg in _split_append(args.append):
-        check_kernel_arg("--append", arg)
+    # qemu gets it as one argv word (no menu parses it): one line, and balanced quotes.
+    check_line("--append", args.append)
+    _split_append(args.append)
     if args.log is not None:
         from composer.preflight import Place, check_outputs_apart
 

@@ -383,7 +383,7 @@ CASES += [Case(*c[:3], **{"defence": "values", **(c[3] if len(c) > 3 else {})}) 
      "kickstart {i}/menuarg.ks:2: bootloader --append 'quiet;reboot': holds ';'"),
     ("runtime-repo-control-character", ("runtime", *C, "--repo", "{i}/control.repo", OUT),
      "--repo {i}/control.repo:2: [r] baseurl"),
-    ("verify-append-dollar", (*VERIFY, "--append", "console=ttyS0 $(reboot)"), "--append '$(reboot)': holds '$'"),
+    ("verify-append-newline", (*VERIFY, "--append", "console=ttyS0\nquiet"), "--append 'console=ttyS0\\nquiet': holds a newline"),
 ]]
 CASES += [Case(*c[:3], **{"defence": "formats", **(c[3] if len(c) > 3 else {})}) for c in [
     # 3. Formats validated before use
