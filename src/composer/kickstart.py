@@ -136,7 +136,8 @@ def load_kickstart(path: Path) -> KickstartInput:
     except UnicodeDecodeError as e:
         raise ComposerError(f"kickstart {path}: not a text file ({e.reason} at byte {e.start})") from None
     except RecursionError:
-        raise ComposerError(f"kickstart {path}: %include nested too deeply (a loop through a remote include?)") from None
+        raise ComposerError(f"kickstart {path}: %include nested too deeply "
+                            "(a loop through a remote include?)") from None
     except ValueError as e:
         # pykickstart lets some errors through unwrapped (shlex's "No closing quotation").
         raise ComposerError(f"kickstart {_unsplittable_line(files)}: cannot parse: {e}") from None
