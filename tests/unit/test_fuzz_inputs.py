@@ -362,13 +362,17 @@ def test_other_commands_early_checks(world, data) -> None:
 # --------------------------------------------------------------------------- file contents
 
 
-KS_LINES = st.one_of(
-    st.sampled_from(["url --url=file:///nonexistent", "repo --name=a --baseurl=example.com", "%packages", "%end",
-                     "bootloader --append=\"quiet\"", "bootloader --append=\"a;b\"", "bootloader --append='$(x)'",
-                     "%include SELF", "%include /nonexistent.ks", "%pre", "lang en_US.UTF-8", "%ksappend SELF",
-                     "bash", "-vim", "@core", "url --url=http://[::1", "network --bootproto=dhcp"]),
-    st.text(max_size=30),
-)
+_KS_KNOWN = st.sampled_from([
+    "url --url=file:///nonexistent", "repo --name=a --baseurl=example.com", "%packages", "%end",
+    "bootloader --append=\"quiet\"", "bootloader --append=\"a;b\"", "bootloader --append='$(x)'",
+    "%include SELF", "%include /nonexistent.ks", "%pre", "lang en_US.UTF-8", "%ksappend SELF",
+    "bash", "-vim", "@core", "url --url=http://[::1", "network --bootproto=dhcp",
+    "%packages\nbash\n-vim\n%end", "bootloader --append=\"console=ttyS0 quiet\"", "keyboard us", "lang en_US.UTF-8",
+])
+# Known lines twice as often as random text, so that some kickstarts get through.
+KS_LINES = st.one_of(_KS_KNOWN, _KS_KNOWN, st.text(max_size=30),
+                     st.text(max_size=20).map(lambda t: f"bootloader --append=\"{t}\""),
+                     st.text(max_size=20).map(lambda t: f"%packages\n{t}\n%end"))
 
 
 @given(lines=st.lists(KS_LINES, max_size=8))
