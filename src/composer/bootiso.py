@@ -236,15 +236,28 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
 
 
 def cmd_boot_iso(args: argparse.Namespace) -> int:
+    cfg, opts = prepare_boot_iso(args)
+    compose_boot_iso(cfg, opts)
+    return 0
+
+
+def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
+    """Every check of `composer boot-iso` before any work, boot menus rendered included."""
     from composer.cli import _template_vars, config_from_args
     from composer.kickstart import config_with_kickstart
 
     from composer.preflight import check_compose_inputs
 
+    from composer.cli import check_logfile
+    from composer.preflight import check_kernel_arg, check_template_vars
+
+    check_logfile(args.bootiso_logfile, "--logfile")
     if args.bootiso_logfile is not None:
         set_logging(logfile=args.bootiso_logfile)
     cfg = config_from_args(args)
     cfg, ks = config_with_kickstart(cfg, args.ks)
+    for arg in args.kernel_arg:
+        check_kernel_arg("--kernel-arg", arg)
     if args.volid is not None:
         volid = check_volid(args.volid)
     else:
@@ -266,9 +279,12 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
         arch_templates=tuple(args.add_arch_template),
         arch_template_vars=_template_vars(args.add_arch_template_var, "--add-arch-template-var"),
     )
-    check_compose_inputs(cfg, "boot-iso")
-    compose_boot_iso(cfg, opts)
-    return 0
+    # These reach the boot menus too, where quotes and $ are syntax.
+    check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
+    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)
+    check_compose_inputs(cfg, "boot-iso", ks=args.ks)
+    check_templates(cfg, opts)
+    return cfg, opts
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -287,7 +303,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="variable for the boot config and arch templates (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_boot_iso)
+    p.set_defaults(func=cmd_boot_iso, prepare=prepare_boot_iso)
     return p
 
 
@@ -305,15 +321,54 @@ def add_verify_media_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootfile", default=None, help="for --netboot: the DHCP boot file (default boot.ipxe or grubpxe.0)")
 
 
+def check_iso_file(path: Path) -> None:
+    """An ISO 9660 image (the primary volume descriptor's "CD001" at byte 32769), checked
+    before qemu starts: a random file would boot nothing and wait for the timeout."""
+    from composer.cli import check_input_file
+
+    check_input_file(path, "--iso")
+    with path.open("rb") as f:
+        f.seek(16 * 2048 + 1)
+        if f.read(5) != b"CD001":
+            raise ComposerError(f"--iso {path}: not an ISO 9660 image (no CD001 volume descriptor); "
+                                "give a boot.iso, e.g. OUTDIR/images/boot.iso")
+
+
+def _netboot_url(tree: Path) -> str:
+    meta_file = tree / "netboot.json"
+    if not meta_file.is_file():
+        raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        url = meta["url"]
+        if not isinstance(url, str):
+            raise TypeError(f"url is {type(url).__name__}")
+        from urllib.parse import urlsplit
+
+        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
+    return url
+
+
+def check_verify_media(args: argparse.Namespace) -> None:
+    """`verify --iso/--netboot` inputs, checked before qemu starts."""
+    if args.iso is not None:
+        check_iso_file(args.iso)
+    else:
+        if args.min_memory:
+            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
+        _netboot_url(args.netboot)
+
+
 def verify_media(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from composer.verify import boot_iso, boot_netboot, serve_http
 
     common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
+    check_verify_media(args)
     if args.iso is not None:
-        if not args.iso.is_file():
-            raise ComposerError(f"--iso {args.iso}: no such file")
         if args.min_memory:
             from composer.cli import report_min_memory
 
@@ -327,14 +382,7 @@ def verify_media(args: argparse.Namespace) -> int:
         if args.min_memory:
             raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
         tree = args.netboot
-        meta_file = tree / "netboot.json"
-        if not meta_file.is_file():
-            raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
-        try:
-            meta = json.loads(meta_file.read_text())
-            url = urlsplit(meta["url"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
+        url = urlsplit(_netboot_url(tree))
         local = url.hostname == "10.0.2.2"
         bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
         with contextlib.ExitStack() as stack:

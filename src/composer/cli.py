@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import signal
 import sys
 from pathlib import Path
@@ -78,6 +79,15 @@ def _source_date_epoch(option: int | None) -> int | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The build's Config; every value is checked for its kind (preflight.check_config_values)."""
+    from composer.preflight import check_config_values
+
+    cfg = _config(args)
+    check_config_values(cfg)
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> Config:
     return Config(
         product=args.product,
         version=args.version,
@@ -109,13 +119,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def cmd_runtime(args: argparse.Namespace) -> int:
+def prepare_runtime(args: argparse.Namespace) -> Config:
+    """Every check of `composer runtime` that runs before any work (reads only)."""
     from composer.kickstart import config_with_kickstart
-
     from composer.preflight import check_compose_inputs
 
     cfg, _ = config_with_kickstart(config_from_args(args), args.ks)
-    check_compose_inputs(cfg, "runtime")
+    check_compose_inputs(cfg, "runtime", ks=args.ks)
+    return cfg
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    cfg = prepare_runtime(args)
     from composer.runtime import compose_runtime
 
     compose_runtime(cfg)
@@ -154,20 +169,78 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
 
 def _check_verify_options(args: argparse.Namespace) -> None:
     """Numbers qemu or the bisection would choke on, and a log that cannot be written."""
-    from composer.preflight import check_dir_creatable
+    from composer.preflight import check_dir_creatable, check_line
 
+    host_mb = host_memory_mb()
     if args.memory < 16:
         raise ComposerError(f"--memory {args.memory}: too small (MB; at least 16)")
+    if args.memory > host_mb:
+        raise ComposerError(f"--memory {args.memory}: more than this host's {host_mb} MB of RAM (MB; e.g. 512)")
     if not args.timeout > 0:
         raise ComposerError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if args.timeout > MAX_TIMEOUT:
+        raise ComposerError(f"--timeout {args.timeout:g}: at most {MAX_TIMEOUT} seconds (a day)")
     if args.step < 1:
         raise ComposerError(f"--step {args.step}: must be at least 1 MB")
     if args.min_memory:
-        _range_mb(args)
+        _, hi = _range_mb(args)
+        if hi > host_mb:
+            raise ComposerError(f"--range {args.range}: more than this host's {host_mb} MB of RAM")
+    # qemu gets it as one argv word (no menu parses it): one line, and balanced quotes.
+    check_line("--append", args.append)
+    _split_append(args.append)
     if args.log is not None:
-        if args.log.is_dir():
-            raise ComposerError(f"--log {args.log}: is a directory")
+        from composer.preflight import Place, check_outputs_apart
+
+        check_logfile(args.log, "--log")
+        # The serial log is written: never over what is booted.
+        inputs = [Place(p, f"{opt} {p}") for opt, p in (("--kernel", args.kernel), ("--initrd", args.initrd),
+                                                         ("--iso", args.iso), ("--netboot", args.netboot)) if p]
+        check_outputs_apart([("--log", args.log)], inputs)
         check_dir_creatable(args.log.parent, "--log")
+
+
+# Longer than any boot under TCG; keeps a typo (or inf) from waiting forever.
+MAX_TIMEOUT = 86400
+
+
+def host_memory_mb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def _split_append(text: str) -> list[str]:
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise ComposerError(f"--append {text!r}: {e}") from None
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """An input file: exists, is a regular file (not a directory or a device), not empty."""
+    if not os.path.lexists(path):
+        raise ComposerError(f"{option} {path}: no such file")
+    if path.is_dir():
+        raise ComposerError(f"{option} {path}: is a directory (give the file itself)")
+    if not path.is_file():
+        raise ComposerError(f"{option} {path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ComposerError(f"{option} {path}: empty file")
+
+
+def check_logfile(path: Path | None, option: str) -> None:
+    """A log is appended to: never a system file, a directory or something not a file."""
+    if path is None:
+        return
+    from composer.preflight import check_dir_creatable, check_outputs_apart
+
+    check_outputs_apart([(option, path)], [])
+    if path.is_dir():
+        raise ComposerError(f"{option} {path}: is a directory")
+    if os.path.lexists(path) and not path.is_file():
+        raise ComposerError(f"{option} {path}: not a regular file")
+    check_dir_creatable(Path(os.path.abspath(path)).parent, option)
 
 
 def _check_kernel_file(path: Path) -> None:
@@ -178,20 +251,27 @@ def _check_kernel_file(path: Path) -> None:
             raise ComposerError(f"--kernel {path}: not a Linux kernel image (no x86 boot header)")
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def prepare_verify(args: argparse.Namespace) -> None:
+    """Every check of `composer verify` before qemu starts."""
     _check_verify_options(args)
+    if args.iso is not None or args.netboot is not None:
+        from composer.bootiso import check_verify_media
+
+        check_verify_media(args)
+        return
+    if args.kernel is None or args.initrd is None:
+        raise ComposerError("verify: give --kernel and --initrd, or --iso ISO, or --netboot DIR")
+    for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+        check_input_file(path, opt)
+    _check_kernel_file(args.kernel)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    prepare_verify(args)
     if args.iso is not None or args.netboot is not None:
         from composer.bootiso import verify_media
 
         return verify_media(args)
-    if args.kernel is None or args.initrd is None:
-        raise ComposerError("verify: give --kernel and --initrd, or --iso ISO, or --netboot DIR")
-    for opt, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
-        if not path.is_file():
-            raise ComposerError(f"{opt} {path}: no such file")
-        if path.stat().st_size == 0:
-            raise ComposerError(f"{opt} {path}: empty file")
-    _check_kernel_file(args.kernel)
     from composer.verify import boot_kernel
 
     if args.min_memory:
@@ -212,8 +292,13 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     from composer.run import DATADIR
     from composer.templates import TemplateRunner, iter_template_files, sample_variables
 
+    from composer.preflight import check_arch, check_template_vars
+
+    check_arch("--basearch", args.basearch)
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
-    variables = sample_variables(args.basearch) | dict(_template_vars(args.add_template_var))
+    template_vars = _template_vars(args.add_template_var)
+    check_template_vars("--add-template-var", template_vars)
+    variables = sample_variables(args.basearch) | dict(template_vars)
     for t in paths:
         if t.is_dir():
             raise ComposerError(f"{t}: a directory, not a template (give its *.tmpl files)")
@@ -237,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runtime", help="compose a runtime: big initrd (boots from RAM), install.img, manifest")
     _add_compose_options(p)
     add_ks_option(p)
-    p.set_defaults(func=cmd_runtime)
+    p.set_defaults(func=cmd_runtime, prepare=prepare_runtime)
 
     p = sub.add_parser("verify", help="boot a kernel and initrd in qemu and wait for the boot marker")
     p.add_argument("--kernel", type=Path, default=None)
@@ -251,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", default="128-768", metavar="LO-HI", help="bounds in MB for --min-memory (default 128-768)")
     p.add_argument("--step", type=int, default=16, metavar="MB", help="granularity of --min-memory (default 16)")
     add_verify_media_options(p)
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=cmd_verify, prepare=prepare_verify)
 
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
     p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")
@@ -297,24 +382,42 @@ _PASS_THROUGH_OPTIONS = ("--dracut-arg",)
 
 
 def _glue_pass_through(argv: list[str]) -> list[str]:
-    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'."""
+    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'.
+
+    `--opt=--` is refused here: argparse drops a "--" value and hands the command a list."""
     out: list[str] = []
     it = iter(argv)
     for arg in it:
+        if arg.startswith("--") and arg.endswith("=--") and arg.count("=") == 1:
+            raise ComposerError(f"{arg}: '--' is not a value for {arg[:-3]}")
         value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
         out.append(arg if value is None else f"{arg}={value}")
     return out
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """An error is one line: control characters from a value or path (a newline in a
+    file name) are shown escaped, as Python would."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
-    set_logging(verbose=args.verbose, logfile=args.logfile)
+    try:
+        glued = _glue_pass_through(sys.argv[1:] if argv is None else list(argv))
+    except ComposerError as e:
+        parser.error(one_line(str(e)))
+    args = parser.parse_args(glued)
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
+        check_logfile(args.logfile, "--logfile")
+        set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
     except ComposerError as e:
-        print(f"composer: error: {e}", file=sys.stderr)
+        print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
@@ -322,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
         where = f" {e.filename}:" if e.filename else ""
-        print(f"composer: error:{where} {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"composer: error:{where} {e.strerror or e}"), file=sys.stderr)
         return 1
     finally:
         for s, handler in previous.items():

@@ -56,36 +56,50 @@ def _repo_id(url: str, index: int) -> str:
     return f"source{index}-{tail}"
 
 
-def check_source(url: str) -> None:
-    """Fail early, with the option named, on a source that cannot work."""
-    parsed = urlparse(url)
+def check_source(url: str, option: str = "--source") -> None:
+    """Fail early, with the option (or kickstart file:line) named, on a source that cannot work."""
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"{option} {url!r}: not a URL ({e})") from None
     if parsed.scheme not in ("file", "http", "https", "ftp") or (parsed.scheme != "file" and not parsed.netloc):
-        raise ComposerError(f"--source {url}: not a URL (use file:///path, http:// or https://)")
+        raise ComposerError(f"{option} {url}: not a URL (use file:///path, http:// or https://)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ComposerError(f"{option} {url!r}: a URL holds no white space or control characters")
     if parsed.scheme == "file":
         path = Path(parsed.path)
         repomd = path / "repodata" / "repomd.xml"
         if not repomd.is_file():
-            raise ComposerError(f"--source {url}: no repository there ({path}/repodata/repomd.xml is missing)")
+            raise ComposerError(f"{option} {url}: no repository there ({path}/repodata/repomd.xml is missing)")
         import xml.etree.ElementTree as ET
 
         # A local repository can be checked now; dnf would only say so after loading the rest.
         try:
             root = ET.parse(repomd).getroot()
         except (ET.ParseError, OSError) as e:
-            raise ComposerError(f"--source {url}: malformed repository: {repomd}: {e}") from None
+            raise ComposerError(f"{option} {url}: malformed repository: {repomd}: {e}") from None
         if root.tag.rpartition("}")[2] != "repomd":
-            raise ComposerError(f"--source {url}: malformed repository: {repomd} is not a repomd document")
+            raise ComposerError(f"{option} {url}: malformed repository: {repomd} is not a repomd document")
+
+
+_URL_KEYS = ("baseurl", "mirrorlist", "metalink")
+_URL_SCHEMES = ("file", "http", "https", "ftp")
 
 
 def check_repofile(path: Path) -> None:
-    """A .repo file dnf can use: ini sections, each with a way to reach its packages."""
+    """A .repo file dnf can use: ini sections, each with a way to reach its packages,
+    every URL a URL (librepo asserts on a garbage metalink and leaves its locks)."""
     import configparser
 
-    if not path.is_file():
+    if not path.exists():
         raise ComposerError(f"--repo {path}: no such file")
+    if not path.is_file():
+        raise ComposerError(f"--repo {path}: not a regular file (give a dnf .repo file)")
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read_string(path.read_text(errors="replace"), source=str(path))
+        text = path.read_text(errors="replace")
+        parser.read_string(text, source=str(path))
     except configparser.MissingSectionHeaderError as e:
         raise ComposerError(f"--repo {path}:{e.lineno}: not a .repo file: {e.line.strip()!r} before any [section]") from None
     except configparser.ParsingError as e:
@@ -99,12 +113,37 @@ def check_repofile(path: Path) -> None:
         raise ComposerError(f"--repo {path}: {e.strerror or e}") from None
     if not parser.sections():
         raise ComposerError(f"--repo {path}: no [repository] section")
+    lines = text.splitlines()
+
+    def where(section: str, key: str) -> str:
+        """path:line of `key` in [section] (for the message)."""
+        inside = False
+        for n, line in enumerate(lines, 1):
+            s = line.strip()
+            if s.startswith("["):
+                inside = s == f"[{section}]"
+            elif inside and re.match(rf"{re.escape(key)}\s*[=:]", s):
+                return f"{path}:{n}"
+        return str(path)
+
     for name in parser.sections():
-        if not any(parser.get(name, key, fallback="").strip() for key in ("baseurl", "mirrorlist", "metalink")):
+        if not any(parser.get(name, key, fallback="").strip() for key in _URL_KEYS):
             raise ComposerError(f"--repo {path}: [{name}] has no baseurl, mirrorlist or metalink")
-        for url in re.split(r"[\s,]+", parser.get(name, "baseurl", fallback="").strip()):
-            if url and urlparse(url).scheme not in ("file", "http", "https", "ftp"):
-                raise ComposerError(f"--repo {path}: [{name}] baseurl {url!r} is not a URL (file:///path, http://, https://)")
+        for key in _URL_KEYS:
+            value = parser.get(name, key, fallback="").strip()
+            urls = re.split(r"[\s,]+", value) if key == "baseurl" else [value]
+            for url in urls:
+                if not url:
+                    continue
+                try:
+                    parsed = urlparse(url)
+                    parsed.port  # noqa: B018 - raises ValueError on a bad port
+                except ValueError:
+                    parsed = urlparse("")
+                if parsed.scheme not in _URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc) \
+                        or any(not c.isprintable() or c.isspace() for c in url):
+                    raise ComposerError(f"--repo {where(name, key)}: [{name}] {key} {url!r} is not a URL "
+                                        "(file:///path, http://, https://)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 from pathlib import Path
 
@@ -43,17 +44,87 @@ def _parse_error(path: Path, e: Exception) -> ComposerError:
     return ComposerError(f"kickstart {where}: {message}")
 
 
+# %include nesting: deeper than this is a mistake (pykickstart itself would recurse
+# until Python's stack runs out on a loop).
+MAX_INCLUDE_DEPTH = 16
+_INCLUDE = re.compile(r"^\s*%(include|ksappend)\s+(\S+)")
+
+
+def _include_files(path: Path) -> list[Path]:
+    """The kickstart and the local files it %includes, checked for loops and depth
+    before pykickstart reads them (remote and missing includes are left to it)."""
+    found: list[Path] = []
+
+    def walk(f: Path, chain: list[Path]) -> None:
+        found.append(f)
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return  # pykickstart reports it
+        for n, line in enumerate(lines, 1):
+            m = _INCLUDE.match(line)
+            if not m or "://" in m.group(2):
+                continue
+            inc = Path(m.group(2))
+            if not inc.is_file():
+                continue
+            real = inc.resolve()
+            where = f"kickstart {f}:{n}: %{m.group(1)} {m.group(2)}"
+            if real in chain:
+                loop = " -> ".join(p.name for p in [*chain[chain.index(real):], real])
+                raise ComposerError(f"{where}: an include loop ({loop}); remove the %include that closes it")
+            if len(chain) >= MAX_INCLUDE_DEPTH:
+                raise ComposerError(f"{where}: includes nested deeper than {MAX_INCLUDE_DEPTH}; flatten them")
+            walk(real, [*chain, real])
+
+    walk(path, [path.resolve()])
+    return list(dict.fromkeys(found))
+
+
+def _line_of(files: list[Path], lineno: int | None, command: str) -> str:
+    """FILE:LINE of a kickstart command (pykickstart keeps the line, not the file)."""
+    if not lineno:
+        return str(files[0])
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if 0 < lineno <= len(lines) and lines[lineno - 1].split()[:1] == [command]:
+            return f"{f}:{lineno}"
+    return f"{files[0]}:{lineno}"
+
+
+def _unsplittable_line(files: list[Path]) -> str:
+    """FILE:LINE of the first line shell-style splitting fails on (else the first file)."""
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for n, line in enumerate(lines, 1):
+            try:
+                shlex.split(line)
+            except ValueError:
+                return f"{f}:{n}"
+    return str(files[0])
+
+
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
     from pykickstart import errors as kserrors
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion
 
+    from composer.dnf import check_source
+    from composer.preflight import check_kernel_arg, check_line
+
     path = Path(path)
     if not path.exists():
         raise ComposerError(f"--ks {path}: no such file")
     if not path.is_file():
         raise ComposerError(f"--ks {path}: not a regular file")
+    files = _include_files(path)
     handler = makeVersion()
     parser = KickstartParser(handler, missingIncludeIsFatal=True)
     try:
@@ -64,18 +135,30 @@ def load_kickstart(path: Path) -> KickstartInput:
         raise ComposerError(f"kickstart {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ComposerError(f"kickstart {path}: not a text file ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ComposerError(f"kickstart {path}: %include nested too deeply "
+                            "(a loop through a remote include?)") from None
+    except ValueError as e:
+        # pykickstart lets some errors through unwrapped (shlex's "No closing quotation").
+        raise ComposerError(f"kickstart {_unsplittable_line(files)}: cannot parse: {e}") from None
 
     unused: list[str] = []
     sources: list[str] = []
     url = handler.url
     if getattr(url, "seen", False):
         if url.url:
+            where = _line_of(files, getattr(url, "lineno", None), "url")
+            check_line(f"kickstart {where}: url --url", url.url)
+            check_source(url.url, f"kickstart {where}: url --url")
             sources.append(url.url)
         for opt in ("mirrorlist", "metalink"):
             if getattr(url, opt, None):
                 unused.append(f"url --{opt}")
     for repo in handler.repo.repoList:
         if repo.baseurl:
+            where = _line_of(files, getattr(repo, "lineno", None), "repo")
+            check_line(f"kickstart {where}: repo --baseurl", repo.baseurl)
+            check_source(repo.baseurl, f"kickstart {where}: repo --name={repo.name} --baseurl")
             sources.append(repo.baseurl)
         for opt in ("mirrorlist", "metalink"):
             if getattr(repo, opt, None):
@@ -94,10 +177,16 @@ def load_kickstart(path: Path) -> KickstartInput:
     kernel_args: tuple[str, ...] = ()
     bl = handler.bootloader
     if getattr(bl, "seen", False) and bl.appendLine:
+        where = _line_of(files, getattr(bl, "lineno", None), "bootloader")
         try:
             kernel_args = tuple(shlex.split(bl.appendLine))
         except ValueError as e:
-            raise ComposerError(f"kickstart {path}: bootloader --append: {e}") from None
+            raise ComposerError(f"kickstart {where}: bootloader --append: {e}") from None
+        for arg in kernel_args:
+            check_kernel_arg(f"kickstart {where}: bootloader --append", arg)
+    for p in (*installpkgs, *excludepkgs):
+        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
+        check_line(f"kickstart {where}: %packages", p)
 
     seen_names: set[str] = set()
     seen_objects: set[int] = set()

@@ -59,11 +59,18 @@ class NetbootOptions:
 def normalize_url(url: str) -> str:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"--url {url!r}: not a URL ({e})") from None
     if parts.scheme not in ("http", "https", "tftp", "ftp", "nfs") or not parts.netloc:
         raise ComposerError(f"--url {url!r}: expected e.g. http://server/path/ (http, https, tftp, ftp or nfs)")
     if any(c.isspace() for c in url):
         raise ComposerError(f"--url {url!r}: must not contain white space")
+    from composer.preflight import check_menu_value
+
+    check_menu_value("--url", url)  # it lands in every boot menu and kernel command line
     return url if url.endswith("/") else url + "/"
 
 
@@ -191,21 +198,37 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
 
 
 def cmd_netboot(args: argparse.Namespace) -> int:
+    cfg, opts = prepare_netboot(args)
+    compose_netboot(cfg, opts)
+    return 0
+
+
+def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
+    """Every check of `composer netboot` before any work, boot configs rendered included."""
     from composer.cli import config_from_args
     from composer.kickstart import config_with_kickstart
 
+    from composer.cli import check_logfile
+    from composer.preflight import check_kernel_arg
+
+    check_logfile(args.netboot_logfile, "--logfile")
     if args.netboot_logfile is not None:
         set_logging(logfile=args.netboot_logfile)
     url = normalize_url(args.url)
     cfg = config_from_args(args)
     cfg, ks = config_with_kickstart(cfg, args.ks)
+    for arg in args.kernel_arg:
+        check_kernel_arg("--kernel-arg", arg)
+    from composer.preflight import check_template_vars
+
+    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)  # the boot configs get them too
     opts = NetbootOptions(url=url, split=args.split,
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
     from composer.preflight import check_compose_inputs
 
-    check_compose_inputs(cfg, "netboot")
-    compose_netboot(cfg, opts)
-    return 0
+    check_compose_inputs(cfg, "netboot", ks=args.ks)
+    check_templates(cfg, opts)
+    return cfg, opts
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -221,5 +244,5 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every entry (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_netboot)
+    p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
     return p

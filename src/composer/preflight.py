@@ -6,12 +6,14 @@ directory or the cache exist, with one line naming the option or file:line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from composer.config import Config
-from composer.run import ComposerError
+from composer.run import ComposerError, check_replaceable, output_path
 
 
 def check_root(command: str) -> None:
@@ -45,19 +47,140 @@ def check_dir_creatable(path: Path, option: str) -> None:
 
 
 def check_outdir(outdir: Path, *, force: bool, option: str = "OUTDIR") -> None:
-    """OUTDIR must not exist (unless --force) and its parent must be writable:
-    the output is built beside it and renamed into place."""
-    final = Path(os.path.abspath(outdir))
-    if os.path.lexists(final):
-        if not final.is_dir():
-            raise ComposerError(f"{option} {final}: exists and is not a directory")
-        if not force:
-            raise ComposerError(f"output directory {final} exists (use --force to replace it)")
+    """OUTDIR must not exist (unless --force, and then composer must have made it) and
+    its parent must be writable: the output is built beside it and renamed into place."""
+    final = output_path(outdir)
+    check_replaceable(final, force=force, option=option)
     parent = _nearest_existing(final.parent)
     if not parent.is_dir():
         raise ComposerError(f"{option} {final}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ComposerError(f"{option} {final}: cannot write in {parent} (permission denied or read-only)")
+
+
+# --------------------------------------------------------------------------- outputs vs inputs
+
+# An output is never one of these and never contains one; nor does it go inside
+# the pseudo filesystems, /boot or /etc (NOTHING_INSIDE).
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+               "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
+               "/var/cache", "/var/lib", "/var/log", "/var/tmp")
+NOTHING_INSIDE = ("/proc", "/sys", "/dev", "/boot", "/etc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """A path an output must keep away from, and how: `inside` False allows an output
+    inside it (a work directory's parent), `what` names it in the message."""
+
+    path: Path
+    what: str
+    inside: bool = True
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _relation(out: Path, other: Path) -> str | None:
+    if out == other:
+        return "is"
+    if other in out.parents:
+        return "is inside"
+    if out in other.parents:
+        return "contains"
+    return None
+
+
+def protected_places() -> list[Place]:
+    places = [Place(Path(d), f"the system directory {d}", inside=d in NOTHING_INSIDE) for d in SYSTEM_DIRS]
+    home = os.environ.get("HOME")
+    if home and os.path.isabs(home):
+        places.append(Place(Path(home), f"your home directory ({home})", inside=False))
+    return places
+
+
+def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Place], *,
+                        protected: bool = True) -> None:
+    """Every output (option, path) against every input and protected place: an output
+    equal to one, inside one or containing one is refused before any work.
+
+    An output is compared as itself (parent resolved, a symlink at its name not
+    followed) and as what it resolves to; inputs as what they resolve to."""
+    places = [*(protected_places() if protected else []), *inputs]
+    outs = list(outputs)
+    for option, out in outs:
+        forms = {output_path(out), _real(out)}
+        found: list[tuple[int, str, Place, Path]] = []
+        for place in places:
+            where = _real(place.path)
+            for form in forms:
+                rel = _relation(form, where)
+                if rel is None or (rel == "is inside" and not place.inside):
+                    continue
+                found.append((("is", "is inside", "contains").index(rel), rel, place, where))
+        if found:
+            _, rel, place, where = min(found, key=lambda f: f[0])
+            shown = f" ({where})" if where != Path(os.path.abspath(place.path)) else ""
+            raise ComposerError(f"{option} {out} {rel} {place.what}{shown}: an output never touches an "
+                                f"input or a system place; choose another {option}")
+    for i, (opt_a, a) in enumerate(outs):
+        for opt_b, b in outs[i + 1:]:
+            rel = _relation(output_path(a), output_path(b))
+            if rel is not None:
+                raise ComposerError(f"{opt_a} {a} {rel} {opt_b} {b}: give them different places")
+
+
+def compose_inputs(cfg: Config) -> list[Place]:
+    """What a compose reads or keeps, as places its OUTDIR must keep away from."""
+    from urllib.parse import unquote
+
+    places = [Place(cfg.cachedir, f"--cachedir {cfg.cachedir}")]
+    if cfg.workdir is not None:
+        places.append(Place(cfg.workdir, f"--workdir {cfg.workdir}", inside=False))
+    for url in cfg.sources:
+        parsed = _urlparse(url)
+        if parsed.scheme == "file":
+            places.append(Place(Path(unquote(parsed.path)), f"the package source {url}"))
+    for f in cfg.repofiles:
+        places.append(Place(f, f"--repo {f}"))
+        places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in _repofile_paths(f)]
+    for t in cfg.add_templates:
+        places.append(Place(t, f"--add-template {t}"))
+    if cfg.dracut_conf is not None:
+        places.append(Place(cfg.dracut_conf, f"--dracut-conf {cfg.dracut_conf}"))
+    from composer.run import DATADIR
+
+    places.append(Place(DATADIR, f"composer's templates and data ({DATADIR})"))
+    return places
+
+
+def _urlparse(url: str):  # noqa: ANN202
+    """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
+    source checks that follow say what is wrong with it."""
+    from urllib.parse import urlparse
+
+    try:
+        return urlparse(url)
+    except ValueError:
+        return urlparse("")
+
+
+def _repofile_paths(path: Path) -> list[Path]:
+    """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
+    from urllib.parse import unquote
+
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    found = []
+    for m in re.finditer(r"^\s*baseurl\s*=\s*(.*)$", text, re.M):
+        for url in re.split(r"[\s,]+", m.group(1).strip()):
+            parsed = _urlparse(url)
+            if parsed.scheme == "file" and parsed.path:
+                found.append(Path(unquote(parsed.path)))
+    return found
 
 
 def check_file(path: Path | None, option: str) -> None:
@@ -85,14 +208,22 @@ def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
         checker.run(path.resolve())
 
 
-def check_compose_inputs(cfg: Config, command: str) -> None:
+def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -> None:
     """All the cheap checks of `composer runtime|boot-iso|netboot`, in the order a user
-    would fix them."""
+    would fix them. `ks`: the --ks file, an input too."""
     from composer.dnf import check_repofile, check_source
     from composer.runtime import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE
 
     check_root(command)
     templatedir = cfg.template_dir  # unknown --product
+    inputs = compose_inputs(cfg) + ([Place(ks, f"--ks {ks}")] if ks is not None else [])
+    check_outputs_apart([("OUTDIR", cfg.outdir)], inputs)
+    # composer writes in the cache and the work directory too: never in a source, and
+    # the cache (dnf/, trees/) never a system directory itself (/var/cache/dnf is dnf's).
+    sources = [p for p in inputs if not p.what.startswith(("--cachedir", "--workdir"))]
+    check_outputs_apart([("--cachedir", cfg.cachedir)], sources)
+    if cfg.workdir is not None:
+        check_outputs_apart([("--workdir", cfg.workdir)], sources, protected=False)
     check_outdir(cfg.outdir, force=cfg.force)
     if cfg.workdir is not None:
         check_dir_creatable(cfg.workdir, "--workdir")
@@ -109,3 +240,130 @@ def check_compose_inputs(cfg: Config, command: str) -> None:
     product = [(templatedir / name, "") for name in (INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, CLEANUP_TEMPLATE)
                if (templatedir / name).is_file()]
     check_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
+
+
+# --------------------------------------------------------------------------- values are data
+# Every value that reaches a template, a boot menu, a kernel command line or a config
+# file is checked for its kind here, before anything runs. (The templates also take
+# values as data; see templates.TemplateValue. These checks name the option.)
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# rpm's version/release alphabet (and "rawhide"): no spaces, quotes or shell/menu syntax.
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^-]*")
+_PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]*")
+_VARIANT = re.compile(r"[A-Za-z0-9._+-]*( [A-Za-z0-9._+-]+)*")
+_ARCH = re.compile(r"[a-z0-9_]+")
+# Characters that are syntax in GRUB, isolinux/pxelinux, iPXE or a shell: never in a
+# kernel argument or another value that lands in a boot menu.
+MENU_SYNTAX = set("\"'\\`$;{}<>|&#")
+MAX_VALUE = 4096
+
+
+def describe_char(ch: str) -> str:
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+    if "\ud800" <= ch <= "\udfff":
+        return f"byte 0x{ord(ch) - 0xdc00:02x}, which is not UTF-8" if ch >= "\udc80" else "a lone surrogate"
+    return names.get(ch, f"{ch!r}" if ch.isprintable() else f"control character U+{ord(ch):04X}")
+
+
+def check_line(option: str, value: str) -> str:
+    """One line of text: no line break, tab or other control character, sane length.
+    (`option` ending in "=" is a NAME=VALUE option: the value is shown right after it.)"""
+    bad = _CONTROL.search(value)
+    if bad:
+        sep = "" if option.endswith("=") else " "
+        why = "give it in UTF-8" if "\ud800" <= bad.group() <= "\udfff" else "a value is one line of text"
+        raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(bad.group())}; {why}")
+    if len(value) > MAX_VALUE:
+        raise ComposerError(f"{option}: {len(value)} characters, at most {MAX_VALUE}")
+    return value
+
+
+def _check_pattern(option: str, value: str, pattern: re.Pattern[str], what: str) -> str:
+    check_line(option, value)
+    if not pattern.fullmatch(value):
+        raise ComposerError(f"{option} {value!r}: not {what}")
+    return value
+
+
+def check_version(option: str, value: str, *, empty: bool = False) -> str:
+    if empty and value == "":
+        return value
+    return _check_pattern(option, value, _VERSION, "a version (letters, digits and . _ + ~ ^ -, e.g. 41 or 9.4)")
+
+
+def check_kernel_arg(option: str, value: str) -> str:
+    """One kernel argument: no white space (that would make two) and no menu syntax."""
+    check_line(option, value)
+    if not value:
+        raise ComposerError(f"{option}: an empty kernel argument")
+    for ch in value:
+        if ch.isspace() or ch in MENU_SYNTAX or not ch.isascii():
+            raise ComposerError(f"{option} {value!r}: holds {describe_char(ch)}; a kernel argument is one word "
+                                "without quotes or boot-menu syntax (give several arguments separately)")
+    return value
+
+
+def check_menu_value(option: str, value: str) -> str:
+    """A free value that may reach a boot menu: one line, no menu syntax."""
+    check_line(option, value)
+    for ch in value:
+        if ch in MENU_SYNTAX:
+            sep = "" if option.endswith("=") else " "
+            raise ComposerError(f"{option}{sep}{value!r}: holds {describe_char(ch)}, which is syntax in boot menus")
+    return value
+
+
+def check_url_value(option: str, value: str) -> str:
+    from urllib.parse import urlsplit
+
+    check_menu_value(option, value)
+    if any(ch.isspace() for ch in value):
+        raise ComposerError(f"{option} {value!r}: a URL has no white space")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"{option} {value!r}: not a URL ({e})") from None
+    if not parts.scheme or not (parts.netloc or parts.scheme == "file"):
+        raise ComposerError(f"{option} {value!r}: not a URL (e.g. https://bugzilla.example.com/)")
+    return value
+
+
+def check_template_vars(option: str, items: Iterable[tuple[str, str]], *, menu: bool = False) -> None:
+    for name, value in items:
+        if menu:
+            check_menu_value(f"{option} {name}=", value)
+        else:
+            check_line(f"{option} {name}=", value)
+
+
+def check_config_values(cfg: Config) -> None:
+    """The kinds of a compose's values (command line and kickstart)."""
+    _check_pattern("--product", cfg.product, _PRODUCT, "a product name (letters, digits, space and . _ + -)")
+    check_version("--version", cfg.version)
+    check_version("--release", cfg.release, empty=True)
+    _check_pattern("--variant", cfg.variant, _VARIANT, "a variant name (letters, digits and . _ + -)")
+    if cfg.bugurl:
+        check_url_value("--bugurl", cfg.bugurl)
+    check_arch("--buildarch", cfg.arch)
+    for p in cfg.installpkgs:
+        _check_word("--installpkgs", p)
+    for p in cfg.excludepkgs:
+        _check_word("--excludepkgs", p)
+    for a in cfg.dracut_args:
+        check_line("--dracut-arg", a)
+    for url in cfg.sources:
+        check_line("--source", url)
+    check_template_vars("--add-template-var", cfg.add_template_vars)
+
+
+def check_arch(option: str, value: str) -> str:
+    return _check_pattern(option, value, _ARCH, "an architecture (e.g. x86_64, aarch64)")
+
+
+def _check_word(option: str, value: str) -> str:
+    check_line(option, value)
+    if not value or any(ch.isspace() for ch in value):
+        raise ComposerError(f"{option} {value!r}: a package name or glob is one word")
+    return value

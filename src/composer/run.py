@@ -246,17 +246,48 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+# Written into an output directory when it is complete: --force replaces only a
+# directory that holds it, i.e. one composer made, never a user's directory.
+OUTPUT_MARKER = ".composer-output"
+
+
+def output_path(final: Path) -> Path:
+    """The absolute path of an output: its parent resolved, its own name kept, so a
+    symlink at `final` is the link itself, never its target."""
+    final = Path(os.path.abspath(final))
+    return Path(os.path.realpath(final.parent)) / final.name if final.name else final
+
+
+def check_replaceable(final: Path, *, force: bool, option: str = "OUTDIR") -> None:
+    """An existing `final` may be replaced only with force, and only if composer made it."""
+    if not os.path.lexists(final):
+        return
+    if os.path.islink(final):
+        raise ComposerError(f"{option} {final} is a symbolic link (to {os.readlink(final)}): composer never "
+                            "writes through a link to replace its target; remove the link or choose another "
+                            f"{option}")
+    if not final.is_dir():
+        raise ComposerError(f"{option} {final}: exists and is not a directory")
+    if not force:
+        raise ComposerError(f"output directory {final} exists (use --force to replace it)")
+    if not (final / OUTPUT_MARKER).is_file():
+        raise ComposerError(f"{option} {final}: --force replaces only a directory composer made (it has no "
+                            f"{OUTPUT_MARKER}); remove it yourself or choose another {option}")
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path, *, force: bool = False, require_marker: bool = True) -> Iterator[Path]:
     """Yield a scratch directory beside `final`; it becomes `final` only on success.
 
     With force, an existing `final` is replaced only after the new one is complete,
-    so a failed build never destroys the previous output. Scratch directories of
-    killed builds (SIGKILL) are removed on the next run.
+    so a failed build never destroys the previous output, and only if it is a
+    directory composer made (OUTPUT_MARKER, written on success; require_marker=False
+    for composer's own scratch outputs). A symlink at `final` is refused, never
+    followed. Scratch directories of killed builds (SIGKILL) are removed on the next run.
     """
-    final = final.resolve()
-    if final.exists() and not force:
-        raise ComposerError(f"output directory {final} exists (use --force to replace it)")
+    final = output_path(final)
+    if require_marker or not force or os.path.islink(final):
+        check_replaceable(final, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
     remove_stale(final.parent, f".{glob.escape(final.name)}.old-*")
@@ -267,10 +298,14 @@ def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            (tmp / OUTPUT_MARKER).write_text("made by composer; `--force` may replace this directory\n")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if final.exists():
+        if os.path.lexists(final):
+            # Checked again: a link or a foreign directory may have appeared meanwhile.
+            if require_marker or os.path.islink(final):
+                check_replaceable(final, force=force)
             # Swap in one step where the kernel can, so `final` never disappears.
             if _exchange(tmp, final):
                 shutil.rmtree(tmp, ignore_errors=True)

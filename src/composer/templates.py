@@ -21,6 +21,11 @@ All paths name places in the tree: ``/usr/bin`` and ``usr/bin`` both mean
 are followed relative to the tree root, and symlinks leading out of the tree are
 refused (see :func:`resolve_in_tree`).
 
+Variables are data (``TemplateValue``): a value never holds a line break or a control
+character, its quotes, backslashes and braces are literal in the rendered command
+line, and it is never a command name. (White space in an unquoted value still
+separates words, as in lorax.) The template files themselves are trusted code.
+
 Errors name the template and the source line: ``runtime-cleanup.tmpl:12: chmod:
 bad mode '9z'``.
 
@@ -59,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import gc
 import itertools
 import os
 import re
@@ -260,7 +266,16 @@ def glob_in_tree(tree: Path | str, pattern: str) -> list[str]:
 
 # Quoted characters that brace expansion must not see as syntax.
 _PROTECT = {"{": "\ue000", "}": "\ue001", ",": "\ue002"}
-_UNPROTECT = str.maketrans({v: k for k, v in _PROTECT.items()})
+# A variable's value in a command template is data: its quotes, backslashes and
+# braces are literal characters (never syntax), and a mark before its first visible
+# character lets the parser see that a command name would come from a value.
+_DATA_PROTECT = {**_PROTECT, "'": "\ue003", '"': "\ue004", "\\": "\ue005"}
+_DATA_MARK = "\ue010"
+# A value's backslash stays marked through split_line, so that append's \\n escapes
+# never act on it (the parser restores it for every other command).
+_DATA_BACKSLASH = _DATA_PROTECT["\\"]
+_UNPROTECT = str.maketrans({**{v: k for k, v in _DATA_PROTECT.items() if k != "\\"}, _DATA_MARK: None})
+_SHOW = str.maketrans({**{v: k for k, v in _DATA_PROTECT.items()}, _DATA_MARK: None})
 
 
 def _protect(text: str) -> str:
@@ -347,7 +362,7 @@ def brace_expand(word: str) -> list[str]:
             elif ch == "," and depth == 1:
                 commas.append(j)
         if end < 0:
-            raise ValueError(f"unbalanced brace in {word.translate(_UNPROTECT)!r} (quote a literal '{{')")
+            raise ValueError(f"unbalanced brace in {word.translate(_SHOW)!r} (quote a literal '{{')")
         if not commas:
             start = i + 1
             continue
@@ -359,10 +374,100 @@ def brace_expand(word: str) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)), text)
+    out = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)), text)
+    return out.replace(_DATA_BACKSLASH, "\\")  # a value's backslash is a backslash
+
+
+# Commands that take care of a value's marked backslash themselves.
+_RAW_BACKSLASH = ("append",)
 
 
 # --------------------------------------------------------------------------- mako
+
+
+class TemplateValue(str):
+    """A variable's value inside a template: data, never template syntax.
+
+    Mako writes it through _data_filter, which refuses line breaks and control
+    characters (one value never makes two lines: no injected command or menu entry)
+    and, in command templates, makes its quotes and braces literal. str methods that
+    make a new string from it (lower, replace, +, ...) keep the mark."""
+
+    name: str
+
+    def __new__(cls, value: str, name: str = "") -> TemplateValue:
+        self = super().__new__(cls, value)
+        self.name = name
+        return self
+
+
+def _keep_mark(method: str) -> None:
+    base = getattr(str, method)
+
+    def wrapped(self: TemplateValue, *args: object, **kwargs: object) -> object:
+        out = base(self, *args, **kwargs)
+        return TemplateValue(out, self.name) if type(out) is str else out
+
+    setattr(TemplateValue, method, wrapped)
+
+
+for _m in ("lower", "upper", "title", "capitalize", "casefold", "strip", "lstrip", "rstrip", "replace",
+           "removeprefix", "removesuffix", "__add__", "__getitem__", "__mod__", "zfill", "center", "ljust", "rjust"):
+    _keep_mark(_m)
+TemplateValue.__radd__ = lambda self, other: TemplateValue(other + str(self), self.name)  # type: ignore[attr-defined]
+
+
+class _DataText(str):
+    """The text of one ${expression} whose value is a TemplateValue."""
+
+
+# Line breaks, tabs and other control characters (C0, DEL, C1, and the Unicode line
+# and paragraph separators).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+# The private-use characters the parser marks data with (see _DATA_PROTECT).
+_RESERVED = re.compile("[\ue000-\ue01f]")
+
+
+def describe_control(ch: str) -> str:
+    if "\ud800" <= ch <= "\udfff":
+        return "a byte that is not UTF-8"
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
+    return names.get(ch, f"control character U+{ord(ch):04X}")
+
+
+def _data_filter(value: object) -> str:
+    """Mako's default expression filter in composer's templates (instead of str)."""
+    if isinstance(value, TemplateValue):
+        reserved = _RESERVED.search(value)
+        if reserved:
+            raise ComposerError(f"the value of {value.name or 'a variable'} holds U+{ord(reserved.group()):04X}, a "
+                                "private-use character composer's template parser reserves")
+        bad = _CONTROL.search(value)
+        if bad:
+            raise ComposerError(f"the value of {value.name or 'a variable'} holds {describe_control(bad.group())}: "
+                                "a value is data on one line, never a template line of its own")
+        return _DataText(value)
+    return str(value)
+
+
+def _as_data(name: str, value: object) -> object:
+    """Template variables as data: strings (also in lists and tuples) become TemplateValues."""
+    if isinstance(value, str) and not isinstance(value, TemplateValue):
+        return TemplateValue(value, name)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
+        return type(value)(_as_data(name, v) for v in value)  # type: ignore[call-arg]
+    return value
+
+
+_DATA_TRANS = str.maketrans(_DATA_PROTECT)
+
+
+def _protect_data(text: str) -> str:
+    t = text.translate(_DATA_TRANS)
+    i = len(t) - len(t.lstrip(" "))
+    return t[:i] + _DATA_MARK + t[i:] if i < len(t) else t
 
 
 class _TrackingBuffer:
@@ -373,12 +478,15 @@ class _TrackingBuffer:
     module's line map (Mako metadata) give the template line of each chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, protect_data: bool = False) -> None:
         # (text, template file, template line of the chunk start, literal text?)
         self.chunks: list[tuple[str, str | None, int | None, bool]] = []
         self._maps: dict[str, tuple[list[int], list[str]] | None] = {}
+        self.protect_data = protect_data
 
     def write(self, text: str) -> None:
+        if self.protect_data and type(text) is _DataText:
+            text = _protect_data(text)
         self.chunks.append((text, *self._where(sys._getframe(1))))
 
     def _where(self, frame) -> tuple[str | None, int | None, bool]:
@@ -401,21 +509,28 @@ class _TrackingBuffer:
         return "".join(c[0] for c in self.chunks)
 
     def line_origins(self) -> list[tuple[str | None, int | None]]:
-        """For each line of the output: the template file and line it started in."""
+        """For each line of the output: the template file and line it started in.
+
+        One pass over each chunk (linear in the output: a million-line template
+        checks in seconds)."""
         origins: list[tuple[str | None, int | None]] = []
         at_start = True
         for text, fname, base, literal in self.chunks:
             if not text:
                 continue
-            starts = [0] if at_start else []
-            starts += [m.end() for m in re.finditer("\n", text) if m.end() < len(text)]
-            for pos in starts:
-                if base is None:
-                    origins.append((fname, None))
-                else:
-                    # Literal text advances line by line; an expression's output all
-                    # belongs to the line of the expression.
-                    origins.append((fname, base + (text.count("\n", 0, pos) if literal else 0)))
+            # Lines that start inside this chunk: at its start (if the previous chunk
+            # ended a line) and after each newline that is not its last character.
+            count = text.count("\n") - (1 if text.endswith("\n") else 0)
+            if base is None:
+                origins.extend([(fname, None)] * (count + at_start))
+            elif literal:
+                # Literal text advances line by line.
+                if at_start:
+                    origins.append((fname, base))
+                origins.extend((fname, base + k) for k in range(1, count + 1))
+            else:
+                # An expression's output all belongs to the line of the expression.
+                origins.extend([(fname, base)] * (count + at_start))
             at_start = text.endswith("\n")
         return origins
 
@@ -451,7 +566,28 @@ def _first_use(filename: str, name: str) -> int | None:
     return None
 
 
-def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, object]) -> tuple[str, list]:
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Parsing a big template allocates a million small objects and no garbage cycles:
+    the cyclic collector's repeated passes over them made the work superlinear."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+_FILTER_IMPORT = "from composer.templates import _data_filter as _composer_data"
+
+
+def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, object], *,
+            protect_data: bool = False) -> tuple[str, list]:
+    """Render with Mako; variables are passed as data (see TemplateValue).
+
+    protect_data: the text is for the command parser, so values' quotes and braces
+    are marked literal (boot configs and other text files get the plain text)."""
     from mako import exceptions
     from mako.codegen import RESERVED_NAMES
     from mako.lookup import TemplateLookup
@@ -461,15 +597,17 @@ def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, obje
     reserved = sorted(set(data) & set(RESERVED_NAMES))
     if reserved:
         raise ComposerError(f"{template}: template variable name(s) reserved by Mako: {', '.join(reserved)}")
-    lookup = TemplateLookup(directories=[str(d) for d in lookup_dirs], strict_undefined=True)
+    data = {k: _as_data(k, v) for k, v in data.items()}
+    mako_options = {"strict_undefined": True, "default_filters": ["_composer_data"], "imports": [_FILTER_IMPORT]}
+    lookup = TemplateLookup(directories=[str(d) for d in lookup_dirs], **mako_options)
     try:
-        tmpl = Template(filename=str(template), uri=template.name, lookup=lookup, strict_undefined=True)
+        tmpl = Template(filename=str(template), uri=template.name, lookup=lookup, **mako_options)
     except exceptions.MakoException as e:
         fname = getattr(e, "filename", None) or str(template)
         msg = _MAKO_POS.sub("", str(e))
         # Mako says line 0 when the file cannot even be decoded.
         raise TemplateError(fname, getattr(e, "lineno", None) or None, f"template syntax error: {msg}") from None
-    buf = _TrackingBuffer()
+    buf = _TrackingBuffer(protect_data)
     try:
         tmpl.render_context(Context(buf, **data))
     except TemplateError:
@@ -514,6 +652,7 @@ class _Usage(Exception):
     """A command was called with the wrong arguments (message is the usage)."""
 
 
+_FIRST_WORD = re.compile(r"[^ \t\r\n]*")
 _KMOD_SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst|bz2))?$")
 _SYSTEMCTL_VERBS = ("enable", "disable", "mask", "unmask", "set-default")
 
@@ -562,8 +701,9 @@ class TemplateRunner:
         if not template.is_file():
             raise ComposerError(f"template not found: {template}")
         data = self._template_data(extra)
-        text, origins = _render(template, [self.templatedir, template.parent], data)
-        lines = self._parse(template, text, origins)
+        text, origins = _render(template, [self.templatedir, template.parent], data, protect_data=True)
+        with _no_gc():
+            lines = self._parse(template, text, origins)
         if self.dry_run:
             debug(f"template {template.name}: {len(lines)} commands (dry run)")
             return
@@ -662,13 +802,21 @@ class TemplateRunner:
                 where = ""
             ignore = stripped.startswith("-")
             body = stripped[1:].lstrip() if ignore else stripped
+            shown = body.translate(_SHOW)
+            if where:
+                where = f"(rendered line) {stripped.translate(_SHOW)!r}: "
+            if _DATA_MARK in _FIRST_WORD.match(body).group():  # type: ignore[union-attr]
+                raise TemplateError(fname, lineno, f"{where}the command name comes from a variable's value "
+                                    f"({shown!r}): values are data, never commands")
             try:
                 words = split_line(body)
             except ValueError as e:
-                raise TemplateError(fname, lineno, f"{where}cannot parse {body!r}: {e}") from None
+                raise TemplateError(fname, lineno, f"{where}cannot parse {shown!r}: {e}") from None
             if not words:
                 raise TemplateError(fname, lineno, f"{where}empty command")
             name, args = words[0], words[1:]
+            if name not in _RAW_BACKSLASH:
+                args = [a.replace(_DATA_BACKSLASH, "\\") for a in args]
             parser = getattr(self, f"_p_{name}", None)
             if parser is None:
                 raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
@@ -678,7 +826,7 @@ class TemplateRunner:
                 raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
             except ComposerError as e:
                 raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
-            lines.append(_Line(fname, lineno, stripped, ignore, name, action))
+            lines.append(_Line(fname, lineno, stripped.translate(_SHOW), ignore, name, action))
         return lines
 
     def _execute(self, line: _Line) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from composer.run import DATADIR, OUTPUT_MARKER
 from tests.conftest import ROOT
 
 # --------------------------------------------------------------------------- inputs
@@ -82,11 +83,61 @@ def inputs(tmp_path_factory) -> Path:
     (i / "netboot" / "netboot.json").write_text("{not json")
     # A product whose templates need no packages: the runtime gets as far as
     # running --add-template on a real (empty) tree in a second.
+    _defence_inputs(i)
     mini = i / "data" / "templates" / "mini"
     mini.mkdir(parents=True)
     (mini / "runtime-install.tmpl").write_text("log mini product\n")
     (mini / "runtime-postinstall.tmpl").write_text("log mini product\n")
     return i
+
+
+def _defence_inputs(i: Path) -> None:
+    """Inputs of issue 12's classes (outputs vs inputs, values, formats, messages)."""
+    import gzip
+
+    from composer.live.dmsnap import CowStore
+
+    # An ext4 origin that `delta -o` must never replace, and a COW store over it.
+    with open(i / "victim.img", "wb") as f:
+        f.truncate(4 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", str(i / "victim.img")], check=True)
+    (i / "zeros.gz").write_bytes(gzip.compress(bytes(64 << 10)))
+    (i / "zeros16").write_bytes(bytes(16))
+    # A user's directory (and a link to it) that --force must leave alone.
+    (i / "victimdir").mkdir()
+    (i / "victimdir" / "precious").write_text("keep me\n")
+    (i / "outlink").symlink_to(i / "victimdir")
+    (i / "home").mkdir()
+    # Kickstarts: include loops and depth, bad sources with their line.
+    (i / "self.ks").write_text(f"lang en_US.UTF-8\n%include {i}/self.ks\n")
+    (i / "loop-a.ks").write_text(f"%include {i}/loop-b.ks\n")
+    (i / "loop-b.ks").write_text(f"lang en_US.UTF-8\n%include {i}/loop-a.ks\n")
+    for n in range(20):
+        (i / f"deep{n}.ks").write_text(f"%include {i}/deep{n + 1}.ks\n" if n < 19 else "lang en_US.UTF-8\n")
+    (i / "badurl.ks").write_text("url --url=file:///nonexistent/os\n")
+    (i / "badrepo.ks").write_text(f"url --url=file://{i}/empty\nrepo --name=extra --baseurl=example.com/os\n")
+    (i / "quote.ks").write_text('lang en_US.UTF-8\nkeyboard "us\n')
+    (i / "ksdir").mkdir()
+    (i / "ksdir" / "ok.ks").write_text("lang en_US.UTF-8\n")
+    (i / "ksdir" / OUTPUT_MARKER).write_text("")  # as if composer had made it: only the --ks inside stops --force
+    (i / "menuarg.ks").write_text('lang en_US.UTF-8\nbootloader --append="quiet;reboot"\n')
+    # .repo files: a garbage metalink (librepo asserts on it), a control character.
+    (i / "metalink.repo").write_text("[r]\nname=r\nmetalink=garbage\n")
+    (i / "local.repo").write_text(f"[local]\nbaseurl=file://{i}/empty\ngpgcheck=0\n")
+    (i / "control.repo").write_text("[r]\nbaseurl=http://example.com/\x07os/\n")
+    # Templates that use a variable: as a word, and as a whole line.
+    (i / "usevar.tmpl").write_text('log "${x}"\nappend /etc/motd "${x}"\n')
+    (i / "linevar.tmpl").write_text("log fine\n${x}\n")
+    # Media: an overlay outside LiveOS/, a symlinked overlay, an overlay that is an
+    # ext4 image, a garbage rootfs.img with a real COW overlay.
+    for name in ("medium2", "medium3", "medium4", "medium5"):
+        (i / name / "LiveOS").mkdir(parents=True)
+        shutil.copy(i / "victim.img", i / name / "LiveOS" / "rootfs.img")
+    CowStore.write(i / "foreign.cow", 8, [(0, bytes(4096))])
+    (i / "medium3" / "LiveOS" / "overlay-LIVE-1").symlink_to(i / "foreign.cow")
+    shutil.copy(i / "victim.img", i / "medium4" / "LiveOS" / "overlay-LIVE-ext4")
+    (i / "medium5" / "LiveOS" / "rootfs.img").write_bytes(os.urandom(4 << 20))
+    CowStore.write(i / "medium5" / "LiveOS" / "overlay-LIVE-2", 8, [(3, bytes(4096))])
 
 
 # --------------------------------------------------------------------------- cases
@@ -108,6 +159,7 @@ class Case:
     code: int = 1  # 2: argparse's usage error
     env: tuple[tuple[str, str], ...] = ()
     wrap: str = ""  # "nobody": run unprivileged; "readonly": {t}/ro is a read-only mount
+    defence: str = ""  # issue 12's class: outputs, values, formats, messages
 
 
 CASES = [
@@ -235,6 +287,150 @@ CASES = [
     Case("unknown-subcommand", ("frobnicate",), "argument COMMAND: invalid choice: 'frobnicate'", code=2),
 ]
 
+# --------------------------------------------------------------------------- issue 12's classes
+
+TOUCH = "runcmd touch {t}/INJECTED"  # must never run: the snapshot of {t} would show it
+CASES += [Case(*c[:3], **{"defence": "outputs", **(c[3] if len(c) > 3 else {})}) for c in [
+    # 1. Outputs never touch inputs
+    ("delta-create-output-is-origin", ("delta", "create", "{i}/victim.img", "-o", "{i}/victim.img"),
+     "delta: -o {i}/victim.img is the origin {i}/victim.img"),
+    ("delta-apply-output-is-origin", ("delta", "apply", "{i}/victim.img", "{i}/foreign.cow", "-o", "{i}/victim.img"),
+     "delta: -o {i}/victim.img is the origin {i}/victim.img"),
+    ("delta-apply-output-is-delta", ("delta", "apply", "{i}/victim.img", "{i}/foreign.cow", "-o", "{i}/foreign.cow"),
+     "delta: -o {i}/foreign.cow is the delta {i}/foreign.cow"),
+    ("delta-create-output-in-etc", ("delta", "create", "{i}/victim.img", "-o", "/etc/osmin.img.gz"),
+     "delta: -o /etc/osmin.img.gz is inside the system directory /etc"),
+    ("runtime-force-outdir-symlink", (*RT, "--force", "{i}/outlink"),
+     "OUTDIR {i}/outlink is a symbolic link (to {i}/victimdir)"),
+    ("boot-iso-force-outdir-symlink", (*ISO, "--force", "{i}/outlink"), "OUTDIR {i}/outlink is a symbolic link"),
+    ("netboot-force-outdir-symlink", (*NET, "--force", "{i}/outlink"), "OUTDIR {i}/outlink is a symbolic link"),
+    ("runtime-force-foreign-directory", (*RT, "--force", "{i}/victimdir"),
+     "OUTDIR {i}/victimdir: --force replaces only a directory composer made (it has no .composer-output)"),
+    ("runtime-force-outdir-root", (*RT, "--force", "/"), "OUTDIR / is the system directory /"),
+    ("runtime-force-outdir-etc", (*RT, "--force", "/etc"), "OUTDIR /etc is the system directory /etc"),
+    ("runtime-force-outdir-usr", (*RT, "--force", "/usr"), "OUTDIR /usr is the system directory /usr"),
+    ("runtime-force-outdir-cachedir", (*RT, "--force", "{t}/cache"), "OUTDIR {t}/cache is --cachedir {t}/cache"),
+    ("runtime-force-outdir-source", (*RT, "--force", "{i}/empty"),
+     "OUTDIR {i}/empty is the package source file://{i}/empty"),
+    ("runtime-outdir-inside-source", (*RT, "{i}/empty/out"),
+     "OUTDIR {i}/empty/out is inside the package source file://{i}/empty"),
+    ("runtime-outdir-contains-cachedir", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
+                                          "--cachedir", "{t}/out/cache", OUT), "OUTDIR {t}/out contains --cachedir"),
+    ("runtime-outdir-contains-workdir", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
+                                         "--cachedir", "{t}/cache", "--workdir", "{t}/out/work", OUT),
+     "OUTDIR {t}/out contains --workdir {t}/out/work"),
+    ("runtime-outdir-contains-template", (*RT, "--add-template", "{i}/usevar.tmpl", "--force", "{i}"), "OUTDIR {i} contains"),
+    ("runtime-force-outdir-home", (*RT, "--force", "{i}/home"), "OUTDIR {i}/home is your home directory",
+     {"env": (("HOME", "{i}/home"),)}),
+    ("netboot-outdir-inside-repo-baseurl", ("netboot", *C, "--repo", "{i}/local.repo", "--url", "http://s/", "{i}/empty/x"),
+     "OUTDIR {i}/empty/x is inside the baseurl file://{i}/empty of --repo {i}/local.repo"),
+    ("runtime-outdir-contains-the-kickstart", (*RT, "--ks", "{i}/ksdir/ok.ks", "--force", "{i}/ksdir"),
+     "OUTDIR {i}/ksdir contains --ks {i}/ksdir/ok.ks"),
+    ("runtime-outdir-inside-composers-data", (*RT, "{data}/templates/out"), "is inside composer's templates and data"),
+    ("runtime-cachedir-is-a-system-directory", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
+                                                "--cachedir", "/var/cache", OUT),
+     "--cachedir /var/cache is the system directory /var/cache"),
+    ("runtime-workdir-is-the-source", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
+                                       "--cachedir", "{t}/cache", "--workdir", "{i}/empty", OUT),
+     "--workdir {i}/empty is the package source file://{i}/empty"),
+    ("overlay-merge-foreign-overlay", ("overlay", "merge", "--overlay", "{i}/foreign.cow", "{i}/medium2"),
+     "--overlay {i}/foreign.cow: not in {i}/medium2/LiveOS"),
+    ("overlay-merge-overlay-is-the-image", ("overlay", "merge", "--overlay", "rootfs.img", "{i}/medium2"),
+     "--overlay rootfs.img: not an overlay"),
+    ("overlay-merge-symlinked-overlay", ("overlay", "merge", "--dry-run", "{i}/medium3"),
+     "overlay-LIVE-1 is a symbolic link"),
+    ("logfile-in-etc", ("--logfile", "/etc/composer.log", "template-check", "{i}/usevar.tmpl"),
+     "--logfile /etc/composer.log is inside the system directory /etc"),
+    ("verify-log-is-the-kernel", (*VERIFY, "--log", "{i}/notakernel"), "--log {i}/notakernel is --kernel {i}/notakernel"),
+    ("verify-log-inside-netboot-tree", ("verify", "--netboot", "{i}/netboot", "--log", "{i}/netboot/serial.log"),
+     "--log {i}/netboot/serial.log is inside --netboot {i}/netboot"),
+    ("verify-log-in-etc", (*VERIFY, "--log", "/etc/serial.log"), "--log /etc/serial.log is inside the system directory /etc"),
+]]
+CASES += [Case(*c[:3], **{"defence": "values", **(c[3] if len(c) > 3 else {})}) for c in [
+    # 2. Values are data
+    ("template-check-var-newline-command", ("template-check", "--add-template-var", f"x=ok\n{TOUCH}", "{i}/usevar.tmpl"),
+     "--add-template-var x='ok\\nruncmd touch {t}/INJECTED': holds a newline"),
+    ("template-check-var-is-a-command", ("template-check", "--add-template-var", f"x={TOUCH}", "{i}/linevar.tmpl"),
+     "linevar.tmpl:2: the command name comes from a variable's value"),
+    ("runtime-var-newline-command", (*RT, "--add-template-var", f"x=ok\n{TOUCH}", "--add-template", "{i}/usevar.tmpl", OUT),
+     "--add-template-var x='ok\\nruncmd touch {t}/INJECTED': holds a newline"),
+    ("runtime-var-control-character", (*RT, "--add-template-var", "x=a\x1bb", OUT), "holds control character U+001B"),
+    ("runtime-version-newline-quote", ("runtime", "--product", "TestProduct", "--version", f'1"\n{TOUCH}', *SRC, OUT),
+     "--version '1\"\\nruncmd touch {t}/INJECTED': holds a newline"),
+    ("runtime-version-not-a-version", ("runtime", "--product", "TestProduct", "--version", "1 beta", *SRC, OUT),
+     "--version '1 beta': not a version"),
+    ("runtime-release-quote", (*RT, "--release", "1'2", OUT), "--release \"1'2\": not a version"),
+    ("runtime-variant-quote", (*RT, "--variant", 'Ser"ver', OUT), "--variant 'Ser\"ver': not a variant name"),
+    ("runtime-product-quote", ("runtime", "--product", "Test'Product", "--version", "1", *SRC, OUT),
+     "--product \"Test'Product\": not a product name"),
+    ("runtime-bugurl-space", (*RT, "--bugurl", "http://b/ x", OUT), "--bugurl 'http://b/ x': a URL has no white space"),
+    ("runtime-bugurl-newline", (*RT, "--bugurl", "http://b/\nx", OUT), "holds a newline"),
+    ("runtime-buildarch-path", (*RT, "--buildarch", "../x86_64", OUT), "--buildarch '../x86_64': not an architecture"),
+    ("runtime-installpkgs-newline", (*RT, "--installpkgs", "bash\nvim", OUT), "--installpkgs 'bash\\nvim': holds a newline"),
+    ("runtime-dracut-arg-control", (*RT, "--dracut-arg", "--add\x07", OUT), "--dracut-arg '--add\\x07': holds control"),
+    ("boot-iso-kernel-arg-newline-menu-entry", (*ISO, "--kernel-arg", "quiet\nlabel evil", OUT),
+     "--kernel-arg 'quiet\\nlabel evil': holds a newline"),
+    ("boot-iso-kernel-arg-two-words", (*ISO, "--kernel-arg", "quiet splash", OUT), "holds a space; a kernel argument is one word"),
+    ("boot-iso-kernel-arg-grub-syntax", (*ISO, "--kernel-arg", "a;reboot", OUT), "--kernel-arg 'a;reboot': holds ';'"),
+    ("boot-iso-template-var-quote", (*ISO, "--add-template-var", "x=a'b", OUT), "--add-template-var x=\"a'b\": holds \"'\""),
+    ("template-check-basearch-newline", ("template-check", "--basearch", f"x86_64\n{TOUCH}", "{i}/usevar.tmpl"),
+     "--basearch 'x86_64\\nruncmd touch {t}/INJECTED': holds a newline"),
+    ("boot-iso-arch-var-quote", (*ISO, "--add-arch-template-var", "x=a'b", OUT), "--add-arch-template-var x=\"a'b\": holds \"'\""),
+    ("netboot-kernel-arg-newline", (*NET, "--kernel-arg", "quiet\nlabel evil", OUT), "--kernel-arg 'quiet\\nlabel evil'"),
+    ("netboot-kernel-arg-dollar", (*NET, "--kernel-arg", "x=${evil}", OUT), "holds '$'"),
+    ("netboot-url-quote", ("netboot", *C, *SRC, "--url", "http://s/'x", OUT), "--url \"http://s/'x\": holds \"'\""),
+    ("runtime-ks-bootloader-menu-syntax", (*RT, "--ks", "{i}/menuarg.ks", OUT),
+     "kickstart {i}/menuarg.ks:2: bootloader --append 'quiet;reboot': holds ';'"),
+    ("runtime-repo-control-character", ("runtime", *C, "--repo", "{i}/control.repo", OUT),
+     "--repo {i}/control.repo:2: [r] baseurl"),
+    ("verify-append-newline", (*VERIFY, "--append", "console=ttyS0\nquiet"), "--append 'console=ttyS0\\nquiet': holds a newline"),
+]]
+CASES += [Case(*c[:3], **{"defence": "formats", **(c[3] if len(c) > 3 else {})}) for c in [
+    # 3. Formats validated before use
+    ("delta-apply-gzipped-zeros", ("delta", "apply", "{i}/victim.img", "{i}/zeros.gz", "-o", "{t}/min.img"),
+     "delta: {i}/zeros.gz: not a delta: its header is all zeros"),
+    ("delta-apply-16-zero-bytes", ("delta", "apply", "{i}/victim.img", "{i}/zeros16", "-o", "{t}/min.img"),
+     "delta: {i}/zeros16: not a delta: its header is all zeros"),
+    ("overlay-status-overlay-is-an-ext4-image", ("overlay", "status", "{i}/medium4"),
+     "overlay-LIVE-ext4: not a dm-snapshot persistent store (no 'SnAp' magic, and not a fresh all-zero store"),
+    ("runtime-ks-includes-itself", (*RT, "--ks", "{i}/self.ks", OUT),
+     "kickstart {i}/self.ks:2: %include {i}/self.ks: an include loop (self.ks -> self.ks)"),
+    ("runtime-ks-include-loop", (*RT, "--ks", "{i}/loop-a.ks", OUT), "an include loop (loop-a.ks -> loop-b.ks -> loop-a.ks)"),
+    ("runtime-ks-include-too-deep", (*RT, "--ks", "{i}/deep0.ks", OUT), "includes nested deeper than 16"),
+    ("verify-iso-random-file", ("verify", "--iso", "{i}/random.img"), "--iso {i}/random.img: not an ISO 9660 image"),
+    ("verify-iso-empty", ("verify", "--iso", "{i}/empty.initrd"), "--iso {i}/empty.initrd: empty file"),
+    ("verify-iso-directory", ("verify", "--iso", "{i}"), "--iso {i}: is a directory"),
+    ("verify-memory-huge", (*VERIFY, "--memory", "99999999"), "--memory 99999999: more than this host's"),
+    ("verify-timeout-infinite", (*VERIFY, "--timeout", "inf"), "--timeout inf: at most 86400 seconds"),
+    ("verify-range-huge", (*VERIFY, "--min-memory", "--range", "128-99999999"), "--range 128-99999999: more than this host's"),
+    ("delta-create-chunk-size-huge", ("delta", "create", "{i}/victim.img", "-o", "{t}/o.gz", "--chunk-size", "1T"),
+     "--chunk-size 1T: invalid chunk size"),
+    ("runtime-rootfs-size-huge", (*RT, "--rootfs-size", "99999999T", OUT), "--rootfs-size: '99999999T' is too large"),
+    ("verify-timeout-double-dash", (*VERIFY, "--timeout=--"), "--timeout=--: '--' is not a value for --timeout", {"code": 2}),
+    ("runtime-ks-unbalanced-quote", (*RT, "--ks", "{i}/quote.ks", OUT), "kickstart {i}/quote.ks:2: cannot parse: No closing quotation"),
+    ("runtime-version-not-utf8", ("runtime", "--product", "TestProduct", "--version", "1\udcff", *SRC, OUT),
+     "holds byte 0xff, which is not UTF-8"),
+]]
+CASES += [Case(*c[:3], **{"defence": "messages", **(c[3] if len(c) > 3 else {})}) for c in [
+    # 5. Every message names the cause and the way out
+    ("runtime-repo-metalink-garbage", ("runtime", *C, "--repo", "{i}/metalink.repo", OUT),
+     "--repo {i}/metalink.repo:3: [r] metalink 'garbage' is not a URL"),
+    ("runtime-ks-url-no-repository", (*RT, "--ks", "{i}/badurl.ks", OUT),
+     "kickstart {i}/badurl.ks:1: url --url file:///nonexistent/os: no repository there"),
+    ("runtime-ks-repo-not-a-url", (*RT, "--ks", "{i}/badrepo.ks", OUT),
+     "kickstart {i}/badrepo.ks:2: repo --name=extra --baseurl example.com/os: not a URL"),
+    ("runtime-outdir-in-proc", (*RT, "/proc/x"), "OUTDIR /proc/x is inside the system directory /proc"),
+    ("runtime-cachedir-inside-outdir", ("runtime", "--product", "TestProduct", "--version", "1", *SRC,
+                                        "--cachedir", "{t}/out/c", "--workdir", "{t}/work", OUT),
+     "OUTDIR {t}/out contains --cachedir {t}/out/c"),
+    ("runtime-repo-dev-null", ("runtime", *C, "--repo", "/dev/null", OUT), "--repo /dev/null: not a regular file"),
+    ("verify-kernel-directory", ("verify", "--kernel", "{i}", "--initrd", "{i}/initrd"), "--kernel {i}: is a directory"),
+    ("overlay-status-overlay-rootfs", ("overlay", "status", "--overlay", "rootfs.img", "{i}/medium2"),
+     "--overlay rootfs.img: not an overlay (their names start with overlay-"),
+    ("overlay-merge-garbage-rootfs", ("overlay", "merge", "--dry-run", "{i}/medium5"),
+     "rootfs.img holds no recognised filesystem: the medium's image is damaged or not a live image"),
+]]
+
 
 # --------------------------------------------------------------------------- running
 
@@ -269,7 +465,7 @@ def test_bad_input(case: Case, inputs: Path, tmp_path: Path, request_cleanup: li
     t = tmp_path
     (t / "work").mkdir()
     (t / "ro").mkdir()
-    sub = {"{t}": str(t), "{i}": str(inputs)}
+    sub = {"{t}": str(t), "{i}": str(inputs), "{data}": str(DATADIR)}
 
     def fill(text: str) -> str:
         for k, v in sub.items():
@@ -318,6 +514,12 @@ def test_bad_input(case: Case, inputs: Path, tmp_path: Path, request_cleanup: li
     # (Only dnf's metadata cache may appear, for the cases that reach dnf.)
     assert _snapshot(inputs) == before[0]
     assert {p for p in _snapshot(t) if p != "cache" and not p.startswith("cache/")} == before[1]
+
+
+def test_catalogue_classes_of_issue_12() -> None:
+    counts = {k: sum(c.defence == k for c in CASES) for k in ("outputs", "values", "formats", "messages")}
+    print(f"\n  issue 12 cases per class: {counts}")
+    assert min(counts.values()) >= 8, counts
 
 
 def test_catalogue_is_large_and_ids_are_unique() -> None:

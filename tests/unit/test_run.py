@@ -44,8 +44,8 @@ def test_atomic_dir_refuses_existing_without_force(tmp_path):
 
 def test_atomic_dir_force_keeps_old_output_until_new_is_complete(tmp_path):
     final = tmp_path / "out"
-    final.mkdir()
-    (final / "old").write_text("precious")
+    with atomic_dir(final) as d:  # a previous output: --force replaces only composer's own
+        (d / "old").write_text("precious")
     with pytest.raises(RuntimeError):
         with atomic_dir(final, force=True) as d:
             (d / "new").write_text("partial")

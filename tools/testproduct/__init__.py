@@ -109,7 +109,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
         shutil.rmtree(work)
     (work / "root").mkdir(parents=True)
     try:
-        with atomic_dir(repo, force=True) as out:
+        with atomic_dir(repo, force=True, require_marker=False) as out:
             with stage(f"test product: unpack {len(debs)} packages"):
                 staged = debrpm.parallel(
                     lambda pd: debrpm.unpack(pd[1], work / "root" / pd[0].name), list(zip(pkgs, debs)), jobs

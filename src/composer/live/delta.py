@@ -98,10 +98,13 @@ def _check_input(path: Path) -> None:
         raise ComposerError(f"delta: {path} is not a regular file")
 
 
-def _check_output(output: Path) -> None:
-    """The output is written beside itself and renamed: its directory must take files."""
-    from composer.preflight import check_dir_creatable
+def _check_output(output: Path, *inputs: tuple[str, Path]) -> None:
+    """The output is written beside itself and renamed: its directory must take files.
+    It must not be one of the inputs (nor a system place): -o ORIGIN would replace
+    the origin with the delta."""
+    from composer.preflight import Place, check_dir_creatable, check_outputs_apart
 
+    check_outputs_apart([("delta: -o", output)], [Place(p, f"the {what} {p}") for what, p in inputs])
     if output.is_dir():
         raise ComposerError(f"delta: -o {output} is a directory")
     parent = Path(os.path.abspath(output)).parent
@@ -114,7 +117,7 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
                  source_date_epoch: int | None = None) -> DeltaInfo:
     check_chunk_sectors(chunk_sectors)
     _check_input(rootfs)
-    _check_output(output)
+    _check_output(output, ("origin", rootfs))
     fstype = fs_type(rootfs)
     if fstype == "btrfs":
         raise ComposerError(
@@ -167,7 +170,7 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
     """Write the minimized filesystem snapshot(rootfs, delta) presents to `output`; returns its size."""
     _check_input(rootfs)
     _check_input(delta)
-    _check_output(output)
+    _check_output(output, ("origin", rootfs), ("delta", delta))
     output = output.resolve()
     origin_size = rootfs.stat().st_size
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
@@ -178,6 +181,10 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
         except CowFormatError as e:
             # Name the user's file, not our decompressed copy of it.
             raise CowFormatError(f"delta: {delta}: {str(e).replace(f'{cow}: ', '')}") from None
+        if store.header is None:
+            # What `delta create` writes always has a header; zeros are a damaged or foreign file.
+            raise CowFormatError(f"delta: {delta}: not a delta: its header is all zeros (an empty, never written "
+                                 "store, or a damaged file); make it again with `composer delta create`")
         size = ext_fs_size(read_presented(store, cow, rootfs, 1024, 1024))
         if size is None:
             raise ComposerError(f"delta: {delta} over {rootfs} does not present an ext2/3/4 filesystem (wrong origin?)")

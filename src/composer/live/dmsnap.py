@@ -37,6 +37,9 @@ MAX_CHUNK_SECTORS = 1 << 21
 HEADER = struct.Struct("<IIII")
 SLOT = struct.Struct("<QQ")
 HEADER_CHUNKS = 1  # chunks before metadata area 0
+# How much of a fresh (magic 0) store must be zero: the header and area 0 of the
+# default 4 KiB chunks.
+FRESH_CHECK_BYTES = 2 * DEFAULT_CHUNK_SECTORS * SECTOR
 
 
 class CowFormatError(ComposerError):
@@ -175,6 +178,13 @@ class CowStore:
             raise CowFormatError(f"truncated: {size} bytes is too short for a dm-snapshot header")
         header = CowHeader.unpack(_read_exact(f, 0, HEADER.size, size, "header"))
         if header.magic == 0:
+            # A fresh store is zeros where the kernel will write its header and first
+            # table; anything else there (a filesystem image's superblock at byte 1024,
+            # say) is not a store at all.
+            head = _read_exact(f, 0, min(size, FRESH_CHECK_BYTES), size, "header")
+            if head.count(0) != len(head):
+                raise CowFormatError("not a dm-snapshot persistent store (no 'SnAp' magic, and not a fresh all-zero "
+                                     "store either: another kind of file?)")
             return cls(None, [], size)
         if header.magic != SNAP_MAGIC:
             raise CowFormatError(f"not a dm-snapshot persistent store (magic 0x{header.magic:08x}, expected 0x{SNAP_MAGIC:08x} 'SnAp')")

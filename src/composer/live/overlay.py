@@ -66,15 +66,37 @@ def find_medium(media: Path, overlay_name: str | None = None) -> Medium:
     if not sq.is_file() and not rf.is_file():
         raise ComposerError(f"{liveos}: neither squashfs.img nor rootfs.img found")
     if overlay_name:
-        ov: Path | None = liveos / overlay_name
-        if not ov.exists():
-            raise ComposerError(f"{ov}: no such overlay")
+        ov: Path | None = _named_overlay(liveos, overlay_name)
     else:
         found = sorted(p for p in liveos.glob("overlay-*"))
+        for p in found:
+            if p.is_symlink():
+                raise ComposerError(f"{p} is a symbolic link: an overlay is a file or directory in LiveOS/ "
+                                    "(merge resets it; it never follows a link)")
         if len(found) > 1:
             raise ComposerError(f"{liveos}: several overlays ({', '.join(p.name for p in found)}); choose one with --overlay")
         ov = found[0] if found else None
     return Medium(media, liveos, sq if sq.is_file() else None, rf if rf.is_file() else None, ov)
+
+
+def _named_overlay(liveos: Path, name: str) -> Path:
+    """--overlay NAME: an overlay-* entry of this medium's LiveOS/, nothing else (merge
+    resets it: a path elsewhere, or the medium's own image, would be destroyed)."""
+    given = Path(name)
+    ov = liveos / given.name
+    if len(given.parts) > 1 or given.is_absolute():
+        # A path is accepted only if it names an entry of LiveOS/ itself.
+        if not os.path.lexists(given) or os.path.realpath(given.parent) != os.path.realpath(liveos):
+            raise ComposerError(f"--overlay {name}: not in {liveos}; give the name of an overlay in the medium's "
+                                "LiveOS/ (e.g. overlay-LABEL-UUID)")
+    if not given.name.startswith("overlay-"):
+        raise ComposerError(f"--overlay {name}: not an overlay (their names start with overlay-, e.g. "
+                            f"overlay-LABEL-UUID); see the overlay-* entries of {liveos}")
+    if not os.path.lexists(ov):
+        raise ComposerError(f"{ov}: no such overlay")
+    if os.path.islink(ov):
+        raise ComposerError(f"--overlay {name}: {ov} is a symbolic link; give the overlay itself")
+    return ov
 
 
 def _upper_work(ov: Path) -> tuple[Path, Path]:
@@ -370,6 +392,16 @@ def _squashfs_list(img: Path) -> dict[str, int]:
     return entries
 
 
+def _check_origin(img: Path, shown: Path) -> None:
+    """The image the overlay belongs to holds a filesystem before anything is merged:
+    a damaged or foreign rootfs.img is reported as such, not as an unclean merge."""
+    t = fs_type(img)
+    if not t:
+        where = "" if img == shown else f" (LiveOS/rootfs.img inside {shown})"
+        raise ComposerError(f"overlay merge: {img.name}{where} holds no recognised filesystem: the medium's image "
+                            "is damaged or not a live image (--repair cannot help); nothing was changed")
+
+
 def _fsck(img: Path, *, repair: bool) -> None:
     """Check the merged filesystem. Read-only unless `repair`: a clean merge stays byte-exact."""
     t = fs_type(img)
@@ -561,6 +593,8 @@ def merge_overlay(
             return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
         steps.append(f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {'rootfs.img' if (m.rootfs or rootfs_in_sq is not None) else 'tree'}")
 
+    if m.squashfs is None and m.rootfs is not None:
+        _check_origin(m.rootfs, m.rootfs)
     if m.squashfs:
         steps = [f"extract {m.squashfs.name} ({human(old_size)})"] + steps
         steps += ["check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
@@ -596,6 +630,8 @@ def merge_overlay(
             info(f"overlay merge: extracting {m.squashfs}")
             run(["unsquashfs", "-n", "-d", tree, m.squashfs])
             rootfs = tree / "LiveOS" / "rootfs.img" if rootfs_in_sq is not None else None
+            if rootfs is not None:
+                _check_origin(rootfs, m.squashfs)
             # Next: verification copy of the rootfs (or tree) and the new image.
             built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
             _need_space(scratch_root, built + old_size + ov_bytes, "building and verifying the new squashfs.img")
