@@ -195,6 +195,9 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         # A tree from cachedir/trees when its inputs match (see composer.cache); checked either way.
         packages = cached_install(cfg, session, runner, templatedir / INSTALL_TEMPLATE, install, verify=verify_packages)
     installed = treecheck.snapshot(tree)
+    # What the install stage recorded is in `installed` now; later changes must be asked for anew.
+    ledger.forget()
+    ledger.record("rpm (its database)", [RPMDB])
     sizes["tree_installed"] = du(tree)
     info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB, "
          f"{checked.get('packaged_paths', 0)} packaged paths as rpm says")

@@ -128,16 +128,24 @@ class Ledger:
 
     def __init__(self, verify_packages: Callable[[set[str]], None] | None = None) -> None:
         self.paths: dict[str, str] = {}  # tree path (and everything below it) -> who
+        self.exact: dict[str, str] = {}  # a path seen changing (nothing below it) -> who
         self.observed = 0
         # Called with the paths a package transaction changed (rpm's view of them is checked).
         self.verify_packages = verify_packages
 
-    def record(self, who: str, paths: Sequence[str]) -> None:
+    def record(self, who: str, paths: Sequence[str], *, exact: bool = False) -> None:
         for p in paths:
             p = "/" + p.strip("/") if p.strip("/") else "/"
-            self.paths.setdefault(p, who)
+            (self.exact if exact else self.paths).setdefault(p, who)
+
+    def forget(self) -> None:
+        """Start afresh (a new stage is compared with a new snapshot)."""
+        self.paths.clear()
+        self.exact.clear()
 
     def who(self, path: str) -> str | None:
+        if path in self.exact:
+            return self.exact[path]
         p = path
         while True:
             if p in self.paths:
@@ -148,7 +156,7 @@ class Ledger:
 
     def covers_below(self, path: str) -> bool:
         prefix = path.rstrip("/") + "/"
-        return any(p.startswith(prefix) for p in self.paths)
+        return any(p.startswith(prefix) for p in (*self.paths, *self.exact))
 
     @contextlib.contextmanager
     def observe(self, tree: Path, who: str, *, packages: bool = False) -> Iterator[dict[str, str]]:
@@ -162,7 +170,8 @@ class Ledger:
             yield changes
         finally:
             changes.update(differences(before, snapshot(tree)))
-            self.record(who, sorted(changes))
+            # Each changed path is listed: a directory made here does not cover later changes below it.
+            self.record(who, sorted(changes), exact=True)
             self.observed += 1
         if packages and changes and self.verify_packages is not None:
             self.verify_packages(set(changes))

@@ -161,3 +161,19 @@ def test_transaction_leaves_the_tree_as_its_package_says(probe_repo, tmp_path, p
         assert not (tree / "etc/dnf").exists()
     finally:
         shutil.rmtree(work)
+
+
+def test_a_directory_a_command_made_does_not_cover_later_files_in_it(tmp_path):
+    """Seen for real: the dracut package's transaction made /etc/dracut.conf.d, and an empty
+    mount-point file bubblewrap left there later went unnoticed."""
+    ledger = tc.Ledger()
+    with ledger.observe(tmp_path, "run_pkg_transaction"):
+        (tmp_path / "etc/dracut.conf.d").mkdir(parents=True)
+    before = tc.snapshot(tmp_path)
+    (tmp_path / "etc/dracut.conf.d/90-composer.conf").touch()
+    assert tc.check_changes(before, tc.snapshot(tmp_path), ledger) == [
+        "/etc/dracut.conf.d/90-composer.conf: appeared (f 0644 0:0), asked for by no template command"]
+    ledger.record("cleanup.tmpl:1", ["/etc/dracut.conf.d"])
+    assert tc.check_changes(before, tc.snapshot(tmp_path), ledger) == []
+    ledger.forget()
+    assert ledger.who("/etc/dracut.conf.d") is None
