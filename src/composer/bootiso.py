@@ -179,7 +179,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
         # Product/arch templates on the media tree (e.g. extra files for the ISO).
         from composer.templates import TemplateRunner
 
-        runner = TemplateRunner(tree=out, templatedir=templatedir, variables=variables)
+        runner = TemplateRunner(tree=out, inroot=rt.tree, templatedir=templatedir, variables=variables)
         for t in arch_templates(cfg, variables, opts):
             runner.run(t)
 
