@@ -212,6 +212,20 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     from composer.run import DATADIR
     from composer.templates import TemplateRunner, iter_template_files, sample_variables
 
+    if args.sharedir is not None:
+        if args.templates:
+            raise ComposerError("template-check: give --sharedir DIR or TEMPLATE files, not both")
+        from composer.loraxcheck import check_sharedir
+
+        result = check_sharedir(args.sharedir, extra=dict(_template_vars(args.add_template_var)))
+        for line in result.checked:
+            print(f"checked: {line}")
+        for line in result.errors:
+            print(line)
+        if result.errors:
+            raise ComposerError(f"--sharedir {args.sharedir}: {len(result.errors)} error(s) in the template set (listed above)")
+        print(f"ok: {args.sharedir}: {len(result.checked)} templates, no errors")
+        return 0
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
     variables = sample_variables(args.basearch) | dict(_template_vars(args.add_template_var))
     for t in paths:
@@ -256,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
     p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")
     p.add_argument("--basearch", default="x86_64")
+    p.add_argument("--sharedir", type=Path, default=None, metavar="DIR",
+                   help="check a whole lorax template set (runtime, arch and included templates) with lorax's variables")
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)
 

@@ -804,6 +804,8 @@ class TemplateRunner:
     treeinfo: dict[str, dict[str, str]] = field(default_factory=dict)
     kmods_changed: bool = False
     recorder: ChangeRecorder | None = None  # told which paths each command changes
+    # When a list: parse errors are collected here (every bad line, not only the first).
+    collect_errors: list[TemplateError] | None = None
     _who: str | None = field(default=None, init=False, repr=False)
 
     # ----------------------------------------------------------------- public
@@ -916,36 +918,49 @@ class TemplateRunner:
     def _parse(self, template: Path, text: str, origins: list) -> list[_Line]:
         lines: list[_Line] = []
         for idx, raw in enumerate(text.split("\n")):
-            stripped = raw.strip()
-            if not stripped or stripped.startswith("#"):
+            try:
+                line = self._parse_line(template, raw, idx, origins)
+            except TemplateError as e:
+                if self.collect_errors is None:
+                    raise
+                self.collect_errors.append(e)
                 continue
-            fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
-            if fname is None or lineno is None:
-                # No source map: the rendered line number and the text must do.
-                fname, lineno = str(template), idx + 1
-                where = f"(rendered line) {stripped!r}: "
-            else:
-                where = ""
-            ignore = stripped.startswith("-")
-            body = stripped[1:].lstrip() if ignore else stripped
-            try:
-                words = split_line(body)
-            except ValueError as e:
-                raise TemplateError(fname, lineno, f"{where}cannot parse {body!r}: {e}") from None
-            if not words:
-                raise TemplateError(fname, lineno, f"{where}empty command")
-            name, args = words[0], words[1:]
-            parser = getattr(self, f"_p_{name}", None)
-            if parser is None:
-                raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
-            try:
-                action = parser(args)
-            except _Usage as e:
-                raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
-            except ComposerError as e:
-                raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
-            lines.append(_Line(fname, lineno, stripped, ignore, name, action))
+            if line is not None:
+                lines.append(line)
+        if self.collect_errors:
+            raise self.collect_errors.pop()
         return lines
+
+    def _parse_line(self, template: Path, raw: str, idx: int, origins: list) -> _Line | None:
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            return None
+        fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
+        if fname is None or lineno is None:
+            # No source map: the rendered line number and the text must do.
+            fname, lineno = str(template), idx + 1
+            where = f"(rendered line) {stripped!r}: "
+        else:
+            where = ""
+        ignore = stripped.startswith("-")
+        body = stripped[1:].lstrip() if ignore else stripped
+        try:
+            words = split_line(body)
+        except ValueError as e:
+            raise TemplateError(fname, lineno, f"{where}cannot parse {body!r}: {e}") from None
+        if not words:
+            raise TemplateError(fname, lineno, f"{where}empty command")
+        name, args = words[0], words[1:]
+        parser = getattr(self, f"_p_{name}", None)
+        if parser is None:
+            raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
+        try:
+            action = parser(args)
+        except _Usage as e:
+            raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
+        except ComposerError as e:
+            raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
+        return _Line(fname, lineno, stripped, ignore, name, action)
 
     def _execute(self, line: _Line) -> None:
         debug(f"{line.filename}:{line.lineno}: {line.text}")
