@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)
 
+    sub.add_parser("lorax", add_help=False, help="lorax's command line: `composer lorax --help` (a drop-in for lorax)")
+
     from composer.bootiso import register as register_bootiso
     from composer.live.cli import register as register_live
     from composer.netboot import register as register_netboot
@@ -321,8 +323,14 @@ def _glue_pass_through(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lorax"]:
+        # lorax's own command line (its -v, -V, -c... are not composer's options)
+        from composer.loraxcli import main as lorax_main
+
+        return lorax_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(_glue_pass_through(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(_glue_pass_through(argv))
     set_logging(verbose=args.verbose, logfile=args.logfile)
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:

@@ -63,3 +63,125 @@ def test_template_check_sharedir_page_args(tmp_path):
 def test_template_check_sharedir_missing(tmp_path, capsys):
     assert main(["template-check", "--sharedir", str(tmp_path / "none")]) == 1
     assert "--sharedir" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ lorax's command line
+
+from composer.config import Compression, RootfsType  # noqa: E402
+from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv  # noqa: E402
+
+
+def pungi_argv(tmp_path: Path, rootfs_type: str) -> list[str]:
+    """The argv of Pungi's LoraxWrapper.get_lorax_cmd for a Server/x86_64 compose (issue 11)."""
+    logs = tmp_path / "logs/x86_64/buildinstall-Server-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    conf = logs / "lorax.conf"
+    conf.write_text("[lorax]\nsharedir = %s\n[compression]\ntype = xz\nbcj = on\n" % (tmp_path / "share"))
+    (tmp_path / "share/templates.d/99-generic").mkdir(parents=True, exist_ok=True)
+    extra = tmp_path / "extra-runtime.tmpl"
+    return [
+        "--product=Fedora", "--version=43", "--release=43",
+        f"--source=file://{tmp_path}/work/x86_64/repo/p1", f"--source=file://{tmp_path}/work/x86_64/comps_repo_Server",
+        "--variant=Server", "--bugurl=https://bugzilla.redhat.com", "--nomacboot", "--noupgrade", "--isfinal",
+        "--buildarch=x86_64", "--volid=Fedora-S-dvd-x86_64-43", "--installpkgs=fedora-release-server",
+        f"--add-template={extra}", f"--add-arch-template={tmp_path}/extra-arch.tmpl",
+        "--add-template-var=ostree_osname=fedora", "--add-arch-template-var=ksmedia=ks.cfg",
+        f"--logfile={logs}/lorax.log", "--rootfs-size=3", "--dracut-arg=--xz", "--dracut-arg=--install",
+        "--dracut-arg=/.buildstamp", "--skip-branding", "--squashfs-only",
+        "--config", str(conf), str(tmp_path / "work/x86_64/buildinstall/Server"),
+        f"--rootfs-type={rootfs_type}",
+    ]
+
+
+@pytest.mark.parametrize("rootfs_type,expected", [
+    ("squashfs", RootfsType.SQUASHFS), ("squashfs-ext4", RootfsType.EXT4),
+    ("erofs", RootfsType.EROFS), ("erofs-ext4", RootfsType.EXT4),
+])
+def test_pungi_argv_is_accepted(tmp_path, rootfs_type, expected):
+    plan = plan_from_argv(pungi_argv(tmp_path, rootfs_type))
+    cfg = plan.config
+    assert cfg.outdir == tmp_path / "work/x86_64/buildinstall/Server"  # --config FILE does not shift OUTPUTDIR
+    assert (cfg.product, cfg.version, cfg.release, cfg.variant, cfg.isfinal) == ("Fedora", "43", "43", "Server", True)
+    assert cfg.bugurl == "https://bugzilla.redhat.com" and cfg.arch == "x86_64"
+    assert cfg.sources == (f"file://{tmp_path}/work/x86_64/repo/p1", f"file://{tmp_path}/work/x86_64/comps_repo_Server")
+    assert cfg.rootfs_type is expected
+    assert cfg.rootfs_size == 3 << 30  # GiB, as lorax
+    assert cfg.dracut_args == ("--xz", "--install", "/.buildstamp")  # replaces the defaults
+    assert cfg.installpkgs == ("fedora-release-server",)
+    assert cfg.add_templates == (tmp_path / "extra-runtime.tmpl",)
+    assert cfg.add_template_vars == (("ostree_osname", "fedora"),)
+    assert plan.arch_template_vars == (("ksmedia", "ks.cfg"),)
+    assert plan.volid == "Fedora-S-dvd-x86_64-43"
+    assert plan.templatedir == tmp_path / "share/templates.d/99-generic"  # lorax.conf sharedir, templates.d rule
+    assert plan.logfile == tmp_path / "logs/x86_64/buildinstall-Server-logs/lorax.log"
+    assert (plan.domacboot, plan.doupgrade, plan.skip_branding) == (False, False, True)
+    assert cfg.compression is Compression.XZ
+    assert not any("squashfs-only" in w for w in plan.warnings)  # lorax ignores it too
+    assert plan.lorax_rootfs_type == rootfs_type
+
+
+def test_lorax_defaults_and_units(tmp_path):
+    plan = plan_from_argv(["-p", "Test", "-v", "1", "-r", "1", "-s", "file:///repo", str(tmp_path / "out")])
+    cfg = plan.config
+    assert cfg.rootfs_type is RootfsType.SQUASHFS and cfg.rootfs_size == 3 << 30
+    assert cfg.dracut_args == LORAX_DRACUT_DEFAULT
+    assert cfg.bugurl == "your distribution provided bug reporting tool"
+    assert (plan.domacboot, plan.doupgrade) == (False, True)
+    assert plan.logfile == Path("./lorax.log").resolve()
+    assert cfg.workdir == Path("/var/tmp/lorax")
+    assert any("branding" in w for w in plan.warnings)
+
+
+def test_lorax_dracut_arg_with_separate_value_and_btrfs(tmp_path):
+    plan = plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "file:///r", "--dracut-arg", "--xz",
+                           "--dracut-arg", "--add", "--dracut-arg", "dmsquash-live", "--rootfs-type", "btrfs",
+                           "--rootfs-size", "1", str(tmp_path / "o")])
+    assert plan.config.dracut_args == ("--xz", "--add", "dmsquash-live")
+    assert plan.config.rootfs_type is RootfsType.BTRFS and plan.config.rootfs_size == 1 << 30
+
+
+def test_lorax_options_composer_cannot_honour_are_named(tmp_path):
+    conf = tmp_path / "lorax.conf"
+    conf.write_text("[compression.erofs]\ntype = zstd\n[output]\nignorelist = /x\n")
+    plan = plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "file:///r", "-m", "http://mirror", "--proxy", "h:3128",
+                           "--enablerepo", "a", "--disablerepo", "b", "--noverifyssl", "--dnfplugin", "x", "--macboot",
+                           "--noverify", "--tmp", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "-c", str(conf),
+                           "--cachedir", str(tmp_path / "c"), "--force", str(tmp_path / "o")])
+    text = "; ".join(plan.warnings)
+    for name in ("--mirrorlist", "--proxy", "--enablerepo", "--disablerepo", "--noverifyssl", "--dnfplugin",
+                 "--macboot", "--noverify", "[compression.erofs] type", "[output] ignorelist"):
+        assert name in text
+    assert plan.config.workdir == tmp_path / "w" and plan.config.cachedir == tmp_path / "c" and plan.config.force
+
+
+def test_lorax_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        plan_from_argv(["-p", "T", "-v", "1", str(tmp_path / "o")])  # -r is required, as in lorax
+    assert e.value.code == 2
+    assert "composer lorax: error: the following arguments are required: -r/--release" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "--rootfs-type", "ext2", str(tmp_path / "o")])
+    from composer.run import ComposerError
+    with pytest.raises(ComposerError, match="--source or --repo"):
+        plan_from_argv(["-p", "T", "-v", "1", "-r", "1", str(tmp_path / "o")])
+    with pytest.raises(ComposerError, match="--config .*: no such file"):
+        plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "x", "-c", str(tmp_path / "none"), str(tmp_path / "o")])
+
+
+def test_composer_lorax_subcommand_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["lorax", "-V"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("lorax-")
+
+
+def test_lorax_console_entry_point_is_opt_in():
+    import importlib
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    main_proj = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert "lorax" not in main_proj["scripts"]  # never on PATH by accident
+    assert main_proj["optional-dependencies"]["lorax"] == ["composer-lorax"]
+    extra = tomllib.loads((root / "extras/lorax/pyproject.toml").read_text())["project"]
+    module, func = extra["scripts"]["lorax"].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
