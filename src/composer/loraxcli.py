@@ -21,6 +21,7 @@ import argparse
 import configparser
 import dataclasses
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,6 +265,12 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     if conf.compression_args:
         warnings.append("lorax.conf [compression] args")
 
+    # lorax does not check signatures of --source repositories (dnf's default for added
+    # repos); a --repo file says for itself, which composer cannot honour beside --source.
+    nogpgcheck = bool(args.source)
+    if args.source and args.repos:
+        warnings.append("gpgcheck of --repo files (not checked beside --source)")
+
     sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
     templatedir = None
     if sharedir is not None:
@@ -295,6 +302,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         dracut_args=tuple(args.dracut_args) if args.dracut_args is not None else LORAX_DRACUT_DEFAULT,
         dracut_conf=args.dracut_conf.resolve() if args.dracut_conf else None,
         workdir=workdir,
+        nogpgcheck=nogpgcheck,
         cachedir=args.cachedir.resolve() if args.cachedir else Config.__dataclass_fields__["cachedir"].default,
         force=args.force,
     )
@@ -313,6 +321,48 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     )
 
 
+def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str = __version__) -> str:
+    """lorax's /.buildstamp (what anaconda reads; --isfinal and --bugurl change it): an
+    ini file with [Main] Product, Version, BugURL, IsFinal, UUID (build time + arch),
+    Variant when given, and [Compose] Lorax."""
+    import datetime
+    import time
+
+    when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
+    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y%m%d%H%M")
+    lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
+             f"IsFinal={cfg.isfinal}", f"UUID={stamp}.{cfg.arch}"]
+    if cfg.variant:
+        lines.append(f"Variant={cfg.variant}")
+    lines += ["[Compose]", f"Lorax={lorax_version}"]
+    return "\n".join(lines) + "\n"
+
+
+def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | None) -> Path:
+    """The template composer lorax adds to the runtime templates: it writes /.buildstamp
+    (before dracut, so that lorax's `--dracut-arg --install --dracut-arg /.buildstamp`
+    finds it) and, with runcmd on the host as lorax's templates do, pkglists/ from the
+    rpm database before the cleanup template removes it. The values are baked into the
+    text (not variables: those are part of the install stage's cache key) inside
+    <%text>, so that Mako leaves them alone."""
+    import shlex
+
+    from composer import loraxlogs
+
+    escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
+    lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
+    if pkglists is not None:
+        argv = [sys.executable, str(Path(loraxlogs.__file__).resolve()), "pkglists"]
+        lines.append(f"runcmd {' '.join(shlex.quote(a) for a in argv)} ${{root}} {shlex.quote(str(pkglists))}")
+    for line in lines:
+        if "</%text>" in line or any(ord(c) < 32 for c in line):
+            raise ComposerError(f"lorax: cannot write /.buildstamp with {line!r}")
+    tmpl = directory / "lorax-runtime.tmpl"
+    tmpl.write_text("## composer lorax: what lorax adds to the runtime (/.buildstamp, pkglists/)\n"
+                    + lines[0] + "\n<%text>" + lines[1] + "</%text>\n" + "".join(f"{x}\n" for x in lines[2:]))
+    return tmpl
+
+
 def run_plan(plan: LoraxPlan) -> int:
     from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
     from composer.images.iso import check_volid, default_volid
@@ -327,13 +377,16 @@ def run_plan(plan: LoraxPlan) -> int:
     if cfg.arch not in EFI_ARCH_NAMES:
         raise ComposerError(f"--buildarch {cfg.arch}: no UEFI boot for this architecture "
                             f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
-    extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
-    cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + tuple((k, v) for k, v in extra_vars))
-    opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
-    check_compose_inputs(cfg, "boot-iso")
     if cfg.workdir is not None:
         cfg.workdir.mkdir(parents=True, exist_ok=True)  # lorax makes --tmp and --workdir too
-    compose_boot_iso(cfg, opts)
+    with tempfile.TemporaryDirectory(prefix="composer-lorax.", dir=cfg.workdir) as tmp:
+        own = lorax_runtime_template(Path(tmp), buildstamp_text(cfg), plan.logfile.parent / "pkglists")
+        extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
+        cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
+                                  add_templates=(own, *cfg.add_templates))
+        opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
+        check_compose_inputs(cfg, "boot-iso")
+        compose_boot_iso(cfg, opts)
     return 0
 
 
@@ -341,12 +394,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The `lorax` console command and `composer lorax`."""
     from composer.run import set_logging
 
+    from composer.loraxlogs import derive_logs
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         plan = plan_from_argv(argv)
-        plan.logfile.parent.mkdir(parents=True, exist_ok=True)
-        set_logging(verbose=False, logfile=plan.logfile)
-        return run_plan(plan)
     except ComposerError as e:
         print(f"composer: error: {e}", file=sys.stderr)
         return 1
+    plan.logfile.parent.mkdir(parents=True, exist_ok=True)
+    set_logging(verbose=False, logfile=plan.logfile)
+    error = None
+    try:
+        return run_plan(plan)
+    except ComposerError as e:
+        error = str(e)
+        print(f"composer: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        error = "interrupted"
+        raise
+    finally:
+        # lorax's logs beside --logfile (pylorax.log, program.log); errors reach them too
+        derive_logs(plan.logfile, error)

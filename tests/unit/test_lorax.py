@@ -185,3 +185,34 @@ def test_lorax_console_entry_point_is_opt_in():
     extra = tomllib.loads((root / "extras/lorax/pyproject.toml").read_text())["project"]
     module, func = extra["scripts"]["lorax"].split(":")
     assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
+    from composer import templates as T
+    from composer.loraxcli import buildstamp_text, lorax_runtime_template
+    from composer.templates import TemplateRunner
+
+    cfg = plan_from_argv(["-p", "Fedora", "-v", "43", "-r", "43", "-s", "x", "-t", "Server", "--isfinal",
+                          "-b", "https://bugs.example.com/?a=${x}&b='x'\\y", "--buildarch", "x86_64", str(tmp_path / "o")]).config
+    text = buildstamp_text(cfg, now=1700000000)
+    assert text == ("[Main]\nProduct=Fedora\nVersion=43\nBugURL=https://bugs.example.com/?a=${x}&b='x'\\y\nIsFinal=True\n"
+                    "UUID=202311142213.x86_64\nVariant=Server\n[Compose]\nLorax=" + text.rsplit("=", 1)[1])
+    tmpl = lorax_runtime_template(tmp_path, text, tmp_path / "logs/pkglists")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    calls = []
+    monkeypatch.setattr(T, "run", lambda argv, **kw: calls.append(list(argv)))
+    TemplateRunner(tree=tree, templatedir=tmp_path, variables={}).run(tmpl)
+    assert (tree / ".buildstamp").read_text() == text
+    assert calls[0][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]  # runcmd on the host
+
+
+def test_derived_logs(tmp_path):
+    from composer.loraxlogs import derive_logs
+
+    log = tmp_path / "lorax.log"
+    log.write_text("[    0.1s] install ...\n$ dnf -y install a\n'\n[    0.2s] done\n")
+    derive_logs(log, "dnf transaction failed: Problem: nothing provides libfoo")
+    assert "Dependency check failed: dnf transaction failed" in (tmp_path / "pylorax.log").read_text()
+    assert "ERROR: dnf transaction failed" in log.read_text()
+    assert (tmp_path / "program.log").read_text() == "$ dnf -y install a\n'\n"
