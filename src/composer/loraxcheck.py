@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from composer.run import ComposerError
-from composer.templates import Arch, TemplateError, TemplateRunner, _render, sample_variables
+from composer.templates import (
+    Arch,
+    TemplateError,
+    TemplateRunner,
+    _render,
+    sample_variables,
+)
 
 __all__ = ["CheckResult", "check_sharedir"]
 

@@ -40,10 +40,10 @@ LORAX_ROOTFS_TYPES = ("squashfs", "squashfs-ext4", "erofs", "erofs-ext4")
 ROOTFS_MAP: dict[str, tuple[RootfsType, str]] = {
     "squashfs": (RootfsType.SQUASHFS, ""),
     "squashfs-ext4": (RootfsType.EXT4, ""),
-    "erofs": (RootfsType.EROFS, "--rootfs-type erofs: install.img is squashfs holding LiveOS/rootfs.img (erofs), "
-                                "not a bare erofs image"),
-    "erofs-ext4": (RootfsType.EXT4, "--rootfs-type erofs-ext4: LiveOS/rootfs.img (ext4) is wrapped in squashfs, "
-                                    "not erofs"),
+    "erofs": (RootfsType.EROFS, ("--rootfs-type erofs: install.img is squashfs holding LiveOS/rootfs.img (erofs), "
+                                 "not a bare erofs image")),
+    "erofs-ext4": (RootfsType.EXT4, ("--rootfs-type erofs-ext4: LiveOS/rootfs.img (ext4) is wrapped in squashfs, "
+                                     "not erofs")),
     "btrfs": (RootfsType.BTRFS, ""),  # composer's own
 }
 
@@ -329,7 +329,7 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
     import time
 
     when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
-    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y%m%d%H%M")
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y%m%d%H%M")
     lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
              f"IsFinal={cfg.isfinal}", f"UUID={stamp}.{cfg.arch}"]
     if cfg.variant:
@@ -392,9 +392,8 @@ def run_plan(plan: LoraxPlan) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lorax` console command and `composer lorax`."""
-    from composer.run import set_logging
-
     from composer.loraxlogs import derive_logs
+    from composer.run import set_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -12,7 +12,6 @@ on the host) it needs only the standard library: it may run outside composer's s
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 RPMDB = "/usr/lib/sysimage/rpm"
 _CMD = re.compile(r"^(\[\s*[\d.]+s\] )?\$ ")
 _STAMP = re.compile(r"^\[\s*[\d.]+s\] ")
-_DEPSOLVE = re.compile(r"nothing provides|conflicts with|Problem( \d+)?:|cannot install|depsolv", re.I)
+_DEPSOLVE = re.compile(r"nothing provides|conflicts with|Problem( \d+)?:|cannot install|depsolv", re.IGNORECASE)
 
 
 def write_pkglists(tree: Path, dest: Path) -> int:

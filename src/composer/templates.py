@@ -659,7 +659,7 @@ class Branding:
 
 
 _KERNEL_FLAVORS = ("debug", "PAE", "PAEdebug", "smp", "xen", "lpae", "64k")
-_KERNEL_NAME = re.compile(r"vmlinuz-(?P<version>.+?[.-](?P<arch>[a-z0-9_]+)(\.(?P<flavor>%s))?)$" % "|".join(_KERNEL_FLAVORS))
+_KERNEL_NAME = re.compile(rf"vmlinuz-(?P<version>.+?[.-](?P<arch>[a-z0-9_]+)(\.(?P<flavor>{'|'.join(_KERNEL_FLAVORS)}))?)$")
 
 
 def find_kernels(tree: Path, kdir: str = "boot") -> list[Kernel]:
@@ -1528,9 +1528,9 @@ def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> No
                 elif host.is_file():
                     yield CpioEntry.file(name, host, perm, mtime=int(st.st_mtime))
 
-    openers = {
-        "xz": lambda f: lzma.open(f, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),
-        "lzma": lambda f: lzma.open(f, "wb", format=lzma.FORMAT_ALONE, preset=level),
+    openers = {  # each returns the compressing file object that the `with` below closes
+        "xz": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),  # noqa: SIM115
+        "lzma": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_ALONE, preset=level),  # noqa: SIM115
         "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="wb", compresslevel=max(level, 1), mtime=0),
         "bzip2": lambda f: bz2.BZ2File(f, "wb", compresslevel=max(level, 1)),
     }

@@ -42,8 +42,8 @@ def test_template_check_reports_every_error_with_file_and_line(tmp_path, capsys)
     errors = [line for line in captured.out.splitlines() if not line.startswith(("checked:", "ok:"))]
     assert errors == [
         f"{efi}:8: unknown command 'mkdirx'",
-        f"{d}/runtime-postinstall.tmpl:{len((d / 'runtime-postinstall.tmpl').read_text().splitlines())}: "
-        "systemctl: wrong arguments; usage: systemctl enable|disable|mask|unmask|set-default UNIT...",
+        (f"{d}/runtime-postinstall.tmpl:{len((d / 'runtime-postinstall.tmpl').read_text().splitlines())}: "
+         "systemctl: wrong arguments; usage: systemctl enable|disable|mask|unmask|set-default UNIT..."),
         f"{d}/x86.tmpl:{n + 1}: chmod: bad mode 'images/boot.iso': the order is chmod FILEGLOB MODE (lorax's), not MODE FILE",
         f"{d}/x86.tmpl:{n + 2}: installimg: wrong arguments; usage: installimg [--xz|--gzip|--bzip2|--lzma] [-ARG]... SRCDIR DESTFILE",
     ]
@@ -67,8 +67,8 @@ def test_template_check_sharedir_missing(tmp_path, capsys):
 
 # ------------------------------------------------------------------ lorax's command line
 
-from composer.config import Compression, RootfsType  # noqa: E402
-from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv  # noqa: E402
+from composer.config import Compression, RootfsType
+from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv
 
 
 def pungi_argv(tmp_path: Path, rootfs_type: str) -> list[str]:

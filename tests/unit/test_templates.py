@@ -400,6 +400,7 @@ def test_install_from_inroot_to_outroot(tmp_path):
                                                 "upgrade": "images/pxeboot/upgrade.img"}
     assert not (out / "images/updates.img").exists()  # lorax: a missing SRCDIR makes no image
     import gzip
+
     from composer.images.cpio import read_newc
     raw = out / "raw.cpio"
     raw.write_bytes(gzip.decompress((out / "images/product.img").read_bytes()))
