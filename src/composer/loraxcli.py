@@ -363,6 +363,76 @@ def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | No
     return tmpl
 
 
+# lorax's arch template per base architecture (treebuilder's templatemap)
+ARCH_TEMPLATE = {"x86_64": "x86.tmpl", "aarch64": "aarch64.tmpl", "ppc64le": "ppc64le.tmpl", "s390x": "s390.tmpl"}
+
+
+def lorax_media_mode(templatedir: Path, basearch: str) -> bool:
+    """A lorax template set makes the media with its arch template (x86.tmpl...); composer's
+    own sets have boot menus (grub2-efi.cfg) that composer's media stage fills instead."""
+    return (templatedir / ARCH_TEMPLATE.get(basearch, "x86.tmpl")).is_file() and not (templatedir / "grub2-efi.cfg").is_file()
+
+
+def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, volid: str) -> None:
+    """lorax's TreeBuilder: the --add-arch-template files, then the set's arch template,
+    with the runtime tree as input root (kernels in boot/, the runtime image at
+    images/install.img, as lorax has them) and the output directory as output root;
+    then .treeinfo from what the templates recorded, and implantisomd5 on the ISO."""
+    from composer.images.sparse import copy_sparse
+    from composer.outputs.media import copy_file
+    from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+    from composer.run import run
+    from composer.templates import Arch, Product, TemplateRunner, lorax_variables
+
+    templatedir = cfg.template_dir
+    inroot = rt.tree
+    for k in rt.kernels:
+        copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
+        copy_file(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
+    runtime_img = "images/install.img"
+    copy_sparse(rt.squashfs, inroot / runtime_img)
+    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch,
+                   timestamp=cfg.source_date_epoch)
+    product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
+    variables = lorax_variables(product, Arch.of(cfg.arch), isolabel=volid, runtime_img=runtime_img,
+                                domacboot=plan.domacboot, doupgrade=plan.doupgrade, workdir=str(work))
+    variables["rootfs_type"] = str(cfg.rootfs_type)
+    runner = TemplateRunner(tree=out, inroot=inroot, templatedir=templatedir, variables=variables)
+    for t in plan.arch_templates:  # lorax runs these first, with --add-arch-template-var
+        runner.run(t.resolve(), dict(plan.arch_template_vars))
+    runner.run(templatedir / ARCH_TEMPLATE[Arch.of(cfg.arch).basearch])
+    treeinfo = runner.treeinfo
+    write_treeinfo(out / ".treeinfo", product=cfg.product, version=cfg.version, arch=cfg.arch, variant=cfg.variant,
+                   images={}, extra=treeinfo, checksum_root=out, timestamp=cfg.source_date_epoch)
+    for section in treeinfo.values():
+        if "boot.iso" in section:
+            run(["implantisomd5", str(out / section["boot.iso"])])
+
+
+def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
+    import contextlib
+
+    from composer.loraxcheck import check_sharedir
+    from composer.run import atomic_dir
+    from composer.runtime import build_runtime, workdir_for
+
+    found = check_sharedir(cfg.template_dir)  # a template error stops the build now, not after the runtime
+    if found.errors:
+        raise ComposerError(f"--sharedir {cfg.template_dir}: " + "; ".join(found.errors))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
+        work = stack.enter_context(workdir_for(cfg))
+        rt = build_runtime(cfg, work)
+        make_lorax_media(cfg, plan, rt, out, work, volid)
+    info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {cfg.template_dir})")
+
+
+def rt_basearch(cfg: Config) -> str:
+    from composer.templates import Arch
+
+    return Arch.of(cfg.arch).basearch
+
+
 def run_plan(plan: LoraxPlan) -> int:
     from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
     from composer.images.iso import check_volid, default_volid
@@ -386,7 +456,10 @@ def run_plan(plan: LoraxPlan) -> int:
                                   add_templates=(own, *cfg.add_templates))
         opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
         check_compose_inputs(cfg, "boot-iso")
-        compose_boot_iso(cfg, opts)
+        if lorax_media_mode(cfg.template_dir, rt_basearch(cfg)):
+            compose_lorax_media(cfg, plan, volid)
+        else:
+            compose_boot_iso(cfg, opts)
     return 0
 
 

@@ -726,6 +726,8 @@ def lorax_variables(
         "doupgrade": doupgrade,
         "workdir": workdir,
         "extra_boot_args": extra_boot_args,
+        # where lorax copies config_files/ for runtime-postinstall.tmpl (TemplateRunner.stage_config_files)
+        "configdir": "tmp/config_files",
         # composer's names (its templates before the lorax model; kept as extensions)
         "version": product.version,
         "release": product.release,

@@ -216,3 +216,27 @@ def test_derived_logs(tmp_path):
     assert "Dependency check failed: dnf transaction failed" in (tmp_path / "pylorax.log").read_text()
     assert "ERROR: dnf transaction failed" in log.read_text()
     assert (tmp_path / "program.log").read_text() == "$ dnf -y install a\n'\n"
+
+
+def test_preflight_renders_page_args_of_composer_sets(tmp_path):
+    """composer's own sets declare <%page args> (configdir...): the pre-build check fills them."""
+    from composer.config import Config
+    from composer.preflight import check_templates
+
+    root = Path(__file__).resolve().parents[2]
+    for product, templatedir in (("Fedora", None), ("TestProduct", None),
+                                 ("TestProduct", root / "tools/testproduct/lorax-templates")):
+        cfg = Config(product=product, version="1", outdir=tmp_path / "o", arch="x86_64", templatedir=templatedir)
+        d = cfg.template_dir
+        check_templates(cfg, [(d / n, "") for n in ("runtime-install.tmpl", "runtime-postinstall.tmpl",
+                                                    "runtime-cleanup.tmpl")])
+
+
+def test_testproduct_lorax_set_passes_template_check(capsys):
+    root = Path(__file__).resolve().parents[2]
+    assert main(["template-check", "--sharedir", str(root / "tools/testproduct/lorax-templates")]) == 0
+    assert "checked: x86.tmpl: arch template (x86_64)" in capsys.readouterr().out
+    from composer.loraxcli import lorax_media_mode
+
+    assert lorax_media_mode(root / "tools/testproduct/lorax-templates", "x86_64")
+    assert not lorax_media_mode(root / "src/composer/data/templates/testproduct", "x86_64")
