@@ -390,6 +390,7 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
         copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
         copy_file(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
     runtime_img = "images/install.img"
+    (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
     copy_sparse(rt.squashfs, inroot / runtime_img)
     write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch,
                    timestamp=cfg.source_date_epoch)
@@ -482,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComposerError as e:
         error = str(e)
         print(f"composer: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        error = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        print(f"composer: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         error = "interrupted"

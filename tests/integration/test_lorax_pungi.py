@@ -1,7 +1,8 @@
 """Pungi's buildinstall call, unchanged, on `composer lorax`: the argv of Pungi's
 LoraxWrapper.get_lorax_cmd (issue 11) with the test product's repository, one of its
-packages in --installpkgs and a lorax.conf whose sharedir is the test product's template
-set (lorax's language). Builds once (several minutes: lorax's --xz for dracut), then checks
+packages in --installpkgs and a lorax.conf whose sharedir is the test product's lorax
+template set (tools/testproduct/lorax-templates: lorax's language, its x86.tmpl makes the
+media with runcmd as lorax's does). Builds once (several minutes: lorax's --xz for dracut), then checks
 what Pungi reads and boots the ISO under SeaBIOS and OVMF.
 """
 
@@ -26,7 +27,7 @@ def pungi_build(testproduct_repo, tmp_path_factory) -> Path:
     logs = base / "logs/x86_64/buildinstall-Server-logs"
     logs.mkdir(parents=True)
     conf = logs / "lorax.conf"
-    conf.write_text(f"[lorax]\nsharedir = {REPO_ROOT}/src/composer/data/templates/testproduct\n"
+    conf.write_text(f"[lorax]\nsharedir = {REPO_ROOT}/tools/testproduct/lorax-templates\n"
                     "[compression]\ntype = xz\nbcj = on\n")
     (base / "extra-runtime.tmpl").write_text('<%page args="ostree_osname"/>\nappend /etc/pungi-extra "${ostree_osname}"\n')
     (base / "extra-arch.tmpl").write_text('<%page args="ksmedia"/>\nappend /ks-name.txt "${ksmedia}"\n')
@@ -58,6 +59,9 @@ def test_outputs_pungi_reads(pungi_build):
     assert ti.images.images["x86_64"]["eltorito.img"] == "images/eltorito.img"
     assert ti.images.images["x86_64"]["boot.iso"] == "images/boot.iso"
     assert f"CDLABEL={VOLID}" in (out / "EFI/BOOT/grub.cfg").read_text()  # Pungi rewrites this volume id
+    inside = subprocess.run(["mtype", "-i", str(out / "images/efiboot.img"), "::EFI/BOOT/grub.cfg"],
+                            capture_output=True, text=True, check=True).stdout
+    assert f"CDLABEL={VOLID}" in inside  # ... and this one (Pungi's tweak_configs on efiboot.img)
     for name in ("lorax.log", "pylorax.log", "program.log"):
         assert (logs / name).stat().st_size > 0, name
     assert "bash" in {p.name for p in (logs / "pkglists").iterdir()}
