@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,63 @@ def test_testproduct_lorax_set_passes_template_check(capsys):
 
     assert lorax_media_mode(root / "tools/testproduct/lorax-templates", "x86_64")
     assert not lorax_media_mode(root / "src/composer/data/templates/testproduct", "x86_64")
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("grub-mkimage", "xorrisofs", "mkfs.fat", "mcopy", "implantisomd5"))
+                    or not Path("/usr/lib/grub/i386-pc/kernel.img").is_file(), reason="host boot tools missing")
+def test_lorax_media_from_the_arch_template(tmp_path):
+    """The test product's x86.tmpl makes the media as lorax's does (runcmd with host tools),
+    on a stand-in runtime: kernel, initramfs and runtime image are placeholders."""
+    from dataclasses import dataclass as dc
+
+    import productmd.treeinfo
+
+    from composer.loraxcli import make_lorax_media
+
+    root = Path(__file__).resolve().parents[2]
+    conf = tmp_path / "lorax.conf"
+    conf.write_text(f"[lorax]\nsharedir = {root}/tools/testproduct/lorax-templates\n")
+    (tmp_path / "arch.tmpl").write_text('<%page args="ksmedia"/>\nappend /ks-name.txt "${ksmedia}"\n')
+    plan = plan_from_argv(["-p", "TestProduct", "-v", "1", "-r", "1", "-s", "file:///r", "--buildarch", "x86_64",
+                           "--volid", "TestProduct-S-1", "-c", str(conf), "--add-arch-template", str(tmp_path / "arch.tmpl"),
+                           "--add-arch-template-var", "ksmedia=ks.cfg", str(tmp_path / "out")])
+    import dataclasses
+    cfg = dataclasses.replace(plan.config, templatedir=plan.templatedir)
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "tools/testproduct/lorax-templates/config_files", tree / "tmp/config_files")
+    files = {name: tmp_path / name for name in ("vmlinuz", "initramfs", "squashfs.img")}
+    for p in files.values():
+        p.write_bytes(b"x" * 4096)
+
+    @dc
+    class K:
+        version: str
+        vmlinuz: Path
+
+    @dc
+    class RT:
+        tree: Path
+        kernels: list
+        initramfs: dict
+        squashfs: Path
+
+    rt = RT(tree, [K("6.1.0-56-amd64", files["vmlinuz"])], {"6.1.0-56-amd64": files["initramfs"]}, files["squashfs.img"])
+    out = tmp_path / "out"
+    out.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    make_lorax_media(cfg, plan, rt, out, work, "TestProduct-S-1")
+    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", "images/eltorito.img",
+                "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grub.cfg",
+                "boot/grub2/grub.cfg", ".discinfo", ".treeinfo", "ks-name.txt"):
+        assert (out / rel).is_file(), rel
+    assert "root=live:CDLABEL=TestProduct-S-1 rd.live.image" in (out / "EFI/BOOT/grub.cfg").read_text()
+    ti = productmd.treeinfo.TreeInfo()
+    ti.load(str(out / ".treeinfo"))
+    assert ti.images.images["xen"] == {"kernel": "images/pxeboot/vmlinuz", "initrd": "images/pxeboot/initrd.img"}
+    assert ti.images.images["x86_64"]["eltorito.img"] == "images/eltorito.img"
+    assert ti.stage2.mainimage == "images/install.img"
+    report = subprocess.run(["xorriso", "-indev", str(out / "images/boot.iso"), "-report_el_torito", "plain"],
+                            capture_output=True, text=True, check=True).stdout
+    from composer.images.iso import el_torito_platforms
+    assert el_torito_platforms(report) == ["BIOS", "UEFI"], report
