@@ -2,8 +2,9 @@
 LoraxWrapper.get_lorax_cmd (issue 11) with the test product's repository, one of its
 packages in --installpkgs and a lorax.conf whose sharedir is the test product's lorax
 template set (tools/testproduct/lorax-templates: lorax's language, its x86.tmpl makes the
-media with runcmd as lorax's does). Builds once (several minutes: lorax's --xz for dracut), then checks
-what Pungi reads and boots the ISO under SeaBIOS and OVMF.
+media with runcmd as lorax's does). Builds once, then checks what Pungi reads and boots the ISO
+under SeaBIOS and OVMF. Measured on 2 shared cores at load ~14: build 525 s (xz squashfs; lz4 now),
+BIOS boot 127 s, UEFI boot 77 s.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def pungi_build(testproduct_repo, tmp_path_factory) -> Path:
     logs.mkdir(parents=True)
     conf = logs / "lorax.conf"
     conf.write_text(f"[lorax]\nsharedir = {REPO_ROOT}/tools/testproduct/lorax-templates\n"
-                    "[compression]\ntype = xz\nbcj = on\n")
+                    "[compression]\ntype = lz4\n")  # lorax.conf [compression]; lz4 keeps CI time down
     (base / "extra-runtime.tmpl").write_text('<%page args="ostree_osname"/>\nappend /etc/pungi-extra "${ostree_osname}"\n')
     (base / "extra-arch.tmpl").write_text('<%page args="ksmedia"/>\nappend /ks-name.txt "${ksmedia}"\n')
     out = base / "work/x86_64/buildinstall/Server"
