@@ -179,7 +179,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
         # Product/arch templates on the media tree (e.g. extra files for the ISO).
         from composer.templates import TemplateRunner
 
-        runner = TemplateRunner(tree=out, templatedir=templatedir, variables=variables)
+        runner = TemplateRunner(tree=out, inroot=rt.tree, templatedir=templatedir, variables=variables)
         for t in arch_templates(cfg, variables, opts):
             runner.run(t)
 
@@ -190,8 +190,12 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
 
     arch = cfg.arch
     images = {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd, "efiboot.img": "images/efiboot.img"}
+    if opts.bios_loader == "grub2":
+        images["eltorito.img"] = "images/eltorito.img"  # as lorax's x86.tmpl records it
+    # lorax's x86.tmpl lists the same kernel and initrd for Xen guests (Pungi, virt-install read it).
+    xen = {"images-xen": {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd}} if arch == "x86_64" else {}
     treeinfo_args = {"product": cfg.product, "version": cfg.version, "arch": arch, "variant": cfg.variant,
-                     "stage2": "images/install.img", "extra": {**rt.treeinfo, **runner.treeinfo}}
+                     "stage2": "images/install.img", "extra": {**xen, **rt.treeinfo, **runner.treeinfo}}
     release = f"{cfg.product} {cfg.version}"
     write_discinfo(out / ".discinfo", release=release, arch=arch, timestamp=cfg.source_date_epoch)
 

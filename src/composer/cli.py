@@ -295,6 +295,22 @@ def cmd_template_check(args: argparse.Namespace) -> int:
     from composer.preflight import check_arch, check_template_vars
 
     check_arch("--basearch", args.basearch)
+    if args.sharedir is not None:
+        template_vars = _template_vars(args.add_template_var)
+        check_template_vars("--add-template-var", template_vars)
+        if args.templates:
+            raise ComposerError("template-check: give --sharedir DIR or TEMPLATE files, not both")
+        from composer.loraxcheck import check_sharedir
+
+        result = check_sharedir(args.sharedir, extra=dict(template_vars))
+        for line in result.checked:
+            print(f"checked: {line}")
+        for line in result.errors:
+            print(line)
+        if result.errors:
+            raise ComposerError(f"--sharedir {args.sharedir}: {len(result.errors)} error(s) in the template set (listed above)")
+        print(f"ok: {args.sharedir}: {len(result.checked)} templates, no errors")
+        return 0
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
     template_vars = _template_vars(args.add_template_var)
     check_template_vars("--add-template-var", template_vars)
@@ -341,8 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
     p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")
     p.add_argument("--basearch", default="x86_64")
+    p.add_argument("--sharedir", type=Path, default=None, metavar="DIR",
+                   help="check a whole lorax template set (runtime, arch and included templates) with lorax's variables")
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)
+
+    sub.add_parser("lorax", add_help=False, help="lorax's command line: `composer lorax --help` (a drop-in for lorax)")
 
     from composer.bootiso import register as register_bootiso
     from composer.live.cli import register as register_live
@@ -405,9 +425,15 @@ def one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lorax"]:
+        # lorax's own command line (its -v, -V, -c... are not composer's options)
+        from composer.loraxcli import main as lorax_main
+
+        return lorax_main(argv[1:])
     parser = build_parser()
     try:
-        glued = _glue_pass_through(sys.argv[1:] if argv is None else list(argv))
+        glued = _glue_pass_through(argv)
     except ComposerError as e:
         parser.error(one_line(str(e)))
     args = parser.parse_args(glued)

@@ -56,10 +56,14 @@ class Config:
     use_cache: bool = True
     # Ship LiveOS/osmin.img.gz (a minimized-install delta against rootfs.img) in install.img.
     osmin: bool = False
+    # A template set given by path (lorax's --sharedir); None: templates/<product>.
+    templatedir: Path | None = None
 
     @property
     def template_dir(self) -> Path:
-        """The product's template set: templates/<product, lower case>."""
+        """The product's template set: templates/<product, lower case>, or templatedir."""
+        if self.templatedir is not None:
+            return self.templatedir
         name = self.product.lower().replace(" ", "")
         if not name or "/" in name or name.startswith("."):
             # The product names a directory under templates/: never a path out of it.

@@ -364,7 +364,9 @@ class DnfSession:
     # -- templates.PackageManager -------------------------------------------------
     def install(self, patterns: Sequence[str], *, required: bool = True, exclude: Sequence[str] = ()) -> None:
         names = self.available()
-        for pattern, matches in self._match(patterns, names).items():
+        for pattern in patterns:
+            name, _, constraint = pattern.partition(" ")  # "NAME >= VER" (lorax's installpkg NAME>=VER)
+            matches = self._match([name], names)[name]
             matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in exclude)]
             matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in self.config.excludepkgs)]
             if not matches:
@@ -372,7 +374,7 @@ class DnfSession:
                     raise ComposerError(f"no package matches {pattern!r} in the repositories")
                 debug(f"optional package {pattern!r} not available, skipped")
                 continue
-            self._to_install.extend(matches)
+            self._to_install.extend(f"{m} {constraint}" if constraint else m for m in matches)
 
     def remove(self, patterns: Sequence[str]) -> None:
         self._to_remove.extend(patterns)

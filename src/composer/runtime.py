@@ -25,7 +25,7 @@ from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
 from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
-from composer.templates import TemplateRunner
+from composer.templates import Arch, Product, TemplateRunner, lorax_variables
 
 # The runtime templates of a product, in the order they run.
 INSTALL_TEMPLATE = "runtime-install.tmpl"
@@ -70,18 +70,10 @@ def _peak_child_rss_mib() -> float:
 
 
 def template_variables(cfg: Config) -> dict[str, object]:
-    basearch = {"i686": "i386", "armv7hl": "arm"}.get(cfg.arch, cfg.arch)
-    variables: dict[str, object] = {
-        "product": cfg.product,
-        "version": cfg.version,
-        "release": cfg.release,
-        "variant": cfg.variant,
-        "bugurl": cfg.bugurl,
-        "isfinal": cfg.isfinal,
-        "arch": cfg.arch,
-        "basearch": basearch,
-        "rootfs_type": str(cfg.rootfs_type),
-    }
+    # lorax's variable model (composer.templates.lorax_variables) plus composer's rootfs_type.
+    product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
+    variables = lorax_variables(product, Arch.of(cfg.arch))
+    variables["rootfs_type"] = str(cfg.rootfs_type)
     variables.update(dict(cfg.add_template_vars))
     return variables
 
@@ -174,7 +166,10 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
     ledger = treecheck.Ledger(lambda paths: treecheck.fail_on(verify_packages(paths), "after a package transaction"))
     ledger.record("rpm (its database)", [RPMDB])
-    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=template_variables(cfg), pkgmgr=session,
+    variables = template_variables(cfg)
+    # lorax gives the runtime templates the product name in lower case.
+    variables["product"] = dataclasses.replace(variables["product"], name=cfg.product.lower())
+    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=variables, pkgmgr=session,
                             recorder=ledger)
 
     def pending_transaction(who: str) -> None:
@@ -203,7 +198,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
          f"{checked.get('packaged_paths', 0)} packaged paths as rpm says")
 
     with timed("postinstall"):
-        runner.run(templatedir / POSTINSTALL_TEMPLATE)
+        configdir = runner.stage_config_files()  # lorax: config_files/ into the tree for postinstall
+        runner.run(templatedir / POSTINSTALL_TEMPLATE, {"configdir": configdir})
         for tmpl in cfg.add_templates:
             if not tmpl.is_file():
                 raise ComposerError(f"--add-template {tmpl}: no such file")

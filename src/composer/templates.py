@@ -1,9 +1,10 @@
-"""The template runner: Mako renders a template, then each line is one command.
+"""The template runner: lorax's template language, with lorax's meaning, plus composer's own.
 
 The language
 ------------
 A template is first rendered by Mako (``${var}``, ``%if``/``%for`` lines, ``<% %>``
-blocks, ``##`` Mako comments, ``<%include file="..."/>``) with the build's variables.
+blocks, ``##`` Mako comments, ``<%include file="..."/>``) with the build's variables;
+``<%page args="..."/>`` is filled from them (lorax renders with ``render(**variables)``).
 Every line of the *rendered* text is then one command:
 
 * blank lines and lines starting with ``#`` are skipped;
@@ -16,10 +17,15 @@ Every line of the *rendered* text is then one command:
 * commands that take globs expand them *inside the tree* (``*``, ``?``, ``[...]``,
   ``[!...]``, and ``**`` as a whole component for any depth of directories).
 
-All paths name places in the tree: ``/usr/bin`` and ``usr/bin`` both mean
-``TREE/usr/bin``. ``..`` may not climb out of the tree, absolute symlinks in the tree
-are followed relative to the tree root, and symlinks leading out of the tree are
-refused (see :func:`resolve_in_tree`).
+There are two roots, as in lorax: the input root (``inroot``: where ``install``,
+``installimg``, ``installkernel``... read and ``glob()``/``exists()`` look) and the
+output root (``outroot``, the runner's ``tree``: where every command writes). For the
+runtime templates both are the runtime tree; for arch templates the input root is the
+runtime tree and the output root the media tree.
+
+All paths name places in a root: ``/usr/bin`` and ``usr/bin`` both mean
+``ROOT/usr/bin``. ``..`` may not climb out of it, absolute symlinks are followed
+relative to the root, and symlinks leading out are refused (see :func:`resolve_in_tree`).
 
 Variables are data (``TemplateValue``): a value never holds a line break or a control
 character, its quotes, backslashes and braces are literal in the rendered command
@@ -29,35 +35,47 @@ separates words, as in lorax.) The template files themselves are trusted code.
 Errors name the template and the source line: ``runtime-cleanup.tmpl:12: chmod:
 bad mode '9z'``.
 
-Commands::
+Commands (lorax's, with lorax's argument order; composer's extensions marked +)::
 
-    installpkg [--required|--optional] [--except PKGGLOB]... PKGGLOB...
+    installpkg [--required|--optional] [--except PKGGLOB]... PKGSPEC...
+                                         PKGSPEC: a glob, or NAME>=VER (=, ==, >, >=, <, <=)
     removepkg PKGGLOB...                 delete the packages' files, keep the rpmdb entry
     removefrom PKGGLOB [--allbut] FILEGLOB...
-    removekmod GLOB... [--allbut] KEEPGLOB...
+    removekmod GLOB... [--allbut] KEEPGLOB...   GLOB below lib/modules/*/kernel/;
+                                         a path containing a KEEPGLOB match stays
     run_pkg_transaction
-    install SRC DEST                     SRC (glob) relative to the template directory
+    install SRCGLOB DEST                 SRC in the input root, DEST in the output root
+    installimg [--xz|--gzip|--bzip2|--lzma] [-N] SRCDIR DESTFILE   cpio image of SRCDIR
     mkdir DIR...
-    append FILE TEXT                     TEXT + newline; \\n \\t \\\\ escapes in TEXT
+    append FILE TEXT                     TEXT + newline; Python escapes (\\n, \\t, \\xNN...)
     replace REGEX REPLACEMENT FILEGLOB...
     remove GLOB...                       files, symlinks (never followed), directories
     symlink TARGET NAME                  TARGET is the literal link text
     hardlink SRC DEST
     copy SRC DEST
     move SRC DEST
-    chmod OCTALMODE GLOB...
-    runcmd [--chroot] CMD [ARG...]       host command in the tree, or inside it (bwrap)
-    systemctl enable|disable|mask|unmask|set-default UNIT...
+    chmod FILEGLOB OCTALMODE
+    runcmd [--chroot] CMD [ARG...]       on the host with the output root as working
+                                         directory, or inside it (+ --chroot, bwrap)
+    systemctl enable|disable|mask|unmask+|set-default+ UNIT...
+                                         one unit at a time; a missing unit is logged
     log MESSAGE...
-    treeinfo SECTION KEY VALUE...
+    treeinfo SECTION KEY [VALUE...]
     installkernel SECTION SRC DEST       copy a kernel, record SECTION kernel=DEST
-    installinitrd SECTION SRC DEST       copy an initrd, record SECTION initrd=DEST
+    installinitrd SECTION SRC DEST       copy an initrd (mode 0644), record SECTION initrd=DEST
+    installupgradeinitrd SECTION SRC DEST    the same for upgrade=DEST
+    createaddrsize ADDRESS INITRD ADDRSIZE   s390's initrd.addrsize
 
-Variables in every template: those given to the runner, plus ``root`` (the tree),
-``kernels`` (kernel versions in TREE/{usr/,}lib/modules), ``exists(glob)``,
-``glob(pattern)`` (tree paths; evaluated when the template is *rendered*, i.e. before
-any of its commands run) and ``flag(name, default=False)`` (a variable as a boolean:
-"1", "yes", "true", "on" are true; a missing variable gives the default).
+Variables: lorax's (see :func:`lorax_variables`): ``product`` (.name .version .release
+.variant .bugurl .isfinal), ``arch`` (.basearch .buildarch .bcj .libdir), ``basearch``,
+``libdir``, ``branding`` (.release .logos), ``runtime_img``, ``runtime_base``,
+``isolabel``, ``udev``, ``lower``, ``domacboot``, ``doupgrade``, ``workdir``,
+``extra_boot_args``, ``configdir`` (runtime-postinstall.tmpl); the runner adds ``root``,
+``inroot``, ``outroot``, ``kernels`` (.path .version .arch .flavor .initrd.path),
+``exists(glob)`` and ``glob(pattern)`` (input root; evaluated when the template is
+*rendered*, i.e. before any of its commands run). composer's own: ``version``,
+``release``, ``variant``, ``bugurl``, ``isfinal``, ``rootfs_type`` and ``flag(name,
+default=False)`` (a variable as a boolean: "1", "yes", "true", "on" are true).
 """
 
 from __future__ import annotations
@@ -69,6 +87,7 @@ import itertools
 import os
 import re
 import shutil
+import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -374,7 +393,16 @@ def brace_expand(word: str) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    out = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)), text)
+    """Python's string escapes (\\n, \\t, \\\\, \\xNN, \\NNN, \\uNNNN...) as lorax's append
+    decodes them; characters beyond ASCII pass through unchanged."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "\\m" stays "\\m", as in lorax
+            out = text.encode("ascii", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise ComposerError(f"bad escape in {text!r}: {e.reason}") from None
     return out.replace(_DATA_BACKSLASH, "\\")  # a value's backslash is a backslash
 
 
@@ -594,6 +622,7 @@ def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, obje
     from mako.runtime import Context
     from mako.template import Template
 
+    _lorax_compat_modules()
     reserved = sorted(set(data) & set(RESERVED_NAMES))
     if reserved:
         raise ComposerError(f"{template}: template variable name(s) reserved by Mako: {', '.join(reserved)}")
@@ -607,9 +636,10 @@ def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, obje
         msg = _MAKO_POS.sub("", str(e))
         # Mako says line 0 when the file cannot even be decoded.
         raise TemplateError(fname, getattr(e, "lineno", None) or None, f"template syntax error: {msg}") from None
+    page_args = _page_args(tmpl, template, data)
     buf = _TrackingBuffer(protect_data)
     try:
-        tmpl.render_context(Context(buf, **data))
+        tmpl.render_context(Context(buf, **data), **page_args)
     except TemplateError:
         raise
     except Exception as e:  # noqa: BLE001 - anything raised while rendering is the template's fault
@@ -635,6 +665,217 @@ def _render(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, obje
     return buf.getvalue(), buf.line_origins()
 
 
+# --------------------------------------------------------------------------- lorax's variables
+
+
+def _page_args(tmpl, template: Path, data: Mapping[str, object]) -> dict[str, object]:
+    """Keyword arguments for the template's <%page args=.../> (lorax renders with
+    template.render(**variables), which fills them); a missing one is named here
+    instead of surfacing as Mako's "render_body() missing ... arguments"."""
+    import inspect
+
+    try:
+        params = inspect.signature(tmpl.callable_).parameters
+    except (TypeError, ValueError):
+        return {}
+    missing = [n for n, prm in list(params.items())[1:]
+               if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and prm.default is prm.empty and n not in data]
+    if missing:
+        line = None
+        try:
+            for n, text in enumerate(template.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if "<%page" in text:
+                    line = n
+                    break
+        except OSError:
+            pass
+        raise TemplateError(str(template), line, f"undefined variable(s) in <%page args>: {', '.join(missing)}")
+    # render_body(context, <page args>, **pageargs) takes every variable by name.
+    return dict(data)
+
+
+def _lorax_compat_modules() -> None:
+    """lorax's own templates `from pylorax.sysutils import joinpaths`; where lorax is not
+    installed composer provides that one helper under lorax's module name."""
+    import importlib.util
+    import types
+
+    if "pylorax.sysutils" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("pylorax") is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    pkg = types.ModuleType("pylorax")
+    pkg.__path__ = []  # a package, so that "pylorax.sysutils" can be imported
+    sysutils = types.ModuleType("pylorax.sysutils")
+    sysutils.joinpaths = joinpaths  # type: ignore[attr-defined]
+    pkg.sysutils = sysutils  # type: ignore[attr-defined]
+    sys.modules["pylorax"] = pkg
+    sys.modules["pylorax.sysutils"] = sysutils
+
+
+def joinpaths(*parts: str, follow_symlinks: bool = False) -> str:
+    """Path parts joined with "/" whatever their leading slashes, normalized (lorax's meaning)."""
+    path = os.path.normpath("/".join(parts))
+    return os.path.realpath(path) if follow_symlinks else path
+
+
+@dataclass(frozen=True)
+class Product:
+    """lorax's `product`: formats as its name, so `${product}` still gives the name."""
+
+    name: str
+    version: str
+    release: str = ""
+    variant: str = ""
+    bugurl: str = ""
+    isfinal: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# lorax's ArchData: the BCJ filter of mksquashfs per base architecture.
+_BCJ = {"x86_64": "x86", "ppc64le": "powerpc"}
+_BASEARCH = {"i386": "i386", "i486": "i386", "i586": "i386", "i686": "i386", "athlon": "i386",
+             "amd64": "x86_64", "armv7hl": "arm", "armv7l": "arm", "armhfp": "arm", "ppc64le": "ppc64le",
+             "s390x": "s390x", "aarch64": "aarch64", "arm64": "aarch64", "riscv64": "riscv64"}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """lorax's `arch`: .buildarch (the --buildarch), .basearch, .libdir, .bcj; formats as buildarch."""
+
+    buildarch: str
+    basearch: str
+    libdir: str = "lib64"
+    bcj: str | None = None
+
+    @classmethod
+    def of(cls, buildarch: str) -> Arch:
+        base = _BASEARCH.get(buildarch, buildarch)
+        return cls(buildarch=buildarch, basearch=base, bcj=_BCJ.get(base))
+
+    def __str__(self) -> str:
+        return self.buildarch
+
+
+@dataclass(frozen=True)
+class BootImage:
+    path: str
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """lorax's kernel: .path (in the tree, "boot/vmlinuz-VER"), .version, .arch, .flavor,
+    and .initrd/.upgrade/... (.path) for the images next to it. Formats as its version."""
+
+    path: str
+    version: str
+    arch: str | None = None
+    flavor: str | None = None
+    images: Mapping[str, BootImage] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> BootImage:
+        images = self.__dict__.get("images", {})
+        if name in images:
+            return images[name]
+        raise AttributeError(f"kernel {self.__dict__.get('version')} has no {name}")
+
+    def __str__(self) -> str:
+        return self.version
+
+
+@dataclass(frozen=True)
+class Branding:
+    """lorax's `branding`: the system-release and logos packages (None with --skip-branding)."""
+
+    release: str | None = None
+    logos: str | None = None
+
+
+_KERNEL_FLAVORS = ("debug", "PAE", "PAEdebug", "smp", "xen", "lpae", "64k")
+_KERNEL_NAME = re.compile(rf"vmlinuz-(?P<version>.+?[.-](?P<arch>[a-z0-9_]+)(\.(?P<flavor>{'|'.join(_KERNEL_FLAVORS)}))?)$")
+
+
+def find_kernels(tree: Path, kdir: str = "boot") -> list[Kernel]:
+    """The kernels in tree/kdir named as lorax finds them (vmlinuz-VERSION with an arch
+    suffix), each with the images "<type>-VERSION.img" beside it (initramfs counts as initrd)."""
+    try:
+        d = resolve_in_tree(tree, kdir)
+        names = sorted(os.listdir(d))
+    except (OSError, PathEscapeError):
+        return []
+    found = []
+    for name in names:
+        m = _KERNEL_NAME.match(name)
+        if not m:
+            continue
+        version = m.group("version")
+        images = {}
+        for other in names:
+            if other.endswith(f"-{version}.img"):
+                kind = other.split("-", 1)[0]
+                images["initrd" if kind == "initramfs" else kind] = BootImage(f"{kdir}/{other}")
+        found.append(Kernel(f"{kdir}/{name}", version, m.group("arch"), m.group("flavor"), images))
+    return found
+
+
+def udev_escape(label: str) -> str:
+    """A volume label as udev names it in /dev/disk/by-label: bytes outside
+    [A-Za-z0-9#+.:=@_-] become \\xNN (lorax's `udev` filter)."""
+    ok = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#+.:=@_-")
+    return "".join(c if c in ok else f"\\x{ord(c):02x}" for c in label)
+
+
+def lorax_lower(text: str) -> str:
+    return text.lower()
+
+
+def lorax_variables(
+    product: Product,
+    arch: Arch,
+    *,
+    branding: Branding | None = None,
+    isolabel: str | None = None,
+    runtime_img: str = "images/install.img",
+    domacboot: bool = True,
+    doupgrade: bool = True,
+    workdir: str = "/var/tmp",
+    extra_boot_args: str = "",
+) -> dict[str, object]:
+    """The variables lorax gives its runtime and arch templates (those that do not
+    depend on the tree; TemplateRunner adds root, inroot, outroot, kernels, glob,
+    exists), plus composer's own names (version, release, variant, bugurl, isfinal)."""
+    return {
+        "product": product,
+        "arch": arch,
+        "basearch": arch.basearch,
+        "libdir": arch.libdir,
+        "branding": branding or Branding(),
+        "runtime_img": runtime_img,
+        "runtime_base": os.path.basename(runtime_img),
+        "isolabel": isolabel if isolabel is not None else f"{product.name}-{product.version}-{arch.basearch}",
+        "udev": udev_escape,
+        "lower": lorax_lower,
+        "domacboot": domacboot,
+        "doupgrade": doupgrade,
+        "workdir": workdir,
+        "extra_boot_args": extra_boot_args,
+        # where lorax copies config_files/ for runtime-postinstall.tmpl (TemplateRunner.stage_config_files)
+        "configdir": "tmp/config_files",
+        # composer's names (its templates before the lorax model; kept as extensions)
+        "version": product.version,
+        "release": product.release,
+        "variant": product.variant,
+        "bugurl": product.bugurl,
+        "isfinal": product.isfinal,
+    }
+
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -653,24 +894,42 @@ class _Usage(Exception):
 
 
 _FIRST_WORD = re.compile(r"[^ \t\r\n]*")
+
+
+_VERSION_OPS = {"=": "=", "==": "=", ">": ">", ">=": ">=", "=>": ">=", "<": "<", "<=": "<=", "=<": "<="}
+
+
+def _version_spec(pkg: str) -> str:
+    """lorax's installpkg NAME<OP>VERSION (no spaces) as the package manager's spec
+    "NAME OP VERSION"; a plain glob is returned as it is."""
+    if not any(c in pkg for c in "=<>!"):
+        return pkg
+    parts = re.split(r"([!<>=]+)", pkg)
+    if pkg[0] in "=<>!":
+        raise ComposerError(f"{pkg!r}: no package name (write NAME>=VERSION without spaces)")
+    if len(parts) != 3 or not parts[2]:
+        raise ComposerError(f"{pkg!r}: write NAME<OP>VERSION with one operator and a version")
+    op = parts[1]
+    if op in ("!=", "<>"):
+        raise ComposerError(f"{pkg!r}: 'not equal' is not supported (dnf dependencies have no such operator)")
+    if op not in _VERSION_OPS:
+        raise ComposerError(f"{pkg!r}: unknown operator {op!r} (=, ==, >, >=, <, <=)")
+    return f"{parts[0]} {_VERSION_OPS[op]} {parts[2]}"
+
+
 _KMOD_SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst|bz2))?$")
 _SYSTEMCTL_VERBS = ("enable", "disable", "mask", "unmask", "set-default")
 
 
 def sample_variables(basearch: str = "x86_64") -> dict[str, object]:
     """Plausible variables for checking templates without a build (template-check)."""
-    arch = {"i386": "i686", "arm": "armv7hl"}.get(basearch, basearch)
-    return {
-        "product": "Fedora",
-        "version": "41",
-        "release": "41",
-        "variant": "",
-        "bugurl": "https://bugzilla.redhat.com",
-        "isfinal": False,
-        "arch": arch,
-        "basearch": basearch,
-        "rootfs_type": "btrfs",
-    }
+    buildarch = {"i386": "i686", "arm": "armv7hl"}.get(basearch, basearch)
+    product = Product("Fedora", "41", "41", "", "https://bugzilla.redhat.com", False)
+    variables = lorax_variables(product, Arch.of(buildarch), branding=Branding("fedora-release", "fedora-logos"),
+                                isolabel="Fedora-41-" + basearch)
+    variables["rootfs_type"] = "btrfs"
+    variables["configdir"] = "tmp/config_files"  # lorax gives it to runtime-postinstall.tmpl
+    return variables
 
 
 @dataclass
@@ -682,10 +941,14 @@ class TemplateRunner:
     variables: Mapping[str, object]
     pkgmgr: PackageManager | None = None
     dry_run: bool = False
-    outroot: Path | None = None  # where installkernel/installinitrd put files (default: tree)
+    # lorax's inroot: where install, installimg, installkernel... read and glob()/exists()
+    # look (arch templates: the runtime tree); commands write in `tree`, lorax's outroot.
+    inroot: Path | None = None
     treeinfo: dict[str, dict[str, str]] = field(default_factory=dict)
     kmods_changed: bool = False
     recorder: ChangeRecorder | None = None  # told which paths each command changes
+    # When a list: parse errors are collected here (every bad line, not only the first).
+    collect_errors: list[TemplateError] | None = None
     _who: str | None = field(default=None, init=False, repr=False)
 
     # ----------------------------------------------------------------- public
@@ -722,22 +985,11 @@ class TemplateRunner:
         return text
 
     def install_sources(self, text: str) -> list[Path]:
-        """Files of the template directory that the `install` commands of rendered `text` copy."""
-        import glob as globmod
-
-        found: list[Path] = []
-        for raw in text.split("\n"):
-            line = raw.strip().removeprefix("-").lstrip()
-            if not line.startswith("install ") or line.startswith("#"):
-                continue
-            try:
-                words = split_line(line)
-            except ValueError:
-                continue  # run() reports it with the template line
-            if len(words) == 3:
-                pattern = os.path.join(self.templatedir, words[1].lstrip("/"))
-                found += [Path(f) for f in sorted(globmod.glob(pattern) if _has_magic(words[1]) else [pattern])]
-        return found
+        """Files of the template directory that can reach the tree: config_files/ (lorax
+        copies it in for runtime-postinstall.tmpl; `install` itself reads the tree)."""
+        del text  # kept for callers: the rendered text no longer names template files
+        cfg = Path(self.templatedir) / "config_files"
+        return sorted(p for p in cfg.rglob("*") if p.is_file() or p.is_symlink()) if cfg.is_dir() else []
 
     # ----------------------------------------------------------------- variables
 
@@ -760,74 +1012,105 @@ class TemplateRunner:
 
         data: dict[str, object] = {
             "root": str(self.tree),
+            "inroot": str(self._inroot),
+            "outroot": str(self.tree),
             "kernels": self._kernels(),
             "exists": exists,
             "glob": glob,
             "flag": flag,
+            "udev": udev_escape,
+            "lower": lorax_lower,
         }
         data.update(merged)
         return data
 
-    def _glob(self, pattern: str) -> list[str]:
-        if not self.tree.is_dir():
-            return []
-        return glob_in_tree(self.tree, pattern)
+    @property
+    def _inroot(self) -> Path:
+        return self.inroot if self.inroot is not None else self.tree
 
-    def _kernels(self) -> list[str]:
-        found: set[str] = set()
-        if self.tree.is_dir():
-            for d in ("/usr/lib/modules", "/lib/modules"):
-                try:
-                    real = resolve_in_tree(self.tree, d)
-                except PathEscapeError:
-                    continue
-                if real.is_dir():
-                    found.update(p.name for p in real.iterdir() if p.is_dir() and not p.is_symlink())
-        return sorted(found)
+    def _glob(self, pattern: str) -> list[str]:
+        if not self._inroot.is_dir():
+            return []
+        return glob_in_tree(self._inroot, pattern)
+
+    def _kernels(self) -> list[Kernel]:
+        """lorax's kernels of the input tree (boot/vmlinuz-*), then kernels that have
+        only a modules directory (a runtime whose /boot is empty), by version."""
+        root = self._inroot
+        if not root.is_dir():
+            return []
+        kernels = find_kernels(root)
+        have = {k.version for k in kernels}
+        for d in ("/usr/lib/modules", "/lib/modules"):
+            try:
+                real = resolve_in_tree(root, d)
+            except PathEscapeError:
+                continue
+            if not real.is_dir():
+                continue
+            for p in sorted(real.iterdir()):
+                if p.is_dir() and not p.is_symlink() and p.name not in have:
+                    have.add(p.name)
+                    vmlinuz = f"{d.lstrip('/')}/{p.name}/vmlinuz"
+                    path = vmlinuz if (p / "vmlinuz").exists() else f"boot/vmlinuz-{p.name}"
+                    m = re.search(r"[.-]([a-z0-9_]+)$", p.name)
+                    kernels.append(Kernel(path, p.name, m.group(1) if m else None))
+        return sorted(kernels, key=lambda k: k.version)
 
     # ----------------------------------------------------------------- parsing
 
     def _parse(self, template: Path, text: str, origins: list) -> list[_Line]:
         lines: list[_Line] = []
         for idx, raw in enumerate(text.split("\n")):
-            stripped = raw.strip()
-            if not stripped or stripped.startswith("#"):
+            try:
+                line = self._parse_line(template, raw, idx, origins)
+            except TemplateError as e:
+                if self.collect_errors is None:
+                    raise
+                self.collect_errors.append(e)
                 continue
-            fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
-            if fname is None or lineno is None:
-                # No source map: the rendered line number and the text must do.
-                fname, lineno = str(template), idx + 1
-                where = f"(rendered line) {stripped!r}: "
-            else:
-                where = ""
-            ignore = stripped.startswith("-")
-            body = stripped[1:].lstrip() if ignore else stripped
-            shown = body.translate(_SHOW)
-            if where:
-                where = f"(rendered line) {stripped.translate(_SHOW)!r}: "
-            if _DATA_MARK in _FIRST_WORD.match(body).group():  # type: ignore[union-attr]
-                raise TemplateError(fname, lineno, f"{where}the command name comes from a variable's value "
-                                    f"({shown!r}): values are data, never commands")
-            try:
-                words = split_line(body)
-            except ValueError as e:
-                raise TemplateError(fname, lineno, f"{where}cannot parse {shown!r}: {e}") from None
-            if not words:
-                raise TemplateError(fname, lineno, f"{where}empty command")
-            name, args = words[0], words[1:]
-            if name not in _RAW_BACKSLASH:
-                args = [a.replace(_DATA_BACKSLASH, "\\") for a in args]
-            parser = getattr(self, f"_p_{name}", None)
-            if parser is None:
-                raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
-            try:
-                action = parser(args)
-            except _Usage as e:
-                raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
-            except ComposerError as e:
-                raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
-            lines.append(_Line(fname, lineno, stripped.translate(_SHOW), ignore, name, action))
+            if line is not None:
+                lines.append(line)
+        if self.collect_errors:
+            raise self.collect_errors.pop()
         return lines
+
+    def _parse_line(self, template: Path, raw: str, idx: int, origins: list) -> _Line | None:
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            return None
+        fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
+        if fname is None or lineno is None:
+            # No source map: the rendered line number and the text must do.
+            fname, lineno = str(template), idx + 1
+            where = f"(rendered line) {stripped.translate(_SHOW)!r}: "
+        else:
+            where = ""
+        ignore = stripped.startswith("-")
+        body = stripped[1:].lstrip() if ignore else stripped
+        shown = body.translate(_SHOW)
+        if _DATA_MARK in _FIRST_WORD.match(body).group():  # type: ignore[union-attr]
+            raise TemplateError(fname, lineno, f"{where}the command name comes from a variable's value "
+                                f"({shown!r}): values are data, never commands")
+        try:
+            words = split_line(body)
+        except ValueError as e:
+            raise TemplateError(fname, lineno, f"{where}cannot parse {shown!r}: {e}") from None
+        if not words:
+            raise TemplateError(fname, lineno, f"{where}empty command")
+        name, args = words[0], words[1:]
+        if name not in _RAW_BACKSLASH:
+            args = [a.replace(_DATA_BACKSLASH, "\\") for a in args]
+        parser = getattr(self, f"_p_{name}", None)
+        if parser is None:
+            raise TemplateError(fname, lineno, f"{where}unknown command {name!r}")
+        try:
+            action = parser(args)
+        except _Usage as e:
+            raise TemplateError(fname, lineno, f"{where}{name}: wrong arguments; usage: {name} {e}") from None
+        except ComposerError as e:
+            raise TemplateError(fname, lineno, f"{where}{name}: {e}") from None
+        return _Line(fname, lineno, stripped.translate(_SHOW), ignore, name, action)
 
     def _execute(self, line: _Line) -> None:
         debug(f"{line.filename}:{line.lineno}: {line.text}")
@@ -963,7 +1246,7 @@ class TemplateRunner:
             elif a.startswith("--"):
                 raise _Usage(usage)
             else:
-                patterns.append(a)
+                patterns.append(_version_spec(a))
         if not patterns:
             raise _Usage(usage)
 
@@ -1015,6 +1298,9 @@ class TemplateRunner:
         return action
 
     def _p_removekmod(self, args: list[str]) -> Callable[[], None]:
+        # lorax: each GLOB names paths below lib/modules/*/kernel/ (a directory means
+        # everything in it); a KEEPGLOB after --allbut keeps every file whose path
+        # contains a match (it is taken as *KEEPGLOB*).
         usage = "GLOB... [--allbut] KEEPGLOB..."
         if "--allbut" in args:
             i = args.index("--allbut")
@@ -1025,42 +1311,38 @@ class TemplateRunner:
             globs, keep = args, []
         if not globs:
             raise _Usage(usage)
-
-        def matches(rel: str, pats: Sequence[str], *, any_dir: bool) -> bool:
-            # rel: "drivers/char/ipmi/ipmi_si.ko.xz". A pattern matches the module
-            # name ("ipmi_si"), the path or a leading part of it ("drivers/char"),
-            # and with any_dir (the keep list) any directory name on the way ("ipmi").
-            parts = rel.split("/")
-            modname = _KMOD_SUFFIX.sub("", parts[-1])
-            candidates = [modname] + ["/".join(parts[: k + 1]) for k in range(len(parts))]
-            if any_dir:
-                candidates += parts[:-1]
-            return any(fnmatch.fnmatchcase(c, p) for p in pats for c in candidates)
+        for g in globs:
+            check_lexical(g)
+        keep_res = [re.compile(fnmatch.translate(f"*{k}*")) for k in keep]
 
         def action() -> None:
             removed = 0
             seen: set[Path] = set()
-            for kdir in glob_in_tree(self.tree, "/usr/lib/modules/*/kernel") + glob_in_tree(
-                self.tree, "/lib/modules/*/kernel"
-            ):
+            kdirs = glob_in_tree(self.tree, "/usr/lib/modules/*/kernel") + glob_in_tree(self.tree, "/lib/modules/*/kernel")
+            for kdir in kdirs:
                 base = self._path(kdir)
                 if base in seen or not base.is_dir():
                     continue
                 seen.add(base)
-                for dirpath, dirnames, filenames in os.walk(base, topdown=False):
-                    for fn in filenames:
-                        host = Path(dirpath) / fn
-                        rel = host.relative_to(base).as_posix()
-                        if not _KMOD_SUFFIX.search(fn):
-                            continue
-                        if matches(rel, globs, any_dir=False) and not (keep and matches(rel, keep, any_dir=True)):
+                for g in globs:
+                    for hit in glob_in_tree(base, g):
+                        top = resolve_in_tree(base, hit, follow_last=False)
+                        if top.is_dir() and not top.is_symlink():
+                            files = [Path(d) / f for d, _, fs in os.walk(top) for f in fs]
+                        else:
+                            files = [top]  # composer: a module file itself (lorax walks directories only)
+                        for host in files:
+                            tree_path = f"{kdir}/{host.relative_to(base).as_posix()}"
+                            if any(r.match(tree_path) for r in keep_res) or not os.path.lexists(host):
+                                continue
                             host.unlink()
                             removed += 1
+                for dirpath, _, _ in sorted(os.walk(base), key=lambda t: -len(t[0])):
                     if Path(dirpath) != base and not os.listdir(dirpath):
                         os.rmdir(dirpath)
             if removed:
                 self.kmods_changed = True
-            info(f"removekmod: {removed} modules removed")
+            info(f"removekmod: {removed} files removed")
 
         return action
 
@@ -1070,32 +1352,48 @@ class TemplateRunner:
         return lambda: self._need_pkgmgr().run_transaction()
 
     def _p_install(self, args: list[str]) -> Callable[[], None]:
-        src, dest = self._two_paths(args, "SRC DEST")
-        self._in_tree(dest)
-        try:
-            check_lexical(src)
-        except PathEscapeError:
-            raise ComposerError(f"path leads out of the template directory: {src}") from None
-
-        def sources() -> list[str]:
-            import glob as globmod
-
-            pattern = os.path.join(self.templatedir, src.lstrip("/"))
-            found = sorted(globmod.glob(pattern)) if _has_magic(src) else [pattern]
-            found = [s for s in found if os.path.lexists(s)]
-            if not found:
-                raise ComposerError(f"no such file in {self.templatedir}: {src}")
-            return found
-
-        sources()  # the template directory does not change: check it now (and in dry runs)
+        # lorax: SRC (a glob) in the input root, DEST in the output root, like cp.
+        src, dest = self._two_paths(args, "SRCGLOB DEST")
+        self._in_tree(src, dest)
 
         def action() -> None:
+            found = self._in_matches(src)
             target = self._path(dest)
-            found = sources()
             if len(found) > 1 and not target.is_dir():
                 raise ComposerError(f"{src} matches several files but {dest} is not a directory")
             for s in found:
-                self._place(Path(s), target, "copy")
+                self._place(resolve_in_tree(self._inroot, s), target, "copy")
+
+        return action
+
+    def _in_matches(self, pattern: str) -> list[str]:
+        found = glob_in_tree(self._inroot, pattern)
+        if not found:
+            where = "the input tree" if self.inroot is not None else "the tree"
+            raise ComposerError(f"nothing matches {pattern} in {where}")
+        return found
+
+    def _p_installimg(self, args: list[str]) -> Callable[[], None]:
+        # installimg [--xz|--gzip|--bzip2|--lzma] [-ARG|--ARG=VALUE]... SRCDIR DESTFILE
+        usage = "[--xz|--gzip|--bzip2|--lzma] [-ARG]... SRCDIR DESTFILE"
+        if len(args) < 2:
+            raise _Usage(usage)
+        srcdir, destfile, opts = args[-2], args[-1], args[:-2]
+        compression = "xz"
+        if opts and opts[0] in ("--xz", "--gzip", "--bzip2", "--lzma"):
+            compression, opts = opts[0][2:], opts[1:]
+        for o in opts:
+            if not o.startswith("-"):
+                raise ComposerError(f"compressor argument {o!r} does not start with '-'")
+        levels = [int(o[1:]) for o in opts if re.fullmatch(r"-[0-9]", o)]
+        self._in_tree(srcdir, destfile)
+
+        def action() -> None:
+            src = resolve_in_tree(self._inroot, srcdir)
+            if not src.is_dir() or not os.listdir(src):
+                debug(f"installimg: {srcdir} is missing or empty, no image made")
+                return
+            _write_cpio_image(src, self._path(destfile), compression, levels[-1] if levels else 9)
 
         return action
 
@@ -1113,12 +1411,13 @@ class TemplateRunner:
     def _p_append(self, args: list[str]) -> Callable[[], None]:
         filename, text = self._two_paths(args, "FILE TEXT")
         self._in_tree(filename)
+        data = _unescape(text) + "\n"
 
         def action() -> None:
             host = self._path(filename)
             host.parent.mkdir(parents=True, exist_ok=True)
-            with open(host, "a", encoding="utf-8") as f:
-                f.write(_unescape(text) + "\n")
+            with open(host, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(data)
 
         return action
 
@@ -1207,20 +1506,20 @@ class TemplateRunner:
         return self._two_path_op(args, "move", follow_src=False)
 
     def _p_chmod(self, args: list[str]) -> Callable[[], None]:
-        if len(args) < 2:
-            raise _Usage("OCTALMODE GLOB...")
-        try:
-            mode = int(args[0], 8)
-        except ValueError:
-            mode = -1
-        if not 0 <= mode <= 0o7777:
-            raise ComposerError(f"bad mode {args[0]!r} (octal, e.g. 0755)")
-        self._in_tree(*args[1:])
+        # lorax's order: chmod FILEGLOB OCTALMODE.
+        if len(args) != 2:
+            raise _Usage("FILEGLOB OCTALMODE")
+        pattern, text = args
+        mode = int(text, 8) if re.fullmatch(r"[0-7]{1,4}", text) else -1
+        if mode < 0:
+            if re.fullmatch(r"[0-7]{1,4}", pattern):
+                raise ComposerError(f"bad mode {text!r}: the order is chmod FILEGLOB MODE (lorax's), not MODE FILE")
+            raise ComposerError(f"bad mode {text!r} (octal, e.g. 0755)")
+        self._in_tree(pattern)
 
         def action() -> None:
-            for g in args[1:]:
-                for p in self._matches(g, required=True):
-                    os.chmod(self._path(p), mode)
+            for p in self._matches(pattern, required=True):
+                os.chmod(self._path(p), mode)
 
         return action
 
@@ -1229,6 +1528,8 @@ class TemplateRunner:
         argv = args[1:] if chroot else args
         if not argv:
             raise _Usage("[--chroot] CMD [ARG...]")
+        if argv[0].startswith("--chdir="):
+            raise ComposerError("--chdir is not supported (lorax dropped it too): use absolute paths")
 
         def action() -> None:
             tree = os.path.abspath(self.tree)
@@ -1241,14 +1542,26 @@ class TemplateRunner:
 
     def _p_systemctl(self, args: list[str]) -> Callable[[], None]:
         usage = f"{'|'.join(_SYSTEMCTL_VERBS)} UNIT..."
-        if len(args) < 2 or args[0] not in _SYSTEMCTL_VERBS:
+        if not args or args[0] not in _SYSTEMCTL_VERBS:
             raise _Usage(usage)
         if args[0] == "set-default" and len(args) != 2:
             raise _Usage("set-default UNIT")
         verb, units = args[0], args[1:]
+        if not units:
+            # lorax: nothing to do (a template loop may produce no units)
+            return lambda: debug(f"systemctl {verb}: no units given")
 
         def action() -> None:
-            run(["systemctl", f"--root={os.path.abspath(self.tree)}", "--quiet", verb, *units])
+            base = ["systemctl", f"--root={os.path.abspath(self.tree)}", "--quiet", verb]
+            if verb == "set-default":
+                run([*base, *units])  # composer's own verb: the default target must exist
+                return
+            # lorax runs one unit at a time and goes on when a unit does not exist.
+            for unit in units:
+                try:
+                    run([*base, unit])
+                except ComposerError as e:
+                    info(f"systemctl {verb} {unit}: failed, going on as lorax does ({str(e).splitlines()[0]})")
 
         return action
 
@@ -1257,8 +1570,8 @@ class TemplateRunner:
         return lambda: info(message)
 
     def _p_treeinfo(self, args: list[str]) -> Callable[[], None]:
-        if len(args) < 3:
-            raise _Usage("SECTION KEY VALUE...")
+        if len(args) < 2:
+            raise _Usage("SECTION KEY [VALUE...]")
         section, key, value = args[0], args[1], " ".join(args[2:])
 
         def action() -> None:
@@ -1273,13 +1586,13 @@ class TemplateRunner:
         self._in_tree(src, dest)
 
         def action() -> None:
-            sources = self._matches(src, required=True)
+            sources = self._in_matches(src)
             if len(sources) != 1:
                 raise ComposerError(f"{src} matches {len(sources)} files, expected one")
-            out = self.outroot if self.outroot is not None else self.tree
-            target = resolve_in_tree(out, dest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self._path(sources[0]), target)
+            target = self._path(dest)
+            self._place(resolve_in_tree(self._inroot, sources[0]), target, "copy")
+            if key != "kernel":
+                os.chmod(target / os.path.basename(sources[0]) if target.is_dir() else target, 0o644)
             self.treeinfo.setdefault(section, {})[key] = dest.lstrip("/")
 
         return action
@@ -1289,6 +1602,97 @@ class TemplateRunner:
 
     def _p_installinitrd(self, args: list[str]) -> Callable[[], None]:
         return self._install_boot_file(args, "initrd")
+
+    def _p_installupgradeinitrd(self, args: list[str]) -> Callable[[], None]:
+        return self._install_boot_file(args, "upgrade")
+
+    def _p_createaddrsize(self, args: list[str]) -> Callable[[], None]:
+        # createaddrsize INITRD_ADDRESS INITRD ADDRSIZE: the s390 LPAR initrd.addrsize,
+        # four big-endian 32-bit words: 0, address, 0, size of INITRD. lorax's templates
+        # give ${outroot}/... paths: those are taken in the output root.
+        if len(args) != 3:
+            raise _Usage("INITRD_ADDRESS INITRD ADDRSIZE")
+        addr_text, initrd, dest = args
+        try:
+            addr = int(addr_text, 16)
+        except ValueError:
+            raise ComposerError(f"bad address {addr_text!r} (hexadecimal, e.g. 0x02000000)") from None
+        if not 0 <= addr < 2**31:
+            raise ComposerError(f"address {addr_text} does not fit lorax's 32-bit field")
+        initrd, dest = self._out_rel(initrd), self._out_rel(dest)
+        self._in_tree(initrd, dest)
+
+        def action() -> None:
+            size = self._path(initrd).stat().st_size
+            if size >= 2**31:
+                raise ComposerError(f"{initrd} is too big for initrd.addrsize ({size} bytes)")
+            host = self._path(dest)
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.write_bytes(struct.pack(">iiii", 0, addr, 0, size))
+
+        return action
+
+    def _out_rel(self, path: str) -> str:
+        """A path given as ${outroot}/X (as lorax's templates do for host commands) as X."""
+        root = os.path.abspath(self.tree)
+        return path[len(root):] or "/" if path == root or path.startswith(root + "/") else path
+
+    # ----------------------------------------------------------------- lorax's postinstall
+
+    def stage_config_files(self, name: str = "config_files", dest: str = "tmp/config_files") -> str:
+        """Copy the template set's config_files/ into the tree, as lorax does before
+        runtime-postinstall.tmpl; the tree path is that template's `configdir`."""
+        src = Path(self.templatedir) / name
+        host = resolve_in_tree(self.tree, dest)
+        if self.recorder is not None:
+            self.recorder.record(f"composer: {name} for runtime-postinstall.tmpl", ["/" + dest.strip("/")])
+        if os.path.lexists(host):
+            self._delete(host)
+        if src.is_dir():
+            shutil.copytree(src, host, symlinks=True)
+        else:
+            host.mkdir(parents=True)
+        return dest
+
+
+def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> None:
+    """installimg: a newc cpio of src's contents, compressed, written to dest."""
+    import bz2
+    import gzip
+    import lzma
+
+    from composer.images.cpio import CpioEntry, write_newc
+
+    def entries() -> Iterator[CpioEntry]:
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            for n in sorted(dirnames) + sorted(filenames):
+                host = Path(dirpath) / n
+                name = host.relative_to(src).as_posix()
+                st = host.lstat()
+                perm = st.st_mode & 0o7777
+                if host.is_symlink():
+                    yield CpioEntry.symlink(name, os.readlink(host))
+                elif host.is_dir():
+                    yield CpioEntry.directory(name, perm)
+                elif host.is_file():
+                    yield CpioEntry.file(name, host, perm, mtime=int(st.st_mtime))
+
+    openers = {  # each returns the compressing file object that the `with` below closes
+        "xz": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),  # noqa: SIM115
+        "lzma": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_ALONE, preset=level),  # noqa: SIM115
+        "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="wb", compresslevel=max(level, 1), mtime=0),
+        "bzip2": lambda f: bz2.BZ2File(f, "wb", compresslevel=max(level, 1)),
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with open(tmp, "wb") as raw, openers[compression](raw) as out:
+            write_newc(out, entries())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def iter_template_files(templates_root: Path) -> Iterator[Path]:

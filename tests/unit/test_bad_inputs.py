@@ -172,7 +172,7 @@ CASES = [
     Case("template-unclosed-quote", ("template-check", "{i}/unclosedquote.tmpl"), "unclosedquote.tmpl:1: cannot parse"),
     Case("template-dotdot-escape", ("template-check", "{i}/dotdot.tmpl"), "dotdot.tmpl:2: mkdir: path leads out of the tree"),
     Case("template-install-src-escape", ("template-check", "{i}/installsrc.tmpl"),
-         "installsrc.tmpl:1: install: path leads out of the template directory"),
+         "installsrc.tmpl:1: install: path leads out of the tree"),
     Case("template-not-utf8", ("template-check", "{i}/latin1.tmpl"), "latin1.tmpl: template syntax error"),
     Case("template-missing", ("template-check", "{i}/nope.tmpl"), "{i}/nope.tmpl: no such template"),
     Case("template-is-a-directory", ("template-check", "{i}"), "a directory, not a template"),

@@ -188,8 +188,9 @@ def templates(tmp_path):
     d.mkdir()
     (d / "runtime-install.tmpl").write_text(
         "installpkg bash\n%if rootfs_type == 'btrfs':\ninstallpkg btrfs-progs\n%endif\n"
-        "install motd /etc/motd\nrun_pkg_transaction\n")
-    (d / "motd").write_text("hello\n")
+        "install usr/share/motd /etc/motd\nrun_pkg_transaction\n")
+    (d / "config_files").mkdir()  # lorax copies config_files/ into the tree: part of the key
+    (d / "config_files" / "motd").write_text("hello\n")
     (d / "runtime-cleanup.tmpl").write_text("remove /usr/share/doc\n")
     return d
 
@@ -206,7 +207,7 @@ def test_inputs_follow_the_install_stage_only(tmp_path, templates):
     base = tree_key(inputs_for(tmp_path, "w0", templates))
     (templates / "runtime-cleanup.tmpl").write_text("remove /usr/share/man\n")  # a later stage
     assert tree_key(inputs_for(tmp_path, "w1", templates)) == base
-    (templates / "motd").write_text("changed\n")  # a file the install template copies
+    (templates / "config_files" / "motd").write_text("changed\n")  # a file that reaches the tree
     changed_file = tree_key(inputs_for(tmp_path, "w2", templates))
     assert changed_file != base
     (tmp_path / "repo" / "repodata" / "repomd.xml").write_text("<repomd>2</repomd>")  # the repository changed

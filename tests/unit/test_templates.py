@@ -343,22 +343,69 @@ def test_append_through_escaping_symlink_is_refused(env):
 def test_chmod(env):
     write(env.tree / "usr/bin/a")
     write(env.tree / "usr/bin/b")
-    env.run("chmod 0750 /usr/bin/*\n")
+    env.run("chmod /usr/bin/* 0750\n")  # lorax's order: FILEGLOB MODE
     assert stat.S_IMODE((env.tree / "usr/bin/a").stat().st_mode) == 0o750
     assert stat.S_IMODE((env.tree / "usr/bin/b").stat().st_mode) == 0o750
     with pytest.raises(TemplateError, match="t.tmpl:1: chmod: bad mode '9z'"):
-        env.run("chmod 9z /usr/bin/a\n")
+        env.run("chmod /usr/bin/a 9z\n")
+    with pytest.raises(TemplateError, match="t.tmpl:1: chmod: .*the order is chmod FILEGLOB MODE"):
+        env.run("chmod 0644 /usr/bin/a\n")
+    with pytest.raises(TemplateError, match="wrong arguments"):
+        env.run("chmod /usr/bin/a /usr/bin/b 0644\n")
 
 
-def test_install(env):
-    write(env.tdir / "files/one.conf", "1")
-    write(env.tdir / "files/two.conf", "2")
-    env.run("install files/one.conf /etc/x.conf\nmkdir /etc/conf.d\ninstall files/*.conf /etc/conf.d\n")
+def test_install_reads_the_input_root(env):
+    """lorax: install SRCGLOB DEST copies from the input root (here the tree itself)."""
+    write(env.tree / "usr/share/x/one.conf", "1")
+    write(env.tree / "usr/share/x/two.conf", "2")
+    write(env.tdir / "usr/share/x/one.conf", "from the template directory")
+    env.run("install usr/share/x/one.conf /etc/x.conf\nmkdir /etc/conf.d\ninstall /usr/share/x/*.conf /etc/conf.d\n")
     assert (env.tree / "etc/x.conf").read_text() == "1"
     assert sorted(p.name for p in (env.tree / "etc/conf.d").iterdir()) == ["one.conf", "two.conf"]
-    with pytest.raises(TemplateError, match="t.tmpl:2: install: no such file"):
+    with pytest.raises(TemplateError, match="t.tmpl:2: install: nothing matches files/missing"):
         env.run("mkdir /x\ninstall files/missing /etc/\n")
-    assert not (env.tree / "x").exists()  # found before anything ran
+
+
+def test_install_from_inroot_to_outroot(tmp_path):
+    """Arch templates: install, installkernel, installimg and glob() read the input root."""
+    inroot, out, tdir = tmp_path / "in", tmp_path / "out", tmp_path / "t"
+    write(inroot / "boot/vmlinuz-6.1.0-1.fc41.x86_64", "K")
+    write(inroot / "boot/initramfs-6.1.0-1.fc41.x86_64.img", "I")
+    write(inroot / "usr/share/lorax/product/.buildstamp", "stamp")
+    write(inroot / "images/install.img", "S")
+    out.mkdir()
+    write(tdir / "a.tmpl", (
+        '<%page args="kernels, runtime_img, inroot, outroot, basearch"/>\n'
+        "mkdir images/pxeboot\n"
+        "install ${runtime_img} images/install.img\n"
+        "%for kernel in kernels:\n"
+        "installkernel images-${basearch} ${kernel.path} images/pxeboot/vmlinuz\n"
+        "installinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/initrd.img\n"
+        "installupgradeinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/upgrade.img\n"
+        "%endfor\n"
+        "%if exists('usr/share/lorax/product'):\n"
+        "installimg --gzip -6 usr/share/lorax/product/ images/product.img\n"
+        "%endif\n"
+        "installimg usr/share/lorax/updates/ images/updates.img\n"
+        "append /inroot.txt '${inroot}'\n"
+    ))
+    runner = TemplateRunner(tree=out, inroot=inroot, templatedir=tdir, variables=sample_variables())
+    runner.run(tdir / "a.tmpl")
+    assert (out / "images/pxeboot/vmlinuz").read_text() == "K"
+    assert (out / "images/pxeboot/initrd.img").read_text() == "I"
+    assert stat.S_IMODE((out / "images/pxeboot/upgrade.img").stat().st_mode) == 0o644
+    assert (out / "images/install.img").read_text() == "S"
+    assert (out / "inroot.txt").read_text() == f"{inroot}\n"
+    assert runner.treeinfo["images-x86_64"] == {"kernel": "images/pxeboot/vmlinuz", "initrd": "images/pxeboot/initrd.img",
+                                                "upgrade": "images/pxeboot/upgrade.img"}
+    assert not (out / "images/updates.img").exists()  # lorax: a missing SRCDIR makes no image
+    import gzip
+
+    from composer.images.cpio import read_newc
+    raw = out / "raw.cpio"
+    raw.write_bytes(gzip.decompress((out / "images/product.img").read_bytes()))
+    names = [m.name for seg in read_newc(raw) for m in seg.members]
+    assert ".buildstamp" in names
 
 
 def test_runcmd_on_host_runs_in_tree(env):
@@ -382,13 +429,30 @@ def test_runcmd_chroot_and_systemctl_argv(env, monkeypatch):
     assert calls[0][0][:4] == ["bwrap", "--bind", tree, "/"]
     assert "--die-with-parent" in calls[0][0]
     assert calls[0][0][-3:] == ["--", "/usr/bin/depmod", "-a"]
-    assert calls[1][0] == ["systemctl", f"--root={tree}", "--quiet", "enable", "a.service", "b.socket"]
-    assert calls[2][0][-2:] == ["set-default", "multi-user.target"]
+    # lorax: one unit at a time, so that a missing unit does not stop the others
+    assert calls[1][0] == ["systemctl", f"--root={tree}", "--quiet", "enable", "a.service"]
+    assert calls[2][0] == ["systemctl", f"--root={tree}", "--quiet", "enable", "b.socket"]
+    assert calls[3][0][-2:] == ["set-default", "multi-user.target"]
+
+
+def test_systemctl_goes_on_for_a_missing_unit(env, monkeypatch, capsys):
+    calls = []
+
+    def fake(argv, **kw):
+        calls.append(argv[-1])
+        if argv[-1] == "missing.service":
+            raise ComposerError("command failed (exit 1): Unit missing.service does not exist")
+
+    monkeypatch.setattr(T, "run", fake)
+    env.run("systemctl enable missing.service present.service\nsystemctl disable\nmkdir /after\n")
+    assert calls == ["missing.service", "present.service"]
+    assert (env.tree / "after").is_dir()
+    assert "systemctl enable missing.service: failed, going on" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "line",
-    ["systemctl start x.service", "systemctl enable", "systemctl set-default a.target b.target", "runcmd", "runcmd --chroot"],
+    ["systemctl start x.service", "systemctl", "systemctl set-default a.target b.target", "runcmd", "runcmd --chroot"],
 )
 def test_systemctl_runcmd_usage(env, line):
     with pytest.raises(TemplateError, match="t.tmpl:1: .*wrong arguments"):
@@ -396,15 +460,17 @@ def test_systemctl_runcmd_usage(env, line):
 
 
 def test_log_and_treeinfo(env, capsys):
-    env.run("log hello  world\ntreeinfo stage2 mainimage images/install.img\ntreeinfo general name Test 1\n")
+    env.run("log hello  world\ntreeinfo stage2 mainimage images/install.img\ntreeinfo general name Test 1\n"
+            "treeinfo general empty\n")
     assert "hello world" in capsys.readouterr().err
-    assert env.runner.treeinfo == {"stage2": {"mainimage": "images/install.img"}, "general": {"name": "Test 1"}}
+    assert env.runner.treeinfo == {"stage2": {"mainimage": "images/install.img"},
+                                   "general": {"name": "Test 1", "empty": ""}}  # lorax: VALUE is optional
 
 
 def test_installkernel_to_outroot(env, tmp_path):
     write(env.tree / "usr/lib/modules/6.1.0/vmlinuz", "K")
     write(env.tree / "boot/initramfs-6.1.0.img", "I")
-    env.runner.outroot = tmp_path / "out"
+    env.runner.inroot, env.runner.tree = env.tree, tmp_path / "out"
     env.run(
         "installkernel images-x86_64 /usr/lib/modules/*/vmlinuz /images/pxeboot/vmlinuz\n"
         "installinitrd images-x86_64 /boot/initramfs-*.img images/pxeboot/initrd.img\n"
@@ -506,7 +572,8 @@ def test_removekmod(env):
     write(env.tree / "usr/lib/modules/6.1.0/modules.dep")
     (env.tree / "lib").symlink_to("usr/lib")  # the same modules twice: handled once
     assert not env.runner.kmods_changed
-    env.run("removekmod sound drivers/media floppy\nremovekmod drivers/char --allbut virtio_console ipmi\n")
+    # lorax: GLOBs are paths below kernel/; a KEEPGLOB keeps any path that contains it
+    env.run("removekmod sound drivers/media drivers/block/flop*\nremovekmod drivers/char --allbut virtio_console ipmi\n")
     left = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
     assert left == [
         "drivers/block/virtio_blk.ko.xz",
@@ -588,13 +655,13 @@ def test_error_in_included_template_names_that_file(env):
 
 
 def test_failing_command_names_line(env):
-    text = "mkdir /a\n%if True:\nchmod 0644 /missing/*\n%endif\n"
+    text = "mkdir /a\n%if True:\nchmod /missing/* 0644\n%endif\n"
     with pytest.raises(TemplateError, match=r"t.tmpl:3: chmod: no match for /missing/\*"):
         env.run(text)
 
 
 def test_ignored_failure_is_logged(env, capsys):
-    env.run("-chmod 0644 /missing\nmkdir /ok\n")
+    env.run("-chmod /missing 0644\nmkdir /ok\n")
     assert (env.tree / "ok").is_dir()
     assert "ignored failure" in capsys.readouterr().err
 
@@ -700,7 +767,7 @@ def test_fedora_postinstall_runs_on_a_tree(tmp_path, monkeypatch):
     write(tree / "etc/hostname", "old\n")
     tdir = REPO / "src/composer/data/templates/fedora"
     runner = TemplateRunner(tree=tree, templatedir=tdir, variables=sample_variables(), pkgmgr=FakePM())
-    runner.run(tdir / "runtime-postinstall.tmpl")
+    runner.run(tdir / "runtime-postinstall.tmpl", {"configdir": runner.stage_config_files()})
     assert (tree / "etc/machine-id").read_bytes() == b""
     assert (tree / "etc/hostname").read_text() == "localhost\n"
     assert (tree / "etc/shadow").read_text().startswith("root::19000:0:")
@@ -771,3 +838,80 @@ def test_runcmd_chroot_for_real(env):
         pytest.skip(f"bwrap does not work here: {probe.stderr.decode()[:200]}")
     env.run(f"runcmd --chroot {touch} /made-inside\n")
     assert (env.tree / "made-inside").exists()
+
+
+# ------------------------------------------------------------------ lorax's language and variables
+
+
+def test_lorax_page_args_filled(env):
+    """<%page args> is filled from the variables, as lorax's template.render(**variables)."""
+    env.runner.variables = sample_variables()
+    env.run('<%page args="product, arch, basearch, root, inroot, outroot, isolabel, udev, lower, runtime_base"/>\n'
+            'append /out "${product.name} ${product.version} ${arch.buildarch} ${arch.bcj} ${basearch}"\n'
+            'append /out "${isolabel|udev} ${product.name|lower} ${runtime_base}"\n'
+            "append /out '${root == outroot == inroot}'\n")
+    assert (env.tree / "out").read_text() == "Fedora 41 x86_64 x86 x86_64\nFedora-41-x86_64 fedora install.img\nTrue\n"
+
+
+def test_lorax_page_args_missing_is_named(env):
+    with pytest.raises(TemplateError, match=r"t.tmpl:2: undefined variable\(s\) in <%page args>: nosuch"):
+        env.run('## a comment\n<%page args="root, nosuch"/>\nlog x\n')
+
+
+def test_lorax_variable_objects():
+    v = sample_variables("s390x")
+    assert isinstance(v["product"], T.Product) and str(v["product"]) == "Fedora"
+    assert (v["arch"].basearch, v["arch"].bcj, v["arch"].libdir) == ("s390x", None, "lib64")
+    assert T.Arch.of("i686").basearch == "i386" and T.Arch.of("ppc64le").bcj == "powerpc"
+    assert T.udev_escape("Fedora 41 x/y") == "Fedora\\x2041\\x20x\\x2fy"
+    assert v["branding"].release == "fedora-release"
+
+
+def test_lorax_kernels_found_as_lorax_does(tmp_path):
+    tree = tmp_path / "tree"
+    write(tree / "boot/vmlinuz-6.9.1-200.fc41.x86_64")
+    write(tree / "boot/initramfs-6.9.1-200.fc41.x86_64.img")
+    write(tree / "boot/upgrade-6.9.1-200.fc41.x86_64.img")
+    write(tree / "boot/vmlinuz-6.9.1-200.fc41.x86_64.debug")
+    write(tree / "usr/lib/modules/6.1.0-13-amd64/modules.dep")
+    (k1, k2, k3) = TemplateRunner(tree=tree, templatedir=tmp_path, variables={})._kernels()
+    assert (k1.version, k1.arch, k1.flavor, k1.path) == ("6.1.0-13-amd64", "amd64", None, "boot/vmlinuz-6.1.0-13-amd64")
+    assert (k2.path, k2.arch, k2.initrd.path, k2.upgrade.path) == (
+        "boot/vmlinuz-6.9.1-200.fc41.x86_64", "x86_64", "boot/initramfs-6.9.1-200.fc41.x86_64.img",
+        "boot/upgrade-6.9.1-200.fc41.x86_64.img")
+    assert k3.flavor == "debug" and not hasattr(k3, "initrd") and str(k3) == k3.version
+
+
+def test_lorax_append_decodes_python_escapes(env):
+    env.run("append /f 'a\\tb\\x41 \\u00e9 ü \\m'\n")
+    assert (env.tree / "f").read_text() == "a\tbA é ü \\m\n"
+
+
+def test_lorax_installpkg_version_forms(env):
+    env.run("installpkg tmux>=2.8 bash=5.0.0-1 grub2==2.06 a=>1 b=<2 c<3 d>4\n")
+    assert env.pm.installs[0][0] == ["tmux >= 2.8", "bash = 5.0.0-1", "grub2 = 2.06", "a >= 1", "b <= 2", "c < 3", "d > 4"]
+    for bad in ("installpkg >=2", "installpkg tmux>=", "installpkg a>=1<2", "installpkg a!=1"):
+        with pytest.raises(TemplateError, match="t.tmpl:1: installpkg: "):
+            env.run(bad + "\n")
+
+
+def test_lorax_createaddrsize(env):
+    write(env.tree / "images/initrd.img", "x" * 1000)
+    out = os.path.abspath(env.tree)
+    env.run(f"createaddrsize 0x02000000 {out}/images/initrd.img {out}/images/initrd.addrsize\n")
+    import struct
+    assert struct.unpack(">iiii", (env.tree / "images/initrd.addrsize").read_bytes()) == (0, 0x02000000, 0, 1000)
+    with pytest.raises(TemplateError, match="createaddrsize: bad address"):
+        env.run("createaddrsize zz images/initrd.img images/a\n")
+
+
+def test_lorax_runcmd_chdir_refused_and_cwd_is_outroot(env):
+    with pytest.raises(TemplateError, match="--chdir is not supported"):
+        env.run("runcmd --chdir=/tmp true\n")
+    env.run("runcmd sh -c 'pwd > here'\n")
+    assert (env.tree / "here").read_text().strip() == os.path.abspath(env.tree)
+
+
+def test_lorax_pylorax_joinpaths_available(env):
+    env.run("<%\nfrom pylorax.sysutils import joinpaths\n%>\nappend /j '${joinpaths(\"/a/\", \"/b\", \"c\")}'\n")
+    assert (env.tree / "j").read_text() == "/a/b/c\n"

@@ -1,0 +1,496 @@
+"""`composer lorax ...` (and the optional `lorax` command): lorax's command line, lorax's meanings.
+
+Every option of lorax's `lorax` command is accepted with lorax's meaning and units and
+mapped onto a composer boot.iso build. What composer cannot do the way lorax does is
+still accepted and named in one warning line (never a usage error): Pungi's
+buildinstall phase and people's scripts run unchanged.
+
+Differences in units and meaning from composer's own command line:
+  --rootfs-size N        GiB (lorax), composer's --rootfs-size takes bytes with suffixes
+  --rootfs-type          lorax's squashfs|squashfs-ext4|erofs|erofs-ext4, and composer's btrfs
+  --dracut-arg           replaces the default dracut arguments (lorax), does not add to them
+  --config FILE          lorax.conf: [lorax] sharedir, logdir; [compression] type, args, bcj;
+                         [compression.erofs]; [output]; [templates]
+  --sharedir DIR         a template set, or a directory with templates.d/ (the first is used)
+  -V                     prints lorax's style of version and exits
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from composer import __version__
+from composer.config import Compression, Config, RootfsType
+from composer.run import ComposerError, info
+
+__all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
+
+# lorax's DRACUT_DEFAULT, less "--add fips" (no FIPS module in every distribution's dracut).
+LORAX_DRACUT_DEFAULT = ("--xz", "--install", "/.buildstamp", "--no-early-microcode")
+LORAX_ROOTFS_TYPES = ("squashfs", "squashfs-ext4", "erofs", "erofs-ext4")
+
+# lorax rootfs type -> (composer's rootfs type, what differs, or "" when it is the same layout)
+ROOTFS_MAP: dict[str, tuple[RootfsType, str]] = {
+    "squashfs": (RootfsType.SQUASHFS, ""),
+    "squashfs-ext4": (RootfsType.EXT4, ""),
+    "erofs": (RootfsType.EROFS, ("--rootfs-type erofs: install.img is squashfs holding LiveOS/rootfs.img (erofs), "
+                                 "not a bare erofs image")),
+    "erofs-ext4": (RootfsType.EXT4, ("--rootfs-type erofs-ext4: LiveOS/rootfs.img (ext4) is wrapped in squashfs, "
+                                     "not erofs")),
+    "btrfs": (RootfsType.BTRFS, ""),  # composer's own
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one composer-style line, exit 2 as argparse does
+        print(f"composer lorax: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def lorax_parser(prog: str = "composer lorax") -> argparse.ArgumentParser:
+    """lorax's options, names, defaults and units (lorax 40-46, cmdline.lorax_parser)."""
+    p = _Parser(prog=prog, description="Create the Anaconda boot.iso (lorax's command line, built by composer)")
+    req = p.add_argument_group("required arguments")
+    req.add_argument("-p", "--product", required=True, metavar="PRODUCT")
+    req.add_argument("-v", "--version", required=True, metavar="VERSION")
+    req.add_argument("-r", "--release", required=True, metavar="RELEASE")
+    req.add_argument("-s", "--source", action="append", default=[], metavar="REPOSITORY")
+    req.add_argument("--repo", action="append", default=[], dest="repos", metavar="REPOSITORY", type=Path)
+    opt = p.add_argument_group("optional arguments")
+    opt.add_argument("-m", "--mirrorlist", action="append", default=[], metavar="REPOSITORY")
+    opt.add_argument("-t", "--variant", default="", metavar="VARIANT")
+    opt.add_argument("-b", "--bugurl", default="your distribution provided bug reporting tool", metavar="URL")
+    opt.add_argument("--isfinal", action="store_true", default=False)
+    opt.add_argument("-c", "--config", default="/etc/lorax/lorax.conf", metavar="CONFIGFILE")
+    opt.add_argument("--proxy", default=None, metavar="HOST")
+    opt.add_argument("-i", "--installpkgs", action="append", default=[], metavar="PACKAGE")
+    opt.add_argument("-e", "--excludepkgs", action="append", default=[], metavar="PACKAGE")
+    opt.add_argument("--buildarch", default=None, metavar="ARCH")
+    opt.add_argument("--volid", default=None, metavar="VOLID")
+    opt.add_argument("--macboot", action="store_true", default=False, dest="domacboot")
+    opt.add_argument("--nomacboot", action="store_false", dest="domacboot")
+    opt.add_argument("--noupgrade", action="store_false", default=True, dest="doupgrade")
+    opt.add_argument("--logfile", default="./lorax.log", type=Path)
+    opt.add_argument("--tmp", default="/var/tmp/lorax")
+    opt.add_argument("--cachedir", default=None, type=Path)
+    opt.add_argument("--workdir", default=None, type=Path)
+    opt.add_argument("--force", action="store_true", default=False)
+    opt.add_argument("--add-template", dest="add_templates", action="append", default=[], type=Path)
+    opt.add_argument("--add-template-var", dest="add_template_vars", action="append", default=[])
+    opt.add_argument("--add-arch-template", dest="add_arch_templates", action="append", default=[], type=Path)
+    opt.add_argument("--add-arch-template-var", dest="add_arch_template_vars", action="append", default=[])
+    opt.add_argument("--noverify", action="store_false", default=True, dest="verify")
+    opt.add_argument("--sharedir", metavar="SHAREDIR", type=Path, default=None)
+    opt.add_argument("--enablerepo", action="append", default=[], dest="enablerepos", metavar="[repo]")
+    opt.add_argument("--disablerepo", action="append", default=[], dest="disablerepos", metavar="[repo]")
+    opt.add_argument("--rootfs-size", type=int, default=3, help="GiB (default 3)")
+    opt.add_argument("--noverifyssl", action="store_true", default=False)
+    opt.add_argument("--dnfplugin", action="append", default=[], dest="dnfplugins")
+    opt.add_argument("--squashfs-only", action="store_true", help="ignored, as in lorax")
+    opt.add_argument("--skip-branding", action="store_true", default=False)
+    opt.add_argument("--rootfs-type", default="squashfs", dest="rootfs_type", choices=[*LORAX_ROOTFS_TYPES, "btrfs"],
+                     metavar="ROOTFSTYPE", help=f"{', '.join(LORAX_ROOTFS_TYPES)} (lorax's), btrfs (composer's)")
+    dr = p.add_argument_group("dracut arguments")
+    dr.add_argument("--dracut-conf", default=None, type=Path)
+    dr.add_argument("--dracut-arg", action="append", dest="dracut_args", default=None,
+                    help="dracut argument; replaces the defaults (once per argument)")
+    p.add_argument("-V", action="version", version=f"lorax-{__version__} (composer {__version__})")
+    p.add_argument("outputdir", metavar="OUTPUTDIR", type=Path)
+    return p
+
+
+@dataclass(frozen=True)
+class LoraxConf:
+    """What composer reads from lorax.conf."""
+
+    sharedir: Path | None = None
+    logdir: Path | None = None
+    compression: str = "xz"
+    compression_args: tuple[str, ...] = ()
+    bcj: bool = True
+    ignored: tuple[str, ...] = ()  # settings composer does not honour (for the warning line)
+
+
+_CONF_DEFAULTS = {
+    ("lorax", "debug"): "1", ("lorax", "sharedir"): "/usr/share/lorax", ("lorax", "logdir"): "/var/log/lorax",
+    ("output", "colors"): "1", ("output", "encoding"): "utf-8", ("output", "ignorelist"): "/usr/share/lorax/ignorelist",
+    ("templates", "ramdisk"): "ramdisk.ltmpl", ("compression", "type"): "xz", ("compression", "args"): "",
+    ("compression", "bcj"): "on", ("compression.erofs", "type"): "lzma",
+    ("compression.erofs", "args"): "-E dedupe,all-fragments -C 131072 --all-time",
+}
+
+
+def read_lorax_conf(path: Path, *, given: bool) -> LoraxConf:
+    """lorax.conf; a missing default /etc/lorax/lorax.conf means lorax's built-in defaults."""
+    cp = configparser.ConfigParser()
+    if path.is_file():
+        try:
+            cp.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as e:
+            raise ComposerError(f"--config {path}: not a lorax.conf: {str(e).splitlines()[0]}") from None
+    elif given:
+        raise ComposerError(f"--config {path}: no such file")
+
+    def get(section: str, key: str) -> str:
+        return cp.get(section, key, fallback=_CONF_DEFAULTS.get((section, key), "")).strip()
+
+    ignored = []
+    for section in cp.sections():
+        for key in cp[section]:
+            value = cp.get(section, key).strip()
+            if (section, key) in (("lorax", "sharedir"), ("lorax", "logdir"), ("compression", "type"),
+                                  ("compression", "args"), ("compression", "bcj"), ("lorax", "debug"),
+                                  ("output", "colors"), ("output", "encoding")):
+                continue
+            if value != _CONF_DEFAULTS.get((section, key)):
+                ignored.append(f"[{section}] {key}")
+    try:
+        bcj = cp.getboolean("compression", "bcj", fallback=True)
+    except ValueError:
+        raise ComposerError(f"--config {path}: [compression] bcj: expected on/off, not {get('compression', 'bcj')!r}") from None
+    sharedir = get("lorax", "sharedir")
+    return LoraxConf(
+        sharedir=Path(sharedir) if cp.has_option("lorax", "sharedir") else None,
+        logdir=Path(get("lorax", "logdir")) if cp.has_option("lorax", "logdir") else None,
+        compression=get("compression", "type") or "xz",
+        compression_args=tuple(get("compression", "args").split()),
+        bcj=bcj,
+        ignored=tuple(ignored),
+    )
+
+
+def find_templates(sharedir: Path) -> Path:
+    """lorax's rule: a directory with templates.d/ means its first (lowest) entry."""
+    d = sharedir / "templates.d"
+    if d.is_dir():
+        entries = sorted(p for p in d.iterdir())
+        if entries:
+            return entries[0]
+    return sharedir
+
+
+@dataclass(frozen=True)
+class LoraxPlan:
+    """A lorax command line as a composer build: the Config, the media options, the
+    lorax variables composer passes to the templates, and what it could not honour."""
+
+    config: Config
+    volid: str | None
+    arch_templates: tuple[Path, ...]
+    arch_template_vars: tuple[tuple[str, str], ...]
+    templatedir: Path | None
+    logfile: Path
+    domacboot: bool
+    doupgrade: bool
+    skip_branding: bool
+    lorax_rootfs_type: str
+    warnings: tuple[str, ...]
+
+
+def _glue_dracut_args(argv: Sequence[str]) -> list[str]:
+    """`--dracut-arg --xz` -> `--dracut-arg=--xz` (the value starts with '-')."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--dracut-arg":
+            v = next(it, None)
+            out.append(a if v is None else f"{a}={v}")
+        else:
+            out.append(a)
+    return out
+
+
+def _vars(items: Sequence[str], option: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ComposerError(f"{option} {item!r}: expected NAME=VALUE with NAME a valid identifier")
+        out.append((name, value))
+    return tuple(out)
+
+
+def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
+    """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
+    import platform
+
+    args = lorax_parser().parse_args(_glue_dracut_args(argv))
+    conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
+                                                        for a in argv))
+    warnings: list[str] = []
+    if not args.source and not args.repos:
+        raise ComposerError("lorax: give at least one --source or --repo")
+    if args.dracut_args and args.dracut_conf:
+        raise ComposerError("lorax: --dracut-arg and --dracut-conf cannot be used together")
+    if args.dracut_conf and not args.dracut_conf.is_file():
+        raise ComposerError(f"--dracut-conf {args.dracut_conf}: no such file")
+
+    # Options composer accepts but does not act on the way lorax does: one warning line.
+    if args.mirrorlist:
+        warnings.append("--mirrorlist")
+    if args.proxy:
+        warnings.append("--proxy")
+    if args.enablerepos:
+        warnings.append("--enablerepo")
+    if args.disablerepos:
+        warnings.append("--disablerepo")
+    if args.noverifyssl:
+        warnings.append("--noverifyssl")
+    if args.dnfplugins:
+        warnings.append("--dnfplugin")
+    if args.domacboot:
+        warnings.append("--macboot (no Mac boot image)")
+    if not args.verify:
+        warnings.append("--noverify (composer always checks the tree)")
+    if not args.skip_branding:
+        warnings.append("automatic branding (composer installs no system-release by itself: use --installpkgs)")
+    warnings += [f"lorax.conf {k}" for k in conf.ignored]
+    rootfs_type, differs = ROOTFS_MAP[args.rootfs_type]
+    if differs:
+        warnings.append(differs)
+    if args.rootfs_size <= 0:
+        raise ComposerError(f"--rootfs-size {args.rootfs_size}: GiB, at least 1")
+    try:
+        compression = Compression(conf.compression)
+    except ValueError:
+        compression = Compression.XZ
+        warnings.append(f"lorax.conf [compression] type {conf.compression} (xz used)")
+    if conf.compression_args:
+        warnings.append("lorax.conf [compression] args")
+
+    # lorax does not check signatures of --source repositories (dnf's default for added
+    # repos); a --repo file says for itself, which composer cannot honour beside --source.
+    nogpgcheck = bool(args.source)
+    if args.source and args.repos:
+        warnings.append("gpgcheck of --repo files (not checked beside --source)")
+
+    sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
+    templatedir = None
+    if sharedir is not None:
+        templatedir = find_templates(sharedir)
+        if not templatedir.is_dir():
+            raise ComposerError(f"--sharedir {sharedir}: no such directory")
+
+    # composer makes its work directory inside this one (and removes it after the build)
+    workdir = (args.workdir if args.workdir is not None else Path(args.tmp)).resolve()
+    buildarch = args.buildarch or platform.machine()
+    cfg = Config(
+        product=args.product,
+        version=args.version,
+        release=args.release,
+        outdir=args.outputdir.resolve(),
+        sources=tuple(args.source),
+        repofiles=tuple(p.resolve() for p in args.repos),
+        variant=args.variant,
+        bugurl=args.bugurl,
+        isfinal=args.isfinal,
+        arch=buildarch,
+        installpkgs=tuple(args.installpkgs),
+        excludepkgs=tuple(args.excludepkgs),
+        add_templates=tuple(args.add_templates),
+        add_template_vars=_vars(args.add_template_vars, "--add-template-var"),
+        rootfs_type=rootfs_type,
+        rootfs_size=args.rootfs_size << 30,
+        compression=compression,
+        dracut_args=tuple(args.dracut_args) if args.dracut_args is not None else LORAX_DRACUT_DEFAULT,
+        dracut_conf=args.dracut_conf.resolve() if args.dracut_conf else None,
+        workdir=workdir,
+        nogpgcheck=nogpgcheck,
+        cachedir=args.cachedir.resolve() if args.cachedir else Config.__dataclass_fields__["cachedir"].default,
+        force=args.force,
+    )
+    return LoraxPlan(
+        config=cfg,
+        volid=args.volid,
+        arch_templates=tuple(args.add_arch_templates),
+        arch_template_vars=_vars(args.add_arch_template_vars, "--add-arch-template-var"),
+        templatedir=templatedir,
+        logfile=args.logfile.resolve(),
+        domacboot=args.domacboot,
+        doupgrade=args.doupgrade,
+        skip_branding=args.skip_branding,
+        lorax_rootfs_type=args.rootfs_type,
+        warnings=tuple(warnings),
+    )
+
+
+def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str = __version__) -> str:
+    """lorax's /.buildstamp (what anaconda reads; --isfinal and --bugurl change it): an
+    ini file with [Main] Product, Version, BugURL, IsFinal, UUID (build time + arch),
+    Variant when given, and [Compose] Lorax."""
+    import datetime
+    import time
+
+    when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y%m%d%H%M")
+    lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
+             f"IsFinal={cfg.isfinal}", f"UUID={stamp}.{cfg.arch}"]
+    if cfg.variant:
+        lines.append(f"Variant={cfg.variant}")
+    lines += ["[Compose]", f"Lorax={lorax_version}"]
+    return "\n".join(lines) + "\n"
+
+
+def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | None) -> Path:
+    """The template composer lorax adds to the runtime templates: it writes /.buildstamp
+    (before dracut, so that lorax's `--dracut-arg --install --dracut-arg /.buildstamp`
+    finds it) and, with runcmd on the host as lorax's templates do, pkglists/ from the
+    rpm database before the cleanup template removes it. The values are baked into the
+    text (not variables: those are part of the install stage's cache key) inside
+    <%text>, so that Mako leaves them alone."""
+    import shlex
+
+    from composer import loraxlogs
+
+    escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
+    lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
+    if pkglists is not None:
+        argv = [sys.executable, str(Path(loraxlogs.__file__).resolve()), "pkglists"]
+        lines.append(f"runcmd {' '.join(shlex.quote(a) for a in argv)} ${{root}} {shlex.quote(str(pkglists))}")
+    for line in lines:
+        if "</%text>" in line or any(ord(c) < 32 for c in line):
+            raise ComposerError(f"lorax: cannot write /.buildstamp with {line!r}")
+    tmpl = directory / "lorax-runtime.tmpl"
+    tmpl.write_text("## composer lorax: what lorax adds to the runtime (/.buildstamp, pkglists/)\n"
+                    + lines[0] + "\n<%text>" + lines[1] + "</%text>\n" + "".join(f"{x}\n" for x in lines[2:]))
+    return tmpl
+
+
+# lorax's arch template per base architecture (treebuilder's templatemap)
+ARCH_TEMPLATE = {"x86_64": "x86.tmpl", "aarch64": "aarch64.tmpl", "ppc64le": "ppc64le.tmpl", "s390x": "s390.tmpl"}
+
+
+def lorax_media_mode(templatedir: Path, basearch: str) -> bool:
+    """A lorax template set makes the media with its arch template (x86.tmpl...); composer's
+    own sets have boot menus (grub2-efi.cfg) that composer's media stage fills instead."""
+    return (templatedir / ARCH_TEMPLATE.get(basearch, "x86.tmpl")).is_file() and not (templatedir / "grub2-efi.cfg").is_file()
+
+
+def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, volid: str) -> None:
+    """lorax's TreeBuilder: the --add-arch-template files, then the set's arch template,
+    with the runtime tree as input root (kernels in boot/, the runtime image at
+    images/install.img, as lorax has them) and the output directory as output root;
+    then .treeinfo from what the templates recorded, and implantisomd5 on the ISO."""
+    from composer.images.sparse import copy_sparse
+    from composer.outputs.media import copy_file
+    from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+    from composer.run import run
+    from composer.templates import Arch, Product, TemplateRunner, lorax_variables
+
+    templatedir = cfg.template_dir
+    inroot = rt.tree
+    for k in rt.kernels:
+        copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
+        copy_file(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
+    runtime_img = "images/install.img"
+    (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
+    copy_sparse(rt.squashfs, inroot / runtime_img)
+    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch,
+                   timestamp=cfg.source_date_epoch)
+    product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
+    variables = lorax_variables(product, Arch.of(cfg.arch), isolabel=volid, runtime_img=runtime_img,
+                                domacboot=plan.domacboot, doupgrade=plan.doupgrade, workdir=str(work))
+    variables["rootfs_type"] = str(cfg.rootfs_type)
+    runner = TemplateRunner(tree=out, inroot=inroot, templatedir=templatedir, variables=variables)
+    for t in plan.arch_templates:  # lorax runs these first, with --add-arch-template-var
+        runner.run(t.resolve(), dict(plan.arch_template_vars))
+    runner.run(templatedir / ARCH_TEMPLATE[Arch.of(cfg.arch).basearch])
+    treeinfo = runner.treeinfo
+    write_treeinfo(out / ".treeinfo", product=cfg.product, version=cfg.version, arch=cfg.arch, variant=cfg.variant,
+                   images={}, extra=treeinfo, checksum_root=out, timestamp=cfg.source_date_epoch)
+    for section in treeinfo.values():
+        if "boot.iso" in section:
+            run(["implantisomd5", str(out / section["boot.iso"])])
+
+
+def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
+    import contextlib
+
+    from composer.loraxcheck import check_sharedir
+    from composer.run import atomic_dir
+    from composer.runtime import build_runtime, workdir_for
+
+    found = check_sharedir(cfg.template_dir)  # a template error stops the build now, not after the runtime
+    if found.errors:
+        raise ComposerError(f"--sharedir {cfg.template_dir}: " + "; ".join(found.errors))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
+        work = stack.enter_context(workdir_for(cfg))
+        rt = build_runtime(cfg, work)
+        make_lorax_media(cfg, plan, rt, out, work, volid)
+    info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {cfg.template_dir})")
+
+
+def rt_basearch(cfg: Config) -> str:
+    from composer.templates import Arch
+
+    return Arch.of(cfg.arch).basearch
+
+
+def run_plan(plan: LoraxPlan) -> int:
+    from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
+    from composer.images.iso import check_volid, default_volid
+    from composer.preflight import check_compose_inputs
+
+    cfg = plan.config
+    if plan.warnings:
+        info("lorax: accepted but not honoured as lorax does: " + "; ".join(plan.warnings))
+    if plan.templatedir is not None:
+        cfg = dataclasses.replace(cfg, templatedir=plan.templatedir)
+    volid = check_volid(plan.volid) if plan.volid else default_volid(cfg.product, cfg.version, cfg.arch)
+    if cfg.arch not in EFI_ARCH_NAMES:
+        raise ComposerError(f"--buildarch {cfg.arch}: no UEFI boot for this architecture "
+                            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
+    if cfg.workdir is not None:
+        cfg.workdir.mkdir(parents=True, exist_ok=True)  # lorax makes --tmp and --workdir too
+    with tempfile.TemporaryDirectory(prefix="composer-lorax.", dir=cfg.workdir) as tmp:
+        own = lorax_runtime_template(Path(tmp), buildstamp_text(cfg), plan.logfile.parent / "pkglists")
+        extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
+        cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
+                                  add_templates=(own, *cfg.add_templates))
+        opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
+        check_compose_inputs(cfg, "boot-iso")
+        if lorax_media_mode(cfg.template_dir, rt_basearch(cfg)):
+            compose_lorax_media(cfg, plan, volid)
+        else:
+            compose_boot_iso(cfg, opts)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `lorax` console command and `composer lorax`."""
+    from composer.loraxlogs import derive_logs
+    from composer.run import set_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        plan = plan_from_argv(argv)
+    except ComposerError as e:
+        print(f"composer: error: {e}", file=sys.stderr)
+        return 1
+    plan.logfile.parent.mkdir(parents=True, exist_ok=True)
+    set_logging(verbose=False, logfile=plan.logfile)
+    error = None
+    try:
+        return run_plan(plan)
+    except ComposerError as e:
+        error = str(e)
+        print(f"composer: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        error = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        print(f"composer: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        error = "interrupted"
+        raise
+    finally:
+        # lorax's logs beside --logfile (pylorax.log, program.log); errors reach them too
+        derive_logs(plan.logfile, error)
