@@ -1,0 +1,175 @@
+"""dnf5 for real: Debian unstable's dnf5 (a root made by scripts/dnf5-root) against the host's dnf 4.
+
+The root is made once and cached by its inputs (/var/cache/composer-dnf5root/<digest>);
+COMPOSER_DNF_ROOT=DIR names one made elsewhere.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from composer import treecheck
+from composer.config import DnfChoice
+from composer.dnf import RPMDB, DnfConfig, DnfSession
+from composer.run import ComposerError
+from tests.conftest import BUILD, ROOT, composer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def dnf5_root() -> Path:
+    given = os.environ.get("COMPOSER_DNF_ROOT")
+    if given:
+        return Path(given)
+    proc = subprocess.run([str(ROOT / "scripts" / "dnf5-root")], capture_output=True, text=True)
+    assert proc.returncode == 0, f"scripts/dnf5-root failed:\n{proc.stderr[-3000:]}"
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _tree_of(log: Path, cachedir: Path) -> Path:
+    """The installed tree a compose used: its tree cache entry (as installed, before postinstall)."""
+    m = re.search(r"tree cache (?:hit \(key|miss \(key|d as) ([0-9a-f]{12})", log.read_text())
+    assert m, f"no tree cache key in {log}"
+    found = sorted((cachedir / "trees").glob(m.group(1) + "*"))
+    assert found, f"tree cache entry {m.group(1)} is gone from {cachedir}"
+    return found[0] / "tree"
+
+
+def _listing(tree: Path) -> dict[str, tuple]:
+    """Every path's type, mode, owner, link target and (regular files) content digest,
+    the rpm database left out: dnf 4's rpm 4.18 and dnf5's rpm 6 write it differently."""
+    out: dict[str, tuple] = {}
+    for path, node in treecheck.snapshot(tree).items():
+        if path == RPMDB or path.startswith(RPMDB + "/"):
+            continue
+        digest = hashlib.sha256((tree / path.lstrip("/")).read_bytes()).hexdigest() if node.kind == "f" else ""
+        out[path] = (node.describe(), digest)
+    return out
+
+
+def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5_root, tmp_path):
+    """The test product's runtime composed with dnf5: the same packages, the same installed tree
+    (the rpm database aside) as the dnf 4 session runtime, the tree check passed, and it boots."""
+    out, log, cachedir = tmp_path / "out", tmp_path / "build.log", BUILD / "cache-dnf5"
+    composer("--logfile", str(log), "runtime", "--product", "TestProduct", "--version", "1",
+             "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(cachedir),
+             "--compression", "lz4", "--dnf", "dnf5", "--dnf-root", str(dnf5_root), str(out))
+    text = log.read_text()
+    assert "dnf: dnf5 (dnf5 version 5." in text
+    assert re.search(r"dnf5 .*--installroot=", text), "dnf5 did not run"
+
+    dnf4 = json.loads((runtime_outputs / "manifest.json").read_text())
+    dnf5 = json.loads((out / "manifest.json").read_text())
+    assert dnf5["packages"] == dnf4["packages"] and len(dnf5["packages"]) > 100
+    assert dnf5["tree_check"]["packaged_paths_verified"] == dnf4["tree_check"]["packaged_paths_verified"]
+
+    dnf4_log = runtime_outputs.parent / "build.log"
+    if not dnf4_log.is_file():
+        pytest.skip("COMPOSER_TEST_RUNTIME given: no build log to find the dnf 4 tree by")
+    tree4 = _tree_of(dnf4_log, Path("/var/cache/composer"))
+    tree5 = _tree_of(log, cachedir)
+    a, b = _listing(tree4), _listing(tree5)
+    differ = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
+    assert not differ, [(p, a.get(p), b.get(p)) for p in differ[:10]]
+    # dnf5's rpm keeps its database where the product expects it, too.
+    assert (tree5 / RPMDB.lstrip("/") / "rpmdb.sqlite").is_file()
+
+    pxe = out / "images" / "pxeboot"
+    proc = composer("verify", "--kernel", str(pxe / "vmlinuz"), "--initrd", str(pxe / "initrd.img"),
+                    "--log", str(tmp_path / "serial.log"), check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ errors, dnf 4 and dnf5 alike
+
+def _build_rpm(top: Path, repo: Path, name: str, extra: str = "") -> None:
+    spec = top / f"{name}.spec"
+    # Each with a %doc file, for nodocs.
+    spec.write_text(f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n{extra}\n"
+                    f"%description\nd\n%install\nmkdir -p %{{buildroot}}/etc %{{buildroot}}/usr/share/doc/{name}\n"
+                    f"echo {name} > %{{buildroot}}/etc/{name}\necho {name} > %{{buildroot}}/usr/share/doc/{name}/README\n"
+                    f"%files\n/etc/{name}\n%doc /usr/share/doc/{name}/README\n")
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}",
+                    str(spec)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory) -> Path:
+    """Unsigned packages: one needing what nothing provides, two in conflict, one fine (recommending one)."""
+    if not shutil.which("rpmbuild"):
+        pytest.skip("rpmbuild missing")
+    base = tmp_path_factory.mktemp("smallrepo")
+    repo = base / "repo"
+    for name, extra in (("fine", "Recommends: right"), ("needy", "Requires: nosuchthing"), ("left", "Conflicts: right"),
+                        ("right", "")):
+        _build_rpm(base, repo, name, extra)
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
+    return repo
+
+
+@pytest.fixture(params=["dnf4", "dnf5"])
+def flavor(request, dnf5_root) -> dict:
+    return {"dnf": DnfChoice(request.param), "root": dnf5_root if request.param == "dnf5" else None}
+
+
+def _session(tmp_path: Path, flavor: dict, *sources: str, nogpgcheck: bool = True) -> DnfSession:
+    work = Path(tmp_path / "work")
+    return DnfSession(work / "tree", DnfConfig(releasever="1", arch="x86_64", sources=sources, nogpgcheck=nogpgcheck,
+                                               cachedir=tmp_path / "cache", **flavor), work)
+
+
+@pytest.mark.parametrize("case,packages,nogpgcheck,message", [
+    ("missing dependency", ["needy"], True,
+     r"dnf transaction failed: .*nothing provides nosuchthing needed by needy-1-1\.noarch"),
+    ("conflict", ["left", "right"], True,
+     r"dnf transaction failed: .*package left-1-1\.noarch.* conflicts with right provided by right-1-1\.noarch"),
+    ("unsigned", ["fine"], False,
+     r"dnf transaction failed: package fine-1-1\.noarch\.rpm is not signed: signature checks are on by default; "
+     r"give the repository's key \(gpgkey= in a --repo file\) or pass --nogpgcheck"),
+], ids=["missing-dependency", "conflict", "unsigned"])
+def test_dnf_errors_are_one_line_naming_the_cause(small_repo, flavor, tmp_path, case, packages, nogpgcheck, message):
+    s = _session(tmp_path, flavor, f"file://{small_repo}", nogpgcheck=nogpgcheck)
+    s.install(packages)
+    with pytest.raises(ComposerError) as e:
+        s.run_transaction()
+    assert "\n" not in str(e.value)
+    assert re.fullmatch(message + ".*", str(e.value)), str(e.value)
+    assert s.installed() == []
+
+
+def test_missing_package_and_unreadable_repository(small_repo, flavor, tmp_path):
+    s = _session(tmp_path, flavor, f"file://{small_repo}")
+    with pytest.raises(ComposerError, match=r"^no package matches 'nosuch' in the repositories$"):
+        s.install(["nosuch"])
+    s = _session(tmp_path / "2", flavor, "http://127.0.0.1:9/")
+    with pytest.raises(ComposerError) as e:
+        s.available()
+    assert re.fullmatch(r"--source http://127\.0\.0\.1:9/: cannot read the repository: [^\n]+", str(e.value)), e.value
+    assert "source0-" not in str(e.value), "the repository is named by its --source, not dnf's id"
+
+
+def test_options_mean_the_same(small_repo, flavor, tmp_path):
+    """Excludes, weak deps off, nodocs, the rpm database path, and dnf's cache, logs and history
+    on the host: what lands in the tree is the packages' files and the database, nothing else."""
+    work = tmp_path / "work"
+    s = DnfSession(work / "tree", DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{small_repo}",),
+                                            nogpgcheck=True, cachedir=tmp_path / "cache", excludepkgs=("left",),
+                                            **flavor), work)
+    assert "left" not in s.available() and "right" in s.available()  # dnf's own --exclude
+    s.install(["fine"])  # it recommends right: weak dependencies stay out
+    s.run_transaction()
+    assert s.nevras() == ["fine-0:1-1.noarch"]
+    found = sorted(str(p.relative_to(s.tree)) for p in s.tree.rglob("*") if not p.is_relative_to(s.tree / RPMDB[1:]))
+    # No /usr/share/doc (nodocs), no cache, log, lock or history of dnf's.
+    assert found == ["etc", "etc/fine", "usr", "usr/lib", "usr/lib/sysimage"]
+    assert list((work / "dnf-log").iterdir()), "dnf's log is not on the host"
+    assert any((tmp_path / "cache").iterdir()), "dnf's cache is not on the host"
+    assert list((work / "dnf-state").iterdir()), "dnf's history is not on the host"
+    assert (s.tree / RPMDB[1:] / "rpmdb.sqlite").is_file()
