@@ -98,6 +98,15 @@ def _dnf_root(option: Path | None) -> Path | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = _config_from_args(args)
+    if cfg.dnf is not DnfChoice.AUTO or cfg.dnf_root is not None:
+        from composer.dnf import find_dnf
+
+        find_dnf(cfg.dnf, cfg.dnf_root)  # a dnf that is not there fails now, not after the setup
+    return cfg
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         product=args.product,
         version=args.version,

@@ -240,3 +240,26 @@ def test_a_dnf_root_cannot_take_host_paths_in_its_own_etc(tmp_path):
         argv[argv.index("/usr") - 2: argv.index("/usr") + 1]
     with pytest.raises(ComposerError, match=r"/etc/pki/rpm-gpg: lies in /etc, which --dnf-root .* provides itself"):
         _root_sandbox(tmp_path / "root", ro=[Path("/etc/pki/rpm-gpg")])
+
+
+@pytest.mark.parametrize("args,env,expected", [
+    (["--dnf", "dnf5"], {}, "--dnf dnf5: no dnf5 on this host: give --dnf-root DIR"),
+    (["--dnf-root", "/nonexistent"], {}, "--dnf-root /nonexistent: no such directory"),
+    ([], {"COMPOSER_DNF_ROOT": "/nonexistent"}, "COMPOSER_DNF_ROOT /nonexistent: no such directory"),
+    (["--dnf", "dnf7"], {}, "argument --dnf: invalid choice: 'dnf7'"),
+])
+def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
+    import os
+    import shutil
+
+    from tests.conftest import composer
+
+    if "dnf5" in args and shutil.which("dnf5"):
+        pytest.skip("this host has dnf5")
+    out = tmp_path / "out"
+    proc = composer("runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path),
+                    "--cachedir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work"), *args, str(out),
+                    check=False, env={**os.environ, **env})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not out.exists() and not (tmp_path / "work").exists()
