@@ -142,7 +142,7 @@ def find_dnf(choice: DnfChoice = DnfChoice.AUTO, root: Path | None = None) -> Dn
     for name in found:
         line = _version_line(prefix + [name, "--version"])
         # dnf5: "dnf5 version 5.4.6.0"; dnf 4: "4.14.0".
-        flavor = DnfChoice.DNF5 if line.startswith("dnf5") or line.startswith("5.") else DnfChoice.DNF4
+        flavor = DnfChoice.DNF5 if line.startswith(("dnf5", "5.")) else DnfChoice.DNF4
         if choice is DnfChoice.AUTO or flavor is choice:
             rpm = _version_line(prefix + ["rpm", "--version"]) if (
                 root is None or (root / "usr/bin/rpm").exists()) else ""
