@@ -37,6 +37,7 @@ def _shipped_tree(outdir: Path, dest: Path) -> Path:
     """The tree a runtime ships, read back from install.img's btrfs rootfs.img without a mount
     (btrfs restore: owners, modes, times, symlinks, xattrs)."""
     img = outdir / "images" / "install.img"
+    dest.mkdir(parents=True)
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest / "squash"), str(img), "LiveOS/rootfs.img"], check=True)
     tree = dest / "tree"
     tree.mkdir()
