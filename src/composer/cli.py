@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from composer import __version__
-from composer.config import Compression, Config, RootfsType, parse_size
+from composer.config import Compression, Config, DnfChoice, RootfsType, parse_size
 from composer.run import ComposerError, info, set_logging
 
 
@@ -36,6 +36,11 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dracut-arg", action="append", default=[], metavar="ARG", help="extra dracut argument (repeatable)")
     p.add_argument("--dracut-conf", type=Path, default=None, metavar="FILE", help="extra dracut configuration file")
     p.add_argument("--nogpgcheck", action="store_true", help="do not check package signatures")
+    p.add_argument("--dnf", default="auto", choices=[c.value for c in DnfChoice],
+                   help="dnf command line to drive (default: whatever `dnf` is; dnf5 on Fedora 41+)")
+    p.add_argument("--dnf-root", type=Path, default=None, metavar="DIR",
+                   help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
+                        "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)")
     p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
     p.add_argument("--cachedir", type=Path, default=Path("/var/cache/composer"), help="persistent cache (dnf packages)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
@@ -78,12 +83,31 @@ def _source_date_epoch(option: int | None) -> int | None:
     return int(env)
 
 
+def _dnf_root(option: Path | None) -> Path | None:
+    """--dnf-root, else $COMPOSER_DNF_ROOT, as an absolute directory."""
+    from composer.dnf import DNF_ROOT_ENV
+
+    name = "--dnf-root"
+    if option is None:
+        env = os.environ.get(DNF_ROOT_ENV, "")
+        if not env:
+            return None
+        option, name = Path(env), DNF_ROOT_ENV
+    if not option.is_dir():
+        raise ComposerError(f"{name} {option}: no such directory (scripts/dnf5-root makes a root with dnf5)")
+    return option.resolve()
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The build's Config; every value is checked for its kind (preflight.check_config_values)."""
     from composer.preflight import check_config_values
 
     cfg = _config(args)
     check_config_values(cfg)
+    if cfg.dnf is not DnfChoice.AUTO or cfg.dnf_root is not None:
+        from composer.dnf import find_dnf
+
+        find_dnf(cfg.dnf, cfg.dnf_root)  # a dnf that is not there fails now, not after the setup
     return cfg
 
 
@@ -109,6 +133,8 @@ def _config(args: argparse.Namespace) -> Config:
         dracut_args=tuple(args.dracut_arg),
         dracut_conf=args.dracut_conf,
         nogpgcheck=args.nogpgcheck,
+        dnf=DnfChoice(args.dnf),
+        dnf_root=_dnf_root(args.dnf_root),
         workdir=args.workdir,
         cachedir=args.cachedir.resolve(),
         force=args.force,

@@ -18,6 +18,12 @@ class RootfsType(enum.StrEnum):
     SQUASHFS = "squashfs"  # no rootfs.img: the tree goes straight into squashfs.img
 
 
+class DnfChoice(enum.StrEnum):
+    AUTO = "auto"  # the host's (or --dnf-root's) `dnf`, whichever major version that is
+    DNF4 = "dnf4"
+    DNF5 = "dnf5"
+
+
 class Compression(enum.StrEnum):
     XZ = "xz"
     ZSTD = "zstd"
@@ -46,6 +52,10 @@ class Config:
     dracut_args: tuple[str, ...] = ()
     dracut_conf: Path | None = None
     nogpgcheck: bool = False
+    dnf: DnfChoice = DnfChoice.AUTO
+    # A root directory (e.g. Debian unstable's, made by scripts/dnf5-root) whose dnf runs the
+    # transactions, inside bubblewrap; None: the host's dnf.
+    dnf_root: Path | None = None
     workdir: Path | None = None
     cachedir: Path = Path("/var/cache/composer")
     force: bool = False

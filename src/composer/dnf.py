@@ -3,6 +3,12 @@
 Templates decide which packages go in (installpkg ... run_pkg_transaction); this module
 only turns their requests into dnf transactions. dnf runs on the host with
 --installroot, so the tree needs no package manager of its own.
+
+Both command lines are spoken: dnf 4 (Debian 12, Fedora up to 40) and dnf5 (Fedora 41+,
+where `dnf` is dnf5). A host without the wanted dnf can lend one from a root directory
+(--dnf-root, e.g. Debian unstable's dnf5 made by scripts/dnf5-root): dnf and rpm then run
+inside that root under bubblewrap, with the tree, the work directory, the package cache and
+local repositories bound in at their own paths, so every path means the same in and out.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import configparser
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import glob
 import hashlib
 import os
@@ -21,14 +28,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from composer.config import DnfChoice
 from composer.run import ComposerError, CommandError, debug, info, run
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
 RPMDB = "/usr/lib/sysimage/rpm"
 # Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
-# state): kept only as a package makes them.
-DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d")
+# state, dnf5's lock directory): kept only as a package makes them.
+DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d", "run", "run/dnf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +49,117 @@ class DnfConfig:
     cachedir: Path = Path("/var/cache/composer/dnf")
     nogpgcheck: bool = False
     nodocs: bool = True
+    dnf: DnfChoice = DnfChoice.AUTO
+    root: Path | None = None  # where dnf and rpm come from (None: the host)
 
 
-def dnf_binary() -> str:
-    """dnf 4 where the host has it, dnf5 where that is what it has."""
-    for name in ("dnf", "dnf5", "dnf-3"):
-        if shutil.which(name):
-            return name
-    raise ComposerError("dnf is not installed on this host (apt-get install dnf)")
+# Environment variable naming a --dnf-root when the option is not given.
+DNF_ROOT_ENV = "COMPOSER_DNF_ROOT"
+# Program names to try, in order, for each choice (a Fedora 41+ `dnf` is dnf5, `dnf4` and
+# `dnf-3` are dnf 4 wherever they exist).
+_CANDIDATES = {
+    DnfChoice.AUTO: ("dnf", "dnf5", "dnf-3"),
+    DnfChoice.DNF4: ("dnf4", "dnf-3", "dnf"),
+    DnfChoice.DNF5: ("dnf5", "dnf"),
+}
+# Top-level entries of a --dnf-root the sandbox shows (read-only); everything else is the
+# host's paths bound in, or empty.
+_ROOT_DIRS = ("usr", "etc")
+
+
+@dataclasses.dataclass(frozen=True)
+class DnfProgram:
+    """The dnf that fills trees: its command line's major version and where it runs."""
+
+    flavor: DnfChoice       # DNF4 or DNF5
+    command: str            # as found on PATH (the host's or the root's)
+    version: str            # dnf's own version line
+    rpm_version: str        # the rpm that writes the database beside it
+    root: Path | None = None
+
+    def identity(self) -> str:
+        """What decides the tree's bytes (for the tree cache key): not where the root lies."""
+        return f"{self.flavor} {self.version}; {self.rpm_version}"
+
+    def describe(self) -> str:
+        return f"{self.flavor} ({self.version})" + (f" from --dnf-root {self.root}" if self.root else "")
+
+
+def _root_sandbox(root: Path, rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> list[str]:
+    """bwrap arguments running a program of `root` with host paths bound in at their own places.
+
+    The root's /usr and /etc are shown read-only over an empty root (a tmpfs), so bwrap can
+    make mount points for host paths anywhere else (/var/tmp/..., /var/cache/...).
+    """
+    argv = ["bwrap", "--tmpfs", "/"]
+    for name in sorted(os.listdir(root)):
+        path = root / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), f"/{name}"]   # usrmerge: /bin -> usr/bin
+        elif name in _ROOT_DIRS:
+            argv += ["--ro-bind", str(path), f"/{name}"]
+    for host in ("/etc/resolv.conf", "/etc/hosts"):
+        # For remote repositories; the root has (empty) files to bind them on.
+        if os.path.isfile(host) and (root / host.lstrip("/")).is_file():
+            argv += ["--ro-bind", host, host]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp",
+             "--dir", "/var/tmp", "--dir", "/run"]
+    binds = {p.resolve(): "--bind" for p in rw}
+    for p in ro:
+        binds.setdefault(p.resolve(), "--ro-bind")
+    # Parents before children, so a child's bind is not hidden by its parent's.
+    for path in sorted(binds, key=lambda p: len(p.parts)):
+        if any(path == Path("/", d) or path.is_relative_to(Path("/", d)) for d in _ROOT_DIRS):
+            raise ComposerError(f"{path}: lies in /{path.parts[1]}, which --dnf-root {root} provides itself; "
+                                "move it elsewhere (e.g. below /var or /srv)")
+        if path.exists():
+            argv += [binds[path], str(path), str(path)]
+    return argv
+
+
+def _version_line(argv: list[str]) -> str:
+    try:
+        out = run(argv, capture=True, quiet=True).stdout.decode(errors="replace")
+    except CommandError as e:
+        raise ComposerError(f"{' '.join(argv[-2:])} does not run: {_dnf_reason(e.stderr)}") from None
+    return (out.strip().splitlines() or ["unknown"])[0].strip()
+
+
+@functools.cache
+def find_dnf(choice: DnfChoice = DnfChoice.AUTO, root: Path | None = None) -> DnfProgram:
+    """The dnf to use: the host's (or root's) `dnf` for auto, else the major version asked for."""
+    option = f"--dnf {choice}" if choice is not DnfChoice.AUTO else "dnf"
+    if root is not None:
+        if not (root / "usr" / "bin").is_dir():
+            raise ComposerError(f"--dnf-root {root}: not a root directory (no usr/bin; scripts/dnf5-root makes one)")
+        prefix = _root_sandbox(root) + ["--"]
+        found = [n for n in _CANDIDATES[choice] if (root / "usr" / "bin" / n).exists()]
+        where = f"in --dnf-root {root}"
+    else:
+        prefix = []
+        found = [n for n in _CANDIDATES[choice] if shutil.which(n)]
+        where = "on this host"
+    for name in found:
+        line = _version_line(prefix + [name, "--version"])
+        # dnf5: "dnf5 version 5.4.6.0"; dnf 4: "4.14.0".
+        flavor = DnfChoice.DNF5 if line.startswith(("dnf5", "5.")) else DnfChoice.DNF4
+        if choice is DnfChoice.AUTO or flavor is choice:
+            rpm = _version_line(prefix + ["rpm", "--version"]) if (
+                root is None or (root / "usr/bin/rpm").exists()) else ""
+            if not rpm:
+                raise ComposerError(f"--dnf-root {root}: has dnf but no rpm")
+            program = DnfProgram(flavor, name, line, rpm, root)
+            debug(f"dnf: {program.describe()}, {rpm}")
+            return program
+    if choice is DnfChoice.DNF5:
+        hint = ("give --dnf-root DIR (or COMPOSER_DNF_ROOT), a root with dnf5 in it (scripts/dnf5-root makes "
+                "Debian unstable's), or install dnf5")
+    elif root is not None:
+        hint = "give a root with dnf in it, or leave out --dnf-root to use the host's"
+    else:
+        hint = "install dnf (apt-get install dnf), or give --dnf-root DIR, a root with dnf in it"
+    what = {DnfChoice.AUTO: "no dnf", DnfChoice.DNF4: "no dnf 4", DnfChoice.DNF5: "no dnf5"}[choice]
+    raise ComposerError(f"{option}: {what} {where}: {hint}")
 
 
 def _repo_id(url: str, index: int) -> str:
@@ -205,22 +316,77 @@ class DnfSession:
         (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
         self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        self._program: DnfProgram | None = None
+
+    @property
+    def program(self) -> DnfProgram:
+        """The dnf this session runs (found on first use: a session may never run dnf)."""
+        if self._program is None:
+            self._program = find_dnf(self.config.dnf, self.config.root)
+            info(f"dnf: {self._program.describe()}")
+        return self._program
+
+    def _local_paths(self) -> list[Path]:
+        """Host paths dnf reads besides the work tree: local repositories and keys."""
+        paths = [Path(urlparse(u).path) for u in self.config.sources if u.startswith("file:")]
+        for f in self.config.repofiles:
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            with contextlib.suppress(configparser.Error, OSError):
+                parser.read(f)
+            for section in parser.sections():
+                for key in ("baseurl", "gpgkey", "mirrorlist", "metalink"):
+                    for url in re.split(r"[\s,]+", parser.get(section, key, fallback="").strip()):
+                        if url.startswith("file:"):
+                            path = Path(urlparse(url).path)
+                            paths.append(path if key == "baseurl" else path.parent)
+        return paths
+
+    def _sandbox(self, transaction: bool) -> list[str]:
+        """What runs dnf or rpm: nothing (the host's), or bwrap into --dnf-root; scriptlets get
+        /dev, /proc and /sys in the tree during a transaction."""
+        t = str(self.tree)
+        prefix: list[str] = []
+        root = self.program.root
+        if root is not None:
+            prefix = _root_sandbox(root, rw=[self.workdir, self.tree, self.config.cachedir], ro=self._local_paths())
+        elif transaction:
+            prefix = ["bwrap", "--dev-bind", "/", "/"]
+        if transaction:
+            # The mounts live in a private namespace that dies with dnf, so none can outlive it.
+            prefix += ["--dev", f"{t}/dev", "--proc", f"{t}/proc",
+                       # rpm sets the mode of a packaged /sys: on a tmpfs, never on the host's
+                       # sysfs; its contents are bound read-only below it.
+                       "--tmpfs", f"{t}/sys"]
+            for entry in sorted(os.listdir("/sys")):
+                prefix += ["--ro-bind", f"/sys/{entry}", f"{t}/sys/{entry}"]
+        if prefix:
+            prefix += ["--unshare-pid", "--die-with-parent", "--"]
+        return prefix
 
     # -- dnf command line -------------------------------------------------------
     def _dnf_argv(self) -> list[str]:
         c = self.config
         c.cachedir.mkdir(parents=True, exist_ok=True)
+        program = self.program
+        # Paths that reach the host whether or not dnf puts the installroot in front (see
+        # _host_path): dnf 4 prefixes cachedir and logdir; dnf5 prefixes its own state
+        # (install reasons, history) and the lock in persistdir, and takes the rest as given.
+        # persistdir (dnf 4's history) is not prefixed by dnf 4: a host path as it is.
+        state = self.workdir / "dnf-state"
+        paths = [f"--setopt=cachedir={self._host_path(c.cachedir)}",
+                 f"--setopt=logdir={self._host_path(self.workdir / 'dnf-log')}",
+                 f"--setopt=persistdir={self._host_path(state) if program.flavor is DnfChoice.DNF5 else state}"]
+        if program.flavor is DnfChoice.DNF5:
+            paths += [f"--setopt={o}={self._host_path(state)}" for o in ("system_state_dir", "transaction_history_dir")]
+            paths.append(f"--setopt=system_cachedir={self._host_path(c.cachedir)}")
         argv = [
-            dnf_binary(), "-y", "--quiet",
+            program.command, "-y", "--quiet",
             f"--installroot={self.tree}",
             f"--releasever={c.releasever}",
             f"--forcearch={c.arch}",
             "--noplugins",
             f"--setopt=reposdir={self.reposdir}",
-            f"--setopt=cachedir={self._host_path(c.cachedir)}",
-            f"--setopt=logdir={self._host_path(self.workdir / 'dnf-log')}",
-            # persistdir (history) is not prefixed with the installroot: a host path as it is.
-            f"--setopt=persistdir={self.workdir / 'dnf-state'}",
+            *paths,
             "--setopt=keepcache=True",
             "--setopt=install_weak_deps=False",
             "--setopt=check_config_file_age=False",
@@ -247,12 +413,16 @@ class DnfSession:
 
     def shaping_options(self) -> list[str]:
         """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
-        local = ("--installroot=", "--setopt=cachedir=", "--setopt=logdir=", "--setopt=persistdir=",
-                 "--setopt=reposdir=")
-        return [a for a in self._dnf_argv() if not a.startswith(local)]
+        local = ("--installroot=", "--setopt=reposdir=") + tuple(
+            f"--setopt={o}=" for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir",
+                                       "transaction_history_dir"))
+        # Which dnf (and rpm) it is, not where it lives: dnf 4 and dnf5 trees differ (rpm database).
+        return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(local)]
 
     def _rpm(self, *args: str) -> str:
-        proc = run(["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args], env=self.env, capture=True)
+        # The rpm beside dnf: the database it wrote is the one it reads best.
+        argv = ["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args]
+        proc = run(self._sandbox(transaction=False) + argv, env=self.env, capture=True)
         return proc.stdout.decode(errors="replace")
 
     def _host_path(self, host: Path) -> str:
@@ -293,20 +463,10 @@ class DnfSession:
                             path.rmdir()
 
     def _dnf(self, *args: str, capture: bool = False, transaction: bool = False) -> subprocess.CompletedProcess[bytes]:
-        prefix: list[str] = []
-        if transaction:
-            # Scriptlets get /dev, /proc and /sys as on a real system; the mounts live in a
-            # private namespace that dies with dnf, so none can outlive it.
-            t = str(self.tree)
-            prefix = ["bwrap", "--dev-bind", "/", "/", "--dev", f"{t}/dev", "--proc", f"{t}/proc",
-                      # rpm sets the mode of a packaged /sys: on a tmpfs, never on the host's
-                      # sysfs; its contents are bound read-only below it.
-                      "--tmpfs", f"{t}/sys"]
-            for entry in sorted(os.listdir("/sys")):
-                prefix += ["--ro-bind", f"/sys/{entry}", f"{t}/sys/{entry}"]
-            prefix += ["--unshare-pid", "--die-with-parent", "--"]
+        # Scriptlets get /dev, /proc and /sys as on a real system (see _sandbox).
+        argv = self._dnf_argv() + list(args)
         with self._tidy():
-            return run(prefix + self._dnf_argv() + list(args), env=self.env, capture=capture)
+            return run(self._sandbox(transaction) + argv, env=self.env, capture=capture)
 
     # -- what the repositories offer ---------------------------------------------
     def available(self) -> list[str]:
@@ -328,9 +488,12 @@ class DnfSession:
             for section in _repo_sections(f):
                 origins.setdefault(section, f"--repo {f} [{section}]")
         for rid, origin in origins.items():
-            if f"'{rid}'" in reason:
-                reason = re.sub(r"^Error: ", "", reason.replace(f" for repo '{rid}'", "").replace(f"'{rid}'", "it"))
-                return f"{origin}: cannot read the repository: {reason}"
+            # dnf 4: "... for repo 'ID'"; dnf5: '... for repository "ID": ...'.
+            for quoted in (f"'{rid}'", f'"{rid}"'):
+                if quoted in reason:
+                    reason = re.sub(r" for (repo|repository) " + re.escape(quoted), "", reason)
+                    reason = re.sub(r"^Error: ", "", reason.replace(quoted, "it"))
+                    return f"{origin}: cannot read the repository: {reason}"
         return f"cannot read the package repositories: {reason}"
 
     def _gpg_reason(self, stderr: str) -> str | None:

@@ -152,6 +152,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         excludepkgs=cfg.excludepkgs,
         cachedir=cfg.cachedir / "dnf",
         nogpgcheck=cfg.nogpgcheck,
+        dnf=cfg.dnf, root=cfg.dnf_root,
     )
     session = DnfSession(tree, dnfcfg, work)
     if cfg.source_date_epoch is not None:

@@ -120,3 +120,146 @@ def test_unsigned_packages_are_named_with_the_way_out(tmp_path):
     assert str(e.value) == ("dnf transaction failed: package unsigned-1-1.noarch.rpm is not signed: signature "
                             "checks are on by default; give the repository's key (gpgkey= in a --repo file) "
                             "or pass --nogpgcheck to trust the source as it is")
+
+
+# ------------------------------------------------------------------ which dnf
+
+def _fake_programs(bindir: Path, **outputs: str) -> None:
+    """Programs that print a --version line, as dnf 4, dnf5 and rpm do."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name, line in outputs.items():
+        f = bindir / name.replace("_", "-")
+        f.write_text(f"#!/bin/sh\necho '{line}'\n")
+        f.chmod(0o755)
+
+
+@pytest.fixture
+def fake_path(tmp_path, monkeypatch):
+    from composer.dnf import find_dnf
+
+    find_dnf.cache_clear()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    yield tmp_path / "bin"
+    find_dnf.cache_clear()
+
+
+def test_a_host_whose_dnf_is_dnf5_gets_dnf5(fake_path):
+    from composer.config import DnfChoice
+    from composer.dnf import find_dnf
+
+    _fake_programs(fake_path, dnf="dnf5 version 5.2.8.1", rpm="RPM version 4.20.0")
+    program = find_dnf(DnfChoice.AUTO)
+    assert (program.flavor, program.command, program.root) == (DnfChoice.DNF5, "dnf", None)
+    assert find_dnf(DnfChoice.DNF5).command == "dnf"
+    with pytest.raises(ComposerError, match=r"^--dnf dnf4: no dnf 4 on this host: "):
+        find_dnf(DnfChoice.DNF4)
+
+
+def test_fedora_41_with_dnf4_beside_dnf5(fake_path):
+    from composer.config import DnfChoice
+    from composer.dnf import find_dnf
+
+    _fake_programs(fake_path, dnf="dnf5 version 5.2.8.1", dnf5="dnf5 version 5.2.8.1", dnf_3="4.21.1",
+                   rpm="RPM version 4.20.0")
+    assert find_dnf(DnfChoice.DNF4).command == "dnf-3"
+    assert find_dnf(DnfChoice.DNF5).command == "dnf5"
+    assert find_dnf(DnfChoice.AUTO).flavor is DnfChoice.DNF5
+
+
+def test_dnf5_asked_for_where_there_is_none(fake_path):
+    from composer.config import DnfChoice
+    from composer.dnf import find_dnf
+
+    _fake_programs(fake_path, dnf="4.14.0", rpm="RPM version 4.18.0")
+    assert find_dnf(DnfChoice.AUTO).flavor is DnfChoice.DNF4
+    with pytest.raises(ComposerError) as e:
+        find_dnf(DnfChoice.DNF5)
+    assert str(e.value).startswith("--dnf dnf5: no dnf5 on this host: give --dnf-root DIR (or COMPOSER_DNF_ROOT)")
+    assert "scripts/dnf5-root" in str(e.value)
+
+
+def test_a_dnf_root_that_is_no_root(tmp_path):
+    from composer.config import DnfChoice
+    from composer.dnf import find_dnf
+
+    with pytest.raises(ComposerError, match=r"--dnf-root .*: not a root directory \(no usr/bin"):
+        find_dnf(DnfChoice.DNF5, tmp_path)
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    with pytest.raises(ComposerError, match=r"^--dnf dnf5: no dnf5 in --dnf-root "):
+        find_dnf(DnfChoice.DNF5, tmp_path)
+
+
+def test_cache_key_options_name_which_dnf(tmp_path):
+    """dnf 4 and dnf5 write different rpm databases: their trees never share a cache entry."""
+    from composer.config import DnfChoice
+    from composer.dnf import DnfProgram
+
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
+    keys = {}
+    for flavor, command, version, rpm, root in ((DnfChoice.DNF4, "dnf", "4.14.0", "RPM version 4.18.0", None),
+                                                (DnfChoice.DNF5, "dnf5", "dnf5 version 5.4.6.0", "RPM version 6.1.0",
+                                                 tmp_path / "root")):
+        s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+        s._program = DnfProgram(flavor, command, version, rpm, root)
+        keys[flavor] = s.shaping_options()
+        # Work paths stay out of the key, dnf's settings are in.
+        local = [str(tmp_path / d) for d in ("tree", "work", "c", "root")]
+        assert not any(w in a for a in keys[flavor] for w in local), keys[flavor]
+        assert "--setopt=install_weak_deps=False" in keys[flavor] and "--setopt=tsflags=nodocs" in keys[flavor]
+    assert keys[DnfChoice.DNF4][0] == "dnf4 4.14.0; RPM version 4.18.0"
+    assert keys[DnfChoice.DNF5][0] == "dnf5 dnf5 version 5.4.6.0; RPM version 6.1.0"
+
+
+def test_dnf5_state_and_locks_reach_the_host(tmp_path):
+    """dnf5 puts the installroot in front of system_state_dir and of persistdir's lock:
+    the values lead back out of the tree to the work directory."""
+    import os
+
+    from composer.config import DnfChoice
+    from composer.dnf import DnfProgram
+
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    s._program = DnfProgram(DnfChoice.DNF5, "dnf5", "dnf5 version 5.4.6.0", "RPM version 6.1.0", None)
+    opts = dict(a.removeprefix("--setopt=").split("=", 1) for a in s._dnf_argv() if a.startswith("--setopt=")
+                and a.split("=")[1] in ("system_state_dir", "persistdir", "cachedir", "system_cachedir", "logdir"))
+    for name, value in opts.items():
+        # Prefixed with the tree or not, the path is the same host directory.
+        prefixed = os.path.normpath(str(tmp_path / "tree") + value)
+        assert prefixed == os.path.normpath(value) and not prefixed.startswith(str(tmp_path / "tree")), (name, value)
+    assert os.path.normpath(opts["system_state_dir"]) == str(tmp_path / "work" / "dnf-state")
+
+
+def test_a_dnf_root_cannot_take_host_paths_in_its_own_etc(tmp_path):
+    from composer.dnf import _root_sandbox
+
+    (tmp_path / "root" / "usr").mkdir(parents=True)
+    (tmp_path / "root" / "etc").mkdir()
+    argv = _root_sandbox(tmp_path / "root", rw=[tmp_path / "work"], ro=[tmp_path / "repo"])
+    assert argv[:3] == ["bwrap", "--tmpfs", "/"] and ["--ro-bind", str(tmp_path / "root" / "usr"), "/usr"] == \
+        argv[argv.index("/usr") - 2: argv.index("/usr") + 1]
+    with pytest.raises(ComposerError, match=r"/etc/pki/rpm-gpg: lies in /etc, which --dnf-root .* provides itself"):
+        _root_sandbox(tmp_path / "root", ro=[Path("/etc/pki/rpm-gpg")])
+
+
+@pytest.mark.parametrize("args,env,expected", [
+    (["--dnf", "dnf5"], {}, "--dnf dnf5: no dnf5 on this host: give --dnf-root DIR"),
+    (["--dnf-root", "/nonexistent"], {}, "--dnf-root /nonexistent: no such directory"),
+    ([], {"COMPOSER_DNF_ROOT": "/nonexistent"}, "COMPOSER_DNF_ROOT /nonexistent: no such directory"),
+    (["--dnf", "dnf7"], {}, "argument --dnf: invalid choice: 'dnf7'"),
+])
+def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
+    import os
+    import shutil
+
+    from tests.conftest import composer
+
+    if "dnf5" in args and shutil.which("dnf5"):
+        pytest.skip("this host has dnf5")
+    out = tmp_path / "out"
+    proc = composer("runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path),
+                    "--cachedir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work"), *args, str(out),
+                    check=False, env={**os.environ, **env})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not out.exists() and not (tmp_path / "work").exists()
