@@ -201,6 +201,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
             dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
             source_date_epoch=cfg.source_date_epoch,
+            templatedir=templatedir, variables=template_variables(cfg),
         )
     for kver, path in initramfs.items():
         sizes[f"initramfs-{kver}"] = path.stat().st_size
