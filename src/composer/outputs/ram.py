@@ -39,7 +39,7 @@ KINDS = ("big-initrd", "media", "netboot-split")
 # Measured allowances (MiB) on top of the parts: what the kernel allocates while it
 # boots (slab, page tables, per-CPU areas, watermarks) and, for media and split
 # netboot, the initramfs's own processes. See the module docstring.
-ALLOWANCE_MB = {"big-initrd": 24, "media": 64, "netboot-split": 64}
+ALLOWANCE_MB = {"big-initrd": 16, "media": 64, "netboot-split": 64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,3 +136,70 @@ def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None
     floor = math.ceil(base * 64 / 63)
     return RamBudget(kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked, 1),
                      round(squash, 1), float(allowance), floor)
+
+
+# The initrds composer ships for split boots carry their budget for the
+# composer-memcheck dracut module (share/dracut/modules.d): dracut reads
+# etc/cmdline.d/*.conf before the kernel command line, so `rd.composer.memory=0`
+# given at boot still turns the check off.
+MEMCHECK_ARG = "rd.composer.memory"
+MEMCHECK_CONF = "etc/cmdline.d/90-composer-memory.conf"
+
+
+def with_memory_check(initramfs: Path, dest: Path, floor_mb: int, *, mtime: int = 0) -> None:
+    """dest = initramfs + an uncompressed cpio with etc/cmdline.d/…: rd.composer.memory=FLOOR.
+
+    Written as dest.tmp and renamed, so dest is never half-written."""
+    import os
+
+    from composer.images.cpio import CpioEntry, write_newc
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tmp.open("wb") as out, initramfs.open("rb") as src:
+            shutil.copyfileobj(src, out, MIB)
+            out.write(b"\0" * (-out.tell() % 4))  # each archive starts 4-byte aligned
+            write_newc(out, [
+                CpioEntry.directory("etc", 0o755, mtime=mtime),
+                CpioEntry.directory("etc/cmdline.d", 0o755, mtime=mtime),
+                CpioEntry.file(MEMCHECK_CONF, f"{MEMCHECK_ARG}={floor_mb}\n".encode(), 0o644, mtime=mtime),
+            ])
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def carried_budget(initrd: Path) -> int | None:
+    """The rd.composer.memory value an initrd carries (with_memory_check), if any."""
+    for seg in read_newc(initrd):
+        for m in seg.members:
+            if m.name.lstrip("./") == MEMCHECK_CONF:
+                with initrd.open("rb") as f:
+                    f.seek(m.data_offset)
+                    text = f.read(m.size).decode(errors="replace")
+                for word in text.split():
+                    key, _, value = word.partition("=")
+                    if key == MEMCHECK_ARG and value.isdigit():
+                        return int(value)
+    return None
+
+
+def carries_squashfs(initrd: Path) -> bool:
+    """Is this a big initrd (the runtime's squashfs.img inside)?"""
+    return any(m.name.lstrip("./").endswith(".img") and "/" not in m.name.lstrip("./")
+               for seg in read_newc(initrd) for m in seg.members)
+
+
+def manifest_record(budgets: dict[str, RamBudget]) -> dict[str, dict[str, object]]:
+    """{kernel version: the budget and its parts} for manifest.json."""
+    return {kver: b.as_dict() for kver, b in budgets.items()}
+
+
+def summary_record(budgets: dict[str, RamBudget]) -> dict[str, int]:
+    """{kernel version: floor in MB} for the summary line; also says it on the log."""
+    from composer.run import info
+
+    for kver, b in budgets.items():
+        info(f"RAM: {b.kind} of kernel {kver} needs {b.summary()}")
+    return {kver: b.floor_mb for kver, b in budgets.items()}
