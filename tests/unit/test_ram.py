@@ -4,6 +4,7 @@ the budget a split boot's initrd carries for the initramfs's RAM check."""
 import io
 import lzma
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,49 @@ def test_min_memory_line_sets_prediction_beside_measurement():
     assert line.endswith("composer's budget 231 MB (predicted for a big-initrd), +3%")
     # the initramfs's RAM check ends a boot check at once
     assert fatal_reason("[ 3.1] composer: not enough memory: this machine has 144 MiB of RAM, ...")
+
+
+MEMCHECK = Path(__file__).resolve().parents[2] / "src/composer/data/share/dracut/modules.d/90composer/memcheck.sh"
+# /proc/iomem of a BIOS machine with -m 160 (System RAM: 639 KiB + 159 MiB - 128 KiB: 159 MiB;
+# the check allows 8 MiB for what firmware keeps)
+IOMEM_160 = """00000000-00000fff : Reserved
+00001000-0009fbff : System RAM
+0009fc00-0009ffff : Reserved
+000f0000-000fffff : Reserved
+  000f0000-000fffff : System ROM
+00100000-09fdffff : System RAM
+  01000000-01ffffff : Kernel code
+09fe0000-09ffffff : Reserved
+b0000000-bfffffff : PCI MMCONFIG 0000 [bus 00-ff]
+"""
+
+
+def _memcheck(tmp_path, cmdline_value):
+    """Run the hook under sh as dracut would source it (getarg & co. stubbed; `sleep`
+    ends the run, since a refusing hook never returns)."""
+    import subprocess
+
+    (tmp_path / "iomem").write_text(IOMEM_160)
+    stubs = f"""
+getarg() {{ [ -n "{cmdline_value}" ] && echo "{cmdline_value}"; }}
+getargbool() {{ return 1; }}
+sleep() {{ echo STOPPED; exit 0; }}
+composer_iomem={tmp_path / 'iomem'} composer_kmsg={tmp_path / 'kmsg'}
+. {MEMCHECK}
+echo CONTINUED
+"""
+    out = subprocess.run(["sh", "-c", stubs], capture_output=True, text=True, timeout=30).stdout
+    kmsg = (tmp_path / "kmsg").read_text() if (tmp_path / "kmsg").exists() else ""
+    return out.split(), kmsg
+
+
+@pytest.mark.parametrize("need,stops", [("", False), ("0", False), ("160", False), ("167", False),
+                                        ("168", True), ("224", True), ("lots", False)])
+def test_memcheck_hook_stops_below_the_budget(tmp_path, need, stops):
+    out, kmsg = _memcheck(tmp_path, need)
+    if stops:
+        assert out == ["STOPPED"]
+        assert kmsg == (f"<2>composer: not enough memory: this machine has 159 MiB of RAM, this system needs "
+                        f"{need} MiB to boot; stopping.\n")
+    else:
+        assert out == ["CONTINUED"] and kmsg == ""
