@@ -223,9 +223,10 @@ def kmod_compressions(tree: Path) -> set[str]:
 
 def _xz_module(data: bytes) -> bytes:
     # As the kernel's own `make modules_install` does: CRC32 check (the in-kernel
-    # decompressor knows no other) and a 1 MiB dictionary.
+    # decompressor knows no other) and a 1 MiB dictionary. Preset 2, not 6: measured
+    # on btrfs+ext4+scsi_mod (6.5 MB), 5x faster for 9% more (1.25 against 1.15 MB).
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                         filters=[{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}])
+                         filters=[{"id": lzma.FILTER_LZMA2, "preset": 2, "dict_size": 1 << 20}])
 
 
 @dataclasses.dataclass(frozen=True)
