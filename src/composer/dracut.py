@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from composer.config import RootfsType
-from composer.run import DATADIR, ComposerError, CommandError, in_tree_argv, info, run
+from composer.run import DATADIR, CommandError, ComposerError, in_tree_argv, info, run
 
 # The product's dracut configuration: templates/<product>/dracut.conf, rendered with the
 # build's variables and bound in after composer's own (share/dracut/*.conf) and before
@@ -141,7 +141,7 @@ class ModuleIndex:
     builtin: set[str]
 
     @classmethod
-    def read(cls, moddir: Path) -> "ModuleIndex":
+    def read(cls, moddir: Path) -> ModuleIndex:
         depfile = moddir / "modules.dep"
         if not depfile.is_file():
             raise ComposerError(f"{depfile}: missing (depmod has not run in the tree)")
@@ -214,7 +214,7 @@ def kmod_compressions(tree: Path) -> set[str]:
     """What the tree's kmod can decompress ("xz", "zstd", "gzip"), from `kmod --version`."""
     try:
         out = subprocess.run(in_tree_argv(tree, ["kmod", "--version"]), capture_output=True, text=True,
-                             timeout=60).stdout
+                             timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
     words = out.split()

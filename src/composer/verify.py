@@ -315,7 +315,7 @@ def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None =
             kernel, initrd = Path(tmp) / "vmlinuz", Path(tmp) / "initrd.img"
             for src, dest in (("/images/pxeboot/vmlinuz", kernel), ("/images/pxeboot/initrd.img", initrd)):
                 proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract", src,
-                                       os.fspath(dest)], capture_output=True)
+                                       os.fspath(dest)], capture_output=True, check=False)
                 if proc.returncode != 0 or not dest.is_file():
                     return None
         if kernel is None or initrd is None:

@@ -1,5 +1,16 @@
+import lzma
+
+import pytest
+
 from composer.config import RootfsType
-from composer.dracut import dracut_argv, find_kernels
+from composer.dracut import (
+    ModuleIndex,
+    argv_driver_sets,
+    conf_driver_sets,
+    dracut_argv,
+    find_kernels,
+)
+from composer.run import ComposerError
 
 
 def test_find_kernels_fedora_and_debian_layouts(tmp_path):
@@ -20,13 +31,6 @@ def test_dracut_adds_the_rootfs_driver():
     assert "--no-hostonly" in argv and argv[-1] == "/tmp/out/i.img" and "--xz" in argv
     assert "--add-drivers" not in dracut_argv("6.1", "/o", RootfsType.SQUASHFS, [])
 
-
-import lzma  # noqa: E402
-
-import pytest  # noqa: E402
-
-from composer.dracut import ModuleIndex, argv_driver_sets, conf_driver_sets  # noqa: E402
-from composer.run import ComposerError  # noqa: E402
 
 
 def test_conf_driver_sets_follow_dracut_order():
