@@ -40,9 +40,12 @@ KINDS = ("big-initrd", "media", "netboot-split")
 # page tables, per-CPU areas, watermarks) and, for media and split netboot, what the
 # boot needs once the initramfs runs. big-initrd: fitted on four test-product big
 # initrds of 71, 62, 61 and 59 MiB (floors 304, >224, <=224, >208 MB): the allowance
-# lies in (11.2, 17.1]. media and netboot-split: not yet bisected on a quiet machine;
-# 64 sets boot.iso at the 160 MB it boots at (under heavy load, with page-cache thrash).
-ALLOWANCE_MB = {"big-initrd": 16, "media": 64, "netboot-split": 64}
+# lies in (11.2, 17.1]. media: the test product's boot.iso (8 MiB initrd, 21 MiB
+# unpacked) boots at 160 and 144 MB (slowly: the runtime's page cache thrashes), which
+# 48 puts at 145; below, only a boot at 128 MB that was still crawling after 8 minutes.
+# netboot-split: the same allowance on top of the install.img livenet downloads (not
+# bisected).
+ALLOWANCE_MB = {"big-initrd": 16, "media": 48, "netboot-split": 48}
 
 
 @dataclasses.dataclass(frozen=True)
