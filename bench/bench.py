@@ -7,7 +7,8 @@ Baselines (same machine, same tree, same run):
   - the whole compose against the tools' physical limit: a bare dnf install of the same
     packages plus one mksquashfs pass over that tree.
 BENCH_RAM=all (default) bisects the RAM floor for every compressor, BENCH_RAM=xz only for
-the default build, BENCH_RAM=0 for none (the slow part: several qemu boots each).
+the default build, BENCH_RAM=0 for none (the slow part: several qemu boots each). The
+floors of the big initrd and boot.iso are printed beside composer's predicted budgets.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from composer.images.squashfs import make_squashfs
 from composer.outputs.bigimage import make_big_initrd
 from composer.runtime import KEPT_PREFIX, compose_runtime, du, runtime_cmdline
 from testproduct import build_testproduct
-from composer.verify import BootResult, boot_iso, find_min_memory
+from composer.outputs.ram import unpacked_ram
+from composer.verify import BootResult, boot_iso, find_min_memory, predicted_floor
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("BUILD", ROOT / "build"))
@@ -74,7 +76,7 @@ def iso_boot(iso: Path):
 
 def ram_floor(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> int | None:
     logdir.mkdir(parents=True, exist_ok=True)
-    best, results = find_min_memory(kernel, initrd, 160, 512, 16, log_dir=logdir, timeout=600, **kw)
+    best, results = find_min_memory(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=900, **kw)
     for r in results:
         print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
     return best
@@ -105,6 +107,10 @@ def main() -> int:
     tree = kept / "tree"
     kernel = cfg.outdir / "images/pxeboot/vmlinuz"
     initramfs = next((kept / "initramfs").glob("initramfs-*.img"))
+    # The RAM budget composer predicted at build time (manifest), and the initramfs it is made of.
+    res["ram_predicted_mb"] = next(iter(manifest["ram"].values()))["floor_mb"]
+    res["initramfs"] = {"packed_mib": round(initramfs.stat().st_size / MIB, 1),
+                        "unpacked_mib": round(unpacked_ram(initramfs) / MIB, 1)}
 
     # 1b. boot.iso from the same repository and options (its own compose: the ISO carries the small
     # initrd and install.img); its size, and its RAM floor as a CD under SeaBIOS.
@@ -114,6 +120,8 @@ def main() -> int:
     res["boot_iso"] = {"wall_s": iso_wall, "cpu_s": iso_cpu, "iso_mib": round(iso.stat().st_size / MIB, 1),
                        "install_img_mib": round((iso_cfg.outdir / "images/install.img").stat().st_size / MIB, 1)}
     res["compose"]["sizes_mib"]["boot.iso"] = res["boot_iso"]["iso_mib"]
+    predicted = predicted_floor(None, None, iso)
+    res["boot_iso"]["ram_predicted_mb"] = predicted[0] if predicted else None
     if ram_mode != "0":
         print("RAM floor, boot.iso (BIOS CD):", flush=True)
         res["boot_iso"]["ram_floor_mb"] = ram_floor(None, None, OUT / "boots-iso", boot=iso_boot(iso))
@@ -206,6 +214,20 @@ def table(r: dict) -> str:
     bi = r["boot_iso"]
     lines += ["", f"boot.iso: {bi['iso_mib']} MiB (install.img {bi['install_img_mib']} MiB), composed in {bi['wall_s']} s; "
               f"RAM floor as a BIOS CD: {bi.get('ram_floor_mb', 'n/a')} MB."]
+
+    def vs(measured: object, predicted: object) -> str:
+        if isinstance(measured, int) and isinstance(predicted, int):
+            return f"{100 * (predicted - measured) / measured:+.0f}%"
+        return "n/a"
+
+    ini = r["initramfs"]
+    lines += ["", f"initramfs: {ini['packed_mib']} MiB packed, {ini['unpacked_mib']} MiB in RAM once unpacked.", "",
+              "| RAM floor | measured MB (bisected, 16 MB steps) | predicted MB (composer's budget) | predicted vs measured |",
+              "|---|---:|---:|---:|",
+              (f"| big initrd | {r.get('ram_floor_mb', 'n/a')} | {r['ram_predicted_mb']} | "
+               f"{vs(r.get('ram_floor_mb'), r['ram_predicted_mb'])} |"),
+              (f"| boot.iso (BIOS CD) | {bi.get('ram_floor_mb', 'n/a')} | {bi.get('ram_predicted_mb', 'n/a')} | "
+               f"{vs(bi.get('ram_floor_mb'), bi.get('ram_predicted_mb'))} |")]
     pl = r["physical_limit"]
     lines += ["", f"Physical limit (dnf install {pl['dnf_install_s']} s + one mksquashfs xz pass {pl['mksquashfs_xz_s']} s "
               f"= {pl['total_s']} s); whole compose {c['wall_s']} s = **{pl['compose_vs_limit']}x** the limit.", ""]

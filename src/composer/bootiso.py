@@ -41,6 +41,7 @@ from composer.outputs.media import (
     join_args,
     render_config,
 )
+from composer.outputs import ram
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.reproducible import config_seed
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
@@ -69,6 +70,7 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
         "kernels": kernels,
         "extra_args": join_args(opts.kernel_args),
         "bios_loader": opts.bios_loader,
+        "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
         # A read-only rootfs (erofs, or the tree straight in squashfs) needs an overlayfs.
         "overlay_args": "rd.live.overlay.overlayfs=1" if cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS) else "",
     })
@@ -139,9 +141,14 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
 
     t0 = time.monotonic()
     with stage("media tree"):
+        budgets: dict[str, ram.RamBudget] = {}
         for bk, k in zip(kernels, rt.kernels):
             copy_file(k.vmlinuz, out / bk.kernel)
-            copy_file(rt.initramfs[k.version], out / bk.initrd)
+            # The small initrd carries its RAM budget: below it, it stops with one line.
+            budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version])
+            ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
+                                  mtime=cfg.source_date_epoch or 0)
+        variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         copy_sparse(rt.squashfs, out / "images" / "install.img")
         for name, dest in config_names(opts.bios_loader).items():
             target = out / dest
@@ -218,7 +225,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
                    checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
         sizes[rel] = (out / rel).stat().st_size
-    return {"sizes": sizes, "timings": timings}
+    return {"sizes": sizes, "timings": timings, "ram": budgets}
 
 
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
@@ -234,7 +241,7 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
         timings = {**rt.timings, **result["timings"]}
         sizes = {**{k: v for k, v in rt.sizes.items()}, **result["sizes"]}
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                       "timings_s": timings}))
+                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result["ram"])}))
     info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir
 

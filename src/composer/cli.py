@@ -189,7 +189,9 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
         info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
     if best is None:
         raise ComposerError(f"verify: no boot marker even at {hi_mb} MB")
-    print(f"min-memory: {best} MB (step {args.step} MB)")
+    from composer.verify import min_memory_line, predicted_floor
+
+    print(min_memory_line(best, args.step, predicted_floor(kernel, initrd, getattr(args, "iso", None))))
     return 0
 
 

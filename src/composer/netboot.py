@@ -31,6 +31,7 @@ from pathlib import Path
 from composer.config import Config, RootfsType
 from composer.images.efiboot import EFI_ARCH_NAMES, find_grub, grub_mkimage
 from composer.images.sparse import copy_sparse
+from composer.outputs import ram
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
 
@@ -85,6 +86,7 @@ def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) ->
         "kernels": boot_kernels(versions),
         "extra_args": join_args(opts.kernel_args),
         "overlay_args": "rd.live.overlay.overlayfs=1" if readonly_root else "",
+        "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
     })
     return variables
 
@@ -126,14 +128,20 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
     t0 = time.monotonic()
     with stage("netboot tree"):
         cmdline = runtime_cmdline(cfg.rootfs_type)
+        budgets: dict[str, ram.RamBudget] = {}
         for bk, k in zip(kernels, rt.kernels):
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
-                copy_file(rt.initramfs[k.version], out / bk.initrd)
+                # The small initrd carries its RAM budget: below it, it stops with one line.
+                budgets[k.version] = ram.predict("netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs)
+                ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
+                                      mtime=cfg.source_date_epoch or 0)
             else:
                 make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
                                 mtime=cfg.source_date_epoch or 0)
+                budgets[k.version] = ram.predict("big-initrd", k.vmlinuz, out / bk.initrd)
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
+        variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         if opts.split:
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             sizes["images/install.img"] = (out / "images" / "install.img").stat().st_size
@@ -153,7 +161,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
     timings["netboot_tree"] = round(time.monotonic() - t0, 2)
-    return {"sizes": sizes, "timings": timings, "pxelinux": pxelinux_origin}
+    return {"sizes": sizes, "timings": timings, "pxelinux": pxelinux_origin, "ram": budgets}
 
 
 def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
@@ -189,9 +197,11 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
             "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
             "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result["pxelinux"],
             "sizes": {**rt.sizes, **result["sizes"]}, "timings": {**rt.timings, **result["timings"]},
+            "ram": ram.manifest_record(result["ram"]),
         }, indent=2) + "\n")
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result["sizes"].items()},
-                                       "timings_s": {**rt.timings, **result["timings"]}}))
+                                       "timings_s": {**rt.timings, **result["timings"]},
+                                       "ram_floor_mb": ram.summary_record(result["ram"])}))
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir

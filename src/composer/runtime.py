@@ -20,7 +20,7 @@ from composer.images.rootfs import make_rootfs
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
 from composer.live.delta import create_delta
-from composer.outputs import bigimage
+from composer.outputs import bigimage, ram
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
 from composer.reproducible import config_seed, normalize_tree
@@ -224,6 +224,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
             dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
             source_date_epoch=cfg.source_date_epoch,
+            templatedir=templatedir, variables=template_variables(cfg),
         )
     for kver, path in initramfs.items():
         sizes[f"initramfs-{kver}"] = path.stat().st_size
@@ -280,12 +281,14 @@ def compose_runtime(cfg: Config) -> Path:
             pxe.mkdir(parents=True)
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             cmdline = runtime_cmdline(cfg.rootfs_type)
+            ram_budget: dict[str, ram.RamBudget] = {}
             for i, k in enumerate(rt.kernels):
                 # The newest kernel gets the plain names boot configs expect.
                 suffix = "" if i == 0 else f"-{k.version}"
                 shutil.copy(k.vmlinuz, pxe / f"vmlinuz{suffix}")
                 big = pxe / f"initrd{suffix}.img"
                 make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
+                ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big)  # RAM floor, see outputs/ram.py
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
             rt.timings["outputs"] = round(time.monotonic() - start, 2)
             write_manifest(out, rt.packages, {
@@ -294,8 +297,10 @@ def compose_runtime(cfg: Config) -> Path:
                 "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,
                 "sizes": rt.sizes, "timings": rt.timings, "cpu": rt.cpu, "peak_rss_mib": rt.peak_rss_mib,
                 "tree_check": rt.tree_check,
+                "ram": ram.manifest_record(ram_budget),
             })
-        summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings}
+        summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings,
+                   "ram_floor_mb": ram.summary_record(ram_budget)}
         info("summary: " + json.dumps(summary))
     info(f"outputs in {cfg.outdir}: images/pxeboot/vmlinuz, images/pxeboot/initrd.img, images/install.img, manifest.json")
     return cfg.outdir

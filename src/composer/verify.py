@@ -55,6 +55,7 @@ FATAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"dracut-initqueue.*timeout, still waiting",
     r"Generating \S*rdsosreport\.txt",
     r"Out of memory: Kill",
+    r"composer: not enough memory",  # our initramfs's RAM check (share/dracut/modules.d/90composer)
 ))
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
@@ -301,6 +302,42 @@ def find_min_memory(
         else:
             bad = mid
     return grid[good], results
+
+
+def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None = None) -> tuple[int, str] | None:
+    """composer's predicted RAM floor for what --min-memory boots, and where it comes
+    from: the budget an initrd carries (boot.iso, split netboot), else a prediction
+    from the files (outputs/ram.py). None if there is nothing to predict from."""
+    from composer.outputs import ram
+
+    with tempfile.TemporaryDirectory(prefix="composer-predict-") as tmp:
+        if iso is not None:
+            kernel, initrd = Path(tmp) / "vmlinuz", Path(tmp) / "initrd.img"
+            for src, dest in (("/images/pxeboot/vmlinuz", kernel), ("/images/pxeboot/initrd.img", initrd)):
+                proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract", src,
+                                       os.fspath(dest)], capture_output=True, check=False)
+                if proc.returncode != 0 or not dest.is_file():
+                    return None
+        if kernel is None or initrd is None:
+            return None
+        try:
+            carried = ram.carried_budget(initrd)
+            if carried is not None:
+                return carried, "the budget the initrd carries"
+            kind = "big-initrd" if ram.carries_squashfs(initrd) else "media"
+            return ram.predict(kind, kernel, initrd).floor_mb, f"predicted for a {kind}"
+        except (OSError, ValueError) as e:
+            debug(f"no RAM prediction: {e}")
+            return None
+
+
+def min_memory_line(measured: int, step: int, predicted: tuple[int, str] | None) -> str:
+    """`verify --min-memory`'s answer: the bisected floor beside composer's prediction."""
+    line = f"min-memory: {measured} MB (step {step} MB)"
+    if predicted is not None:
+        value, source = predicted
+        line += f"; composer's budget {value} MB ({source}), {100 * (value - measured) / measured:+.0f}%"
+    return line
 
 
 # --------------------------------------------------------------------------- media

@@ -125,6 +125,25 @@ def test_split_initrd_has_livenet_and_curl(split):
     assert any(n.endswith("bin/dhclient") for n in names)  # network-legacy, the handler that runs livenet
 
 
+def test_split_initrd_carries_the_network_class_and_its_budget(split):
+    """The product's driver set plus its network class (netboot-dracut.conf), compressed;
+    the initrd carries its RAM budget, and the configs say it."""
+    from composer.outputs.ram import carried_budget
+
+    out, _ = split
+    initrd = out / "images/pxeboot/initrd.img"
+    mods = {n.rsplit("/", 1)[-1] for n in initramfs_listing(initrd) if "/lib/modules/" in n and ".ko" in n}
+    for m in ("virtio_net.ko.xz", "e1000.ko.xz", "e1000e.ko.xz", "virtio_blk.ko.xz", "sr_mod.ko.xz", "squashfs.ko.xz"):
+        assert m in mods, m
+    assert not any(m.endswith(".ko") for m in mods)  # all compressed
+    assert not any(m.startswith(("raid456", "lpfc", "qla2xxx")) for m in mods)  # no whole subsystems
+    budget = carried_budget(initrd)
+    meta = json.loads((out / "netboot.json").read_text())
+    assert budget == next(iter(meta["ram"].values()))["floor_mb"]
+    for cfg in ("pxelinux.cfg/default", "grub2/grub.cfg", "boot.ipxe"):
+        assert f"needs at least {budget} MiB" in (out / cfg).read_text(), cfg
+
+
 def test_bios_pxelinux_tftp_split_livenet_http(split, tmp_path):
     # pxelinux.0 loads the small initrd over TFTP (the big one takes minutes over TFTP);
     # dracut's livenet then fetches install.img over HTTP.

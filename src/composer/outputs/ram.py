@@ -1,0 +1,211 @@
+"""The RAM a boot needs, predicted at build time from the parts of the output.
+
+Measured under qemu (TCG, q35) with `composer verify --min-memory`. The peak of a
+boot that unpacks the runtime into RAM is at the end of unpacking the initrd: the
+kernel still holds the initrd as loaded (freed only once everything is unpacked) and
+the unpacked files sit in the rootfs (ramfs). So:
+
+    big initrd:    kernel + initrd as loaded + initramfs unpacked + squashfs.img copy
+    media (CD):    kernel + small initrd + initramfs unpacked, then the initramfs runs
+                   (udev, systemd, mount) while it still holds its files
+    netboot split: as media, and livenet downloads install.img into RAM
+
+"kernel" is what the kernel keeps for itself: its image as the bzImage header states
+it (init_size), its page structs (1/64 of RAM), and a measured allowance for what it
+allocates while booting. The working allowance of each kind is measured too (the
+constants below, from `composer verify --min-memory` on the test product); the
+figures are rounded up to whole MiB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import lzma
+import math
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+from composer.images.cpio import HEADER_LEN, MAGIC, TRAILER, read_newc
+
+MIB = 1 << 20
+PAGE = 4096
+# Kernel memory for one ramfs inode + dentry (an unpacked file or directory).
+INODE_BYTES = 1024
+
+KINDS = ("big-initrd", "media", "netboot-split")
+# Allowances (MiB) on top of the parts: what the kernel allocates while it boots (slab,
+# page tables, per-CPU areas, watermarks) and, for media and split netboot, what the
+# boot needs once the initramfs runs. big-initrd: fitted on four test-product big
+# initrds of 71, 62, 61 and 59 MiB (floors 304, >224, <=224, >208 MB): the allowance
+# lies in (11.2, 17.1]. media: the test product's boot.iso (8 MiB initrd, 21 MiB
+# unpacked) boots at 160 and 144 MB (slowly: the runtime's page cache thrashes), which
+# 48 puts at 145; below, only a boot at 128 MB that was still crawling after 8 minutes.
+# netboot-split: the same allowance on top of the install.img livenet downloads (not
+# bisected).
+ALLOWANCE_MB = {"big-initrd": 16, "media": 48, "netboot-split": 48}
+
+
+@dataclasses.dataclass(frozen=True)
+class RamBudget:
+    """The predicted RAM floor of one output, with the parts it is made of (MiB)."""
+
+    kind: str
+    kernel_mb: float  # the kernel image (bzImage init_size) + page structs
+    initrd_mb: float  # the initrd as the boot loader loads it
+    unpacked_mb: float  # its files once unpacked into the rootfs (pages + inodes)
+    squashfs_mb: float  # the runtime image copied into RAM (0 when read from a medium)
+    allowance_mb: float
+    floor_mb: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"kernel {self.kernel_mb:.0f}", f"initrd {self.initrd_mb:.0f}", f"unpacked {self.unpacked_mb:.0f}"]
+        if self.squashfs_mb:
+            parts.append(f"squashfs {self.squashfs_mb:.0f}")
+        parts.append(f"allowance {self.allowance_mb:.0f}")
+        return f"{self.floor_mb} MB ({' + '.join(parts)})"
+
+
+def kernel_init_size(vmlinuz: Path) -> int:
+    """Bytes the kernel needs to boot, from the x86 bzImage header (init_size, boot
+    protocol 2.10+); 64 MiB if the image is not an x86 bzImage we can read."""
+    with vmlinuz.open("rb") as f:
+        head = f.read(0x270)
+    if len(head) >= 0x264 and head[0x202:0x206] == b"HdrS" and struct.unpack_from("<H", head, 0x206)[0] >= 0x020A:
+        return struct.unpack_from("<I", head, 0x260)[0]
+    return 64 * MIB
+
+
+def _decompress(data: bytes, kind: str) -> bytes:
+    if kind == "xz":
+        return lzma.decompress(data, format=lzma.FORMAT_XZ)
+    if kind == "gzip":
+        return zlib.decompress(data, wbits=31)
+    tool = {"zstd": ["zstd", "-dc"], "lz4": ["lz4", "-dc"], "bzip2": ["bzip2", "-dc"]}.get(kind)
+    if tool is None or shutil.which(tool[0]) is None:
+        raise ValueError(f"cannot read a {kind}-compressed initramfs here")
+    return subprocess.run(tool, input=data, capture_output=True, check=True).stdout
+
+
+def _cpio_ram(data: bytes) -> int:
+    """RAM of the files of an uncompressed newc stream (maybe several archives) once
+    unpacked into a ramfs: data rounded up to pages, plus an inode per member."""
+    total, pos = 0, 0
+    while pos + HEADER_LEN <= len(data):
+        if data[pos:pos + 6] not in (MAGIC, b"070702"):
+            if data[pos:pos + 4] == b"\0\0\0\0":
+                pos += 4  # padding between archives
+                continue
+            break
+        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        name = data[pos + HEADER_LEN:pos + HEADER_LEN + namesize].rstrip(b"\0").decode(errors="replace")
+        start = pos + HEADER_LEN + namesize
+        start += -start % 4
+        pos = start + size + (-(start + size) % 4)
+        if name != TRAILER:
+            total += INODE_BYTES + math.ceil(size / PAGE) * PAGE
+    return total
+
+
+def unpacked_ram(initrd: Path) -> int:
+    """Bytes the files of an initrd (any concatenation of cpio archives, compressed
+    or not) take in RAM once the kernel has unpacked them."""
+    total = 0
+    with initrd.open("rb") as f:
+        for seg in read_newc(initrd):
+            if seg.kind == "cpio":
+                total += sum(INODE_BYTES + math.ceil(m.size / PAGE) * PAGE for m in seg.members)
+            else:
+                f.seek(seg.offset)
+                total += _cpio_ram(_decompress(f.read(seg.end - seg.offset), seg.kind))
+    return total
+
+
+def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None) -> RamBudget:
+    """The RAM floor of booting vmlinuz + initrd as `kind` (see KINDS). For
+    "netboot-split", squashfs is the install.img livenet downloads into RAM; the big
+    initrd carries its squashfs inside (counted in the initrd and the unpacked files)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    kernel = kernel_init_size(vmlinuz) / MIB
+    initrd_mb = initrd.stat().st_size / MIB
+    unpacked = unpacked_ram(initrd) / MIB
+    squash = squashfs.stat().st_size / MIB if kind == "netboot-split" and squashfs is not None else 0.0
+    allowance = ALLOWANCE_MB[kind]
+    base = kernel + initrd_mb + unpacked + squash + allowance
+    # The kernel's page structs take 1/64 of all RAM (64 bytes per 4 KiB page).
+    floor = math.ceil(base * 64 / 63)
+    return RamBudget(kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked, 1),
+                     round(squash, 1), float(allowance), floor)
+
+
+# The initrds composer ships for split boots carry their budget for the
+# composer-memcheck dracut module (share/dracut/modules.d): dracut reads
+# etc/cmdline.d/*.conf before the kernel command line, so `rd.composer.memory=0`
+# given at boot still turns the check off.
+MEMCHECK_ARG = "rd.composer.memory"
+MEMCHECK_CONF = "etc/cmdline.d/90-composer-memory.conf"
+
+
+def with_memory_check(initramfs: Path, dest: Path, floor_mb: int, *, mtime: int = 0) -> None:
+    """dest = initramfs + an uncompressed cpio with etc/cmdline.d/…: rd.composer.memory=FLOOR.
+
+    Written as dest.tmp and renamed, so dest is never half-written."""
+    import os
+
+    from composer.images.cpio import CpioEntry, write_newc
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tmp.open("wb") as out, initramfs.open("rb") as src:
+            shutil.copyfileobj(src, out, MIB)
+            out.write(b"\0" * (-out.tell() % 4))  # each archive starts 4-byte aligned
+            write_newc(out, [
+                CpioEntry.directory("etc", 0o755, mtime=mtime),
+                CpioEntry.directory("etc/cmdline.d", 0o755, mtime=mtime),
+                CpioEntry.file(MEMCHECK_CONF, f"{MEMCHECK_ARG}={floor_mb}\n".encode(), 0o644, mtime=mtime),
+            ])
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def carried_budget(initrd: Path) -> int | None:
+    """The rd.composer.memory value an initrd carries (with_memory_check), if any."""
+    for seg in read_newc(initrd):
+        for m in seg.members:
+            if m.name.lstrip("./") == MEMCHECK_CONF:
+                with initrd.open("rb") as f:
+                    f.seek(m.data_offset)
+                    text = f.read(m.size).decode(errors="replace")
+                for word in text.split():
+                    key, _, value = word.partition("=")
+                    if key == MEMCHECK_ARG and value.isdigit():
+                        return int(value)
+    return None
+
+
+def carries_squashfs(initrd: Path) -> bool:
+    """Is this a big initrd (the runtime's squashfs.img inside)?"""
+    return any(m.name.lstrip("./").endswith(".img") and "/" not in m.name.lstrip("./")
+               for seg in read_newc(initrd) for m in seg.members)
+
+
+def manifest_record(budgets: dict[str, RamBudget]) -> dict[str, dict[str, object]]:
+    """{kernel version: the budget and its parts} for manifest.json."""
+    return {kver: b.as_dict() for kver, b in budgets.items()}
+
+
+def summary_record(budgets: dict[str, RamBudget]) -> dict[str, int]:
+    """{kernel version: floor in MB} for the summary line; also says it on the log."""
+    from composer.run import info
+
+    for kver, b in budgets.items():
+        info(f"RAM: {b.kind} of kernel {kver} needs {b.summary()}")
+    return {kver: b.floor_mb for kver, b in budgets.items()}
