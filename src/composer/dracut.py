@@ -331,7 +331,7 @@ def build_initramfs(
     for mod in own_modules:
         ro_binds.append((mod, "/" + (_dracut_modules_dir(tree) / mod.name).relative_to(tree).as_posix()))
     # bwrap makes the mount points it lacks in the tree: remove those afterwards.
-    made = [tree / dst.lstrip("/") for _, dst in ro_binds if not (tree / dst.lstrip("/")).exists()]
+    made = sorted({m for _, dst in ro_binds if (m := _first_missing(tree, dst)) is not None})
     try:
         return _run_dracut(tree, kernels, outdir, rootfs, dracut_args, epoch, ro_binds, sets)
     finally:
@@ -342,10 +342,19 @@ def build_initramfs(
                 m.unlink(missing_ok=True)
 
 
+def _first_missing(tree: Path, dst: str) -> Path | None:
+    """The outermost path bwrap has to create in the tree to mount at dst (None: it exists)."""
+    path = tree
+    for part in Path(dst.lstrip("/")).parts:
+        path = path / part
+        if not os.path.lexists(path):
+            return path
+    return None
+
+
 def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, rootfs: RootfsType, dracut_args: Sequence[str],
                 epoch: int | None, ro_binds: list[tuple[Path, str]], sets: dict[str, list[str]]) -> dict[str, Path]:
     # bwrap needs the mount points to exist; /etc/dracut.conf.d is dracut's own directory.
-    (tree / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
     result: dict[str, Path] = {}
     for k in kernels:
         info(f"dracut: kernel {k.version}")
