@@ -21,8 +21,8 @@ import contextlib
 import dataclasses
 import json
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from composer.config import Config, RootfsType
 from composer.images.efiboot import (
@@ -34,6 +34,7 @@ from composer.images.efiboot import (
 )
 from composer.images.iso import BiosBoot, check_volid, default_volid, make_iso
 from composer.images.sparse import copy_sparse
+from composer.outputs import ram
 from composer.outputs.media import (
     BootKernel,
     boot_kernels,
@@ -41,7 +42,6 @@ from composer.outputs.media import (
     join_args,
     render_config,
 )
-from composer.outputs import ram
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.reproducible import config_seed
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
@@ -142,7 +142,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
     t0 = time.monotonic()
     with stage("media tree"):
         budgets: dict[str, ram.RamBudget] = {}
-        for bk, k in zip(kernels, rt.kernels):
+        for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             # The small initrd carries its RAM budget: below it, it stops with one line.
             budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version])
@@ -242,7 +242,8 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
         sizes = {**{k: v for k, v in rt.sizes.items()}, **result["sizes"]}
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
                                        "timings_s": timings, "ram_floor_mb": ram.summary_record(result["ram"])}))
-    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
+    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
+         "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir
 
 
@@ -254,13 +255,9 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
 def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    from composer.cli import _template_vars, config_from_args
+    from composer.cli import _template_vars, check_logfile, config_from_args
     from composer.kickstart import config_with_kickstart
-
-    from composer.preflight import check_compose_inputs
-
-    from composer.cli import check_logfile
-    from composer.preflight import check_kernel_arg, check_template_vars
+    from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
 
     check_logfile(args.bootiso_logfile, "--logfile")
     if args.bootiso_logfile is not None:
@@ -307,7 +304,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     _add_compose_options(p)
     p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
     p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every menu entry (repeatable)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                   help="extra kernel argument for every menu entry (repeatable)")
     p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
                    help="extra command template run on the media tree before the images are made (repeatable)")
     p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",

@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from composer.config import DnfChoice
-from composer.run import ComposerError, CommandError, debug, info, run
+from composer.run import CommandError, ComposerError, debug, info, run
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.

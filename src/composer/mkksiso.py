@@ -570,7 +570,7 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     add_args = split_args(opts.cmdline)
     remove = list(opts.rm_args)
     additions: list[tuple[Path, str]] = []
-    for option, path, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
+    for path, key in ((opts.ks, "inst.ks"), (opts.updates, "inst.updates")):
         if path is None:
             continue
         # Ours replaces any earlier one (a remaster of a remaster must not carry two).
@@ -589,7 +589,7 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     menu_paths = [f for f in files if menu_kind(f)]
     changes: list[MenuChange] = []
     (work / "edited").mkdir(parents=True)
-    for path, host in zip(menu_paths, _extract(opts.input, menu_paths, work / "menus")):
+    for path, host in zip(menu_paths, _extract(opts.input, menu_paths, work / "menus"), strict=True):
         raw = host.read_bytes()
         old = _read_text(raw, path)
         kind = menu_kind(path) or "grub"
@@ -642,7 +642,7 @@ def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, Fil
         if num == part or (iv is not None and iv.end - iv.start >= len(data) and _read_bytes(iv, len(data)) == data):
             partitions.append((num, type_code))
     candidates = [f for f in files if f == efi.lstrip("/") or f.rsplit("/", 1)[-1].lower() in ("efiboot.img", "efi.img")]
-    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"))
+    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"), strict=True)
                  if host.stat().st_size == len(data) and host.read_bytes() == data]
     menus = _efiboot_menus(img, edit, work, opts.source_date_epoch)
     if not menus:

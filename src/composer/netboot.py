@@ -129,7 +129,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
     with stage("netboot tree"):
         cmdline = runtime_cmdline(cfg.rootfs_type)
         budgets: dict[str, ram.RamBudget] = {}
-        for bk, k in zip(kernels, rt.kernels):
+        for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
                 # The small initrd carries its RAM budget: below it, it stops with one line.
@@ -215,10 +215,8 @@ def cmd_netboot(args: argparse.Namespace) -> int:
 
 def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
     """Every check of `composer netboot` before any work, boot configs rendered included."""
-    from composer.cli import config_from_args
+    from composer.cli import check_logfile, config_from_args
     from composer.kickstart import config_with_kickstart
-
-    from composer.cli import check_logfile
     from composer.preflight import check_kernel_arg
 
     check_logfile(args.netboot_logfile, "--logfile")
@@ -251,7 +249,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
     p.add_argument("--split", action="store_true",
                    help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every entry (repeatable)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                   help="extra kernel argument for every entry (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
     p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
