@@ -131,7 +131,16 @@ def _ldlinux(isolinux_bin: Path) -> Path:
     raise ComposerError("ldlinux.c32 not found next to isolinux.bin")
 
 
-def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class MediaResult:
+    """What make_media measured, for the summary line."""
+
+    sizes: dict[str, int]
+    timings: dict[str, float]
+    budgets: dict[str, ram.RamBudget]  # per kernel
+
+
+def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> MediaResult:
     """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso."""
     timings: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -159,10 +168,11 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
         if opts.bios_loader == "grub2":
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
-            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", grub.moddir / "boot_hybrid.img")
-            if not bios.mbr.is_file():
+            hybrid = grub.moddir / "boot_hybrid.img"
+            has_hybrid = hybrid.is_file()
+            if not has_hybrid:
                 info(f"grub i386-pc: no boot_hybrid.img in {grub.moddir}: boot.iso boots BIOS from CD only")
-                bios = dataclasses.replace(bios, mbr=None)
+            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", hybrid if has_hybrid else None)
         else:
             isolinux_bin, mbr = _find_isolinux(rt.tree)
             copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
@@ -225,7 +235,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
                    checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
         sizes[rel] = (out / rel).stat().st_size
-    return {"sizes": sizes, "timings": timings, "ram": budgets}
+    return MediaResult(sizes, timings, budgets)
 
 
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
@@ -238,10 +248,10 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
         work = stack.enter_context(workdir_for(cfg))
         rt = build_runtime(cfg, work)
         result = make_media(cfg, opts, rt, out, work)
-        timings = {**rt.timings, **result["timings"]}
-        sizes = {**{k: v for k, v in rt.sizes.items()}, **result["sizes"]}
+        timings = {**rt.timings, **result.timings}
+        sizes = {**rt.sizes, **result.sizes}
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result["ram"])}))
+                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result.budgets)}))
     info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
          "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir

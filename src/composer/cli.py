@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from composer import __version__
 from composer.config import Compression, Config, DnfChoice, RootfsType, parse_size
@@ -180,7 +181,7 @@ def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
     return lo_mb, hi_mb
 
 
-def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: object) -> int:
+def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: Any) -> int:
     """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
     from composer.verify import find_min_memory
 

@@ -217,9 +217,9 @@ def check_repofile(path: Path) -> None:
         lineno, line = e.errors[0]  # line is repr()'d by configparser
         raise ComposerError(f"--repo {path}:{lineno}: not a .repo file: cannot parse {line}") from None
     except configparser.Error as e:
-        lineno = getattr(e, "lineno", None)
-        where = f"{path}:{lineno}" if lineno else str(path)
-        raise ComposerError(f"--repo {where}: not a .repo file: {e.message}") from None
+        err_line = getattr(e, "lineno", None)
+        at = f"{path}:{err_line}" if err_line else str(path)
+        raise ComposerError(f"--repo {at}: not a .repo file: {e.message}") from None
     except OSError as e:
         raise ComposerError(f"--repo {path}: {e.strerror or e}") from None
     if not parser.sections():

@@ -116,7 +116,17 @@ def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
     return {}, "none"
 
 
-def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class NetbootResult:
+    """What make_netboot measured and chose, for netboot.json and the summary line."""
+
+    sizes: dict[str, int]
+    timings: dict[str, float]
+    pxelinux: str  # where pxelinux.0 came from: "tree", "host" or "none"
+    budgets: dict[str, ram.RamBudget]  # per kernel
+
+
+def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> NetbootResult:
     from composer.outputs.bigimage import make_big_initrd
     from composer.runtime import runtime_cmdline
 
@@ -161,7 +171,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
     timings["netboot_tree"] = round(time.monotonic() - t0, 2)
-    return {"sizes": sizes, "timings": timings, "pxelinux": pxelinux_origin, "ram": budgets}
+    return NetbootResult(sizes, timings, pxelinux_origin, budgets)
 
 
 def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
@@ -195,13 +205,13 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
         result = make_netboot(cfg, opts, rt, out)
         (out / "netboot.json").write_text(json.dumps({
             "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
-            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result["pxelinux"],
-            "sizes": {**rt.sizes, **result["sizes"]}, "timings": {**rt.timings, **result["timings"]},
-            "ram": ram.manifest_record(result["ram"]),
+            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result.pxelinux,
+            "sizes": {**rt.sizes, **result.sizes}, "timings": {**rt.timings, **result.timings},
+            "ram": ram.manifest_record(result.budgets),
         }, indent=2) + "\n")
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result["sizes"].items()},
-                                       "timings_s": {**rt.timings, **result["timings"]},
-                                       "ram_floor_mb": ram.summary_record(result["ram"])}))
+        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result.sizes.items()},
+                                       "timings_s": {**rt.timings, **result.timings},
+                                       "ram_floor_mb": ram.summary_record(result.budgets)}))
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir

@@ -76,7 +76,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("delta", help="minimized install delta (osmin.img): a dm-snapshot COW store over rootfs.img")
     sub = p.add_subparsers(dest="delta_command", required=True, metavar="ACTION")
     c = sub.add_parser("create", help="minimize ROOTFS (ext4) and store the changed chunks, gzip-compressed")

@@ -161,9 +161,8 @@ class CowStore:
                     return cls._read(f, os.fstat(f.fileno()).st_size, origin_size, require_valid, str(source))
             except OSError as e:
                 raise CowFormatError(f"cannot read COW store {source}: {e.strerror}") from None
-        f = source
-        size = f.seek(0, io.SEEK_END)
-        return cls._read(f, size, origin_size, require_valid, getattr(f, "name", "<stream>"))
+        size = source.seek(0, io.SEEK_END)
+        return cls._read(source, size, origin_size, require_valid, getattr(source, "name", "<stream>"))
 
     @classmethod
     def _read(cls, f: BinaryIO, size: int, origin_size: int | None, require_valid: bool, name: str) -> CowStore:
