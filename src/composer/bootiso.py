@@ -21,8 +21,8 @@ import contextlib
 import dataclasses
 import json
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from composer.config import Config, RootfsType
 from composer.images.efiboot import (
@@ -34,6 +34,7 @@ from composer.images.efiboot import (
 )
 from composer.images.iso import BiosBoot, check_volid, default_volid, make_iso
 from composer.images.sparse import copy_sparse
+from composer.outputs import ram
 from composer.outputs.media import (
     BootKernel,
     boot_kernels,
@@ -41,7 +42,6 @@ from composer.outputs.media import (
     join_args,
     render_config,
 )
-from composer.outputs import ram
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.reproducible import config_seed
 from composer.run import ComposerError, atomic_dir, info, set_logging, stage
@@ -131,7 +131,16 @@ def _ldlinux(isolinux_bin: Path) -> Path:
     raise ComposerError("ldlinux.c32 not found next to isolinux.bin")
 
 
-def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class MediaResult:
+    """What make_media measured, for the summary line."""
+
+    sizes: dict[str, int]
+    timings: dict[str, float]
+    budgets: dict[str, ram.RamBudget]  # per kernel
+
+
+def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> MediaResult:
     """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso."""
     timings: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -142,7 +151,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
     t0 = time.monotonic()
     with stage("media tree"):
         budgets: dict[str, ram.RamBudget] = {}
-        for bk, k in zip(kernels, rt.kernels):
+        for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             # The small initrd carries its RAM budget: below it, it stops with one line.
             budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version])
@@ -159,10 +168,11 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
         if opts.bios_loader == "grub2":
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
-            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", grub.moddir / "boot_hybrid.img")
-            if not bios.mbr.is_file():
+            hybrid = grub.moddir / "boot_hybrid.img"
+            has_hybrid = hybrid.is_file()
+            if not has_hybrid:
                 info(f"grub i386-pc: no boot_hybrid.img in {grub.moddir}: boot.iso boots BIOS from CD only")
-                bios = dataclasses.replace(bios, mbr=None)
+            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", hybrid if has_hybrid else None)
         else:
             isolinux_bin, mbr = _find_isolinux(rt.tree)
             copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
@@ -225,7 +235,7 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> di
                    checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
         sizes[rel] = (out / rel).stat().st_size
-    return {"sizes": sizes, "timings": timings, "ram": budgets}
+    return MediaResult(sizes, timings, budgets)
 
 
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
@@ -238,11 +248,12 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
         work = stack.enter_context(workdir_for(cfg))
         rt = build_runtime(cfg, work)
         result = make_media(cfg, opts, rt, out, work)
-        timings = {**rt.timings, **result["timings"]}
-        sizes = {**{k: v for k, v in rt.sizes.items()}, **result["sizes"]}
+        timings = {**rt.timings, **result.timings}
+        sizes = {**rt.sizes, **result.sizes}
         info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result["ram"])}))
-    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
+                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result.budgets)}))
+    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
+         "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir
 
 
@@ -254,13 +265,9 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
 def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    from composer.cli import _template_vars, config_from_args
+    from composer.cli import _template_vars, check_logfile, config_from_args
     from composer.kickstart import config_with_kickstart
-
-    from composer.preflight import check_compose_inputs
-
-    from composer.cli import check_logfile
-    from composer.preflight import check_kernel_arg, check_template_vars
+    from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
 
     check_logfile(args.bootiso_logfile, "--logfile")
     if args.bootiso_logfile is not None:
@@ -307,7 +314,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     _add_compose_options(p)
     p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
     p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every menu entry (repeatable)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                   help="extra kernel argument for every menu entry (repeatable)")
     p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
                    help="extra command template run on the media tree before the images are made (repeatable)")
     p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",

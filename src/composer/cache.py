@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from composer import __version__
 from composer.dnf import RPMDB
-from composer.treecheck import fail_on
 from composer.run import CommandError, ComposerError, debug, info, locked_mkdir, remove_stale, run
+from composer.treecheck import fail_on
 
 if TYPE_CHECKING:
     from composer.config import Config

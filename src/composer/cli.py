@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from composer import __version__
 from composer.config import Compression, Config, DnfChoice, RootfsType, parse_size
@@ -26,12 +27,18 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
     p.add_argument("--isfinal", action="store_true", help="this is a final release")
     p.add_argument("--buildarch", default=platform.machine(), help="architecture to build for (default: this host's)")
-    p.add_argument("-i", "--installpkgs", action="append", default=[], metavar="PKG", help="extra package (glob) to install (repeatable)")
-    p.add_argument("-e", "--excludepkgs", action="append", default=[], metavar="PKG", help="package (glob) never to install (repeatable)")
-    p.add_argument("--add-template", action="append", default=[], type=Path, metavar="FILE", help="extra template run after postinstall (repeatable)")
-    p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE", help="variable for the templates (repeatable)")
-    p.add_argument("--rootfs-type", default="btrfs", choices=[t.value for t in RootfsType], help="filesystem of LiveOS/rootfs.img (squashfs: no rootfs.img)")
-    p.add_argument("--rootfs-size", default=None, metavar="SIZE", help="free room in rootfs.img for the runtime's writes, e.g. 512M (sparse)")
+    p.add_argument("-i", "--installpkgs", action="append", default=[], metavar="PKG",
+                   help="extra package (glob) to install (repeatable)")
+    p.add_argument("-e", "--excludepkgs", action="append", default=[], metavar="PKG",
+                   help="package (glob) never to install (repeatable)")
+    p.add_argument("--add-template", action="append", default=[], type=Path, metavar="FILE",
+                   help="extra template run after postinstall (repeatable)")
+    p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE",
+                   help="variable for the templates (repeatable)")
+    p.add_argument("--rootfs-type", default="btrfs", choices=[t.value for t in RootfsType],
+                   help="filesystem of LiveOS/rootfs.img (squashfs: no rootfs.img)")
+    p.add_argument("--rootfs-size", default=None, metavar="SIZE",
+                   help="free room in rootfs.img for the runtime's writes, e.g. 512M (sparse)")
     p.add_argument("--compression", default="xz", choices=[c.value for c in Compression], help="squashfs compressor")
     p.add_argument("--dracut-arg", action="append", default=[], metavar="ARG", help="extra dracut argument (repeatable)")
     p.add_argument("--dracut-conf", type=Path, default=None, metavar="FILE", help="extra dracut configuration file")
@@ -174,7 +181,7 @@ def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
     return lo_mb, hi_mb
 
 
-def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: object) -> int:
+def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: Any) -> int:
     """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
     from composer.verify import find_min_memory
 
@@ -312,15 +319,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if result.ok:
         info(f"verify: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
         return 0
-    raise ComposerError(f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} (serial log: {result.log})")
+    raise ComposerError(f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} "
+                        f"(serial log: {result.log})")
 
 
 def cmd_template_check(args: argparse.Namespace) -> int:
     """Render and parse templates without building anything: catches errors before a long build."""
+    from composer.preflight import check_arch, check_template_vars
     from composer.run import DATADIR
     from composer.templates import TemplateRunner, iter_template_files, sample_variables
-
-    from composer.preflight import check_arch, check_template_vars
 
     check_arch("--basearch", args.basearch)
     if args.sharedir is not None:

@@ -30,6 +30,9 @@ class Compression(enum.StrEnum):
     LZ4 = "lz4"
 
 
+DEFAULT_CACHEDIR = Path("/var/cache/composer")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     product: str
@@ -45,7 +48,8 @@ class Config:
     installpkgs: tuple[str, ...] = ()
     excludepkgs: tuple[str, ...] = ()
     add_templates: tuple[Path, ...] = ()
-    add_template_vars: tuple[tuple[str, str], ...] = ()
+    # Strings from the command line; `composer lorax` adds lorax's two flags (domacboot, doupgrade) as bools.
+    add_template_vars: tuple[tuple[str, str | bool], ...] = ()
     rootfs_type: RootfsType = RootfsType.BTRFS
     rootfs_size: int | None = None  # bytes of free room for the runtime's writes; None = default
     compression: Compression = Compression.XZ
@@ -57,7 +61,7 @@ class Config:
     # transactions, inside bubblewrap; None: the host's dnf.
     dnf_root: Path | None = None
     workdir: Path | None = None
-    cachedir: Path = Path("/var/cache/composer")
+    cachedir: Path = DEFAULT_CACHEDIR
     force: bool = False
     keep_workdir: bool = False
     # Reproducible builds: clamp every timestamp to this and derive UUIDs/serials from it.

@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from composer.config import DnfChoice
-from composer.run import ComposerError, CommandError, debug, info, run
+from composer.run import CommandError, ComposerError, debug, info, run
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
@@ -217,9 +217,9 @@ def check_repofile(path: Path) -> None:
         lineno, line = e.errors[0]  # line is repr()'d by configparser
         raise ComposerError(f"--repo {path}:{lineno}: not a .repo file: cannot parse {line}") from None
     except configparser.Error as e:
-        lineno = getattr(e, "lineno", None)
-        where = f"{path}:{lineno}" if lineno else str(path)
-        raise ComposerError(f"--repo {where}: not a .repo file: {e.message}") from None
+        err_line = getattr(e, "lineno", None)
+        at = f"{path}:{err_line}" if err_line else str(path)
+        raise ComposerError(f"--repo {at}: not a .repo file: {e.message}") from None
     except OSError as e:
         raise ComposerError(f"--repo {path}: {e.strerror or e}") from None
     if not parser.sections():

@@ -66,7 +66,8 @@ def take_kernels(tree: Path, dest: Path) -> list[Kernel]:
     """Copy every kernel image out of the tree (the cleanup may delete it from the runtime)."""
     kernels = find_kernels(tree)
     if not kernels:
-        raise ComposerError(f"no kernel in the tree ({tree}/usr/lib/modules has none with a vmlinuz): the templates must install one")
+        raise ComposerError(f"no kernel in the tree ({tree}/usr/lib/modules has none with a vmlinuz)"
+                            ": the templates must install one")
     dest.mkdir(parents=True, exist_ok=True)
     taken = []
     for k in kernels:

@@ -27,10 +27,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from composer.run import ComposerError
 from composer.templates import (
     Arch,
+    Product,
     TemplateError,
     TemplateRunner,
     _render,
@@ -126,7 +128,7 @@ def check_sharedir(sharedir: Path, *, extra: Mapping[str, object] | None = None)
             outroot.mkdir(parents=True)
             if t.name in RUNTIME_TEMPLATES or t.name in PACKAGE_LIST_TEMPLATES:
                 how = "runtime template"
-                product = variables["product"]
+                product = cast(Product, variables["product"])  # sample_variables() puts a Product there
                 variables["product"] = dataclasses.replace(product, name=product.name.lower())  # as lorax
                 runner = TemplateRunner(tree=inroot, templatedir=t.parent, variables=variables, dry_run=True)
             else:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from composer import __version__
-from composer.config import Compression, Config, RootfsType
+from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType
 from composer.run import ComposerError, info
 
 __all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
@@ -303,7 +303,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         dracut_conf=args.dracut_conf.resolve() if args.dracut_conf else None,
         workdir=workdir,
         nogpgcheck=nogpgcheck,
-        cachedir=args.cachedir.resolve() if args.cachedir else Config.__dataclass_fields__["cachedir"].default,
+        cachedir=args.cachedir.resolve() if args.cachedir else DEFAULT_CACHEDIR,
         force=args.force,
     )
     return LoraxPlan(

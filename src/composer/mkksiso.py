@@ -517,7 +517,7 @@ def _efiboot_menus(img: Path, edit: MenuEdit, work: Path, epoch: int | None) -> 
     listing = _mtools(["mdir", "-/", "-b", "-i", os.fspath(img), "::/"], epoch, capture=True)
     paths = [ln.strip()[3:] for ln in listing.stdout.decode(errors="replace").splitlines()
              if ln.strip().startswith("::/") and not ln.strip().endswith("/")]
-    changes = []
+    changes: list[MenuChange] = []
     for p in paths:
         if not menu_kind(p, EFIBOOT_MENUS, (), fold_case=True):
             continue
@@ -570,14 +570,14 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     add_args = split_args(opts.cmdline)
     remove = list(opts.rm_args)
     additions: list[tuple[Path, str]] = []
-    for option, path, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
-        if path is None:
+    for given, key in ((opts.ks, "inst.ks"), (opts.updates, "inst.updates")):
+        if given is None:
             continue
         # Ours replaces any earlier one (a remaster of a remaster must not carry two).
         remove.append(key)
         add_args = [a for a in add_args if arg_key(a) != key]
-        add_args.append(f"{key}=hd:LABEL={label}:/{path.name}")
-        additions.append((path.resolve(), path.name))
+        add_args.append(f"{key}=hd:LABEL={label}:/{given.name}")
+        additions.append((given.resolve(), given.name))
     additions += [(p.resolve(), _root_name(p, "--add")) for p in opts.add]
     args = ArgEdit(tuple(remove), tuple(add_args))
     edit = MenuEdit(args, volume.volid, new_volid, opts.replace)
@@ -589,7 +589,7 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     menu_paths = [f for f in files if menu_kind(f)]
     changes: list[MenuChange] = []
     (work / "edited").mkdir(parents=True)
-    for path, host in zip(menu_paths, _extract(opts.input, menu_paths, work / "menus")):
+    for path, host in zip(menu_paths, _extract(opts.input, menu_paths, work / "menus"), strict=True):
         raw = host.read_bytes()
         old = _read_text(raw, path)
         kind = menu_kind(path) or "grub"
@@ -642,7 +642,7 @@ def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, Fil
         if num == part or (iv is not None and iv.end - iv.start >= len(data) and _read_bytes(iv, len(data)) == data):
             partitions.append((num, type_code))
     candidates = [f for f in files if f == efi.lstrip("/") or f.rsplit("/", 1)[-1].lower() in ("efiboot.img", "efi.img")]
-    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"))
+    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"), strict=True)
                  if host.stat().st_size == len(data) and host.read_bytes() == data]
     menus = _efiboot_menus(img, edit, work, opts.source_date_epoch)
     if not menus:

@@ -116,7 +116,17 @@ def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
     return {}, "none"
 
 
-def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class NetbootResult:
+    """What make_netboot measured and chose, for netboot.json and the summary line."""
+
+    sizes: dict[str, int]
+    timings: dict[str, float]
+    pxelinux: str  # where pxelinux.0 came from: "tree", "host" or "none"
+    budgets: dict[str, ram.RamBudget]  # per kernel
+
+
+def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> NetbootResult:
     from composer.outputs.bigimage import make_big_initrd
     from composer.runtime import runtime_cmdline
 
@@ -129,7 +139,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
     with stage("netboot tree"):
         cmdline = runtime_cmdline(cfg.rootfs_type)
         budgets: dict[str, ram.RamBudget] = {}
-        for bk, k in zip(kernels, rt.kernels):
+        for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
                 # The small initrd carries its RAM budget: below it, it stops with one line.
@@ -161,7 +171,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> dict[str, 
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
     timings["netboot_tree"] = round(time.monotonic() - t0, 2)
-    return {"sizes": sizes, "timings": timings, "pxelinux": pxelinux_origin, "ram": budgets}
+    return NetbootResult(sizes, timings, pxelinux_origin, budgets)
 
 
 def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
@@ -195,13 +205,13 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
         result = make_netboot(cfg, opts, rt, out)
         (out / "netboot.json").write_text(json.dumps({
             "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
-            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result["pxelinux"],
-            "sizes": {**rt.sizes, **result["sizes"]}, "timings": {**rt.timings, **result["timings"]},
-            "ram": ram.manifest_record(result["ram"]),
+            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result.pxelinux,
+            "sizes": {**rt.sizes, **result.sizes}, "timings": {**rt.timings, **result.timings},
+            "ram": ram.manifest_record(result.budgets),
         }, indent=2) + "\n")
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result["sizes"].items()},
-                                       "timings_s": {**rt.timings, **result["timings"]},
-                                       "ram_floor_mb": ram.summary_record(result["ram"])}))
+        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result.sizes.items()},
+                                       "timings_s": {**rt.timings, **result.timings},
+                                       "ram_floor_mb": ram.summary_record(result.budgets)}))
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir
@@ -215,10 +225,8 @@ def cmd_netboot(args: argparse.Namespace) -> int:
 
 def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
     """Every check of `composer netboot` before any work, boot configs rendered included."""
-    from composer.cli import config_from_args
+    from composer.cli import check_logfile, config_from_args
     from composer.kickstart import config_with_kickstart
-
-    from composer.cli import check_logfile
     from composer.preflight import check_kernel_arg
 
     check_logfile(args.netboot_logfile, "--logfile")
@@ -251,7 +259,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
     p.add_argument("--split", action="store_true",
                    help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every entry (repeatable)")
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                   help="extra kernel argument for every entry (repeatable)")
     add_ks_option(p)
     p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
     p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)

@@ -330,8 +330,10 @@ def check_url_value(option: str, value: str) -> str:
     return value
 
 
-def check_template_vars(option: str, items: Iterable[tuple[str, str]], *, menu: bool = False) -> None:
+def check_template_vars(option: str, items: Iterable[tuple[str, str | bool]], *, menu: bool = False) -> None:
     for name, value in items:
+        if isinstance(value, bool):  # lorax's flags, set by composer itself
+            continue
         if menu:
             check_menu_value(f"{option} {name}=", value)
         else:

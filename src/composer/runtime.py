@@ -11,6 +11,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 from composer import dracut, treecheck
 from composer.cache import cached_install
@@ -169,7 +170,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     ledger.record("rpm (its database)", [RPMDB])
     variables = template_variables(cfg)
     # lorax gives the runtime templates the product name in lower case.
-    variables["product"] = dataclasses.replace(variables["product"], name=cfg.product.lower())
+    product = cast(Product, variables["product"])  # template_variables() puts a Product there
+    variables["product"] = dataclasses.replace(product, name=cfg.product.lower())
     runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=variables, pkgmgr=session,
                             recorder=ledger)
 

@@ -485,7 +485,7 @@ def _as_data(name: str, value: object) -> object:
     if isinstance(value, str) and not isinstance(value, TemplateValue):
         return TemplateValue(value, name)
     if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
-        return type(value)(_as_data(name, v) for v in value)  # type: ignore[call-arg]
+        return type(value)(_as_data(name, v) for v in value)
     return value
 
 

@@ -67,12 +67,19 @@ def snapshot(tree: Path) -> Snapshot:
 
 
 class PackagedFile(Protocol):
-    kind: str
-    perm: int
-    user: str
-    group: str
-    target: str
-    package: str
+    # Read-only, so frozen dataclasses (dnf.RpmFile) qualify.
+    @property
+    def kind(self) -> str: ...
+    @property
+    def perm(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def package(self) -> str: ...
 
 
 def _expected(spec: PackagedFile, users: Mapping[str, int], groups: Mapping[str, int]) -> Node:

@@ -264,8 +264,8 @@ def boot_kernel(
 
 
 def find_min_memory(
-    kernel: Path,
-    initrd: Path,
+    kernel: Path | None,  # None: `boot` finds its own (an ISO)
+    initrd: Path | None,
     lo_mb: int,
     hi_mb: int,
     step_mb: int = 16,

@@ -120,7 +120,8 @@ def remastered(bootiso_build):
         iso = out / "remastered.iso"
         assert iso.stat().st_uid == pwd.getpwnam(user).pw_uid
         assert sorted(p.name for p in out.iterdir()) == ["remastered.iso"]
-        print(f"\nmkksiso as {user}: {seconds:.1f}s; {src.stat().st_size / 2**20:.1f} MiB -> {iso.stat().st_size / 2**20:.1f} MiB")
+        print(f"\nmkksiso as {user}: {seconds:.1f}s; {src.stat().st_size / 2**20:.1f} MiB"
+              f" -> {iso.stat().st_size / 2**20:.1f} MiB")
         # The same remaster by root gives the same bytes: nothing depends on who ran it.
         by_root = shared / "by-root.iso"
         composer(*args[:-1], str(by_root))

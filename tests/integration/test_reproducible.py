@@ -84,8 +84,8 @@ def test_outputs_are_byte_identical(builds: tuple[Path, Path]) -> None:
     a, b = (files_below(x) for x in builds)
     assert sorted(a) == sorted(b), "the two builds made different files"
     for must in ("out/images/boot.iso", "out/images/install.img", "out/images/efiboot.img",
-                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img", "extra/squashfs-root/LiveOS/osmin.img.gz",
-                 "extra/big-initrd.img"):
+                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img",
+                 "extra/squashfs-root/LiveOS/osmin.img.gz", "extra/big-initrd.img"):
         assert must in a, must
     differ = []
     for rel in sorted(a):

@@ -162,12 +162,11 @@ def test_store_failure_costs_only_the_entry(tmp_path, monkeypatch):
 
 def inputs_for(tmp_path, work_name, templates, cfg_changes=None):
     """install_inputs() of a build with the given template directory and work directory."""
+    from composer.cache import install_inputs
     from composer.config import Config
     from composer.dnf import DnfConfig, DnfSession
     from composer.runtime import template_variables
     from composer.templates import TemplateRunner
-
-    from composer.cache import install_inputs
 
     repo = tmp_path / "repo"
     (repo / "repodata").mkdir(parents=True, exist_ok=True)

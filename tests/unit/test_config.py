@@ -21,7 +21,7 @@ def test_parse_size_rejects_garbage_naming_the_option(text):
 def test_unknown_product_lists_known_ones(tmp_path):
     cfg = Config(product="NoSuchOS", version="1", outdir=tmp_path)
     with pytest.raises(ComposerError, match="--product NoSuchOS.*testproduct"):
-        cfg.template_dir
+        _ = cfg.template_dir
 
 
 def test_product_template_dir_is_case_insensitive(tmp_path):

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from composer.cli import main
+from composer.config import Compression, RootfsType
 from composer.loraxcheck import check_sharedir
+from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv
 
 LORAX_GENERIC = Path("/work/shared/lorax-43.12/99-generic")  # lorax's own templates: test input only
 needs_lorax_templates = pytest.mark.skipif(not LORAX_GENERIC.is_dir(), reason=f"no {LORAX_GENERIC}")
@@ -46,7 +48,8 @@ def test_template_check_reports_every_error_with_file_and_line(tmp_path, capsys)
         (f"{d}/runtime-postinstall.tmpl:{len((d / 'runtime-postinstall.tmpl').read_text().splitlines())}: "
          "systemctl: wrong arguments; usage: systemctl enable|disable|mask|unmask|set-default UNIT..."),
         f"{d}/x86.tmpl:{n + 1}: chmod: bad mode 'images/boot.iso': the order is chmod FILEGLOB MODE (lorax's), not MODE FILE",
-        f"{d}/x86.tmpl:{n + 2}: installimg: wrong arguments; usage: installimg [--xz|--gzip|--bzip2|--lzma] [-ARG]... SRCDIR DESTFILE",
+        f"{d}/x86.tmpl:{n + 2}: installimg: wrong arguments; usage: installimg [--xz|--gzip|--bzip2|--lzma] [-ARG]..."
+        " SRCDIR DESTFILE",
     ]
     assert captured.err.strip().splitlines()[-1].startswith("composer: error: --sharedir")
 
@@ -54,7 +57,8 @@ def test_template_check_reports_every_error_with_file_and_line(tmp_path, capsys)
 def test_template_check_sharedir_page_args(tmp_path):
     d = tmp_path / "set"
     d.mkdir()
-    (d / "runtime-install.tmpl").write_text('<%page args="product, root, branding, nothere"/>\ninstallpkg ${product.name}-release\n')
+    (d / "runtime-install.tmpl").write_text('<%page args="product, root, branding, nothere"/>\n'
+                                            'installpkg ${product.name}-release\n')
     (d / "x86.tmpl").write_text('<%page args="kernels, inroot, outroot, isolabel, udev"/>\n'
                                 "%for kernel in kernels:\ninstallkernel images-x86_64 ${kernel.path} images/vmlinuz\n%endfor\n")
     r = check_sharedir(d)
@@ -67,9 +71,6 @@ def test_template_check_sharedir_missing(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ lorax's command line
-
-from composer.config import Compression, RootfsType
-from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv
 
 
 def pungi_argv(tmp_path: Path, rootfs_type: str) -> list[str]:

@@ -63,7 +63,7 @@ def test_testproduct_netboot_single_image_every_kernel_has_an_entry():
     assert "default start" in pxe and "timeout 10" in pxe
     assert "set timeout=1" in grub and "set default=0" in grub
     assert grub.count("menuentry") == 3
-    assert "  " not in "".join(l.strip() for l in ipxe.splitlines())
+    assert "  " not in "".join(line.strip() for line in ipxe.splitlines())
 
 
 def test_testproduct_netboot_split():

@@ -202,7 +202,8 @@ def test_resolve_follow_last_false_keeps_the_link(tmp_path):
 
 
 def test_glob_in_tree(tmp_path):
-    for p in ("usr/share/locale/de/x.mo", "usr/share/locale/en/x.mo", "usr/share/locale/.hidden", "a/b/c/__pycache__/m.opt-1.pyc"):
+    for p in ("usr/share/locale/de/x.mo", "usr/share/locale/en/x.mo", "usr/share/locale/.hidden",
+              "a/b/c/__pycache__/m.opt-1.pyc"):
         write(tmp_path / p)
     (tmp_path / "lib").symlink_to("/usr/share")
     assert glob_in_tree(tmp_path, "/usr/share/locale/*") == ["/usr/share/locale/de", "/usr/share/locale/en"]
@@ -807,9 +808,11 @@ def test_fedora_cleanup_runs_on_a_tree(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="no systemctl on this host")
 def test_systemctl_for_real(env):
-    write(env.tree / "usr/lib/systemd/system/foo.service", "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    write(env.tree / "usr/lib/systemd/system/foo.service",
+          "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
     write(env.tree / "usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=m\n")
-    env.run("systemctl enable foo.service\nsystemctl set-default multi-user.target\nsystemctl mask bar.service\n-systemctl enable nonexist.service\n")
+    env.run("systemctl enable foo.service\nsystemctl set-default multi-user.target\n"
+            "systemctl mask bar.service\n-systemctl enable nonexist.service\n")
     etc = env.tree / "etc/systemd/system"
     assert os.readlink(etc / "multi-user.target.wants/foo.service") == "/usr/lib/systemd/system/foo.service"
     assert os.readlink(etc / "default.target") == "/usr/lib/systemd/system/multi-user.target"

@@ -112,7 +112,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
         with atomic_dir(repo, force=True, require_marker=False) as out:
             with stage(f"test product: unpack {len(debs)} packages"):
                 staged = debrpm.parallel(
-                    lambda pd: debrpm.unpack(pd[1], work / "root" / pd[0].name), list(zip(pkgs, debs)), jobs
+                    lambda pd: debrpm.unpack(pd[1], work / "root" / pd[0].name), list(zip(pkgs, debs, strict=True)), jobs
                 )
             with stage("test product: file conflicts and dependencies"):
                 notes = debrpm.resolve_conflicts(staged)

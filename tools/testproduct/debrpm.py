@@ -148,7 +148,7 @@ def _plan(members: list[tarfile.TarInfo], debname: str) -> dict[str, tuple[Entry
                 debug(f"{debname}: {old[0].orig} and {orig} merge into {path}; keeping {orig}")
             plan[path] = (e, m)
     # hard links whose target lost to another member are unpacked as plain files
-    for path, (e, m) in plan.items():
+    for e, _m in plan.values():
         if e.kind == "h" and (e.target not in plan or plan[e.target][0].kind != "f"):
             e.kind, e.target = "f", ""
     return plan
@@ -228,12 +228,12 @@ def resolve_conflicts(staged: list[Staged]) -> list[str]:
                     notes.append(f"{path}: directory attributes differ, owned by {ents[0][0].name}, not {s.name}")
             continue
 
-        def sig(s: Staged, e: Entry) -> tuple:
+        def sig(s: Staged, e: Entry, path: str) -> tuple:
             if e.kind == "d":
                 return ("d", e.mode, e.user, e.group)
             return ("x", e.mode if e.kind != "l" else 0, e.user, e.group, _digest(s.root / path.lstrip("/")))
 
-        if len({sig(s, e) for s, e in ents}) == 1:
+        if len({sig(s, e, path) for s, e in ents}) == 1:
             continue  # identical: rpm lets both own it
         winner = min(ents, key=lambda se: ({"d": 0, "f": 1, "h": 1, "l": 2}[se[1].kind], se[0].name))
         for s, e in ents:

@@ -17,7 +17,7 @@ import stat
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 MAGIC = b"070701"
 HEADER_LEN = 110
@@ -42,16 +42,23 @@ class CpioEntry:
     target: str | None = None
 
     @classmethod
-    def directory(cls, name: str, perm: int = 0o755, **kw: int) -> CpioEntry:
-        return cls(name, stat.S_IFDIR | perm, **kw)
+    def directory(cls, name: str, perm: int = 0o755, *, mtime: int = 0, uid: int = 0, gid: int = 0) -> CpioEntry:
+        return cls(name, stat.S_IFDIR | perm, mtime=mtime, uid=uid, gid=gid)
 
     @classmethod
-    def file(cls, name: str, data: bytes | Path, perm: int = 0o644, **kw: int) -> CpioEntry:
-        return cls(name, stat.S_IFREG | perm, data, **kw)
+    def file(cls, name: str, data: bytes | Path, perm: int = 0o644, *, mtime: int = 0, uid: int = 0,
+             gid: int = 0) -> CpioEntry:
+        return cls(name, stat.S_IFREG | perm, data, mtime=mtime, uid=uid, gid=gid)
 
     @classmethod
-    def symlink(cls, name: str, target: str, **kw: int) -> CpioEntry:
-        return cls(name, stat.S_IFLNK | 0o777, target=target, **kw)
+    def symlink(cls, name: str, target: str, *, mtime: int = 0, uid: int = 0, gid: int = 0) -> CpioEntry:
+        return cls(name, stat.S_IFLNK | 0o777, target=target, mtime=mtime, uid=uid, gid=gid)
+
+
+class ByteSink(Protocol):
+    """Where an archive is written: a file, or a compressing stream (gzip, lzma, bz2) around one."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 def _pad(n: int) -> int:
@@ -70,7 +77,7 @@ def _name_bytes(name: str) -> bytes:
     return clean.encode() + b"\0"
 
 
-def _write_member(out: BinaryIO, ino: int, e: CpioEntry) -> int:
+def _write_member(out: ByteSink, ino: int, e: CpioEntry) -> int:
     """Write one member; return the bytes written."""
     kind = stat.S_IFMT(e.mode)
     path: Path | None = None
@@ -110,7 +117,7 @@ def _write_member(out: BinaryIO, ino: int, e: CpioEntry) -> int:
     return len(head) + size + _pad(size)
 
 
-def write_newc(out: BinaryIO, entries: Iterable[CpioEntry]) -> int:
+def write_newc(out: ByteSink, entries: Iterable[CpioEntry]) -> int:
     """Write a complete newc archive (with trailer) to `out`; return its length.
 
     Assumes `out` is positioned 4-byte aligned, as the kernel requires for each archive.
@@ -271,9 +278,9 @@ def read_newc(path: Path) -> list[Segment]:
                 pos = end
                 continue
             kind = _compression_at(stripped)
-            end = _compressed_end(f, pos, kind) if kind else None
-            segments.append(Segment(pos, end if end is not None else size, kind or "unknown"))
-            if end is None:
+            stream_end = _compressed_end(f, pos, kind) if kind else None
+            segments.append(Segment(pos, stream_end if stream_end is not None else size, kind or "unknown"))
+            if stream_end is None:
                 break
-            pos = end
+            pos = stream_end
     return segments

@@ -28,9 +28,8 @@ def _chunk_sectors(text: str) -> int:
 
 
 def cmd_delta_create(args: argparse.Namespace) -> int:
-    from composer.live.delta import create_delta
-
     from composer.cli import _source_date_epoch
+    from composer.live.delta import create_delta
 
     d = create_delta(args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size),
                      source_date_epoch=_source_date_epoch(None))  # $SOURCE_DATE_EPOCH, if set
@@ -77,13 +76,14 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("delta", help="minimized install delta (osmin.img): a dm-snapshot COW store over rootfs.img")
     sub = p.add_subparsers(dest="delta_command", required=True, metavar="ACTION")
     c = sub.add_parser("create", help="minimize ROOTFS (ext4) and store the changed chunks, gzip-compressed")
     c.add_argument("rootfs", metavar="ROOTFS", type=Path)
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OSMIN.IMG.GZ")
-    c.add_argument("--chunk-size", default="8", metavar="SECTORS", help="COW chunk size in 512-byte sectors, or with a unit (4K); default 8")
+    c.add_argument("--chunk-size", default="8", metavar="SECTORS",
+                   help="COW chunk size in 512-byte sectors, or with a unit (4K); default 8")
     c.set_defaults(func=cmd_delta_create)
     a = sub.add_parser("apply", help="write the minimized filesystem snapshot(ROOTFS, DELTA) presents, without device-mapper")
     a.add_argument("rootfs", metavar="ROOTFS", type=Path)
@@ -102,8 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     mg.add_argument("media", metavar="MEDIA", type=Path)
     mg.add_argument("--overlay", default=None, metavar="NAME")
     mg.add_argument("--dry-run", action="store_true", help="check and say what would happen; change nothing")
-    mg.add_argument("--workdir", type=Path, default=None, help="extract and build here (default: inside LiveOS/; needed on vfat media)")
-    mg.add_argument("--repair", action="store_true", help="let e2fsck -p fix the merged filesystem (journal replay after an unclean shutdown)")
+    mg.add_argument("--workdir", type=Path, default=None,
+                    help="extract and build here (default: inside LiveOS/; needed on vfat media)")
+    mg.add_argument("--repair", action="store_true",
+                    help="let e2fsck -p fix the merged filesystem (journal replay after an unclean shutdown)")
     mg.add_argument("--compression", default=None, choices=[c.value for c in Compression], help="default: the old image's")
     mg.set_defaults(func=cmd_overlay_merge)
 

@@ -161,9 +161,8 @@ class CowStore:
                     return cls._read(f, os.fstat(f.fileno()).st_size, origin_size, require_valid, str(source))
             except OSError as e:
                 raise CowFormatError(f"cannot read COW store {source}: {e.strerror}") from None
-        f = source
-        size = f.seek(0, io.SEEK_END)
-        return cls._read(f, size, origin_size, require_valid, getattr(f, "name", "<stream>"))
+        size = source.seek(0, io.SEEK_END)
+        return cls._read(source, size, origin_size, require_valid, getattr(source, "name", "<stream>"))
 
     @classmethod
     def _read(cls, f: BinaryIO, size: int, origin_size: int | None, require_valid: bool, name: str) -> CowStore:
@@ -187,7 +186,8 @@ class CowStore:
                                      "store either: another kind of file?)")
             return cls(None, [], size)
         if header.magic != SNAP_MAGIC:
-            raise CowFormatError(f"not a dm-snapshot persistent store (magic 0x{header.magic:08x}, expected 0x{SNAP_MAGIC:08x} 'SnAp')")
+            raise CowFormatError(f"not a dm-snapshot persistent store "
+                                 f"(magic 0x{header.magic:08x}, expected 0x{SNAP_MAGIC:08x} 'SnAp')")
         if header.version != DISK_VERSION:
             raise CowFormatError(f"unsupported store version {header.version} (only {DISK_VERSION} exists)")
         check_chunk_sectors(header.chunk_size)
@@ -196,7 +196,8 @@ class CowStore:
             raise CowFormatError(f"truncated: {size} bytes cannot hold the header and first metadata area ({2 * cb} bytes)")
         if not header.valid:
             if require_valid:
-                raise CowFormatError("the kernel marked this snapshot invalid (it overflowed or was dropped): its contents cannot be trusted")
+                raise CowFormatError("the kernel marked this snapshot invalid (it overflowed or was dropped)"
+                                     ": its contents cannot be trusted")
             return cls(header, [], size)
         epa = cb // SLOT.size
         origin_chunks = None if origin_size is None else -(-origin_size // cb)

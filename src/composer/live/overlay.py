@@ -130,7 +130,8 @@ class OverlayStatus:
     def text(self) -> str:
         if not self.valid:
             return f"{self.overlay}: {self.kind} overlay INVALID (overflowed or dropped by the kernel); dmsetup status: Invalid"
-        line = f"{self.overlay}: {self.kind} overlay, {human(self.allocated_bytes)} of {human(self.total_bytes)} used ({self.percent:.1f}%)"
+        used = f"{human(self.allocated_bytes)} of {human(self.total_bytes)} used ({self.percent:.1f}%)"
+        line = f"{self.overlay}: {self.kind} overlay, {used}"
         if self.kind == "dm-snapshot":
             line += f"; {self.exceptions} chunks of {self.chunk_sectors} sectors; dmsetup status: {self.dmsetup_status}"
             if self.fresh:
@@ -174,7 +175,8 @@ def overlay_status(media: Path, overlay_name: str | None = None) -> OverlayStatu
         used += st.st_blocks * 512
     vfs = os.statvfs(upper)
     # Total: what the upper dir could grow to, i.e. its current use plus the free space.
-    return OverlayStatus(m.overlay.name, "overlayfs", True, used, used + vfs.f_bavail * vfs.f_frsize, files=files, whiteouts=whiteouts)
+    return OverlayStatus(m.overlay.name, "overlayfs", True, used, used + vfs.f_bavail * vfs.f_frsize,
+                         files=files, whiteouts=whiteouts)
 
 
 # --- applying an overlayfs upper dir to a tree ---
@@ -214,7 +216,7 @@ def _overlay_xattr(path: Path, name: str) -> bytes | None:
 
 def check_upper(upper: Path) -> None:
     """Refuse layouts this merge cannot interpret on its own."""
-    for path, st in [(upper, os.lstat(upper)), *_walk(upper)]:
+    for path, _st in [(upper, os.lstat(upper)), *_walk(upper)]:
         for name in _UNSUPPORTED_XATTRS:
             if _overlay_xattr(path, name) is not None:
                 raise ComposerError(
@@ -426,14 +428,16 @@ def _verify_squashfs(new: Path, expect_rootfs: Path | None, expect_tree: Path | 
     check = scratch / "verify"
     if expect_rootfs is not None:
         if listing.get("LiveOS/rootfs.img") != expect_rootfs.stat().st_size:
-            raise ComposerError(f"overlay merge: new {new.name} does not list LiveOS/rootfs.img of the right size; nothing was changed")
+            raise ComposerError(f"overlay merge: new {new.name} does not list LiveOS/rootfs.img of the right size"
+                                "; nothing was changed")
         run(["unsquashfs", "-n", "-d", check, new, "LiveOS/rootfs.img"])
         run(["cmp", expect_rootfs, check / "LiveOS" / "rootfs.img"])
     if expect_tree is not None:
         run(["unsquashfs", "-n", "-d", check, new])
         diffs = compare_trees(expect_tree, check)
         if diffs:
-            raise ComposerError(f"overlay merge: new {new.name} differs from the merged tree ({diffs[0]}, ...); nothing was changed")
+            raise ComposerError(f"overlay merge: new {new.name} differs from the merged tree ({diffs[0]}, ...)"
+                                "; nothing was changed")
     shutil.rmtree(check, ignore_errors=True)
 
 
@@ -581,7 +585,8 @@ def merge_overlay(
         if not store.exceptions:
             info(f"overlay merge: {m.overlay.name} holds no changes; nothing to do")
             return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
-        steps.append(f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {m.overlay.name} to a copy of rootfs.img")
+        steps.append(f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {m.overlay.name}"
+                     " to a copy of rootfs.img")
     else:
         kind = "overlayfs"
         upper, ovl_work = _upper_work(m.overlay)
@@ -591,7 +596,8 @@ def merge_overlay(
         if not any(upper.iterdir()):
             info(f"overlay merge: {upper} is empty; nothing to do")
             return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
-        steps.append(f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {'rootfs.img' if (m.rootfs or rootfs_in_sq is not None) else 'tree'}")
+        into = "rootfs.img" if (m.rootfs or rootfs_in_sq is not None) else "tree"
+        steps.append(f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {into}")
 
     if m.squashfs is None and m.rootfs is not None:
         _check_origin(m.rootfs, m.rootfs)
@@ -600,7 +606,8 @@ def merge_overlay(
         steps += ["check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
                   "verify it (listing and content)", f"replace {m.squashfs.relative_to(m.root)}", f"reset {m.overlay.name}"]
     else:
-        steps = [f"copy {target.name}"] + steps + ["check the filesystem", f"replace {target.relative_to(m.root)}", f"reset {m.overlay.name}"]
+        steps = [f"copy {target.name}", *steps,
+                 "check the filesystem", f"replace {target.relative_to(m.root)}", f"reset {m.overlay.name}"]
     steps = [s for s in steps if s]
     # First estimate: extracted data is at least as big as the squashfs; the new image
     # about the old one plus the overlay's data.
