@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from composer.config import Config, RootfsType
+from composer.config import Config, RootfsType, parse_assignments
 from composer.images.efiboot import (
     EFI_ARCH_NAMES,
     find_grub,
@@ -265,7 +265,7 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
 def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    from composer.cli import _template_vars, check_logfile, config_from_args
+    from composer.cli import check_logfile, config_from_args
     from composer.kickstart import config_with_kickstart
     from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
 
@@ -295,7 +295,7 @@ def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
         bios_loader=args.bios_loader,
         kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg),
         arch_templates=tuple(args.add_arch_template),
-        arch_template_vars=_template_vars(args.add_arch_template_var, "--add-arch-template-var"),
+        arch_template_vars=parse_assignments(args.add_arch_template_var, "--add-arch-template-var"),
     )
     # These reach the boot menus too, where quotes and $ are syntax.
     check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)

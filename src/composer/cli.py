@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from composer import __version__
-from composer.config import Compression, Config, DnfChoice, RootfsType, parse_size
+from composer.config import Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.run import ComposerError, info, set_logging
 
 
@@ -57,16 +57,6 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not reuse a cached populated tree")
     p.add_argument("--osmin", action="store_true",
                    help="also ship LiveOS/osmin.img.gz, a minimized-install delta of rootfs.img (ext4 only)")
-
-
-def _template_vars(items: list[str], option: str = "--add-template-var") -> tuple[tuple[str, str], ...]:
-    out = []
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise ComposerError(f"{option} {item!r}: expected NAME=VALUE with NAME a valid identifier")
-        out.append((name, value))
-    return tuple(out)
 
 
 # cpio (newc) and squashfs keep 32-bit timestamps: a later epoch cannot be stored.
@@ -133,7 +123,7 @@ def _config(args: argparse.Namespace) -> Config:
         installpkgs=tuple(args.installpkgs),
         excludepkgs=tuple(args.excludepkgs),
         add_templates=tuple(args.add_template),
-        add_template_vars=_template_vars(args.add_template_var),
+        add_template_vars=parse_assignments(args.add_template_var),
         rootfs_type=RootfsType(args.rootfs_type),
         rootfs_size=parse_size(args.rootfs_size, "--rootfs-size") if args.rootfs_size is not None else None,
         compression=Compression(args.compression),
@@ -331,7 +321,7 @@ def cmd_template_check(args: argparse.Namespace) -> int:
 
     check_arch("--basearch", args.basearch)
     if args.sharedir is not None:
-        template_vars = _template_vars(args.add_template_var)
+        template_vars = parse_assignments(args.add_template_var)
         check_template_vars("--add-template-var", template_vars)
         if args.templates:
             raise ComposerError("template-check: give --sharedir DIR or TEMPLATE files, not both")
@@ -347,7 +337,7 @@ def cmd_template_check(args: argparse.Namespace) -> int:
         print(f"ok: {args.sharedir}: {len(result.checked)} templates, no errors")
         return 0
     paths = list(args.templates) or list(iter_template_files(DATADIR / "templates"))
-    template_vars = _template_vars(args.add_template_var)
+    template_vars = parse_assignments(args.add_template_var)
     check_template_vars("--add-template-var", template_vars)
     variables = sample_variables(args.basearch) | dict(template_vars)
     for t in paths:

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import math
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 from composer.run import DATADIR, ComposerError
@@ -112,3 +113,14 @@ def parse_size(text: str, option: str) -> int:
     if size > MAX_SIZE:
         raise ComposerError(f"{option}: {text!r} is too large (at most {MAX_SIZE >> 40}T)")
     return size
+
+
+def parse_assignments(items: Sequence[str], option: str = "--add-template-var") -> tuple[tuple[str, str], ...]:
+    """NAME=VALUE options (template variables) as pairs; NAME must be an identifier."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ComposerError(f"{option} {item!r}: expected NAME=VALUE with NAME a valid identifier")
+        out.append((name, value))
+    return tuple(out)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from composer import __version__
-from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType
+from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType, parse_assignments
 from composer.run import ComposerError, info
 
 __all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
@@ -207,16 +207,6 @@ def _glue_dracut_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _vars(items: Sequence[str], option: str) -> tuple[tuple[str, str], ...]:
-    out = []
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise ComposerError(f"{option} {item!r}: expected NAME=VALUE with NAME a valid identifier")
-        out.append((name, value))
-    return tuple(out)
-
-
 def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
     import platform
@@ -295,7 +285,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         installpkgs=tuple(args.installpkgs),
         excludepkgs=tuple(args.excludepkgs),
         add_templates=tuple(args.add_templates),
-        add_template_vars=_vars(args.add_template_vars, "--add-template-var"),
+        add_template_vars=parse_assignments(args.add_template_vars, "--add-template-var"),
         rootfs_type=rootfs_type,
         rootfs_size=args.rootfs_size << 30,
         compression=compression,
@@ -310,7 +300,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         config=cfg,
         volid=args.volid,
         arch_templates=tuple(args.add_arch_templates),
-        arch_template_vars=_vars(args.add_arch_template_vars, "--add-arch-template-var"),
+        arch_template_vars=parse_assignments(args.add_arch_template_vars, "--add-arch-template-var"),
         templatedir=templatedir,
         logfile=args.logfile.resolve(),
         domacboot=args.domacboot,
