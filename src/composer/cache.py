@@ -111,7 +111,10 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
         arch=cfg.arch,
         version=cfg.version,
         product=cfg.product,
-        variables=tuple((str(k), repr(v)) for k, v in runner.variables.items()),
+        # Functions (lorax's udev, lower) are composer's code, which `code` covers; their repr
+        # holds an address that changes with every run. The work directory is this build's.
+        variables=tuple((str(k), repr(v)) for k, v in runner.variables.items()
+                        if not callable(v) and k != "workdir"),
         dnf_argv=tuple(argv),
         source_date_epoch=cfg.source_date_epoch,
         code=code_digest(),

@@ -218,3 +218,18 @@ def test_inputs_follow_the_install_stage_only(tmp_path, templates):
     assert ext4 != changed_repo
     assert tree_key(inputs_for(tmp_path, "w5", templates, {"compression": "lz4"})) == changed_repo
     assert tree_key(inputs_for(tmp_path, "w6", templates, {"excludepkgs": ("foo",)})) != changed_repo
+
+
+def test_inputs_are_the_same_in_another_process(tmp_path, templates):
+    """The key must not depend on anything that changes from run to run (seen: the repr of
+    lorax's udev/lower functions carried their address, and no build ever hit the cache)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, '.'); "
+            "from tests.unit.test_cache import inputs_for; from composer.cache import tree_key; "
+            f"print(tree_key(inputs_for(Path({str(tmp_path)!r}), 'w', Path({str(templates)!r}))))")
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[2]).stdout for _ in range(2)}
+    assert len(keys) == 1 and len(keys.pop().strip()) == 64
