@@ -644,6 +644,10 @@ def _repo_sections(path: Path) -> list[str]:
 def _dnf_reason(stderr: str) -> str:
     """The lines of dnf's complaint that say what is wrong."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    # rpm's transaction test: "At least 450MB more space needed on the /var/tmp/... filesystem."
+    space = [ln for ln in lines if re.search(r"more space", ln, re.I)]
+    if space:
+        return f"not enough disk space for the tree: {space[-1]} (free some, or give --workdir elsewhere)"
     # Whole words only (not "libgpg-error0"), and not bare headings such as "Failed:".
     keep = [ln for ln in lines if not re.fullmatch(r"[\w ]+:", ln)
             and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)]

@@ -263,3 +263,13 @@ def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_dnf_reason_says_disk_space():
+    from composer.dnf import _dnf_reason
+
+    stderr = ("Error: Transaction test error:\n  installing package systemd-252 needs 12MB more space on the "
+              "/w/tree filesystem\n\nError Summary\n-------------\nDisk Requirements:\n"
+              "   At least 450MB more space needed on the /w/tree filesystem.\n\n")
+    assert _dnf_reason(stderr) == ("not enough disk space for the tree: At least 450MB more space needed on the "
+                                   "/w/tree filesystem. (free some, or give --workdir elsewhere)")
