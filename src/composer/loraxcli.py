@@ -440,7 +440,9 @@ def run_plan(plan: LoraxPlan) -> int:
                             f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
     if cfg.workdir is not None:
         cfg.workdir.mkdir(parents=True, exist_ok=True)  # lorax makes --tmp and --workdir too
-    with tempfile.TemporaryDirectory(prefix="composer-lorax.", dir=cfg.workdir) as tmp:
+    # composer's own runtime template (buildstamp, pkglists) lives outside the work directory:
+    # inputs are never inside an output or work place (preflight refuses that).
+    with tempfile.TemporaryDirectory(prefix="composer-lorax.") as tmp:
         own = lorax_runtime_template(Path(tmp), buildstamp_text(cfg), plan.logfile.parent / "pkglists")
         extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
         cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
