@@ -437,30 +437,29 @@ class DnfSession:
 
     @contextlib.contextmanager
     def _tidy(self) -> Iterator[None]:
-        """Put back what dnf itself makes in the tree, whatever the run does.
+        """Put back what dnf itself makes in the tree.
 
         libdnf creates /etc/dnf/modules.d under the installroot, and bubblewrap the mount
         points of /dev, /proc and /sys. A path made that way gets rpm's mode and owner if a
         package owns it (rpm's chmod of a mount point went to the mount on top), else it is
-        removed again (it is empty: the mounts kept everything off it).
+        removed again (it is empty: the mounts kept everything off it). After a failed or
+        interrupted run the tree is thrown away: nothing to put back, no rpm to wait for.
         """
         made = [p for p in DNF_MADE if not os.path.lexists(self.tree / p)]
-        try:
-            yield
-        finally:
-            made = [p for p in made if os.path.lexists(self.tree / p)]
-            if made:
-                owned = self.packaged_files() if (self.tree / RPMDB.lstrip("/")).is_dir() else {}
-                users, groups = tree_ids(self.tree)
-                for rel in sorted(made, key=lambda p: p.count("/"), reverse=True):
-                    path = self.tree / rel
-                    spec = owned.get(f"/{rel}", [None])[0]
-                    if spec is not None and spec.kind == "d" and path.is_dir() and not path.is_symlink():
-                        os.chown(path, users.get(spec.user, 0), groups.get(spec.group, 0))
-                        os.chmod(path, spec.perm)
-                    elif spec is None:
-                        with contextlib.suppress(OSError):
-                            path.rmdir()
+        yield
+        made = [p for p in made if os.path.lexists(self.tree / p)]
+        if made:
+            owned = self.packaged_files() if (self.tree / RPMDB.lstrip("/")).is_dir() else {}
+            users, groups = tree_ids(self.tree)
+            for rel in sorted(made, key=lambda p: p.count("/"), reverse=True):
+                path = self.tree / rel
+                spec = owned.get(f"/{rel}", [None])[0]
+                if spec is not None and spec.kind == "d" and path.is_dir() and not path.is_symlink():
+                    os.chown(path, users.get(spec.user, 0), groups.get(spec.group, 0))
+                    os.chmod(path, spec.perm)
+                elif spec is None:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
 
     def _dnf(self, *args: str, capture: bool = False, transaction: bool = False) -> subprocess.CompletedProcess[bytes]:
         # Scriptlets get /dev, /proc and /sys as on a real system (see _sandbox).
