@@ -473,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
         print(f"composer: interrupted by {name}; cleaned up", file=sys.stderr)
+        # Stop signals stay swallowed until exit: one more arriving now must not turn the
+        # clean exit status into a death by signal.
+        previous = {}
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
         where = f" {e.filename}:" if e.filename else ""
