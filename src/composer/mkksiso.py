@@ -24,7 +24,6 @@ sees) is always kept from the input, so such menus keep finding the medium.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import fnmatch
 import os
@@ -32,10 +31,10 @@ import re
 import shlex
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from composer.run import CommandError, ComposerError, info, locked_mkdir, remove_stale, run, stage
+from composer.run import CommandError, ComposerError, info, run, scratch_beside, stage
 
 SECTOR = 2048
 # Boot menus composer edits, by where they live in the ISO (fnmatch patterns, case
@@ -722,26 +721,6 @@ def supported_iso(iso: Path) -> bool:
     proc = run(["checkisomd5", "--md5sumonly", os.fspath(iso)], capture=True, check=False)
     text = proc.stdout.decode(errors="replace")
     return "Supported ISO: no" not in text
-
-
-@contextlib.contextmanager
-def scratch_beside(final: Path) -> Iterator[Path]:
-    """A locked scratch directory beside `final` for the work files and the new ISO,
-    removed on exit; one left by a killed run (SIGKILL) is removed by the next run,
-    as atomic_dir's are. Beside, so the finished ISO is renamed, never copied."""
-    import glob
-    import shutil
-
-    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
-    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    fd = locked_mkdir(scratch)
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.close(fd)
 
 
 def execute(p: Plan, work: Path, tmp: Path) -> dict[str, float]:

@@ -275,6 +275,28 @@ def check_replaceable(final: Path, *, force: bool, option: str = "OUTDIR") -> No
                             f"{OUTPUT_MARKER}); remove it yourself or choose another {option}")
 
 
+def _locked_scratch(final: Path) -> tuple[Path, int]:
+    """A fresh `.NAME.partial-PID` directory beside `final`, locked (see locked_mkdir);
+    the ones of killed runs are removed first."""
+    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp, locked_mkdir(tmp)
+
+
+@contextlib.contextmanager
+def scratch_beside(final: Path) -> Iterator[Path]:
+    """A locked scratch directory beside `final` (so results are renamed, never copied),
+    removed on exit; one left by a killed run (SIGKILL) is removed by the next run."""
+    tmp, fd = _locked_scratch(final)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, force: bool = False, require_marker: bool = True) -> Iterator[Path]:
     """Yield a scratch directory beside `final`; it becomes `final` only on success.
@@ -289,12 +311,8 @@ def atomic_dir(final: Path, *, force: bool = False, require_marker: bool = True)
     if require_marker or not force or os.path.islink(final):
         check_replaceable(final, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
     remove_stale(final.parent, f".{glob.escape(final.name)}.old-*")
-    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    fd = locked_mkdir(tmp)
+    tmp, fd = _locked_scratch(final)
     try:
         try:
             yield tmp
