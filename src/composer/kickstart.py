@@ -18,6 +18,7 @@ import dataclasses
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 from composer.config import Config
 from composer.run import ComposerError, info
@@ -110,23 +111,17 @@ def _unsplittable_line(files: list[Path]) -> str:
     return str(files[0])
 
 
-def load_kickstart(path: Path) -> KickstartInput:
-    """Parse a kickstart file and pick out what composer uses."""
+def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
+    """pykickstart's handler for `path` (latest syntax); every parse error as one line.
+
+    includes_required=False allows %include of files that only exist at install time.
+    """
     from pykickstart import errors as kserrors
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion
 
-    from composer.dnf import check_source
-    from composer.preflight import check_kernel_arg, check_line
-
-    path = Path(path)
-    if not path.exists():
-        raise ComposerError(f"--ks {path}: no such file")
-    if not path.is_file():
-        raise ComposerError(f"--ks {path}: not a regular file")
-    files = _include_files(path)
     handler = makeVersion()
-    parser = KickstartParser(handler, missingIncludeIsFatal=True)
+    parser = KickstartParser(handler, missingIncludeIsFatal=includes_required)
     try:
         parser.readKickstart(str(path))
     except kserrors.KickstartError as e:
@@ -140,7 +135,23 @@ def load_kickstart(path: Path) -> KickstartInput:
                             "(a loop through a remote include?)") from None
     except ValueError as e:
         # pykickstart lets some errors through unwrapped (shlex's "No closing quotation").
-        raise ComposerError(f"kickstart {_unsplittable_line(files)}: cannot parse: {e}") from None
+        raise ComposerError(f"kickstart {_unsplittable_line(_include_files(path))}: cannot parse: {e}") from None
+    return handler
+
+
+def load_kickstart(path: Path) -> KickstartInput:
+    """Parse a kickstart file and pick out what composer uses."""
+
+    from composer.dnf import check_source
+    from composer.preflight import check_kernel_arg, check_line
+
+    path = Path(path)
+    if not path.exists():
+        raise ComposerError(f"--ks {path}: no such file")
+    if not path.is_file():
+        raise ComposerError(f"--ks {path}: not a regular file")
+    files = _include_files(path)
+    handler = read_kickstart(path)
 
     unused: list[str] = []
     sources: list[str] = []

@@ -391,21 +391,9 @@ class EfiBoot:
 def check_kickstart(path: Path) -> None:
     """The kickstart must parse (pykickstart, latest syntax); %include of files that only
     exist at install time (e.g. written by %pre) is allowed."""
-    from pykickstart import errors as kserrors
-    from pykickstart.parser import KickstartParser
-    from pykickstart.version import makeVersion
+    from composer.kickstart import read_kickstart
 
-    from composer.kickstart import _parse_error
-
-    parser = KickstartParser(makeVersion(), missingIncludeIsFatal=False)
-    try:
-        parser.readKickstart(os.fspath(path))
-    except kserrors.KickstartError as e:
-        raise _parse_error(path, e) from None
-    except OSError as e:
-        raise ComposerError(f"--ks {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ComposerError(f"--ks {path}: not a text file ({e.reason} at byte {e.start})") from None
+    read_kickstart(path, includes_required=False)
 
 
 def _root_name(path: Path, option: str) -> str:
