@@ -207,6 +207,14 @@ def _glue_dracut_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# (argparse dest, what the warning calls it) of lorax options composer accepts but does not honour.
+_NOT_HONOURED = (
+    ("mirrorlist", "--mirrorlist"), ("proxy", "--proxy"), ("enablerepos", "--enablerepo"),
+    ("disablerepos", "--disablerepo"), ("noverifyssl", "--noverifyssl"), ("dnfplugins", "--dnfplugin"),
+    ("domacboot", "--macboot (no Mac boot image)"),
+)
+
+
 def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
     import platform
@@ -223,20 +231,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         raise ComposerError(f"--dracut-conf {args.dracut_conf}: no such file")
 
     # Options composer accepts but does not act on the way lorax does: one warning line.
-    if args.mirrorlist:
-        warnings.append("--mirrorlist")
-    if args.proxy:
-        warnings.append("--proxy")
-    if args.enablerepos:
-        warnings.append("--enablerepo")
-    if args.disablerepos:
-        warnings.append("--disablerepo")
-    if args.noverifyssl:
-        warnings.append("--noverifyssl")
-    if args.dnfplugins:
-        warnings.append("--dnfplugin")
-    if args.domacboot:
-        warnings.append("--macboot (no Mac boot image)")
+    warnings += [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
     if not args.verify:
         warnings.append("--noverify (composer always checks the tree)")
     if not args.skip_branding:
