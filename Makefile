@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo demo-iso demo-netboot test unit bench clean
+.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench clean
 
 setup:
 	./scripts/setup-host
@@ -48,10 +48,14 @@ demo-netboot: testproduct
 
 # Unit tests, then the slow integration tests that build and boot real images.
 test: testproduct
-	$(PYTHON) -m pytest -v tests
+	$(PYTHON) -m pytest -v --durations=40 tests
 
 unit: setup
 	$(PYTHON) -m pytest -q tests/unit
+
+# The fuzz tests with fresh random examples, ten times as many (CI runs the same ones each time).
+fuzz: setup
+	COMPOSER_FUZZ_RANDOM=1 COMPOSER_FUZZ_EXAMPLES=10 $(PYTHON) -m pytest -q tests/unit/test_fuzz_inputs.py
 
 # Benchmarks with baselines measured in the same run (several qemu boots: ~30 min).
 bench: testproduct

@@ -75,8 +75,8 @@ def _source_date_epoch(option: int | None) -> int | None:
         return None
     if not env.isdigit() or not env.isascii():
         raise ComposerError(f"SOURCE_DATE_EPOCH={env!r}: expected a number of seconds since 1970")
-    if int(env) > MAX_EPOCH:
-        raise ComposerError(f"SOURCE_DATE_EPOCH={env}: too large (at most {MAX_EPOCH})")
+    if len(env) > len(str(MAX_EPOCH)) or int(env) > MAX_EPOCH:
+        raise ComposerError(f"SOURCE_DATE_EPOCH={env[:20]}: too large (at most {MAX_EPOCH})")
     return int(env)
 
 

@@ -198,6 +198,8 @@ CASES = [
          "--dracut-conf {i}/nope.conf: no such file"),
     Case("runtime-source-date-epoch-env-garbage", (*RT, OUT), "SOURCE_DATE_EPOCH='garbage'",
          env=(("SOURCE_DATE_EPOCH", "garbage"),)),
+    Case("runtime-source-date-epoch-env-5000-digits", (*RT, OUT), "SOURCE_DATE_EPOCH=99999999999999999999: too large",
+         env=(("SOURCE_DATE_EPOCH", "9" * 5000),)),
     Case("runtime-source-date-epoch-too-large", (*RT, "--source-date-epoch", "99999999999", OUT),
          "--source-date-epoch 99999999999: too large"),
     Case("runtime-source-date-epoch-not-a-number", (*RT, "--source-date-epoch", "yesterday", OUT),
@@ -419,6 +421,9 @@ CASES += [Case(*c[:3], **{"defence": "formats", **(c[3] if len(c) > 3 else {})})
     ("delta-create-chunk-size-huge", ("delta", "create", "{i}/victim.img", "-o", "{t}/o.gz", "--chunk-size", "1T"),
      "--chunk-size 1T: invalid chunk size"),
     ("runtime-rootfs-size-huge", (*RT, "--rootfs-size", "99999999T", OUT), "--rootfs-size: '99999999T' is too large"),
+    # Past Python's 4,300-digit limit int() raises ValueError: found by the fuzz test in CI.
+    ("delta-create-chunk-size-5000-digits", ("delta", "create", "{i}/victim.img", "-o", "{t}/o.gz", "--chunk-size", "9" * 5000),
+     "--chunk-size 99999999999999999999...: too large"),
     ("verify-timeout-double-dash", (*VERIFY, "--timeout=--"), "--timeout=--: '--' is not a value for --timeout", {"code": 2}),
     ("runtime-ks-unbalanced-quote", (*RT, "--ks", "{i}/quote.ks", OUT),
      "kickstart {i}/quote.ks:2: cannot parse: No closing quotation"),

@@ -13,6 +13,8 @@ loaders, and values through template rendering. The properties:
   than as data: the same commands, the same menu entries, the value verbatim.
 
 COMPOSER_FUZZ_EXAMPLES scales the example counts (default 1: about half a minute).
+The examples are derandomized (the same ones every run, so CI is reproducible) unless
+COMPOSER_FUZZ_RANDOM=1 (`make fuzz`), which draws new ones each time.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ COUNTS: dict[str, int] = {}
 
 def examples(n: int) -> settings:
     return settings(max_examples=max(1, int(n * SCALE)), deadline=None, database=None,
+                    derandomize=os.environ.get("COMPOSER_FUZZ_RANDOM") != "1",
                     suppress_health_check=list(HealthCheck))
 
 

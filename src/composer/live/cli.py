@@ -14,6 +14,9 @@ def _chunk_sectors(text: str) -> int:
     from composer.live.dmsnap import check_chunk_sectors
 
     if text.strip().isdigit():
+        # No chunk is 10**12 sectors; the bound also keeps int() off a 5,000-digit string.
+        if len(text.strip()) > 12:
+            raise ComposerError(f"--chunk-size {text[:20]}...: too large")
         sectors = int(text)
     else:
         size = parse_size(text, "--chunk-size")
