@@ -41,6 +41,13 @@ class Config:
     outdir: Path
     sources: tuple[str, ...] = ()
     repofiles: tuple[Path, ...] = ()
+    mirrorlists: tuple[str, ...] = ()
+    # How dnf fetches (not what): a proxy for every repository, TLS certificate checks.
+    proxy: str | None = None
+    sslverify: bool = True
+    # Repository ids or globs of the --repo files to enable, then to disable.
+    enablerepos: tuple[str, ...] = ()
+    disablerepos: tuple[str, ...] = ()
     release: str = ""
     variant: str = ""
     bugurl: str = ""

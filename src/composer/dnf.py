@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from composer.config import DnfChoice
 from composer.run import CommandError, ComposerError, debug, info, run
@@ -51,6 +51,11 @@ class DnfConfig:
     nodocs: bool = True
     dnf: DnfChoice = DnfChoice.AUTO
     root: Path | None = None  # where dnf and rpm come from (None: the host)
+    mirrorlists: tuple[str, ...] = ()  # mirrorlist URLs, each a repository (lorax's -m)
+    proxy: str | None = None           # for every repository
+    sslverify: bool = True
+    enablerepos: tuple[str, ...] = ()  # repository ids or globs of the .repo files, enabled
+    disablerepos: tuple[str, ...] = ()  # ... then disabled (lorax's order)
 
 
 # Environment variable naming a --dnf-root when the option is not given.
@@ -167,17 +172,33 @@ def _repo_id(url: str, index: int) -> str:
     return f"source{index}-{tail}"
 
 
+PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def check_proxy(url: str, option: str = "--proxy") -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in PROXY_SCHEMES or not parsed.netloc or any(c.isspace() or not c.isprintable() for c in url):
+        raise ComposerError(f"{option} {url!r}: not a proxy URL (use e.g. http://proxy.example.com:3128)")
+
+
+def _mirror_id(url: str, index: int) -> str:
+    return "mirror" + _repo_id(url, index).removeprefix("source")
+
+
+def mirrorlist_urls(url: str) -> list[str]:
+    """The base URLs a local mirrorlist file lists (remote ones are dnf's to read)."""
+    if not url.startswith("file:"):
+        return []
+    try:
+        text = Path(urlparse(url).path).read_text(errors="replace")
+    except OSError as e:
+        raise ComposerError(f"--mirrorlist {url}: cannot read it: {e.strerror}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def check_source(url: str, option: str = "--source") -> None:
     """Fail early, with the option (or kickstart file:line) named, on a source that cannot work."""
-    try:
-        parsed = urlparse(url)
-        parsed.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise ComposerError(f"{option} {url!r}: not a URL ({e})") from None
-    if parsed.scheme not in ("file", "http", "https", "ftp") or (parsed.scheme != "file" and not parsed.netloc):
-        raise ComposerError(f"{option} {url}: not a URL (use file:///path, http:// or https://)")
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise ComposerError(f"{option} {url!r}: a URL holds no white space or control characters")
+    parsed = check_url(url, option)
     if parsed.scheme == "file":
         path = Path(parsed.path)
         repomd = path / "repodata" / "repomd.xml"
@@ -192,6 +213,20 @@ def check_source(url: str, option: str = "--source") -> None:
             raise ComposerError(f"{option} {url}: malformed repository: {repomd}: {e}") from None
         if root.tag.rpartition("}")[2] != "repomd":
             raise ComposerError(f"{option} {url}: malformed repository: {repomd} is not a repomd document")
+
+
+def check_url(url: str, option: str) -> ParseResult:
+    """A URL dnf can fetch from (file, http, https, ftp), as urlparse parts."""
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ComposerError(f"{option} {url!r}: not a URL ({e})") from None
+    if parsed.scheme not in ("file", "http", "https", "ftp") or (parsed.scheme != "file" and not parsed.netloc):
+        raise ComposerError(f"{option} {url}: not a URL (use file:///path, http:// or https://)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ComposerError(f"{option} {url!r}: a URL holds no white space or control characters")
+    return parsed
 
 
 _URL_KEYS = ("baseurl", "mirrorlist", "metalink")
@@ -301,9 +336,22 @@ class DnfSession:
         self._available: list[str] | None = None
         for url in config.sources:
             check_source(url)
+        for url in config.mirrorlists:
+            check_url(url, "--mirrorlist")
+            bases = mirrorlist_urls(url)
+            if url.startswith("file:") and not bases:
+                raise ComposerError(f"--mirrorlist {url}: lists no repository (one base URL per line)")
+            for base in bases:
+                check_source(base, f"--mirrorlist {url}: lists")
         for f in config.repofiles:
             check_repofile(f)
-        if not config.sources and not config.repofiles:
+        if config.proxy is not None:
+            check_proxy(config.proxy)
+        for option, globs in (("--enablerepo", config.enablerepos), ("--disablerepo", config.disablerepos)):
+            for g in globs:
+                if not g or any(c.isspace() or c in ",=" or not c.isprintable() for c in g):
+                    raise ComposerError(f"{option} {g!r}: not a repository id or glob")
+        if not config.sources and not config.repofiles and not config.mirrorlists:
             raise ComposerError("no package source: give --source URL or --repo FILE")
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -312,6 +360,12 @@ class DnfSession:
         self.reposdir.mkdir(exist_ok=True)
         for f in config.repofiles:
             shutil.copy(f, self.reposdir / f.name)
+        for i, url in enumerate(config.mirrorlists):
+            # A repository dnf reads from a mirrorlist: a .repo of our own, as --repo files are.
+            rid = _mirror_id(url, i)
+            (self.reposdir / f"composer-{rid}.repo").write_text(
+                f"[{rid}]\nname={rid}\nmirrorlist={url}\nenabled=1\ngpgcheck={0 if config.nogpgcheck else 1}\n"
+                "skip_if_unavailable=False\nmetadata_expire=0\n")
         (workdir / "dnf-log").mkdir(exist_ok=True)
         (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
@@ -328,7 +382,8 @@ class DnfSession:
 
     def _local_paths(self) -> list[Path]:
         """Host paths dnf reads besides the work tree: local repositories and keys."""
-        paths = [Path(urlparse(u).path) for u in self.config.sources if u.startswith("file:")]
+        local = [*self.config.sources, *(u for m in self.config.mirrorlists for u in (m, *mirrorlist_urls(m)))]
+        paths = [Path(urlparse(u).path) for u in local if u.startswith("file:")]
         for f in self.config.repofiles:
             parser = configparser.ConfigParser(interpolation=None, strict=False)
             with contextlib.suppress(configparser.Error, OSError):
@@ -409,13 +464,22 @@ class DnfSession:
             argv.append(f"--setopt={rid}.skip_if_unavailable=False")
         for pattern in c.excludepkgs:
             argv.append(f"--exclude={pattern}")
+        # Enabled first, then disabled, as lorax applies them; dnf5 spells the options its way.
+        five = program.flavor is DnfChoice.DNF5
+        argv += [f"--{'enable-repo' if five else 'enablerepo'}={g}" for g in c.enablerepos]
+        argv += [f"--{'disable-repo' if five else 'disablerepo'}={g}" for g in c.disablerepos]
+        # How packages are fetched, not which: left out of the cache key (shaping_options).
+        if c.proxy:
+            argv.append(f"--setopt=proxy={c.proxy}")
+        if not c.sslverify:
+            argv.append("--setopt=sslverify=False")
         return argv
 
     def shaping_options(self) -> list[str]:
         """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
         local = ("--installroot=", "--setopt=reposdir=") + tuple(
             f"--setopt={o}=" for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir",
-                                       "transaction_history_dir"))
+                                       "transaction_history_dir", "proxy", "sslverify"))
         # Which dnf (and rpm) it is, not where it lives: dnf 4 and dnf5 trees differ (rpm database).
         return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(local)]
 
@@ -611,6 +675,14 @@ class DnfSession:
                 h.update((Path(parsed.path) / "repodata" / "repomd.xml").read_bytes())
             else:
                 remote_ids.append(_repo_id(url, i))
+        for i, url in enumerate(self.config.mirrorlists):
+            h.update(url.encode() + b"\0")
+            bases = mirrorlist_urls(url)
+            if bases and all(b.startswith("file:") for b in bases):
+                for b in bases:
+                    h.update((Path(urlparse(b).path) / "repodata" / "repomd.xml").read_bytes())
+            else:
+                remote_ids.append(_mirror_id(url, i))
         for f in self.config.repofiles:
             h.update(f.read_bytes())
             parser = configparser.ConfigParser(interpolation=None, strict=False)

@@ -154,6 +154,8 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         cachedir=cfg.cachedir / "dnf",
         nogpgcheck=cfg.nogpgcheck,
         dnf=cfg.dnf, root=cfg.dnf_root,
+        mirrorlists=cfg.mirrorlists, proxy=cfg.proxy, sslverify=cfg.sslverify,
+        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos,
     )
     session = DnfSession(tree, dnfcfg, work)
     if cfg.source_date_epoch is not None:

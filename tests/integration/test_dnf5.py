@@ -4,13 +4,18 @@ The root is made once and cached by its inputs (/var/cache/composer-dnf5root/<di
 COMPOSER_DNF_ROOT=DIR names one made elsewhere.
 """
 
+import dataclasses
+import functools
 import hashlib
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -187,3 +192,63 @@ def test_options_mean_the_same(small_repo, flavor, tmp_path):
     s.remove(["fine"])
     s.run_transaction()
     assert s.installed() == [] and not (s.tree / "etc" / "fine").exists()
+
+
+# ------------------------------------------------- lorax's repository options, dnf 4 and dnf5 alike
+
+class _ProxyHandler(http.server.SimpleHTTPRequestHandler):
+    """A forward proxy for one made-up host: serves its URLs from a local directory and
+    remembers them (proof that dnf went through the proxy: the host does not resolve)."""
+
+    seen: list[str] = []
+
+    def translate_path(self, path: str) -> str:
+        assert urlparse(path).netloc == "repo.invalid", path
+        type(self).seen.append(path)
+        return super().translate_path(urlparse(path).path)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
+    # -m: a local mirrorlist file naming the repository.
+    mirrorlist = tmp_path / "mirrorlist"
+    mirrorlist.write_text(f"# mirrors\nfile://{small_repo}\n")
+    s = DnfSession(tmp_path / "m/tree", DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{mirrorlist}",),
+                                                  nogpgcheck=True, cachedir=tmp_path / "cache", **flavor), tmp_path / "m")
+    s.install(["fine"])
+    s.run_transaction()
+    assert s.nevras() == ["fine-0:1-1.noarch"]
+
+    # --enablerepo GLOB turns on a disabled section of a --repo file; --disablerepo (after it) turns it off.
+    repofile = tmp_path / "extra.repo"
+    repofile.write_text(f"[off-by-default]\nname=x\nbaseurl=file://{small_repo}\nenabled=0\ngpgcheck=0\n")
+    cfg = DnfConfig(releasever="1", arch="x86_64", repofiles=(repofile,), cachedir=tmp_path / "cache", **flavor)
+    on = DnfSession(tmp_path / "e/tree", dataclasses.replace(cfg, enablerepos=("off-*",)), tmp_path / "e")
+    assert "fine" in on.available()
+    off = DnfSession(tmp_path / "d/tree", dataclasses.replace(cfg, enablerepos=("off-*",),
+                                                              disablerepos=("off-by-default",)), tmp_path / "d")
+    with pytest.raises(ComposerError, match="no package matches 'fine'"):
+        off.install(["fine"])
+
+    # --proxy: every fetch of an http source goes through it.
+    _ProxyHandler.seen = []
+    handler = functools.partial(_ProxyHandler, directory=str(small_repo))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = DnfSession(tmp_path / "p/tree", DnfConfig(releasever="1", arch="x86_64", sources=("http://repo.invalid/",),
+                                                      proxy=f"http://127.0.0.1:{server.server_address[1]}",
+                                                      nogpgcheck=True, cachedir=tmp_path / "pcache", **flavor),
+                       tmp_path / "p")
+        p.install(["fine"])
+        p.run_transaction()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert p.nevras() == ["fine-0:1-1.noarch"]
+    assert "http://repo.invalid/repodata/repomd.xml" in _ProxyHandler.seen
+    assert any(u.endswith(".rpm") for u in _ProxyHandler.seen), _ProxyHandler.seen
+    # How packages were fetched is not part of what the tree is (the cache key).
+    assert not any("proxy" in a for a in p.shaping_options())

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,56 @@ def test_dnf_reason_says_disk_space():
               "   At least 450MB more space needed on the /w/tree filesystem.\n\n")
     assert _dnf_reason(stderr) == ("not enough disk space for the tree: At least 450MB more space needed on the "
                                    "/w/tree filesystem. (free some, or give --workdir elsewhere)")
+
+
+def test_lorax_repository_options_on_dnf4_and_dnf5_command_lines(tmp_path, monkeypatch):
+    from composer.config import DnfChoice
+    from composer.dnf import DnfProgram
+
+    mirrorlist = tmp_path / "mirrorlist"
+    mirrorlist.write_text(f"# a comment\n{fake_repo(tmp_path)}\n")
+    cfg = DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{mirrorlist}",), cachedir=tmp_path / "c",
+                    proxy="http://proxy.example.com:3128", sslverify=False, enablerepos=("updates-*",),
+                    disablerepos=("updates-testing",))
+    keys = {}
+    for flavor, enable, disable in ((DnfChoice.DNF4, "--enablerepo", "--disablerepo"),
+                                    (DnfChoice.DNF5, "--enable-repo", "--disable-repo")):
+        s = DnfSession(tmp_path / "tree", cfg, tmp_path / f"work-{flavor}")
+        s._program = DnfProgram(flavor, "dnf", "x", "rpm x")
+        argv = s._dnf_argv()
+        # lorax enables, then disables.
+        assert argv.index(f"{enable}=updates-*") < argv.index(f"{disable}=updates-testing")
+        assert "--setopt=proxy=http://proxy.example.com:3128" in argv and "--setopt=sslverify=False" in argv
+        # The mirrorlist is a repository of its own, checked like a --source.
+        (repo,) = (s.reposdir).glob("composer-mirror*.repo")
+        assert f"mirrorlist=file://{mirrorlist}\n" in repo.read_text() and "gpgcheck=1\n" in repo.read_text()
+        keys[flavor] = s.shaping_options()
+        assert not any("proxy" in a or "sslverify" in a for a in keys[flavor]), "how packages are fetched shaped the key"
+        assert f"{enable}=updates-*" in keys[flavor]
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("proxy", "proxy.example.com:3128", "--proxy 'proxy.example.com:3128': not a proxy URL"),
+    ("proxy", "http://a b", "--proxy 'http://a b': not a proxy URL"),
+    ("enablerepos", ("a b",), "--enablerepo 'a b': not a repository id or glob"),
+    ("disablerepos", ("",), "--disablerepo '': not a repository id or glob"),
+    ("mirrorlists", ("gopher://x/",), "--mirrorlist gopher://x/: not a URL"),
+])
+def test_bad_repository_options_are_named(tmp_path, field, value, msg):
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
+                    **{field: value})
+    with pytest.raises(ComposerError, match=f"^{re.escape(msg)}"):
+        DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+
+
+def test_a_local_mirrorlist_is_checked(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    cfg = DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{empty}",), cachedir=tmp_path / "c")
+    with pytest.raises(ComposerError, match="lists no repository"):
+        DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    bad = tmp_path / "bad"
+    bad.write_text("file:///nonexistent/repo\n")
+    cfg = DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{bad}",), cachedir=tmp_path / "c")
+    with pytest.raises(ComposerError, match=f"--mirrorlist file://{bad}: lists file:///nonexistent/repo: no repository"):
+        DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
