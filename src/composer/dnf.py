@@ -175,6 +175,11 @@ def _repo_id(url: str, index: int) -> str:
 PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 
 
+def proxy_url(text: str) -> str:
+    """A proxy as given on a command line: 'host:port' is http, as libcurl takes it."""
+    return text if "://" in text else f"http://{text}"
+
+
 def check_proxy(url: str, option: str = "--proxy") -> None:
     parsed = urlparse(url)
     if parsed.scheme not in PROXY_SCHEMES or not parsed.netloc or any(c.isspace() or not c.isprintable() for c in url):

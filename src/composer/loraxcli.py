@@ -28,6 +28,7 @@ from pathlib import Path
 
 from composer import __version__
 from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType, parse_assignments
+from composer.dnf import proxy_url
 from composer.run import ComposerError, info
 
 __all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
@@ -209,8 +210,7 @@ def _glue_dracut_args(argv: Sequence[str]) -> list[str]:
 
 # (argparse dest, what the warning calls it) of lorax options composer accepts but does not honour.
 _NOT_HONOURED = (
-    ("mirrorlist", "--mirrorlist"), ("proxy", "--proxy"), ("enablerepos", "--enablerepo"),
-    ("disablerepos", "--disablerepo"), ("noverifyssl", "--noverifyssl"), ("dnfplugins", "--dnfplugin"),
+    ("dnfplugins", "--dnfplugin (composer runs dnf without plugins)"),
     ("domacboot", "--macboot (no Mac boot image)"),
 )
 
@@ -223,8 +223,8 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
                                                         for a in argv))
     warnings: list[str] = []
-    if not args.source and not args.repos:
-        raise ComposerError("lorax: give at least one --source or --repo")
+    if not args.source and not args.repos and not args.mirrorlist:
+        raise ComposerError("lorax: give at least one --source, --mirrorlist or --repo")
     if args.dracut_args and args.dracut_conf:
         raise ComposerError("lorax: --dracut-arg and --dracut-conf cannot be used together")
     if args.dracut_conf and not args.dracut_conf.is_file():
@@ -252,8 +252,8 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
 
     # lorax does not check signatures of --source repositories (dnf's default for added
     # repos); a --repo file says for itself, which composer cannot honour beside --source.
-    nogpgcheck = bool(args.source)
-    if args.source and args.repos:
+    nogpgcheck = bool(args.source or args.mirrorlist)
+    if (args.source or args.mirrorlist) and args.repos:
         warnings.append("gpgcheck of --repo files (not checked beside --source)")
 
     sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
@@ -273,6 +273,11 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         outdir=args.outputdir.resolve(),
         sources=tuple(args.source),
         repofiles=tuple(p.resolve() for p in args.repos),
+        mirrorlists=tuple(args.mirrorlist),
+        proxy=proxy_url(args.proxy) if args.proxy else None,
+        sslverify=not args.noverifyssl,
+        enablerepos=tuple(args.enablerepos),
+        disablerepos=tuple(args.disablerepos),
         variant=args.variant,
         bugurl=args.bugurl,
         isfinal=args.isfinal,

@@ -150,10 +150,15 @@ def test_lorax_options_composer_cannot_honour_are_named(tmp_path):
                            "--noverify", "--tmp", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "-c", str(conf),
                            "--cachedir", str(tmp_path / "c"), "--force", str(tmp_path / "o")])
     text = "; ".join(plan.warnings)
-    for name in ("--mirrorlist", "--proxy", "--enablerepo", "--disablerepo", "--noverifyssl", "--dnfplugin",
-                 "--macboot", "--noverify", "[compression.erofs] type", "[output] ignorelist"):
+    for name in ("--dnfplugin", "--macboot", "--noverify", "[compression.erofs] type", "[output] ignorelist"):
         assert name in text
     assert plan.config.workdir == tmp_path / "w" and plan.config.cachedir == tmp_path / "c" and plan.config.force
+    # The repository options are honoured (dnf's own options), so not warned about.
+    for name in ("--mirrorlist", "--proxy", "--enablerepo", "--disablerepo", "--noverifyssl"):
+        assert name not in text
+    cfg = plan.config
+    assert cfg.mirrorlists == ("http://mirror",) and cfg.proxy == "http://h:3128" and not cfg.sslverify
+    assert (cfg.enablerepos, cfg.disablerepos) == (("a",), ("b",))
 
 
 def test_lorax_usage_errors(tmp_path, capsys):
@@ -164,7 +169,7 @@ def test_lorax_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "--rootfs-type", "ext2", str(tmp_path / "o")])
     from composer.run import ComposerError
-    with pytest.raises(ComposerError, match="--source or --repo"):
+    with pytest.raises(ComposerError, match="--source, --mirrorlist or --repo"):
         plan_from_argv(["-p", "T", "-v", "1", "-r", "1", str(tmp_path / "o")])
     with pytest.raises(ComposerError, match="--config .*: no such file"):
         plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "x", "-c", str(tmp_path / "none"), str(tmp_path / "o")])
