@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import ParseResult, urlparse
 
-from composer.config import DnfChoice
+from composer.config import Config, DnfChoice
 from composer.run import CommandError, ComposerError, debug, info, run
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
@@ -70,6 +70,16 @@ _CANDIDATES = {
 # Top-level entries of a --dnf-root the sandbox shows (read-only); everything else is the
 # host's paths bound in, or empty.
 _ROOT_DIRS = ("usr", "etc")
+
+
+def dnf_config(cfg: Config) -> DnfConfig:
+    """What a build's configuration asks of dnf."""
+    return DnfConfig(
+        releasever=cfg.version, arch=cfg.arch, sources=cfg.sources, repofiles=cfg.repofiles,
+        excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf", nogpgcheck=cfg.nogpgcheck,
+        dnf=cfg.dnf, root=cfg.dnf_root, mirrorlists=cfg.mirrorlists, proxy=cfg.proxy, sslverify=cfg.sslverify,
+        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +339,29 @@ def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
     return read("passwd"), read("group")
 
 
+def check_config(config: DnfConfig) -> None:
+    """Fail early, naming the option, on package sources and repository options that cannot work."""
+    if not config.sources and not config.repofiles and not config.mirrorlists:
+        raise ComposerError("no package source: give --source URL or --repo FILE")
+    for url in config.sources:
+        check_source(url)
+    for url in config.mirrorlists:
+        check_url(url, "--mirrorlist")
+        bases = mirrorlist_urls(url)
+        if url.startswith("file:") and not bases:
+            raise ComposerError(f"--mirrorlist {url}: lists no repository (one base URL per line)")
+        for base in bases:
+            check_source(base, f"--mirrorlist {url}: lists")
+    for f in config.repofiles:
+        check_repofile(f)
+    if config.proxy is not None:
+        check_proxy(config.proxy)
+    for option, globs in (("--enablerepo", config.enablerepos), ("--disablerepo", config.disablerepos)):
+        for g in globs:
+            if not g or any(c.isspace() or c in ",=" or not c.isprintable() for c in g):
+                raise ComposerError(f"{option} {g!r}: not a repository id or glob")
+
+
 class DnfSession:
     """One install tree and the dnf transactions that fill it (a templates.PackageManager)."""
 
@@ -339,25 +372,7 @@ class DnfSession:
         self._to_install: list[str] = []
         self._to_remove: list[str] = []
         self._available: list[str] | None = None
-        for url in config.sources:
-            check_source(url)
-        for url in config.mirrorlists:
-            check_url(url, "--mirrorlist")
-            bases = mirrorlist_urls(url)
-            if url.startswith("file:") and not bases:
-                raise ComposerError(f"--mirrorlist {url}: lists no repository (one base URL per line)")
-            for base in bases:
-                check_source(base, f"--mirrorlist {url}: lists")
-        for f in config.repofiles:
-            check_repofile(f)
-        if config.proxy is not None:
-            check_proxy(config.proxy)
-        for option, globs in (("--enablerepo", config.enablerepos), ("--disablerepo", config.disablerepos)):
-            for g in globs:
-                if not g or any(c.isspace() or c in ",=" or not c.isprintable() for c in g):
-                    raise ComposerError(f"{option} {g!r}: not a repository id or glob")
-        if not config.sources and not config.repofiles and not config.mirrorlists:
-            raise ComposerError("no package source: give --source URL or --repo FILE")
+        check_config(config)
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")

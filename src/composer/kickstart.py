@@ -1,7 +1,8 @@
 """Kickstart input (`--ks FILE`), parsed with pykickstart.
 
 What composer takes from a kickstart:
-* ``url --url=URL`` and ``repo --name=N --baseurl=URL``: package sources;
+* ``url --url=URL|--mirrorlist=URL`` and ``repo --name=N --baseurl=URL|--mirrorlist=URL``:
+  package sources;
 * ``%packages``: names and globs are installed on top of the templates' set,
   ``-name`` excludes a package; ``@group`` lines are not supported (no comps here)
   and are reported;
@@ -31,6 +32,7 @@ USED_COMMANDS = ("url", "repo", "bootloader")
 class KickstartInput:
     path: Path
     sources: tuple[str, ...] = ()
+    mirrorlists: tuple[str, ...] = ()
     installpkgs: tuple[str, ...] = ()
     excludepkgs: tuple[str, ...] = ()
     kernel_args: tuple[str, ...] = ()
@@ -142,7 +144,7 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
 
-    from composer.dnf import check_source
+    from composer.dnf import check_source, check_url
     from composer.preflight import check_kernel_arg, check_line
 
     path = Path(path)
@@ -155,6 +157,7 @@ def load_kickstart(path: Path) -> KickstartInput:
 
     unused: list[str] = []
     sources: list[str] = []
+    mirrorlists: list[str] = []
     url = handler.url
     if getattr(url, "seen", False):
         if url.url:
@@ -162,18 +165,26 @@ def load_kickstart(path: Path) -> KickstartInput:
             check_line(f"kickstart {where}: url --url", url.url)
             check_source(url.url, f"kickstart {where}: url --url")
             sources.append(url.url)
-        for opt in ("mirrorlist", "metalink"):
-            if getattr(url, opt, None):
-                unused.append(f"url --{opt}")
+        if url.mirrorlist:
+            where = _line_of(files, getattr(url, "lineno", None), "url")
+            check_line(f"kickstart {where}: url --mirrorlist", url.mirrorlist)
+            check_url(url.mirrorlist, f"kickstart {where}: url --mirrorlist")
+            mirrorlists.append(url.mirrorlist)
+        if getattr(url, "metalink", None):
+            unused.append("url --metalink")
     for repo in handler.repo.repoList:
         if repo.baseurl:
             where = _line_of(files, getattr(repo, "lineno", None), "repo")
             check_line(f"kickstart {where}: repo --baseurl", repo.baseurl)
             check_source(repo.baseurl, f"kickstart {where}: repo --name={repo.name} --baseurl")
             sources.append(repo.baseurl)
-        for opt in ("mirrorlist", "metalink"):
-            if getattr(repo, opt, None):
-                unused.append(f"repo {repo.name} --{opt}")
+        if repo.mirrorlist:
+            where = _line_of(files, getattr(repo, "lineno", None), "repo")
+            check_line(f"kickstart {where}: repo --mirrorlist", repo.mirrorlist)
+            check_url(repo.mirrorlist, f"kickstart {where}: repo --name={repo.name} --mirrorlist")
+            mirrorlists.append(repo.mirrorlist)
+        if getattr(repo, "metalink", None):
+            unused.append(f"repo {repo.name} --metalink")
 
     pkgs = handler.packages
     installpkgs = tuple(pkgs.packageList)
@@ -213,7 +224,7 @@ def load_kickstart(path: Path) -> KickstartInput:
         kind = {0: "%pre", 1: "%post", 2: "%traceback", 3: "%pre-install", 4: "%onerror"}.get(script.type, "%script")
         if kind not in unused:
             unused.append(kind)
-    return KickstartInput(path, tuple(sources), installpkgs, excludepkgs, kernel_args, tuple(unused))
+    return KickstartInput(path, tuple(sources), tuple(mirrorlists), installpkgs, excludepkgs, kernel_args, tuple(unused))
 
 
 def report_unused(ks: KickstartInput) -> None:
@@ -229,6 +240,7 @@ def apply_kickstart(cfg: Config, ks: KickstartInput) -> Config:
     return dataclasses.replace(
         cfg,
         sources=merged(cfg.sources, ks.sources),
+        mirrorlists=merged(cfg.mirrorlists, ks.mirrorlists),
         installpkgs=merged(cfg.installpkgs, ks.installpkgs),
         excludepkgs=merged(cfg.excludepkgs, ks.excludepkgs),
     )

@@ -6,6 +6,7 @@ directory or the cache exist, with one line naming the option or file:line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from composer.config import Config
+from composer.dnf import mirrorlist_urls
 from composer.run import ComposerError, check_replaceable, output_path
 
 
@@ -142,6 +144,14 @@ def compose_inputs(cfg: Config) -> list[Place]:
         parsed = _urlparse(url)
         if parsed.scheme == "file":
             places.append(Place(Path(unquote(parsed.path)), f"the package source {url}"))
+    for url in cfg.mirrorlists:
+        parsed = _urlparse(url)
+        if parsed.scheme == "file":
+            places.append(Place(Path(unquote(parsed.path)), f"--mirrorlist {url}"))
+            with contextlib.suppress(ComposerError):
+                for base in mirrorlist_urls(url):
+                    if _urlparse(base).scheme == "file":
+                        places.append(Place(Path(unquote(_urlparse(base).path)), f"{base}, listed by --mirrorlist {url}"))
     for f in cfg.repofiles:
         places.append(Place(f, f"--repo {f}"))
         places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in _repofile_paths(f)]
@@ -211,7 +221,7 @@ def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
 def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -> None:
     """All the cheap checks of `composer runtime|boot-iso|netboot`, in the order a user
     would fix them. `ks`: the --ks file, an input too."""
-    from composer.dnf import check_repofile, check_source
+    from composer.dnf import check_config, dnf_config
     from composer.runtime import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE
 
     check_root(command)
@@ -230,12 +240,7 @@ def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -
     else:
         check_dir_creatable(Path("/var/tmp"), "work directory")
     check_dir_creatable(cfg.cachedir, "--cachedir")
-    if not cfg.sources and not cfg.repofiles:
-        raise ComposerError("no package source: give --source URL or --repo FILE")
-    for url in cfg.sources:
-        check_source(url)
-    for f in cfg.repofiles:
-        check_repofile(f)
+    check_config(dnf_config(cfg))
     check_file(cfg.dracut_conf, "--dracut-conf")
     product = [(templatedir / name, "") for name in (INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, CLEANUP_TEMPLATE)
                if (templatedir / name).is_file()]

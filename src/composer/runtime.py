@@ -16,7 +16,7 @@ from typing import cast
 from composer import dracut, treecheck
 from composer.cache import cached_install
 from composer.config import Config, RootfsType
-from composer.dnf import RPMDB, DnfConfig, DnfSession, tree_ids
+from composer.dnf import RPMDB, DnfSession, dnf_config, tree_ids
 from composer.images.rootfs import make_rootfs
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
@@ -145,18 +145,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
             peak_rss_mib[name] = _peak_child_rss_mib()
         return cm()
 
-    dnfcfg = DnfConfig(
-        releasever=cfg.version,
-        arch=cfg.arch,
-        sources=cfg.sources,
-        repofiles=cfg.repofiles,
-        excludepkgs=cfg.excludepkgs,
-        cachedir=cfg.cachedir / "dnf",
-        nogpgcheck=cfg.nogpgcheck,
-        dnf=cfg.dnf, root=cfg.dnf_root,
-        mirrorlists=cfg.mirrorlists, proxy=cfg.proxy, sslverify=cfg.sslverify,
-        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos,
-    )
+    dnfcfg = dnf_config(cfg)
     session = DnfSession(tree, dnfcfg, work)
     if cfg.source_date_epoch is not None:
         session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database

@@ -34,6 +34,7 @@ def write(tmp_path, text, name="test.ks"):
 def test_used_parts(tmp_path):
     ks = load_kickstart(write(tmp_path, KS))
     assert ks.sources == ("http://example.com/os/", "http://example.com/extra/")
+    assert ks.mirrorlists == ("http://example.com/mirrors",)
     assert sorted(ks.installpkgs) == ["kernel-*", "vim-minimal"]
     assert ks.excludepkgs == ("nano",)
     assert ks.kernel_args == ("nomodeset", "inst.text")
@@ -41,7 +42,7 @@ def test_used_parts(tmp_path):
 
 def test_unused_commands_reported_by_name(tmp_path):
     ks = load_kickstart(write(tmp_path, KS))
-    for name in ("rootpw", "timezone", "%packages @core", "%post", "repo mirrored --mirrorlist"):
+    for name in ("rootpw", "timezone", "%packages @core", "%post"):
         assert name in ks.unused, ks.unused
     for used in ("url", "repo", "bootloader"):
         assert used not in ks.unused
@@ -54,6 +55,7 @@ def test_report_in_log(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not used by composer: rootpw, timezone" in err
     assert new.sources == ("file:///r", "http://example.com/os/", "http://example.com/extra/")
+    assert new.mirrorlists == ("http://example.com/mirrors",)
     assert new.installpkgs[0] == "vim-minimal" and set(new.installpkgs) == {"vim-minimal", "kernel-*"}
     assert new.excludepkgs == ("nano",)
     assert config_with_kickstart(cfg, None) == (cfg, None)
