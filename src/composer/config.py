@@ -9,7 +9,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from composer.run import DATADIR, ComposerError
+from composer.run import ComposerError
 
 
 class RootfsType(enum.StrEnum):
@@ -71,23 +71,8 @@ class Config:
     use_cache: bool = True
     # Ship LiveOS/osmin.img.gz (a minimized-install delta against rootfs.img) in install.img.
     osmin: bool = False
-    # A template set given by path (lorax's --sharedir); None: templates/<product>.
+    # A template set given by path (lorax's --sharedir); None: templates/<product> (product.template_dir).
     templatedir: Path | None = None
-
-    @property
-    def template_dir(self) -> Path:
-        """The product's template set: templates/<product, lower case>, or templatedir."""
-        if self.templatedir is not None:
-            return self.templatedir
-        name = self.product.lower().replace(" ", "")
-        if not name or "/" in name or name.startswith("."):
-            # The product names a directory under templates/: never a path out of it.
-            raise ComposerError(f"--product {self.product!r}: not a product name (letters, digits, - and _)")
-        d = DATADIR / "templates" / name
-        if not d.is_dir():
-            known = sorted(p.name for p in (DATADIR / "templates").iterdir() if p.is_dir())
-            raise ComposerError(f"--product {self.product}: no template set {d} (known: {', '.join(known)})")
-        return d
 
 
 SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from composer.config import RootfsType
+from composer.outputs.media import render_config
 from composer.run import DATADIR, CommandError, ComposerError, in_tree_argv, info, run
 
 # The product's dracut configuration: templates/<product>/dracut.conf, rendered with the
@@ -395,8 +396,6 @@ def render_product_conf(templatedir: Path, variables: Mapping[str, object], work
     """The product's dracut.conf, rendered into workdir; None if the product has none."""
     if not (templatedir / PRODUCT_CONF_TEMPLATE).is_file():
         return None
-    from composer.outputs.media import render_config
-
     text = render_config(templatedir, PRODUCT_CONF_TEMPLATE, variables)
     dest = workdir / f"product-{PRODUCT_CONF_NAME}"
     dest.write_text(f"# {templatedir / PRODUCT_CONF_TEMPLATE}, rendered by composer\n" + text)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from composer.config import Config
+from composer.dnf import check_source
+from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
 
 # Commands composer reads; everything else the kickstart says is reported.
@@ -141,9 +143,6 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
-
-    from composer.dnf import check_source
-    from composer.preflight import check_kernel_arg, check_line
 
     path = Path(path)
     if not path.exists():

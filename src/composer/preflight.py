@@ -13,7 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from composer.config import Config
-from composer.run import ComposerError, check_replaceable, output_path
+from composer.dnf import check_repofile, check_source
+from composer.product import RUNTIME_TEMPLATES, template_dir, template_variables
+from composer.run import DATADIR, ComposerError, check_replaceable, output_path
+from composer.templates import TemplateRunner
 
 
 def check_root(command: str) -> None:
@@ -149,8 +152,6 @@ def compose_inputs(cfg: Config) -> list[Place]:
         places.append(Place(t, f"--add-template {t}"))
     if cfg.dracut_conf is not None:
         places.append(Place(cfg.dracut_conf, f"--dracut-conf {cfg.dracut_conf}"))
-    from composer.run import DATADIR
-
     places.append(Place(DATADIR, f"composer's templates and data ({DATADIR})"))
     return places
 
@@ -194,13 +195,10 @@ def check_file(path: Path | None, option: str) -> None:
         raise ComposerError(f"{option} {path}: not readable (permission denied)")
 
 
-def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
+def check_command_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
     """Render and parse templates (dry run, no tree): syntax errors, unknown commands,
     wrong arguments and `..` escapes are reported with file:line before dnf runs."""
-    from composer.runtime import template_variables
-    from composer.templates import TemplateRunner
-
-    checker = TemplateRunner(tree=Path("/nonexistent-composer-tree"), templatedir=cfg.template_dir,
+    checker = TemplateRunner(tree=Path("/nonexistent-composer-tree"), templatedir=template_dir(cfg),
                              variables=template_variables(cfg), dry_run=True)
     for path, option in templates:
         if option:
@@ -211,11 +209,8 @@ def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
 def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -> None:
     """All the cheap checks of `composer runtime|boot-iso|netboot`, in the order a user
     would fix them. `ks`: the --ks file, an input too."""
-    from composer.dnf import check_repofile, check_source
-    from composer.runtime import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE
-
     check_root(command)
-    templatedir = cfg.template_dir  # unknown --product
+    templatedir = template_dir(cfg)  # unknown --product
     inputs = compose_inputs(cfg) + ([Place(ks, f"--ks {ks}")] if ks is not None else [])
     check_outputs_apart([("OUTDIR", cfg.outdir)], inputs)
     # composer writes in the cache and the work directory too: never in a source, and
@@ -237,9 +232,9 @@ def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -
     for f in cfg.repofiles:
         check_repofile(f)
     check_file(cfg.dracut_conf, "--dracut-conf")
-    product = [(templatedir / name, "") for name in (INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, CLEANUP_TEMPLATE)
+    product = [(templatedir / name, "") for name in RUNTIME_TEMPLATES
                if (templatedir / name).is_file()]
-    check_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
+    check_command_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
 
 
 # --------------------------------------------------------------------------- values are data

@@ -24,14 +24,10 @@ from composer.live.delta import create_delta
 from composer.outputs import bigimage, ram
 from composer.outputs.bigimage import make_big_initrd
 from composer.outputs.manifest import write_manifest
+from composer.product import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, template_dir, template_variables
 from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
-from composer.templates import Arch, Product, TemplateRunner, lorax_variables
-
-# The runtime templates of a product, in the order they run.
-INSTALL_TEMPLATE = "runtime-install.tmpl"
-POSTINSTALL_TEMPLATE = "runtime-postinstall.tmpl"
-CLEANUP_TEMPLATE = "runtime-cleanup.tmpl"
+from composer.templates import Product, TemplateRunner
 
 
 def runtime_cmdline(rootfs: RootfsType) -> str:
@@ -68,15 +64,6 @@ def _cpu_seconds() -> float:
 
 def _peak_child_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-
-
-def template_variables(cfg: Config) -> dict[str, object]:
-    # lorax's variable model (composer.templates.lorax_variables) plus composer's rootfs_type.
-    product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
-    variables = lorax_variables(product, Arch.of(cfg.arch))
-    variables["rootfs_type"] = str(cfg.rootfs_type)
-    variables.update(dict(cfg.add_template_vars))
-    return variables
 
 
 def du(path: Path) -> int:
@@ -128,7 +115,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     peak_rss_mib: dict[str, float] = {}
     sizes: dict[str, int] = {}
     tree = work / "tree"
-    templatedir = cfg.template_dir
+    templatedir = template_dir(cfg)
     if cfg.osmin and cfg.rootfs_type is not RootfsType.EXT4:
         # Checked before the long build: only ext4 can be shrunk without a mount.
         raise ComposerError(f"--osmin: needs --rootfs-type ext4 (not {cfg.rootfs_type}): "

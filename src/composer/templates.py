@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from composer.images.cpio import CpioEntry, write_newc
 from composer.run import ComposerError, debug, in_tree_argv, info, run
 
 __all__ = [
@@ -1660,8 +1661,6 @@ def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> No
     import bz2
     import gzip
     import lzma
-
-    from composer.images.cpio import CpioEntry, write_newc
 
     def entries() -> Iterator[CpioEntry]:
         for dirpath, dirnames, filenames in os.walk(src):

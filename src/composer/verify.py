@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from composer.outputs import ram
 from composer.run import ComposerError, _die_with_parent, debug, info
 
 QEMU = "qemu-system-x86_64"
@@ -308,8 +309,6 @@ def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None =
     """composer's predicted RAM floor for what --min-memory boots, and where it comes
     from: the budget an initrd carries (boot.iso, split netboot), else a prediction
     from the files (outputs/ram.py). None if there is nothing to predict from."""
-    from composer.outputs import ram
-
     with tempfile.TemporaryDirectory(prefix="composer-predict-") as tmp:
         if iso is not None:
             kernel, initrd = Path(tmp) / "vmlinuz", Path(tmp) / "initrd.img"

@@ -56,7 +56,7 @@ def test_min_memory_report_bisects_with_the_given_boot(capsys):
     """--min-memory for any boot kind (kernel+initrd, ISO): the floor on the --step grid."""
     import argparse
 
-    from composer.cli import report_min_memory
+    from composer.cli.verify import report_min_memory
     from composer.verify import BootResult
 
     tried = []

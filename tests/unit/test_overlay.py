@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from composer.cli import live as live_cli
 from composer.config import Compression
 from composer.images.sparse import allocated_size, copy_sparse, create_sparse
-from composer.live import cli as live_cli
 from composer.live import overlay as ov
 from composer.live.dmsnap import CowFormatError, CowStore, diff_chunks
 from composer.live.overlay import compare_trees, merge_overlay, overlay_status

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from composer.run import ComposerError
+from composer.templates import _render
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +48,6 @@ def boot_kernels(versions: Sequence[str], directory: str = "images/pxeboot") -> 
 
 def render_config(templatedir: Path, name: str, variables: Mapping[str, object]) -> str:
     """Render the Mako file templatedir/name (a boot config, not a command template)."""
-    from composer.templates import _render
-
     path = name if isinstance(name, Path) else templatedir / name
     if not path.is_file():
         raise ComposerError(f"template set {templatedir.name} has no {path.name} ({path})")
