@@ -27,12 +27,12 @@ from pathlib import Path
 from composer.bootiso import MediaOptions, compose_boot_iso
 from composer.config import Compression, Config, RootfsType
 from composer.dnf import DnfConfig, DnfSession
-from composer.images.rootfs import make_rootfs
+from composer.images.rootfs import make_rootfs, tree_size
 from composer.images.sparse import allocated_size
 from composer.images.squashfs import make_squashfs
-from composer.outputs.bigimage import make_big_initrd
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.ram import unpacked_ram
-from composer.runtime import KEPT_PREFIX, compose_runtime, du, runtime_cmdline
+from composer.runtime import KEPT_PREFIX, compose_runtime
 from composer.verify import BootResult, boot_iso, find_min_memory, predicted_floor
 from testproduct import build_testproduct
 
@@ -177,8 +177,8 @@ def main() -> int:
     t_sq, _, _ = timed(make_squashfs, tree, OUT / "limit.img", Compression.XZ)
     limit = t_dnf + t_sq
     res["physical_limit"] = {"dnf_install_s": round(t_dnf, 2), "mksquashfs_xz_s": t_sq,
-                             "dnf_tree_mib": round(du(limit_tree) / MIB, 1),
-                             "squashed_tree_mib": round(du(tree) / MIB, 1), "total_s": round(limit, 2),
+                             "dnf_tree_mib": round(tree_size(limit_tree).blocks_bytes / MIB, 1),
+                             "squashed_tree_mib": round(tree_size(tree).blocks_bytes / MIB, 1), "total_s": round(limit, 2),
                              "compose_vs_limit": round(wall / limit, 2)}
     shutil.rmtree(OUT / "limit")
     (OUT / "limit.img").unlink()

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from composer.config import Config, RootfsType
+from composer.config import Config
 from composer.images.efiboot import (
     EFI_ARCH_NAMES,
     find_grub,
@@ -70,8 +70,7 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
         "extra_args": join_args(opts.kernel_args),
         "bios_loader": opts.bios_loader,
         "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
-        # A read-only rootfs (erofs, or the tree straight in squashfs) needs an overlayfs.
-        "overlay_args": "rd.live.overlay.overlayfs=1" if cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS) else "",
+        "overlay_args": " ".join(cfg.rootfs_type.live_args),
     })
     return variables
 

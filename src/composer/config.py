@@ -18,6 +18,23 @@ class RootfsType(enum.StrEnum):
     EROFS = "erofs"
     SQUASHFS = "squashfs"  # no rootfs.img: the tree goes straight into squashfs.img
 
+    @property
+    def dracut_drivers(self) -> tuple[str, ...]:
+        """The filesystem driver dmsquash-live needs for LiveOS/rootfs.img; dracut does not
+        add it by itself because it looks at the build host, not at the image."""
+        return () if self is RootfsType.SQUASHFS else (self.value,)
+
+    @property
+    def read_only(self) -> bool:
+        """erofs, or the tree straight in squashfs: the runtime's writes need an overlayfs."""
+        return self in (RootfsType.EROFS, RootfsType.SQUASHFS)
+
+    @property
+    def live_args(self) -> tuple[str, ...]:
+        """Kernel arguments dmsquash-live needs for this root: an overlayfs upper dir for a
+        read-only one; a btrfs/ext4 rootfs.img gets dracut's default dm-snapshot."""
+        return ("rd.live.overlay.overlayfs=1",) if self.read_only else ()
+
 
 class DnfChoice(enum.StrEnum):
     AUTO = "auto"  # the host's (or --dnf-root's) `dnf`, whichever major version that is

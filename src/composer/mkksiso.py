@@ -38,6 +38,7 @@ from composer.images.iso import check_volid, iso_date
 from composer.kickstart import read_kickstart
 from composer.reproducible import seed_uuid
 from composer.run import CommandError, ComposerError, info, run, scratch_beside, stage
+from composer.templates import udev_escape
 
 SECTOR = 2048
 # Boot menus composer edits, by where they live in the ISO (fnmatch patterns, case
@@ -50,18 +51,11 @@ EFIBOOT_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg
 # Lines that carry a kernel command line: GRUB's `linux PATH ARGS`, syslinux's `append ARGS`.
 GRUB_KERNEL_COMMANDS = ("linux", "linuxefi", "linux16")
 SYSLINUX_APPEND = "append"
-# What goes on the kernel command line unescaped in LABEL=; udev escapes the rest as \xNN.
-_LABEL_SAFE = re.compile(r"[A-Za-z0-9#+.:=@_-]")
 # A name we put on the command line as inst.ks=hd:LABEL=V:/NAME needs no quoting.
 _ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 # --------------------------------------------------------------------------- pure logic
-
-
-def udev_escape(label: str) -> str:
-    """A volume label as it appears in LABEL=/CDLABEL= (/dev/disk/by-label/ escaping)."""
-    return "".join(c if _LABEL_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in label)
 
 
 def split_args(text: str) -> list[str]:

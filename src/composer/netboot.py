@@ -27,16 +27,16 @@ import json
 import time
 from pathlib import Path
 
-from composer.config import Config, RootfsType
+from composer.config import Config
 from composer.images.efiboot import EFI_ARCH_NAMES, find_grub, grub_mkimage
 from composer.images.sparse import copy_sparse
 from composer.outputs import ram
-from composer.outputs.bigimage import make_big_initrd
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
 from composer.preflight import check_menu_value
 from composer.product import template_dir, template_variables
 from composer.run import ComposerError, atomic_dir, info, stage
-from composer.runtime import Runtime, build_runtime, runtime_cmdline, workdir_for
+from composer.runtime import Runtime, build_runtime, workdir_for
 
 PXELINUX_DIRS = ("usr/share/syslinux", "usr/lib/PXELINUX", "usr/lib/syslinux/modules/bios", "usr/lib/syslinux")
 # template -> place in the netboot tree
@@ -78,13 +78,12 @@ def normalize_url(url: str) -> str:
 
 def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) -> dict[str, object]:
     variables = template_variables(cfg)
-    readonly_root = cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS)
     variables.update({
         "url": opts.url,
         "split": opts.split,
         "kernels": boot_kernels(versions),
         "extra_args": join_args(opts.kernel_args),
-        "overlay_args": "rd.live.overlay.overlayfs=1" if readonly_root else "",
+        "overlay_args": " ".join(cfg.rootfs_type.live_args),
         "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
     })
     return variables

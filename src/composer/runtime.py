@@ -17,26 +17,18 @@ from composer import dracut, treecheck
 from composer.cache import cached_install
 from composer.config import Config, RootfsType
 from composer.dnf import RPMDB, DnfConfig, DnfSession, tree_ids
-from composer.images.rootfs import make_rootfs
+from composer.images.rootfs import make_rootfs, tree_size
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
 from composer.live.delta import create_delta
-from composer.outputs import bigimage, ram
-from composer.outputs.bigimage import make_big_initrd
+from composer.outputs import ram
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.manifest import write_manifest
+from composer.outputs.media import boot_kernels
 from composer.product import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, template_dir, template_variables
 from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
 from composer.templates import Product, TemplateRunner
-
-
-def runtime_cmdline(rootfs: RootfsType) -> str:
-    """What the big initrd's /etc/cmdline tells dracut: the live image is in the initramfs.
-
-    A read-only root (erofs, or the tree straight in squashfs) gets an overlayfs for its
-    writes; a btrfs/ext4 rootfs.img gets dracut's default dm-snapshot over a sparse file.
-    """
-    return bigimage.runtime_cmdline(overlayfs=rootfs in (RootfsType.EROFS, RootfsType.SQUASHFS))
 
 
 @dataclasses.dataclass
@@ -64,23 +56,6 @@ def _cpu_seconds() -> float:
 
 def _peak_child_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-
-
-def du(path: Path) -> int:
-    """Allocated bytes below path, hard links counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for p in [path, *path.rglob("*")]:
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            continue
-        if st.st_nlink > 1:
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-    return total
 
 
 # Work directories are named WORKDIR_PREFIX + random; a killed build's one is removed by the next run.
@@ -183,7 +158,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     # What the install stage recorded is in `installed` now; later changes must be asked for anew.
     ledger.forget()
     ledger.record("rpm (its database)", [RPMDB])
-    sizes["tree_installed"] = du(tree)
+    sizes["tree_installed"] = tree_size(tree).blocks_bytes
     info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB, "
          f"{checked.get('packaged_paths', 0)} packaged paths as rpm says")
 
@@ -205,7 +180,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                 # The tree's own depmod, so the index matches its kmod.
                 with ledger.observe(tree, "composer: depmod"):
                     run(in_tree_argv(tree, ["depmod", "-a", k.version]))
-    sizes["tree_cleaned"] = du(tree)
+    sizes["tree_cleaned"] = tree_size(tree).blocks_bytes
     info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
 
     with timed("dracut"):
@@ -271,11 +246,9 @@ def compose_runtime(cfg: Config) -> Path:
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             cmdline = runtime_cmdline(cfg.rootfs_type)
             ram_budget: dict[str, ram.RamBudget] = {}
-            for i, k in enumerate(rt.kernels):
-                # The newest kernel gets the plain names boot configs expect.
-                suffix = "" if i == 0 else f"-{k.version}"
-                shutil.copy(k.vmlinuz, pxe / f"vmlinuz{suffix}")
-                big = pxe / f"initrd{suffix}.img"
+            for bk, k in zip(boot_kernels([k.version for k in rt.kernels]), rt.kernels, strict=True):
+                shutil.copy(k.vmlinuz, out / bk.kernel)
+                big = out / bk.initrd
                 make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
                 ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big)  # RAM floor, see outputs/ram.py
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size

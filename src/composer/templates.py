@@ -801,7 +801,7 @@ _KERNEL_FLAVORS = ("debug", "PAE", "PAEdebug", "smp", "xen", "lpae", "64k")
 _KERNEL_NAME = re.compile(rf"vmlinuz-(?P<version>.+?[.-](?P<arch>[a-z0-9_]+)(\.(?P<flavor>{'|'.join(_KERNEL_FLAVORS)}))?)$")
 
 
-def find_kernels(tree: Path, kdir: str = "boot") -> list[Kernel]:
+def find_boot_kernels(tree: Path, kdir: str = "boot") -> list[Kernel]:
     """The kernels in tree/kdir named as lorax finds them (vmlinuz-VERSION with an arch
     suffix), each with the images "<type>-VERSION.img" beside it (initramfs counts as initrd)."""
     try:
@@ -1040,7 +1040,7 @@ class TemplateRunner:
         root = self._inroot
         if not root.is_dir():
             return []
-        kernels = find_kernels(root)
+        kernels = find_boot_kernels(root)
         have = {k.version for k in kernels}
         for d in ("/usr/lib/modules", "/lib/modules"):
             try:

@@ -33,17 +33,19 @@ class BootKernel:
 
     @property
     def suffix(self) -> str:
-        return "" if self.index == 0 else f"-{self.version}"
+        return name_suffix(self.index, self.version)
+
+
+def name_suffix(index: int, version: str) -> str:
+    """The newest kernel (index 0) gets the plain names (vmlinuz, initrd.img) boot configs
+    expect; the others vmlinuz-KVER / initrd-KVER.img."""
+    return "" if index == 0 else f"-{version}"
 
 
 def boot_kernels(versions: Sequence[str], directory: str = "images/pxeboot") -> list[BootKernel]:
-    """The newest kernel gets the plain names (vmlinuz, initrd.img) boot configs expect;
-    the others vmlinuz-KVER / initrd-KVER.img."""
-    out = []
-    for i, v in enumerate(versions):
-        suffix = "" if i == 0 else f"-{v}"
-        out.append(BootKernel(i, v, f"{directory}/vmlinuz{suffix}", f"{directory}/initrd{suffix}.img"))
-    return out
+    """Every kernel's names in the output, newest first (name_suffix)."""
+    return [BootKernel(i, v, f"{directory}/vmlinuz{name_suffix(i, v)}", f"{directory}/initrd{name_suffix(i, v)}.img")
+            for i, v in enumerate(versions)]
 
 
 def render_config(templatedir: Path, name: str, variables: Mapping[str, object]) -> str:
