@@ -36,7 +36,7 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
         raise ComposerError(f"--step {args.step}: must be a positive number of MB")
     best, results = find_min_memory(
         kernel, initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
-        timeout=args.timeout, accel=args.accel, **boot_kw,
+        timeout=args.timeout, accel=args.accel, marker=args.marker, **boot_kw,
     )
     for r in results:
         info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
@@ -65,6 +65,10 @@ def _check_verify_options(args: argparse.Namespace) -> None:
             raise ComposerError(f"--range {args.range}: more than this host's {host_mb} MB of RAM")
     # qemu gets it as one argv word (no menu parses it): one line, and balanced quotes.
     check_line("--append", args.append)
+    check_line("--check-args", args.check_args)
+    _split_append(args.check_args, "--check-args")
+    if not check_line("--marker", args.marker).strip():
+        raise ComposerError("--marker: must not be empty (the line the image prints once it is up)")
     _split_append(args.append)
     if args.log is not None:
         check_logfile(args.log, "--log")
@@ -75,6 +79,11 @@ def _check_verify_options(args: argparse.Namespace) -> None:
         check_dir_creatable(args.log.parent, "--log")
 
 
+# What composer's test product (tools/testproduct) prints once it is up, and the kernel
+# arguments that ask it to (then it powers off): the defaults of --marker and --check-args.
+TEST_PRODUCT_MARKER = "COMPOSER-BOOT-OK"
+TEST_PRODUCT_CHECK_ARGS = "composer.check=poweroff"
+
 # Longer than any boot under TCG; keeps a typo (or inf) from waiting forever.
 MAX_TIMEOUT = 86400
 
@@ -83,11 +92,11 @@ def host_memory_mb() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
-def _split_append(text: str) -> list[str]:
+def _split_append(text: str, option: str = "--append") -> list[str]:
     try:
         return shlex.split(text)
     except ValueError as e:
-        raise ComposerError(f"--append {text!r}: {e}") from None
+        raise ComposerError(f"{option} {text!r}: {e}") from None
 
 
 def _check_kernel_file(path: Path) -> None:
@@ -116,11 +125,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.iso is not None or args.netboot is not None:
         return verify_media(args)
     if args.min_memory:
-        return report_min_memory(args, args.kernel, args.initrd, append=args.append)
+        return report_min_memory(args, args.kernel, args.initrd, check_args=args.check_args, append=args.append)
 
     result = boot_kernel(
-        args.kernel, args.initrd, memory_mb=args.memory, append=args.append,
-        timeout=args.timeout, accel=args.accel, log=args.log,
+        args.kernel, args.initrd, memory_mb=args.memory, marker=args.marker, check_args=args.check_args,
+        append=args.append, timeout=args.timeout, accel=args.accel, log=args.log,
     )
     if result.ok:
         info(f"verify: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
@@ -174,7 +183,8 @@ def check_verify_media(args: argparse.Namespace) -> None:
 
 
 def verify_media(args: argparse.Namespace) -> int:
-    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
+    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log,
+              "marker": args.marker}
     check_verify_media(args)
     if args.iso is not None:
         if args.min_memory:
@@ -209,6 +219,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--initrd", type=Path, default=None)
     p.add_argument("--memory", type=int, default=512, metavar="MB")
     p.add_argument("--append", default="", help="extra kernel arguments")
+    p.add_argument("--marker", default=TEST_PRODUCT_MARKER, metavar="TEXT",
+                   help="the console line (its start) that says the image is up "
+                        f"(default {TEST_PRODUCT_MARKER}, composer's test product's)")
+    p.add_argument("--check-args", default=TEST_PRODUCT_CHECK_ARGS, metavar="ARGS",
+                   help="kernel arguments that make the image print the marker, for --kernel/--initrd "
+                        f"(default {TEST_PRODUCT_CHECK_ARGS}; with --iso/--netboot the boot menu decides)")
     p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")
