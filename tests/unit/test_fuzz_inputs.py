@@ -439,7 +439,7 @@ CONTEXTS = [
 @given(value=st.one_of(st.text(max_size=40), st.sampled_from(NASTY)), idx=st.integers(0, len(CONTEXTS) - 1))
 @examples(300)
 def test_template_values_are_data(world, value, idx) -> None:
-    from composer.templates import TemplateRunner, _render
+    from composer.templates import TemplateRunner, render_template
 
     line, name, how = CONTEXTS[idx]
     tdir = world / "gen" / "tmpl"
@@ -448,7 +448,7 @@ def test_template_values_are_data(world, value, idx) -> None:
     t.write_text(f"log start\n{line}\nlog end\n")
     runner = TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=tdir, variables={"x": value}, dry_run=True)
     try:
-        text, origins = _render(t, [tdir], runner._template_data(None), protect_data=True)
+        text, origins = render_template(t, [tdir], runner._template_data(None), protect_data=True)
         lines = runner._parse(t, text, origins)
     except ComposerError:
         # Refused values are those with a line break or control character, or ones whose

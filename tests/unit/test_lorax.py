@@ -191,7 +191,6 @@ def test_lorax_console_entry_point_is_opt_in():
 
 
 def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
-    from composer import templates as T
     from composer.loraxcli import buildstamp_text, lorax_runtime_template
     from composer.templates import TemplateRunner
 
@@ -204,7 +203,7 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
     tree = tmp_path / "tree"
     tree.mkdir()
     calls = []
-    monkeypatch.setattr(T, "run", lambda argv, **kw: calls.append(list(argv)))
+    monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append(list(argv)))
     TemplateRunner(tree=tree, templatedir=tmp_path, variables={}).run(tmpl)
     assert (tree / ".buildstamp").read_text() == text
     assert calls[0][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]  # runcmd on the host

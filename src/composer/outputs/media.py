@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from composer.run import ComposerError
-from composer.templates import _render
+from composer.templates import render_template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ def render_config(templatedir: Path, name: str, variables: Mapping[str, object])
     path = name if isinstance(name, Path) else templatedir / name
     if not path.is_file():
         raise ComposerError(f"template set {templatedir.name} has no {path.name} ({path})")
-    text, _ = _render(path, [templatedir, path.parent], dict(variables))
+    text, _ = render_template(path, [templatedir, path.parent], dict(variables))
     # Empty variables leave runs of blanks inside lines (not in the indentation): tidy them.
     lines = [re.sub(r"(?<=\S) {2,}", " ", line.rstrip()) for line in text.strip("\n").splitlines()]
     return "\n".join(lines) + "\n"
