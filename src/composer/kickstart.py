@@ -143,7 +143,6 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
-
     path = Path(path)
     if not path.exists():
         raise ComposerError(f"--ks {path}: no such file")
@@ -154,25 +153,24 @@ def load_kickstart(path: Path) -> KickstartInput:
 
     unused: list[str] = []
     sources: list[str] = []
+
+    def take_source(cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
+        """A package source of `url` or `repo` (shown: how a bad source is named); its
+        mirror lists are reported unused (named: how the report names the command)."""
+        if url:
+            where = _line_of(files, getattr(cmd, "lineno", None), command)
+            check_line(f"kickstart {where}: {command} {url_option}", url)
+            check_source(url, f"kickstart {where}: {shown}")
+            sources.append(url)
+        for opt in ("mirrorlist", "metalink"):
+            if getattr(cmd, opt, None):
+                unused.append(f"{named} --{opt}")
+
     url = handler.url
     if getattr(url, "seen", False):
-        if url.url:
-            where = _line_of(files, getattr(url, "lineno", None), "url")
-            check_line(f"kickstart {where}: url --url", url.url)
-            check_source(url.url, f"kickstart {where}: url --url")
-            sources.append(url.url)
-        for opt in ("mirrorlist", "metalink"):
-            if getattr(url, opt, None):
-                unused.append(f"url --{opt}")
+        take_source(url, "url", url.url, "--url", "url --url", "url")
     for repo in handler.repo.repoList:
-        if repo.baseurl:
-            where = _line_of(files, getattr(repo, "lineno", None), "repo")
-            check_line(f"kickstart {where}: repo --baseurl", repo.baseurl)
-            check_source(repo.baseurl, f"kickstart {where}: repo --name={repo.name} --baseurl")
-            sources.append(repo.baseurl)
-        for opt in ("mirrorlist", "metalink"):
-            if getattr(repo, opt, None):
-                unused.append(f"repo {repo.name} --{opt}")
+        take_source(repo, "repo", repo.baseurl, "--baseurl", f"repo --name={repo.name} --baseurl", f"repo {repo.name}")
 
     pkgs = handler.packages
     installpkgs = tuple(pkgs.packageList)

@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 
 from composer.bootiso import BIOS_LOADERS, MediaOptions, check_boot_menus, compose_boot_iso
-from composer.cli.common import check_logfile
-from composer.cli.compose import add_compose_options, config_from_args
+from composer.cli.compose import add_compose_options, config_with_kernel_args, own_logfile
 from composer.config import Config, parse_assignments
 from composer.images.efiboot import EFI_ARCH_NAMES
 from composer.images.iso import check_volid, default_volid
-from composer.kickstart import add_ks_option, config_with_kickstart
-from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
-from composer.run import ComposerError, set_logging
+from composer.kickstart import add_ks_option
+from composer.preflight import check_compose_inputs, check_template_vars
+from composer.run import ComposerError
 
 
 def cmd_boot_iso(args: argparse.Namespace) -> int:
@@ -24,13 +23,8 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
 def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    check_logfile(args.bootiso_logfile, "--logfile")
-    if args.bootiso_logfile is not None:
-        set_logging(logfile=args.bootiso_logfile)
-    cfg = config_from_args(args)
-    cfg, ks = config_with_kickstart(cfg, args.ks)
-    for arg in args.kernel_arg:
-        check_kernel_arg("--kernel-arg", arg)
+    own_logfile(args.bootiso_logfile)
+    cfg, ks = config_with_kernel_args(args)
     if args.volid is not None:
         volid = check_volid(args.volid)
     else:

@@ -8,12 +8,12 @@ import os
 import platform
 from pathlib import Path
 
-from composer.cli.common import source_date_epoch
+from composer.cli.common import check_logfile, source_date_epoch
 from composer.config import Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.dnf import DNF_ROOT_ENV, find_dnf
-from composer.kickstart import add_ks_option, config_with_kickstart
-from composer.preflight import check_compose_inputs, check_config_values
-from composer.run import ComposerError
+from composer.kickstart import KickstartInput, add_ks_option, config_with_kickstart
+from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg
+from composer.run import ComposerError, set_logging
 from composer.runtime import compose_runtime
 
 
@@ -114,6 +114,22 @@ def _config(args: argparse.Namespace) -> Config:
         use_cache=not args.no_cache,
         osmin=args.osmin,
     )
+
+
+def own_logfile(path: Path | None) -> None:
+    """boot-iso's and netboot's own --logfile (after the subcommand): checked, then logged to."""
+    check_logfile(path, "--logfile")
+    if path is not None:
+        set_logging(logfile=path)
+
+
+def config_with_kernel_args(args: argparse.Namespace) -> tuple[Config, KickstartInput | None]:
+    """The Config of a compose whose boot menus take kernel arguments (boot-iso, netboot):
+    --ks applied, every --kernel-arg checked."""
+    cfg, ks = config_with_kickstart(config_from_args(args), args.ks)
+    for arg in args.kernel_arg:
+        check_kernel_arg("--kernel-arg", arg)
+    return cfg, ks
 
 
 def prepare_runtime(args: argparse.Namespace) -> Config:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from composer.cli.common import check_logfile
-from composer.cli.compose import add_compose_options, config_from_args
+from composer.cli.compose import add_compose_options, config_with_kernel_args, own_logfile
 from composer.config import Config
-from composer.kickstart import add_ks_option, config_with_kickstart
+from composer.kickstart import add_ks_option
 from composer.netboot import NetbootOptions, check_boot_configs, compose_netboot, normalize_url
-from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
-from composer.run import set_logging
+from composer.preflight import check_compose_inputs, check_template_vars
 
 
 def cmd_netboot(args: argparse.Namespace) -> int:
@@ -22,14 +20,9 @@ def cmd_netboot(args: argparse.Namespace) -> int:
 
 def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
     """Every check of `composer netboot` before any work, boot configs rendered included."""
-    check_logfile(args.netboot_logfile, "--logfile")
-    if args.netboot_logfile is not None:
-        set_logging(logfile=args.netboot_logfile)
+    own_logfile(args.netboot_logfile)
     url = normalize_url(args.url)
-    cfg = config_from_args(args)
-    cfg, ks = config_with_kickstart(cfg, args.ks)
-    for arg in args.kernel_arg:
-        check_kernel_arg("--kernel-arg", arg)
+    cfg, ks = config_with_kernel_args(args)
     check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)  # the boot configs get them too
     opts = NetbootOptions(url=url, split=args.split,
                           kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
