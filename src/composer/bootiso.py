@@ -16,9 +16,7 @@ on the media tree (not the runtime tree) before the images are made.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -43,8 +41,8 @@ from composer.outputs.media import (
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.product import template_dir, template_variables
 from composer.reproducible import config_seed
-from composer.run import ComposerError, atomic_dir, info, stage
-from composer.runtime import Runtime, build_runtime, workdir_for
+from composer.run import ComposerError, info, stage
+from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.templates import TemplateRunner
 
 BIOS_LOADERS = ("grub2", "isolinux")
@@ -235,15 +233,10 @@ def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Pa
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
     check_volid(opts.volid)
     check_boot_menus(cfg, opts)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         result = make_media(cfg, opts, rt, out, work)
-        timings = {**rt.timings, **result.timings}
-        sizes = {**rt.sizes, **result.sizes}
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result.budgets)}))
+        log_summary({**rt.sizes, **result.sizes}, {**rt.timings, **result.timings}, result.budgets)
     info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
          "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir

@@ -37,8 +37,8 @@ from composer.outputs.media import copy_file
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.preflight import check_compose_inputs
 from composer.product import template_dir
-from composer.run import ComposerError, atomic_dir, info, run, set_logging
-from composer.runtime import build_runtime, workdir_for
+from composer.run import ComposerError, info, run, set_logging
+from composer.runtime import build_runtime, compose_dirs
 from composer.templates import Arch, Product, TemplateRunner, lorax_variables
 
 __all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
@@ -399,14 +399,10 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
 
 
 def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
-    import contextlib
-
     found = check_sharedir(template_dir(cfg))  # a template error stops the build now, not after the runtime
     if found.errors:
         raise ComposerError(f"--sharedir {template_dir(cfg)}: " + "; ".join(found.errors))
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         make_lorax_media(cfg, plan, rt, out, work, volid)
     info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {template_dir(cfg)})")

@@ -21,7 +21,6 @@ Boot loaders and configs, all rendered from the product's templates with the URL
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -35,8 +34,8 @@ from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
 from composer.preflight import check_menu_value
 from composer.product import template_dir, template_variables
-from composer.run import ComposerError, atomic_dir, info, stage
-from composer.runtime import Runtime, build_runtime, workdir_for
+from composer.run import ComposerError, info, stage
+from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 
 PXELINUX_DIRS = ("usr/share/syslinux", "usr/lib/PXELINUX", "usr/lib/syslinux/modules/bios", "usr/lib/syslinux")
 # template -> place in the netboot tree
@@ -190,9 +189,7 @@ def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config
 
 def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
     check_boot_configs(cfg, opts)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    with compose_dirs(cfg) as (out, work):
         cfg = netboot_dracut_conf(cfg, opts, work)
         rt = build_runtime(cfg, work)
         result = make_netboot(cfg, opts, rt, out)
@@ -202,9 +199,7 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
             "sizes": {**rt.sizes, **result.sizes}, "timings": {**rt.timings, **result.timings},
             "ram": ram.manifest_record(result.budgets),
         }, indent=2) + "\n")
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result.sizes.items()},
-                                       "timings_s": {**rt.timings, **result.timings},
-                                       "ram_floor_mb": ram.summary_record(result.budgets)}))
+        log_summary(result.sizes, {**rt.timings, **result.timings}, result.budgets)
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir

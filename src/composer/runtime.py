@@ -10,6 +10,7 @@ import resource
 import secrets
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -235,9 +236,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
 def compose_runtime(cfg: Config) -> Path:
     """`composer runtime OUTDIR`: the big initrd per kernel, install.img and a manifest."""
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         start = time.monotonic()
         with stage("outputs"):
@@ -261,8 +260,20 @@ def compose_runtime(cfg: Config) -> Path:
                 "tree_check": rt.tree_check,
                 "ram": ram.manifest_record(ram_budget),
             })
-        summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings,
-                   "ram_floor_mb": ram.summary_record(ram_budget)}
-        info("summary: " + json.dumps(summary))
+        log_summary(rt.sizes, rt.timings, ram_budget)
     info(f"outputs in {cfg.outdir}: images/pxeboot/vmlinuz, images/pxeboot/initrd.img, images/install.img, manifest.json")
     return cfg.outdir
+
+
+@contextlib.contextmanager
+def compose_dirs(cfg: Config) -> Iterator[tuple[Path, Path]]:
+    """The skeleton every compose fills: OUTDIR, built under a temporary name and renamed
+    into place only when the body succeeds (run.atomic_dir), and a work directory."""
+    with atomic_dir(cfg.outdir, force=cfg.force) as out, workdir_for(cfg) as work:
+        yield out, work
+
+
+def log_summary(sizes: Mapping[str, int], timings: Mapping[str, float], budgets: dict[str, ram.RamBudget]) -> None:
+    """A compose's last line before its outputs: sizes, stage times and the RAM floors."""
+    info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
+                                   "timings_s": timings, "ram_floor_mb": ram.summary_record(budgets)}))
