@@ -118,6 +118,7 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 
     includes_required=False allows %include of files that only exist at install time.
     """
+    # Deferred: pykickstart is slow to import and only --ks and mkksiso need it.
     from pykickstart import errors as kserrors
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion

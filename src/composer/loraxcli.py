@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import datetime
+import platform
+import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,8 +232,6 @@ _NOT_HONOURED = (
 
 def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
-    import platform
-
     args = lorax_parser().parse_args(_glue_dracut_args(argv))
     conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
                                                         for a in argv))
@@ -321,9 +323,6 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
     """lorax's /.buildstamp (what anaconda reads; --isfinal and --bugurl change it): an
     ini file with [Main] Product, Version, BugURL, IsFinal, UUID (build time + arch),
     Variant when given, and [Compose] Lorax."""
-    import datetime
-    import time
-
     when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
     stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y%m%d%H%M")
     lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
@@ -341,8 +340,6 @@ def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | No
     rpm database before the cleanup template removes it. The values are baked into the
     text (not variables: those are part of the install stage's cache key) inside
     <%text>, so that Mako leaves them alone."""
-    import shlex
-
     escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
     lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
     if pkglists is not None:

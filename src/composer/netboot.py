@@ -25,6 +25,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from composer.config import Config
 from composer.images.efiboot import EFI_ARCH_NAMES, find_grub, grub_mkimage
@@ -60,8 +61,6 @@ class NetbootOptions:
 
 
 def normalize_url(url: str) -> str:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

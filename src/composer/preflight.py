@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote, urlparse, urlsplit
 
 from composer.config import Config
 from composer.dnf import check_repofile, check_source
@@ -136,8 +137,6 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Pl
 
 def compose_inputs(cfg: Config) -> list[Place]:
     """What a compose reads or keeps, as places its OUTDIR must keep away from."""
-    from urllib.parse import unquote
-
     places = [Place(cfg.cachedir, f"--cachedir {cfg.cachedir}")]
     if cfg.workdir is not None:
         places.append(Place(cfg.workdir, f"--workdir {cfg.workdir}", inside=False))
@@ -159,8 +158,6 @@ def compose_inputs(cfg: Config) -> list[Place]:
 def _urlparse(url: str):  # noqa: ANN202
     """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
     source checks that follow say what is wrong with it."""
-    from urllib.parse import urlparse
-
     try:
         return urlparse(url)
     except ValueError:
@@ -169,8 +166,6 @@ def _urlparse(url: str):  # noqa: ANN202
 
 def _repofile_paths(path: Path) -> list[Path]:
     """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
-    from urllib.parse import unquote
-
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -310,8 +305,6 @@ def check_menu_value(option: str, value: str) -> str:
 
 
 def check_url_value(option: str, value: str) -> str:
-    from urllib.parse import urlsplit
-
     check_menu_value(option, value)
     if any(ch.isspace() for ch in value):
         raise ComposerError(f"{option} {value!r}: a URL has no white space")

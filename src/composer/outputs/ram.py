@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import lzma
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -157,8 +158,6 @@ def with_memory_check(initramfs: Path, dest: Path, floor_mb: int, *, mtime: int 
     """dest = initramfs + an uncompressed cpio with etc/cmdline.d/…: rd.composer.memory=FLOOR.
 
     Written as dest.tmp and renamed, so dest is never half-written."""
-    import os
-
     tmp = dest.with_name(dest.name + ".tmp")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:

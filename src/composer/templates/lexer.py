@@ -4,6 +4,7 @@ variable values data (their quotes, backslashes and braces literal)."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 from composer.run import ComposerError
 
@@ -129,8 +130,6 @@ def brace_expand(word: str) -> list[str]:
 def _unescape(text: str) -> str:
     """Python's string escapes (\\n, \\t, \\\\, \\xNN, \\NNN, \\uNNNN...) as lorax's append
     decodes them; characters beyond ASCII pass through unchanged."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "\\m" stays "\\m", as in lorax

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
+import inspect
 import os
 import re
 import sys
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -171,7 +174,7 @@ class _TrackingBuffer:
 def _line_map(modname: str) -> tuple[list[int], list[str]] | None:
     """(Python line -> template line, Python source lines) of a compiled template."""
     try:
-        from mako.template import ModuleInfo
+        from mako.template import ModuleInfo  # deferred, as in render_template
 
         minfo = ModuleInfo._modules.get(modname)
         if minfo is None:
@@ -221,6 +224,7 @@ def render_template(template: Path, lookup_dirs: Sequence[Path], data: Mapping[s
 
     protect_data: the text is for the command parser, so values' quotes and braces
     are marked literal (boot configs and other text files get the plain text)."""
+    # Deferred: Mako is imported only when a template is rendered (not by `composer --help`).
     from mako import exceptions
     from mako.codegen import RESERVED_NAMES
     from mako.lookup import TemplateLookup
@@ -274,8 +278,6 @@ def _page_args(tmpl, template: Path, data: Mapping[str, object]) -> dict[str, ob
     """Keyword arguments for the template's <%page args=.../> (lorax renders with
     template.render(**variables), which fills them); a missing one is named here
     instead of surfacing as Mako's "render_body() missing ... arguments"."""
-    import inspect
-
     try:
         params = inspect.signature(tmpl.callable_).parameters
     except (TypeError, ValueError):
@@ -299,9 +301,6 @@ def _page_args(tmpl, template: Path, data: Mapping[str, object]) -> dict[str, ob
 def _lorax_compat_modules() -> None:
     """lorax's own templates `from pylorax.sysutils import joinpaths`; where lorax is not
     installed composer provides that one helper under lorax's module name."""
-    import importlib.util
-    import types
-
     if "pylorax.sysutils" in sys.modules:
         return
     try:

@@ -810,6 +810,7 @@ class TemplateRunner:
 
 def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> None:
     """installimg: a newc cpio of src's contents, compressed, written to dest."""
+    # Deferred: optional C modules of Python, needed only by installimg.
     import bz2
     import gzip
     import lzma
