@@ -27,14 +27,14 @@ from pathlib import Path
 from composer.bootiso import MediaOptions, compose_boot_iso
 from composer.config import Compression, Config, RootfsType
 from composer.dnf import DnfConfig, DnfSession
-from composer.images.rootfs import make_rootfs
+from composer.images.rootfs import make_rootfs, tree_size
 from composer.images.sparse import allocated_size
 from composer.images.squashfs import make_squashfs
-from composer.outputs.bigimage import make_big_initrd
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.ram import unpacked_ram
-from composer.runtime import KEPT_PREFIX, compose_runtime, du, runtime_cmdline
+from composer.runtime import KEPT_PREFIX, compose_runtime
 from composer.verify import BootResult, boot_iso, find_min_memory, predicted_floor
-from testproduct import build_testproduct
+from testproduct import BOOT_MARKER, CHECK_ARGS, build_testproduct
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("BUILD", ROOT / "build"))
@@ -76,7 +76,7 @@ def iso_boot(iso: Path):
 
 def ram_floor(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> int | None:
     logdir.mkdir(parents=True, exist_ok=True)
-    best, results = find_min_memory(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=900, **kw)
+    best, results = find_min_memory(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=900, marker=BOOT_MARKER, **kw)
     for r in results:
         print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
     return best
@@ -153,7 +153,7 @@ def main() -> int:
                                     "big_initrd_mib": round(big.stat().st_size / MIB, 1)}
         if ram_mode == "all" or ram_mode == str(c):
             print(f"RAM floor, {c}:", flush=True)
-            entry["ram_floor_mb"] = ram_floor(kernel, big, OUT / f"boots-{c}")
+            entry["ram_floor_mb"] = ram_floor(kernel, big, OUT / f"boots-{c}", check_args=CHECK_ARGS)
         comp[str(c)] = entry
         img.unlink()
     xz = comp["xz"]
@@ -177,8 +177,8 @@ def main() -> int:
     t_sq, _, _ = timed(make_squashfs, tree, OUT / "limit.img", Compression.XZ)
     limit = t_dnf + t_sq
     res["physical_limit"] = {"dnf_install_s": round(t_dnf, 2), "mksquashfs_xz_s": t_sq,
-                             "dnf_tree_mib": round(du(limit_tree) / MIB, 1),
-                             "squashed_tree_mib": round(du(tree) / MIB, 1), "total_s": round(limit, 2),
+                             "dnf_tree_mib": round(tree_size(limit_tree).blocks_bytes / MIB, 1),
+                             "squashed_tree_mib": round(tree_size(tree).blocks_bytes / MIB, 1), "total_s": round(limit, 2),
                              "compose_vs_limit": round(wall / limit, 2)}
     shutil.rmtree(OUT / "limit")
     (OUT / "limit.img").unlink()

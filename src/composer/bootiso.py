@@ -16,15 +16,11 @@ on the media tree (not the runtime tree) before the images are made.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Any
 
-from composer.config import Config, RootfsType, parse_assignments
+from composer.config import Config
 from composer.images.efiboot import (
     EFI_ARCH_NAMES,
     find_grub,
@@ -32,7 +28,7 @@ from composer.images.efiboot import (
     grub_mkimage,
     make_efiboot,
 )
-from composer.images.iso import BiosBoot, check_volid, default_volid, make_iso
+from composer.images.iso import BiosBoot, check_volid, make_iso
 from composer.images.sparse import copy_sparse
 from composer.outputs import ram
 from composer.outputs.media import (
@@ -43,8 +39,11 @@ from composer.outputs.media import (
     render_config,
 )
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.product import template_dir, template_variables
 from composer.reproducible import config_seed
-from composer.run import ComposerError, atomic_dir, info, set_logging, stage
+from composer.run import ComposerError, info, stage
+from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
+from composer.templates import TemplateRunner
 
 BIOS_LOADERS = ("grub2", "isolinux")
 GRUB_BIOS_PREFIX = "/boot/grub2"
@@ -61,8 +60,6 @@ class MediaOptions:
 
 
 def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) -> dict[str, object]:
-    from composer.runtime import template_variables
-
     variables = template_variables(cfg)
     variables.update(dict(opts.arch_template_vars))
     variables.update({
@@ -71,8 +68,7 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
         "extra_args": join_args(opts.kernel_args),
         "bios_loader": opts.bios_loader,
         "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
-        # A read-only rootfs (erofs, or the tree straight in squashfs) needs an overlayfs.
-        "overlay_args": "rd.live.overlay.overlayfs=1" if cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS) else "",
+        "overlay_args": " ".join(cfg.rootfs_type.live_args),
     })
     return variables
 
@@ -87,18 +83,16 @@ def config_names(bios_loader: str) -> dict[str, str]:
     return names
 
 
-def check_templates(cfg: Config, opts: MediaOptions) -> None:
+def check_boot_menus(cfg: Config, opts: MediaOptions) -> None:
     """Render the boot configs with a sample kernel before the long build: a template
     error stops the build in a second, not after the runtime compose."""
-    templatedir = cfg.template_dir
+    templatedir = template_dir(cfg)
     variables = media_variables(cfg, opts, boot_kernels(["0.0.0-sample"]))
     for name in config_names(opts.bios_loader):
         render_config(templatedir, name, variables)
     for t in opts.arch_templates:
         if not t.is_file():
             raise ComposerError(f"--add-arch-template {t}: no such file")
-    from composer.templates import TemplateRunner
-
     checker = TemplateRunner(tree=Path("/nonexistent-media-tree"), templatedir=templatedir, variables=variables, dry_run=True)
     for t in arch_templates(cfg, variables, opts):
         checker.run(t)
@@ -106,7 +100,7 @@ def check_templates(cfg: Config, opts: MediaOptions) -> None:
 
 def arch_templates(cfg: Config, variables: dict[str, object], opts: MediaOptions) -> list[Path]:
     """The product's bootiso-<basearch>.tmpl (if any), then --add-arch-template files."""
-    own = cfg.template_dir / f"bootiso-{variables['basearch']}.tmpl"
+    own = template_dir(cfg) / f"bootiso-{variables['basearch']}.tmpl"
     return ([own] if own.is_file() else []) + [t.resolve() for t in opts.arch_templates]
 
 
@@ -140,11 +134,11 @@ class MediaResult:
     budgets: dict[str, ram.RamBudget]  # per kernel
 
 
-def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> MediaResult:
+def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Path) -> MediaResult:
     """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso."""
     timings: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    templatedir = cfg.template_dir
+    templatedir = template_dir(cfg)
     kernels = boot_kernels([k.version for k in rt.kernels])
     variables = media_variables(cfg, opts, kernels)
 
@@ -194,8 +188,6 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> Me
             info("efi: no shim in the install tree: GRUB alone (no Secure Boot)")
 
         # Product/arch templates on the media tree (e.g. extra files for the ISO).
-        from composer.templates import TemplateRunner
-
         runner = TemplateRunner(tree=out, inroot=rt.tree, templatedir=templatedir, variables=variables)
         for t in arch_templates(cfg, variables, opts):
             runner.run(t)
@@ -239,178 +231,14 @@ def make_media(cfg: Config, opts: MediaOptions, rt, out: Path, work: Path) -> Me
 
 
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
-    from composer.runtime import build_runtime, workdir_for
-
     check_volid(opts.volid)
-    check_templates(cfg, opts)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    check_boot_menus(cfg, opts)
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         result = make_media(cfg, opts, rt, out, work)
-        timings = {**rt.timings, **result.timings}
-        sizes = {**rt.sizes, **result.sizes}
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                       "timings_s": timings, "ram_floor_mb": ram.summary_record(result.budgets)}))
+        log_summary({**rt.sizes, **result.sizes}, {**rt.timings, **result.timings}, result.budgets)
     info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
          "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir
 
 
-def cmd_boot_iso(args: argparse.Namespace) -> int:
-    cfg, opts = prepare_boot_iso(args)
-    compose_boot_iso(cfg, opts)
-    return 0
-
-
-def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
-    """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    from composer.cli import check_logfile, config_from_args
-    from composer.kickstart import config_with_kickstart
-    from composer.preflight import check_compose_inputs, check_kernel_arg, check_template_vars
-
-    check_logfile(args.bootiso_logfile, "--logfile")
-    if args.bootiso_logfile is not None:
-        set_logging(logfile=args.bootiso_logfile)
-    cfg = config_from_args(args)
-    cfg, ks = config_with_kickstart(cfg, args.ks)
-    for arg in args.kernel_arg:
-        check_kernel_arg("--kernel-arg", arg)
-    if args.volid is not None:
-        volid = check_volid(args.volid)
-    else:
-        volid = default_volid(cfg.product, cfg.version, cfg.arch)
-        try:
-            check_volid(volid)
-        except ComposerError as e:
-            # The user gave no --volid: say where this one came from.
-            raise ComposerError(f"the default volume id {str(e).removeprefix('--volid ')} "
-                                "(made from --product, --version, --buildarch); give --volid") from None
-    if cfg.arch not in EFI_ARCH_NAMES:
-        # Found out only after the runtime build otherwise (make_media).
-        raise ComposerError(f"--buildarch {cfg.arch}: boot-iso has no UEFI boot for this architecture "
-                            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
-    opts = MediaOptions(
-        volid=volid,
-        bios_loader=args.bios_loader,
-        kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg),
-        arch_templates=tuple(args.add_arch_template),
-        arch_template_vars=parse_assignments(args.add_arch_template_var, "--add-arch-template-var"),
-    )
-    # These reach the boot menus too, where quotes and $ are syntax.
-    check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
-    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)
-    check_compose_inputs(cfg, "boot-iso", ks=args.ks)
-    check_templates(cfg, opts)
-    return cfg, opts
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add `boot-iso` to composer's subcommands."""
-    from composer.cli import _add_compose_options
-    from composer.kickstart import add_ks_option
-
-    p = subparsers.add_parser("boot-iso", help="compose installer media: boot.iso (BIOS + UEFI), install.img, pxeboot, .treeinfo")
-    _add_compose_options(p)
-    p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
-    p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                   help="extra kernel argument for every menu entry (repeatable)")
-    p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
-                   help="extra command template run on the media tree before the images are made (repeatable)")
-    p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",
-                   help="variable for the boot config and arch templates (repeatable)")
-    add_ks_option(p)
-    p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_boot_iso, prepare=prepare_boot_iso)
-    return p
-
-
-# --------------------------------------------------------------------------- verify
-# `composer verify --iso boot.iso [--firmware bios|uefi]` and `composer verify
-# --netboot DIR [--bootfile NAME]`: cli.py adds these options with
-# add_verify_media_options() and hands such a call to verify_media().
-
-
-def add_verify_media_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--iso", type=Path, default=None, help="boot this ISO as a CD instead of --kernel/--initrd")
-    p.add_argument("--firmware", default="bios", choices=["bios", "uefi"], help="for --iso/--netboot: SeaBIOS or OVMF")
-    p.add_argument("--netboot", type=Path, default=None, metavar="DIR",
-                   help="boot a `composer netboot` tree through qemu's TFTP (and HTTP on 127.0.0.1 when its URL is http://10.0.2.2:PORT/)")
-    p.add_argument("--bootfile", default=None, help="for --netboot: the DHCP boot file (default boot.ipxe or grubpxe.0)")
-
-
-def check_iso_file(path: Path) -> None:
-    """An ISO 9660 image (the primary volume descriptor's "CD001" at byte 32769), checked
-    before qemu starts: a random file would boot nothing and wait for the timeout."""
-    from composer.cli import check_input_file
-
-    check_input_file(path, "--iso")
-    with path.open("rb") as f:
-        f.seek(16 * 2048 + 1)
-        if f.read(5) != b"CD001":
-            raise ComposerError(f"--iso {path}: not an ISO 9660 image (no CD001 volume descriptor); "
-                                "give a boot.iso, e.g. OUTDIR/images/boot.iso")
-
-
-def _netboot_url(tree: Path) -> str:
-    meta_file = tree / "netboot.json"
-    if not meta_file.is_file():
-        raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
-    try:
-        meta = json.loads(meta_file.read_text())
-        url = meta["url"]
-        if not isinstance(url, str):
-            raise TypeError(f"url is {type(url).__name__}")
-        from urllib.parse import urlsplit
-
-        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
-    return url
-
-
-def check_verify_media(args: argparse.Namespace) -> None:
-    """`verify --iso/--netboot` inputs, checked before qemu starts."""
-    if args.iso is not None:
-        check_iso_file(args.iso)
-    else:
-        if args.min_memory:
-            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
-        _netboot_url(args.netboot)
-
-
-def verify_media(args: argparse.Namespace) -> int:
-    from urllib.parse import urlsplit
-
-    from composer.verify import boot_iso, boot_netboot, serve_http
-
-    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log}
-    check_verify_media(args)
-    if args.iso is not None:
-        if args.min_memory:
-            from composer.cli import report_min_memory
-
-            def boot_cd(_kernel: object, _initrd: object, **kw: Any) -> Any:
-                return boot_iso(args.iso, firmware=args.firmware, **kw)
-
-            return report_min_memory(args, None, None, boot=boot_cd)
-        result = boot_iso(args.iso, firmware=args.firmware, **common)
-        what = f"{args.iso} ({args.firmware})"
-    else:
-        if args.min_memory:
-            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
-        tree = args.netboot
-        url = urlsplit(_netboot_url(tree))
-        local = url.hostname == "10.0.2.2"
-        bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
-        with contextlib.ExitStack() as stack:
-            if local and url.scheme == "http":
-                stack.enter_context(serve_http(tree, url.port or 80))
-            result = boot_netboot(tree, bootfile, firmware=args.firmware, **common)
-        what = f"{tree} ({args.firmware}, {bootfile})"
-    if result.ok:
-        info(f"verify: {what}: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
-        return 0
-    raise ComposerError(f"verify: {what}: no boot marker at {args.memory} MB after {result.seconds:.0f}s: "
-                        f"{result.reason} (serial log: {result.log})")

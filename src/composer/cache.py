@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from composer import __version__
 from composer.dnf import RPMDB
+from composer.images.rootfs import tree_size
 from composer.run import CommandError, ComposerError, debug, info, locked_mkdir, remove_stale, run
 from composer.treecheck import fail_on
 
@@ -211,7 +212,7 @@ class TreeCache:
         fd = locked_mkdir(tmp)
         try:
             _cp_a(tree, tmp / "tree")
-            size = int(run(["du", "-s", "--block-size=1", str(tmp)], capture=True).stdout.split()[0])
+            size = tree_size(tmp).blocks_bytes
             meta = {"format": FORMAT_VERSION, "key": key, "created": int(time.time()), "size": size,
                     "packages": list(packages), "treeinfo": treeinfo}
             with (tmp / "meta.json").open("w") as f:

@@ -9,7 +9,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from composer.run import DATADIR, ComposerError
+from composer.run import ComposerError
 
 
 class RootfsType(enum.StrEnum):
@@ -17,6 +17,23 @@ class RootfsType(enum.StrEnum):
     EXT4 = "ext4"
     EROFS = "erofs"
     SQUASHFS = "squashfs"  # no rootfs.img: the tree goes straight into squashfs.img
+
+    @property
+    def dracut_drivers(self) -> tuple[str, ...]:
+        """The filesystem driver dmsquash-live needs for LiveOS/rootfs.img; dracut does not
+        add it by itself because it looks at the build host, not at the image."""
+        return () if self is RootfsType.SQUASHFS else (self.value,)
+
+    @property
+    def read_only(self) -> bool:
+        """erofs, or the tree straight in squashfs: the runtime's writes need an overlayfs."""
+        return self in (RootfsType.EROFS, RootfsType.SQUASHFS)
+
+    @property
+    def live_args(self) -> tuple[str, ...]:
+        """Kernel arguments dmsquash-live needs for this root: an overlayfs upper dir for a
+        read-only one; a btrfs/ext4 rootfs.img gets dracut's default dm-snapshot."""
+        return ("rd.live.overlay.overlayfs=1",) if self.read_only else ()
 
 
 class DnfChoice(enum.StrEnum):
@@ -78,23 +95,8 @@ class Config:
     use_cache: bool = True
     # Ship LiveOS/osmin.img.gz (a minimized-install delta against rootfs.img) in install.img.
     osmin: bool = False
-    # A template set given by path (lorax's --sharedir); None: templates/<product>.
+    # A template set given by path (lorax's --sharedir); None: templates/<product> (product.template_dir).
     templatedir: Path | None = None
-
-    @property
-    def template_dir(self) -> Path:
-        """The product's template set: templates/<product, lower case>, or templatedir."""
-        if self.templatedir is not None:
-            return self.templatedir
-        name = self.product.lower().replace(" ", "")
-        if not name or "/" in name or name.startswith("."):
-            # The product names a directory under templates/: never a path out of it.
-            raise ComposerError(f"--product {self.product!r}: not a product name (letters, digits, - and _)")
-        d = DATADIR / "templates" / name
-        if not d.is_dir():
-            known = sorted(p.name for p in (DATADIR / "templates").iterdir() if p.is_dir())
-            raise ComposerError(f"--product {self.product}: no template set {d} (known: {', '.join(known)})")
-        return d
 
 
 SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from composer.config import RootfsType
+from composer.outputs.media import render_config
 from composer.run import DATADIR, CommandError, ComposerError, in_tree_argv, info, run
 
 # The product's dracut configuration: templates/<product>/dracut.conf, rendered with the
@@ -23,16 +24,6 @@ PRODUCT_CONF_NAME = "95-product.conf"
 # Where the module tree composer prepares for dracut (--kmoddir) appears in the chroot;
 # dracut wants a .../lib/modules/KVER path.
 KMODDIR_IN_TREE = "/tmp/composer-kmods"
-
-# The filesystem driver dmsquash-live needs for LiveOS/rootfs.img; dracut does not
-# add it by itself because it looks at the build host, not at the image.
-ROOTFS_DRIVERS = {
-    RootfsType.BTRFS: ["btrfs"],
-    RootfsType.EXT4: ["ext4"],
-    RootfsType.EROFS: ["erofs"],
-    RootfsType.SQUASHFS: [],
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
@@ -276,7 +267,7 @@ def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *,
 
 def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str], *, reproducible: bool = False,
                 kmoddir: str | None = None) -> list[str]:
-    drivers = ROOTFS_DRIVERS[rootfs]
+    drivers = rootfs.dracut_drivers
     argv = ["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--kver", kver]
     if kmoddir is not None:
         argv += ["--kmoddir", kmoddir]
@@ -363,7 +354,7 @@ def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, rootfs: RootfsT
         kmoddir = None
         if sets["drivers"]:
             # The product's driver set, exactly: dracut sees no other module.
-            specs = [s for v in DRIVER_VARIABLES for s in sets[v]] + ROOTFS_DRIVERS[rootfs]
+            specs = [s for v in DRIVER_VARIABLES for s in sets[v]] + list(rootfs.dracut_drivers)
             mt = make_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}")
             if mt.missing:
                 info(f"dracut: kernel {k.version} has no module {', '.join(mt.missing)} (not built, or removed by the cleanup)")
@@ -395,8 +386,6 @@ def render_product_conf(templatedir: Path, variables: Mapping[str, object], work
     """The product's dracut.conf, rendered into workdir; None if the product has none."""
     if not (templatedir / PRODUCT_CONF_TEMPLATE).is_file():
         return None
-    from composer.outputs.media import render_config
-
     text = render_config(templatedir, PRODUCT_CONF_TEMPLATE, variables)
     dest = workdir / f"product-{PRODUCT_CONF_NAME}"
     dest.write_text(f"# {templatedir / PRODUCT_CONF_TEMPLATE}, rendered by composer\n" + text)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from composer.config import Config
+from composer.dnf import check_source, check_url
+from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
 
 # Commands composer reads; everything else the kickstart says is reported.
@@ -118,6 +120,7 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 
     includes_required=False allows %include of files that only exist at install time.
     """
+    # Deferred: pykickstart is slow to import and only --ks and mkksiso need it.
     from pykickstart import errors as kserrors
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion
@@ -143,10 +146,6 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
 
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
-
-    from composer.dnf import check_source, check_url
-    from composer.preflight import check_kernel_arg, check_line
-
     path = Path(path)
     if not path.exists():
         raise ComposerError(f"--ks {path}: no such file")
@@ -157,34 +156,29 @@ def load_kickstart(path: Path) -> KickstartInput:
 
     unused: list[str] = []
     sources: list[str] = []
+
+    def take_source(cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
+        """A package source of `url` or `repo` (shown: how a bad source is named), and its
+        mirror list; a metalink is reported unused (named: how the report names the command)."""
+        where = _line_of(files, getattr(cmd, "lineno", None), command)
+        if url:
+            check_line(f"kickstart {where}: {command} {url_option}", url)
+            check_source(url, f"kickstart {where}: {shown}")
+            sources.append(url)
+        mirrorlist = getattr(cmd, "mirrorlist", None)
+        if mirrorlist:
+            check_line(f"kickstart {where}: {command} --mirrorlist", mirrorlist)
+            check_url(mirrorlist, f"kickstart {where}: {shown.rsplit(' ', 1)[0]} --mirrorlist")
+            mirrorlists.append(mirrorlist)
+        if getattr(cmd, "metalink", None):
+            unused.append(f"{named} --metalink")
+
     mirrorlists: list[str] = []
     url = handler.url
     if getattr(url, "seen", False):
-        if url.url:
-            where = _line_of(files, getattr(url, "lineno", None), "url")
-            check_line(f"kickstart {where}: url --url", url.url)
-            check_source(url.url, f"kickstart {where}: url --url")
-            sources.append(url.url)
-        if url.mirrorlist:
-            where = _line_of(files, getattr(url, "lineno", None), "url")
-            check_line(f"kickstart {where}: url --mirrorlist", url.mirrorlist)
-            check_url(url.mirrorlist, f"kickstart {where}: url --mirrorlist")
-            mirrorlists.append(url.mirrorlist)
-        if getattr(url, "metalink", None):
-            unused.append("url --metalink")
+        take_source(url, "url", url.url, "--url", "url --url", "url")
     for repo in handler.repo.repoList:
-        if repo.baseurl:
-            where = _line_of(files, getattr(repo, "lineno", None), "repo")
-            check_line(f"kickstart {where}: repo --baseurl", repo.baseurl)
-            check_source(repo.baseurl, f"kickstart {where}: repo --name={repo.name} --baseurl")
-            sources.append(repo.baseurl)
-        if repo.mirrorlist:
-            where = _line_of(files, getattr(repo, "lineno", None), "repo")
-            check_line(f"kickstart {where}: repo --mirrorlist", repo.mirrorlist)
-            check_url(repo.mirrorlist, f"kickstart {where}: repo --name={repo.name} --mirrorlist")
-            mirrorlists.append(repo.mirrorlist)
-        if getattr(repo, "metalink", None):
-            unused.append(f"repo {repo.name} --metalink")
+        take_source(repo, "repo", repo.baseurl, "--baseurl", f"repo --name={repo.name} --baseurl", f"repo {repo.name}")
 
     pkgs = handler.packages
     installpkgs = tuple(pkgs.packageList)

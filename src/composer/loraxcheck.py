@@ -35,7 +35,7 @@ from composer.templates import (
     Product,
     TemplateError,
     TemplateRunner,
-    _render,
+    render_template,
     sample_variables,
 )
 
@@ -117,7 +117,7 @@ def check_sharedir(sharedir: Path, *, extra: Mapping[str, object] | None = None)
             if t.name in OUTPUT_TEMPLATES:
                 how = "rendered (an output document, not commands)"
                 try:
-                    _render(t, [t.parent, sharedir], {**_output_sample(), **(extra or {})})
+                    render_template(t, [t.parent, sharedir], {**_output_sample(), **(extra or {})})
                 except TemplateError as e:
                     result.errors.append(str(e))
                 result.checked.append(f"{rel}: {how}")

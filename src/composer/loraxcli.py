@@ -20,16 +20,31 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import datetime
+import platform
+import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from composer import __version__
+from composer import __version__, loraxlogs
+from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
 from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType, parse_assignments
 from composer.dnf import proxy_url
-from composer.run import ComposerError, info
+from composer.images.iso import check_volid, default_volid
+from composer.images.sparse import copy_sparse
+from composer.loraxcheck import check_sharedir
+from composer.loraxlogs import derive_logs
+from composer.outputs.media import copy_file
+from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.preflight import check_compose_inputs
+from composer.product import template_dir
+from composer.run import ComposerError, info, run, set_logging
+from composer.runtime import build_runtime, compose_dirs
+from composer.templates import Arch, Product, TemplateRunner, lorax_variables
 
 __all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
 
@@ -217,8 +232,6 @@ _NOT_HONOURED = (
 
 def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
-    import platform
-
     args = lorax_parser().parse_args(_glue_dracut_args(argv))
     conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
                                                         for a in argv))
@@ -315,9 +328,6 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
     """lorax's /.buildstamp (what anaconda reads; --isfinal and --bugurl change it): an
     ini file with [Main] Product, Version, BugURL, IsFinal, UUID (build time + arch),
     Variant when given, and [Compose] Lorax."""
-    import datetime
-    import time
-
     when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
     stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y%m%d%H%M")
     lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
@@ -335,10 +345,6 @@ def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | No
     rpm database before the cleanup template removes it. The values are baked into the
     text (not variables: those are part of the install stage's cache key) inside
     <%text>, so that Mako leaves them alone."""
-    import shlex
-
-    from composer import loraxlogs
-
     escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
     lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
     if pkglists is not None:
@@ -368,13 +374,7 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
     with the runtime tree as input root (kernels in boot/, the runtime image at
     images/install.img, as lorax has them) and the output directory as output root;
     then .treeinfo from what the templates recorded, and implantisomd5 on the ISO."""
-    from composer.images.sparse import copy_sparse
-    from composer.outputs.media import copy_file
-    from composer.outputs.treeinfo import write_discinfo, write_treeinfo
-    from composer.run import run
-    from composer.templates import Arch, Product, TemplateRunner, lorax_variables
-
-    templatedir = cfg.template_dir
+    templatedir = template_dir(cfg)
     inroot = rt.tree
     for k in rt.kernels:
         copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
@@ -401,34 +401,20 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
 
 
 def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
-    import contextlib
-
-    from composer.loraxcheck import check_sharedir
-    from composer.run import atomic_dir
-    from composer.runtime import build_runtime, workdir_for
-
-    found = check_sharedir(cfg.template_dir)  # a template error stops the build now, not after the runtime
+    found = check_sharedir(template_dir(cfg))  # a template error stops the build now, not after the runtime
     if found.errors:
-        raise ComposerError(f"--sharedir {cfg.template_dir}: " + "; ".join(found.errors))
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+        raise ComposerError(f"--sharedir {template_dir(cfg)}: " + "; ".join(found.errors))
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         make_lorax_media(cfg, plan, rt, out, work, volid)
-    info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {cfg.template_dir})")
+    info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {template_dir(cfg)})")
 
 
 def rt_basearch(cfg: Config) -> str:
-    from composer.templates import Arch
-
     return Arch.of(cfg.arch).basearch
 
 
 def run_plan(plan: LoraxPlan) -> int:
-    from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
-    from composer.images.iso import check_volid, default_volid
-    from composer.preflight import check_compose_inputs
-
     cfg = plan.config
     if plan.warnings:
         info("lorax: accepted but not honoured as lorax does: " + "; ".join(plan.warnings))
@@ -449,7 +435,7 @@ def run_plan(plan: LoraxPlan) -> int:
                                   add_templates=(own, *cfg.add_templates))
         opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
         check_compose_inputs(cfg, "boot-iso")
-        if lorax_media_mode(cfg.template_dir, rt_basearch(cfg)):
+        if lorax_media_mode(template_dir(cfg), rt_basearch(cfg)):
             compose_lorax_media(cfg, plan, volid)
         else:
             compose_boot_iso(cfg, opts)
@@ -458,9 +444,6 @@ def run_plan(plan: LoraxPlan) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lorax` console command and `composer lorax`."""
-    from composer.loraxlogs import derive_logs
-    from composer.run import set_logging
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         plan = plan_from_argv(argv)

@@ -23,7 +23,6 @@ sees) is always kept from the input, so such menus keep finding the medium.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
 import os
@@ -34,7 +33,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from composer.images.efiboot import mtools_env
+from composer.images.iso import check_volid, iso_date
+from composer.kickstart import read_kickstart
+from composer.reproducible import seed_uuid
 from composer.run import CommandError, ComposerError, info, run, scratch_beside, stage
+from composer.templates import udev_escape
 
 SECTOR = 2048
 # Boot menus composer edits, by where they live in the ISO (fnmatch patterns, case
@@ -47,18 +51,11 @@ EFIBOOT_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg
 # Lines that carry a kernel command line: GRUB's `linux PATH ARGS`, syslinux's `append ARGS`.
 GRUB_KERNEL_COMMANDS = ("linux", "linuxefi", "linux16")
 SYSLINUX_APPEND = "append"
-# What goes on the kernel command line unescaped in LABEL=; udev escapes the rest as \xNN.
-_LABEL_SAFE = re.compile(r"[A-Za-z0-9#+.:=@_-]")
 # A name we put on the command line as inst.ks=hd:LABEL=V:/NAME needs no quoting.
 _ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 # --------------------------------------------------------------------------- pure logic
-
-
-def udev_escape(label: str) -> str:
-    """A volume label as it appears in LABEL=/CDLABEL= (/dev/disk/by-label/ escaping)."""
-    return "".join(c if _LABEL_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in label)
 
 
 def split_args(text: str) -> list[str]:
@@ -391,8 +388,6 @@ class EfiBoot:
 def check_kickstart(path: Path) -> None:
     """The kickstart must parse (pykickstart, latest syntax); %include of files that only
     exist at install time (e.g. written by %pre) is allowed."""
-    from composer.kickstart import read_kickstart
-
     read_kickstart(path, includes_required=False)
 
 
@@ -405,8 +400,6 @@ def _root_name(path: Path, option: str) -> str:
 
 def check_options(opts: MkksisoOptions) -> None:
     """Everything that can be refused before reading the ISO's contents."""
-    from composer.images.iso import check_volid
-
     if not opts.input.exists():
         raise ComposerError(f"INPUT {opts.input}: no such file")
     if not opts.input.is_file():
@@ -494,8 +487,6 @@ def _encode_like(text: str, original: bytes) -> bytes:
 
 
 def _mtools(argv: list[str], epoch: int | None, **kw):
-    from composer.images.efiboot import mtools_env
-
     return run(argv, env=mtools_env(epoch), **kw)
 
 
@@ -649,9 +640,6 @@ def _read_bytes(iv: Interval, size: int) -> bytes:
 
 def xorriso_argv(p: Plan, work: Path, output: Path) -> list[str]:
     """The one xorriso run that writes the remastered ISO."""
-    from composer.images.iso import iso_date
-    from composer.reproducible import seed_uuid
-
     opts = p.opts
     argv = ["xorriso", "-report_about", "WARNING", "-return_with", "SORRY", "32",
             "-iso_rr_pattern", "off", "-disk_pattern", "off",
@@ -779,58 +767,3 @@ def _report_plan(p: Plan) -> None:
 # --------------------------------------------------------------------------- command line
 
 
-def options_from_args(args: argparse.Namespace) -> MkksisoOptions:
-    from composer.cli import _source_date_epoch
-
-    ks = args.ks
-    if args.ks_pos is not None:
-        # mkksiso's older form: KICKSTART INPUT OUTPUT
-        if ks is not None:
-            raise ComposerError("give the kickstart either as --ks or before INPUT, not both")
-        ks = args.ks_pos
-    rm_args = tuple(w for r in args.rm_args for w in r.split())
-    return MkksisoOptions(
-        input=args.input, output=args.output, ks=ks, add=tuple(args.add), cmdline=" ".join(args.cmdline),
-        rm_args=rm_args, volid=args.volid, updates=args.updates, replace=tuple(tuple(r) for r in args.replace),
-        skip_efiboot=args.skip_mkefiboot, force=args.force, implant_md5=not args.no_md5sum,
-        source_date_epoch=_source_date_epoch(args.source_date_epoch),
-    )
-
-
-def cmd_mkksiso(args: argparse.Namespace) -> int:
-    remaster(options_from_args(args))
-    return 0
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add `mkksiso` to composer's subcommands."""
-    p = subparsers.add_parser(
-        "mkksiso", help="remaster a boot.iso: add a kickstart and files, edit kernel arguments and the volume id (no root)",
-        description="Remaster an existing boot ISO without root, loop devices or mounts: xorriso keeps its BIOS, "
-                    "UEFI and USB (hybrid) boot layout; every boot menu (GRUB, isolinux, the one in efiboot.img) "
-                    "gets the changes.")
-    p.add_argument("ks_pos", nargs="?", type=Path, metavar="KICKSTART", help="same as --ks (mkksiso's older form)")
-    p.add_argument("input", type=Path, metavar="INPUT", help="the ISO to remaster (left as it is)")
-    p.add_argument("output", type=Path, metavar="OUTPUT", help="the new ISO (written under a temporary name, then renamed)")
-    p.add_argument("--ks", type=Path, default=None, metavar="FILE",
-                   help="kickstart to put at the ISO's root; adds inst.ks=hd:LABEL=<volid>:/<name>")
-    p.add_argument("-a", "--add", action="append", default=[], type=Path, metavar="PATH",
-                   help="file or directory to put at the ISO's root (repeatable)")
-    p.add_argument("-c", "--cmdline", action="append", default=[], metavar="ARGS",
-                   help="kernel arguments to add to every boot entry (repeatable)")
-    p.add_argument("-r", "--rm-args", action="append", default=[], metavar="ARGS",
-                   help="space-separated kernel arguments to remove: NAME removes every NAME and NAME=..., "
-                        "NAME=VALUE only that one (repeatable)")
-    p.add_argument("-V", "--volid", default=None, help="new volume id (menus follow: LABEL=, CDLABEL=, search --label)")
-    p.add_argument("-u", "--updates", type=Path, default=None, metavar="IMG",
-                   help="updates image to put at the ISO's root; adds inst.updates=hd:LABEL=<volid>:/<name>")
-    p.add_argument("-R", "--replace", nargs=2, action="append", default=[], metavar=("FROM", "TO"),
-                   help="replace text in every boot menu (repeatable)")
-    p.add_argument("--skip-mkefiboot", action="store_true",
-                   help="leave efiboot.img (the UEFI boot image and its menu) as it is")
-    p.add_argument("--no-md5sum", action="store_true", help="do not implant an MD5 checksum (implantisomd5)")
-    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (once the new ISO is complete)")
-    p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
-                   help="reproducible output: added and edited files dated at this time (default: $SOURCE_DATE_EPOCH)")
-    p.set_defaults(func=cmd_mkksiso)
-    return p

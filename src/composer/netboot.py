@@ -21,19 +21,22 @@ Boot loaders and configs, all rendered from the product's templates with the URL
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from composer.config import Config, RootfsType
+from composer.config import Config
 from composer.images.efiboot import EFI_ARCH_NAMES, find_grub, grub_mkimage
 from composer.images.sparse import copy_sparse
 from composer.outputs import ram
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
-from composer.run import ComposerError, atomic_dir, info, set_logging, stage
+from composer.preflight import check_menu_value
+from composer.product import template_dir, template_variables
+from composer.run import ComposerError, info, stage
+from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 
 PXELINUX_DIRS = ("usr/share/syslinux", "usr/lib/PXELINUX", "usr/lib/syslinux/modules/bios", "usr/lib/syslinux")
 # template -> place in the netboot tree
@@ -58,8 +61,6 @@ class NetbootOptions:
 
 
 def normalize_url(url: str) -> str:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -69,34 +70,29 @@ def normalize_url(url: str) -> str:
         raise ComposerError(f"--url {url!r}: expected e.g. http://server/path/ (http, https, tftp, ftp or nfs)")
     if any(c.isspace() for c in url):
         raise ComposerError(f"--url {url!r}: must not contain white space")
-    from composer.preflight import check_menu_value
-
     check_menu_value("--url", url)  # it lands in every boot menu and kernel command line
     return url if url.endswith("/") else url + "/"
 
 
 def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) -> dict[str, object]:
-    from composer.runtime import template_variables
-
     variables = template_variables(cfg)
-    readonly_root = cfg.rootfs_type in (RootfsType.EROFS, RootfsType.SQUASHFS)
     variables.update({
         "url": opts.url,
         "split": opts.split,
         "kernels": boot_kernels(versions),
         "extra_args": join_args(opts.kernel_args),
-        "overlay_args": "rd.live.overlay.overlayfs=1" if readonly_root else "",
+        "overlay_args": " ".join(cfg.rootfs_type.live_args),
         "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
     })
     return variables
 
 
-def check_templates(cfg: Config, opts: NetbootOptions) -> None:
+def check_boot_configs(cfg: Config, opts: NetbootOptions) -> None:
     variables = netboot_variables(cfg, opts, ["0.0.0-sample"])
     for name in CONFIGS:
-        render_config(cfg.template_dir, name, variables)
-    if (cfg.template_dir / DRACUT_TEMPLATE).is_file():
-        render_config(cfg.template_dir, DRACUT_TEMPLATE, variables)
+        render_config(template_dir(cfg), name, variables)
+    if (template_dir(cfg) / DRACUT_TEMPLATE).is_file():
+        render_config(template_dir(cfg), DRACUT_TEMPLATE, variables)
 
 
 def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
@@ -126,10 +122,7 @@ class NetbootResult:
     budgets: dict[str, ram.RamBudget]  # per kernel
 
 
-def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> NetbootResult:
-    from composer.outputs.bigimage import make_big_initrd
-    from composer.runtime import runtime_cmdline
-
+def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> NetbootResult:
     timings: dict[str, float] = {}
     sizes: dict[str, int] = {}
     versions = [k.version for k in rt.kernels]
@@ -158,7 +151,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> NetbootRes
         for name, dest in CONFIGS.items():
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(render_config(cfg.template_dir, name, variables))
+            target.write_text(render_config(template_dir(cfg), name, variables))
         pxelinux, pxelinux_origin = _find_pxelinux(rt.tree)
         for name, src in pxelinux.items():
             copy_file(src, out / name)
@@ -177,11 +170,11 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt, out: Path) -> NetbootRes
 def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
     """cfg whose dracut configuration adds the product's netboot-dracut.conf (split:
     livenet and a network handler); a user's --dracut-conf comes after it and wins."""
-    if not (cfg.template_dir / DRACUT_TEMPLATE).is_file():
+    if not (template_dir(cfg) / DRACUT_TEMPLATE).is_file():
         if opts.split:  # a template set without one: at least dracut's livenet
             return dataclasses.replace(cfg, dracut_args=cfg.dracut_args + ("--add", "livenet"))
         return cfg
-    text = render_config(cfg.template_dir, DRACUT_TEMPLATE, netboot_variables(cfg, opts, []))
+    text = render_config(template_dir(cfg), DRACUT_TEMPLATE, netboot_variables(cfg, opts, []))
     if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
         return cfg
     if cfg.dracut_conf is not None:
@@ -194,12 +187,8 @@ def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config
 
 
 def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
-    from composer.runtime import build_runtime, workdir_for
-
-    check_templates(cfg, opts)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    check_boot_configs(cfg, opts)
+    with compose_dirs(cfg) as (out, work):
         cfg = netboot_dracut_conf(cfg, opts, work)
         rt = build_runtime(cfg, work)
         result = make_netboot(cfg, opts, rt, out)
@@ -209,59 +198,9 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
             "sizes": {**rt.sizes, **result.sizes}, "timings": {**rt.timings, **result.timings},
             "ram": ram.manifest_record(result.budgets),
         }, indent=2) + "\n")
-        info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in result.sizes.items()},
-                                       "timings_s": {**rt.timings, **result.timings},
-                                       "ram_floor_mb": ram.summary_record(result.budgets)}))
+        log_summary(result.sizes, {**rt.timings, **result.timings}, result.budgets)
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir
 
 
-def cmd_netboot(args: argparse.Namespace) -> int:
-    cfg, opts = prepare_netboot(args)
-    compose_netboot(cfg, opts)
-    return 0
-
-
-def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
-    """Every check of `composer netboot` before any work, boot configs rendered included."""
-    from composer.cli import check_logfile, config_from_args
-    from composer.kickstart import config_with_kickstart
-    from composer.preflight import check_kernel_arg
-
-    check_logfile(args.netboot_logfile, "--logfile")
-    if args.netboot_logfile is not None:
-        set_logging(logfile=args.netboot_logfile)
-    url = normalize_url(args.url)
-    cfg = config_from_args(args)
-    cfg, ks = config_with_kickstart(cfg, args.ks)
-    for arg in args.kernel_arg:
-        check_kernel_arg("--kernel-arg", arg)
-    from composer.preflight import check_template_vars
-
-    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)  # the boot configs get them too
-    opts = NetbootOptions(url=url, split=args.split,
-                          kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
-    from composer.preflight import check_compose_inputs
-
-    check_compose_inputs(cfg, "netboot", ks=args.ks)
-    check_templates(cfg, opts)
-    return cfg, opts
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add `netboot` to composer's subcommands."""
-    from composer.cli import _add_compose_options
-    from composer.kickstart import add_ks_option
-
-    p = subparsers.add_parser("netboot", help="compose a PXE/HTTP netboot tree: kernels, initrds, pxelinux/GRUB/iPXE configs")
-    _add_compose_options(p)
-    p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
-    p.add_argument("--split", action="store_true",
-                   help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                   help="extra kernel argument for every entry (repeatable)")
-    add_ks_option(p)
-    p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
-    p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
-    return p

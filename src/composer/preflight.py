@@ -12,10 +12,13 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote, urlparse, urlsplit
 
 from composer.config import Config
-from composer.dnf import mirrorlist_urls
-from composer.run import ComposerError, check_replaceable, output_path
+from composer.dnf import check_config, dnf_config, mirrorlist_urls
+from composer.product import RUNTIME_TEMPLATES, template_dir, template_variables
+from composer.run import DATADIR, ComposerError, check_replaceable, output_path
+from composer.templates import TemplateRunner
 
 
 def check_root(command: str) -> None:
@@ -135,8 +138,6 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Pl
 
 def compose_inputs(cfg: Config) -> list[Place]:
     """What a compose reads or keeps, as places its OUTDIR must keep away from."""
-    from urllib.parse import unquote
-
     places = [Place(cfg.cachedir, f"--cachedir {cfg.cachedir}")]
     if cfg.workdir is not None:
         places.append(Place(cfg.workdir, f"--workdir {cfg.workdir}", inside=False))
@@ -159,8 +160,6 @@ def compose_inputs(cfg: Config) -> list[Place]:
         places.append(Place(t, f"--add-template {t}"))
     if cfg.dracut_conf is not None:
         places.append(Place(cfg.dracut_conf, f"--dracut-conf {cfg.dracut_conf}"))
-    from composer.run import DATADIR
-
     places.append(Place(DATADIR, f"composer's templates and data ({DATADIR})"))
     return places
 
@@ -168,8 +167,6 @@ def compose_inputs(cfg: Config) -> list[Place]:
 def _urlparse(url: str):  # noqa: ANN202
     """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
     source checks that follow say what is wrong with it."""
-    from urllib.parse import urlparse
-
     try:
         return urlparse(url)
     except ValueError:
@@ -178,8 +175,6 @@ def _urlparse(url: str):  # noqa: ANN202
 
 def _repofile_paths(path: Path) -> list[Path]:
     """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
-    from urllib.parse import unquote
-
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -204,13 +199,10 @@ def check_file(path: Path | None, option: str) -> None:
         raise ComposerError(f"{option} {path}: not readable (permission denied)")
 
 
-def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
+def check_command_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
     """Render and parse templates (dry run, no tree): syntax errors, unknown commands,
     wrong arguments and `..` escapes are reported with file:line before dnf runs."""
-    from composer.runtime import template_variables
-    from composer.templates import TemplateRunner
-
-    checker = TemplateRunner(tree=Path("/nonexistent-composer-tree"), templatedir=cfg.template_dir,
+    checker = TemplateRunner(tree=Path("/nonexistent-composer-tree"), templatedir=template_dir(cfg),
                              variables=template_variables(cfg), dry_run=True)
     for path, option in templates:
         if option:
@@ -221,11 +213,8 @@ def check_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
 def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -> None:
     """All the cheap checks of `composer runtime|boot-iso|netboot`, in the order a user
     would fix them. `ks`: the --ks file, an input too."""
-    from composer.dnf import check_config, dnf_config
-    from composer.runtime import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE
-
     check_root(command)
-    templatedir = cfg.template_dir  # unknown --product
+    templatedir = template_dir(cfg)  # unknown --product
     inputs = compose_inputs(cfg) + ([Place(ks, f"--ks {ks}")] if ks is not None else [])
     check_outputs_apart([("OUTDIR", cfg.outdir)], inputs)
     # composer writes in the cache and the work directory too: never in a source, and
@@ -242,9 +231,9 @@ def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -
     check_dir_creatable(cfg.cachedir, "--cachedir")
     check_config(dnf_config(cfg))
     check_file(cfg.dracut_conf, "--dracut-conf")
-    product = [(templatedir / name, "") for name in (INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, CLEANUP_TEMPLATE)
+    product = [(templatedir / name, "") for name in RUNTIME_TEMPLATES
                if (templatedir / name).is_file()]
-    check_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
+    check_command_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
 
 
 # --------------------------------------------------------------------------- values are data
@@ -320,8 +309,6 @@ def check_menu_value(option: str, value: str) -> str:
 
 
 def check_url_value(option: str, value: str) -> str:
-    from urllib.parse import urlsplit
-
     check_menu_value(option, value)
     if any(ch.isspace() for ch in value):
         raise ComposerError(f"{option} {value!r}: a URL has no white space")

@@ -10,6 +10,7 @@ import resource
 import secrets
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -17,30 +18,18 @@ from composer import dracut, treecheck
 from composer.cache import cached_install
 from composer.config import Config, RootfsType
 from composer.dnf import RPMDB, DnfSession, dnf_config, tree_ids
-from composer.images.rootfs import make_rootfs
+from composer.images.rootfs import make_rootfs, tree_size
 from composer.images.sparse import allocated_size, copy_sparse
 from composer.images.squashfs import make_squashfs
 from composer.live.delta import create_delta
-from composer.outputs import bigimage, ram
-from composer.outputs.bigimage import make_big_initrd
+from composer.outputs import ram
+from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.manifest import write_manifest
+from composer.outputs.media import boot_kernels
+from composer.product import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, template_dir, template_variables
 from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
-from composer.templates import Arch, Product, TemplateRunner, lorax_variables
-
-# The runtime templates of a product, in the order they run.
-INSTALL_TEMPLATE = "runtime-install.tmpl"
-POSTINSTALL_TEMPLATE = "runtime-postinstall.tmpl"
-CLEANUP_TEMPLATE = "runtime-cleanup.tmpl"
-
-
-def runtime_cmdline(rootfs: RootfsType) -> str:
-    """What the big initrd's /etc/cmdline tells dracut: the live image is in the initramfs.
-
-    A read-only root (erofs, or the tree straight in squashfs) gets an overlayfs for its
-    writes; a btrfs/ext4 rootfs.img gets dracut's default dm-snapshot over a sparse file.
-    """
-    return bigimage.runtime_cmdline(overlayfs=rootfs in (RootfsType.EROFS, RootfsType.SQUASHFS))
+from composer.templates import Product, TemplateRunner
 
 
 @dataclasses.dataclass
@@ -68,32 +57,6 @@ def _cpu_seconds() -> float:
 
 def _peak_child_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-
-
-def template_variables(cfg: Config) -> dict[str, object]:
-    # lorax's variable model (composer.templates.lorax_variables) plus composer's rootfs_type.
-    product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
-    variables = lorax_variables(product, Arch.of(cfg.arch))
-    variables["rootfs_type"] = str(cfg.rootfs_type)
-    variables.update(dict(cfg.add_template_vars))
-    return variables
-
-
-def du(path: Path) -> int:
-    """Allocated bytes below path, hard links counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for p in [path, *path.rglob("*")]:
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            continue
-        if st.st_nlink > 1:
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-    return total
 
 
 # Work directories are named WORKDIR_PREFIX + random; a killed build's one is removed by the next run.
@@ -128,7 +91,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     peak_rss_mib: dict[str, float] = {}
     sizes: dict[str, int] = {}
     tree = work / "tree"
-    templatedir = cfg.template_dir
+    templatedir = template_dir(cfg)
     if cfg.osmin and cfg.rootfs_type is not RootfsType.EXT4:
         # Checked before the long build: only ext4 can be shrunk without a mount.
         raise ComposerError(f"--osmin: needs --rootfs-type ext4 (not {cfg.rootfs_type}): "
@@ -187,7 +150,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     # What the install stage recorded is in `installed` now; later changes must be asked for anew.
     ledger.forget()
     ledger.record("rpm (its database)", [RPMDB])
-    sizes["tree_installed"] = du(tree)
+    sizes["tree_installed"] = tree_size(tree).blocks_bytes
     info(f"tree: {len(packages)} packages, {sizes['tree_installed'] / 2**20:.0f} MiB, "
          f"{checked.get('packaged_paths', 0)} packaged paths as rpm says")
 
@@ -209,7 +172,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                 # The tree's own depmod, so the index matches its kmod.
                 with ledger.observe(tree, "composer: depmod"):
                     run(in_tree_argv(tree, ["depmod", "-a", k.version]))
-    sizes["tree_cleaned"] = du(tree)
+    sizes["tree_cleaned"] = tree_size(tree).blocks_bytes
     info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
 
     with timed("dracut"):
@@ -264,9 +227,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
 
 def compose_runtime(cfg: Config) -> Path:
     """`composer runtime OUTDIR`: the big initrd per kernel, install.img and a manifest."""
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_dir(cfg.outdir, force=cfg.force))
-        work = stack.enter_context(workdir_for(cfg))
+    with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
         start = time.monotonic()
         with stage("outputs"):
@@ -275,11 +236,9 @@ def compose_runtime(cfg: Config) -> Path:
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             cmdline = runtime_cmdline(cfg.rootfs_type)
             ram_budget: dict[str, ram.RamBudget] = {}
-            for i, k in enumerate(rt.kernels):
-                # The newest kernel gets the plain names boot configs expect.
-                suffix = "" if i == 0 else f"-{k.version}"
-                shutil.copy(k.vmlinuz, pxe / f"vmlinuz{suffix}")
-                big = pxe / f"initrd{suffix}.img"
+            for bk, k in zip(boot_kernels([k.version for k in rt.kernels]), rt.kernels, strict=True):
+                shutil.copy(k.vmlinuz, out / bk.kernel)
+                big = out / bk.initrd
                 make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
                 ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big)  # RAM floor, see outputs/ram.py
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
@@ -292,8 +251,20 @@ def compose_runtime(cfg: Config) -> Path:
                 "tree_check": rt.tree_check,
                 "ram": ram.manifest_record(ram_budget),
             })
-        summary = {"sizes_mib": {k: round(v / 2**20, 1) for k, v in rt.sizes.items()}, "timings_s": rt.timings,
-                   "ram_floor_mb": ram.summary_record(ram_budget)}
-        info("summary: " + json.dumps(summary))
+        log_summary(rt.sizes, rt.timings, ram_budget)
     info(f"outputs in {cfg.outdir}: images/pxeboot/vmlinuz, images/pxeboot/initrd.img, images/install.img, manifest.json")
     return cfg.outdir
+
+
+@contextlib.contextmanager
+def compose_dirs(cfg: Config) -> Iterator[tuple[Path, Path]]:
+    """The skeleton every compose fills: OUTDIR, built under a temporary name and renamed
+    into place only when the body succeeds (run.atomic_dir), and a work directory."""
+    with atomic_dir(cfg.outdir, force=cfg.force) as out, workdir_for(cfg) as work:
+        yield out, work
+
+
+def log_summary(sizes: Mapping[str, int], timings: Mapping[str, float], budgets: dict[str, ram.RamBudget]) -> None:
+    """A compose's last line before its outputs: sizes, stage times and the RAM floors."""
+    info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
+                                   "timings_s": timings, "ram_floor_mb": ram.summary_record(budgets)}))

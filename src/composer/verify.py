@@ -1,8 +1,9 @@
 """Boot checks under qemu: boot a kernel + initrd, watch the serial console for a marker.
 
-The test product prints MARKER on the console and powers off when the kernel command
-line has composer.check=poweroff. We read the serial console through a pipe as it
-comes, so we can stop at the marker, fail fast on a panic or a dracut emergency
+The image under test prints a marker line on the console once it is up; the caller
+names the marker, and the kernel arguments that ask the image for it (`composer verify
+--marker/--check-args`; the defaults there are composer's test product's). We read the
+serial console through a pipe as it comes, so we can stop at the marker, fail fast on a panic or a dracut emergency
 shell, and never wait for dmsquash-live's 3000 s device timeout.
 
 /dev/kvm may exist and still be useless (nested virtualisation here aborts with
@@ -29,16 +30,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from composer.outputs import ram
 from composer.run import ComposerError, _die_with_parent, debug, info
 
 QEMU = "qemu-system-x86_64"
-DEFAULT_MARKER = "COMPOSER-BOOT-OK"
 # root= is always passed: without it the kernel unpacks an oversized initrd into a
 # tmpfs capped at half the RAM and fails. Later arguments win (kernel and dracut),
-# so `append` can override any of these.
+# so `append` can override any of these. The caller's check arguments follow.
+BASE_APPEND = "console=ttyS0 root=live:/squashfs.img rd.live.image"
 # no_timer_check: under TCG on a busy host the kernel's IO-APIC timer probe can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"); the emulated timer is fine.
-BASE_APPEND = "console=ttyS0 root=live:/squashfs.img rd.live.image composer.check=poweroff no_timer_check"
+EMULATION_APPEND = "no_timer_check"
 POWEROFF_GRACE = 20.0  # seconds qemu gets to power off by itself after the marker
 # Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
 # such a boot is tried again, up to this many times.
@@ -78,9 +80,9 @@ def clean_line(raw: bytes | str) -> str:
     return _ANSI.sub("", text).replace("\r", "").rstrip()
 
 
-def is_marker(line: str, marker: str = DEFAULT_MARKER) -> bool:
+def is_marker(line: str, marker: str) -> bool:
     """The marker counts only at the start of a line (after a printk timestamp), so a
-    systemd status line such as "Starting ... COMPOSER-BOOT-OK ..." does not."""
+    systemd status line such as "Starting ... MARKER ..." does not."""
     return _PRINTK_TIME.sub("", line.strip()).startswith(marker)
 
 
@@ -91,7 +93,7 @@ def fatal_reason(line: str) -> str | None:
     return None
 
 
-def classify_line(line: str, marker: str = DEFAULT_MARKER) -> str | None:
+def classify_line(line: str, marker: str) -> str | None:
     """'marker', 'fatal' or None for one cleaned console line."""
     if is_marker(line, marker):
         return "marker"
@@ -105,6 +107,7 @@ def qemu_argv(
     initrd: Path,
     *,
     memory_mb: int,
+    check_args: str = "",
     append: str = "",
     accel: str = "tcg",
     smp: int = 2,
@@ -113,11 +116,12 @@ def qemu_argv(
 ) -> list[str]:
     """The qemu command for one boot check; accel is a resolved "kvm" or "tcg".
 
-    extra_qemu_args go last (e.g. a -drive for a test disk)."""
+    check_args: kernel arguments that make the image print its marker (and power off);
+    append: the caller's, last. extra_qemu_args go last (e.g. a -drive for a test disk)."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be resolved to kvm or tcg, not {accel!r}")
     cpu = cpu or ("host" if accel == "kvm" else "max")  # max: every feature TCG emulates
-    cmdline = f"{BASE_APPEND} {append}".strip()
+    cmdline = " ".join(a for a in (BASE_APPEND, check_args, EMULATION_APPEND, append) if a)
     return [
         QEMU,
         "-machine", "q35", "-accel", accel, "-cpu", cpu,
@@ -240,9 +244,10 @@ def boot_kernel(
     initrd: Path,
     *,
     memory_mb: int,
+    marker: str,
+    check_args: str = "",
     append: str = "",
     timeout: float = 600,
-    marker: str = DEFAULT_MARKER,
     accel: str = "auto",
     log: Path | None = None,
     smp: int = 2,
@@ -253,13 +258,13 @@ def boot_kernel(
     qemu runs in its own process group and is killed on every way out (including
     KeyboardInterrupt). The full serial log is kept in `log` (a temp file if None).
     extra_qemu_args are appended to qemu's command line (e.g. a -drive).
-    Runs through boot_argv, like the media boots.
+    Runs through boot_argv, like the media boots. marker and check_args: see qemu_argv.
     """
     for what, p in (("kernel", kernel), ("initrd", initrd)):
         if not p.is_file():
             raise ComposerError(f"boot check: {what} {p} does not exist")
-    argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, append=append, accel=resolve_accel(accel), smp=smp,
-                     extra_qemu_args=extra_qemu_args)
+    argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, check_args=check_args, append=append,
+                     accel=resolve_accel(accel), smp=smp, extra_qemu_args=extra_qemu_args)
     return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log)
 
 
@@ -308,8 +313,6 @@ def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None =
     """composer's predicted RAM floor for what --min-memory boots, and where it comes
     from: the budget an initrd carries (boot.iso, split netboot), else a prediction
     from the files (outputs/ram.py). None if there is nothing to predict from."""
-    from composer.outputs import ram
-
     with tempfile.TemporaryDirectory(prefix="composer-predict-") as tmp:
         if iso is not None:
             kernel, initrd = Path(tmp) / "vmlinuz", Path(tmp) / "initrd.img"
@@ -344,7 +347,7 @@ def min_memory_line(measured: int, step: int, predicted: tuple[int, str] | None)
 # Boot checks for boot.iso (as a CD, under SeaBIOS or OVMF) and for netboot trees
 # (qemu's built-in DHCP + TFTP, the firmware's iPXE ROM). The boot loader's menu
 # decides the kernel command line, so the default entry must carry console=ttyS0
-# and composer.check=poweroff (the test product's templates do).
+# and what makes the image print its marker (the test product's templates do).
 
 OVMF_CODE_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd",
                         "/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/qemu/OVMF_CODE.fd")
@@ -406,7 +409,7 @@ def boot_argv(
     *,
     memory_mb: int,
     timeout: float = 900,
-    marker: str = DEFAULT_MARKER,
+    marker: str,
     log: Path | None = None,
     what: str = "boot check",
 ) -> BootResult:
@@ -490,7 +493,7 @@ def boot_iso(
     firmware: str = "bios",
     memory_mb: int = 512,
     timeout: float = 900,
-    marker: str = DEFAULT_MARKER,
+    marker: str,
     accel: str = "auto",
     log: Path | None = None,
     smp: int = 2,
@@ -510,7 +513,7 @@ def boot_netboot(
     firmware: str = "bios",
     memory_mb: int = 512,
     timeout: float = 900,
-    marker: str = DEFAULT_MARKER,
+    marker: str,
     accel: str = "auto",
     log: Path | None = None,
     smp: int = 2,

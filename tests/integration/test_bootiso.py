@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from testproduct import BOOT_MARKER
 from tests.conftest import BUILD, composer
 
 pytestmark = pytest.mark.slow
@@ -116,7 +117,8 @@ def test_boots_to_marker(media, firmware, tmp_path):
 
     log = tmp_path / f"serial-{firmware}.log"
     memory = MEMORY[firmware]
-    result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=memory, timeout=900, log=log)
+    result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=memory, timeout=900, log=log,
+                      marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{firmware} at {memory} MB: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
@@ -135,7 +137,8 @@ def test_too_little_ram_stops_with_one_line(media, tmp_path):
     # before any hook runs: budget 143 failed that way at 111) and the runtime's budget.
     memory = budget - 16
     log = tmp_path / "serial.log"
-    result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=600, log=log)
+    result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=600, log=log,
+                      marker=BOOT_MARKER)
     serial = log.read_text(errors="replace")
     assert not result.ok
     m = re.search(r"composer: not enough memory: this machine has (\d+) MiB of RAM, this system needs (\d+) MiB",

@@ -43,6 +43,6 @@ def test_installed_package_finds_its_data(venv, tmp_path):
     assert "90-composer.conf" in confs
     # The product is found by name from anywhere (what `composer runtime -p TestProduct` does first).
     prod = run(venv, tmp_path, "python", "-c",
-               "from pathlib import Path; from composer.config import Config; "
-               "print(Config('TestProduct', '1', Path('o')).template_dir)")
+               "from pathlib import Path; from composer.config import Config; from composer.product import template_dir; "
+               "print(template_dir(Config('TestProduct', '1', Path('o'))))")
     assert prod.returncode == 0 and prod.stdout.strip().startswith(str(venv)), prod.stderr

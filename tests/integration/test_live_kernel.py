@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from composer.live.dmsnap import CowStore
+from testproduct import CHECK_ARGS
 from tests.conftest import composer
 
 pytestmark = pytest.mark.slow
@@ -329,7 +330,7 @@ def guest_run(runtime_outputs, tmp_path_factory):
     log = top / "serial.log"
     t0 = time.monotonic()
     result = boot_kernel(kernel, initrd, memory_mb=768, append="composer.script=1", timeout=900, log=log,
-                         marker=SCRIPT_MARKER,
+                         marker=SCRIPT_MARKER, check_args=CHECK_ARGS,
                          extra_qemu_args=["-drive", f"file={disk},format=raw,if=virtio"])
     boot_seconds = time.monotonic() - t0
     serial = log.read_text(errors="replace") if log.exists() else ""

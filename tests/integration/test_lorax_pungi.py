@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from testproduct import BOOT_MARKER
 from tests.conftest import composer
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_pungi_boot_iso_boots(pungi_build, firmware, tmp_path):
 
     log = tmp_path / f"serial-{firmware}.log"
     result = boot_iso(pungi_build / "work/x86_64/buildinstall/Server/images/boot.iso", firmware=firmware,
-                      memory_mb=512, timeout=900, log=log)
+                      memory_mb=512, timeout=900, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{firmware}: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from testproduct import BOOT_MARKER
 from tests.conftest import ROOT, composer
 
 pytestmark = pytest.mark.slow
@@ -158,7 +159,7 @@ def test_remastered_iso_boots_and_the_guest_sees_the_changes(remastered, firmwar
 
     iso, _, _ = remastered
     log = tmp_path / f"serial-{firmware}.log"
-    result = boot_iso(iso, firmware=firmware, memory_mb=512, timeout=900, log=log)
+    result = boot_iso(iso, firmware=firmware, memory_mb=512, timeout=900, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{firmware}: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     # (the getty's login prompt may share a line with the boot check's output)

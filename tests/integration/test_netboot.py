@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from testproduct import BOOT_MARKER
 from tests.conftest import BUILD, composer
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,8 @@ def boot(tree: Path, port: int, bootfile: str, firmware: str, log: Path):
     from composer.verify import boot_netboot, serve_http
 
     with serve_http(tree, port):
-        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=MEMORY, timeout=TIMEOUT, log=log)
+        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=MEMORY, timeout=TIMEOUT, log=log,
+                                  marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{bootfile} ({firmware}): {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     print(f"netboot {bootfile} ({firmware}) to the marker at {MEMORY} MB: {result.seconds:.0f}s")

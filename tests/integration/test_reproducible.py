@@ -48,8 +48,7 @@ def with_extra(base: Path) -> Path:
                     str(out / "images/install.img"), "LiveOS/rootfs.img", "LiveOS/osmin.img.gz"],
                    check=True, capture_output=True)
     from composer.config import RootfsType
-    from composer.outputs.bigimage import make_big_initrd
-    from composer.runtime import runtime_cmdline
+    from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 
     make_big_initrd(out / "images/pxeboot/initrd.img", out / "images/install.img",
                     runtime_cmdline(RootfsType.EXT4), extra / "big-initrd.img", mtime=MEDIA_EPOCH)

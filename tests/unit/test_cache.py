@@ -165,7 +165,7 @@ def inputs_for(tmp_path, work_name, templates, cfg_changes=None):
     from composer.cache import install_inputs
     from composer.config import Config
     from composer.dnf import DnfConfig, DnfSession
-    from composer.runtime import template_variables
+    from composer.product import template_variables
     from composer.templates import TemplateRunner
 
     repo = tmp_path / "repo"

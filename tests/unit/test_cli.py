@@ -1,5 +1,7 @@
 """Bad input: one clear line naming the option or file, exit 1, no traceback, nothing left."""
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import composer
@@ -56,17 +58,18 @@ def test_min_memory_report_bisects_with_the_given_boot(capsys):
     """--min-memory for any boot kind (kernel+initrd, ISO): the floor on the --step grid."""
     import argparse
 
-    from composer.cli import report_min_memory
+    from composer.cli.verify import report_min_memory
     from composer.verify import BootResult
 
     tried = []
 
-    def boot(kernel, initrd, *, memory_mb, log, timeout, accel):
+    def boot(kernel, initrd, *, memory_mb, log, timeout, accel, marker):
+        assert marker == "HELLO"  # --marker reaches every boot
         tried.append(memory_mb)
         return BootResult(ok=memory_mb >= 300, seconds=1.0, reason="" if memory_mb >= 300 else "panic",
                           marker_line="", log=log, memory_mb=memory_mb)
 
-    args = argparse.Namespace(range="128-512", step=16, log=None, timeout=10, accel="tcg")
+    args = argparse.Namespace(range="128-512", step=16, log=None, timeout=10, accel="tcg", marker="HELLO")
     assert report_min_memory(args, None, None, boot=boot) == 0
     assert capsys.readouterr().out.strip() == "min-memory: 304 MB (step 16 MB)"
     assert tried[0] == 512 and len(tried) <= 6
@@ -77,3 +80,21 @@ def test_dracut_arg_values_may_look_like_options():
 
     argv = ["runtime", "--dracut-arg", "--add", "--dracut-arg", "nfs", "--force", "OUT"]
     assert _glue_pass_through(argv) == ["runtime", "--dracut-arg=--add", "--dracut-arg=nfs", "--force", "OUT"]
+
+
+def test_verify_defaults_are_the_test_products():
+    """verify.py knows no product; the command line's defaults are the test product's."""
+    from composer.cli import build_parser
+    from testproduct import BOOT_MARKER, CHECK_ARGS
+
+    args = build_parser().parse_args(["verify", "--kernel", "k", "--initrd", "i"])
+    assert (args.marker, args.check_args) == (BOOT_MARKER, CHECK_ARGS)
+    verify_py = (Path(__file__).resolve().parents[2] / "src/composer/verify.py").read_text()
+    assert BOOT_MARKER not in verify_py and CHECK_ARGS not in verify_py
+
+
+def test_verify_empty_marker_is_refused(tmp_path):
+    proc = composer("verify", "--kernel", str(tmp_path / "k"), "--initrd", str(tmp_path / "i"), "--marker", " ",
+                    check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "composer: error: --marker: must not be empty " \
+        "(the line the image prints once it is up)"

@@ -1,6 +1,7 @@
 import pytest
 
 from composer.config import Config, parse_size
+from composer.product import template_dir
 from composer.run import ComposerError
 
 
@@ -21,8 +22,8 @@ def test_parse_size_rejects_garbage_naming_the_option(text):
 def test_unknown_product_lists_known_ones(tmp_path):
     cfg = Config(product="NoSuchOS", version="1", outdir=tmp_path)
     with pytest.raises(ComposerError, match="--product NoSuchOS.*testproduct"):
-        _ = cfg.template_dir
+        template_dir(cfg)
 
 
 def test_product_template_dir_is_case_insensitive(tmp_path):
-    assert Config(product="TestProduct", version="1", outdir=tmp_path).template_dir.name == "testproduct"
+    assert template_dir(Config(product="TestProduct", version="1", outdir=tmp_path)).name == "testproduct"

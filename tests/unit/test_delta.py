@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from composer.cli import live as live_cli
 from composer.images.sparse import create_sparse
-from composer.live import cli as live_cli
 from composer.live.delta import apply_delta, create_delta, ext_fs_size
 from composer.live.dmsnap import CowFormatError, CowStore
 from composer.live.overlay import compare_trees

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from composer.cli import _glue_pass_through, build_parser
+from composer.product import template_dir
 from composer.run import ComposerError
 from tests.conftest import ROOT
 
@@ -171,7 +172,7 @@ def early_checks(argv: list[str]) -> str:
             return "usage"
         except ComposerError:
             return "usage"
-    from composer.cli import check_logfile
+    from composer.cli.common import check_logfile
 
     try:
         check_logfile(args.logfile, "--logfile")
@@ -249,8 +250,10 @@ def argv_of(command: str, values: dict[str, str], force: bool) -> list[str]:
 
 def _menus(command: str, argv: list[str]) -> list[str]:
     """The structure of the boot menus the values make: each line's first word."""
-    from composer.bootiso import config_names, media_variables, prepare_boot_iso
-    from composer.netboot import CONFIGS, netboot_variables, prepare_netboot
+    from composer.bootiso import config_names, media_variables
+    from composer.cli.bootiso import prepare_boot_iso
+    from composer.cli.netboot import prepare_netboot
+    from composer.netboot import CONFIGS, netboot_variables
     from composer.outputs.media import boot_kernels, render_config
 
     args = build_parser().parse_args(_glue_pass_through(argv))
@@ -265,7 +268,7 @@ def _menus(command: str, argv: list[str]) -> list[str]:
             names = list(CONFIGS)
     out = []
     for name in names:
-        text = render_config(cfg.template_dir, name, variables)
+        text = render_config(template_dir(cfg), name, variables)
         out += [f"{name}: {line.split()[0] if line.split() else ''}" for line in text.splitlines()]
     return out
 
@@ -330,7 +333,7 @@ def other_argv(draw, w: Path) -> list[str]:
 def test_other_commands_early_checks(world, data) -> None:
     """verify (checks only: prepare_verify), template-check, and the LiveOS tools whose
     work is harmless here (delta into the world, overlay status, merge --dry-run)."""
-    from composer.cli import prepare_verify
+    from composer.cli.verify import prepare_verify
 
     before = _fingerprint(world)
     argv = data.draw(other_argv(world))
@@ -436,7 +439,7 @@ CONTEXTS = [
 @given(value=st.one_of(st.text(max_size=40), st.sampled_from(NASTY)), idx=st.integers(0, len(CONTEXTS) - 1))
 @examples(300)
 def test_template_values_are_data(world, value, idx) -> None:
-    from composer.templates import TemplateRunner, _render
+    from composer.templates import TemplateRunner, render_template
 
     line, name, how = CONTEXTS[idx]
     tdir = world / "gen" / "tmpl"
@@ -445,7 +448,7 @@ def test_template_values_are_data(world, value, idx) -> None:
     t.write_text(f"log start\n{line}\nlog end\n")
     runner = TemplateRunner(tree=Path("/nonexistent-tree"), templatedir=tdir, variables={"x": value}, dry_run=True)
     try:
-        text, origins = _render(t, [tdir], runner._template_data(None), protect_data=True)
+        text, origins = render_template(t, [tdir], runner._template_data(None), protect_data=True)
         lines = runner._parse(t, text, origins)
     except ComposerError:
         # Refused values are those with a line break or control character, or ones whose

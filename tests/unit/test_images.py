@@ -169,8 +169,8 @@ def test_squashfs_of_tree_keeps_owners(tree: Path, tmp_path: Path) -> None:
 
 
 def test_runtime_cmdline() -> None:
-    assert runtime_cmdline() == "root=live:/squashfs.img rd.live.image"
-    assert runtime_cmdline(overlayfs=True, extra=["quiet"]) == \
+    assert runtime_cmdline(RootfsType.BTRFS) == runtime_cmdline(RootfsType.EXT4) == "root=live:/squashfs.img rd.live.image"
+    assert runtime_cmdline(RootfsType.EROFS, extra=["quiet"]) == runtime_cmdline(RootfsType.SQUASHFS, extra=["quiet"]) == \
         "root=live:/squashfs.img rd.live.image rd.live.overlay.overlayfs=1 quiet"
 
 

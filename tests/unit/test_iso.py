@@ -198,6 +198,6 @@ def test_boot_iso_missing_file(tmp_path):
     from composer.verify import boot_iso, boot_netboot
 
     with pytest.raises(ComposerError, match="does not exist"):
-        boot_iso(tmp_path / "nope.iso")
+        boot_iso(tmp_path / "nope.iso", marker="X")
     with pytest.raises(ComposerError, match="boot file"):
-        boot_netboot(tmp_path, "boot.ipxe")
+        boot_netboot(tmp_path, "boot.ipxe", marker="X")

@@ -57,7 +57,7 @@ def test_bad_kickstart(tmp_path):
 def test_kickstart_and_options_reach_the_pipeline(tmp_path, monkeypatch):
     import argparse
 
-    from composer import bootiso, netboot
+    from composer.cli import bootiso, netboot
 
     seen = {}
     monkeypatch.setattr(bootiso, "compose_boot_iso", lambda cfg, opts: seen.update(cfg=cfg, opts=opts))

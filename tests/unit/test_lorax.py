@@ -12,6 +12,7 @@ from composer.cli import main
 from composer.config import Compression, RootfsType
 from composer.loraxcheck import check_sharedir
 from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv
+from composer.product import template_dir
 
 LORAX_GENERIC = Path("/work/shared/lorax-43.12/99-generic")  # lorax's own templates: test input only
 needs_lorax_templates = pytest.mark.skipif(not LORAX_GENERIC.is_dir(), reason=f"no {LORAX_GENERIC}")
@@ -195,7 +196,6 @@ def test_lorax_console_entry_point_is_opt_in():
 
 
 def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
-    from composer import templates as T
     from composer.loraxcli import buildstamp_text, lorax_runtime_template
     from composer.templates import TemplateRunner
 
@@ -208,7 +208,7 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
     tree = tmp_path / "tree"
     tree.mkdir()
     calls = []
-    monkeypatch.setattr(T, "run", lambda argv, **kw: calls.append(list(argv)))
+    monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append(list(argv)))
     TemplateRunner(tree=tree, templatedir=tmp_path, variables={}).run(tmpl)
     assert (tree / ".buildstamp").read_text() == text
     assert calls[0][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]  # runcmd on the host
@@ -228,14 +228,14 @@ def test_derived_logs(tmp_path):
 def test_preflight_renders_page_args_of_composer_sets(tmp_path):
     """composer's own sets declare <%page args> (configdir...): the pre-build check fills them."""
     from composer.config import Config
-    from composer.preflight import check_templates
+    from composer.preflight import check_command_templates
 
     root = Path(__file__).resolve().parents[2]
     for product, templatedir in (("Fedora", None), ("TestProduct", None),
                                  ("TestProduct", root / "tools/testproduct/lorax-templates")):
         cfg = Config(product=product, version="1", outdir=tmp_path / "o", arch="x86_64", templatedir=templatedir)
-        d = cfg.template_dir
-        check_templates(cfg, [(d / n, "") for n in ("runtime-install.tmpl", "runtime-postinstall.tmpl",
+        d = template_dir(cfg)
+        check_command_templates(cfg, [(d / n, "") for n in ("runtime-install.tmpl", "runtime-postinstall.tmpl",
                                                     "runtime-cleanup.tmpl")])
 
 

@@ -9,6 +9,7 @@ from composer.bootiso import MediaOptions, config_names, media_variables
 from composer.config import Config, RootfsType
 from composer.netboot import CONFIGS, NetbootOptions, netboot_variables, normalize_url
 from composer.outputs.media import boot_kernels, render_config
+from composer.product import template_dir
 from composer.run import ComposerError
 from composer.templates import TemplateError
 
@@ -21,7 +22,7 @@ def cfg(product="TestProduct", tmp_path=None, **kw):
 
 def render_netboot(c, opts, kvers=KVERS):
     variables = netboot_variables(c, opts, kvers)
-    return {dest: render_config(c.template_dir, name, variables) for name, dest in CONFIGS.items()}
+    return {dest: render_config(template_dir(c), name, variables) for name, dest in CONFIGS.items()}
 
 
 def test_boot_kernels_names():
@@ -91,7 +92,7 @@ def test_fedora_netboot_templates():
 def media(c, kvers=KVERS, **kw):
     opts = MediaOptions(volid="TestProduct-1-x86_64", **kw)
     variables = media_variables(c, opts, boot_kernels(kvers))
-    return {dest: render_config(c.template_dir, name, variables) for name, dest in config_names(opts.bios_loader).items()}
+    return {dest: render_config(template_dir(c), name, variables) for name, dest in config_names(opts.bios_loader).items()}
 
 
 def test_testproduct_iso_menus():
@@ -135,7 +136,7 @@ def test_template_error_names_file_and_line(tmp_path, monkeypatch):
 
 
 def test_register_adds_commands():
-    from composer import bootiso, netboot
+    from composer.cli import bootiso, netboot
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from composer.cli import live as live_cli
 from composer.config import Compression
 from composer.images.sparse import allocated_size, copy_sparse, create_sparse
-from composer.live import cli as live_cli
 from composer.live import overlay as ov
 from composer.live.dmsnap import CowFormatError, CowStore, diff_chunks
 from composer.live.overlay import compare_trees, merge_overlay, overlay_status
@@ -175,6 +175,26 @@ def test_cow_merge_failures_leave_the_medium_unchanged(cow_medium, monkeypatch):
     r = merge_overlay(media, dry_run=True)
     assert r.dry_run and any("replace" in s for s in r.steps)
     assert _medium_state(media) == before
+
+
+def test_merge_dry_run_prints_the_plan_that_runs(cow_medium, monkeypatch, capsys):
+    """One plan: --dry-run prints its steps, a merge runs exactly those, in order."""
+    media, *_ = cow_medium
+    before = _medium_state(media)
+    plan = ov.plan_merge(media)
+    assert [s.action for s in plan.steps] == ["extract", "apply", "fsck", "squash", "verify", "replace", "reset"]
+    parser = argparse.ArgumentParser()
+    live_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["overlay", "merge", str(media), "--dry-run"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.splitlines() == [f"would {s.text}" for s in plan.steps]
+    assert _medium_state(media) == before
+    ran = []
+    real_fsck = ov._fsck
+    monkeypatch.setattr(ov, "_fsck", lambda img, **kw: (ran.append("fsck"), real_fsck(img, **kw)))
+    r = merge_overlay(media, compression=Compression.LZ4)
+    assert r.steps == plan.texts[:3] + (f"build a new squashfs.img ({Compression.LZ4})",) + plan.texts[4:]
+    assert ran == ["fsck"]
 
 
 def test_corrupt_or_busy_overlay_is_refused(cow_medium):

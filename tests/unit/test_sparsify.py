@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from composer.cli import live as live_cli
 from composer.images.sparse import allocated_size, copy_sparse, create_sparse
-from composer.live import cli as live_cli
 from composer.live.sparsify import sparsify
 from composer.run import ComposerError
 

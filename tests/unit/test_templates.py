@@ -424,7 +424,7 @@ def test_runcmd_failure_names_line_and_dash_ignores(env):
 
 def test_runcmd_chroot_and_systemctl_argv(env, monkeypatch):
     calls = []
-    monkeypatch.setattr(T, "run", lambda argv, **kw: calls.append((list(argv), kw)))
+    monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append((list(argv), kw)))
     env.run("runcmd --chroot /usr/bin/depmod -a\nsystemctl enable a.service b.socket\nsystemctl set-default multi-user.target\n")
     tree = os.path.abspath(env.tree)
     assert calls[0][0][:4] == ["bwrap", "--bind", tree, "/"]
@@ -444,7 +444,7 @@ def test_systemctl_goes_on_for_a_missing_unit(env, monkeypatch, capsys):
         if argv[-1] == "missing.service":
             raise ComposerError("command failed (exit 1): Unit missing.service does not exist")
 
-    monkeypatch.setattr(T, "run", fake)
+    monkeypatch.setattr("composer.templates.runner.run", fake)
     env.run("systemctl enable missing.service present.service\nsystemctl disable\nmkdir /after\n")
     assert calls == ["missing.service", "present.service"]
     assert (env.tree / "after").is_dir()
@@ -761,7 +761,7 @@ def test_fedora_template_set_exists():
 
 def test_fedora_postinstall_runs_on_a_tree(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(T, "run", lambda argv, **kw: calls.append(list(argv)))
+    monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append(list(argv)))
     tree = tmp_path / "tree"
     write(tree / "etc/shadow", "root:!locked:19000:0:99999:7:::\nbin:*:19000::::::\n")
     write(tree / "etc/machine-id", "0123456789abcdef0123456789abcdef\n")

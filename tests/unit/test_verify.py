@@ -20,10 +20,12 @@ from composer.verify import (
     qemu_argv,
     resolve_accel,
 )
+from testproduct import BOOT_MARKER, CHECK_ARGS
 
 
 def test_qemu_argv_tcg() -> None:
-    argv = qemu_argv(Path("/k/vmlinuz"), Path("/k/initrd.img"), memory_mb=384, append="quiet root=live:/x.img")
+    argv = qemu_argv(Path("/k/vmlinuz"), Path("/k/initrd.img"), memory_mb=384, check_args=CHECK_ARGS,
+                     append="quiet root=live:/x.img")
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-cpu") + 1] == "max"
@@ -39,6 +41,9 @@ def test_qemu_argv_tcg() -> None:
     assert cmdline.startswith("console=ttyS0 root=live:/squashfs.img rd.live.image composer.check=poweroff")
     # caller's arguments come last, so they win for the kernel and for dracut
     assert cmdline.endswith("quiet root=live:/x.img")
+    # Nothing product-specific unless the caller asks for it.
+    plain = qemu_argv(Path("k"), Path("i"), memory_mb=384)
+    assert plain[plain.index("-append") + 1] == "console=ttyS0 root=live:/squashfs.img rd.live.image no_timer_check"
 
 
 def test_qemu_argv_kvm_and_errors() -> None:
@@ -73,8 +78,8 @@ def test_clean_line() -> None:
     "  COMPOSER-BOOT-OK",
 ])
 def test_marker_lines(line: str) -> None:
-    assert is_marker(line)
-    assert classify_line(line) == "marker"
+    assert is_marker(line, BOOT_MARKER)
+    assert classify_line(line, BOOT_MARKER) == "marker"
 
 
 @pytest.mark.parametrize("line", [
@@ -83,7 +88,7 @@ def test_marker_lines(line: str) -> None:
     "COMPOSER-BOOT",
 ])
 def test_not_marker(line: str) -> None:
-    assert not is_marker(line)
+    assert not is_marker(line, BOOT_MARKER)
 
 
 def test_custom_marker() -> None:
@@ -103,7 +108,7 @@ def test_custom_marker() -> None:
 ])
 def test_fatal_lines(line: str) -> None:
     assert fatal_reason(line) == line.strip()
-    assert classify_line(line) == "fatal"
+    assert classify_line(line, BOOT_MARKER) == "fatal"
 
 
 @pytest.mark.parametrize("line", [
@@ -113,7 +118,7 @@ def test_fatal_lines(line: str) -> None:
     "[  OK  ] Finished systemd-udev-trigger.service - Coldplug All udev Devices.",
 ])
 def test_harmless_lines(line: str) -> None:
-    assert classify_line(line) is None
+    assert classify_line(line, BOOT_MARKER) is None
 
 
 def _fake_boot(threshold: int, calls: list[int]):  # type: ignore[no-untyped-def]
@@ -175,7 +180,7 @@ def _gone(pidfile: Path) -> bool:
 
 
 def _boot(tmp_path: Path, **kw: object) -> BootResult:
-    return verify.boot_kernel(tmp_path / "k", tmp_path / "i", memory_mb=256, accel="tcg",
+    return verify.boot_kernel(tmp_path / "k", tmp_path / "i", memory_mb=256, accel="tcg", marker=BOOT_MARKER,
                               log=tmp_path / "serial.log", **kw)  # type: ignore[arg-type]
 
 
@@ -242,7 +247,7 @@ def test_boot_keyboard_interrupt_kills_qemu(tmp_path: Path, monkeypatch: pytest.
         """)
     real = verify.classify_line
 
-    def interrupt(line: str, marker: str = verify.DEFAULT_MARKER) -> str | None:
+    def interrupt(line: str, marker: str) -> str | None:
         if line == "booting":
             raise KeyboardInterrupt
         return real(line, marker)
@@ -255,7 +260,7 @@ def test_boot_keyboard_interrupt_kills_qemu(tmp_path: Path, monkeypatch: pytest.
 
 def test_boot_missing_kernel(tmp_path: Path) -> None:
     with pytest.raises(ComposerError, match="kernel"):
-        verify.boot_kernel(tmp_path / "nope", tmp_path / "nope2", memory_mb=256, accel="tcg")
+        verify.boot_kernel(tmp_path / "nope", tmp_path / "nope2", memory_mb=256, accel="tcg", marker=BOOT_MARKER)
 
 
 def test_boot_retries_an_emulation_flake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,7 +310,8 @@ def test_qemu_dies_with_a_killed_caller(tmp_path: Path, monkeypatch: pytest.Monk
     caller = subprocess.Popen([sys.executable, "-c", (
         "import sys; from pathlib import Path; import composer.verify as v; "
         f"v.QEMU = {str(tmp_path / 'fake-qemu')!r}; "
-        f"v.boot_kernel(Path({str(tmp_path / 'k')!r}), Path({str(tmp_path / 'i')!r}), memory_mb=256, accel='tcg', timeout=600)")])
+        f"v.boot_kernel(Path({str(tmp_path / 'k')!r}), Path({str(tmp_path / 'i')!r}), memory_mb=256, accel='tcg', "
+        "timeout=600, marker='X')")])
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text():
             break

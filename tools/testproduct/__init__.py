@@ -24,6 +24,7 @@ from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
 from testproduct import debrpm, resolve, setuppkg
+from testproduct.setuppkg import BOOT_MARKER, CHECK_ARGS
 
 # Bump whenever the repackaging rules change: it is part of the cache key.
 BUILDER_VERSION = "3"
@@ -57,7 +58,7 @@ RUNTIME_PACKAGES = (
     "e2fsprogs",
 )
 
-__all__ = ["build_testproduct", "RUNTIME_PACKAGES", "BUILDER_VERSION"]
+__all__ = ["build_testproduct", "RUNTIME_PACKAGES", "BUILDER_VERSION", "BOOT_MARKER", "CHECK_ARGS"]
 
 
 def cache_key(pkgs: list[resolve.DebPkg]) -> str:

@@ -27,11 +27,15 @@ NAME = "testproduct-setup"
 VERSION = "1.0"
 LIBEXEC = "/usr/libexec/testproduct"
 UNIT = "composer-boot-check.service"
+# What the boot check prints once the system is up, and the kernel argument that asks for it
+# (`composer verify --marker/--check-args` default to these).
+BOOT_MARKER = "COMPOSER-BOOT-OK"
+CHECK_ARGS = "composer.check=poweroff"
 
 BOOT_CHECK_UNIT = f"""\
 [Unit]
-Description=composer boot check: print COMPOSER-BOOT-OK on the console and power off
-ConditionKernelCommandLine=composer.check=poweroff
+Description=composer boot check: print {BOOT_MARKER} on the console and power off
+ConditionKernelCommandLine={CHECK_ARGS}
 After=multi-user.target
 
 [Service]

@@ -29,6 +29,7 @@ from composer.live.dmsnap import (
     read_presented,
 )
 from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human
+from composer.preflight import Place, check_dir_creatable, check_outputs_apart
 from composer.run import CommandError, ComposerError, info, run
 
 _EXT_MAGIC = 0xEF53
@@ -102,8 +103,6 @@ def _check_output(output: Path, *inputs: tuple[str, Path]) -> None:
     """The output is written beside itself and renamed: its directory must take files.
     It must not be one of the inputs (nor a system place): -o ORIGIN would replace
     the origin with the delta."""
-    from composer.preflight import Place, check_dir_creatable, check_outputs_apart
-
     check_outputs_apart([("delta: -o", output)], [Place(p, f"the {what} {p}") for what, p in inputs])
     if output.is_dir():
         raise ComposerError(f"delta: -o {output} is a directory")

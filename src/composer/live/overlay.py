@@ -543,75 +543,101 @@ def _reset_overlayfs(upper: Path, work: Path) -> None:
             _remove(child)
 
 
-def merge_overlay(
+@dataclasses.dataclass(frozen=True)
+class MergeStep:
+    """One step of a merge: what it does (`action`) and how the plan shows it (`text`)."""
+
+    action: str  # extract | copy | apply | fsck | squash | verify | replace | reset
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MergePlan:
+    """Everything a merge decided before it changes anything; its steps run in order.
+    No steps: there is nothing to merge (`nothing` says why)."""
+
+    medium: Medium
+    overlay: Path
+    kind: str  # "dm-snapshot" or "overlayfs"
+    target: Path  # the image that gets replaced
+    old_size: int
+    steps: tuple[MergeStep, ...] = ()
+    nothing: str = ""
+    store: CowStore | None = None  # dm-snapshot: the COW store read from the overlay
+    upper: Path | None = None  # overlayfs: its upper and work directories
+    ovl_work: Path | None = None
+    rootfs_in_squashfs: int | None = None  # size of LiveOS/rootfs.img inside squashfs.img, if any
+    compression: Compression = Compression.XZ  # of the new squashfs.img
+    scratch_root: Path | None = None
+    overlay_bytes: int = 0
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(s.text for s in self.steps)
+
+
+def plan_merge(
     media: Path,
     *,
-    dry_run: bool = False,
     compression: Compression | None = None,
-    level: int | None = None,
     overlay_name: str | None = None,
-    repair: bool = False,
     workdir: Path | None = None,
-) -> MergeResult:
-    """Fold the overlay into the medium's image; see the module docstring for the rules.
-
-    workdir: where to extract and build (default: a scratch dir inside LiveOS/, which
-    must then be a Linux filesystem able to hold the tree).
-    """
-    t0 = time.monotonic()
+) -> MergePlan:
+    """Read the medium and its overlay, check everything that can be checked (use,
+    origin, space, filesystem) and decide the steps; changes nothing."""
     m = find_medium(media, overlay_name)
     if m.overlay is None:
         raise ComposerError(f"{m.liveos}: no persistent overlay to merge")
+    overlay = m.overlay
     target = m.squashfs or m.rootfs
     assert target is not None
-    for p in (target, m.overlay):
+    for p in (target, overlay):
         if p.is_file():
             refuse_if_in_use(p, "file")
     old_size = target.stat().st_size
-    steps: list[str] = []
     rootfs_in_sq = None
+    comp = Compression.XZ
     if m.squashfs:
         listing = _squashfs_list(m.squashfs)
         rootfs_in_sq = listing.get("LiveOS/rootfs.img")
         comp_name, _ = _squashfs_info(m.squashfs)
         comp = compression or (Compression(comp_name) if comp_name in {c.value for c in Compression} else Compression.XZ)
 
-    if m.overlay.is_file():
+    store = upper = ovl_work = None
+    if overlay.is_file():
         kind = "dm-snapshot"
         if m.squashfs and rootfs_in_sq is None:
             raise ComposerError(f"{m.squashfs} holds no LiveOS/rootfs.img, so a COW overlay cannot belong to it")
         origin_size = rootfs_in_sq if rootfs_in_sq is not None else m.rootfs.stat().st_size  # type: ignore[union-attr]
-        store = CowStore.read(m.overlay, origin_size=origin_size)
+        store = CowStore.read(overlay, origin_size=origin_size)
         if not store.exceptions:
-            info(f"overlay merge: {m.overlay.name} holds no changes; nothing to do")
-            return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
-        steps.append(f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {m.overlay.name}"
-                     " to a copy of rootfs.img")
+            return MergePlan(m, overlay, kind, target, old_size, nothing=f"{overlay.name} holds no changes")
+        apply = MergeStep("apply", f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from "
+                                   f"{overlay.name} to a copy of rootfs.img")
     else:
         kind = "overlayfs"
-        upper, ovl_work = _upper_work(m.overlay)
+        upper, ovl_work = _upper_work(overlay)
         if _overlayfs_mounted(upper):
             raise ComposerError(f"{upper} is in use by a mounted overlayfs (a running live system?); merge it offline")
         check_upper(upper)
         if not any(upper.iterdir()):
-            info(f"overlay merge: {upper} is empty; nothing to do")
-            return MergeResult(m.overlay.name, kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
+            return MergePlan(m, overlay, kind, target, old_size, nothing=f"{upper} is empty")
         into = "rootfs.img" if (m.rootfs or rootfs_in_sq is not None) else "tree"
-        steps.append(f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {into}")
+        apply = MergeStep("apply", f"apply the overlayfs upper dir {upper.relative_to(m.root)} to the {into}")
 
     if m.squashfs is None and m.rootfs is not None:
         _check_origin(m.rootfs, m.rootfs)
     if m.squashfs:
-        steps = [f"extract {m.squashfs.name} ({human(old_size)})"] + steps
-        steps += ["check the filesystem" if rootfs_in_sq is not None else "", f"build a new squashfs.img ({comp})",
-                  "verify it (listing and content)", f"replace {m.squashfs.relative_to(m.root)}", f"reset {m.overlay.name}"]
+        steps = [MergeStep("extract", f"extract {m.squashfs.name} ({human(old_size)})"), apply,
+                 *([MergeStep("fsck", "check the filesystem")] if rootfs_in_sq is not None else []),
+                 MergeStep("squash", f"build a new squashfs.img ({comp})"),
+                 MergeStep("verify", "verify it (listing and content)")]
     else:
-        steps = [f"copy {target.name}", *steps,
-                 "check the filesystem", f"replace {target.relative_to(m.root)}", f"reset {m.overlay.name}"]
-    steps = [s for s in steps if s]
+        steps = [MergeStep("copy", f"copy {target.name}"), apply, MergeStep("fsck", "check the filesystem")]
+    steps += [MergeStep("replace", f"replace {target.relative_to(m.root)}"), MergeStep("reset", f"reset {overlay.name}")]
     # First estimate: extracted data is at least as big as the squashfs; the new image
     # about the old one plus the overlay's data.
-    ov_bytes = allocated_size(m.overlay) if m.overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(m.overlay))
+    ov_bytes = allocated_size(overlay) if overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(overlay))
     estimate = 2 * old_size + ov_bytes if m.squashfs else allocated_size(target) + ov_bytes
     scratch_root = (workdir or m.liveos).resolve()
     if not scratch_root.is_dir():
@@ -624,57 +650,102 @@ def merge_overlay(
             f"overlay merge: {m.liveos} is on {_fs_of(m.liveos)}, which cannot hold a Linux tree or sparse files; "
             "pass --workdir on a Linux filesystem with enough space"
         )
-    if dry_run:
-        for s in steps:
-            info(f"overlay merge (dry run): would {s}")
-        return MergeResult(m.overlay.name, kind, str(target), True, time.monotonic() - t0, old_size, old_size, tuple(steps))
+    return MergePlan(m, overlay, kind, target, old_size, tuple(steps), store=store, upper=upper, ovl_work=ovl_work,
+                     rootfs_in_squashfs=rootfs_in_sq, compression=comp, scratch_root=scratch_root,
+                     overlay_bytes=ov_bytes)
 
-    with tempfile.TemporaryDirectory(dir=scratch_root, prefix=_SCRATCH_PREFIX) as scratch_s:
+
+def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = False) -> None:
+    """Run the plan's steps in a scratch directory under plan.scratch_root."""
+    m = plan.medium
+    assert plan.scratch_root is not None
+    with tempfile.TemporaryDirectory(dir=plan.scratch_root, prefix=_SCRATCH_PREFIX) as scratch_s:
         scratch = Path(scratch_s)
         tree = scratch / "tree"
-        rootfs: Path | None
-        if m.squashfs:
-            info(f"overlay merge: extracting {m.squashfs}")
-            run(["unsquashfs", "-n", "-d", tree, m.squashfs])
-            rootfs = tree / "LiveOS" / "rootfs.img" if rootfs_in_sq is not None else None
-            if rootfs is not None:
-                _check_origin(rootfs, m.squashfs)
-            # Next: verification copy of the rootfs (or tree) and the new image.
-            built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
-            _need_space(scratch_root, built + old_size + ov_bytes, "building and verifying the new squashfs.img")
-        else:
-            rootfs = scratch / "rootfs.img"
-            copy_sparse(target, rootfs)
+        rootfs: Path | None = None  # the filesystem image being changed; None: the tree itself
+        new: Path | None = None  # the new squashfs.img
+        for step in plan.steps:
+            if step.action == "extract":
+                assert m.squashfs is not None
+                info(f"overlay merge: extracting {m.squashfs}")
+                run(["unsquashfs", "-n", "-d", tree, m.squashfs])
+                rootfs = tree / "LiveOS" / "rootfs.img" if plan.rootfs_in_squashfs is not None else None
+                if rootfs is not None:
+                    _check_origin(rootfs, m.squashfs)
+                # Next: verification copy of the rootfs (or tree) and the new image.
+                built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
+                _need_space(plan.scratch_root, built + plan.old_size + plan.overlay_bytes,
+                            "building and verifying the new squashfs.img")
+            elif step.action == "copy":
+                rootfs = scratch / "rootfs.img"
+                copy_sparse(plan.target, rootfs)
+            elif step.action == "apply" and plan.store is not None:
+                assert rootfs is not None
+                n = apply_store(plan.store, plan.overlay, rootfs)
+                info(f"overlay merge: applied {n} chunks to {rootfs.name}")
+            elif step.action == "apply":
+                assert plan.upper is not None
+                if rootfs is not None:
+                    with _loop_mounted(rootfs, scratch / "mnt") as mnt:
+                        applied = apply_upper(plan.upper, mnt)
+                    info(f"overlay merge: upper dir applied to rootfs.img: {applied}")
+                else:
+                    applied = apply_upper(plan.upper, tree)
+                    info(f"overlay merge: upper dir applied to the tree: {applied}")
+            elif step.action == "fsck":
+                assert rootfs is not None
+                _fsck(rootfs, repair=repair)
+            elif step.action == "squash":
+                new = scratch / "squashfs.img"
+                make_squashfs(tree, new, plan.compression, level=level, all_time=False)
+            elif step.action == "verify":
+                assert new is not None
+                _verify_squashfs(new, rootfs, None if rootfs is not None else tree, scratch)
+            elif step.action == "replace":
+                replacement = new if new is not None else rootfs
+                assert replacement is not None
+                _replace_durably(replacement, plan.target)
+                info(f"overlay merge: replaced {plan.target}")
+            elif step.action == "reset":
+                if plan.store is not None:
+                    _reset_cow(plan.overlay, plan.store)
+                else:
+                    assert plan.upper is not None and plan.ovl_work is not None
+                    _reset_overlayfs(plan.upper, plan.ovl_work)
+                info(f"overlay merge: reset {plan.overlay.name}")
+            else:
+                raise AssertionError(f"unknown merge step {step.action}")
 
-        if kind == "dm-snapshot":
-            assert rootfs is not None
-            n = apply_store(store, m.overlay, rootfs)
-            info(f"overlay merge: applied {n} chunks to {rootfs.name}")
-        elif rootfs is not None:
-            with _loop_mounted(rootfs, scratch / "mnt") as mnt:
-                applied = apply_upper(upper, mnt)
-            info(f"overlay merge: upper dir applied to rootfs.img: {applied}")
-        else:
-            applied = apply_upper(upper, tree)
-            info(f"overlay merge: upper dir applied to the tree: {applied}")
-        if rootfs is not None:
-            _fsck(rootfs, repair=repair)
 
-        if m.squashfs:
-            new = scratch / "squashfs.img"
-            make_squashfs(tree, new, comp, level=level, all_time=False)
-            _verify_squashfs(new, rootfs, None if rootfs is not None else tree, scratch)
-            _replace_durably(new, m.squashfs)
-        else:
-            assert rootfs is not None
-            _replace_durably(rootfs, target)
-        info(f"overlay merge: replaced {target}")
-        if kind == "dm-snapshot":
-            _reset_cow(m.overlay, store)
-        else:
-            _reset_overlayfs(upper, ovl_work)
-        info(f"overlay merge: reset {m.overlay.name}")
+def merge_overlay(
+    media: Path,
+    *,
+    dry_run: bool = False,
+    compression: Compression | None = None,
+    level: int | None = None,
+    overlay_name: str | None = None,
+    repair: bool = False,
+    workdir: Path | None = None,
+) -> MergeResult:
+    """Fold the overlay into the medium's image (plan_merge, then execute_merge); see the
+    module docstring for the rules. A dry run logs the plan and stops.
+
+    workdir: where to extract and build (default: a scratch dir inside LiveOS/, which
+    must then be a Linux filesystem able to hold the tree).
+    """
+    t0 = time.monotonic()
+    plan = plan_merge(media, compression=compression, overlay_name=overlay_name, workdir=workdir)
+    target, old_size = plan.target, plan.old_size
+    if not plan.steps:
+        info(f"overlay merge: {plan.nothing}; nothing to do")
+        return MergeResult(plan.overlay.name, plan.kind, str(target), dry_run, time.monotonic() - t0, old_size, old_size, ())
+    if dry_run:
+        for s in plan.texts:
+            info(f"overlay merge (dry run): would {s}")
+        return MergeResult(plan.overlay.name, plan.kind, str(target), True, time.monotonic() - t0, old_size, old_size,
+                           plan.texts)
+    execute_merge(plan, level=level, repair=repair)
     new_size = target.stat().st_size
     secs = time.monotonic() - t0
     info(f"overlay merge: {target.name} {human(old_size)} -> {human(new_size)} in {secs:.1f}s")
-    return MergeResult(m.overlay.name, kind, str(target), False, secs, old_size, new_size, tuple(steps))
+    return MergeResult(plan.overlay.name, plan.kind, str(target), False, secs, old_size, new_size, plan.texts)

@@ -13,24 +13,17 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from composer.config import RootfsType
 from composer.images.cpio import CpioEntry, write_newc
 from composer.run import ComposerError, info
 
 SQUASHFS_NAME = "squashfs.img"  # dracut wants root=live:/NAME with NAME ending in .img
 
 
-def runtime_cmdline(*, overlayfs: bool = False, extra: Sequence[str] = ()) -> str:
-    """Kernel arguments the big initrd carries in /etc/cmdline.
-
-    overlayfs=True makes dmsquash-live use an overlayfs upper dir instead of a
-    dm-snapshot over rootfs.img; required for a read-only rootfs (erofs, or the
-    tree straight in squashfs).
-    """
-    args = [f"root=live:/{SQUASHFS_NAME}", "rd.live.image"]
-    if overlayfs:
-        args.append("rd.live.overlay.overlayfs=1")
-    args += extra
-    return " ".join(args)
+def runtime_cmdline(rootfs: RootfsType, extra: Sequence[str] = ()) -> str:
+    """Kernel arguments the big initrd carries in /etc/cmdline: the live image is in the
+    initramfs, with what dmsquash-live needs for this root (RootfsType.live_args)."""
+    return " ".join([f"root=live:/{SQUASHFS_NAME}", "rd.live.image", *rootfs.live_args, *extra])
 
 
 def make_big_initrd(initramfs: Path, squashfs: Path, cmdline: str, dest: Path, *, mtime: int = 0) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from composer.run import ComposerError
+from composer.templates import render_template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,27 +33,27 @@ class BootKernel:
 
     @property
     def suffix(self) -> str:
-        return "" if self.index == 0 else f"-{self.version}"
+        return name_suffix(self.index, self.version)
+
+
+def name_suffix(index: int, version: str) -> str:
+    """The newest kernel (index 0) gets the plain names (vmlinuz, initrd.img) boot configs
+    expect; the others vmlinuz-KVER / initrd-KVER.img."""
+    return "" if index == 0 else f"-{version}"
 
 
 def boot_kernels(versions: Sequence[str], directory: str = "images/pxeboot") -> list[BootKernel]:
-    """The newest kernel gets the plain names (vmlinuz, initrd.img) boot configs expect;
-    the others vmlinuz-KVER / initrd-KVER.img."""
-    out = []
-    for i, v in enumerate(versions):
-        suffix = "" if i == 0 else f"-{v}"
-        out.append(BootKernel(i, v, f"{directory}/vmlinuz{suffix}", f"{directory}/initrd{suffix}.img"))
-    return out
+    """Every kernel's names in the output, newest first (name_suffix)."""
+    return [BootKernel(i, v, f"{directory}/vmlinuz{name_suffix(i, v)}", f"{directory}/initrd{name_suffix(i, v)}.img")
+            for i, v in enumerate(versions)]
 
 
 def render_config(templatedir: Path, name: str, variables: Mapping[str, object]) -> str:
     """Render the Mako file templatedir/name (a boot config, not a command template)."""
-    from composer.templates import _render
-
     path = name if isinstance(name, Path) else templatedir / name
     if not path.is_file():
         raise ComposerError(f"template set {templatedir.name} has no {path.name} ({path})")
-    text, _ = _render(path, [templatedir, path.parent], dict(variables))
+    text, _ = render_template(path, [templatedir, path.parent], dict(variables))
     # Empty variables leave runs of blanks inside lines (not in the indentation): tidy them.
     lines = [re.sub(r"(?<=\S) {2,}", " ", line.rstrip()) for line in text.strip("\n").splitlines()]
     return "\n".join(lines) + "\n"

@@ -22,13 +22,15 @@ from __future__ import annotations
 import dataclasses
 import lzma
 import math
+import os
 import shutil
 import struct
 import subprocess
 import zlib
 from pathlib import Path
 
-from composer.images.cpio import HEADER_LEN, MAGIC, TRAILER, read_newc
+from composer.images.cpio import HEADER_LEN, MAGIC, TRAILER, CpioEntry, read_newc, write_newc
+from composer.run import info
 
 MIB = 1 << 20
 PAGE = 4096
@@ -156,10 +158,6 @@ def with_memory_check(initramfs: Path, dest: Path, floor_mb: int, *, mtime: int 
     """dest = initramfs + an uncompressed cpio with etc/cmdline.d/…: rd.composer.memory=FLOOR.
 
     Written as dest.tmp and renamed, so dest is never half-written."""
-    import os
-
-    from composer.images.cpio import CpioEntry, write_newc
-
     tmp = dest.with_name(dest.name + ".tmp")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -204,8 +202,6 @@ def manifest_record(budgets: dict[str, RamBudget]) -> dict[str, dict[str, object
 
 def summary_record(budgets: dict[str, RamBudget]) -> dict[str, int]:
     """{kernel version: floor in MB} for the summary line; also says it on the log."""
-    from composer.run import info
-
     for kver, b in budgets.items():
         info(f"RAM: {b.kind} of kernel {kver} needs {b.summary()}")
     return {kver: b.floor_mb for kver, b in budgets.items()}

@@ -9,6 +9,7 @@ installkernel/installinitrd); those are merged in for the sections productmd kno
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +18,6 @@ from composer.run import ComposerError, info
 
 
 def _timestamp(timestamp: int | None) -> int:
-    import os
-
     if timestamp is not None:
         return int(timestamp)
     if "SOURCE_DATE_EPOCH" in os.environ:
@@ -41,7 +40,7 @@ def build_treeinfo(
     """A productmd TreeInfo. `images` maps a platform (e.g. "x86_64", "xen") to
     {image type: path relative to the tree}. With checksum_root, every listed image
     gets a sha256 checksum."""
-    import productmd.treeinfo as pti
+    import productmd.treeinfo as pti  # deferred: only media outputs need productmd
 
     ti = pti.TreeInfo()
     ti.release.name = product
@@ -95,7 +94,7 @@ def write_treeinfo(dest: Path, **kwargs) -> None:
 
 
 def write_discinfo(dest: Path, *, release: str, arch: str, timestamp: int | None = None) -> None:
-    import productmd.discinfo as pdi
+    import productmd.discinfo as pdi  # deferred: only media outputs need productmd
 
     di = pdi.DiscInfo()
     di.timestamp = float(_timestamp(timestamp))

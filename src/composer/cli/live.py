@@ -1,18 +1,21 @@
-"""Subcommands for the LiveOS tools; composer.cli calls register(subparsers)."""
+"""`composer delta|overlay|sparsify`: the LiveOS tools' command line."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from composer.cli.common import source_date_epoch
 from composer.config import Compression, parse_size
+from composer.live.delta import apply_delta, create_delta
+from composer.live.dmsnap import check_chunk_sectors
+from composer.live.overlay import merge_overlay, overlay_status
+from composer.live.sparsify import human, sparsify
 from composer.run import ComposerError
 
 
 def _chunk_sectors(text: str) -> int:
     """'8' is sectors (as in a dmsetup table); '4K', '16KiB' are bytes."""
-    from composer.live.dmsnap import check_chunk_sectors
-
     if text.strip().isdigit():
         # No chunk is 10**12 sectors; the bound also keeps int() off a 5,000-digit string.
         if len(text.strip()) > 12:
@@ -31,35 +34,26 @@ def _chunk_sectors(text: str) -> int:
 
 
 def cmd_delta_create(args: argparse.Namespace) -> int:
-    from composer.cli import _source_date_epoch
-    from composer.live.delta import create_delta
-
     d = create_delta(args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size),
-                     source_date_epoch=_source_date_epoch(None))  # $SOURCE_DATE_EPOCH, if set
+                     source_date_epoch=source_date_epoch(None))  # $SOURCE_DATE_EPOCH, if set
     print(f"{args.output}: {d.chunks} chunks, store {d.raw_size} bytes, gzip {d.gz_size} bytes; "
           f"minimized filesystem {d.minimized_size} of {d.origin_size} bytes")
     return 0
 
 
 def cmd_delta_apply(args: argparse.Namespace) -> int:
-    from composer.live.delta import apply_delta
-
     size = apply_delta(args.rootfs, args.delta, args.output)
     print(f"{args.output}: {size} bytes")
     return 0
 
 
 def cmd_overlay_status(args: argparse.Namespace) -> int:
-    from composer.live.overlay import overlay_status
-
     st = overlay_status(args.media, args.overlay)
     print(st.to_json() if args.json else st.text())
     return 0
 
 
 def cmd_overlay_merge(args: argparse.Namespace) -> int:
-    from composer.live.overlay import merge_overlay
-
     r = merge_overlay(
         args.media, dry_run=args.dry_run, overlay_name=args.overlay, repair=args.repair, workdir=args.workdir,
         compression=Compression(args.compression) if args.compression else None,
@@ -72,8 +66,6 @@ def cmd_overlay_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
-    from composer.live.sparsify import human, sparsify
-
     r = sparsify(args.image)
     print(f"{args.image}: apparent {human(r.apparent)}, allocated {human(r.allocated_before)} -> {human(r.allocated_after)}")
     return 0

@@ -1,0 +1,122 @@
+"""composer's command line: one subcommand per job, errors as one line.
+
+One module per subcommand family: compose (the options every compose shares, and
+`runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
+sparsify); `composer lorax` is composer.loraxcli. This module parses, dispatches and
+turns every error into one line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+from pathlib import Path
+
+from composer import __version__
+from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
+from composer.cli.common import check_logfile
+from composer.loraxcli import main as lorax_main
+from composer.run import ComposerError, set_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="composer", description="Build boot and runtime images of RPM-based operating systems.")
+    parser.add_argument("--version", action="version", version=f"composer {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show every command and its output")
+    parser.add_argument("--logfile", type=Path, default=None, help="write a full log here")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compose.register(sub)
+    verify.register(sub)
+    templatecheck.register(sub)
+    sub.add_parser("lorax", add_help=False, help="lorax's command line: `composer lorax --help` (a drop-in for lorax)")
+    bootiso.register(sub)
+    netboot.register(sub)
+    mkksiso.register(sub)
+    live.register(sub)
+    return parser
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """Turn SIGINT/SIGTERM/SIGHUP into one KeyboardInterrupt, so every cleanup runs.
+
+    Later signals are swallowed (not SIG_IGN, which children would inherit): a second
+    Ctrl-C must not interrupt the cleanup that removes the half-built output.
+    """
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _swallow)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _swallow(signum: int, frame: object) -> None:
+    pass
+
+
+# Options whose values are themselves options (`--dracut-arg --add`): argparse would
+# take such a value for an unknown or ambiguous option of ours.
+_PASS_THROUGH_OPTIONS = ("--dracut-arg",)
+
+
+def _glue_pass_through(argv: list[str]) -> list[str]:
+    """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'.
+
+    `--opt=--` is refused here: argparse drops a "--" value and hands the command a list."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--") and arg.endswith("=--") and arg.count("=") == 1:
+            raise ComposerError(f"{arg}: '--' is not a value for {arg[:-3]}")
+        value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
+        out.append(arg if value is None else f"{arg}={value}")
+    return out
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """An error is one line: control characters from a value or path (a newline in a
+    file name) are shown escaped, as Python would."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lorax"]:
+        # lorax's own command line (its -v, -V, -c... are not composer's options)
+        return lorax_main(argv[1:])
+    parser = build_parser()
+    try:
+        glued = _glue_pass_through(argv)
+    except ComposerError as e:
+        parser.error(one_line(str(e)))
+    args = parser.parse_args(glued)
+    previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
+    try:
+        check_logfile(args.logfile, "--logfile")
+        set_logging(verbose=args.verbose, logfile=args.logfile)
+        return args.func(args)
+    except ComposerError as e:
+        print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"composer: interrupted by {name}; cleaned up", file=sys.stderr)
+        # Stop signals stay swallowed until exit: one more arriving now must not turn the
+        # clean exit status into a death by signal.
+        previous = {}
+        return 128 + getattr(signal.Signals, name, signal.SIGINT).value
+    except OSError as e:
+        where = f" {e.filename}:" if e.filename else ""
+        print(one_line(f"composer: error:{where} {e.strerror or e}"), file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
