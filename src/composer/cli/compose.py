@@ -10,7 +10,7 @@ from pathlib import Path
 
 from composer.cli.common import check_logfile, source_date_epoch
 from composer.config import Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
-from composer.dnf import DNF_ROOT_ENV, find_dnf
+from composer.dnf import DNF_ROOT_ENV, find_dnf, proxy_url
 from composer.kickstart import KickstartInput, add_ks_option, config_with_kickstart
 from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg
 from composer.run import ComposerError, set_logging
@@ -24,6 +24,14 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--release", default="", help="release string")
     p.add_argument("-s", "--source", action="append", default=[], metavar="URL", help="package repository URL (repeatable)")
     p.add_argument("--repo", action="append", default=[], type=Path, metavar="FILE", help="dnf .repo file (repeatable)")
+    p.add_argument("-m", "--mirrorlist", action="append", default=[], metavar="URL",
+                   help="mirrorlist URL of a package repository (repeatable)")
+    p.add_argument("--enablerepo", action="append", default=[], metavar="GLOB",
+                   help="enable these repositories of the --repo files (repeatable)")
+    p.add_argument("--disablerepo", action="append", default=[], metavar="GLOB",
+                   help="disable these repositories of the --repo files, after --enablerepo (repeatable)")
+    p.add_argument("--proxy", default=None, metavar="URL", help="proxy for every repository, e.g. http://host:3128")
+    p.add_argument("--noverifyssl", action="store_true", help="do not verify the repositories' TLS certificates")
     p.add_argument("-t", "--variant", default="", help="variant name")
     p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
     p.add_argument("--isfinal", action="store_true", help="this is a final release")
@@ -90,6 +98,11 @@ def _config(args: argparse.Namespace) -> Config:
         release=args.release,
         sources=tuple(args.source),
         repofiles=tuple(p.resolve() for p in args.repo),
+        mirrorlists=tuple(args.mirrorlist),
+        proxy=proxy_url(args.proxy) if args.proxy else None,
+        sslverify=not args.noverifyssl,
+        enablerepos=tuple(args.enablerepo),
+        disablerepos=tuple(args.disablerepo),
         variant=args.variant,
         bugurl=args.bugurl,
         isfinal=args.isfinal,
