@@ -65,6 +65,9 @@ class Config:
     # Repository ids or globs of the --repo files to enable, then to disable.
     enablerepos: tuple[str, ...] = ()
     disablerepos: tuple[str, ...] = ()
+    # lorax's automatic branding: install the system-release package (and its logos) dnf
+    # finds; composer's own product templates name theirs instead.
+    branding: bool = False
     release: str = ""
     variant: str = ""
     bugurl: str = ""

@@ -563,10 +563,21 @@ class DnfSession:
             debug(f"{len(self._available)} package names available")
         return self._available
 
+    def providers(self, capability: str) -> list[str]:
+        """Names of the available packages that provide `capability` (lorax's branding asks
+        who provides system-release)."""
+        try:
+            proc = self._dnf("repoquery", "--available", f"--whatprovides={capability}", "--queryformat=%{name}\n",
+                             capture=True)
+        except CommandError as e:
+            raise ComposerError(self._repo_error(e.stderr)) from None
+        return sorted(set(proc.stdout.decode().split()))
+
     def _repo_error(self, stderr: str) -> str:
         """dnf's complaint about a repository, naming the --source it came from."""
         reason = _dnf_reason(stderr)
         origins = {_repo_id(url, i): f"--source {url}" for i, url in enumerate(self.config.sources)}
+        origins.update({_mirror_id(url, i): f"--mirrorlist {url}" for i, url in enumerate(self.config.mirrorlists)})
         for f in self.config.repofiles:
             for section in _repo_sections(f):
                 origins.setdefault(section, f"--repo {f} [{section}]")

@@ -247,8 +247,6 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     warnings += [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
     if not args.verify:
         warnings.append("--noverify (composer always checks the tree)")
-    if not args.skip_branding:
-        warnings.append("automatic branding (composer installs no system-release by itself: use --installpkgs)")
     warnings += [f"lorax.conf {k}" for k in conf.ignored]
     rootfs_type, differs = ROOTFS_MAP[args.rootfs_type]
     if differs:
@@ -287,6 +285,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         sources=tuple(args.source),
         repofiles=tuple(p.resolve() for p in args.repos),
         mirrorlists=tuple(args.mirrorlist),
+        branding=not args.skip_branding,
         proxy=proxy_url(args.proxy) if args.proxy else None,
         sslverify=not args.noverifyssl,
         enablerepos=tuple(args.enablerepos),

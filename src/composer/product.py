@@ -7,7 +7,7 @@ from pathlib import Path
 
 from composer.config import Config
 from composer.run import DATADIR, ComposerError
-from composer.templates import Arch, Product, lorax_variables
+from composer.templates import Arch, Branding, Product, lorax_variables
 
 # The runtime templates of a product, in the order they run.
 INSTALL_TEMPLATE = "runtime-install.tmpl"
@@ -38,3 +38,15 @@ def template_variables(cfg: Config) -> dict[str, object]:
     variables["rootfs_type"] = str(cfg.rootfs_type)
     variables.update(dict(cfg.add_template_vars))
     return variables
+
+
+def pick_branding(release_packages: list[str], variant: str) -> Branding:
+    """lorax's automatic branding: of the packages providing system-release (generic-*
+    left out), the one for the variant if there is one, else the first by name; its logos
+    package is named after its first word (fedora-release-server -> fedora-logos)."""
+    names = sorted(n for n in release_packages if not n.startswith("generic"))
+    if not names:
+        return Branding()
+    suffix = f"-{variant.lower()}"
+    release = next((n for n in names if variant and n.endswith(suffix)), names[0])
+    return Branding(release=release, logos=release.split("-", 1)[0] + "-logos")

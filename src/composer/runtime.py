@@ -26,10 +26,17 @@ from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.manifest import write_manifest
 from composer.outputs.media import boot_kernels
-from composer.product import CLEANUP_TEMPLATE, INSTALL_TEMPLATE, POSTINSTALL_TEMPLATE, template_dir, template_variables
+from composer.product import (
+    CLEANUP_TEMPLATE,
+    INSTALL_TEMPLATE,
+    POSTINSTALL_TEMPLATE,
+    pick_branding,
+    template_dir,
+    template_variables,
+)
 from composer.reproducible import config_seed, normalize_tree
 from composer.run import ComposerError, atomic_dir, in_tree_argv, info, locked_mkdir, remove_stale, run, stage
-from composer.templates import Product, TemplateRunner
+from composer.templates import Branding, Product, TemplateRunner
 
 
 @dataclasses.dataclass
@@ -126,6 +133,11 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     # lorax gives the runtime templates the product name in lower case.
     product = cast(Product, variables["product"])  # template_variables() puts a Product there
     variables["product"] = dataclasses.replace(product, name=cfg.product.lower())
+    branding = pick_branding(session.providers("system-release"), cfg.variant) if cfg.branding else Branding()
+    if cfg.branding:
+        variables["branding"] = branding
+        info(f"branding: {branding.release or 'no system-release package found'}"
+             + (f", {branding.logos}" if branding.logos else ""))
     runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=variables, pkgmgr=session,
                             recorder=ledger)
 
@@ -136,6 +148,10 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                 session.run_transaction()
 
     def install() -> None:
+        if branding.release and branding.logos:
+            # Before the templates, as lorax; a product without a logos package still builds.
+            session.install([branding.release], required=True)
+            session.install([branding.logos], required=False)
         if cfg.installpkgs:
             session.install(cfg.installpkgs, required=True)
         runner.run(templatedir / INSTALL_TEMPLATE)

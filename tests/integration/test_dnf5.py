@@ -124,7 +124,7 @@ def small_repo(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("smallrepo")
     repo = base / "repo"
     for name, extra in (("fine", "Recommends: right"), ("needy", "Requires: nosuchthing"), ("left", "Conflicts: right"),
-                        ("right", "")):
+                        ("right", ""), ("brand-release", "Provides: system-release")):
         _build_rpm(base, repo, name, extra)
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
     return repo
@@ -252,3 +252,10 @@ def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
     assert any(u.endswith(".rpm") for u in _ProxyHandler.seen), _ProxyHandler.seen
     # How packages were fetched is not part of what the tree is (the cache key).
     assert not any("proxy" in a for a in p.shaping_options())
+
+
+def test_who_provides_system_release(small_repo, flavor, tmp_path):
+    """lorax's automatic branding asks dnf which packages provide system-release."""
+    s = _session(tmp_path, flavor, f"file://{small_repo}")
+    assert s.providers("system-release") == ["brand-release"]
+    assert s.providers("nosuchthing") == []

@@ -118,6 +118,7 @@ def test_pungi_argv_is_accepted(tmp_path, rootfs_type, expected):
     assert plan.templatedir == tmp_path / "share/templates.d/99-generic"  # lorax.conf sharedir, templates.d rule
     assert plan.logfile == tmp_path / "logs/x86_64/buildinstall-Server-logs/lorax.log"
     assert (plan.domacboot, plan.doupgrade, plan.skip_branding) == (False, False, True)
+    assert not cfg.branding  # --skip-branding
     assert cfg.compression is Compression.XZ
     assert not any("squashfs-only" in w for w in plan.warnings)  # lorax ignores it too
     assert plan.lorax_rootfs_type == rootfs_type
@@ -132,7 +133,7 @@ def test_lorax_defaults_and_units(tmp_path):
     assert (plan.domacboot, plan.doupgrade) == (False, True)
     assert plan.logfile == Path("./lorax.log").resolve()
     assert cfg.workdir == Path("/var/tmp/lorax")
-    assert any("branding" in w for w in plan.warnings)
+    assert cfg.branding and not any("branding" in w for w in plan.warnings)  # lorax's default, honoured
 
 
 def test_lorax_dracut_arg_with_separate_value_and_btrfs(tmp_path):
