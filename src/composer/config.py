@@ -88,6 +88,8 @@ class Config:
     # A root directory (e.g. Debian unstable's, made by scripts/dnf5-root) whose dnf runs the
     # transactions, inside bubblewrap; None: the host's dnf.
     dnf_root: Path | None = None
+    # Where dnf's own logs go (composer lorax: beside --logfile, as lorax); None: the work directory.
+    dnf_logdir: Path | None = None
     workdir: Path | None = None
     cachedir: Path = DEFAULT_CACHEDIR
     force: bool = False

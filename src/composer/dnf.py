@@ -56,6 +56,7 @@ class DnfConfig:
     sslverify: bool = True
     enablerepos: tuple[str, ...] = ()  # repository ids or globs of the .repo files, enabled
     disablerepos: tuple[str, ...] = ()  # ... then disabled (lorax's order)
+    logdir: Path | None = None  # where dnf writes its logs (None: the work directory's dnf-log)
 
 
 # Environment variable naming a --dnf-root when the option is not given.
@@ -78,7 +79,7 @@ def dnf_config(cfg: Config) -> DnfConfig:
         releasever=cfg.version, arch=cfg.arch, sources=cfg.sources, repofiles=cfg.repofiles,
         excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf", nogpgcheck=cfg.nogpgcheck,
         dnf=cfg.dnf, root=cfg.dnf_root, mirrorlists=cfg.mirrorlists, proxy=cfg.proxy, sslverify=cfg.sslverify,
-        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos,
+        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos, logdir=cfg.dnf_logdir,
     )
 
 
@@ -386,7 +387,8 @@ class DnfSession:
             (self.reposdir / f"composer-{rid}.repo").write_text(
                 f"[{rid}]\nname={rid}\nmirrorlist={url}\nenabled=1\ngpgcheck={0 if config.nogpgcheck else 1}\n"
                 "skip_if_unavailable=False\nmetadata_expire=0\n")
-        (workdir / "dnf-log").mkdir(exist_ok=True)
+        self.logdir = config.logdir or workdir / "dnf-log"
+        self.logdir.mkdir(parents=True, exist_ok=True)
         (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
         self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
@@ -423,7 +425,8 @@ class DnfSession:
         prefix: list[str] = []
         root = self.program.root
         if root is not None:
-            prefix = _root_sandbox(root, rw=[self.workdir, self.tree, self.config.cachedir], ro=self._local_paths())
+            prefix = _root_sandbox(root, rw=[self.workdir, self.tree, self.config.cachedir, self.logdir],
+                                   ro=self._local_paths())
         elif transaction:
             prefix = ["bwrap", "--dev-bind", "/", "/"]
         if transaction:
@@ -449,7 +452,7 @@ class DnfSession:
         # persistdir (dnf 4's history) is not prefixed by dnf 4: a host path as it is.
         state = self.workdir / "dnf-state"
         paths = [f"--setopt=cachedir={self._host_path(c.cachedir)}",
-                 f"--setopt=logdir={self._host_path(self.workdir / 'dnf-log')}",
+                 f"--setopt=logdir={self._host_path(self.logdir)}",
                  f"--setopt=persistdir={self._host_path(state) if program.flavor is DnfChoice.DNF5 else state}"]
         if program.flavor is DnfChoice.DNF5:
             paths += [f"--setopt={o}={self._host_path(state)}" for o in ("system_state_dir", "transaction_history_dir")]

@@ -286,6 +286,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         repofiles=tuple(p.resolve() for p in args.repos),
         mirrorlists=tuple(args.mirrorlist),
         branding=not args.skip_branding,
+        dnf_logdir=args.logfile.resolve().parent,
         proxy=proxy_url(args.proxy) if args.proxy else None,
         sslverify=not args.noverifyssl,
         enablerepos=tuple(args.enablerepos),

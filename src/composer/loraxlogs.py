@@ -3,8 +3,9 @@
 lorax writes lorax.log (--logfile), pylorax.log (everything pylorax logs; Pungi greps it
 for "Dependency check failed"), program.log (the programs it ran and their output),
 dnf.log, and pkglists/<package> (the files of each installed package). composer logs
-to one file (--logfile); after a build these are derived from it, and pkglists/ is
-written from the tree's rpm database before the cleanup template removes it.
+to one file (--logfile); after a build the first two are derived from it, dnf writes its
+own logs there (Config.dnf_logdir), and pkglists/ is written from the tree's rpm database
+before the cleanup template removes it.
 
 Run as a script (`python3 loraxlogs.py pkglists TREE DEST`, from a template's runcmd
 on the host) it needs only the standard library: it may run outside composer's sys.path.

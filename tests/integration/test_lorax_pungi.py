@@ -64,7 +64,7 @@ def test_outputs_pungi_reads(pungi_build):
     inside = subprocess.run(["mtype", "-i", str(out / "images/efiboot.img"), "::EFI/BOOT/grub.cfg"],
                             capture_output=True, text=True, check=True).stdout
     assert f"CDLABEL={VOLID}" in inside  # ... and this one (Pungi's tweak_configs on efiboot.img)
-    for name in ("lorax.log", "pylorax.log", "program.log"):
+    for name in ("lorax.log", "pylorax.log", "program.log", "dnf.log"):  # dnf's own log, beside --logfile as lorax
         assert (logs / name).stat().st_size > 0, name
     assert "bash" in {p.name for p in (logs / "pkglists").iterdir()}
     assert "/usr/bin/less" in (logs / "pkglists/less").read_text()

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -327,3 +328,13 @@ def test_a_local_mirrorlist_is_checked(tmp_path):
     cfg = DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{bad}",), cachedir=tmp_path / "c")
     with pytest.raises(ComposerError, match=f"--mirrorlist file://{bad}: lists file:///nonexistent/repo: no repository"):
         DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+
+
+def test_dnf_logs_where_asked(tmp_path):
+    """composer lorax: dnf's logs beside --logfile, as lorax; else in the work directory."""
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
+                    logdir=tmp_path / "logs")
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    (logdir,) = [a.removeprefix("--setopt=logdir=") for a in s._dnf_argv() if a.startswith("--setopt=logdir=")]
+    assert os.path.normpath(str(tmp_path / "tree") + "/" + logdir) == str(tmp_path / "logs")  # dnf 4 prefixes the root
+    assert (tmp_path / "logs").is_dir()
