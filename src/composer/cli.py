@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from composer import __version__
-from composer.config import Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
+from composer.config import DEFAULT_CACHEDIR, Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.run import ComposerError, info, set_logging
+from composer.userns import command_words, enter_user_namespace
 
 
 def _add_compose_options(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def _add_compose_options(p: argparse.ArgumentParser) -> None:
                    help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
                         "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)")
     p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
-    p.add_argument("--cachedir", type=Path, default=Path("/var/cache/composer"), help="persistent cache (dnf packages)")
+    p.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR,
+                   help=f"persistent cache (dnf packages, trees; default: {DEFAULT_CACHEDIR})")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--force", action="store_true", help="replace OUTDIR once the new output is complete")
     p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
@@ -455,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         # lorax's own command line (its -v, -V, -c... are not composer's options)
         from composer.loraxcli import main as lorax_main
 
+        try:
+            enter_user_namespace(("lorax",), argv)  # as an ordinary user (composer.userns)
+        except ComposerError as e:
+            print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
+            return 1
         return lorax_main(argv[1:])
     parser = build_parser()
     try:
@@ -465,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
         check_logfile(args.logfile, "--logfile")
+        enter_user_namespace(command_words(args), argv)  # as an ordinary user (composer.userns)
         set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
     except ComposerError as e:
