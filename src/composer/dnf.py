@@ -30,10 +30,16 @@ from urllib.parse import urlparse
 
 from composer.config import DnfChoice
 from composer.run import CommandError, ComposerError, debug, info, run
+from composer.userns import inside as userns_inside
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
 RPMDB = "/usr/lib/sysimage/rpm"
+# _netsharedpath: rpm leaves /proc alone. During a transaction it is a procfs mount (for
+# scriptlets) that only the host's real root may chown, which rpm would try and fail in
+# composer's user namespace (composer.userns); _tidy gives the directory its packaged
+# owner and mode afterwards, as root and as an ordinary user alike.
+RPMMACROS = f"%_dbpath {RPMDB}\n%_netsharedpath /proc\n"
 # Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
 # state, dnf5's lock directory): kept only as a package makes them.
 DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d", "run", "run/dnf")
@@ -136,7 +142,9 @@ def find_dnf(choice: DnfChoice = DnfChoice.AUTO, root: Path | None = None) -> Dn
         found = [n for n in _CANDIDATES[choice] if (root / "usr" / "bin" / n).exists()]
         where = f"in --dnf-root {root}"
     else:
-        prefix = []
+        # In composer's user namespace the host's /var/log is not root's to write: dnf 4's
+        # --version (which ignores --setopt=logdir) runs over a throwaway /var there.
+        prefix = _root_sandbox(Path("/")) + ["--dir", "/var/log", "--"] if userns_inside() else []
         found = [n for n in _CANDIDATES[choice] if shutil.which(n)]
         where = "on this host"
     for name in found:
@@ -307,7 +315,7 @@ class DnfSession:
             raise ComposerError("no package source: give --source URL or --repo FILE")
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+        (self.home / ".rpmmacros").write_text(RPMMACROS)
         self.reposdir = workdir / "repos.d"
         self.reposdir.mkdir(exist_ok=True)
         for f in config.repofiles:
@@ -658,7 +666,7 @@ def rpmdb_env(workdir: Path) -> dict[str, str]:
     """An environment whose rpm uses the tree's database path (for rpm calls outside a session)."""
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    (home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+    (home / ".rpmmacros").write_text(RPMMACROS)
     return {"HOME": str(home)}
 
 
