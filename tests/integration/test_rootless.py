@@ -22,6 +22,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -85,6 +86,13 @@ def as_user(user: pwd.struct_passwd, argv: list[str], env: dict[str, str], **kw)
                           **kw)
 
 
+def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    # setpriv, composer and unshare exec in turn: the signal reaches composer itself.
+    return subprocess.Popen(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env})
+
+
 def user_python(user: pwd.struct_passwd, site: Path) -> tuple[str, dict[str, str]]:
     """An interpreter the user can run composer with, and the environment for it: this one
     if the user can read it, else Debian's python3 with the missing pure-Python packages
@@ -93,7 +101,10 @@ def user_python(user: pwd.struct_passwd, site: Path) -> tuple[str, dict[str, str
     probe = None
     for python in (sys.executable, "/usr/bin/python3"):
         for _ in range(16):
-            probe = as_user(user, [python, "-c", IMPORTS], env)
+            # In a user namespace, as composer will run: there the host's permissions are all
+            # that count (this sandbox lets an ordinary user exec pyenv's python under /root
+            # outside one, but not inside).
+            probe = as_user(user, ["unshare", "--user", "--map-root-user", python, "-c", IMPORTS], env)
             if probe.returncode == 0:
                 return python, env
             missing = re.search(r"No module named '([\w.]+)'", probe.stderr)
@@ -131,8 +142,8 @@ def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Pat
 
 
 @pytest.fixture(scope="module")
-def rootless(bootiso_build, testproduct_repo) -> Iterator[tuple[pwd.struct_passwd, str, dict[str, str], Path]]:
-    """(user, python, env, base): base/runtime and base/boot-iso composed by the user."""
+def rootless(bootiso_build, testproduct_repo) -> Iterator[tuple[pwd.struct_passwd, str, dict[str, str], Path, Path]]:
+    """(user, python, env, base, repo): base/runtime and base/media/out composed by the user."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the test creates an ordinary user with useradd")
     for tool in ("useradd", "usermod", "userdel", "setpriv", "unshare", "newuidmap", "newgidmap"):
@@ -158,7 +169,7 @@ def rootless(bootiso_build, testproduct_repo) -> Iterator[tuple[pwd.struct_passw
                 (base / "media").mkdir()
                 shutil.chown(base / "media", user.pw_uid, user.pw_gid)
                 compose_as(user, python, env, base, "boot-iso", repo, base / "media/out")
-                yield user, python, env, base
+                yield user, python, env, base, repo
             finally:
                 shutil.rmtree(site, ignore_errors=True)
         finally:
@@ -176,7 +187,7 @@ def _differences(a: dict[str, Path], b: dict[str, Path], pairs: list[tuple[str, 
 
 
 def test_boot_iso_is_byte_identical_to_roots(rootless, bootiso_build):
-    user, _, _, base = rootless
+    user, _, _, base, _ = rootless
     ours, roots = files_below(with_extra(base / "media")), files_below(with_extra(bootiso_build))
     assert sorted(ours) == sorted(roots), "the user's and root's builds made different files"
     differ = _differences(ours, roots, [(rel, rel) for rel in sorted(ours)])
@@ -189,33 +200,62 @@ def test_boot_iso_is_byte_identical_to_roots(rootless, bootiso_build):
             assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(roots[rel].stat().st_mode), rel
 
 
-def test_runtime_is_byte_identical_to_roots(rootless, bootiso_build):
-    """The runtime's images against the same images of root's media (install.img is the
-    same squashfs.img; its big initrd is what with_extra assembled from root's parts)."""
-    user, _, _, base = rootless
-    roots = files_below(with_extra(bootiso_build))
+def roots_big_initrd(bootiso_build: Path, dest: Path) -> Path:
+    """The big initrd `composer runtime` makes, from root's media: their initrd is the same
+    dracut initramfs with a memory-check cpio appended (outputs/ram.py), which the
+    runtime's lacks; then squashfs.img and the command line, as runtime.py appends them."""
+    from composer.config import RootfsType
+    from composer.images.cpio import read_newc
+    from composer.outputs.bigimage import make_big_initrd
+    from composer.outputs.ram import MEMCHECK_CONF
+    from composer.runtime import runtime_cmdline
+
+    media_initrd = bootiso_build / "out/images/pxeboot/initrd.img"
+    last = read_newc(media_initrd)[-1]
+    assert [m.name for m in last.members][-1] == MEMCHECK_CONF, last
+    initramfs = dest.with_name("initramfs.img")
+    with media_initrd.open("rb") as f:
+        initramfs.write_bytes(f.read(last.offset))  # the initramfs and its padding to 4 bytes
+    make_big_initrd(initramfs, bootiso_build / "out/images/install.img", runtime_cmdline(RootfsType.EXT4), dest,
+                    mtime=MEDIA_EPOCH)
+    return dest
+
+
+def test_runtime_is_byte_identical_to_roots(rootless, bootiso_build, tmp_path):
+    """The runtime's images against the same images of root's media: install.img is the
+    same squashfs.img, the kernel the same, the big initrd made of root's parts."""
+    user, _, _, base, _ = rootless
+    roots = files_below(with_extra(bootiso_build)) | {"big": roots_big_initrd(bootiso_build, tmp_path / "big.img")}
     out = base / "runtime"
     ours = {rel: out / rel for rel in ("images/install.img", "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")}
     pairs = [("images/install.img", "out/images/install.img"), ("images/pxeboot/vmlinuz", "out/images/pxeboot/vmlinuz"),
-             ("images/pxeboot/initrd.img", "extra/big-initrd.img")]
+             ("images/pxeboot/initrd.img", "big")]
     differ = _differences(ours, roots, pairs)
     assert not differ, "not identical to root's build:\n" + "\n".join(differ)
     for path in out.rglob("*"):
         assert path.lstat().st_uid == user.pw_uid, f"{path} is not the user's"
 
 
-def test_owners_inside_the_image_are_the_packages(rootless, bootiso_build):
-    """Not just equal to root's: files of packages owned by other ids keep them (a build
-    without the subordinate ids would make everything the user's, i.e. root's)."""
-    media = bootiso_build / "extra/squashfs-root/LiveOS/rootfs.img"
-    listing = subprocess.run(["debugfs", "-R", "ls -l /etc", str(media)], capture_output=True, text=True, check=True).stdout
-    owners = {line.split()[2] for line in listing.splitlines() if len(line.split()) > 3}
-    assert "0" in owners and owners - {"0"}, f"every file in /etc owned by root: {listing[:500]}"
+def _debugfs(image: Path, request: str) -> str:
+    return subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True).stdout
+
+
+def test_owners_inside_the_image_are_the_packages(rootless):
+    """Not only equal to root's: a file of a package with another group keeps it and its
+    setgid bit (without the subordinate ids it would be the user's, i.e. root's)."""
+    base = rootless[3]
+    image = base / "media/extra/squashfs-root/LiveOS/rootfs.img"
+    with_extra(base / "media")
+    groups = {f[0]: int(f[2]) for line in _debugfs(image, "cat /etc/group").splitlines() if len(f := line.split(":")) > 2}
+    assert groups.get("shadow", 0) != 0, groups
+    st = _debugfs(image, "stat /usr/bin/chage")
+    assert re.search(rf"User:\s+0\s+Group:\s+{groups['shadow']}\b", st), st
+    assert re.search(r"Mode:\s+02755\b", st), st
 
 
 def test_users_big_initrd_boots(rootless):
     """The user boots it, as the user (`composer verify` needs no namespace)."""
-    user, python, env, base = rootless
+    user, python, env, base, _ = rootless
     out = base / "runtime"
     log = base / "serial.log"
     proc = as_user(user, [python, "-m", "composer", "verify", "--kernel", str(out / "images/pxeboot/vmlinuz"),
@@ -224,3 +264,31 @@ def test_users_big_initrd_boots(rootless):
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert proc.returncode == 0, f"no boot marker: {proc.stderr[-2000:]}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
+
+
+def test_interrupted_build_leaves_nothing(rootless):
+    """Ctrl-C while dnf fills the tree (files of subordinate ids): composer cleans up
+    from inside the namespace; nothing is left that the user could not remove."""
+    user, python, env, base, repo = rootless
+    work, out = base / "work-interrupted", base / "interrupted"
+    work.mkdir()
+    shutil.chown(work, user.pw_uid, user.pw_gid)
+    proc = user_popen(user, [python, "-m", "composer", "runtime", "--product", "TestProduct", "--version", "1",
+                             "--source", f"file://{repo}", "--nogpgcheck", "--no-cache", "--workdir", str(work),
+                             str(out)], env)
+    try:
+        deadline = time.monotonic() + 300
+        # a file of another group in the tree: rpm is unpacking with the subordinate ids
+        while not any(p.lstat().st_gid != user.pw_gid for d in ("etc", "usr/bin") for p in work.glob(f"*/tree/{d}/*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "dnf never started filling the tree"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted by SIGINT; cleaned up" in stderr
+    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
+    assert not out.exists() and not list(base.glob(".interrupted.partial-*"))
