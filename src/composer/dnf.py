@@ -282,6 +282,8 @@ _KINDS = {0o040000: "d", 0o100000: "f", 0o120000: "l", 0o020000: "c", 0o060000: 
 # rpm's file flags and states that mean "need not be on disk as listed".
 _RPMFILE_GHOST = 1 << 6
 _RPMFILE_STATE_NORMAL = 0
+# Packaged but left alone by rpm (RPMMACROS' _netsharedpath: /proc): it is still the package's.
+_RPMFILE_STATE_NETSHARED = 3
 
 
 def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -591,7 +593,7 @@ class DnfSession:
             if len(fields) != 8 or not fields[0].startswith("/"):
                 continue
             path, mode, user, group, flags, state, target, name = fields
-            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state != str(_RPMFILE_STATE_NORMAL):
+            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state not in (str(_RPMFILE_STATE_NORMAL), str(_RPMFILE_STATE_NETSHARED)):
                 continue
             m = int(mode)
             files.setdefault(path, []).append(
