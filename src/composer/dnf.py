@@ -284,6 +284,7 @@ _RPMFILE_GHOST = 1 << 6
 _RPMFILE_STATE_NORMAL = 0
 # Packaged but left alone by rpm (RPMMACROS' _netsharedpath: /proc): it is still the package's.
 _RPMFILE_STATE_NETSHARED = 3
+_RPMFILE_STATES_KEPT = (str(_RPMFILE_STATE_NORMAL), str(_RPMFILE_STATE_NETSHARED))
 
 
 def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -593,7 +594,7 @@ class DnfSession:
             if len(fields) != 8 or not fields[0].startswith("/"):
                 continue
             path, mode, user, group, flags, state, target, name = fields
-            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state not in (str(_RPMFILE_STATE_NORMAL), str(_RPMFILE_STATE_NETSHARED)):
+            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state not in _RPMFILE_STATES_KEPT:
                 continue
             m = int(mode)
             files.setdefault(path, []).append(
