@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from composer.run import ComposerError
+from composer.userns import default_cachedir
 
 
 class RootfsType(enum.StrEnum):
@@ -48,7 +49,8 @@ class Compression(enum.StrEnum):
     LZ4 = "lz4"
 
 
-DEFAULT_CACHEDIR = Path("/var/cache/composer")
+# /var/cache/composer for root, ~/.cache/composer (XDG_CACHE_HOME) for an ordinary user.
+DEFAULT_CACHEDIR = default_cachedir()
 
 
 @dataclasses.dataclass(frozen=True)

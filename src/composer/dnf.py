@@ -30,10 +30,16 @@ from urllib.parse import ParseResult, urlparse
 
 from composer.config import Config, DnfChoice
 from composer.run import CommandError, ComposerError, debug, info, run
+from composer.userns import inside as userns_inside
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
 # so every rpm/dnf call gets a private HOME whose .rpmmacros says this.
 RPMDB = "/usr/lib/sysimage/rpm"
+# _netsharedpath: rpm leaves /proc alone. During a transaction it is a procfs mount (for
+# scriptlets) that only the host's real root may chown, which rpm would try and fail in
+# composer's user namespace (composer.userns); _tidy gives the directory its packaged
+# owner and mode afterwards, as root and as an ordinary user alike.
+RPMMACROS = f"%_dbpath {RPMDB}\n%_netsharedpath /proc\n"
 # Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
 # state, dnf5's lock directory): kept only as a package makes them.
 DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d", "run", "run/dnf")
@@ -152,7 +158,9 @@ def find_dnf(choice: DnfChoice = DnfChoice.AUTO, root: Path | None = None) -> Dn
         found = [n for n in _CANDIDATES[choice] if (root / "usr" / "bin" / n).exists()]
         where = f"in --dnf-root {root}"
     else:
-        prefix = []
+        # In composer's user namespace the host's /var/log is not root's to write: dnf 4's
+        # --version (which ignores --setopt=logdir) runs over a throwaway /var there.
+        prefix = _root_sandbox(Path("/")) + ["--dir", "/var/log", "--"] if userns_inside() else []
         found = [n for n in _CANDIDATES[choice] if shutil.which(n)]
         where = "on this host"
     for name in found:
@@ -325,6 +333,9 @@ _KINDS = {0o040000: "d", 0o100000: "f", 0o120000: "l", 0o020000: "c", 0o060000: 
 # rpm's file flags and states that mean "need not be on disk as listed".
 _RPMFILE_GHOST = 1 << 6
 _RPMFILE_STATE_NORMAL = 0
+# Packaged but left alone by rpm (RPMMACROS' _netsharedpath: /proc): it is still the package's.
+_RPMFILE_STATE_NETSHARED = 3
+_RPMFILE_STATES_KEPT = (str(_RPMFILE_STATE_NORMAL), str(_RPMFILE_STATE_NETSHARED))
 
 
 def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -376,7 +387,7 @@ class DnfSession:
         check_config(config)
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+        (self.home / ".rpmmacros").write_text(RPMMACROS)
         self.reposdir = workdir / "repos.d"
         self.reposdir.mkdir(exist_ok=True)
         for f in config.repofiles:
@@ -681,7 +692,7 @@ class DnfSession:
             if len(fields) != 8 or not fields[0].startswith("/"):
                 continue
             path, mode, user, group, flags, state, target, name = fields
-            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state != str(_RPMFILE_STATE_NORMAL):
+            if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state not in _RPMFILE_STATES_KEPT:
                 continue
             m = int(mode)
             files.setdefault(path, []).append(
@@ -764,7 +775,7 @@ def rpmdb_env(workdir: Path) -> dict[str, str]:
     """An environment whose rpm uses the tree's database path (for rpm calls outside a session)."""
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    (home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+    (home / ".rpmmacros").write_text(RPMMACROS)
     return {"HOME": str(home)}
 
 

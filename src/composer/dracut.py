@@ -265,6 +265,12 @@ def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *,
     return ModuleTree(root, len(wanted), size, compression, tuple(missing))
 
 
+# What dracut does by itself in a container: no device nodes in the initramfs (the kernel's
+# built-in one has /dev/console, the initramfs mounts devtmpfs) and no xattrs copied. mknod
+# fails in a user namespace (composer.userns): root does the same, so both build one image.
+DRACUT_ENV = {"DRACUT_NO_MKNOD": "1", "DRACUT_NO_XATTR": "1"}
+
+
 def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str], *, reproducible: bool = False,
                 kmoddir: str | None = None) -> list[str]:
     drivers = rootfs.dracut_drivers
@@ -318,15 +324,21 @@ def build_initramfs(
     sets = conf_driver_sets((str(src), src.read_text()) for src, _ in ro_binds)
     for var, names in argv_driver_sets(dracut_args).items():
         sets[var] += names
-    # Our own dracut modules (e.g. the RAM check), bound in beside dracut's.
+    # Our own dracut modules (e.g. the RAM check), bound in beside dracut's. dracut copies
+    # their files with their owners into the initramfs: bind a copy this build owns, not
+    # composer's installed files (whoever owns those; nobody in a user namespace).
     own_modules = sorted(p for p in (confdir / "modules.d").glob("*") if p.is_dir())
     for mod in own_modules:
-        ro_binds.append((mod, "/" + (_dracut_modules_dir(tree) / mod.name).relative_to(tree).as_posix()))
+        copy = outdir / "dracut-modules" / mod.name
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(mod, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        ro_binds.append((copy, "/" + (_dracut_modules_dir(tree) / mod.name).relative_to(tree).as_posix()))
     # bwrap makes the mount points it lacks in the tree: remove those afterwards.
     made = sorted({m for _, dst in ro_binds if (m := _first_missing(tree, dst)) is not None})
     try:
         return _run_dracut(tree, kernels, outdir, rootfs, dracut_args, epoch, ro_binds, sets)
     finally:
+        shutil.rmtree(outdir / "dracut-modules", ignore_errors=True)
         for m in made:
             if m.is_dir():
                 shutil.rmtree(m, ignore_errors=True)
@@ -366,7 +378,7 @@ def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, rootfs: RootfsT
                            reproducible=epoch is not None, kmoddir=kmoddir)
         try:
             run(in_tree_argv(tree, argv, binds=binds, ro_binds=ro_binds),
-                env={"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else None)
+                env=DRACUT_ENV | ({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}))
         except CommandError as e:
             raise ComposerError(f"dracut failed for kernel {k.version} (exit {e.returncode}): {e.reason}") from None
         finally:

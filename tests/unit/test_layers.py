@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipelines", ("runtime", "bootiso", "netboot", "loraxcli", "mkksiso")),
     ("stages", ("product", "templates", "dnf", "dracut", "images", "live", "outputs", "cache", "treecheck",
                 "kickstart", "preflight", "verify", "loraxcheck", "loraxlogs", "reproducible")),
-    ("base", ("config", "run", "__init__")),
+    ("base", ("config", "userns", "run", "__init__")),
 ]
 
 

@@ -18,6 +18,7 @@ from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck
 from composer.cli.common import check_logfile
 from composer.loraxcli import main as lorax_main
 from composer.run import ComposerError, set_logging
+from composer.userns import command_words, enter_user_namespace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lorax"]:
         # lorax's own command line (its -v, -V, -c... are not composer's options)
+        try:
+            enter_user_namespace(("lorax",), argv)  # as an ordinary user (composer.userns)
+        except ComposerError as e:
+            print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
+            return 1
         return lorax_main(argv[1:])
     parser = build_parser()
     try:
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
     try:
         check_logfile(args.logfile, "--logfile")
+        enter_user_namespace(command_words(args), argv)  # as an ordinary user (composer.userns)
         set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
     except ComposerError as e:

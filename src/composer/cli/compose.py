@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 
 from composer.cli.common import check_logfile, source_date_epoch
-from composer.config import Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
+from composer.config import DEFAULT_CACHEDIR, Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.dnf import DNF_ROOT_ENV, find_dnf, proxy_url
 from composer.kickstart import KickstartInput, add_ks_option, config_with_kickstart
 from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg
@@ -58,7 +58,8 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
                    help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
                         "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)")
     p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
-    p.add_argument("--cachedir", type=Path, default=Path("/var/cache/composer"), help="persistent cache (dnf packages)")
+    p.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR,
+                   help=f"persistent cache (dnf packages, trees; default: {DEFAULT_CACHEDIR})")
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--force", action="store_true", help="replace OUTDIR once the new output is complete")
     p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
