@@ -17,7 +17,7 @@ so CPU time is the figure to compare, wall time was 1.5-3x it):
   -b 1M               92 s  51.8 MiB   (the default now: -41% CPU, +2.5% size)
   -b 256K -Xbcj x86   142 s  53.8 MiB
   -b 256K              72 s  55.2 MiB
-  -b 128K -Xbcj x86 (lorax's)  see XZ_MEASURED below
+  (-b 128K -Xbcj x86 is lorax's setting: `make bench` times lorax's own pass over its tree)
 -Xbcj makes mksquashfs compress every block twice (with and without the filter) and keep
 the smaller: double the CPU for 2.5%. Smaller blocks save less time than dropping the
 filter and cost more size (RAM). lorax's install.img of the same product is 53.4 MiB.
