@@ -393,7 +393,7 @@ def table(r: dict) -> str:
     lines += ["", f"initramfs: {ini['packed_mib']} MiB packed, {ini['unpacked_mib']} MiB in RAM once unpacked.", "",
               "| RAM floor | measured MB (bisected, 16 MB steps) | predicted MB (composer's budget) | predicted vs measured |",
               "|---|---:|---:|---:|",
-              (f"| big initrd | {r.get('ram_floor_mb', 'n/a')} | {r['ram_predicted_mb']} | "
+              (f"| big initrd | {r.get('ram_floor_mb') or 'n/a'} | {r['ram_predicted_mb']} | "
                f"{vs(r.get('ram_floor_mb'), r['ram_predicted_mb'])} |"),
               (f"| boot.iso (BIOS CD) | {bi.get('ram_floor_mb', 'n/a')} | {bi.get('ram_predicted_mb', 'n/a')} | "
                f"{vs(bi.get('ram_floor_mb'), bi.get('ram_predicted_mb'))} |")]
