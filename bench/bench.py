@@ -167,8 +167,9 @@ def run_lorax(source: str, work: Path, out: Path) -> dict[str, object]:
     if out.exists():
         shutil.rmtree(out)
     l0, start, t0, c0 = load(), time.time(), time.monotonic(), children_cpu()
+    # cwd: lorax leaves a debugdata/ directory (dnf's solver data) wherever it runs.
     proc = subprocess.run([str(LORAX), source, str(work), str(out)], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
+                          stderr=subprocess.PIPE, check=False, cwd=OUT)
     wall, end, cpu = round(time.monotonic() - t0, 2), time.time(), round(children_cpu() - c0, 1)
     logfile = Path(f"{work}.log") / "lorax.log"
     if proc.returncode != 0:
