@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench clean
+.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench soak clean
 
 setup:
 	./scripts/setup-host
@@ -57,9 +57,25 @@ unit: setup
 fuzz: setup
 	COMPOSER_FUZZ_RANDOM=1 COMPOSER_FUZZ_EXAMPLES=10 $(PYTHON) -m pytest -q tests/unit/test_fuzz_inputs.py
 
-# Benchmarks with baselines measured in the same run (several qemu boots: ~30 min).
-bench: testproduct
-	BUILD=$(BUILD) $(PYTHON) bench/bench.py
+# Benchmarks with baselines measured in the same run: composer beside the real lorax 40.5.19
+# (peers/lorax-40.5.19/run-lorax), the limit, the compressors, and the RAM floors (qemu
+# boots: the long part). BENCH_QUICK=1 skips boot.iso, the compressors and the boots; BENCH_RUNS=3 repeats
+# the composer/lorax pair and reports the median. See bench/bench.py.
+BENCH_QUICK ?= 0
+BENCH_RUNS ?= 1
+# No `setup` prerequisite: it pip-installs this checkout; the bench builds the test product itself.
+bench:
+	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_RUNS=$(BENCH_RUNS) \
+		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/bench.py
+
+# Every rebuild boots: boot.iso rebuilt SOAK_N times (each --no-cache with its own
+# SOURCE_DATE_EPOCH), each booted under SeaBIOS and OVMF; prints k/N per firmware.
+# Long (a compose and two TCG boots per round) and not part of CI.
+SOAK_N ?= 10
+SOAK_MEMORY ?= 512
+soak:
+	BUILD=$(BUILD) SOAK_N=$(SOAK_N) SOAK_MEMORY=$(SOAK_MEMORY) \
+		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/soak.py
 
 clean:
 	rm -rf $(BUILD)/demo $(BUILD)/cache

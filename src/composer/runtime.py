@@ -20,7 +20,7 @@ from composer.config import Config, RootfsType
 from composer.dnf import RPMDB, DnfSession, dnf_config, tree_ids
 from composer.images.rootfs import make_rootfs, tree_size
 from composer.images.sparse import allocated_size, copy_sparse
-from composer.images.squashfs import make_squashfs
+from composer.images.squashfs import make_squashfs, squashfs_beside
 from composer.live.delta import create_delta
 from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
@@ -191,15 +191,17 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     sizes["tree_cleaned"] = tree_size(tree).blocks_bytes
     info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
 
-    with timed("dracut"):
-        initramfs = dracut.build_initramfs(
-            tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
-            dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
-            source_date_epoch=cfg.source_date_epoch,
-            templatedir=templatedir, variables=template_variables(cfg),
-        )
-    for kver, path in initramfs.items():
-        sizes[f"initramfs-{kver}"] = path.stat().st_size
+    def make_initramfs() -> dict[str, Path]:
+        with timed("dracut"):
+            made = dracut.build_initramfs(
+                tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
+                dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
+                source_date_epoch=cfg.source_date_epoch,
+                templatedir=templatedir, variables=template_variables(cfg),
+            )
+        for kver, path in made.items():
+            sizes[f"initramfs-{kver}"] = path.stat().st_size
+        return made
 
     # Nothing but packages and template commands shaped the tree: no trace of the build host.
     final = treecheck.snapshot(tree)
@@ -207,15 +209,23 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     tree_check = {"packaged_paths_verified": checked.get("packaged_paths", 0), "paths_after_install": len(installed),
                   "paths_shipped": len(final), "changed_by_templates": len(treecheck.differences(installed, final)),
                   "observed_commands": ledger.observed}
+    # Always: dnf's history database is a build record, not part of the runtime.
+    normalize_tree(tree)
+    shipped = treecheck.snapshot(tree)
 
+    # The initramfs lives outside the tree (work/initramfs; the outputs pair it with the kernel),
+    # so the runtime image does not depend on it. With a rootfs.img, mksquashfs reads only that
+    # image: it runs beside dracut (dracut is mostly one process at a time and I/O; mksquashfs
+    # fills the cores). dracut's bwrap makes transient mount points in the tree, so whatever reads
+    # the tree (mkfs --rootdir here, or mksquashfs for --rootfs-type squashfs) runs before or after it.
     squashfs = work / "squashfs.img"
-    with timed("rootfs"):
-        # Always: dnf's history database is a build record, not part of the runtime.
-        normalize_tree(tree)
-        if cfg.rootfs_type is RootfsType.SQUASHFS:
-            squash_src = tree
-        else:
-            squash_src = work / "squashfs-root"
+    if cfg.rootfs_type is RootfsType.SQUASHFS:
+        initramfs = make_initramfs()
+        with timed("squashfs"):
+            make_squashfs(tree, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch)
+    else:
+        squash_src = work / "squashfs-root"
+        with timed("rootfs"):
             (squash_src / "LiveOS").mkdir(parents=True)
             rootfs_img = squash_src / "LiveOS" / "rootfs.img"
             make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size,
@@ -228,10 +238,20 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                                      source_date_epoch=cfg.source_date_epoch)
                 sizes["osmin_raw"] = delta.raw_size
                 sizes["osmin_gz"] = delta.gz_size
-    with timed("squashfs"):
+        both, cpu0 = time.monotonic(), _cpu_seconds()
+        info("squashfs ... (beside dracut)")
         # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
-        make_squashfs(squash_src, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch,
-                      all_time=squash_src != tree)
+        with squashfs_beside(squash_src, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch,
+                             all_time=True) as job:
+            initramfs = make_initramfs()
+        timings["squashfs"], cpu["squashfs"] = job.wall_s, job.cpu_s
+        timings["dracut+squashfs"] = round(time.monotonic() - both, 2)  # the two overlapped: wall of the pair
+        # mksquashfs may have been reaped while dracut ran: dracut's share is the rest.
+        cpu["dracut"] = round(max(0.0, _cpu_seconds() - cpu0 - job.cpu_s), 2)
+        peak_rss_mib["squashfs"] = _peak_child_rss_mib()
+    # dracut ran in the tree: it must leave it as it found it.
+    after = treecheck.differences(shipped, treecheck.snapshot(tree))
+    treecheck.fail_on([f"{p}: {what}" for p, what in sorted(after.items())], "after dracut")
     sizes["squashfs"] = squashfs.stat().st_size
 
     return Runtime(

@@ -118,7 +118,8 @@ def test_rootfs_errors(tmp_path: Path) -> None:
 
 
 def test_compression_args() -> None:
-    assert compression_args(Compression.XZ, arch="x86_64") == ["-comp", "xz", "-Xbcj", "x86"]
+    assert compression_args(Compression.XZ, arch="x86_64") == ["-comp", "xz"]  # no BCJ by default: see squashfs.py
+    assert compression_args(Compression.XZ, arch="x86_64", bcj=True) == ["-comp", "xz", "-Xbcj", "x86"]
     assert compression_args(Compression.XZ, arch="aarch64") == ["-comp", "xz"]
     assert compression_args(Compression.ZSTD) == ["-comp", "zstd", "-Xcompression-level", "19"]
     assert compression_args(Compression.ZSTD, level=3)[-1] == "3"
