@@ -332,6 +332,10 @@ def build_initramfs(
         copy = outdir / "dracut-modules" / mod.name
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(mod, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        # Modes as the package means them, not as the checkout's umask left them (0775 vs 0755
+        # made the initramfs differ between two clones).
+        for p in (copy, *copy.rglob("*")):
+            p.chmod(0o755 if p.is_dir() or p.stat().st_mode & 0o111 else 0o644)
         ro_binds.append((copy, "/" + (_dracut_modules_dir(tree) / mod.name).relative_to(tree).as_posix()))
     # bwrap makes the mount points it lacks in the tree: remove those afterwards.
     made = sorted({m for _, dst in ro_binds if (m := _first_missing(tree, dst)) is not None})
