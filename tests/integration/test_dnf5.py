@@ -124,7 +124,7 @@ def small_repo(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("smallrepo")
     repo = base / "repo"
     for name, extra in (("fine", "Recommends: right"), ("needy", "Requires: nosuchthing"), ("left", "Conflicts: right"),
-                        ("right", ""), ("brand-release", "Provides: system-release")):
+                        ("right", "")):
         _build_rpm(base, repo, name, extra)
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
     return repo
@@ -256,6 +256,10 @@ def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
 
 def test_who_provides_system_release(small_repo, flavor, tmp_path):
     """lorax's automatic branding asks dnf which packages provide system-release."""
-    s = _session(tmp_path, flavor, f"file://{small_repo}")
+    repo = tmp_path / "brand"
+    (tmp_path / "top").mkdir()
+    _build_rpm(tmp_path / "top", repo, "brand-release", "Provides: system-release")
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
+    s = _session(tmp_path, flavor, f"file://{small_repo}", f"file://{repo}")
     assert s.providers("system-release") == ["brand-release"]
     assert s.providers("nosuchthing") == []
