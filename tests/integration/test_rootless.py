@@ -190,6 +190,11 @@ def test_boot_iso_is_byte_identical_to_roots(rootless, bootiso_build):
     user, _, _, base, _ = rootless
     ours, roots = files_below(with_extra(base / "media")), files_below(with_extra(bootiso_build))
     assert sorted(ours) == sorted(roots), "the user's and root's builds made different files"
+    # Also the reproducibility check (test_reproducible.py): two fresh installs, other paths and times.
+    for must in ("out/images/boot.iso", "out/images/install.img", "out/images/efiboot.img",
+                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img",
+                 "extra/squashfs-root/LiveOS/osmin.img.gz", "extra/big-initrd.img"):
+        assert must in ours, must
     differ = _differences(ours, roots, [(rel, rel) for rel in sorted(ours)])
     assert not differ, "not identical to root's build:\n" + "\n".join(differ)
     # The outputs belong to the user, with root's modes.
