@@ -47,7 +47,10 @@ from testproduct import BOOT_MARKER, CHECK_ARGS, build_testproduct
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("BUILD", ROOT / "build"))
 OUT = BUILD / "bench"
-LORAX = Path(os.environ.get("BENCH_LORAX", ROOT.parent.parent / "shared/peers/lorax-40.5.19/run-lorax"))
+# ../shared beside the checkout (a worktree one level deeper finds it one more level up).
+_PEER = "shared/peers/lorax-40.5.19/run-lorax"
+LORAX = Path(os.environ.get("BENCH_LORAX") or next((str(d / _PEER) for d in (ROOT.parent, ROOT.parent.parent)
+                                                   if (d / _PEER).exists()), str(ROOT.parent / _PEER)))
 MIB = 2**20
 
 
@@ -209,6 +212,9 @@ def main() -> int:
     quick = os.environ.get("BENCH_QUICK", "0") not in ("", "0")
     ram_mode = "0" if quick else os.environ.get("BENCH_RAM", "all")
     runs = max(1, int(os.environ.get("BENCH_RUNS", "1")))
+    if not LORAX.exists():
+        print(f"bench: the lorax baseline {LORAX} is missing (set BENCH_LORAX=PATH to its run-lorax)", file=sys.stderr)
+        return 1
     t_all = time.monotonic()
     if OUT.exists():
         shutil.rmtree(OUT)
