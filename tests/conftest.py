@@ -1,7 +1,10 @@
+import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,35 @@ def composer(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"composer {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def python_for_user(probe: Callable[[str, dict[str, str]], subprocess.CompletedProcess[str]], site: Path,
+                    env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """An interpreter an ordinary user can run composer with, and its environment (env plus
+    PYTHONPATH): this one if `probe(python, env)` succeeds, else Debian's python3 with the
+    pure-Python packages it lacks copied from this interpreter into `site` (this one may
+    live where the user cannot read, e.g. pyenv under /root)."""
+    env = {**env, "PYTHONPATH": f"{ROOT / 'src'}:{site}", "PYTHONDONTWRITEBYTECODE": "1"}
+    result = None
+    for python in (sys.executable, "/usr/bin/python3"):
+        for _ in range(16):
+            result = probe(python, env)
+            if result.returncode == 0:
+                return python, env
+            missing = re.search(r"No module named '([\w.]+)'", result.stderr)
+            if not missing or missing.group(1).startswith("composer"):
+                break
+            try:
+                mod = importlib.import_module(missing.group(1).split(".")[0])
+            except ImportError:
+                break
+            src = Path(mod.__file__ or "")
+            if src.name == "__init__.py":
+                shutil.copytree(src.parent, site / src.parent.name, ignore=shutil.ignore_patterns("__pycache__"),
+                                dirs_exist_ok=True)
+            else:
+                shutil.copy(src, site / src.name)
+    raise AssertionError(f"no Python the user can run composer with: {result.stderr[-1000:] if result else ''}")
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,11 @@ Time: the remaster ~1-2 s; two boots of 1.5-3 min each under TCG.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pwd
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from testproduct import BOOT_MARKER
-from tests.conftest import ROOT, composer
+from tests.conftest import composer, python_for_user
 
 pytestmark = pytest.mark.slow
 
@@ -58,33 +56,10 @@ def _as_user(user: str, argv: list[str], env: dict[str, str], **kw) -> subproces
 
 
 def _user_python(user: str, shared: Path) -> tuple[str, dict[str, str]]:
-    """An interpreter the user can run composer with, and its environment.
-
-    This interpreter may live where the user cannot read (e.g. pyenv under /root): then
-    the host's python3 is used, and the pure-Python packages composer needs there but
-    lacks (pykickstart, requests, ...) are copied from this interpreter into `shared`."""
     site = shared / "site"
     site.mkdir()
-    env = {"PYTHONPATH": f"{ROOT / 'src'}:{site}", "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(shared)}
-    for python in (sys.executable, "/usr/bin/python3"):
-        for _ in range(12):
-            probe = _as_user(user, [python, "-c", "import composer.cli, composer.mkksiso, pykickstart.parser"], env)
-            if probe.returncode == 0:
-                return python, env
-            missing = re.search(r"No module named '([\w.]+)'", probe.stderr)
-            if not missing:
-                break
-            name = missing.group(1).split(".")[0]
-            try:
-                mod = importlib.import_module(name)
-            except ImportError:
-                break
-            src = Path(mod.__file__)
-            if src.name == "__init__.py":
-                shutil.copytree(src.parent, site / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy(src, site / src.name)
-    pytest.fail(f"no Python interpreter user {USER} can run composer with: {probe.stderr[-500:]}")
+    return python_for_user(lambda python, env: _as_user(user, [python, "-c", "import composer.cli, composer.mkksiso, "
+                                                               "pykickstart.parser"], env), site, {"HOME": str(shared)})
 
 
 @pytest.fixture(scope="module")

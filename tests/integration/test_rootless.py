@@ -17,7 +17,6 @@ copied from this interpreter (same versions as root's build).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import pwd
 import re
@@ -25,7 +24,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from composer.userns import MIN_IDS, free_start, parse_subid, usable_range
-from tests.conftest import MEDIA_EPOCH, ROOT
+from tests.conftest import MEDIA_EPOCH, python_for_user
 from tests.integration.test_reproducible import files_below, first_difference, with_extra
 
 pytestmark = pytest.mark.slow
@@ -94,33 +92,11 @@ def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) ->
 
 
 def user_python(user: pwd.struct_passwd, site: Path) -> tuple[str, dict[str, str]]:
-    """An interpreter the user can run composer with, and the environment for it: this one
-    if the user can read it, else Debian's python3 with the missing pure-Python packages
-    copied from this interpreter into `site`."""
-    env = {"PYTHONPATH": f"{ROOT / 'src'}:{site}", "PYTHONDONTWRITEBYTECODE": "1"}
-    probe = None
-    for python in (sys.executable, "/usr/bin/python3"):
-        for _ in range(16):
-            # In a user namespace, as composer will run: there the host's permissions are all
-            # that count (this sandbox lets an ordinary user exec pyenv's python under /root
-            # outside one, but not inside).
-            probe = as_user(user, ["unshare", "--user", "--map-root-user", python, "-c", IMPORTS], env)
-            if probe.returncode == 0:
-                return python, env
-            missing = re.search(r"No module named '([\w.]+)'", probe.stderr)
-            if not missing or missing.group(1).startswith("composer"):
-                break
-            name = missing.group(1).split(".")[0]
-            try:
-                mod = importlib.import_module(name)
-            except ImportError:
-                break
-            src = Path(mod.__file__ or "")
-            if src.name == "__init__.py":
-                shutil.copytree(src.parent, site / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-            else:
-                shutil.copy(src, site / src.name)
-    raise AssertionError(f"no Python the user can run composer with: {probe.stderr[-1000:] if probe else ''}")
+    # Probed in a user namespace, as composer will run: there the host's permissions are all
+    # that count (this sandbox lets an ordinary user exec pyenv's python under /root outside
+    # one, but not inside).
+    return python_for_user(lambda python, env: as_user(user, ["unshare", "--user", "--map-root-user", python, "-c",
+                                                              IMPORTS], env), site, {})
 
 
 def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Path) -> float:

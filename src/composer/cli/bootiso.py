@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 from composer.bootiso import BIOS_LOADERS, MediaOptions, check_boot_menus, compose_boot_iso
-from composer.cli.compose import add_compose_options, config_with_kernel_args, own_logfile
+from composer.cli.compose import add_boot_options, add_compose_options, boot_config
 from composer.config import Config, parse_assignments
 from composer.images.efiboot import EFI_ARCH_NAMES
 from composer.images.iso import check_volid, default_volid
-from composer.kickstart import add_ks_option
 from composer.preflight import check_compose_inputs, check_template_vars
 from composer.run import ComposerError
 
@@ -23,8 +22,7 @@ def cmd_boot_iso(args: argparse.Namespace) -> int:
 
 def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     """Every check of `composer boot-iso` before any work, boot menus rendered included."""
-    own_logfile(args.bootiso_logfile)
-    cfg, ks = config_with_kernel_args(args)
+    cfg, kernel_args = boot_config(args, args.bootiso_logfile)
     if args.volid is not None:
         volid = check_volid(args.volid)
     else:
@@ -42,13 +40,12 @@ def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
     opts = MediaOptions(
         volid=volid,
         bios_loader=args.bios_loader,
-        kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg),
+        kernel_args=kernel_args,
         arch_templates=tuple(args.add_arch_template),
         arch_template_vars=parse_assignments(args.add_arch_template_var, "--add-arch-template-var"),
     )
     # These reach the boot menus too, where quotes and $ are syntax.
     check_template_vars("--add-arch-template-var", opts.arch_template_vars, menu=True)
-    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)
     check_compose_inputs(cfg, "boot-iso", ks=args.ks)
     check_boot_menus(cfg, opts)
     return cfg, opts
@@ -60,13 +57,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_compose_options(p)
     p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
     p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                   help="extra kernel argument for every menu entry (repeatable)")
     p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
                    help="extra command template run on the media tree before the images are made (repeatable)")
     p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",
                    help="variable for the boot config and arch templates (repeatable)")
-    add_ks_option(p)
-    p.add_argument("--logfile", dest="bootiso_logfile", type=Path, default=None, help="write a full log here")
+    add_boot_options(p, "bootiso_logfile")
     p.set_defaults(func=cmd_boot_iso, prepare=prepare_boot_iso)
     return p

@@ -11,8 +11,8 @@ from pathlib import Path
 from composer.cli.common import check_logfile, source_date_epoch
 from composer.config import DEFAULT_CACHEDIR, Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.dnf import DNF_ROOT_ENV, find_dnf, proxy_url
-from composer.kickstart import KickstartInput, add_ks_option, config_with_kickstart
-from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg
+from composer.kickstart import add_ks_option, config_with_kickstart
+from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg, check_template_vars
 from composer.run import ComposerError, set_logging
 from composer.runtime import compose_runtime
 
@@ -130,20 +130,27 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
-def own_logfile(path: Path | None) -> None:
-    """boot-iso's and netboot's own --logfile (after the subcommand): checked, then logged to."""
-    check_logfile(path, "--logfile")
-    if path is not None:
-        set_logging(logfile=path)
+def add_boot_options(p: argparse.ArgumentParser, logfile_dest: str) -> None:
+    """Options of the composes that write boot menus (boot-iso, netboot), after their own."""
+    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                   help="extra kernel argument for every boot entry (repeatable)")
+    add_ks_option(p)
+    p.add_argument("--logfile", dest=logfile_dest, type=Path, default=None, help="write a full log here")
 
 
-def config_with_kernel_args(args: argparse.Namespace) -> tuple[Config, KickstartInput | None]:
-    """The Config of a compose whose boot menus take kernel arguments (boot-iso, netboot):
-    --ks applied, every --kernel-arg checked."""
+def boot_config(args: argparse.Namespace, logfile: Path | None) -> tuple[Config, tuple[str, ...]]:
+    """boot-iso's and netboot's Config and the kernel arguments of their menus (the
+    kickstart's bootloader --append, then --kernel-arg), every value checked. Their own
+    --logfile (after the subcommand) is checked, then logged to."""
+    check_logfile(logfile, "--logfile")
+    if logfile is not None:
+        set_logging(logfile=logfile)
     cfg, ks = config_with_kickstart(config_from_args(args), args.ks)
     for arg in args.kernel_arg:
         check_kernel_arg("--kernel-arg", arg)
-    return cfg, ks
+    # Template variables reach the boot menus too, where quotes and $ are syntax.
+    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)
+    return cfg, tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg)
 
 
 def prepare_runtime(args: argparse.Namespace) -> Config:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from composer.cli.compose import add_compose_options, config_with_kernel_args, own_logfile
+from composer.cli.compose import add_boot_options, add_compose_options, boot_config
 from composer.config import Config
-from composer.kickstart import add_ks_option
 from composer.netboot import NetbootOptions, check_boot_configs, compose_netboot, normalize_url
-from composer.preflight import check_compose_inputs, check_template_vars
+from composer.preflight import check_compose_inputs
 
 
 def cmd_netboot(args: argparse.Namespace) -> int:
@@ -20,12 +18,8 @@ def cmd_netboot(args: argparse.Namespace) -> int:
 
 def prepare_netboot(args: argparse.Namespace) -> tuple[Config, NetbootOptions]:
     """Every check of `composer netboot` before any work, boot configs rendered included."""
-    own_logfile(args.netboot_logfile)
-    url = normalize_url(args.url)
-    cfg, ks = config_with_kernel_args(args)
-    check_template_vars("--add-template-var", cfg.add_template_vars, menu=True)  # the boot configs get them too
-    opts = NetbootOptions(url=url, split=args.split,
-                          kernel_args=tuple(ks.kernel_args if ks else ()) + tuple(args.kernel_arg))
+    cfg, kernel_args = boot_config(args, args.netboot_logfile)
+    opts = NetbootOptions(url=normalize_url(args.url), split=args.split, kernel_args=kernel_args)
     check_compose_inputs(cfg, "netboot", ks=args.ks)
     check_boot_configs(cfg, opts)
     return cfg, opts
@@ -38,9 +32,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
     p.add_argument("--split", action="store_true",
                    help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                   help="extra kernel argument for every entry (repeatable)")
-    add_ks_option(p)
-    p.add_argument("--logfile", dest="netboot_logfile", type=Path, default=None, help="write a full log here")
+    add_boot_options(p, "netboot_logfile")
     p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
     return p
