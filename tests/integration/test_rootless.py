@@ -247,6 +247,19 @@ def test_users_big_initrd_boots(rootless):
     assert "COMPOSER-BOOT-OK" in serial
 
 
+def _foreign_group_in_tree(work: Path, gid: int) -> bool:
+    """True once a file of another group is in the tree; rpm renames its temporary
+    files (`name;hash`) while we look, so a file that vanished is skipped."""
+    for d in ("etc", "usr/bin"):
+        for p in work.glob(f"*/tree/{d}/*"):
+            try:
+                if p.lstat().st_gid != gid:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
 def test_interrupted_build_leaves_nothing(rootless):
     """Ctrl-C while dnf fills the tree (files of subordinate ids): composer cleans up
     from inside the namespace; nothing is left that the user could not remove."""
@@ -260,7 +273,7 @@ def test_interrupted_build_leaves_nothing(rootless):
     try:
         deadline = time.monotonic() + 300
         # a file of another group in the tree: rpm is unpacking with the subordinate ids
-        while not any(p.lstat().st_gid != user.pw_gid for d in ("etc", "usr/bin") for p in work.glob(f"*/tree/{d}/*")):
+        while not _foreign_group_in_tree(work, user.pw_gid):
             assert proc.poll() is None and time.monotonic() < deadline, "dnf never started filling the tree"
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
