@@ -148,7 +148,8 @@ def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Pa
         for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             # The small initrd carries its RAM budget: below it, it stops with one line.
-            budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version])
+            budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version],
+                                             unpacked=rt.initramfs_ram[k.version])
             ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
                                   mtime=cfg.source_date_epoch or 0)
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb

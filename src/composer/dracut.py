@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import lzma
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from composer.config import RootfsType
@@ -235,6 +237,15 @@ def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *,
     and the kernel's lists of built-in modules; modules xz-compressed when the tree's
     kmod can load them (the initramfs stays smaller in RAM: kmod decompresses one
     module at a time as it loads it)."""
+    mt = fill_module_tree(tree, kver, specs, root, compress=compress)
+    index_module_tree(tree, kver, mt)
+    return mt
+
+
+def fill_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *, compress: bool = True,
+                     stop: threading.Event | None = None) -> ModuleTree:
+    """make_module_tree's files without their indexes: no command runs, so it can run in a
+    thread beside other work (see modules_beside). `stop` set: give up between modules."""
     srcdir = tree / "usr/lib/modules" / kver
     if not srcdir.is_dir():
         srcdir = tree / "lib/modules" / kver
@@ -247,6 +258,8 @@ def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *,
     dest.mkdir(parents=True)
 
     def put(rel: str) -> int:
+        if stop is not None and stop.is_set():
+            raise InterruptedError("module tree abandoned")
         data = (srcdir / rel).read_bytes()
         if compression == "xz" and rel.endswith(".ko"):
             data, rel = _xz_module(data), rel + ".xz"  # lzma releases the GIL: threads run in parallel
@@ -260,9 +273,12 @@ def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *,
     for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (srcdir / name).is_file():
             shutil.copyfile(srcdir / name, dest / name)
-    # The tree's own depmod writes the indexes dracut's module lookups read.
-    run(in_tree_argv(tree, ["depmod", "-b", KMODDIR_IN_TREE, kver], binds=[(root, KMODDIR_IN_TREE)]))
     return ModuleTree(root, len(wanted), size, compression, tuple(missing))
+
+
+def index_module_tree(tree: Path, kver: str, mt: ModuleTree) -> None:
+    # The tree's own depmod writes the indexes dracut's module lookups read.
+    run(in_tree_argv(tree, ["depmod", "-b", KMODDIR_IN_TREE, kver], binds=[(mt.root, KMODDIR_IN_TREE)]))
 
 
 # What dracut does by itself in a container: no device nodes in the initramfs (the kernel's
@@ -286,23 +302,79 @@ def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str]
     return argv + list(extra) + [output]
 
 
-def build_initramfs(
-    tree: Path,
-    kernels: list[Kernel],
-    outdir: Path,
-    *,
-    rootfs: RootfsType,
-    dracut_args: Sequence[str] = (),
-    dracut_conf: Path | None = None,
-    source_date_epoch: int | None = None,
-    templatedir: Path | None = None,
-    variables: Mapping[str, object] | None = None,
-) -> dict[str, Path]:
+@dataclasses.dataclass(frozen=True)
+class DracutInputs:
+    """What decides the initramfs besides the tree: one value for modules_beside and build_initramfs."""
+
+    rootfs: RootfsType
+    dracut_args: Sequence[str] = ()
+    dracut_conf: Path | None = None  # the user's --dracut-conf
+    templatedir: Path | None = None  # the product's dracut.conf template is read from here
+    variables: Mapping[str, object] | None = None  # to render it
+
+
+def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
+    """composer's dracut.conf files, the product's (rendered into outdir) and the user's,
+    each with where it is bound in the tree, in the order dracut reads them."""
+    confs = [(conf, f"/etc/dracut.conf.d/{conf.name}") for conf in sorted((DATADIR / "share" / "dracut").glob("*.conf"))]
+    product_conf = (render_product_conf(inputs.templatedir, inputs.variables or {}, outdir)
+                    if inputs.templatedir is not None else None)
+    if product_conf is not None:
+        confs.append((product_conf, f"/etc/dracut.conf.d/{PRODUCT_CONF_NAME}"))
+    if inputs.dracut_conf is not None:
+        if not inputs.dracut_conf.is_file():
+            raise ComposerError(f"--dracut-conf {inputs.dracut_conf}: no such file")
+        confs.append((inputs.dracut_conf.resolve(), "/etc/dracut.conf.d/99-user.conf"))
+    return confs
+
+
+def _module_specs(confs: Sequence[tuple[Path, str]], inputs: DracutInputs) -> list[str] | None:
+    """The modules the product's driver set names (None: it names none, dracut picks as it likes)."""
+    sets = conf_driver_sets((str(src), src.read_text()) for src, _ in confs)
+    for var, names in argv_driver_sets(inputs.dracut_args).items():
+        sets[var] += names
+    if not sets["drivers"]:
+        return None
+    return [s for v in DRIVER_VARIABLES for s in sets[v]] + list(inputs.rootfs.dracut_drivers)
+
+
+@contextlib.contextmanager
+def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs,
+                   ) -> Iterator[concurrent.futures.Future[dict[str, ModuleTree]]]:
+    """Start compressing the module trees build_initramfs needs (the same inputs give the
+    same trees) in a thread, while the with-block does other work; the tree must not
+    change meanwhile. Leaving the block waits for the thread (after an exception it is
+    told to give up), so nothing writes into outdir afterwards."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    specs = _module_specs(_dracut_confs(inputs, outdir), inputs)
+    stop = threading.Event()
+
+    def fill() -> dict[str, ModuleTree]:
+        if specs is None:
+            return {}
+        return {k.version: fill_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}", stop=stop)
+                for k in kernels}
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(fill)
+    try:
+        yield future
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs, *,
+                    source_date_epoch: int | None = None, module_trees: Mapping[str, ModuleTree] | None = None,
+                    ) -> dict[str, Path]:
     """Run dracut in the tree for every kernel; return {kver: initramfs path in outdir}.
 
     The tree is not changed: our configuration is bound in read-only and the
     initramfs is written to a directory bound under /tmp. With templatedir, the
     product's dracut.conf (rendered with `variables`) comes after composer's own.
+    module_trees: made beforehand by modules_beside with the same arguments.
     """
     epoch = source_date_epoch
     if epoch is None and "SOURCE_DATE_EPOCH" in os.environ:
@@ -310,20 +382,9 @@ def build_initramfs(
     if not (tree / "usr/bin/dracut").exists() and not (tree / "usr/sbin/dracut").exists():
         raise ComposerError("dracut is not installed in the tree: the templates must install it")
     outdir.mkdir(parents=True, exist_ok=True)
-    ro_binds: list[tuple[Path, str]] = []
     confdir = DATADIR / "share" / "dracut"
-    for conf in sorted(confdir.glob("*.conf")):
-        ro_binds.append((conf, f"/etc/dracut.conf.d/{conf.name}"))
-    product_conf = render_product_conf(templatedir, variables or {}, outdir) if templatedir is not None else None
-    if product_conf is not None:
-        ro_binds.append((product_conf, f"/etc/dracut.conf.d/{PRODUCT_CONF_NAME}"))
-    if dracut_conf is not None:
-        if not dracut_conf.is_file():
-            raise ComposerError(f"--dracut-conf {dracut_conf}: no such file")
-        ro_binds.append((dracut_conf.resolve(), "/etc/dracut.conf.d/99-user.conf"))
-    sets = conf_driver_sets((str(src), src.read_text()) for src, _ in ro_binds)
-    for var, names in argv_driver_sets(dracut_args).items():
-        sets[var] += names
+    ro_binds = _dracut_confs(inputs, outdir)
+    specs = _module_specs(ro_binds, inputs)
     # Our own dracut modules (e.g. the RAM check), bound in beside dracut's. dracut copies
     # their files with their owners into the initramfs: bind a copy this build owns, not
     # composer's installed files (whoever owns those; nobody in a user namespace).
@@ -340,7 +401,7 @@ def build_initramfs(
     # bwrap makes the mount points it lacks in the tree: remove those afterwards.
     made = sorted({m for _, dst in ro_binds if (m := _first_missing(tree, dst)) is not None})
     try:
-        return _run_dracut(tree, kernels, outdir, rootfs, dracut_args, epoch, ro_binds, sets)
+        return _run_dracut(tree, kernels, outdir, inputs, epoch, ro_binds, specs, module_trees or {})
     finally:
         shutil.rmtree(outdir / "dracut-modules", ignore_errors=True)
         for m in made:
@@ -360,25 +421,28 @@ def _first_missing(tree: Path, dst: str) -> Path | None:
     return None
 
 
-def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, rootfs: RootfsType, dracut_args: Sequence[str],
-                epoch: int | None, ro_binds: list[tuple[Path, str]], sets: dict[str, list[str]]) -> dict[str, Path]:
+def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs, epoch: int | None,
+                ro_binds: list[tuple[Path, str]], specs: list[str] | None, premade: Mapping[str, ModuleTree]) -> dict[str, Path]:
     # bwrap needs the mount points to exist; /etc/dracut.conf.d is dracut's own directory.
     result: dict[str, Path] = {}
     for k in kernels:
         info(f"dracut: kernel {k.version}")
         binds = [(outdir, "/tmp/out")]
         kmoddir = None
-        if sets["drivers"]:
+        if specs is not None:
             # The product's driver set, exactly: dracut sees no other module.
-            specs = [s for v in DRIVER_VARIABLES for s in sets[v]] + list(rootfs.dracut_drivers)
-            mt = make_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}")
+            mt = premade.get(k.version)
+            if mt is None:
+                mt = make_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}")
+            else:
+                index_module_tree(tree, k.version, mt)
             if mt.missing:
                 info(f"dracut: kernel {k.version} has no module {', '.join(mt.missing)} (not built, or removed by the cleanup)")
             info(f"dracut: {mt.modules} modules for kernel {k.version}, {mt.size / 2**20:.1f} MiB "
                  f"({'xz-compressed' if mt.compression == 'xz' else 'uncompressed'})")
             binds.append((mt.root, KMODDIR_IN_TREE))
             kmoddir = f"{KMODDIR_IN_TREE}/lib/modules/{k.version}"
-        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", rootfs, dracut_args,
+        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", inputs.rootfs, inputs.dracut_args,
                            reproducible=epoch is not None, kmoddir=kmoddir)
         try:
             run(in_tree_argv(tree, argv, binds=binds, ro_binds=ro_binds),

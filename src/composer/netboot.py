@@ -136,13 +136,15 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
                 # The small initrd carries its RAM budget: below it, it stops with one line.
-                budgets[k.version] = ram.predict("netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs)
+                budgets[k.version] = ram.predict("netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs,
+                                                 unpacked=rt.initramfs_ram[k.version])
                 ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
                                       mtime=cfg.source_date_epoch or 0)
             else:
-                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
-                                mtime=cfg.source_date_epoch or 0)
-                budgets[k.version] = ram.predict("big-initrd", k.vmlinuz, out / bk.initrd)
+                tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
+                                       mtime=cfg.source_date_epoch or 0)
+                budgets[k.version] = ram.predict("big-initrd", k.vmlinuz, out / bk.initrd, unpacked=(
+                    rt.initramfs_ram[k.version] + ram.unpacked_ram(out / bk.initrd, start=tail)))
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         if opts.split:

@@ -54,6 +54,7 @@ class Runtime:
     peak_rss_mib: dict[str, float]  # largest child process so far (getrusage is cumulative)
     treeinfo: dict[str, dict[str, str]]
     tree_check: dict[str, int]  # what the tree check verified (see composer.treecheck)
+    initramfs_ram: dict[str, int]  # kver: bytes its initramfs's files take once unpacked (outputs.ram)
 
 
 def _cpu_seconds() -> float:
@@ -191,27 +192,51 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     sizes["tree_cleaned"] = tree_size(tree).blocks_bytes
     info(f"tree after cleanup: {sizes['tree_cleaned'] / 2**20:.0f} MiB")
 
-    def make_initramfs() -> dict[str, Path]:
+    dracut_inputs = dracut.DracutInputs(cfg.rootfs_type, cfg.dracut_args, cfg.dracut_conf, templatedir,
+                                        template_variables(cfg))
+    initramfs_ram: dict[str, int] = {}
+
+    def make_initramfs(module_trees: Mapping[str, dracut.ModuleTree]) -> dict[str, Path]:
         with timed("dracut"):
-            made = dracut.build_initramfs(
-                tree, kernels, work / "initramfs", rootfs=cfg.rootfs_type,
-                dracut_args=cfg.dracut_args, dracut_conf=cfg.dracut_conf,
-                source_date_epoch=cfg.source_date_epoch,
-                templatedir=templatedir, variables=template_variables(cfg),
-            )
+            made = dracut.build_initramfs(tree, kernels, work / "initramfs", dracut_inputs,
+                                          source_date_epoch=cfg.source_date_epoch, module_trees=module_trees)
+        # dracut ran in the tree: it must leave it as it found it.
+        after = treecheck.differences(shipped, treecheck.snapshot(tree))
+        treecheck.fail_on([f"{p}: {what}" for p, what in sorted(after.items())], "after dracut")
         for kver, path in made.items():
             sizes[f"initramfs-{kver}"] = path.stat().st_size
+            # The RAM budget's largest term, counted while mksquashfs still runs.
+            initramfs_ram[kver] = ram.unpacked_ram(path)
         return made
 
-    # Nothing but packages and template commands shaped the tree: no trace of the build host.
-    final = treecheck.snapshot(tree)
-    treecheck.fail_on(treecheck.check_changes(installed, final, ledger), "after cleanup")
-    tree_check = {"packaged_paths_verified": checked.get("packaged_paths", 0), "paths_after_install": len(installed),
-                  "paths_shipped": len(final), "changed_by_templates": len(treecheck.differences(installed, final)),
-                  "observed_commands": ledger.observed}
-    # Always: dnf's history database is a build record, not part of the runtime.
-    normalize_tree(tree)
-    shipped = treecheck.snapshot(tree)
+    # From here the tree only changes outside /lib/modules: the driver modules dracut gets
+    # are compressed on the core the single-threaded steps below leave idle.
+    with dracut.modules_beside(tree, kernels, work / "initramfs", dracut_inputs) as pending:
+        # Nothing but packages and template commands shaped the tree: no trace of the build host.
+        final = treecheck.snapshot(tree)
+        treecheck.fail_on(treecheck.check_changes(installed, final, ledger), "after cleanup")
+        tree_check = {"packaged_paths_verified": checked.get("packaged_paths", 0), "paths_after_install": len(installed),
+                      "paths_shipped": len(final), "changed_by_templates": len(treecheck.differences(installed, final)),
+                      "observed_commands": ledger.observed}
+        # Always: dnf's history database is a build record, not part of the runtime.
+        normalize_tree(tree)
+        shipped = treecheck.snapshot(tree)
+        squash_src = work / "squashfs-root"
+        if cfg.rootfs_type is not RootfsType.SQUASHFS:
+            with timed("rootfs"):
+                (squash_src / "LiveOS").mkdir(parents=True)
+                rootfs_img = squash_src / "LiveOS" / "rootfs.img"
+                make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size,
+                            source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
+                sizes["rootfs_apparent"] = rootfs_img.stat().st_size
+                sizes["rootfs_allocated"] = allocated_size(rootfs_img)
+                if cfg.osmin:
+                    # Installers copy the minimized filesystem: snapshot(rootfs.img, osmin.img).
+                    delta = create_delta(rootfs_img, squash_src / "LiveOS" / "osmin.img.gz",
+                                         source_date_epoch=cfg.source_date_epoch)
+                    sizes["osmin_raw"] = delta.raw_size
+                    sizes["osmin_gz"] = delta.gz_size
+        module_trees = pending.result()
 
     # The initramfs lives outside the tree (work/initramfs; the outputs pair it with the kernel),
     # so the runtime image does not depend on it. With a rootfs.img, mksquashfs reads only that
@@ -220,44 +245,27 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     # the tree (mkfs --rootdir here, or mksquashfs for --rootfs-type squashfs) runs before or after it.
     squashfs = work / "squashfs.img"
     if cfg.rootfs_type is RootfsType.SQUASHFS:
-        initramfs = make_initramfs()
+        initramfs = make_initramfs(module_trees)
         with timed("squashfs"):
             make_squashfs(tree, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch)
     else:
-        squash_src = work / "squashfs-root"
-        with timed("rootfs"):
-            (squash_src / "LiveOS").mkdir(parents=True)
-            rootfs_img = squash_src / "LiveOS" / "rootfs.img"
-            make_rootfs(tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size,
-                        source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
-            sizes["rootfs_apparent"] = rootfs_img.stat().st_size
-            sizes["rootfs_allocated"] = allocated_size(rootfs_img)
-            if cfg.osmin:
-                # Installers copy the minimized filesystem: snapshot(rootfs.img, osmin.img).
-                delta = create_delta(rootfs_img, squash_src / "LiveOS" / "osmin.img.gz",
-                                     source_date_epoch=cfg.source_date_epoch)
-                sizes["osmin_raw"] = delta.raw_size
-                sizes["osmin_gz"] = delta.gz_size
         both, cpu0 = time.monotonic(), _cpu_seconds()
         info("squashfs ... (beside dracut)")
         # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
         with squashfs_beside(squash_src, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch,
                              all_time=True) as job:
-            initramfs = make_initramfs()
+            initramfs = make_initramfs(module_trees)
         timings["squashfs"], cpu["squashfs"] = job.wall_s, job.cpu_s
         timings["dracut+squashfs"] = round(time.monotonic() - both, 2)  # the two overlapped: wall of the pair
         # mksquashfs may have been reaped while dracut ran: dracut's share is the rest.
         cpu["dracut"] = round(max(0.0, _cpu_seconds() - cpu0 - job.cpu_s), 2)
         peak_rss_mib["squashfs"] = _peak_child_rss_mib()
-    # dracut ran in the tree: it must leave it as it found it.
-    after = treecheck.differences(shipped, treecheck.snapshot(tree))
-    treecheck.fail_on([f"{p}: {what}" for p, what in sorted(after.items())], "after dracut")
     sizes["squashfs"] = squashfs.stat().st_size
 
     return Runtime(
         tree=tree, kernels=kernels, initramfs=initramfs, squashfs=squashfs,
         packages=packages, sizes=sizes, timings=timings, cpu=cpu, peak_rss_mib=peak_rss_mib,
-        treeinfo=dict(getattr(runner, "treeinfo", {}) or {}), tree_check=tree_check,
+        treeinfo=dict(getattr(runner, "treeinfo", {}) or {}), tree_check=tree_check, initramfs_ram=initramfs_ram,
     )
 
 
@@ -275,8 +283,10 @@ def compose_runtime(cfg: Config) -> Path:
             for bk, k in zip(boot_kernels([k.version for k in rt.kernels]), rt.kernels, strict=True):
                 shutil.copy(k.vmlinuz, out / bk.kernel)
                 big = out / bk.initrd
-                make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
-                ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big)  # RAM floor, see outputs/ram.py
+                tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
+                # RAM floor, see outputs/ram.py; the initramfs's part was counted beside mksquashfs.
+                ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big, unpacked=(
+                    rt.initramfs_ram[k.version] + ram.unpacked_ram(big, start=tail)))
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
             rt.timings["outputs"] = round(time.monotonic() - start, 2)
             write_manifest(out, rt.packages, {

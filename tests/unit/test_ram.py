@@ -10,6 +10,7 @@ import pytest
 
 from composer.images.cpio import CpioEntry, read_newc, write_newc
 from composer.outputs import ram
+from composer.outputs.bigimage import make_big_initrd
 
 
 def _cpio(entries) -> bytes:
@@ -50,6 +51,22 @@ def test_unpacked_ram_counts_pages_and_inodes(tmp_path):
     big = _initrd(tmp_path, squashfs=True)
     assert ram.unpacked_ram(big) == 4 * 4096 + 5 * ram.INODE_BYTES + 4 * 4096 + ram.INODE_BYTES
     assert ram.carries_squashfs(big) and not ram.carries_squashfs(small)
+
+
+def test_big_initrd_ram_is_its_initramfs_plus_what_was_appended(tmp_path):
+    """The runtime counts the initramfs beside mksquashfs and only the appended archive
+    afterwards (make_big_initrd's offset): the sum must be the whole count."""
+    initramfs = _initrd(tmp_path)
+    squash = tmp_path / "squashfs.img"
+    squash.write_bytes(b"s" * (3 * 4096 + 1))
+    big = tmp_path / "initrd.img"
+    tail = make_big_initrd(initramfs, squash, "root=live:CDLABEL=x", big)
+    assert tail == initramfs.stat().st_size + (-initramfs.stat().st_size % 4)
+    whole = ram.unpacked_ram(big)
+    assert whole == ram.unpacked_ram(initramfs) + ram.unpacked_ram(big, start=tail)
+    assert ram.unpacked_ram(big, start=tail) == 4 * 4096 + 4096 + 3 * ram.INODE_BYTES  # squashfs.img, etc/cmdline, etc
+    kernel = _bzimage(tmp_path, 60 << 20)
+    assert ram.predict("big-initrd", kernel, big, unpacked=whole) == ram.predict("big-initrd", kernel, big)
 
 
 def test_kernel_init_size_from_the_bzimage_header(tmp_path):

@@ -251,7 +251,7 @@ def _zstd_frame_end(f: BinaryIO, start: int) -> int | None:
             return pos + (4 if checksum else 0)
 
 
-def read_newc(path: Path) -> list[Segment]:
+def read_newc(path: Path, start: int = 0) -> list[Segment]:
     """Describe a (possibly concatenated) initrd: each cpio archive with its members,
     and each compressed stream by kind and extent (its contents are not listed).
 
@@ -261,7 +261,7 @@ def read_newc(path: Path) -> list[Segment]:
     segments: list[Segment] = []
     size = path.stat().st_size
     with path.open("rb") as f:
-        pos = 0
+        pos = start
         while pos < size:
             f.seek(pos)
             head = f.read(4096)

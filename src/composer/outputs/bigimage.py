@@ -26,10 +26,11 @@ def runtime_cmdline(rootfs: RootfsType, extra: Sequence[str] = ()) -> str:
     return " ".join([f"root=live:/{SQUASHFS_NAME}", "rd.live.image", *rootfs.live_args, *extra])
 
 
-def make_big_initrd(initramfs: Path, squashfs: Path, cmdline: str, dest: Path, *, mtime: int = 0) -> None:
+def make_big_initrd(initramfs: Path, squashfs: Path, cmdline: str, dest: Path, *, mtime: int = 0) -> int:
     """dest = initramfs, zero padding to 4 bytes, newc(etc/, etc/cmdline, squashfs.img).
 
-    Written as dest.tmp and renamed, so dest is never half-written.
+    Written as dest.tmp and renamed, so dest is never half-written. Returns the offset
+    of the appended archive.
     """
     for what, p in (("initramfs", initramfs), ("squashfs", squashfs)):
         if not p.is_file():
@@ -57,3 +58,4 @@ def make_big_initrd(initramfs: Path, squashfs: Path, cmdline: str, dest: Path, *
         tmp.unlink(missing_ok=True)
     info(f"big initrd: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB "
          f"(initramfs {initramfs.stat().st_size / (1 << 20):.1f} MiB, squashfs appended at offset {tail})")
+    return tail

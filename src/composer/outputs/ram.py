@@ -114,12 +114,13 @@ def _cpio_ram(data: bytes) -> int:
     return total
 
 
-def unpacked_ram(initrd: Path) -> int:
+def unpacked_ram(initrd: Path, *, start: int = 0) -> int:
     """Bytes the files of an initrd (any concatenation of cpio archives, compressed
-    or not) take in RAM once the kernel has unpacked them."""
+    or not) take in RAM once the kernel has unpacked them; from offset `start` on
+    (where an archive begins), e.g. only what was appended to a known initramfs."""
     total = 0
     with initrd.open("rb") as f:
-        for seg in read_newc(initrd):
+        for seg in read_newc(initrd, start):
             if seg.kind == "cpio":
                 total += sum(INODE_BYTES + math.ceil(m.size / PAGE) * PAGE for m in seg.members)
             else:
@@ -128,21 +129,23 @@ def unpacked_ram(initrd: Path) -> int:
     return total
 
 
-def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None) -> RamBudget:
+def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None, *,
+            unpacked: int | None = None) -> RamBudget:
     """The RAM floor of booting vmlinuz + initrd as `kind` (see KINDS). For
     "netboot-split", squashfs is the install.img livenet downloads into RAM; the big
-    initrd carries its squashfs inside (counted in the initrd and the unpacked files)."""
+    initrd carries its squashfs inside (counted in the initrd and the unpacked files).
+    unpacked: unpacked_ram(initrd), when the caller has counted it already."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     kernel = kernel_init_size(vmlinuz) / MIB
     initrd_mb = initrd.stat().st_size / MIB
-    unpacked = unpacked_ram(initrd) / MIB
+    unpacked_mb = (unpacked_ram(initrd) if unpacked is None else unpacked) / MIB
     squash = squashfs.stat().st_size / MIB if kind == "netboot-split" and squashfs is not None else 0.0
     allowance = ALLOWANCE_MB[kind]
-    base = kernel + initrd_mb + unpacked + squash + allowance
+    base = kernel + initrd_mb + unpacked_mb + squash + allowance
     # The kernel's page structs take 1/64 of all RAM (64 bytes per 4 KiB page).
     floor = math.ceil(base * 64 / 63)
-    return RamBudget(kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked, 1),
+    return RamBudget(kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked_mb, 1),
                      round(squash, 1), float(allowance), floor)
 
 
