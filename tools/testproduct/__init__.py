@@ -29,36 +29,10 @@ from testproduct.setuppkg import BOOT_MARKER, CHECK_ARGS
 # Bump whenever the repackaging rules change: it is part of the cache key.
 BUILDER_VERSION = "3"
 STAMP = ".testproduct-key"
+# What the runtime installs is the template's business (templates/testproduct/runtime-install.tmpl);
+# what the repository offers, a superset, is resolve.EXTRA_ROOTS and their dependencies.
 
-# What the runtime template installs (package names in the repository).
-RUNTIME_PACKAGES = (
-    "testproduct-setup",
-    "linux-image-amd64",
-    "systemd",
-    "systemd-sysv",
-    "udev",
-    "dmsetup",
-    "dracut",
-    "dracut-core",
-    "dracut-live",
-    "dracut-squash",
-    "dracut-network",
-    "curl",
-    "bash",
-    "coreutils",
-    "util-linux",
-    "mount",
-    "kmod",
-    "busybox",
-    "procps",
-    "iproute2",
-    "less",
-    "xz-utils",
-    "btrfs-progs",
-    "e2fsprogs",
-)
-
-__all__ = ["build_testproduct", "RUNTIME_PACKAGES", "BUILDER_VERSION", "BOOT_MARKER", "CHECK_ARGS"]
+__all__ = ["build_testproduct", "BUILDER_VERSION", "BOOT_MARKER", "CHECK_ARGS"]
 
 
 def cache_key(pkgs: list[resolve.DebPkg]) -> str:
