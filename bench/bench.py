@@ -264,7 +264,8 @@ def main() -> int:
             session = DnfSession(limit_tree, DnfConfig(releasever="1", arch=os.uname().machine, sources=(source,),
                                                        cachedir=BUILD / "cache" / "dnf", nogpgcheck=True), OUT / "limit")
             t0 = time.monotonic()
-            session.install(list(manifest["packages"]), required=True)  # the NEVRAs the compose installed
+            # The packages the compose installed, by name (its manifest lists name-epoch:version-release.arch).
+            session.install([nevra.rsplit("-", 2)[0] for nevra in manifest["packages"]], required=True)
             session.run_transaction()
             dnf_s.append(time.monotonic() - t0)
             dnf_tree_mib = round(tree_size(limit_tree).blocks_bytes / MIB, 1)

@@ -43,11 +43,12 @@ KINDS = ("big-initrd", "media", "netboot-split")
 # boot needs once the initramfs runs. big-initrd: fitted on four test-product big
 # initrds of 71, 62, 61 and 59 MiB (floors 304, >224, <=224, >208 MB): the allowance
 # lies in (11.2, 17.1]. media: the test product's boot.iso (8 MiB initrd, 21 MiB
-# unpacked) boots at 160 and 144 MB (slowly: the runtime's page cache thrashes), which
-# 48 puts at 145; below, only a boot at 128 MB that was still crawling after 8 minutes.
-# netboot-split: the same allowance on top of the install.img livenet downloads (not
-# bisected).
-ALLOWANCE_MB = {"big-initrd": 16, "media": 48, "netboot-split": 48}
+# unpacked) booted at 160 and 144 MB (slowly: the runtime's page cache thrashes); a later
+# bisection (make bench, 2026-11-29) booted at 160 in 562 s and OOM-killed modprobe at
+# 144: the floor straddles 144, so 56 puts the budget at 153 and a 144 MB machine gets the
+# one-line stop instead of an OOM kill. netboot-split: the same allowance on top of the
+# install.img livenet downloads (not bisected).
+ALLOWANCE_MB = {"big-initrd": 16, "media": 56, "netboot-split": 56}
 
 
 @dataclasses.dataclass(frozen=True)
