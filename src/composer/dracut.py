@@ -232,20 +232,13 @@ class ModuleTree:
     missing: tuple[str, ...]
 
 
-def make_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *, compress: bool = True) -> ModuleTree:
-    """root/lib/modules/KVER with the modules the specs need, their depmod indexes
-    and the kernel's lists of built-in modules; modules xz-compressed when the tree's
-    kmod can load them (the initramfs stays smaller in RAM: kmod decompresses one
-    module at a time as it loads it)."""
-    mt = fill_module_tree(tree, kver, specs, root, compress=compress)
-    index_module_tree(tree, kver, mt)
-    return mt
-
-
 def fill_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *, compress: bool = True,
                      stop: threading.Event | None = None) -> ModuleTree:
-    """make_module_tree's files without their indexes: no command runs, so it can run in a
-    thread beside other work (see modules_beside). `stop` set: give up between modules."""
+    """root/lib/modules/KVER with the modules the specs need and the kernel's lists of
+    built-in modules; modules xz-compressed when the tree's kmod can load them (the
+    initramfs stays smaller in RAM: kmod decompresses one module at a time as it loads
+    it). No indexes yet (index_module_tree): no command of ours runs, so this can run in a
+    thread beside other work (modules_beside). `stop` set: give up between modules."""
     srcdir = tree / "usr/lib/modules" / kver
     if not srcdir.is_dir():
         srcdir = tree / "lib/modules" / kver
@@ -338,22 +331,33 @@ def _module_specs(confs: Sequence[tuple[Path, str]], inputs: DracutInputs) -> li
     return [s for v in DRIVER_VARIABLES for s in sets[v]] + list(inputs.rootfs.dracut_drivers)
 
 
+@dataclasses.dataclass(frozen=True)
+class DracutPlan:
+    """DracutInputs made concrete once: the conf files bound in (the product's rendered),
+    and the module tree of every kernel when the confs name a driver set."""
+
+    inputs: DracutInputs
+    confs: list[tuple[Path, str]]
+    module_trees: dict[str, ModuleTree]  # kver: tree; empty when dracut picks its own modules
+
+
 @contextlib.contextmanager
 def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs,
-                   ) -> Iterator[concurrent.futures.Future[dict[str, ModuleTree]]]:
-    """Start compressing the module trees build_initramfs needs (the same inputs give the
-    same trees) in a thread, while the with-block does other work; the tree must not
-    change meanwhile. Leaving the block waits for the thread (after an exception it is
-    told to give up), so nothing writes into outdir afterwards."""
+                   ) -> Iterator[concurrent.futures.Future[DracutPlan]]:
+    """Plan dracut's run (build_initramfs) and compress the module trees in a thread while
+    the with-block does other work; the tree's modules must not change meanwhile. Leaving
+    the block waits for the thread (after an exception it is told to give up), so nothing
+    writes into outdir afterwards."""
     outdir.mkdir(parents=True, exist_ok=True)
-    specs = _module_specs(_dracut_confs(inputs, outdir), inputs)
+    confs = _dracut_confs(inputs, outdir)
+    specs = _module_specs(confs, inputs)
     stop = threading.Event()
 
-    def fill() -> dict[str, ModuleTree]:
-        if specs is None:
-            return {}
-        return {k.version: fill_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}", stop=stop)
-                for k in kernels}
+    def fill() -> DracutPlan:
+        trees = {} if specs is None else {
+            k.version: fill_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}", stop=stop)
+            for k in kernels}
+        return DracutPlan(inputs, confs, trees)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     future = pool.submit(fill)
@@ -366,15 +370,14 @@ def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: Drac
         pool.shutdown(wait=True)
 
 
-def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs, *,
-                    source_date_epoch: int | None = None, module_trees: Mapping[str, ModuleTree] | None = None,
-                    ) -> dict[str, Path]:
+def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, *,
+                    source_date_epoch: int | None = None) -> dict[str, Path]:
     """Run dracut in the tree for every kernel; return {kver: initramfs path in outdir}.
 
     The tree is not changed: our configuration is bound in read-only and the
     initramfs is written to a directory bound under /tmp. With templatedir, the
     product's dracut.conf (rendered with `variables`) comes after composer's own.
-    module_trees: made beforehand by modules_beside with the same arguments.
+    plan: from modules_beside, with the same tree, kernels and outdir.
     """
     epoch = source_date_epoch
     if epoch is None and "SOURCE_DATE_EPOCH" in os.environ:
@@ -383,8 +386,7 @@ def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, inputs: Dra
         raise ComposerError("dracut is not installed in the tree: the templates must install it")
     outdir.mkdir(parents=True, exist_ok=True)
     confdir = DATADIR / "share" / "dracut"
-    ro_binds = _dracut_confs(inputs, outdir)
-    specs = _module_specs(ro_binds, inputs)
+    ro_binds = list(plan.confs)
     # Our own dracut modules (e.g. the RAM check), bound in beside dracut's. dracut copies
     # their files with their owners into the initramfs: bind a copy this build owns, not
     # composer's installed files (whoever owns those; nobody in a user namespace).
@@ -401,7 +403,7 @@ def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, inputs: Dra
     # bwrap makes the mount points it lacks in the tree: remove those afterwards.
     made = sorted({m for _, dst in ro_binds if (m := _first_missing(tree, dst)) is not None})
     try:
-        return _run_dracut(tree, kernels, outdir, inputs, epoch, ro_binds, specs, module_trees or {})
+        return _run_dracut(tree, kernels, outdir, plan, epoch, ro_binds)
     finally:
         shutil.rmtree(outdir / "dracut-modules", ignore_errors=True)
         for m in made:
@@ -421,28 +423,25 @@ def _first_missing(tree: Path, dst: str) -> Path | None:
     return None
 
 
-def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs, epoch: int | None,
-                ro_binds: list[tuple[Path, str]], specs: list[str] | None, premade: Mapping[str, ModuleTree]) -> dict[str, Path]:
+def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, epoch: int | None,
+                ro_binds: list[tuple[Path, str]]) -> dict[str, Path]:
     # bwrap needs the mount points to exist; /etc/dracut.conf.d is dracut's own directory.
     result: dict[str, Path] = {}
     for k in kernels:
         info(f"dracut: kernel {k.version}")
         binds = [(outdir, "/tmp/out")]
         kmoddir = None
-        if specs is not None:
+        mt = plan.module_trees.get(k.version)
+        if mt is not None:
             # The product's driver set, exactly: dracut sees no other module.
-            mt = premade.get(k.version)
-            if mt is None:
-                mt = make_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}")
-            else:
-                index_module_tree(tree, k.version, mt)
+            index_module_tree(tree, k.version, mt)
             if mt.missing:
                 info(f"dracut: kernel {k.version} has no module {', '.join(mt.missing)} (not built, or removed by the cleanup)")
             info(f"dracut: {mt.modules} modules for kernel {k.version}, {mt.size / 2**20:.1f} MiB "
                  f"({'xz-compressed' if mt.compression == 'xz' else 'uncompressed'})")
             binds.append((mt.root, KMODDIR_IN_TREE))
             kmoddir = f"{KMODDIR_IN_TREE}/lib/modules/{k.version}"
-        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", inputs.rootfs, inputs.dracut_args,
+        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", plan.inputs.rootfs, plan.inputs.dracut_args,
                            reproducible=epoch is not None, kmoddir=kmoddir)
         try:
             run(in_tree_argv(tree, argv, binds=binds, ro_binds=ro_binds),

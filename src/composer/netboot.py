@@ -143,8 +143,8 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
             else:
                 tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
                                        mtime=cfg.source_date_epoch or 0)
-                budgets[k.version] = ram.predict("big-initrd", k.vmlinuz, out / bk.initrd, unpacked=(
-                    rt.initramfs_ram[k.version] + ram.unpacked_ram(out / bk.initrd, start=tail)))
+                budgets[k.version] = ram.predict_big_initrd(k.vmlinuz, out / bk.initrd, appended_at=tail,
+                                                            initramfs_unpacked=rt.initramfs_ram[k.version])
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         if opts.split:

@@ -196,10 +196,9 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                                         template_variables(cfg))
     initramfs_ram: dict[str, int] = {}
 
-    def make_initramfs(module_trees: Mapping[str, dracut.ModuleTree]) -> dict[str, Path]:
+    def make_initramfs(plan: dracut.DracutPlan) -> dict[str, Path]:
         with timed("dracut"):
-            made = dracut.build_initramfs(tree, kernels, work / "initramfs", dracut_inputs,
-                                          source_date_epoch=cfg.source_date_epoch, module_trees=module_trees)
+            made = dracut.build_initramfs(tree, kernels, work / "initramfs", plan, source_date_epoch=cfg.source_date_epoch)
         # dracut ran in the tree: it must leave it as it found it.
         after = treecheck.differences(shipped, treecheck.snapshot(tree))
         treecheck.fail_on([f"{p}: {what}" for p, what in sorted(after.items())], "after dracut")
@@ -236,7 +235,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
                                          source_date_epoch=cfg.source_date_epoch)
                     sizes["osmin_raw"] = delta.raw_size
                     sizes["osmin_gz"] = delta.gz_size
-        module_trees = pending.result()
+        dracut_plan = pending.result()
 
     # The initramfs lives outside the tree (work/initramfs; the outputs pair it with the kernel),
     # so the runtime image does not depend on it. With a rootfs.img, mksquashfs reads only that
@@ -245,7 +244,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
     # the tree (mkfs --rootdir here, or mksquashfs for --rootfs-type squashfs) runs before or after it.
     squashfs = work / "squashfs.img"
     if cfg.rootfs_type is RootfsType.SQUASHFS:
-        initramfs = make_initramfs(module_trees)
+        initramfs = make_initramfs(dracut_plan)
         with timed("squashfs"):
             make_squashfs(tree, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch)
     else:
@@ -254,7 +253,7 @@ def build_runtime(cfg: Config, work: Path) -> Runtime:
         # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
         with squashfs_beside(squash_src, squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch,
                              all_time=True) as job:
-            initramfs = make_initramfs(module_trees)
+            initramfs = make_initramfs(dracut_plan)
         timings["squashfs"], cpu["squashfs"] = job.wall_s, job.cpu_s
         timings["dracut+squashfs"] = round(time.monotonic() - both, 2)  # the two overlapped: wall of the pair
         # mksquashfs may have been reaped while dracut ran: dracut's share is the rest.
@@ -285,8 +284,8 @@ def compose_runtime(cfg: Config) -> Path:
                 big = out / bk.initrd
                 tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
                 # RAM floor, see outputs/ram.py; the initramfs's part was counted beside mksquashfs.
-                ram_budget[k.version] = ram.predict("big-initrd", k.vmlinuz, big, unpacked=(
-                    rt.initramfs_ram[k.version] + ram.unpacked_ram(big, start=tail)))
+                ram_budget[k.version] = ram.predict_big_initrd(k.vmlinuz, big, appended_at=tail,
+                                                               initramfs_unpacked=rt.initramfs_ram[k.version])
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
             rt.timings["outputs"] = round(time.monotonic() - start, 2)
             write_manifest(out, rt.packages, {

@@ -67,6 +67,8 @@ def test_big_initrd_ram_is_its_initramfs_plus_what_was_appended(tmp_path):
     assert ram.unpacked_ram(big, start=tail) == 4 * 4096 + 4096 + 3 * ram.INODE_BYTES  # squashfs.img, etc/cmdline, etc
     kernel = _bzimage(tmp_path, 60 << 20)
     assert ram.predict("big-initrd", kernel, big, unpacked=whole) == ram.predict("big-initrd", kernel, big)
+    assert ram.predict_big_initrd(kernel, big, initramfs_unpacked=ram.unpacked_ram(initramfs),
+                                  appended_at=tail) == ram.predict("big-initrd", kernel, big)
 
 
 def test_kernel_init_size_from_the_bzimage_header(tmp_path):

@@ -150,6 +150,13 @@ def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None
                      round(squash, 1), float(allowance), floor)
 
 
+def predict_big_initrd(vmlinuz: Path, initrd: Path, *, initramfs_unpacked: int, appended_at: int) -> RamBudget:
+    """predict("big-initrd") for an initrd make_big_initrd wrote: its initramfs already
+    counted (initramfs_unpacked), only the archive appended at `appended_at` is read."""
+    return predict("big-initrd", vmlinuz, initrd,
+                   unpacked=initramfs_unpacked + unpacked_ram(initrd, start=appended_at))
+
+
 # The initrds composer ships for split boots carry their budget for the
 # composer-memcheck dracut module (share/dracut/modules.d): dracut reads
 # etc/cmdline.d/*.conf before the kernel command line, so `rd.composer.memory=0`
