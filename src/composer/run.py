@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ class CommandError(ComposerError):
         msg = f"command failed (exit {returncode}): {shlex.join(shown)}"
         if tail:
             msg += f": {tail}"
-        super().__init__(msg)
+        super().__init__(redact(msg))
 
     @property
     def reason(self) -> str:
@@ -64,33 +65,100 @@ def _die_with_parent() -> None:
 
 
 _VERBOSE = bool(os.environ.get("COMPOSER_VERBOSE"))
-_LOGFILE: Path | None = None
+_LOGFD: int | None = None
+_LOGNAME = ""
 _T0 = time.monotonic()
 
+# Credentials in a URL's userinfo (scheme://user:password@host/): masked wherever text
+# leaves composer (console, log, error lines). Other secrets (a .repo file's password=)
+# are registered by whoever reads them.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]+@")
+_SECRETS: set[str] = set()
+MASK = "***"
 
-def set_logging(*, verbose: bool | None = None, logfile: Path | None = None) -> None:
-    global _VERBOSE, _LOGFILE
+
+def register_secret(value: str) -> None:
+    """From now on `value` is masked in everything composer prints or logs."""
+    if len(value) >= 3:  # a one- or two-character "secret" would mask half of every line
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """text with URL credentials and registered secrets masked."""
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def open_for_append(path: Path, option: str) -> int:
+    """An fd appending to the regular file `path`, created 0644 if missing. A final
+    symlink is never followed (a link planted where root writes its log would make root
+    write the link's target), and a FIFO, device or directory is refused, not waited on."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        why = {errno.ELOOP: "is a symbolic link (composer never writes through a link)",
+               errno.ENXIO: "is a FIFO (give a regular file)",
+               errno.EISDIR: "is a directory"}.get(e.errno, e.strerror or str(e))
+        raise ComposerError(f"{option} {path}: {why}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or _on_pseudo_fs(fd):
+        os.close(fd)
+        raise ComposerError(f"{option} {path}: not a regular file (give a file on a real file system)")
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_WRONLY | os.O_APPEND)
+    return fd
+
+
+def _on_pseudo_fs(fd: int) -> bool:
+    """On /proc or /sys, whose "regular files" are kernel interfaces, not logs."""
+    dev = os.fstat(fd).st_dev
+    return any(os.path.isdir(d) and os.stat(d).st_dev == dev for d in ("/proc", "/sys"))
+
+
+def set_logging(*, verbose: bool | None = None, logfile: Path | None = None, option: str = "--logfile") -> None:
+    global _VERBOSE, _LOGFD, _LOGNAME
     if verbose is not None:
         _VERBOSE = verbose
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        _LOGFILE = logfile
+        fd = open_for_append(logfile, option)
+        if _LOGFD is not None:
+            os.close(_LOGFD)
+        _LOGFD, _LOGNAME = fd, f"{option} {logfile}"
+
+
+def stop_logging() -> None:
+    """Close --logfile (tests that run several command lines in one process)."""
+    global _LOGFD
+    if _LOGFD is not None:
+        os.close(_LOGFD)
+        _LOGFD = None
 
 
 def _logline(line: str) -> None:
-    if _LOGFILE is not None:
-        with _LOGFILE.open("a") as f:
-            f.write(line + "\n")
+    global _LOGFD
+    if _LOGFD is None:
+        return
+    try:
+        os.write(_LOGFD, (line + "\n").encode(errors="replace"))
+    except OSError as e:
+        # A full disk must not turn into a traceback in the middle of a cleanup: say it once.
+        os.close(_LOGFD)
+        _LOGFD = None
+        print(f"composer: warning: {_LOGNAME}: {e.strerror or e}; no more is logged there", file=sys.stderr, flush=True)
 
 
 def info(msg: str) -> None:
     """A progress line: elapsed time since start, then the message."""
-    line = f"[{time.monotonic() - _T0:7.1f}s] {msg}"
+    line = redact(f"[{time.monotonic() - _T0:7.1f}s] {msg}")
     print(line, file=sys.stderr, flush=True)
     _logline(line)
 
 
 def debug(msg: str) -> None:
+    msg = redact(msg)
     _logline(msg)
     if _VERBOSE:
         print(msg, file=sys.stderr, flush=True)

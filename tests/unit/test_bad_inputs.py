@@ -487,6 +487,12 @@ def _snapshot(d: Path) -> set[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, inputs: Path, tmp_path: Path, request_cleanup: list[Path]) -> None:
+    run_case(case, inputs, tmp_path, request_cleanup)
+
+
+def run_case(case: Case, inputs: Path, tmp_path: Path, request_cleanup: list[Path]) -> None:
+    """Run one catalogue case and check what every case must give (see the module's docstring).
+    Other catalogue modules import it with Case and the `inputs` and `request_cleanup` fixtures."""
     t = tmp_path
     (t / "work").mkdir()
     (t / "ro").mkdir()

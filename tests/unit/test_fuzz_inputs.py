@@ -284,7 +284,7 @@ def test_compose_early_checks(world, data) -> None:
     try:
         outcome = early_checks(argv)
     finally:
-        composer.run._LOGFILE = None  # a boot-iso/netboot --logfile would stay set for later tests
+        composer.run.stop_logging()  # a boot-iso/netboot --logfile would stay set for later tests
     COUNTS[f"compose:{outcome}"] = COUNTS.get(f"compose:{outcome}", 0) + 1
     assert _fingerprint(world) == before, "an input changed"
     assert not list(world.rglob("INJECTED"))

@@ -2,10 +2,24 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from composer.run import CommandError, ComposerError, atomic_dir, in_tree_argv, locked_mkdir, remove_stale, run
+from composer.run import (
+    CommandError,
+    ComposerError,
+    atomic_dir,
+    in_tree_argv,
+    info,
+    locked_mkdir,
+    redact,
+    register_secret,
+    remove_stale,
+    run,
+    set_logging,
+    stop_logging,
+)
 
 
 def test_run_error_shows_command_and_stderr_tail():
@@ -131,3 +145,51 @@ def test_workdir_is_removed_but_a_kept_one_survives_the_next_build(tmp_path):
     with workdir_for(Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w")):
         pass
     assert list((tmp_path / "w").iterdir()) == [kept]
+
+
+# --------------------------------------------------------------------------- the log (issue 20)
+
+
+@pytest.fixture
+def logging_off():
+    yield
+    stop_logging()
+
+
+def test_logfile_never_written_through_a_link(tmp_path, logging_off):
+    victim = tmp_path / "shadow"
+    victim.write_text("root:x:0:0\n")
+    link = tmp_path / "build.log"
+    link.symlink_to(victim)
+    with pytest.raises(ComposerError, match="build.log: is a symbolic link"):
+        set_logging(logfile=link)
+    info("after the refusal")
+    assert victim.read_text() == "root:x:0:0\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "proc"])
+def test_logfile_that_is_no_file_is_refused_at_once(tmp_path, kind, logging_off):
+    path = {"fifo": tmp_path / "fifo", "directory": tmp_path, "device": Path("/dev/full"),
+            "proc": Path("/proc/self/comm")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    start = time.monotonic()
+    with pytest.raises(ComposerError, match=f"{path}: (is a|not a regular)"):
+        set_logging(logfile=path)
+    assert time.monotonic() - start < 5  # a FIFO with no reader is refused, not waited on
+
+
+def test_log_holds_no_url_credentials(tmp_path, logging_off):
+    log = tmp_path / "build.log"
+    set_logging(logfile=log)
+    register_secret("proxy-pass-123")
+    info("fetching https://alice:s3cret@mirror.example/os/ through http://bob:proxy-pass-123@proxy:3128")
+    with pytest.raises(CommandError) as e:
+        run([sys.executable, "-c", "import sys; sys.exit('cannot reach https://carol:hunter22@x.example/')"])
+    text = log.read_text() + str(e.value)
+    assert "s3cret" not in text and "proxy-pass-123" not in text and "hunter22" not in text, text
+    assert "https://***@mirror.example/os/" in text
+
+
+def test_redact_masks_userinfo_of_any_scheme():
+    assert redact("a ftp://u:p@h/x b https://tok@h c file:///srv/a@b") == "a ftp://***@h/x b https://***@h c file:///srv/a@b"

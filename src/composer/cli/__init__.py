@@ -17,7 +17,7 @@ from composer import __version__
 from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
 from composer.cli.common import check_logfile
 from composer.loraxcli import main as lorax_main
-from composer.run import ComposerError, set_logging
+from composer.run import ComposerError, redact, set_logging
 from composer.userns import command_words, enter_user_namespace
 
 
@@ -81,7 +81,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def one_line(message: str) -> str:
     """An error is one line: control characters from a value or path (a newline in a
     file name) are shown escaped, as Python would."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], redact(message))
 
 
 def main(argv: list[str] | None = None) -> int:
