@@ -23,21 +23,27 @@ sees) is always kept from the input, so such menus keep finding the medium.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import fnmatch
 import os
 import re
 import shlex
+import shutil
 import stat
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from composer.images.efiboot import mtools_env
 from composer.images.iso import check_volid, iso_date
 from composer.kickstart import read_kickstart
+from composer.preflight import MENU_SYNTAX, check_kernel_arg, check_kernel_args, check_line, describe_char
 from composer.reproducible import seed_uuid
-from composer.run import CommandError, ComposerError, info, run, scratch_beside, stage
+from composer.run import CommandError, ComposerError, info, output_path, run, stage
 from composer.templates import udev_escape
 
 SECTOR = 2048
@@ -150,8 +156,10 @@ class MenuEdit:
     replace: tuple[tuple[str, str], ...] = ()
 
 
-def edit_menu(text: str, kind: str, edit: MenuEdit) -> tuple[str, int]:
-    """(new text, number of kernel command lines edited); kind "grub" or "syslinux"."""
+def edit_menu(text: str, kind: str, edit: MenuEdit, where: str = "menu") -> tuple[str, int]:
+    """(new text, number of kernel command lines edited); kind "grub" or "syslinux".
+    The result is checked (check_edited): ComposerError if it would not boot as meant."""
+    original = text
     for a, b in edit.replace:
         text = text.replace(a, b)
     text = replace_volid(text, edit.old_volid, edit.new_volid)
@@ -163,7 +171,11 @@ def edit_menu(text: str, kind: str, edit: MenuEdit) -> tuple[str, int]:
         stripped = body.lstrip()
         indent = body[: len(body) - len(stripped)]
         first, rest = (re.split(r"\s", stripped, maxsplit=1) + [""])[:2]
+        tail = ""
         if kind == "grub" and first in GRUB_KERNEL_COMMANDS:
+            # Only this command's words: a `; next` or `# comment` after them stays after them.
+            end = grub_command_end(rest)
+            rest, tail = rest[:end], rest[end:].strip()
             words = split_args(rest)
             if not words:
                 continue
@@ -172,9 +184,161 @@ def edit_menu(text: str, kind: str, edit: MenuEdit) -> tuple[str, int]:
             head, args = [first], split_args(rest)
         else:
             continue
-        lines[n] = indent + " ".join(head + edit.args.apply(args)) + eol
+        lines[n] = indent + " ".join(head + edit.args.apply(args) + ([tail] if tail else [])) + eol
         count += 1
-    return "".join(lines), count
+    new = "".join(lines)
+    if new != original:
+        check_edited(original, new, kind, edit, where)
+    return new, count
+
+
+# --------------------------------------------------------------------------- menu syntax
+
+# GRUB script's operators outside quotes (grub-core/script/yylex.l): each ends a word.
+GRUB_OPERATORS = ";|&<>{}"
+
+
+def grub_command_end(text: str) -> int:
+    """Where the first GRUB command in `text` (one line) ends: at an unquoted operator or
+    a comment (`#` starting a word); len(text) if it runs to the end."""
+    quote = ""
+    i, word = 0, False
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"':
+                i += 1
+        elif c in "'\"":
+            quote, word = c, True
+        elif c == "\\":
+            i, word = i + 1, True
+        elif c in GRUB_OPERATORS or (c == "#" and not word):
+            return i
+        else:
+            word = not c.isspace()
+        i += 1
+    return len(text)
+
+
+def grub_tokens(text: str) -> tuple[list[tuple[int, str, str]], bool]:
+    """GRUB script as (line, "word"|"op", text) tokens, words with quotes and escapes
+    resolved, comments dropped; and whether the text ends inside a quote. Enough of
+    GRUB's lexer to see commands, blocks and arguments, not to run anything."""
+    tokens: list[tuple[int, str, str]] = []
+    cur: list[str] = []
+    line = start = 0
+    quote, word = "", False
+    i = 0
+
+    def end_word() -> None:
+        nonlocal cur, word
+        if word:
+            tokens.append((start, "word", "".join(cur)))
+        cur, word = [], False
+
+    while i < len(text):
+        c = text[i]
+        if c == "\n":
+            line += 1
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"' and i + 1 < len(text) and text[i + 1] in '$"\\\n':
+                i += 1
+                line += text[i] == "\n"
+                cur.append("" if text[i] == "\n" else text[i])
+            else:
+                cur.append(c)
+        elif c == "\\" and i + 1 < len(text):
+            i += 1
+            line += text[i] == "\n"
+            start, word = (start if word else line), True
+            cur.append("" if text[i] == "\n" else text[i])
+        elif c == "#" and not word:
+            while i + 1 < len(text) and text[i + 1] != "\n":
+                i += 1
+        elif c == "$" and text[i + 1: i + 2] == "{" and "}" in text[i:]:
+            close = text.index("}", i)
+            start, word = (start if word else line), True
+            cur.append(text[i: close + 1])
+            i = close
+        elif c.isspace() or c in GRUB_OPERATORS:
+            end_word()
+            if c == "\n" or c in GRUB_OPERATORS:
+                tokens.append((line - (c == "\n"), "op", c))
+        else:
+            if c in "'\"":
+                quote = c
+            else:
+                cur.append(c)
+            start, word = (start if word else line), True
+        i += 1
+    end_word()
+    return tokens, bool(quote)
+
+
+def grub_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(line, words) of every simple GRUB command in `text`."""
+    out: list[tuple[int, list[str]]] = []
+    words: list[str] = []
+    first = 0
+    for line, kind, value in grub_tokens(text)[0] + [(0, "op", "\n")]:
+        if kind == "word":
+            first = first if words else line
+            words.append(value)
+        elif words:
+            out.append((first, words))
+            words = []
+    return out
+
+
+def _grub_shape(text: str) -> tuple[list[tuple[int, str]], bool]:
+    """What must not change when a menu is edited: every operator (;, braces, newlines)
+    on its line, and whether the text ends inside a quote."""
+    tokens, open_quote = grub_tokens(text)
+    return [(line, value) for line, kind, value in tokens if kind == "op"], open_quote
+
+
+def _kernel_lines(text: str, kind: str) -> list[tuple[int, list[str]]]:
+    """(line, arguments) of every kernel command line, as the boot loader reads them."""
+    if kind == "grub":
+        return [(n, words[2:]) for n, words in grub_commands(text) if words[0] in GRUB_KERNEL_COMMANDS]
+    out = []
+    for n, line in enumerate(text.splitlines()):
+        words = line.split()
+        if words and words[0].lower() == SYSLINUX_APPEND:
+            out.append((n, words[1:]))
+    return out
+
+
+def check_edited(old: str, new: str, kind: str, edit: MenuEdit, where: str) -> None:
+    """The edited menu is the old one with other arguments: the same lines, the same
+    commands on each (no `;`, brace, comment or quote moved), as many kernel command
+    lines, and every argument added is one whole argument on each of them."""
+    how = ("--replace changes text anywhere in a menu: give FROM and TO that leave its commands, quotes "
+           "and braces as they are" if edit.replace else "this menu cannot be edited safely; "
+           "--skip-mkefiboot leaves efiboot.img as it is")
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    if len(old_lines) != len(new_lines):
+        raise ComposerError(f"{where}: the edit changes its number of lines; {how}")
+    if kind == "grub":
+        old_shape, new_shape = _grub_shape(old), _grub_shape(new)
+        if old_shape != new_shape:
+            n = next((a[0] for a, b in zip(old_shape[0], new_shape[0], strict=False) if a != b),
+                     len(new_lines) - 1)
+            raise ComposerError(f"{where}:{n + 1}: the edited line {new_lines[n].strip()!r} is no longer "
+                                f"the command it was; {how}")
+    before, after = _kernel_lines(old, kind), _kernel_lines(new, kind)
+    if len(before) != len(after):
+        raise ComposerError(f"{where}: the edit leaves {len(after)} kernel command lines of {len(before)}; {how}")
+    added = [unquote(a) for a in edit.args.add]
+    for n, args in after:
+        missing = [a for a in added if a not in args]
+        if missing:
+            raise ComposerError(f"{where}:{n + 1}: {missing[0]} is not one argument of the edited kernel "
+                                f"command line {new_lines[n].strip()!r}; {how}")
 
 
 def menu_kind(path: str, grub: Sequence[str] = GRUB_MENUS, syslinux: Sequence[str] = SYSLINUX_MENUS,
@@ -405,26 +569,10 @@ def check_options(opts: MkksisoOptions) -> None:
     if not opts.input.is_file():
         raise ComposerError(f"INPUT {opts.input}: not a regular file")
     read_volume_info(opts.input)
-    out = opts.output
-    if out.exists() or out.is_symlink():
-        if out.resolve() == opts.input.resolve() or (out.exists() and os.path.samefile(out, opts.input)):
-            raise ComposerError(f"OUTPUT {out}: is the INPUT; write the remastered ISO to a new file")
-        if out.is_dir():
-            raise ComposerError(f"OUTPUT {out}: is a directory")
-        if not opts.force:
-            raise ComposerError(f"OUTPUT {out}: exists (use --force to replace it)")
-    elif out.resolve() == opts.input.resolve():
-        raise ComposerError(f"OUTPUT {out}: is the INPUT; write the remastered ISO to a new file")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ComposerError(f"OUTPUT {out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ComposerError(f"OUTPUT {out}: cannot write in {parent}")
+    check_output(opts)
     if opts.volid is not None:
         check_volid(opts.volid)
-    for r in opts.rm_args:
-        if not r or any(c.isspace() for c in r):
-            raise ComposerError(f"--rm-args: {r!r} is not one argument name")
+    check_menu_options(opts)
     names: dict[str, str] = {}
     for option, path in ([("--ks", opts.ks)] if opts.ks else []) + ([("--updates", opts.updates)] if opts.updates else []) \
             + [("--add", p) for p in opts.add]:
@@ -443,13 +591,51 @@ def check_options(opts: MkksisoOptions) -> None:
         names[name] = f"{option} {path}"
     if not (opts.ks or opts.updates or opts.add or opts.cmdline or opts.rm_args or opts.volid or opts.replace):
         raise ComposerError("nothing to do: give --ks, --add, --cmdline, --rm-args, --volid, --updates or --replace")
-    if opts.cmdline:
-        try:
-            shlex.split(opts.cmdline)
-        except ValueError as e:
-            raise ComposerError(f"--cmdline {opts.cmdline!r}: {e}") from None
     if opts.ks:
         check_kickstart(opts.ks)
+
+
+def check_output(opts: MkksisoOptions) -> None:
+    """OUTPUT is a new file, or with --force a regular file to replace; never a symbolic
+    link (its target would be replaced), a directory or the INPUT."""
+    out = output_path(opts.output)
+    if os.path.islink(out):
+        raise ComposerError(f"OUTPUT {out} is a symbolic link (to {os.readlink(out)}): composer never writes "
+                            "through a link to replace its target; remove the link or choose another OUTPUT")
+    if out == opts.input.resolve() or (out.exists() and os.path.samefile(out, opts.input)):
+        raise ComposerError(f"OUTPUT {opts.output}: is the INPUT; write the remastered ISO to a new file")
+    if out.exists():
+        if out.is_dir():
+            raise ComposerError(f"OUTPUT {opts.output}: is a directory")
+        if not opts.force:
+            raise ComposerError(f"OUTPUT {opts.output}: exists (use --force to replace it)")
+        if not out.is_file():
+            raise ComposerError(f"OUTPUT {opts.output}: not a regular file; --force replaces only an ISO file")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ComposerError(f"OUTPUT {opts.output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ComposerError(f"OUTPUT {opts.output}: cannot write in {parent}")
+
+
+def check_menu_options(opts: MkksisoOptions) -> None:
+    """What goes into boot menus is checked as boot-iso's --kernel-arg is: one word per
+    kernel argument, no quotes or menu syntax (a `;` would start a second GRUB command,
+    a `#` comment out what follows, a brace end the menu entry)."""
+    if opts.cmdline.strip():
+        check_kernel_args("--cmdline", opts.cmdline)
+    for r in opts.rm_args:
+        check_kernel_args("--rm-args", r)
+    for a, b in opts.replace:
+        if not a:
+            raise ComposerError(f"--replace '' {b!r}: FROM is empty (it would insert TO between every "
+                                "character of every menu); give the text to replace")
+        for what, value in (("FROM", a), ("TO", b)):
+            check_line(f"--replace {what}", value)
+            bad = next((c for c in value if c in MENU_SYNTAX), None)
+            if bad is not None:
+                raise ComposerError(f"--replace {a!r} {b!r}: {what} holds {describe_char(bad)}, which is syntax in "
+                                    "boot menus; --replace changes plain text (titles, arguments): give it without")
 
 
 def _extract(iso: Path, paths: Sequence[str], dest: Path) -> list[Path]:
@@ -501,7 +687,7 @@ def _efiboot_menus(img: Path, edit: MenuEdit, work: Path, epoch: int | None) -> 
             continue
         raw = _mtools(["mtype", "-i", os.fspath(img), f"::/{p}"], epoch, capture=True).stdout
         old = _read_text(raw, f"efiboot.img:{p}")
-        new, count = edit_menu(old, "grub", edit)
+        new, count = edit_menu(old, "grub", edit, f"efiboot.img:{p}")
         if new == old:
             continue
         tmp = work / f"efiboot-menu-{len(changes)}"
@@ -545,16 +731,16 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
         raise ComposerError(f"INPUT {opts.input}: has no volume id; give --volid")
     label = udev_escape(new_volid)
 
-    add_args = split_args(opts.cmdline)
-    remove = list(opts.rm_args)
+    add_args = list(check_kernel_args("--cmdline", opts.cmdline)) if opts.cmdline.strip() else []
+    remove = [w for r in opts.rm_args for w in check_kernel_args("--rm-args", r)]
     additions: list[tuple[Path, str]] = []
-    for given, key in ((opts.ks, "inst.ks"), (opts.updates, "inst.updates")):
+    for option, given, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
         if given is None:
             continue
         # Ours replaces any earlier one (a remaster of a remaster must not carry two).
         remove.append(key)
         add_args = [a for a in add_args if arg_key(a) != key]
-        add_args.append(f"{key}=hd:LABEL={label}:/{given.name}")
+        add_args.append(_label_arg(option, f"{key}=hd:LABEL={label}:/{given.name}", new_volid))
         additions.append((given.resolve(), given.name))
     additions += [(p.resolve(), _root_name(p, "--add")) for p in opts.add]
     args = ArgEdit(tuple(remove), tuple(add_args))
@@ -571,7 +757,7 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
         raw = host.read_bytes()
         old = _read_text(raw, path)
         kind = menu_kind(path) or "grub"
-        new, count = edit_menu(old, kind, edit)
+        new, count = edit_menu(old, kind, edit, path)
         if new == old:
             continue
         edited = work / "edited" / str(len(changes))
@@ -587,6 +773,15 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     elif layout.efi_image is not None:
         info("mkksiso: --skip-mkefiboot: efiboot.img (UEFI El Torito) is left as it is; its menu is not edited")
     return Plan(opts, volume, layout, new_volid, args, tuple(changes), tuple(additions), efi, files)
+
+
+def _label_arg(option: str, arg: str, volid: str) -> str:
+    """inst.ks=/inst.updates= with the volume id in it: a kernel argument like any other."""
+    try:
+        return check_kernel_arg(option, arg)
+    except ComposerError:
+        raise ComposerError(f"{option}: the volume id {volid!r} cannot be written in {arg!r} on the kernel command "
+                            "line; give --volid with only A-Z a-z 0-9 . _ -") from None
 
 
 def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, FileAttr], edit: MenuEdit,
@@ -730,23 +925,59 @@ def _xorriso_env(epoch: int | None) -> dict[str, str]:
 def remaster(opts: MkksisoOptions) -> Path:
     """plan + execute; OUTPUT appears only complete (renamed over an old one with --force)."""
     check_options(opts)
-    final = opts.output.resolve()
+    final = output_path(opts.output)
     t0 = time.monotonic()
-    with scratch_beside(final) as scratch:
+    with _scratch(final) as scratch:
         work = scratch / "work"
         work.mkdir()
         with stage("mkksiso: plan"):
             p = plan(opts, work)
         _report_plan(p)
-        tmp = scratch / final.name
+        tmp = scratch / "new.iso"
         timings = execute(p, work, tmp)
-        if final.exists() and not opts.force:
-            raise ComposerError(f"OUTPUT {final}: appeared meanwhile (use --force to replace it)")
-        os.replace(tmp, final)
+        _install(tmp, final, force=opts.force)
     in_size, out_size = opts.input.stat().st_size, final.stat().st_size
     info(f"mkksiso: {final}: {out_size / 2**20:.1f} MiB (input {in_size / 2**20:.1f} MiB), volume id {p.new_volid}, "
          f"{time.monotonic() - t0:.1f}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")
     return final
+
+
+@contextlib.contextmanager
+def _scratch(final: Path) -> Iterator[Path]:
+    """A new directory beside `final` (so the ISO is renamed, never copied): a name no
+    one can guess, created exclusively, 0700, so nothing in it can be planted; locked
+    while in use like run.scratch_beside's (a sweep of killed runs' leftovers skips it)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _install(tmp: Path, final: Path, *, force: bool) -> None:
+    """Give the complete ISO its name. rename() and link() replace or refuse a symbolic
+    link at `final` itself, never write its target; without --force a file that
+    appeared meanwhile is kept (link() fails on any existing name)."""
+    if os.path.islink(final):
+        raise ComposerError(f"OUTPUT {final} became a symbolic link (to {os.readlink(final)}) meanwhile: composer "
+                            "never writes through a link; remove the link or choose another OUTPUT")
+    if force:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise ComposerError(f"OUTPUT {final}: appeared meanwhile (use --force to replace it)") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # No hard links here (FAT, some FUSE): check, then rename (the window is tiny).
+        if os.path.lexists(final):
+            raise ComposerError(f"OUTPUT {final}: appeared meanwhile (use --force to replace it)") from None
+        os.replace(tmp, final)
 
 
 def _report_plan(p: Plan) -> None:

@@ -298,6 +298,16 @@ def check_kernel_arg(option: str, value: str) -> str:
     return value
 
 
+def check_kernel_args(option: str, value: str) -> tuple[str, ...]:
+    """Several kernel arguments in one value, separated by spaces (mkksiso's -c and -r):
+    each is checked as check_kernel_arg checks boot-iso's --kernel-arg."""
+    check_line(option, value)
+    words = tuple(check_kernel_arg(option, w) for w in value.split(" ") if w)
+    if not words:
+        raise ComposerError(f"{option} {value!r}: no kernel argument in it (leave the option out)")
+    return words
+
+
 def check_menu_value(option: str, value: str) -> str:
     """A free value that may reach a boot menu: one line, no menu syntax."""
     check_line(option, value)

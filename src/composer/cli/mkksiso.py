@@ -7,6 +7,7 @@ from pathlib import Path
 
 from composer.cli.common import source_date_epoch
 from composer.mkksiso import MkksisoOptions, remaster
+from composer.preflight import check_kernel_args
 from composer.run import ComposerError
 
 
@@ -17,10 +18,14 @@ def options_from_args(args: argparse.Namespace) -> MkksisoOptions:
         if ks is not None:
             raise ComposerError("give the kickstart either as --ks or before INPUT, not both")
         ks = args.ks_pos
-    rm_args = tuple(w for r in args.rm_args for w in r.split())
+    # Each value on its own, so that an empty or bad one is named as given.
+    for value in args.cmdline:
+        check_kernel_args("--cmdline", value)
+    for value in args.rm_args:
+        check_kernel_args("--rm-args", value)
     return MkksisoOptions(
         input=args.input, output=args.output, ks=ks, add=tuple(args.add), cmdline=" ".join(args.cmdline),
-        rm_args=rm_args, volid=args.volid, updates=args.updates, replace=tuple(tuple(r) for r in args.replace),
+        rm_args=tuple(args.rm_args), volid=args.volid, updates=args.updates, replace=tuple(tuple(r) for r in args.replace),
         skip_efiboot=args.skip_mkefiboot, force=args.force, implant_md5=not args.no_md5sum,
         source_date_epoch=source_date_epoch(args.source_date_epoch),
     )
