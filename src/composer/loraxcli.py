@@ -12,7 +12,13 @@ Differences in units and meaning from composer's own command line:
   --config FILE          lorax.conf: [lorax] sharedir, logdir; [compression] type, args, bcj;
                          [compression.erofs]; [output]; [templates]
   --sharedir DIR         a template set, or a directory with templates.d/ (the first is used)
+  --tmp, --workdir       composer's work directory is made inside (a fresh unpredictable
+                         name); refused when a user other than root or composer's own could
+                         change what is in it (a link into another user's directory)
   -V                     prints lorax's style of version and exits
+
+Errors are raised, not printed: composer.cli runs `composer lorax` and the `lorax`
+command the way it runs every subcommand (signals, one-line errors, cleanup).
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import argparse
 import configparser
 import dataclasses
 import datetime
+import os
 import platform
+import pwd
 import shlex
+import stat
 import sys
 import tempfile
 import time
@@ -37,16 +46,17 @@ from composer.dnf import proxy_url
 from composer.images.iso import check_volid, default_volid
 from composer.images.sparse import copy_sparse
 from composer.loraxcheck import check_sharedir
-from composer.loraxlogs import derive_logs
+from composer.loraxlogs import derive_logs, error_lines, read_log
 from composer.outputs.media import copy_file
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
-from composer.preflight import check_compose_inputs
+from composer.preflight import check_compose_inputs, check_dir_creatable, check_outputs_apart
 from composer.product import template_dir
-from composer.run import ComposerError, info, run, set_logging
+from composer.run import ComposerError, debug, info, output_path, run, set_logging
 from composer.runtime import build_runtime, compose_dirs
 from composer.templates import Arch, Product, TemplateRunner, lorax_variables
+from composer.userns import inside
 
-__all__ = ["LoraxPlan", "lorax_parser", "main", "plan_from_argv"]
+__all__ = ["LoraxPlan", "lorax_parser", "plan_from_argv", "run_lorax"]
 
 # lorax's DRACUT_DEFAULT, less "--add fips" (no FIPS module in every distribution's dracut).
 LORAX_DRACUT_DEFAULT = ("--xz", "--install", "/.buildstamp", "--no-early-microcode")
@@ -192,6 +202,50 @@ def find_templates(sharedir: Path) -> Path:
     return sharedir
 
 
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _overflow_uid() -> int:
+    """The owner the kernel shows, in a user namespace, for ids it does not map (root's among them)."""
+    try:
+        return int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        return 65534
+
+
+def trusted_dir(path: Path, option: str) -> Path:
+    """`path` with its links resolved (a /var/tmp linked to a build volume works), refused
+    when a user other than root or composer's own could rename or replace what composer
+    makes in it: a directory on the way that such a user owns, or that others may write
+    without the sticky bit. composer's work directory inside gets a fresh unpredictable
+    name, and nothing outside it is written. In composer's own user namespace (an ordinary
+    user) root's directories show as the overflow uid, so that owner is accepted there."""
+    real = Path(os.path.realpath(path))
+    trusted = {0, os.geteuid()} | ({_overflow_uid()} if inside() else set())
+    shown = f"{option} {path}" + (f" (leads to {real})" if real != Path(os.path.abspath(path)) else "")
+    for d in (real, *real.parents):
+        try:
+            st = os.stat(d)
+        except FileNotFoundError:
+            continue  # composer creates it (as its own user)
+        except OSError as e:
+            raise ComposerError(f"{shown}: {d}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ComposerError(f"{shown}: {d} is not a directory")
+        if st.st_uid not in trusted:
+            raise ComposerError(f"{shown}: {d} belongs to {_owner(st.st_uid)}, who could change what composer builds "
+                                "there; give a directory that only root or you can write")
+        others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()))
+        if others and not st.st_mode & stat.S_ISVTX:
+            raise ComposerError(f"{shown}: {d} is writable by other users (and not sticky), who could change what "
+                                "composer builds there; give a directory that only root or you can write")
+    return real
+
+
 @dataclass(frozen=True)
 class LoraxPlan:
     """A lorax command line as a composer build: the Config, the media options, the
@@ -275,7 +329,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
             raise ComposerError(f"--sharedir {sharedir}: no such directory")
 
     # composer makes its work directory inside this one (and removes it after the build)
-    workdir = (args.workdir if args.workdir is not None else Path(args.tmp)).resolve()
+    workdir = trusted_dir(args.workdir, "--workdir") if args.workdir is not None else trusted_dir(Path(args.tmp), "--tmp")
     buildarch = args.buildarch or platform.machine()
     cfg = Config(
         product=args.product,
@@ -286,7 +340,6 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         repofiles=tuple(p.resolve() for p in args.repos),
         mirrorlists=tuple(args.mirrorlist),
         branding=not args.skip_branding,
-        dnf_logdir=args.logfile.resolve().parent,
         proxy=proxy_url(args.proxy) if args.proxy else None,
         sslverify=not args.noverifyssl,
         enablerepos=tuple(args.enablerepos),
@@ -315,7 +368,7 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         arch_templates=tuple(args.add_arch_templates),
         arch_template_vars=parse_assignments(args.add_arch_template_vars, "--add-arch-template-var"),
         templatedir=templatedir,
-        logfile=args.logfile.resolve(),
+        logfile=output_path(args.logfile),  # a link at its name is refused when opened, never followed
         domacboot=args.domacboot,
         doupgrade=args.doupgrade,
         skip_branding=args.skip_branding,
@@ -414,7 +467,8 @@ def rt_basearch(cfg: Config) -> str:
     return Arch.of(cfg.arch).basearch
 
 
-def run_plan(plan: LoraxPlan) -> int:
+def run_plan(plan: LoraxPlan, tmp: Path) -> int:
+    """The build; `tmp` is a private directory for composer's own runtime template and dnf's logs."""
     cfg = plan.config
     if plan.warnings:
         info("lorax: accepted but not honoured as lorax does: " + "; ".join(plan.warnings))
@@ -428,44 +482,60 @@ def run_plan(plan: LoraxPlan) -> int:
         cfg.workdir.mkdir(parents=True, exist_ok=True)  # lorax makes --tmp and --workdir too
     # composer's own runtime template (buildstamp, pkglists) lives outside the work directory:
     # inputs are never inside an output or work place (preflight refuses that).
-    with tempfile.TemporaryDirectory(prefix="composer-lorax.") as tmp:
-        own = lorax_runtime_template(Path(tmp), buildstamp_text(cfg), plan.logfile.parent / "pkglists")
-        extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
-        cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
-                                  add_templates=(own, *cfg.add_templates))
-        opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
-        check_compose_inputs(cfg, "boot-iso")
-        if lorax_media_mode(template_dir(cfg), rt_basearch(cfg)):
-            compose_lorax_media(cfg, plan, volid)
-        else:
-            compose_boot_iso(cfg, opts)
+    own = lorax_runtime_template(tmp, buildstamp_text(cfg), plan.logfile.parent / "pkglists")
+    extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
+    cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
+                              add_templates=(own, *cfg.add_templates), dnf_logdir=tmp / "dnf-logs")
+    opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
+    check_compose_inputs(cfg, "boot-iso")
+    if lorax_media_mode(template_dir(cfg), rt_basearch(cfg)):
+        compose_lorax_media(cfg, plan, volid)
+    else:
+        compose_boot_iso(cfg, opts)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The `lorax` console command and `composer lorax`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        plan = plan_from_argv(argv)
-    except ComposerError as e:
-        print(f"composer: error: {e}", file=sys.stderr)
-        return 1
-    plan.logfile.parent.mkdir(parents=True, exist_ok=True)
-    set_logging(verbose=False, logfile=plan.logfile)
-    error = None
-    try:
-        return run_plan(plan)
-    except ComposerError as e:
-        error = str(e)
-        print(f"composer: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        error = f"{e.filename}: {e.strerror}" if e.filename else str(e)
-        print(f"composer: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        error = "interrupted"
-        raise
-    finally:
-        # lorax's logs beside --logfile (pylorax.log, program.log); errors reach them too
-        derive_logs(plan.logfile, error)
+def _failure(e: BaseException) -> str:
+    """What lorax.log and pylorax.log say about how the build ended."""
+    if isinstance(e, KeyboardInterrupt):
+        return f"interrupted by {e or 'SIGINT'}"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
+def open_logs(plan: LoraxPlan) -> None:
+    """--logfile as composer's --logfile (no link followed, no FIFO, device or /proc file);
+    pkglists/ beside it must be a directory, never a link to one elsewhere."""
+    check_outputs_apart([("--logfile", plan.logfile)], [])
+    check_dir_creatable(plan.logfile.parent, "--logfile")
+    set_logging(verbose=False, logfile=plan.logfile, option="--logfile")
+    pkglists = plan.logfile.parent / "pkglists"
+    if os.path.islink(pkglists) or (os.path.lexists(pkglists) and not pkglists.is_dir()):
+        raise ComposerError(f"--logfile {plan.logfile}: {pkglists} is a link or not a directory (lorax writes "
+                            "pkglists/ there; composer never writes through a link): remove it")
+
+
+def run_lorax(argv: Sequence[str]) -> int:
+    """`composer lorax ARGS` and the `lorax` command (both through composer.cli.main).
+
+    Usage errors exit 2 as lorax's do; other errors are raised for composer.cli to make
+    one line of. lorax's logs (pylorax.log, program.log, dnf's) are written beside
+    --logfile however the build ends, interrupted included."""
+    plan = plan_from_argv(argv)
+    open_logs(plan)
+    with tempfile.TemporaryDirectory(prefix="composer-lorax.") as tmp:
+        failure = None
+        try:
+            return run_plan(plan, Path(tmp))
+        except BaseException as e:
+            failure = _failure(e)
+            raise
+        finally:
+            if failure is not None:
+                debug(error_lines(failure).rstrip("\n"))
+            try:
+                derive_logs(plan.logfile.parent, read_log(plan.logfile), Path(tmp) / "dnf-logs")
+            except OSError as e:
+                if failure is None:  # a failed build's own error says more than this one
+                    raise ComposerError(f"lorax's logs in {plan.logfile.parent}: {e.strerror}") from None

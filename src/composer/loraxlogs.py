@@ -3,9 +3,13 @@
 lorax writes lorax.log (--logfile), pylorax.log (everything pylorax logs; Pungi greps it
 for "Dependency check failed"), program.log (the programs it ran and their output),
 dnf.log, and pkglists/<package> (the files of each installed package). composer logs
-to one file (--logfile); after a build the first two are derived from it, dnf writes its
-own logs there (Config.dnf_logdir), and pkglists/ is written from the tree's rpm database
-before the cleanup template removes it.
+to one file (--logfile); after a build the first two are derived from it, dnf's own logs
+are moved there from a private directory, and pkglists/ is written from the tree's rpm
+database before the cleanup template removes it.
+
+Every file is written under a fresh unpredictable name in its directory and renamed
+over its final name: a symlink planted at pylorax.log (or any name here) is replaced,
+never followed, so root never writes where a link points.
 
 Run as a script (`python3 loraxlogs.py pkglists TREE DEST`, from a template's runcmd
 on the host) it needs only the standard library: it may run outside composer's sys.path.
@@ -13,7 +17,9 @@ on the host) it needs only the standard library: it may run outside composer's s
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +29,47 @@ RPMDB = "/usr/lib/sysimage/rpm"
 _CMD = re.compile(r"^(\[\s*[\d.]+s\] )?\$ ")
 _STAMP = re.compile(r"^\[\s*[\d.]+s\] ")
 _DEPSOLVE = re.compile(r"nothing provides|conflicts with|Problem( \d+)?:|cannot install|depsolv", re.IGNORECASE)
+
+
+def write_new(dir_fd: int, name: str, data: bytes) -> None:
+    """`name` in the directory `dir_fd` holds `data`, mode 0644: written to a fresh name
+    (O_EXCL: nothing is followed) and renamed over `name`, so a link there is replaced."""
+    tmp = f".{name}.{secrets.token_hex(8)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(tmp, dir_fd)
+        raise
+
+
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def open_dir(path: Path, *, create: bool = False) -> int:
+    """An fd of directory `path`; its last component is never a followed link (a
+    pkglists/ planted as a link to another directory is refused)."""
+    if create:
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, "not a directory (a link or a file where lorax writes a directory)"
+                      if os.path.islink(path) or not os.path.isdir(path) else e.strerror, str(path)) from None
 
 
 def write_pkglists(tree: Path, dest: Path) -> int:
@@ -36,27 +83,56 @@ def write_pkglists(tree: Path, dest: Path) -> int:
         name, sep, path = line.partition("\t")
         if sep and path.startswith("/"):
             files.setdefault(name, []).append(path)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, paths in sorted(files.items()):
-        if "/" in name or name.startswith("."):
-            continue
-        (dest / name).write_text("".join(f"{p}\n" for p in paths))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = open_dir(dest, create=True)
+    except OSError as e:
+        raise SystemExit(f"pkglists: {e.filename}: {e.strerror}") from None
+    try:
+        for name, paths in sorted(files.items()):
+            if "/" in name or name.startswith("."):
+                continue
+            write_new(fd, name, "".join(f"{p}\n" for p in paths).encode())
+    finally:
+        os.close(fd)
     return len(files)
 
 
-def derive_logs(logfile: Path, error: str | None = None) -> None:
-    """pylorax.log and program.log next to logfile, from composer's log; the error (if
-    any) is added to lorax.log and pylorax.log, with lorax's wording for a failed depsolve."""
-    logdir = logfile.parent
-    text = logfile.read_text(errors="replace") if logfile.is_file() else ""
-    if error:
-        tail = f"ERROR: {error}\n"
-        if _DEPSOLVE.search(error):
-            tail += f"Dependency check failed: {error}\n"  # what Pungi looks for in pylorax.log
-        with open(logfile, "a") as f:
-            f.write(tail)
-        text += tail
-    (logdir / "pylorax.log").write_text(text)
+def read_log(path: Path) -> str:
+    """The text of the log composer wrote (opened as set_logging opened it: no link followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def derive_logs(logdir: Path, text: str, dnf_logs: Path | None = None) -> None:
+    """pylorax.log and program.log in logdir from composer's log `text` (what --logfile
+    holds), and dnf's logs moved there from dnf_logs."""
+    fd = open_dir(logdir)
+    try:
+        write_new(fd, "pylorax.log", text.encode(errors="replace"))
+        write_new(fd, "program.log", "".join(f"{line}\n" for line in program_lines(text)).encode(errors="replace"))
+        for log in sorted(dnf_logs.iterdir()) if dnf_logs is not None and dnf_logs.is_dir() else ():
+            if log.is_file() and not log.is_symlink():
+                write_new(fd, log.name, log.read_bytes())
+    finally:
+        os.close(fd)
+
+
+def error_lines(error: str) -> str:
+    """What lorax.log and pylorax.log end with when the build failed: the error, with
+    lorax's wording for a failed depsolve (what Pungi looks for in pylorax.log)."""
+    tail = f"ERROR: {error}\n"
+    if _DEPSOLVE.search(error):
+        tail += f"Dependency check failed: {error}\n"
+    return tail
+
+
+def program_lines(text: str) -> list[str]:
+    """program.log: the commands composer ran, with their multi-line arguments and output."""
     program: list[str] = []
     in_cmd = False
     for line in text.splitlines():
@@ -67,7 +143,7 @@ def derive_logs(logfile: Path, error: str | None = None) -> None:
             program.append(line)  # a command's multi-line argument or output
         else:
             in_cmd = False
-    (logdir / "program.log").write_text("".join(f"{line}\n" for line in program))
+    return program
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -216,14 +217,71 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
 
 
 def test_derived_logs(tmp_path):
-    from composer.loraxlogs import derive_logs
+    from composer.loraxlogs import derive_logs, error_lines
 
-    log = tmp_path / "lorax.log"
-    log.write_text("[    0.1s] install ...\n$ dnf -y install a\n'\n[    0.2s] done\n")
-    derive_logs(log, "dnf transaction failed: Problem: nothing provides libfoo")
+    text = "[    0.1s] install ...\n$ dnf -y install a\n'\n[    0.2s] done\n"
+    text += error_lines("dnf transaction failed: Problem: nothing provides libfoo")
+    dnf_logs = tmp_path / "private"
+    dnf_logs.mkdir()
+    (dnf_logs / "dnf.log").write_text("dnf says\n")
+    derive_logs(tmp_path, text, dnf_logs)
     assert "Dependency check failed: dnf transaction failed" in (tmp_path / "pylorax.log").read_text()
-    assert "ERROR: dnf transaction failed" in log.read_text()
+    assert "ERROR: dnf transaction failed" in (tmp_path / "pylorax.log").read_text()
     assert (tmp_path / "program.log").read_text() == "$ dnf -y install a\n'\n"
+    assert (tmp_path / "dnf.log").read_text() == "dnf says\n"
+
+
+def test_derived_logs_replace_planted_links(tmp_path):
+    """A link planted at pylorax.log, program.log or dnf.log (or in pkglists/) is replaced,
+    never written through; a pkglists/ that is a link is refused."""
+    from composer.loraxlogs import derive_logs, write_pkglists
+
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("pylorax.log", "program.log", "dnf.log"):
+        (logs / name).symlink_to(victim)
+    dnf_logs = tmp_path / "private"
+    dnf_logs.mkdir()
+    (dnf_logs / "dnf.log").write_text("dnf says\n")
+    derive_logs(logs, "$ true\n", dnf_logs)
+    assert victim.read_text() == "root's file\n"
+    assert not any((logs / n).is_symlink() for n in ("pylorax.log", "program.log", "dnf.log"))
+    assert (logs / "program.log").read_text() == "$ true\n"
+    assert sorted(p.name for p in logs.iterdir()) == ["dnf.log", "program.log", "pylorax.log"]  # no temp names left
+    (logs / "pkglists").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(SystemExit, match="pkglists: .*pkglists: not a directory"):
+        write_pkglists(tmp_path / "no-tree", logs / "pkglists")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_tmp_through_links(tmp_path):
+    """--tmp resolved as a user has it (a link to a directory of root's or one's own works);
+    one leading into a directory another user controls is refused."""
+    from composer.loraxcli import trusted_dir
+    from composer.run import ComposerError
+
+    real = tmp_path / "volume"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert trusted_dir(tmp_path / "link" / "lorax", "--tmp") == real / "lorax"
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory of another user's")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    (tmp_path / "planted").symlink_to(foreign)
+    with pytest.raises(ComposerError, match=r"--tmp .*/planted \(leads to .*/foreign\): .*/foreign belongs to "):
+        trusted_dir(tmp_path / "planted", "--tmp")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ComposerError, match="is writable by other users"):
+        trusted_dir(shared / "lorax", "--tmp")
+    shared.chmod(0o1777)  # sticky, as /var/tmp: others cannot rename what composer makes there
+    assert trusted_dir(shared / "lorax", "--tmp") == shared / "lorax"
 
 
 def test_preflight_renders_page_args_of_composer_sets(tmp_path):

@@ -3,7 +3,9 @@
 One module per subcommand family: compose (the options every compose shares, and
 `runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
 sparsify); `composer lorax` is composer.loraxcli. This module parses, dispatches and
-turns every error into one line."""
+turns every error into one line; every subcommand, `composer lorax` and the `lorax`
+command (extras/lorax) included, runs through `_run`: the same signal handling, the
+same one-line errors and exit statuses, the same cleanup."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import argparse
 import re
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from composer import __version__
 from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
 from composer.cli.common import check_logfile
-from composer.loraxcli import main as lorax_main
+from composer.loraxcli import run_lorax
 from composer.run import ComposerError, redact, set_logging
 from composer.userns import command_words, enter_user_namespace
 
@@ -88,24 +91,35 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lorax"]:
         # lorax's own command line (its -v, -V, -c... are not composer's options)
-        try:
-            enter_user_namespace(("lorax",), argv)  # as an ordinary user (composer.userns)
-        except ComposerError as e:
-            print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
-            return 1
-        return lorax_main(argv[1:])
+        return _run(("lorax",), argv, lambda: run_lorax(argv[1:]))
     parser = build_parser()
     try:
         glued = _glue_pass_through(argv)
     except ComposerError as e:
         parser.error(one_line(str(e)))
     args = parser.parse_args(glued)
-    previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
-    try:
-        check_logfile(args.logfile, "--logfile")
-        enter_user_namespace(command_words(args), argv)  # as an ordinary user (composer.userns)
+
+    def command() -> int:
         set_logging(verbose=args.verbose, logfile=args.logfile)
         return args.func(args)
+
+    return _run(command_words(args), argv, command, before=lambda: check_logfile(args.logfile, "--logfile"))
+
+
+def lorax() -> int:
+    """The `lorax` command (extras/lorax, what Pungi runs): `composer lorax` by another name."""
+    return main(["lorax", *sys.argv[1:]])
+
+
+def _run(words: Sequence[str], argv: list[str], command: Callable[[], int],
+         before: Callable[[], None] = lambda: None) -> int:
+    """Run a subcommand: SIGINT, SIGTERM and SIGHUP (what Ctrl-C, Pungi, Koji and a closed
+    terminal send) unwind it, so every cleanup runs; any error ends as one line."""
+    previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}
+    try:
+        before()
+        enter_user_namespace(words, argv)  # as an ordinary user (composer.userns)
+        return command()
     except ComposerError as e:
         print(f"composer: error: {one_line(str(e))}", file=sys.stderr)
         return 1
