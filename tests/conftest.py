@@ -1,4 +1,5 @@
 import importlib
+import json
 import os
 import re
 import shutil
@@ -59,29 +60,47 @@ def testproduct_repo() -> Path:
     return build_testproduct(BUILD / "testproduct")
 
 
+def _current_demo(repo: Path) -> Path | None:
+    """`make demo`'s runtime (BUILD/demo), if this checkout's code made it from the test
+    product's repository as it is now: the same compose the slow tests would run."""
+    from composer.cache import code_digest
+
+    demo = BUILD / "demo"
+    try:
+        manifest = json.loads((demo / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    made = (demo / "manifest.json").stat().st_mtime
+    if manifest.get("composer") != code_digest() or (repo / "repodata" / "repomd.xml").stat().st_mtime > made:
+        return None
+    return demo
+
+
 @pytest.fixture(scope="session")
 def runtime_outputs(testproduct_repo, tmp_path_factory) -> Path:
     """The test product's runtime composed as a user would, every default taken: work dir
     /var/tmp, cache /var/cache/composer (shared with `make demo`: a tree cache hit is an honest
     share, the key covers composer's code), xz, btrfs. Slow tests share it.
 
-    COMPOSER_TEST_RUNTIME=DIR reuses an earlier `composer runtime` output with the same defaults
-    instead: CI points it at `make demo`'s output (the same compose, in the same clone, a
-    minute earlier), which these tests then inspect and boot.
+    `make demo` composes exactly this (its log is BUILD/demo.log): when this checkout's code
+    made it from the repository as it is now, the tests inspect and boot it instead of
+    composing it again.
     """
-    given = os.environ.get("COMPOSER_TEST_RUNTIME")
-    if given:
-        out = Path(given).resolve()
-        log = out.parent / f"{out.name}.log"  # `make demo` logs beside its output
+    out = _current_demo(testproduct_repo)
+    if out is not None:
+        log = BUILD / "demo.log"
     else:
         out = tmp_path_factory.mktemp("runtime") / "out"
         log = out.parent / "build.log"
         composer("--logfile", str(log), "runtime", "--product", "TestProduct", "--version", "1",
                  "--source", f"file://{testproduct_repo}", "--nogpgcheck", str(out))
-    if log.exists():
-        works = set(re.findall(r"--installroot=(/var/tmp/composer-build\.[0-9a-f]+)/tree", log.read_text()))
-        assert works, "the build did not work under the default /var/tmp"
-        assert not any(Path(w).exists() for w in works), "the work directory was not cleaned up"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["rootfs_type"], manifest["compression"]) == ("btrfs", "xz"), manifest
+    # Every build says where it worked, whether dnf ran or the tree came from the cache.
+    text = log.read_text()
+    works = re.findall(r"work directory (/var/tmp/composer-build\.[0-9a-f]+), cache /var/cache/composer$", text, re.M)
+    assert works, "the build did not work under the default /var/tmp with the default cache"
+    assert not any(Path(w).exists() for w in works), "the work directory was not cleaned up"
     return out
 
 

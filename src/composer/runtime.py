@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from composer import dracut, treecheck
-from composer.cache import cached_install
+from composer.cache import cached_install, code_digest
 from composer.config import Config, RootfsType
 from composer.dnf import RPMDB, DnfSession, dnf_config, tree_ids
 from composer.images.rootfs import make_rootfs, tree_size
@@ -79,6 +79,8 @@ def workdir_for(cfg: Config):
     remove_stale(parent, WORKDIR_PREFIX + "*")
     d = parent / (WORKDIR_PREFIX + secrets.token_hex(4))
     fd = locked_mkdir(d)
+    # Where a build ran, whether or not dnf ran (a tree cache hit runs none).
+    info(f"work directory {d}, cache {cfg.cachedir if cfg.use_cache else '(none: --no-cache)'}")
     try:
         yield d
     finally:
@@ -289,6 +291,7 @@ def compose_runtime(cfg: Config) -> Path:
                 rt.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
             rt.timings["outputs"] = round(time.monotonic() - start, 2)
             write_manifest(out, rt.packages, {
+                "composer": code_digest(),  # what made it: its version and a digest of its code
                 "product": cfg.product, "version": cfg.version, "arch": cfg.arch,
                 "rootfs_type": str(cfg.rootfs_type), "compression": str(cfg.compression),
                 "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,

@@ -56,10 +56,11 @@ def test_qemu_argv_kvm_and_errors() -> None:
 
 
 def test_resolve_accel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "kvm_usable", lambda: False)
+    assert verify.kvm_usable(None) is False  # nothing to prove KVM on: TCG
+    monkeypatch.setattr(verify, "kvm_usable", lambda kernel: False)
     assert resolve_accel("auto") == "tcg"
-    monkeypatch.setattr(verify, "kvm_usable", lambda: True)
-    assert resolve_accel("auto") == "kvm"
+    monkeypatch.setattr(verify, "kvm_usable", lambda kernel: kernel is not None)
+    assert resolve_accel("auto", Path("vmlinuz")) == "kvm"
     assert resolve_accel("tcg") == "tcg"
     with pytest.raises(ComposerError):
         resolve_accel("hvf")
