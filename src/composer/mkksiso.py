@@ -326,8 +326,10 @@ def check_edited(old: str, new: str, kind: str, edit: MenuEdit, where: str) -> N
     if kind == "grub":
         old_shape, new_shape = _grub_shape(old), _grub_shape(new)
         if old_shape != new_shape:
-            n = next((a[0] for a, b in zip(old_shape[0], new_shape[0], strict=False) if a != b),
-                     len(new_lines) - 1)
+            # The first line where an operator moved (or the last, if only the ending quote differs).
+            o, w = old_shape[0], new_shape[0]
+            i = next((k for k in range(min(len(o), len(w))) if o[k] != w[k]), min(len(o), len(w)))
+            n = min([ops[i][0] for ops in (o, w) if i < len(ops)] or [len(new_lines) - 1])
             raise ComposerError(f"{where}:{n + 1}: the edited line {new_lines[n].strip()!r} is no longer "
                                 f"the command it was; {how}")
     before, after = _kernel_lines(old, kind), _kernel_lines(new, kind)

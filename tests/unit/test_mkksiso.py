@@ -462,3 +462,107 @@ def test_bad_input(case, bad_inputs, tmp_path):
     assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
     assert fill(expect) in errors[0], errors[0]
     assert (_snapshot(bad_inputs), _snapshot(tmp_path)) == before
+
+
+# --------------------------------------------------------------------------- menu injection (issue 20)
+
+
+def test_grub_lexer_sees_commands_comments_and_blocks():
+    text = "set a='x y' ; linux /k quiet # inst.ks=gone\nmenuentry 'T' {\n  linux /k \"b c\" d\\ e ${root}/x\n}\n"
+    assert mk.grub_commands(text) == [(0, ["set", "a=x y"]), (0, ["linux", "/k", "quiet"]), (1, ["menuentry", "T"]),
+                                      (2, ["linux", "/k", "b c", "d e", "${root}/x"])]
+    assert mk.grub_tokens("echo 'open\n")[1] is True
+    assert mk.grub_command_end("/k quiet ; reboot") == 9
+    assert mk.grub_command_end("/k 'a;b' \"#\" x#y # c") == 17
+    assert mk.grub_command_end("/k quiet") == len("/k quiet")
+
+
+def test_edit_grub_menu_adds_before_a_comment_or_a_next_command():
+    """Before: inst.ks= went after `# comment` (commented out) or after `; echo` (echo's argument)."""
+    text = "linux /vmlinuz quiet # keep\nlinux /vmlinuz a ; echo hi\n"
+    new, count = mk.edit_menu(text, "grub", _edit(add=("inst.ks=hd:LABEL=X:/ks.cfg",)))
+    assert count == 2
+    assert new == ("linux /vmlinuz quiet inst.ks=hd:LABEL=X:/ks.cfg # keep\n"
+                   "linux /vmlinuz a inst.ks=hd:LABEL=X:/ks.cfg ; echo hi\n")
+
+
+@pytest.mark.parametrize(("replace", "expect"), [
+    ((" ", ""), "leaves 0 kernel command lines of 2"),  # linux/images/pxeboot/vmlinuz...
+    (("{", ""), "g.cfg:3: the edited line \"menuentry 'Start Test-1-x86_64 now' --class x --id start\" is no longer"),
+    (("' --class", " --class"), "g.cfg:3: the edited line"),  # a quote left open
+    (("linux", "echo"), "leaves 0 kernel command lines of 2"),
+    (("quiet", "x\ny"), "changes its number of lines"),
+])
+def test_edited_menu_that_would_not_boot_as_meant_is_refused(replace, expect):
+    with pytest.raises(ComposerError, match=re.escape(expect)):
+        mk.edit_menu(GRUB_CFG, "grub", _edit(add=("inst.ks=hd:LABEL=X:/ks.cfg",), replace=(replace,)), "g.cfg")
+
+
+@pytest.mark.parametrize(("field", "value", "expect"), [
+    ("cmdline", "quiet;reboot", "--cmdline 'quiet;reboot': holds ';'"),
+    ("cmdline", "a}", "--cmdline 'a}': holds '}'"),
+    ("cmdline", "$(reboot)", "--cmdline '$(reboot)': holds '$'"),
+    ("cmdline", "#", "--cmdline '#': holds '#'"),
+    ("cmdline", "a\nb", "holds a newline"),
+    ("cmdline", 'x="a b"', "holds '\"'"),
+    ("rm_args", ("quiet;x",), "--rm-args 'quiet;x': holds ';'"),
+    ("rm_args", ("",), "--rm-args '': no kernel argument"),
+    ("replace", (("", "x"),), "--replace '' 'x': FROM is empty"),
+    ("replace", (("quiet", "quiet;reboot"),), "TO holds ';'"),
+    ("replace", (("'", ""),), "FROM holds \"'\""),
+])
+def test_menu_values_are_checked_as_kernel_arguments(field, value, expect):
+    """Before: each of these reached every menu as it was (exit 0)."""
+    opts = mk.MkksisoOptions(input=Path("/nonexistent"), output=Path("/nonexistent.iso"), **{field: value})
+    with pytest.raises(ComposerError, match=re.escape(expect)):
+        mk.check_menu_options(opts)
+
+
+@needs_tools
+@pytest.mark.parametrize("force", [False, True])
+def test_output_symlink_is_refused_and_its_target_kept(small_isos, tmp_path, force):
+    """Before: --force renamed the new ISO over the link's target (OUTPUT was resolved)."""
+    ks, _ = remaster_inputs(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (tmp_path / "out.iso").symlink_to(victim)
+    proc = composer("mkksiso", *(["--force"] if force else []), "--ks", str(ks), str(small_isos["grub2"]),
+                    str(tmp_path / "out.iso"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"OUTPUT {tmp_path}/out.iso is a symbolic link (to {victim})" in proc.stderr.splitlines()[-1]
+    assert victim.read_text() == "keep me\n" and os.readlink(tmp_path / "out.iso") == str(victim)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra", "ks.cfg", "out.iso", "victim"]
+
+
+@needs_tools
+def test_scratch_name_is_not_predictable(small_isos, tmp_path):
+    """Before: the scratch was .NAME.partial-PID: a link planted there made the run fail
+    (rmtree of a link) or, as a directory of another user's, be deleted."""
+    ks, _ = remaster_inputs(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep\n")
+    (tmp_path / f".out.iso.partial-{os.getpid()}").symlink_to(elsewhere)
+    mk.remaster(mk.MkksisoOptions(input=small_isos["grub2"], output=tmp_path / "out.iso", ks=ks, implant_md5=False))
+    assert (elsewhere / "precious").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.iso.partial-{os.getpid()}", "elsewhere", "extra",
+                                                          "ks.cfg", "out.iso"]
+
+
+@needs_tools
+def test_force_replaces_a_regular_output_only_when_complete(small_isos, tmp_path, monkeypatch):
+    ks, _ = remaster_inputs(tmp_path)
+    out = tmp_path / "out.iso"
+    out.write_text("old\n")
+
+    def fail(*_a, **_k):
+        raise ComposerError("implantisomd5 failed")
+
+    monkeypatch.setattr(mk, "supported_iso", fail)
+    with pytest.raises(ComposerError):
+        mk.remaster(mk.MkksisoOptions(input=small_isos["grub2"], output=out, ks=ks, force=True))
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra", "ks.cfg", "out.iso"]
+    monkeypatch.undo()
+    mk.remaster(mk.MkksisoOptions(input=small_isos["grub2"], output=out, ks=ks, force=True))
+    assert out.stat().st_size > 100_000 and not out.is_symlink()
