@@ -26,10 +26,10 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import ParseResult, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 from composer.config import Config, DnfChoice
-from composer.run import CommandError, ComposerError, debug, info, run
+from composer.run import MASK, CommandError, ComposerError, debug, info, redact, register_secret, run
 from composer.userns import inside as userns_inside
 
 # Where rpm keeps its database inside the tree. Debian's rpm defaults to ~/.rpmdb,
@@ -65,6 +65,8 @@ class DnfConfig:
     logdir: Path | None = None  # where dnf writes its logs (None: the work directory's dnf-log)
 
 
+# dnf's own log files (dnf 4: dnf.log, dnf.librepo.log, dnf.rpm.log, hawkey.log; dnf5: dnf5.log).
+_DNF_LOGS = ("dnf", "hawkey")
 # Environment variable naming a --dnf-root when the option is not given.
 DNF_ROOT_ENV = "COMPOSER_DNF_ROOT"
 # Program names to try, in order, for each choice (a Fedora 41+ `dnf` is dnf5, `dnf4` and
@@ -195,8 +197,11 @@ PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 
 
 def proxy_url(text: str) -> str:
-    """A proxy as given on a command line: 'host:port' is http, as libcurl takes it."""
-    return text if "://" in text else f"http://{text}"
+    """A proxy as given on a command line: 'host:port' is http, as libcurl takes it. Its
+    password is a secret from here on."""
+    url = text if "://" in text else f"http://{text}"
+    split_userinfo(url)
+    return url
 
 
 def check_proxy(url: str, option: str = "--proxy") -> None:
@@ -255,18 +260,56 @@ def check_url(url: str, option: str) -> ParseResult:
 
 _URL_KEYS = ("baseurl", "mirrorlist", "metalink")
 _URL_SCHEMES = ("file", "http", "https", "ftp")
+# dnf's repository options that hold credentials: written only into the 0600 files dnf
+# reads while it runs, never onto a command line or into a log. The passwords are secrets
+# (run.register_secret); user names are only kept out of sight with them.
+CREDENTIAL_KEYS = ("username", "password", "proxy_username", "proxy_password")
+SECRET_KEYS = ("password", "proxy_password")
+# How packages are fetched, not what they are: not part of a tree's cache key.
+_FETCH_KEYS = ("proxy", "proxy_auth_method", "sslverify", *CREDENTIAL_KEYS)
+_AUTHORITY = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)([^/?#]*)")
 
 
-def check_repofile(path: Path) -> None:
-    """A .repo file dnf can use: ini sections, each with a way to reach its packages,
-    every URL a URL (librepo asserts on a garbage metalink and leaves its locks)."""
-    import configparser
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """url without its user:password@, and the user and password (percent-decoded; None
+    where not given). The password is a secret from now on, in either spelling."""
+    m = _AUTHORITY.match(url)
+    if not m or "@" not in m.group(2):
+        return url, None, None
+    # The host follows the last "@" (as urlsplit reads it): a password may hold one.
+    userinfo, _, host = m.group(2).rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    if sep:
+        register_secret(password)
+        register_secret(unquote(password))
+    return m.group(1) + host + url[m.end():], unquote(user), unquote(password) if sep else None
 
+
+@dataclasses.dataclass(frozen=True)
+class RepoSection:
+    """One [section] of a .repo file: its options in order (names as written), and
+    the line each option is on (for messages)."""
+
+    name: str
+    options: tuple[tuple[str, str], ...]
+    lines: tuple[tuple[str, int], ...] = ()
+
+    def get(self, key: str) -> str:
+        return next((v.strip() for k, v in self.options if k.lower() == key), "")
+
+    def line_of(self, key: str) -> int | None:
+        return next((n for k, n in self.lines if k.lower() == key), None)
+
+
+def read_repofile(path: Path) -> list[RepoSection]:
+    """A dnf .repo file's sections: the one reading every check and use of --repo shares.
+    Its passwords are secrets (masked in all composer prints) from here on."""
     if not path.exists():
         raise ComposerError(f"--repo {path}: no such file")
     if not path.is_file():
         raise ComposerError(f"--repo {path}: not a regular file (give a dnf .repo file)")
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\0none")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # dnf's option names as written
     try:
         text = path.read_text(errors="replace")
         parser.read_string(text, source=str(path))
@@ -281,26 +324,36 @@ def check_repofile(path: Path) -> None:
         raise ComposerError(f"--repo {at}: not a .repo file: {e.message}") from None
     except OSError as e:
         raise ComposerError(f"--repo {path}: {e.strerror or e}") from None
-    if not parser.sections():
+    lines: dict[str, list[tuple[str, int]]] = {}
+    section = None
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if s.startswith("["):
+            section = s[1:].partition("]")[0].strip()
+        elif section is not None and (m := re.match(r"([^=:\s][^=:]*?)\s*[=:]", line)):
+            lines.setdefault(section, []).append((m.group(1), n))
+    sections = [RepoSection(name, tuple(parser.items(name)), tuple(lines.get(name, ()))) for name in parser.sections()]
+    for sec in sections:
+        for key in SECRET_KEYS:
+            register_secret(sec.get(key))
+        for key in (*_URL_KEYS, "proxy"):
+            for url in re.split(r"[\s,]+", sec.get(key)):
+                split_userinfo(url)
+    return sections
+
+
+def check_repofile(path: Path) -> None:
+    """A .repo file dnf can use: ini sections, each with a way to reach its packages,
+    every URL a URL (librepo asserts on a garbage metalink and leaves its locks)."""
+    sections = read_repofile(path)
+    if not sections:
         raise ComposerError(f"--repo {path}: no [repository] section")
-    lines = text.splitlines()
-
-    def where(section: str, key: str) -> str:
-        """path:line of `key` in [section] (for the message)."""
-        inside = False
-        for n, line in enumerate(lines, 1):
-            s = line.strip()
-            if s.startswith("["):
-                inside = s == f"[{section}]"
-            elif inside and re.match(rf"{re.escape(key)}\s*[=:]", s):
-                return f"{path}:{n}"
-        return str(path)
-
-    for name in parser.sections():
-        if not any(parser.get(name, key, fallback="").strip() for key in _URL_KEYS):
+    for sec in sections:
+        name = sec.name
+        if not any(sec.get(key) for key in _URL_KEYS):
             raise ComposerError(f"--repo {path}: [{name}] has no baseurl, mirrorlist or metalink")
         for key in _URL_KEYS:
-            value = parser.get(name, key, fallback="").strip()
+            value = sec.get(key)
             urls = re.split(r"[\s,]+", value) if key == "baseurl" else [value]
             for url in urls:
                 if not url:
@@ -312,8 +365,110 @@ def check_repofile(path: Path) -> None:
                     parsed = urlparse("")
                 if parsed.scheme not in _URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc) \
                         or any(not c.isprintable() or c.isspace() for c in url):
-                    raise ComposerError(f"--repo {where(name, key)}: [{name}] {key} {url!r} is not a URL "
+                    line = sec.line_of(key)
+                    where = f"{path}:{line}" if line else str(path)
+                    raise ComposerError(f"--repo {where}: [{name}] {key} {url!r} is not a URL "
                                         "(file:///path, http://, https://)")
+
+
+def repofile_paths(path: Path) -> list[Path]:
+    """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
+    try:
+        sections = read_repofile(path)
+    except ComposerError:
+        return []
+    found = []
+    for sec in sections:
+        for url in re.split(r"[\s,]+", sec.get("baseurl")):
+            parsed = _urlparse(url)
+            if parsed.scheme == "file" and parsed.path:
+                found.append(Path(unquote(parsed.path)))
+    return found
+
+
+def _urlparse(url: str) -> ParseResult:
+    try:
+        return urlparse(url)
+    except ValueError:
+        return urlparse("")
+
+
+@dataclasses.dataclass(frozen=True)
+class Repository:
+    """One repository dnf reads, as composer writes it into dnf's reposdir: from a
+    --source, a --mirrorlist or a section of a --repo file. Credentials are options of
+    their own (username=, password=, ...), never part of a URL: librepo logs the URLs it
+    fetches, and dnf logs and records its command line."""
+
+    id: str
+    origin: str  # how messages name it ("--source URL"; a URL's credentials are masked when shown)
+    options: tuple[tuple[str, str], ...]
+
+    def text(self, *, secrets: bool) -> str:
+        """The [section] for dnf (secrets: with the passwords, else with them masked)."""
+        out = [f"[{self.id}]"]
+        for key, value in self.options:
+            if not secrets and key.lower() in SECRET_KEYS:
+                value = MASK
+            out.append(f"{key}={value.strip()}".replace("\n", "\n  "))  # continuation lines, as dnf reads them
+        return "\n".join(out) + "\n"
+
+    def shaping(self) -> list[str]:
+        """Its options that decide what dnf installs (for the tree cache's key)."""
+        return [f"repo {self.id}: {k}={v.strip()}" for k, v in self.options if k.lower() not in _FETCH_KEYS]
+
+
+def _with_credentials(options: list[tuple[str, str]], proxy: str | None) -> list[tuple[str, str]]:
+    """options with the credentials of its URLs (and of `proxy`, for a section without a
+    proxy of its own) moved into options of their own."""
+    have = {k.lower() for k, _ in options}
+    out: list[tuple[str, str]] = []
+    extra: dict[str, str] = {}
+    if proxy and "proxy" not in have:
+        options = [*options, ("proxy", proxy)]
+    for key, value in options:
+        if key.lower() in (*_URL_KEYS, "proxy"):
+            prefix = "proxy_" if key.lower() == "proxy" else ""
+            urls = []
+            for url in re.split(r"([\s,]+)", value):
+                bare, user, password = split_userinfo(url)
+                urls.append(bare)
+                if user is not None and f"{prefix}username" not in have:
+                    extra.setdefault(f"{prefix}username", user)
+                    if password is not None:
+                        extra.setdefault(f"{prefix}password", password)
+            value = "".join(urls)
+        out.append((key, value))
+    return out + sorted(extra.items())
+
+
+SOURCES_REPO = "composer-sources.repo"
+
+
+def repositories(config: DnfConfig) -> list[tuple[str, list[Repository]]]:
+    """The repositories of a build, by the file composer writes each into (reposdir)."""
+    gpgcheck = "0" if config.nogpgcheck else "1"
+    sources = []
+    for i, url in enumerate(config.sources):
+        opts = [("name", _repo_id(url, i)), ("baseurl", url), ("enabled", "1"), ("gpgcheck", gpgcheck),
+                ("skip_if_unavailable", "False")]
+        if url.startswith("file:"):
+            # A local repository may be rebuilt between runs: never trust cached metadata.
+            opts.append(("metadata_expire", "0"))
+        sources.append(Repository(_repo_id(url, i), f"--source {url}", tuple(_with_credentials(opts, config.proxy))))
+    mirrors = []
+    for i, url in enumerate(config.mirrorlists):
+        opts = [("name", _mirror_id(url, i)), ("mirrorlist", url), ("enabled", "1"), ("gpgcheck", gpgcheck),
+                ("skip_if_unavailable", "False"), ("metadata_expire", "0")]
+        mirrors.append(Repository(_mirror_id(url, i), f"--mirrorlist {url}",
+                                  tuple(_with_credentials(opts, config.proxy))))
+    files = [(SOURCES_REPO, sources), ("composer-mirrors.repo", mirrors)]
+    for i, f in enumerate(config.repofiles):
+        repos = [Repository(sec.name, f"--repo {f} [{sec.name}]",
+                            tuple(_with_credentials(list(sec.options), config.proxy if sec.name != "main" else None)))
+                 for sec in read_repofile(f)]
+        files.append((f"repo{i}-{f.name.removesuffix('.repo')}.repo", repos))
+    return [(name, repos) for name, repos in files if repos]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,22 +543,50 @@ class DnfSession:
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / ".rpmmacros").write_text(RPMMACROS)
+        # Repository definitions (with their credentials while dnf runs: _credentials) and
+        # dnf's temporary files stay in the work directory, which cleanup removes.
         self.reposdir = workdir / "repos.d"
-        self.reposdir.mkdir(exist_ok=True)
-        for f in config.repofiles:
-            shutil.copy(f, self.reposdir / f.name)
-        for i, url in enumerate(config.mirrorlists):
-            # A repository dnf reads from a mirrorlist: a .repo of our own, as --repo files are.
-            rid = _mirror_id(url, i)
-            (self.reposdir / f"composer-{rid}.repo").write_text(
-                f"[{rid}]\nname={rid}\nmirrorlist={url}\nenabled=1\ngpgcheck={0 if config.nogpgcheck else 1}\n"
-                "skip_if_unavailable=False\nmetadata_expire=0\n")
+        self.reposdir.mkdir(mode=0o700, exist_ok=True)
+        self.repositories = repositories(config)
+        self._write_repos(secrets=False)
+        tmpdir = workdir / "tmp"
+        tmpdir.mkdir(mode=0o700, exist_ok=True)
         self.logdir = config.logdir or workdir / "dnf-log"
         self.logdir.mkdir(parents=True, exist_ok=True)
         (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
-        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8", "TMPDIR": str(tmpdir)}
         self._program: DnfProgram | None = None
+
+    def _write_repos(self, *, secrets: bool) -> None:
+        """reposdir's files, 0600 (secrets: the passwords in, else masked, as a kept work
+        directory shows them)."""
+        for name, repos in self.repositories:
+            fd = os.open(self.reposdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write("\n".join(r.text(secrets=secrets) for r in repos))
+
+    @contextlib.contextmanager
+    def _credentials(self) -> Iterator[None]:
+        """The repositories' credentials in reposdir while dnf runs, and only then."""
+        self._write_repos(secrets=True)
+        try:
+            yield
+        finally:
+            self._write_repos(secrets=False)
+            self._scrub_logs()
+
+    def _scrub_logs(self) -> None:
+        """dnf's logs with every secret composer knows masked: a credential dnf was not given
+        (a mirror list's URLs) must not stay in a log others read."""
+        for log in self.logdir.glob("*.log"):
+            if log.name.startswith(_DNF_LOGS) and log.is_file() and not log.is_symlink():
+                text = log.read_text(errors="surrogateescape")
+                clean = redact(text)
+                if clean != text:
+                    log.write_text(clean, errors="surrogateescape")
 
     @property
     def program(self) -> DnfProgram:
@@ -415,18 +598,15 @@ class DnfSession:
 
     def _local_paths(self) -> list[Path]:
         """Host paths dnf reads besides the work tree: local repositories and keys."""
-        local = [*self.config.sources, *(u for m in self.config.mirrorlists for u in (m, *mirrorlist_urls(m)))]
-        paths = [Path(urlparse(u).path) for u in local if u.startswith("file:")]
-        for f in self.config.repofiles:
-            parser = configparser.ConfigParser(interpolation=None, strict=False)
-            with contextlib.suppress(configparser.Error, OSError):
-                parser.read(f)
-            for section in parser.sections():
-                for key in ("baseurl", "gpgkey", "mirrorlist", "metalink"):
-                    for url in re.split(r"[\s,]+", parser.get(section, key, fallback="").strip()):
+        paths = [Path(urlparse(u).path) for m in self.config.mirrorlists for u in mirrorlist_urls(m)
+                 if u.startswith("file:")]
+        for repo in (r for _, repos in self.repositories for r in repos):
+            for key, value in repo.options:
+                if key.lower() in (*_URL_KEYS, "gpgkey"):
+                    for url in re.split(r"[\s,]+", value.strip()):
                         if url.startswith("file:"):
                             path = Path(urlparse(url).path)
-                            paths.append(path if key == "baseurl" else path.parent)
+                            paths.append(path if key.lower() == "baseurl" else path.parent)
         return paths
 
     def _sandbox(self, transaction: bool) -> list[str]:
@@ -487,24 +667,18 @@ class DnfSession:
             argv.append("--setopt=tsflags=nodocs")
         if c.nogpgcheck:
             argv.append("--nogpgcheck")
-        for i, url in enumerate(c.sources):
-            rid = _repo_id(url, i)
-            argv.append(f"--repofrompath={rid},{url}")
-            if url.startswith("file:"):
-                # A local repository may be rebuilt between runs: never trust cached metadata.
-                argv.append(f"--setopt={rid}.metadata_expire=0")
-            # gpgcheck is per repo for --repofrompath repos
-            argv.append(f"--setopt={rid}.gpgcheck={'0' if c.nogpgcheck else '1'}")
-            argv.append(f"--setopt={rid}.skip_if_unavailable=False")
         for pattern in c.excludepkgs:
             argv.append(f"--exclude={pattern}")
         # Enabled first, then disabled, as lorax applies them; dnf5 spells the options its way.
         five = program.flavor is DnfChoice.DNF5
         argv += [f"--{'enable-repo' if five else 'enablerepo'}={g}" for g in c.enablerepos]
         argv += [f"--{'disable-repo' if five else 'disablerepo'}={g}" for g in c.disablerepos]
+        if c.disablerepos:
+            # The --source repositories are not the .repo files' to switch off (as when they
+            # were dnf's --repofrompath, which nothing disables).
+            argv += [f"--{'enable-repo' if five else 'enablerepo'}={r.id}" for r in self._sources()]
         # How packages are fetched, not which: left out of the cache key (shaping_options).
-        if c.proxy:
-            argv.append(f"--setopt=proxy={c.proxy}")
+        # The proxy and the credentials are in the repositories' files (_credentials).
         if not c.sslverify:
             argv.append("--setopt=sslverify=False")
         return argv
@@ -513,9 +687,13 @@ class DnfSession:
         """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
         local = ("--installroot=", "--setopt=reposdir=") + tuple(
             f"--setopt={o}=" for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir",
-                                       "transaction_history_dir", "proxy", "sslverify"))
+                                       "transaction_history_dir", "sslverify"))
         # Which dnf (and rpm) it is, not where it lives: dnf 4 and dnf5 trees differ (rpm database).
-        return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(local)]
+        repos = [line for _, rs in self.repositories for r in rs for line in r.shaping()]
+        return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(local)] + repos
+
+    def _sources(self) -> list[Repository]:
+        return next((repos for name, repos in self.repositories if name == SOURCES_REPO), [])
 
     def _rpm(self, *args: str) -> str:
         # The rpm beside dnf: the database it wrote is the one it reads best.
@@ -562,7 +740,7 @@ class DnfSession:
     def _dnf(self, *args: str, capture: bool = False, transaction: bool = False) -> subprocess.CompletedProcess[bytes]:
         # Scriptlets get /dev, /proc and /sys as on a real system (see _sandbox).
         argv = self._dnf_argv() + list(args)
-        with self._tidy():
+        with self._tidy(), self._credentials():
             return run(self._sandbox(transaction) + argv, env=self.env, capture=capture)
 
     # -- what the repositories offer ---------------------------------------------
@@ -590,11 +768,10 @@ class DnfSession:
     def _repo_error(self, stderr: str) -> str:
         """dnf's complaint about a repository, naming the --source it came from."""
         reason = _dnf_reason(stderr)
-        origins = {_repo_id(url, i): f"--source {url}" for i, url in enumerate(self.config.sources)}
-        origins.update({_mirror_id(url, i): f"--mirrorlist {url}" for i, url in enumerate(self.config.mirrorlists)})
-        for f in self.config.repofiles:
-            for section in _repo_sections(f):
-                origins.setdefault(section, f"--repo {f} [{section}]")
+        origins: dict[str, str] = {}
+        for _, repos in self.repositories:
+            for r in repos:
+                origins.setdefault(r.id, r.origin)
         for rid, origin in origins.items():
             # dnf 4: "... for repo 'ID'"; dnf5: '... for repository "ID": ...'.
             for quoted in (f"'{rid}'", f'"{rid}"'):
@@ -713,29 +890,26 @@ class DnfSession:
         """
         h = hashlib.sha256()
         remote_ids: list[str] = []
+        # Credentials say who fetches, not what: a changed password keeps the key.
         for i, url in enumerate(self.config.sources):
-            h.update(url.encode() + b"\0")
+            h.update(split_userinfo(url)[0].encode() + b"\0")
             parsed = urlparse(url)
             if parsed.scheme == "file":
                 h.update((Path(parsed.path) / "repodata" / "repomd.xml").read_bytes())
             else:
                 remote_ids.append(_repo_id(url, i))
         for i, url in enumerate(self.config.mirrorlists):
-            h.update(url.encode() + b"\0")
+            h.update(split_userinfo(url)[0].encode() + b"\0")
             bases = mirrorlist_urls(url)
             if bases and all(b.startswith("file:") for b in bases):
                 for b in bases:
                     h.update((Path(urlparse(b).path) / "repodata" / "repomd.xml").read_bytes())
             else:
                 remote_ids.append(_mirror_id(url, i))
-        for f in self.config.repofiles:
-            h.update(f.read_bytes())
-            parser = configparser.ConfigParser(interpolation=None, strict=False)
-            try:
-                parser.read_string(f.read_text(), source=str(f))
-            except configparser.Error as e:
-                raise ComposerError(f"--repo {f}: cannot parse: {e}") from None
-            remote_ids += [sec for sec in parser.sections() if sec != "main"]
+        for r in (r for _, repos in self.repositories for r in repos if r.origin.startswith("--repo ")):
+            h.update("\n".join(r.shaping()).encode() + b"\0")
+            if r.id != "main":
+                remote_ids.append(r.id)
         if remote_ids:
             self.available()
             for rid in remote_ids:
@@ -744,17 +918,6 @@ class DnfSession:
                                key=lambda p: p.stat().st_mtime)
                 h.update(rid.encode() + b"\0" + (found[-1].read_bytes() if found else b"(no metadata)"))
         return h.hexdigest()
-
-
-def _repo_sections(path: Path) -> list[str]:
-    import configparser
-
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(path)
-    except configparser.Error:
-        return []
-    return parser.sections()
 
 
 def _dnf_reason(stderr: str) -> str:

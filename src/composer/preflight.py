@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse, urlsplit
 
 from composer.config import Config
-from composer.dnf import check_config, dnf_config, mirrorlist_urls
+from composer.dnf import check_config, dnf_config, mirrorlist_urls, repofile_paths
 from composer.product import RUNTIME_TEMPLATES, template_dir, template_variables
 from composer.run import DATADIR, ComposerError, check_replaceable, output_path
 from composer.templates import TemplateRunner
@@ -155,7 +155,7 @@ def compose_inputs(cfg: Config) -> list[Place]:
                         places.append(Place(Path(unquote(_urlparse(base).path)), f"{base}, listed by --mirrorlist {url}"))
     for f in cfg.repofiles:
         places.append(Place(f, f"--repo {f}"))
-        places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in _repofile_paths(f)]
+        places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in repofile_paths(f)]
     for t in cfg.add_templates:
         places.append(Place(t, f"--add-template {t}"))
     if cfg.dracut_conf is not None:
@@ -171,21 +171,6 @@ def _urlparse(url: str):  # noqa: ANN202
         return urlparse(url)
     except ValueError:
         return urlparse("")
-
-
-def _repofile_paths(path: Path) -> list[Path]:
-    """Local directories a .repo file's baseurls name (best effort: check_repofile judges the file)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    found = []
-    for m in re.finditer(r"^\s*baseurl\s*=\s*(.*)$", text, re.M):
-        for url in re.split(r"[\s,]+", m.group(1).strip()):
-            parsed = _urlparse(url)
-            if parsed.scheme == "file" and parsed.path:
-                found.append(Path(unquote(parsed.path)))
-    return found
 
 
 def check_file(path: Path | None, option: str) -> None:

@@ -24,10 +24,13 @@ def test_dnf_argv_carries_the_build_settings(tmp_path):
     assert "--releasever=43" in argv
     assert "--setopt=install_weak_deps=False" in argv
     assert "--exclude=foo*" in argv
-    assert any(a.startswith("--repofrompath=") and a.endswith("," + url) for a in argv)
+    # The source is a repository of dnf's reposdir (no URL on the command line).
+    assert f"--setopt=reposdir={tmp_path / 'work' / 'repos.d'}" in argv
+    repo = (tmp_path / "work" / "repos.d" / "composer-sources.repo").read_text()
+    assert f"baseurl={url}\n" in repo and "metadata_expire=0\n" in repo
     # GPG checking stays on unless asked otherwise.
     assert "--nogpgcheck" not in argv
-    assert any(a.endswith(".gpgcheck=1") for a in argv)
+    assert "gpgcheck=1\n" in repo
     # rpm inside the tree keeps its database where Fedora does, not in ~/.rpmdb.
     assert "/usr/lib/sysimage/rpm" in (tmp_path / "work" / "home" / ".rpmmacros").read_text()
 
@@ -35,7 +38,7 @@ def test_dnf_argv_carries_the_build_settings(tmp_path):
 def test_nogpgcheck(tmp_path):
     cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", nogpgcheck=True)
     argv = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")._dnf_argv()
-    assert "--nogpgcheck" in argv and any(a.endswith(".gpgcheck=0") for a in argv)
+    assert "--nogpgcheck" in argv and "gpgcheck=0\n" in (tmp_path / "work/repos.d/composer-sources.repo").read_text()
 
 
 @pytest.mark.parametrize("url,msg", [
@@ -294,10 +297,11 @@ def test_lorax_repository_options_on_dnf4_and_dnf5_command_lines(tmp_path, monke
         argv = s._dnf_argv()
         # lorax enables, then disables.
         assert argv.index(f"{enable}=updates-*") < argv.index(f"{disable}=updates-testing")
-        assert "--setopt=proxy=http://proxy.example.com:3128" in argv and "--setopt=sslverify=False" in argv
-        # The mirrorlist is a repository of its own, checked like a --source.
+        assert "--setopt=sslverify=False" in argv and not any("proxy" in a for a in argv)
+        # The mirrorlist is a repository of its own, checked like a --source; the proxy is its option.
         (repo,) = (s.reposdir).glob("composer-mirror*.repo")
         assert f"mirrorlist=file://{mirrorlist}\n" in repo.read_text() and "gpgcheck=1\n" in repo.read_text()
+        assert "proxy=http://proxy.example.com:3128\n" in repo.read_text()
         keys[flavor] = s.shaping_options()
         assert not any("proxy" in a or "sslverify" in a for a in keys[flavor]), "how packages are fetched shaped the key"
         assert f"{enable}=updates-*" in keys[flavor]
