@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from composer.config import RootfsType
+from composer.images.btrfs_repro import normalize_btrfs
 from composer.images.sparse import allocated_size, create_sparse
 from composer.reproducible import clamp_times, seed_uuid
 from composer.run import CommandError, ComposerError, info, run
@@ -104,10 +105,6 @@ def make_rootfs(
     else:
         room = DEFAULT_FREE if free is None else free
         if fstype is RootfsType.BTRFS:
-            if repro is not None:
-                info("rootfs: WARNING: btrfs-progs 6.2 cannot make a byte-reproducible image (it copies host "
-                     "inode numbers and change times and makes random device/chunk UUIDs); "
-                     "use --rootfs-type ext4 or erofs for reproducible builds")
             _make_btrfs(tree, dest, size, room, label, repro)
         elif fstype is RootfsType.EXT4:
             _make_ext4(tree, dest, size, room, label, repro)
@@ -130,30 +127,52 @@ class Repro:
         return str(seed_uuid(self.seed, role))
 
 
+# From 6.10.1 mkfs.btrfs --rootdir numbers inodes itself; before, it copied the host's
+# st_ino, which differs in every copy of a tree. --device-uuid is from 6.6.
+BTRFS_REPRODUCIBLE = (6, 10, 1)
+
+
+def btrfs_progs_version() -> tuple[int, ...]:
+    out = run(["mkfs.btrfs", "--version"], capture=True, quiet=True).stdout.decode()
+    m = re.search(r"v(\d+(?:\.\d+)*)", out)
+    return tuple(int(n) for n in m.group(1).split(".")) if m else (0,)
+
+
 def btrfs_argv(tree: Path, label: str, repro: Repro | None) -> list[str | os.PathLike[str]]:
     # -m single: the image is one "device" inside squashfs, so DUP metadata gives no
     # redundancy, only doubles metadata in the image and in the RAM overlay.
     argv: list[str | os.PathLike[str]] = ["mkfs.btrfs", "-q", "-m", "single", "-L", label, "--rootdir", tree]
     if repro is not None:
-        # Only the filesystem UUID can be chosen; the device and chunk-tree UUIDs stay random.
-        argv += ["-U", repro.uuid("rootfs")]
+        # The superblock's UUIDs; the rest that mkfs makes random is rewritten afterwards.
+        argv += ["-U", repro.uuid("rootfs"), "--device-uuid", repro.uuid("rootfs-device")]
     return argv
 
 
 def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
-    argv = btrfs_argv(tree, label, repro)
+    if repro is not None and (version := btrfs_progs_version()) < BTRFS_REPRODUCIBLE:
+        info(f"rootfs: WARNING: btrfs-progs {'.'.join(map(str, version))} copies host inode numbers, the image "
+             "will not be reproducible; install 6.10.1 or later (scripts/setup-host does), or use ext4 or erofs")
+        argv = [*btrfs_argv(tree, label, None), "-U", repro.uuid("rootfs")]
+        repro = None
+    else:
+        argv = btrfs_argv(tree, label, repro)
     if free == 0:
         dest.touch()
         run([*argv, "--shrink", dest])
-        return
-    # mkfs.btrfs --rootdir enlarges a file that is too small for the tree, so this
-    # estimate only needs to be right about the free room: data + ~10% metadata + chunks.
-    estimate = int(size.blocks_bytes * 1.1) + 128 * MiB
-    create_sparse(dest, _round_up(estimate + free, MiB))
-    run([*argv, dest])
-    total, used = _btrfs_usage(dest)
-    if total - used < free:
-        info(f"rootfs: btrfs has {(total - used) / MiB:.0f} MiB free, less than the {free / MiB:.0f} MiB asked for")
+    else:
+        # mkfs.btrfs --rootdir enlarges a file that is too small for the tree, so this
+        # estimate only needs to be right about the free room: data + ~10% metadata + chunks.
+        estimate = int(size.blocks_bytes * 1.1) + 128 * MiB
+        create_sparse(dest, _round_up(estimate + free, MiB))
+        run([*argv, dest])
+    if repro is not None:
+        stats = normalize_btrfs(dest, repro.epoch, lambda role: seed_uuid(repro.seed, role))
+        info(f"rootfs: btrfs made reproducible: {stats.blocks} tree blocks, {stats.inodes} inodes rewritten, "
+             f"{stats.wiped // 1024} KiB of stale blocks zeroed")
+    if free:
+        total, used = _btrfs_usage(dest)
+        if total - used < free:
+            info(f"rootfs: btrfs has {(total - used) / MiB:.0f} MiB free, less than the {free / MiB:.0f} MiB asked for")
 
 
 def _btrfs_usage(img: Path) -> tuple[int, int]:
