@@ -9,7 +9,9 @@ import contextlib
 import gzip
 import os
 import random
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,90 @@ def test_delta_is_reproducible_with_source_date_epoch(tmp_path):
     time.sleep(1.1)
     create_delta(img, tmp_path / "b.gz", source_date_epoch=1700000000)
     assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+
+
+# --- issue 20: bounded inputs, no writes through links ---
+
+
+def _wchar() -> int:
+    """Bytes this process has written so far (every write(2), to any file)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
+
+
+def _bomb(store: bytes, zeros: int) -> bytes:
+    """One gzip member: the store, then `zeros` bytes of zeros (about 1/1000 of that compressed)."""
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [co.compress(store)]
+    block = bytes(1 << 20)
+    out += [co.compress(block) for _ in range(zeros >> 20)]
+    return b"".join(out) + co.flush()
+
+
+def test_delta_apply_decompresses_only_what_the_store_needs(ext4_image, tmp_path):
+    """A gzip bomb as the delta: the old apply decompressed all of it (1.5 GB for a 1.5 MB file) first."""
+    delta = tmp_path / "osmin.img.gz"
+    create_delta(ext4_image, delta)
+    store = gzip.decompress(delta.read_bytes())
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(_bomb(store, 512 * MiB))
+    assert bomb.stat().st_size < MiB
+    w0 = _wchar()
+    apply_delta(ext4_image, delta, tmp_path / "plain.img", fsck=False)
+    w1 = _wchar()
+    apply_delta(ext4_image, bomb, tmp_path / "bomb.img", fsck=False)
+    w2 = _wchar()
+    assert (tmp_path / "bomb.img").read_bytes() == (tmp_path / "plain.img").read_bytes()
+    assert w2 - w1 < (w1 - w0) + MiB, f"wrote {w2 - w1} bytes for the bomb, {w1 - w0} for the delta"
+    # Zeros alone: refused after reading the header, not after 512 MiB.
+    bomb.write_bytes(_bomb(b"", 512 * MiB))
+    with pytest.raises(CowFormatError, match="its header is all zeros"):
+        apply_delta(ext4_image, bomb, tmp_path / "zeros.img")
+    assert _wchar() - w2 < MiB
+
+
+def _store_bytes(tmp_path: Path, chunk_sectors: int, excs, name: str) -> bytes:
+    CowStore.write(tmp_path / name, chunk_sectors, excs)
+    return (tmp_path / name).read_bytes()
+
+
+def test_delta_apply_refuses_declared_sizes_the_origin_cannot_justify(ext4_image, tmp_path):
+    # Chunks larger than the origin (64 MiB): 1 GiB chunks would be 2 GiB decompressed before the table.
+    hdr = struct.pack("<IIII", 0x70416E53, 1, 1, 1 << 21)
+    big = tmp_path / "bigchunk.gz"
+    big.write_bytes(_bomb(hdr, 64 * MiB))
+    with pytest.raises(CowFormatError, match=r"bigchunk.gz: chunk size 2097152 sectors .* larger than the origin"):
+        apply_delta(ext4_image, big, tmp_path / "out.img")
+    # A table pointing at a data chunk far past what a store over 64 MiB can need.
+    table = struct.pack("<QQ", 3, 10**7)
+    far = tmp_path / "far.gz"
+    far.write_bytes(_bomb(struct.pack("<IIII", 0x70416E53, 1, 1, 8).ljust(4096, b"\0") + table, 64 * MiB))
+    before = _wchar()
+    with pytest.raises(CowFormatError, match=r"far.gz: exception 0 .* data chunk beyond the \d+ chunks a store"):
+        apply_delta(ext4_image, far, tmp_path / "out.img")
+    assert _wchar() - before < MiB
+    assert not (tmp_path / "out.img").exists()
+    with pytest.raises(ComposerError, match="--chunk-size 262144 sectors: larger than the origin"):
+        create_delta(ext4_image, tmp_path / "o.gz", chunk_sectors=1 << 18)
+
+
+@pytest.mark.parametrize("action", ["create", "apply"])
+def test_delta_never_writes_through_a_link(ext4_image, tmp_path, action):
+    """`delta create` wrote `.NAME.partial-PID` beside the output: a link planted there made root write its
+    target; a link at -o itself was resolved and its target replaced."""
+    delta = tmp_path / "osmin.img.gz"
+    create_delta(ext4_image, delta)
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    out = tmp_path / ("new.img.gz" if action == "create" else "min.img")
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # this process's pid and its neighbours'
+        (tmp_path / f".{out.name}.partial-{pid}").symlink_to(victim)
+    run = (lambda o: create_delta(ext4_image, o)) if action == "create" else (lambda o: apply_delta(ext4_image, delta, o))
+    run(out)
+    assert victim.read_text() == "root's file\n" and out.is_file() and not out.is_symlink()
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    with pytest.raises(ComposerError, match=f"-o {link} is a symbolic link .*never writes through a link"):
+        run(link)
+    assert victim.read_text() == "root's file\n" and link.is_symlink()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".composer")] == []

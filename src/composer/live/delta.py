@@ -11,26 +11,37 @@ bytes long. Everything here works on plain files: no device-mapper, no loop devi
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
+import io
 import os
 import shutil
 import struct
 import tempfile
+import zlib
 from pathlib import Path
+from typing import BinaryIO, Protocol, cast
 
 from composer.images.sparse import copy_sparse
 from composer.live.dmsnap import (
     DEFAULT_CHUNK_SECTORS,
+    FRESH_CHECK_BYTES,
+    HEADER,
+    MAX_CHUNK_SECTORS,
+    SECTOR,
+    SNAP_MAGIC,
     CowFormatError,
+    CowHeader,
     CowStore,
     apply_store,
     check_chunk_sectors,
     diff_chunks,
+    max_store_chunks,
     read_presented,
 )
 from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human
 from composer.preflight import Place, check_dir_creatable, check_outputs_apart
-from composer.run import CommandError, ComposerError, info, run
+from composer.run import CommandError, ComposerError, info, output_path, run
 
 _EXT_MAGIC = 0xEF53
 _INCOMPAT_64BIT = 0x80
@@ -82,14 +93,85 @@ def _e2fsck_fix(img: Path, env: dict[str, str] | None = None) -> None:
         info("delta: e2fsck fixed errors in the copy of the origin; the origin itself has them too")
 
 
-def _gunzip_to(src: Path, dst: Path) -> None:
-    with open(src, "rb") as f:
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Inflating(io.RawIOBase):
+    """The decompressed delta, as far as anyone has read it: a read at byte X decompresses
+    into `fd` up to X and no further, and nothing past `limit`. A 1.5 MB gzip of 1.5 GB of
+    zeros behind a 284 KiB store costs 284 KiB of disk, not 1.5 GB."""
+
+    def __init__(self, stream: _Readable, fd: int, limit: int, name: str) -> None:
+        super().__init__()
+        self.stream, self.fd, self.limit = stream, fd, limit
+        self.name = name  # what CowStore's messages call it
+        self.have = self.pos = 0
+        self.eof = False
+
+    def fill(self, end: int) -> None:
+        end = min(end, self.limit)
+        while self.have < end and not self.eof:
+            data = self.stream.read(min(1 << 20, end - self.have))
+            self.eof = not data
+            view = memoryview(data)
+            while view:
+                w = os.pwrite(self.fd, view, self.have)
+                view, self.have = view[w:], self.have + w
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET:  # the end is not known before it is decompressed
+            raise io.UnsupportedOperation("only absolute seeks")
+        self.pos = offset
+        return offset
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.fill(self.pos + len(buf))
+        data = os.pread(self.fd, max(0, min(len(buf), self.have - self.pos)), self.pos)
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _read_delta(delta: Path, cow: Path, origin_size: int) -> CowStore:
+    """Decompress (into `cow`) and parse only what the store's own header and table say it
+    needs: its header, its table up to the slot that ends it, the data chunks it lists.
+    What follows is never decompressed; the table may not point further than a store over
+    this origin can need (dmsnap.max_store_chunks)."""
+    with open(delta, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
+    fd = os.open(cow, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        with (gzip.open(src, "rb") if gz else open(src, "rb")) as i, open(dst, "wb") as o:
-            shutil.copyfileobj(i, o, 1 << 20)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ComposerError(f"delta: cannot decompress {src}: {e}") from None
+        with (gzip.open(delta, "rb") if gz else open(delta, "rb")) as src:
+            lazy = _Inflating(src, fd, FRESH_CHECK_BYTES, str(cow))  # (header and area 0 of 4 KiB chunks)
+            lazy.fill(FRESH_CHECK_BYTES)
+            size = lazy.have
+            head = os.pread(fd, HEADER.size, 0)
+            if len(head) == HEADER.size and not lazy.eof:
+                h = CowHeader.unpack(head)
+                if h.magic == SNAP_MAGIC and 0 < h.chunk_size <= MAX_CHUNK_SECTORS:
+                    size = lazy.limit = max_store_chunks(origin_size, h.chunk_size) * h.chunk_size * SECTOR
+            store = CowStore.read(cast(BinaryIO, lazy), origin_size=origin_size, size=size)
+            end = max(((e.new_chunk + 1) * store.chunk_bytes for e in store.exceptions), default=0)
+            lazy.fill(end)
+            if lazy.have < end:
+                raise CowFormatError(f"truncated: its table lists data chunks up to byte {end}, "
+                                     f"it holds {lazy.have} bytes")
+            return dataclasses.replace(store, size=lazy.have)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ComposerError(f"delta: cannot decompress {delta}: {e}") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ComposerError(f"delta: no space left beside the output to decompress {delta}") from None
+        raise ComposerError(f"delta: cannot decompress {delta}: {e}") from None
+    finally:
+        os.close(fd)
 
 
 def _check_input(path: Path) -> None:
@@ -104,6 +186,9 @@ def _check_output(output: Path, *inputs: tuple[str, Path]) -> None:
     It must not be one of the inputs (nor a system place): -o ORIGIN would replace
     the origin with the delta."""
     check_outputs_apart([("delta: -o", output)], [Place(p, f"the {what} {p}") for what, p in inputs])
+    if os.path.islink(output):
+        raise ComposerError(f"delta: -o {output} is a symbolic link (to {os.readlink(output)}): composer never "
+                            "writes through a link; remove it or give another name")
     if output.is_dir():
         raise ComposerError(f"delta: -o {output} is a directory")
     parent = Path(os.path.abspath(output)).parent
@@ -126,8 +211,12 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
         )
     if fstype not in EXT_TYPES:
         raise ComposerError(f"delta: {rootfs} holds {fstype or 'no recognised filesystem'}; only ext2/3/4 can be minimized")
-    output = output.resolve()
+    output = output_path(output)  # a link at its name is replaced, never followed
     origin_size = rootfs.stat().st_size
+    if chunk_sectors * SECTOR > origin_size:
+        raise ComposerError(f"--chunk-size {chunk_sectors} sectors: larger than the origin {rootfs} ({origin_size} bytes)")
+    # Everything, the output too, is made in a private directory beside it (unpredictable
+    # names, nobody else's links), then renamed into place.
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
         tmp = Path(tmpd)
         small = tmp / "minimized.img"
@@ -148,15 +237,13 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
         check = tmp / "check.img"
         apply_delta(rootfs, store_path, check)
         run(["cmp", small, check])
-        part = output.with_name(f".{output.name}.partial-{os.getpid()}")
-        try:
-            # mtime=0 and no file name in the gzip header: the same store gives the same bytes.
-            with open(store_path, "rb") as i, open(part, "wb") as raw, \
-                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as o:
-                shutil.copyfileobj(i, o, 1 << 20)
-            os.replace(part, output)
-        finally:
-            part.unlink(missing_ok=True)
+        part = tmp / "osmin.img.gz"
+        # mtime=0 and no file name in the gzip header: the same store gives the same bytes.
+        with open(store_path, "rb") as i, open(part, "xb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as o:
+            shutil.copyfileobj(i, o, 1 << 20)
+        os.chmod(part, 0o644)
+        os.replace(part, output)
     result = DeltaInfo(origin_size, size, chunk_sectors, len(store.exceptions), store.size, output.stat().st_size)
     info(
         f"delta: {output}: {result.chunks} chunks of {chunk_sectors * 512} bytes, store {human(result.raw_size)}, "
@@ -170,13 +257,12 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
     _check_input(rootfs)
     _check_input(delta)
     _check_output(output, ("origin", rootfs), ("delta", delta))
-    output = output.resolve()
+    output = output_path(output)
     origin_size = rootfs.stat().st_size
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
         cow = Path(tmpd) / "osmin.img"
-        _gunzip_to(delta, cow)
         try:
-            store = CowStore.read(cow, origin_size=origin_size)
+            store = _read_delta(delta, cow, origin_size)
         except CowFormatError as e:
             # Name the user's file, not our decompressed copy of it.
             raise CowFormatError(f"delta: {delta}: {str(e).replace(f'{cow}: ', '')}") from None

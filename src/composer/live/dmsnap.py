@@ -18,6 +18,7 @@ which is how live media ship an empty overlay file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import struct
@@ -40,6 +41,9 @@ HEADER_CHUNKS = 1  # chunks before metadata area 0
 # How much of a fresh (magic 0) store must be zero: the header and area 0 of the
 # default 4 KiB chunks.
 FRESH_CHECK_BYTES = 2 * DEFAULT_CHUNK_SECTORS * SECTOR
+# Tables and chunks are read in pieces of at most this: a declared 1 GiB chunk must not
+# cost 1 GiB of memory when the table it holds ends in its first slot.
+READ_PIECE = 1 << 20
 
 
 class CowFormatError(ComposerError):
@@ -90,6 +94,14 @@ def _is_area_chunk(chunk: int, exceptions_per_area: int) -> bool:
 def _skip_metadata(next_free: int, exceptions_per_area: int) -> int:
     # A data chunk is never allocated on top of the next metadata area.
     return next_free + 1 if _is_area_chunk(next_free, exceptions_per_area) else next_free
+
+
+def max_store_chunks(origin_size: int, chunk_sectors: int) -> int:
+    """Chunks a store over an origin of `origin_size` bytes can need: the header, one data
+    chunk per origin chunk and the metadata areas between them, the kernel allocating in
+    order. A table pointing further is not a store of this origin."""
+    origin_chunks = -(-origin_size // (chunk_sectors * SECTOR))
+    return HEADER_CHUNKS + 2 + origin_chunks + origin_chunks // (chunk_sectors * SECTOR // SLOT.size)
 
 
 def check_chunk_sectors(chunk_sectors: int) -> None:
@@ -144,24 +156,37 @@ class CowStore:
     def data_bytes(self) -> int:
         return len(self.exceptions) * self.chunk_bytes
 
-    def read_chunk(self, f: BinaryIO, exc: CowException) -> bytes:
-        return _read_exact(f, exc.new_chunk * self.chunk_bytes, self.chunk_bytes, self.size, f"data chunk {exc.new_chunk}")
+    def read_chunk(self, f: BinaryIO, exc: CowException, within: int = 0, length: int | None = None) -> bytes:
+        """Bytes [within, within+length) of the exception's data chunk (all of it by default)."""
+        n = self.chunk_bytes - within if length is None else length
+        return _read_exact(f, exc.new_chunk * self.chunk_bytes + within, n, self.size, f"data chunk {exc.new_chunk}")
 
     @classmethod
-    def read(cls, source: Path | str | BinaryIO, *, origin_size: int | None = None, require_valid: bool = True) -> CowStore:
+    def read(cls, source: Path | str | BinaryIO, *, origin_size: int | None = None, require_valid: bool = True,
+             follow_symlinks: bool = True, size: int | None = None) -> CowStore:
         """Parse and check a store the way the kernel reads it, but refusing anything suspicious.
 
-        origin_size: bytes of the origin device; exceptions beyond it are corruption.
+        origin_size: bytes of the origin device; exceptions beyond it, chunks larger than it
+        and data chunks further than a store over it can need are corruption.
         require_valid: an invalidated snapshot (overflowed or dropped) is an error, else
         it is returned without exceptions (its table cannot be trusted).
+        follow_symlinks=False: a path that is a symbolic link is refused (a medium's overlay).
+        size: of a stream whose end is not known yet (one decompressed as it is read).
+        Only the header, the table up to its end and nothing of the data is read.
         """
         if isinstance(source, (str, os.PathLike)):
             try:
-                with open(source, "rb") as f:
-                    return cls._read(f, os.fstat(f.fileno()).st_size, origin_size, require_valid, str(source))
+                fd = os.open(source, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
             except OSError as e:
-                raise CowFormatError(f"cannot read COW store {source}: {e.strerror}") from None
-        size = source.seek(0, io.SEEK_END)
+                what = "is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+                raise CowFormatError(f"cannot read COW store {source}: {what}") from None
+            with open(fd, "rb") as f:
+                try:
+                    return cls._read(f, os.fstat(fd).st_size, origin_size, require_valid, str(source))
+                except OSError as e:
+                    raise CowFormatError(f"cannot read COW store {source}: {e.strerror}") from None
+        if size is None:
+            size = source.seek(0, io.SEEK_END)
         return cls._read(source, size, origin_size, require_valid, getattr(source, "name", "<stream>"))
 
     @classmethod
@@ -192,6 +217,9 @@ class CowStore:
             raise CowFormatError(f"unsupported store version {header.version} (only {DISK_VERSION} exists)")
         check_chunk_sectors(header.chunk_size)
         cb = header.chunk_size * SECTOR
+        if origin_size is not None and cb > max(origin_size, SECTOR):
+            raise CowFormatError(f"chunk size {header.chunk_size} sectors ({cb} bytes) is larger than the origin "
+                                 f"({origin_size} bytes): not a store of this origin")
         if size < (HEADER_CHUNKS + 1) * cb:
             raise CowFormatError(f"truncated: {size} bytes cannot hold the header and first metadata area ({2 * cb} bytes)")
         if not header.valid:
@@ -199,36 +227,18 @@ class CowStore:
                 raise CowFormatError("the kernel marked this snapshot invalid (it overflowed or was dropped)"
                                      ": its contents cannot be trusted")
             return cls(header, [], size)
-        epa = cb // SLOT.size
-        origin_chunks = None if origin_size is None else -(-origin_size // cb)
-        exceptions: list[CowException] = []
-        seen_old: set[int] = set()
-        seen_new: set[int] = set()
+        table = _Table(cb, size, origin_size)
         area = 0
         while True:
-            loc = area_location(area, epa)
+            loc = area_location(area, table.epa)
             if (loc + 1) * cb > size:
                 raise CowFormatError(
                     f"truncated: metadata area {area} (chunk {loc}) lies beyond the end of the file ({size} bytes)"
                 )
-            table = _read_exact(f, loc * cb, cb, size, f"metadata area {area}")
-            for old, new in SLOT.iter_unpack(table):
-                if new == 0:  # end of table: this area is not full
-                    return cls(header, exceptions, size, area)
-                where = f"exception {len(exceptions)} (area {area}: old_chunk {old}, new_chunk {new})"
-                if _is_area_chunk(new, epa):
-                    raise CowFormatError(f"{where}: data chunk points at a metadata area")
-                if (new + 1) * cb > size:
-                    raise CowFormatError(f"{where}: data chunk beyond the end of the file ({size} bytes)")
-                if origin_chunks is not None and old >= origin_chunks:
-                    raise CowFormatError(f"{where}: origin chunk beyond the origin's {origin_chunks} chunks")
-                if old in seen_old:
-                    raise CowFormatError(f"{where}: origin chunk {old} appears twice")
-                if new in seen_new:
-                    raise CowFormatError(f"{where}: data chunk {new} used twice")
-                seen_old.add(old)
-                seen_new.add(new)
-                exceptions.append(CowException(old, new))
+            for start in range(0, cb, READ_PIECE):
+                piece = _read_exact(f, loc * cb + start, min(READ_PIECE, cb - start), size, f"metadata area {area}")
+                if not table.add(piece, area):  # end of table: this area is not full
+                    return cls(header, table.exceptions, size, area)
             area += 1  # a full area: the table goes on in the next one
 
     @classmethod
@@ -256,7 +266,8 @@ class CowStore:
         slots: list[bytes] = []
         area = 0
         next_free = HEADER_CHUNKS + 1
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # A new file, never one that is there (nor what a link there points at).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             os.pwrite(fd, header.pack(), 0)
             for old, data in exceptions:
@@ -284,6 +295,43 @@ class CowStore:
         finally:
             os.close(fd)
         return cls(header, written, needed if size is None else size, area)
+
+
+class _Table:
+    """The exception table as it is read, slot by slot, with every slot checked."""
+
+    def __init__(self, cb: int, size: int, origin_size: int | None) -> None:
+        self.cb, self.size, self.epa = cb, size, cb // SLOT.size
+        self.origin_chunks = None if origin_size is None else -(-origin_size // cb)
+        # Past this a data chunk is not of this origin (and a decompressed delta is not read that far).
+        self.max_chunks = None if origin_size is None else max_store_chunks(origin_size, cb // SECTOR)
+        self.exceptions: list[CowException] = []
+        self.seen_old: set[int] = set()
+        self.seen_new: set[int] = set()
+
+    def add(self, slots: bytes, area: int) -> bool:
+        """Take a piece of an area's table; False once a slot ends the table."""
+        for old, new in SLOT.iter_unpack(slots):
+            if new == 0:
+                return False
+            where = f"exception {len(self.exceptions)} (area {area}: old_chunk {old}, new_chunk {new})"
+            if _is_area_chunk(new, self.epa):
+                raise CowFormatError(f"{where}: data chunk points at a metadata area")
+            if self.max_chunks is not None and new >= self.max_chunks:
+                raise CowFormatError(f"{where}: data chunk beyond the {self.max_chunks} chunks a store over "
+                                     f"the origin's {self.origin_chunks} chunks can need")
+            if (new + 1) * self.cb > self.size:
+                raise CowFormatError(f"{where}: data chunk beyond the end of the file ({self.size} bytes)")
+            if self.origin_chunks is not None and old >= self.origin_chunks:
+                raise CowFormatError(f"{where}: origin chunk beyond the origin's {self.origin_chunks} chunks")
+            if old in self.seen_old:
+                raise CowFormatError(f"{where}: origin chunk {old} appears twice")
+            if new in self.seen_new:
+                raise CowFormatError(f"{where}: data chunk {new} used twice")
+            self.seen_old.add(old)
+            self.seen_new.add(new)
+            self.exceptions.append(CowException(old, new))
+        return True
 
 
 def _read_exact(f: BinaryIO, offset: int, length: int, size: int, what: str) -> bytes:
@@ -360,20 +408,22 @@ def apply_store(store: CowStore, cow: Path, dest: Path, *, size: int | None = No
     """
     cb = store.chunk_bytes
     written = 0
-    with open(cow, "rb") as f:
-        fd = os.open(dest, os.O_WRONLY)
+    with open(os.open(cow, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW)
         try:
             limit = os.fstat(fd).st_size if size is None else size
             for exc in store.iter_exceptions():
                 pos = exc.old_chunk * cb
                 if pos >= limit:
                     continue
-                data = store.read_chunk(f, exc)[: limit - pos]
-                view = memoryview(data)
-                while view:
-                    w = os.pwrite(fd, view, pos)
-                    view = view[w:]
-                    pos += w
+                n = min(cb, limit - pos)
+                for within in range(0, n, READ_PIECE):  # a big chunk in pieces, not all in memory
+                    view = memoryview(store.read_chunk(f, exc, within, min(READ_PIECE, n - within)))
+                    at = pos + within
+                    while view:
+                        w = os.pwrite(fd, view, at)
+                        view = view[w:]
+                        at += w
                 written += 1
         finally:
             os.close(fd)
@@ -393,7 +443,7 @@ def read_presented(store: CowStore, cow: Path, origin: Path, offset: int, length
             n = min(cb - within, offset + length - pos)
             exc = by_old.get(chunk)
             if exc is not None:
-                out += store.read_chunk(f, exc)[within : within + n]
+                out += store.read_chunk(f, exc, within, n)
             else:
                 out += _pread_full(o.fileno(), n, pos, osize)
             pos += n
