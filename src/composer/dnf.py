@@ -141,6 +141,20 @@ def _root_sandbox(root: Path, rw: Sequence[Path] = (), ro: Sequence[Path] = ()) 
     return argv
 
 
+def _host_sandbox(rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> list[str]:
+    """bwrap arguments running the host's dnf with a /tmp of its own, a tmpfs that dies with
+    it: libdnf makes /tmp/tmpdir.XXXXXX whatever TMPDIR says, and a build stopped while it
+    exists would leave it. Host paths below /tmp are bound back in at their own places."""
+    argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/tmp"]
+    binds = {p.resolve(): "--bind" for p in rw}
+    for p in ro:
+        binds.setdefault(p.resolve(), "--ro-bind")
+    for path in sorted(binds, key=lambda p: len(p.parts)):  # parents first
+        if path.is_relative_to("/tmp") and path != Path("/tmp") and path.exists():
+            argv += [binds[path], str(path), str(path)]
+    return argv
+
+
 def _version_line(argv: list[str]) -> str:
     try:
         out = run(argv, capture=True, quiet=True).stdout.decode(errors="replace")
@@ -543,19 +557,16 @@ class DnfSession:
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / ".rpmmacros").write_text(RPMMACROS)
-        # Repository definitions (with their credentials while dnf runs: _credentials) and
-        # dnf's temporary files stay in the work directory, which cleanup removes.
+        # Repository definitions, with their credentials only while dnf runs (_credentials).
         self.reposdir = workdir / "repos.d"
         self.reposdir.mkdir(mode=0o700, exist_ok=True)
         self.repositories = repositories(config)
         self._write_repos(secrets=False)
-        tmpdir = workdir / "tmp"
-        tmpdir.mkdir(mode=0o700, exist_ok=True)
         self.logdir = config.logdir or workdir / "dnf-log"
         self.logdir.mkdir(parents=True, exist_ok=True)
         (workdir / "dnf-state").mkdir(exist_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
-        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8", "TMPDIR": str(tmpdir)}
+        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
         self._program: DnfProgram | None = None
 
     def _write_repos(self, *, secrets: bool) -> None:
@@ -609,15 +620,17 @@ class DnfSession:
                             paths.append(path if key.lower() == "baseurl" else path.parent)
         return paths
 
-    def _sandbox(self, transaction: bool) -> list[str]:
-        """What runs dnf or rpm: nothing (the host's), or bwrap into --dnf-root; scriptlets get
-        /dev, /proc and /sys in the tree during a transaction."""
+    def _sandbox(self, transaction: bool, private_tmp: bool = True) -> list[str]:
+        """What runs dnf or rpm: bwrap over the host (private_tmp: dnf's) or into --dnf-root, or
+        nothing (the host's rpm); scriptlets get /dev, /proc and /sys in the tree during a transaction."""
         t = str(self.tree)
         prefix: list[str] = []
         root = self.program.root
+        rw = [self.workdir, self.tree, self.config.cachedir, self.logdir]
         if root is not None:
-            prefix = _root_sandbox(root, rw=[self.workdir, self.tree, self.config.cachedir, self.logdir],
-                                   ro=self._local_paths())
+            prefix = _root_sandbox(root, rw=rw, ro=self._local_paths())
+        elif private_tmp:
+            prefix = _host_sandbox(rw=rw, ro=self._local_paths())
         elif transaction:
             prefix = ["bwrap", "--dev-bind", "/", "/"]
         if transaction:
@@ -698,7 +711,7 @@ class DnfSession:
     def _rpm(self, *args: str) -> str:
         # The rpm beside dnf: the database it wrote is the one it reads best.
         argv = ["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args]
-        proc = run(self._sandbox(transaction=False) + argv, env=self.env, capture=True)
+        proc = run(self._sandbox(transaction=False, private_tmp=False) + argv, env=self.env, capture=True)
         return proc.stdout.decode(errors="replace")
 
     def _host_path(self, host: Path) -> str:
