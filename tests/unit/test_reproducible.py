@@ -3,6 +3,7 @@ small real images built twice from trees made at different times."""
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +15,16 @@ from composer.dracut import dracut_argv
 from composer.images.cpio import CpioEntry, read_newc, write_newc
 from composer.images.efiboot import make_efiboot, mkfs_fat_argv, mtools_env
 from composer.images.iso import iso_date, xorriso_argv
-from composer.images.rootfs import Repro, btrfs_argv, erofs_argv, ext4_argv, ext4_time_commands, make_rootfs
+from composer.images.rootfs import (
+    BTRFS_REPRODUCIBLE,
+    Repro,
+    btrfs_argv,
+    btrfs_progs_version,
+    erofs_argv,
+    ext4_argv,
+    ext4_time_commands,
+    make_rootfs,
+)
 from composer.images.squashfs import make_squashfs, squashfs_env
 from composer.outputs.bigimage import make_big_initrd
 from composer.reproducible import build_seed, clamp_times, fat_serial, normalize_tree, seed_uuid
@@ -89,6 +99,8 @@ def test_mkfs_argv_reproducibility_options(tmp_path: Path) -> None:
     assert "hash_seed" not in str(ext4_argv(t, d, 100, "Anaconda", None))
     btrfs = [os.fspath(a) for a in btrfs_argv(t, "Anaconda", REPRO)]
     assert btrfs[btrfs.index("-U") + 1] == str(seed_uuid(SEED, "rootfs"))
+    assert btrfs[btrfs.index("--device-uuid") + 1] == str(seed_uuid(SEED, "rootfs-device"))
+    assert "-U" not in btrfs_argv(t, "Anaconda", None) and "--device-uuid" not in btrfs_argv(t, "Anaconda", None)
     erofs = [os.fspath(a) for a in erofs_argv(t, d, REPRO)]
     assert f"-T{EPOCH}" in erofs and f"-U{seed_uuid(SEED, 'rootfs')}" in erofs
     assert ext4_time_commands([2, 12], EPOCH) == [
@@ -162,10 +174,13 @@ def _two_trees(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("fstype, tools", [
     (RootfsType.EXT4, ("mkfs.ext4", "debugfs", "dumpe2fs")),
     (RootfsType.EROFS, ("mkfs.erofs",)),
+    (RootfsType.BTRFS, ("mkfs.btrfs", "btrfs")),
 ])
 def test_rootfs_images_are_reproducible(tmp_path: Path, fstype: RootfsType, tools: tuple[str, ...]) -> None:
     if missing := [t for t in tools if shutil.which(t) is None]:
         pytest.skip(f"not installed: {missing}")
+    if fstype is RootfsType.BTRFS and btrfs_progs_version() < BTRFS_REPRODUCIBLE:
+        pytest.skip("btrfs-progs older than 6.10.1 copies host inode numbers")
     a, b = _two_trees(tmp_path)
     make_rootfs(a, tmp_path / "a.img", fstype, free=16 << 20, source_date_epoch=EPOCH, seed=SEED)
     time.sleep(1.1)
@@ -183,6 +198,64 @@ def test_reproducible_ext4_is_clean(tmp_path: Path) -> None:
     subprocess.run(["e2fsck", "-fn", img], check=True, capture_output=True)
     stat = subprocess.run(["debugfs", "-R", "stat /usr/bin/tool", img], capture_output=True, text=True).stdout
     assert stat.count("0x6553f100") >= 3  # ctime, atime, mtime (and crtime) at the epoch
+
+
+def make_rich_tree(root: Path) -> Path:
+    """Enough files for many tree blocks (so mkfs leaves stale ones behind), with hard
+    links, symlinks, xattrs, sparse and empty files, a FIFO, odd modes and owners."""
+    make_tree(root)
+    for d in range(40):
+        sub = root / f"d{d:02}" / "sub"
+        sub.mkdir(parents=True)
+        for f in range(40):
+            p = sub / f"f{f:02}"
+            p.write_bytes(bytes([d, f]) * (f * 97 % 3000))
+            p.chmod((0o644, 0o755, 0o600, 0o4755, 0o1777)[f % 5])
+            if f % 7 == 0:
+                os.link(p, sub / f"hl{f:02}")
+            if f % 9 == 0:
+                (sub / f"sl{f:02}").symlink_to(p.name)
+            if f % 11 == 0:
+                os.setxattr(p, "user.test", b"v" * (f + 1))
+                os.chown(p, 1000 + f, 2000 + d)
+    with (root / "sparse").open("wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"x" * 5000)
+    (root / "empty").touch()
+    os.mkfifo(root / "fifo")
+    root.chmod(0o555)
+    return root
+
+
+@needs("mkfs.btrfs", "btrfs")
+@pytest.mark.parametrize("free", [0, 64 << 20])
+def test_btrfs_is_reproducible_and_checks(tmp_path: Path, free: int) -> None:
+    """Two trees made at different times in different directories (other host inode
+    numbers, ctimes, atimes), mkfs'd at different times: the same bytes, a clean
+    `btrfs check`, and the UUIDs and times from the seed and the epoch."""
+    import subprocess
+
+    if btrfs_progs_version() < BTRFS_REPRODUCIBLE:
+        pytest.skip("btrfs-progs older than 6.10.1 copies host inode numbers")
+    a = make_rich_tree(tmp_path / "a")
+    time.sleep(1.1)
+    b = make_rich_tree(tmp_path / "elsewhere" / "b")
+    imgs = []
+    for n, tree in enumerate((a, b)):
+        img = tmp_path / f"{n}.img"
+        make_rootfs(tree, img, RootfsType.BTRFS, free=free, source_date_epoch=EPOCH, seed=SEED)
+        imgs.append(img)
+        time.sleep(1.1)
+    assert sha256(imgs[0]) == sha256(imgs[1])
+    check = subprocess.run(["btrfs", "check", imgs[0]], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    dump = subprocess.run(["btrfs", "inspect-internal", "dump-tree", imgs[0]],
+                          capture_output=True, text=True, check=True).stdout
+    assert f"chunk uuid {seed_uuid(SEED, 'rootfs-chunk-tree')}" in dump
+    assert f"uuid {seed_uuid(SEED, 'rootfs-subvol-5')}" in dump
+    times = {int(t) for t in re.findall(r"^\s+[ac]time (\d+)\.", dump, re.MULTILINE)}
+    assert times == {0, EPOCH}  # 0: the times of root items of trees that are no subvolume
 
 
 @needs("mksquashfs")
