@@ -731,21 +731,9 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     new_volid = opts.volid or volume.volid
     if not new_volid:
         raise ComposerError(f"INPUT {opts.input}: has no volume id; give --volid")
-    label = udev_escape(new_volid)
-
-    add_args = list(check_kernel_args("--cmdline", opts.cmdline)) if opts.cmdline.strip() else []
-    remove = [w for r in opts.rm_args for w in check_kernel_args("--rm-args", r)]
-    additions: list[tuple[Path, str]] = []
-    for option, given, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
-        if given is None:
-            continue
-        # Ours replaces any earlier one (a remaster of a remaster must not carry two).
-        remove.append(key)
-        add_args = [a for a in add_args if arg_key(a) != key]
-        add_args.append(_label_arg(option, f"{key}=hd:LABEL={label}:/{given.name}", new_volid))
-        additions.append((given.resolve(), given.name))
+    args = arg_edit(opts, new_volid)
+    additions = [(given.resolve(), given.name) for given in (opts.ks, opts.updates) if given is not None]
     additions += [(p.resolve(), _root_name(p, "--add")) for p in opts.add]
-    args = ArgEdit(tuple(remove), tuple(add_args))
     edit = MenuEdit(args, volume.volid, new_volid, opts.replace)
 
     for host, name in additions:
@@ -775,6 +763,21 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     elif layout.efi_image is not None:
         info("mkksiso: --skip-mkefiboot: efiboot.img (UEFI El Torito) is left as it is; its menu is not edited")
     return Plan(opts, volume, layout, new_volid, args, tuple(changes), tuple(additions), efi, files)
+
+
+def arg_edit(opts: MkksisoOptions, volid: str) -> ArgEdit:
+    """The kernel arguments every menu loses and gets: -r, -c, and inst.ks=/inst.updates=
+    for what --ks/--updates put at the root of the volume `volid`; each one checked."""
+    add_args = list(check_kernel_args("--cmdline", opts.cmdline)) if opts.cmdline.strip() else []
+    remove = [w for r in opts.rm_args for w in check_kernel_args("--rm-args", r)]
+    for option, given, key in (("--ks", opts.ks, "inst.ks"), ("--updates", opts.updates, "inst.updates")):
+        if given is None:
+            continue
+        # Ours replaces any earlier one (a remaster of a remaster must not carry two).
+        remove.append(key)
+        add_args = [a for a in add_args if arg_key(a) != key]
+        add_args.append(_label_arg(option, f"{key}=hd:LABEL={udev_escape(volid)}:/{given.name}", volid))
+    return ArgEdit(tuple(remove), tuple(add_args))
 
 
 def _label_arg(option: str, arg: str, volid: str) -> str:
