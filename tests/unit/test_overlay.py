@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import struct
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from composer.live import overlay as ov
 from composer.live.dmsnap import CowFormatError, CowStore, diff_chunks
 from composer.live.overlay import compare_trees, merge_overlay, overlay_status
 from composer.run import ComposerError
+from tests.conftest import ROOT
 
 MiB = 1 << 20
 OVERLAY = "overlay-LIVE-1234-abcd"
@@ -326,3 +328,98 @@ def test_cow_merge_with_workdir_on_another_filesystem(cow_medium, tmp_path):
     sh("unsquashfs", "-n", "-d", out, media / "LiveOS/squashfs.img")
     sh("cmp", out / "LiveOS/rootfs.img", changed)
     assert sorted(p.name for p in (media / "LiveOS").iterdir()) == [OVERLAY, "squashfs.img"]
+
+
+# --- issue 20: links inside the medium are never followed; temporary names are not predictable ---
+
+
+def _host_dir(tmp_path: Path) -> Path:
+    host = tmp_path / "host"
+    (host / "sub").mkdir(parents=True)
+    (host / "precious").write_text("keep me\n")
+    (host / "sub" / "secret").write_text("not for the image\n")
+    return host
+
+
+@pytest.mark.parametrize("half", ["upper", "work"])
+def test_overlayfs_linked_upper_or_work_is_refused_before_any_work(overlayfs_medium, tmp_path, half):
+    """A `work` linking to a host directory had its contents deleted; an `upper` linking to one had the host's
+    files merged into the new squashfs.img; both then failed after the image was replaced."""
+    media, _ = overlayfs_medium
+    d = media / "LiveOS" / OVERLAY
+    host = _host_dir(tmp_path)
+    if half == "upper":
+        sh("rm", "-rf", d / "upper")
+    else:
+        sh("rm", "-rf", d / "work")
+    (d / half).symlink_to(host)
+    before, host_before = _medium_state(media), snapshot_files(host)
+    with pytest.raises(ComposerError, match=f"{half} is a symbolic link .*never follows"):
+        merge_overlay(media, compression=Compression.LZ4)
+    with pytest.raises(ComposerError, match=f"{half} is a symbolic link"):
+        merge_overlay(media, dry_run=True)
+    with pytest.raises(ComposerError, match=f"{half} is a symbolic link"):
+        overlay_status(media)
+    assert _medium_state(media) == before and snapshot_files(host) == host_before
+    assert (d / half).is_symlink()
+
+
+@pytest.mark.parametrize("name", ["LiveOS", "LiveOS/squashfs.img"])
+def test_linked_liveos_or_image_is_refused(overlayfs_medium, tmp_path, name):
+    media, _ = overlayfs_medium
+    elsewhere = tmp_path / "elsewhere"
+    (media / name).rename(elsewhere)
+    (media / name).symlink_to(elsewhere)
+    with pytest.raises(ComposerError, match=f"{name} is a symbolic link"):
+        merge_overlay(media, compression=Compression.LZ4)
+    with pytest.raises(ComposerError, match=f"{name} is a symbolic link"):
+        overlay_status(media)
+    assert (media / name).is_symlink()
+
+
+def test_planted_links_at_the_old_temporary_names_are_not_followed(cow_medium, tmp_path):
+    """The reset store was written to `.OVERLAY.reset-PID` and the staged image to `.squashfs.img.partial-PID`:
+    links planted there made the merge write their targets (and move the link into the overlay's place)."""
+    media, _, changed, _ = cow_medium
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    liveos = media / "LiveOS"
+    for name in (f".{OVERLAY}.reset-{os.getpid()}", f".squashfs.img.partial-{os.getpid()}"):
+        (liveos / name).symlink_to(victim)
+    work = tmp_path / "tmpfs"  # another filesystem: the new image is staged beside the old one
+    work.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", work)
+    try:
+        merge_overlay(media, compression=Compression.LZ4, workdir=work)
+    finally:
+        sh("umount", work)
+    assert victim.read_text() == "root's file\n"
+    assert not (liveos / OVERLAY).is_symlink() and CowStore.read(liveos / OVERLAY).exceptions == []
+    out = tmp_path / "check"
+    sh("unsquashfs", "-n", "-d", out, liveos / "squashfs.img")
+    sh("cmp", out / "LiveOS/rootfs.img", changed)
+    # The planted links are not this run's: they stay, and nothing else is left.
+    assert sorted(p.name for p in liveos.iterdir()) == sorted(
+        [OVERLAY, "squashfs.img", f".{OVERLAY}.reset-{os.getpid()}", f".squashfs.img.partial-{os.getpid()}"])
+
+
+def test_cow_status_of_huge_declared_chunks_reads_little(tmp_path):
+    """A store of 4 KiB data (2 GiB apparent) declaring 1 GiB chunks: status read its whole 1 GiB table."""
+    import resource
+    import sys
+
+    media = tmp_path / "media"
+    (media / "LiveOS").mkdir(parents=True)
+    create_sparse(media / "LiveOS" / "rootfs.img", MiB)
+    cow = media / "LiveOS" / OVERLAY
+    with open(cow, "wb") as f:
+        f.write(struct.pack("<IIII", 0x70416E53, 1, 1, 1 << 21))
+        f.truncate(2 << 30)
+
+    def limit() -> None:  # far below the 1 GiB the table would take
+        resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "composer", "overlay", "status", str(media)], capture_output=True,
+                          text=True, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "0 chunks of 2097152 sectors" in proc.stdout

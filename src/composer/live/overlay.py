@@ -25,7 +25,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from composer.config import Compression
@@ -57,13 +57,31 @@ class Medium:
     overlay: Path | None  # LiveOS/overlay-LABEL-UUID (file: COW store; directory: overlayfs)
 
 
+def _refuse_link(path: Path, what: str) -> None:
+    """Nothing inside a medium is followed: merge replaces and empties what it finds there,
+    and a link would make it read, copy or delete what the link points at."""
+    if os.path.islink(path):
+        raise ComposerError(f"{path} is a symbolic link (to {os.readlink(path)}): composer never follows a link "
+                            f"inside a medium or its overlay; put the {what} itself there")
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
 def find_medium(media: Path, overlay_name: str | None = None) -> Medium:
     liveos = media / "LiveOS"
+    _refuse_link(liveos, "LiveOS directory")
     if not liveos.is_dir():
         raise ComposerError(f"{media}: no LiveOS/ directory (expected a live medium's root or its mount point)")
     sq = liveos / "squashfs.img"
     rf = liveos / "rootfs.img"
-    if not sq.is_file() and not rf.is_file():
+    for p in (sq, rf):
+        _refuse_link(p, "image")
+    if not stat.S_ISREG(_lstat_mode(sq)) and not stat.S_ISREG(_lstat_mode(rf)):
         raise ComposerError(f"{liveos}: neither squashfs.img nor rootfs.img found")
     if overlay_name:
         ov: Path | None = _named_overlay(liveos, overlay_name)
@@ -100,8 +118,15 @@ def _named_overlay(liveos: Path, name: str) -> Path:
 
 
 def _upper_work(ov: Path) -> tuple[Path, Path]:
+    """The overlay's upper and work directories: real directories, never links (a `work`
+    linking to a host directory had that directory emptied by the reset)."""
+    _refuse_link(ov, "overlay directory")
     for upper, work in (("upper", "work"), ("overlayfs", "ovlwork")):
-        if (ov / upper).is_dir():
+        _refuse_link(ov / upper, "directory")
+        if stat.S_ISDIR(_lstat_mode(ov / upper)):
+            _refuse_link(ov / work, "directory")
+            if os.path.lexists(ov / work) and not stat.S_ISDIR(_lstat_mode(ov / work)):
+                raise ComposerError(f"{ov / work}: not a directory; an overlay's {work} is a directory (or absent)")
             return ov / upper, ov / work
     raise ComposerError(f"{ov}: an overlay directory needs upper/ (or dracut's overlayfs/)")
 
@@ -145,23 +170,40 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+def _scandir(d: Path) -> list[tuple[str, os.stat_result]]:
+    """(name, lstat) of a directory's entries, sorted; `d` itself is opened without following a
+    link (a directory swapped for one while we work is refused, not read)."""
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ComposerError(f"{d} is not a directory but a {'symbolic link' if os.path.islink(d) else 'file'} "
+                                "(it changed while composer read it?): composer never follows a link inside a "
+                                "medium; nothing more was done") from None
+        raise
+    try:
+        with os.scandir(fd) as it:
+            return sorted(((e.name, e.stat(follow_symlinks=False)) for e in it), key=lambda x: x[0])
+    finally:
+        os.close(fd)
+
+
 def _walk(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
     stack = [top]
     while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                st = e.stat(follow_symlinks=False)
-                yield Path(e.path), st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(Path(e.path))
+        d = stack.pop()
+        for name, st in _scandir(d):
+            yield d / name, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(d / name)
 
 
 def overlay_status(media: Path, overlay_name: str | None = None) -> OverlayStatus:
     m = find_medium(media, overlay_name)
     if m.overlay is None:
         raise ComposerError(f"{m.liveos}: no persistent overlay (LiveOS/overlay-<LABEL>-<UUID>)")
-    if m.overlay.is_file():
-        store = CowStore.read(m.overlay, require_valid=False)
+    if stat.S_ISREG(os.lstat(m.overlay).st_mode):
+        store = CowStore.read(m.overlay, require_valid=False, follow_symlinks=False)
         u = store.usage()
         return OverlayStatus(
             m.overlay.name, "dm-snapshot", store.valid, u.allocated_sectors * 512, u.total_sectors * 512,
@@ -254,11 +296,8 @@ def apply_upper(upper: Path, target: Path) -> ApplyStats:
     links: dict[tuple[int, int], Path] = {}
 
     def walk(src_dir: Path, dst_dir: Path) -> None:
-        with os.scandir(src_dir) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            src, dst = Path(e.path), dst_dir / e.name
-            st = e.stat(follow_symlinks=False)
+        for name, st in _scandir(src_dir):
+            src, dst = src_dir / name, dst_dir / name
             if _is_whiteout(st):
                 if os.path.lexists(dst):
                     _remove(dst)
@@ -281,7 +320,7 @@ def apply_upper(upper: Path, target: Path) -> ApplyStats:
                 os.link(links[key], dst)
                 continue
             if stat.S_ISREG(st.st_mode):
-                copy_prefix_sparse(src, dst, st.st_size)
+                copy_prefix_sparse(src, dst, st.st_size, follow_symlinks=False)
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(src), dst)
             elif stat.S_ISFIFO(st.st_mode):
@@ -490,57 +529,67 @@ def _replace_durably(new: Path, dest: Path) -> None:
     """Put `new` in place of `dest` atomically, on disk before and after the rename.
 
     Live media are USB sticks that get pulled: the data must be on the stick before the
-    name points at it. From another filesystem it is first copied beside `dest`.
+    name points at it. From another filesystem it is first copied beside `dest`, into a
+    directory of this run's own (no name there that anyone could have planted a link at).
     """
-    if not _same_fs(new, dest.parent):
-        staged = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-        try:
+    if not stat.S_ISREG(_lstat_mode(dest)):
+        raise ComposerError(f"overlay merge: {dest} is no longer a regular file (it changed during the merge); "
+                            "nothing was changed")
+    mode = stat.S_IMODE(os.lstat(dest).st_mode)
+    with contextlib.ExitStack() as stack:
+        if not _same_fs(new, dest.parent):
+            staging = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=dest.parent, prefix=_SCRATCH_PREFIX)))
+            staged = staging / dest.name
             copy_sparse(new, staged)
             run(["cmp", new, staged])
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        new = staged
-    try:
-        os.chmod(new, stat.S_IMODE(dest.stat().st_mode))
+            new = staged
+        os.chmod(new, mode)
         _fsync(new)
         os.replace(new, dest)
-    finally:
-        if new.name.startswith(f".{dest.name}.partial-"):
-            new.unlink(missing_ok=True)
     _fsync(dest.parent)
 
 
-def _reset_cow(overlay: Path, store: CowStore) -> None:
-    # A valid empty store of the same size and chunk size, written beside it and renamed:
-    # sparse (only header and first area), and never a half-reset overlay.
-    fresh = overlay.with_name(f".{overlay.name}.reset-{os.getpid()}")
-    try:
-        CowStore.write(fresh, store.chunk_sectors, [], size=store.size)
-        st = overlay.stat()
-        os.chown(fresh, st.st_uid, st.st_gid)
-        os.chmod(fresh, stat.S_IMODE(st.st_mode))
-        _fsync(fresh)
-        os.replace(fresh, overlay)
-        _fsync(overlay.parent)
-    finally:
-        fresh.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _prepared_reset(plan: MergePlan) -> Iterator[Callable[[], None]]:
+    """Everything the reset needs, made before the image is replaced (in a directory of this
+    run's own, beside the overlay): afterwards the reset is renames only, which a link or a
+    full disk cannot make fail halfway. Yields the reset; the directory goes at the end."""
+    ov = plan.overlay
+    with tempfile.TemporaryDirectory(dir=ov if plan.store is None else ov.parent, prefix=".composer-reset-") as d:
+        aside = Path(d)
+        if plan.store is not None:
+            # A valid empty store of the same size and chunk size: sparse, never half-reset.
+            fresh = aside / ov.name
+            CowStore.write(fresh, plan.store.chunk_sectors, [], size=plan.store.size)
+            st = os.lstat(ov)
+            os.chown(fresh, st.st_uid, st.st_gid)
+            os.chmod(fresh, stat.S_IMODE(st.st_mode))
+            _fsync(fresh)
+            swaps: list[tuple[Path, Path, Path | None]] = [(fresh, ov, None)]
+        else:
+            assert plan.upper is not None and plan.ovl_work is not None
+            swaps = []
+            for half in (plan.upper, plan.ovl_work):
+                if half.parent != ov or not os.path.lexists(half):
+                    continue
+                _refuse_link(half, "directory")
+                st = os.lstat(half)
+                fresh = aside / f"new-{half.name}"
+                fresh.mkdir()
+                os.chown(fresh, st.st_uid, st.st_gid)
+                os.chmod(fresh, stat.S_IMODE(st.st_mode))
+                swaps.append((fresh, half, aside / f"old-{half.name}"))
 
+        def reset() -> None:
+            for fresh, half, old in swaps:
+                if old is not None:
+                    if not stat.S_ISDIR(_lstat_mode(half)):  # only ever the overlay's own directories
+                        raise ComposerError(f"overlay merge: {half} is no longer a directory; not reset")
+                    os.rename(half, old)  # into this run's directory, removed with it
+                os.replace(fresh, half)
+            _fsync(ov if plan.store is None else ov.parent)
 
-def _reset_overlayfs(upper: Path, work: Path) -> None:
-    # Only ever empty the overlay's own two directories.
-    if upper.parent != work.parent or not upper.parent.name.startswith("overlay-"):
-        raise ValueError(f"refusing to reset {upper} and {work}: not the two halves of one overlay directory")
-    st = os.lstat(upper)
-    old = upper.with_name(f".{upper.name}.merged-{os.getpid()}")
-    upper.rename(old)
-    upper.mkdir()
-    os.chown(upper, st.st_uid, st.st_gid)
-    os.chmod(upper, stat.S_IMODE(st.st_mode))
-    shutil.rmtree(old)
-    if work.is_dir():
-        for child in work.iterdir():
-            _remove(child)
+        yield reset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,7 +658,7 @@ def plan_merge(
         if m.squashfs and rootfs_in_sq is None:
             raise ComposerError(f"{m.squashfs} holds no LiveOS/rootfs.img, so a COW overlay cannot belong to it")
         origin_size = rootfs_in_sq if rootfs_in_sq is not None else m.rootfs.stat().st_size  # type: ignore[union-attr]
-        store = CowStore.read(overlay, origin_size=origin_size)
+        store = CowStore.read(overlay, origin_size=origin_size, follow_symlinks=False)
         if not store.exceptions:
             return MergePlan(m, overlay, kind, target, old_size, nothing=f"{overlay.name} holds no changes")
         apply = MergeStep("apply", f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from "
@@ -659,11 +708,13 @@ def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = F
     """Run the plan's steps in a scratch directory under plan.scratch_root."""
     m = plan.medium
     assert plan.scratch_root is not None
-    with tempfile.TemporaryDirectory(dir=plan.scratch_root, prefix=_SCRATCH_PREFIX) as scratch_s:
-        scratch = Path(scratch_s)
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=plan.scratch_root, prefix=_SCRATCH_PREFIX)))
         tree = scratch / "tree"
         rootfs: Path | None = None  # the filesystem image being changed; None: the tree itself
         new: Path | None = None  # the new squashfs.img
+        verified = False  # the new image checked as a whole: only then is the old one replaced
+        reset: Callable[[], None] | None = None
         for step in plan.steps:
             if step.action == "extract":
                 assert m.squashfs is not None
@@ -681,7 +732,7 @@ def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = F
                 copy_sparse(plan.target, rootfs)
             elif step.action == "apply" and plan.store is not None:
                 assert rootfs is not None
-                n = apply_store(plan.store, plan.overlay, rootfs)
+                n = apply_store(plan.store, plan.overlay, rootfs)  # (opens the overlay without following a link)
                 info(f"overlay merge: applied {n} chunks to {rootfs.name}")
             elif step.action == "apply":
                 assert plan.upper is not None
@@ -695,23 +746,24 @@ def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = F
             elif step.action == "fsck":
                 assert rootfs is not None
                 _fsck(rootfs, repair=repair)
+                verified = m.squashfs is None  # the image itself; a squashfs.img is verified below
             elif step.action == "squash":
                 new = scratch / "squashfs.img"
                 make_squashfs(tree, new, plan.compression, level=level, all_time=False)
             elif step.action == "verify":
                 assert new is not None
                 _verify_squashfs(new, rootfs, None if rootfs is not None else tree, scratch)
+                verified = True
             elif step.action == "replace":
                 replacement = new if new is not None else rootfs
-                assert replacement is not None
+                if replacement is None or not verified:
+                    raise ComposerError(f"overlay merge: the new {plan.target.name} was not verified; nothing was changed")
+                reset = stack.enter_context(_prepared_reset(plan))
                 _replace_durably(replacement, plan.target)
                 info(f"overlay merge: replaced {plan.target}")
             elif step.action == "reset":
-                if plan.store is not None:
-                    _reset_cow(plan.overlay, plan.store)
-                else:
-                    assert plan.upper is not None and plan.ovl_work is not None
-                    _reset_overlayfs(plan.upper, plan.ovl_work)
+                assert reset is not None
+                reset()
                 info(f"overlay merge: reset {plan.overlay.name}")
             else:
                 raise AssertionError(f"unknown merge step {step.action}")

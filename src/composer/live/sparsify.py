@@ -38,12 +38,14 @@ def refuse_if_in_use(img: Path, what: str) -> None:
         raise ComposerError(f"{what} {img} is in use by {', '.join(loops)} (mounted or a running live system); detach it first")
 
 
-def copy_prefix_sparse(src: Path, dst: Path, length: int) -> None:
-    """Make `dst` a `length`-byte copy of src's start, holes kept as holes."""
-    sfd = os.open(src, os.O_RDONLY)
+def copy_prefix_sparse(src: Path, dst: Path, length: int, *, follow_symlinks: bool = True) -> None:
+    """Make `dst`, a new file, a `length`-byte copy of src's start, holes kept as holes.
+    follow_symlinks=False: a link at `src` is refused (a medium's overlay is never followed)."""
+    sfd = os.open(src, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
     try:
         ssize = os.fstat(sfd).st_size
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Exclusive: never a file that is already there, nor what a link there points at.
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             for start, end in data_ranges(sfd, min(ssize, length)):
                 pos = start
@@ -97,6 +99,10 @@ def human(n: float) -> str:
 
 
 def sparsify(img: Path) -> SparsifyResult:
+    if os.path.islink(img):
+        # zerofree and fallocate would change what the link points at: composer never writes through a link.
+        raise ComposerError(f"sparsify: {img} is a symbolic link (to {os.readlink(img)}): composer never writes "
+                            "through a link; give the image itself")
     if not img.exists():
         raise ComposerError(f"sparsify: {img}: no such file")
     if not img.is_file():
