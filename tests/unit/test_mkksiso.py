@@ -566,3 +566,13 @@ def test_force_replaces_a_regular_output_only_when_complete(small_isos, tmp_path
     monkeypatch.undo()
     mk.remaster(mk.MkksisoOptions(input=small_isos["grub2"], output=out, ks=ks, force=True))
     assert out.stat().st_size > 100_000 and not out.is_symlink()
+
+
+def test_boot_iso_and_netboot_menus_take_only_checked_kernel_arguments():
+    """The same check at the menu writers' door (extra_args), whoever calls them."""
+    from composer.outputs.media import join_args
+
+    assert join_args(("quiet", "console=ttyS0,115200n8"), "inst.text") == "quiet console=ttyS0,115200n8 inst.text"
+    for bad in ("a;reboot", "x}", "#", "$(id)"):
+        with pytest.raises(ComposerError, match=re.escape(f"kernel argument {bad!r}: holds")):
+            join_args((bad,))

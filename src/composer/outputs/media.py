@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from composer.preflight import check_kernel_arg
 from composer.run import ComposerError
 from composer.templates import render_template
 
@@ -60,13 +61,16 @@ def render_config(templatedir: Path, name: str, variables: Mapping[str, object])
 
 
 def join_args(*parts: str | Sequence[str]) -> str:
+    """``extra_args`` for the menus: every word checked as a kernel argument (as the
+    command line's were, and as mkksiso's are), so that no caller can put menu syntax
+    into a GRUB, isolinux, pxelinux or iPXE line."""
     words: list[str] = []
     for p in parts:
         if isinstance(p, str):
             words += shlex.split(p)
         else:
             words += list(p)
-    return " ".join(words)
+    return " ".join(check_kernel_arg("kernel argument", w) for w in words)
 
 
 def copy_file(src: Path, dest: Path) -> Path:
