@@ -453,7 +453,7 @@ def _with_credentials(options: list[tuple[str, str]], proxy: str | None) -> list
                         extra.setdefault(f"{prefix}password", password)
             value = "".join(urls)
         out.append((key, value))
-    return out + sorted(extra.items())
+    return out + list(extra.items())
 
 
 SOURCES_REPO = "composer-sources.repo"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.config import Config
-from composer.dnf import check_source, check_url
+from composer.dnf import check_source, check_url, split_userinfo
 from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
 
@@ -159,8 +159,10 @@ def load_kickstart(path: Path) -> KickstartInput:
 
     def take_source(cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
         """A package source of `url` or `repo` (shown: how a bad source is named), and its
-        mirror list; a metalink is reported unused (named: how the report names the command)."""
+        mirror list; a metalink or proxy is reported unused (named: how the report names the command)."""
         where = _line_of(files, getattr(cmd, "lineno", None), command)
+        for value in (url, getattr(cmd, "mirrorlist", None), getattr(cmd, "proxy", None)):
+            split_userinfo(value or "")  # a password in it is masked wherever composer shows it
         if url:
             check_line(f"kickstart {where}: {command} {url_option}", url)
             check_source(url, f"kickstart {where}: {shown}")
@@ -170,8 +172,9 @@ def load_kickstart(path: Path) -> KickstartInput:
             check_line(f"kickstart {where}: {command} --mirrorlist", mirrorlist)
             check_url(mirrorlist, f"kickstart {where}: {shown.rsplit(' ', 1)[0]} --mirrorlist")
             mirrorlists.append(mirrorlist)
-        if getattr(cmd, "metalink", None):
-            unused.append(f"{named} --metalink")
+        for option in ("metalink", "proxy"):
+            if getattr(cmd, option, None):
+                unused.append(f"{named} --{option}")
 
     mirrorlists: list[str] = []
     url = handler.url
