@@ -275,8 +275,9 @@ def check_url(url: str, option: str) -> ParseResult:
 _URL_KEYS = ("baseurl", "mirrorlist", "metalink")
 _URL_SCHEMES = ("file", "http", "https", "ftp")
 # dnf's repository options that hold credentials: written only into the 0600 files dnf
-# reads while it runs, never onto a command line or into a log. The passwords are secrets
-# (run.register_secret); user names are only kept out of sight with them.
+# reads while it runs (masked otherwise), never onto a command line or into a log. The
+# passwords are also secrets (run.register_secret) wherever composer prints: a user name
+# ("admin") is too common a word to mask in every line.
 CREDENTIAL_KEYS = ("username", "password", "proxy_username", "proxy_password")
 SECRET_KEYS = ("password", "proxy_password")
 # How packages are fetched, not what they are: not part of a tree's cache key.
@@ -419,10 +420,10 @@ class Repository:
     options: tuple[tuple[str, str], ...]
 
     def text(self, *, secrets: bool) -> str:
-        """The [section] for dnf (secrets: with the passwords, else with them masked)."""
+        """The [section] for dnf (secrets: with the credentials, else with them masked)."""
         out = [f"[{self.id}]"]
         for key, value in self.options:
-            if not secrets and key.lower() in SECRET_KEYS:
+            if not secrets and key.lower() in CREDENTIAL_KEYS:
                 value = MASK
             out.append(f"{key}={value.strip()}".replace("\n", "\n  "))  # continuation lines, as dnf reads them
         return "\n".join(out) + "\n"

@@ -99,8 +99,8 @@ def test_credentials_reach_dnf_only_in_0600_files_while_it_runs(tmp_path):
         return "".join(f.read_text() for f in files)
 
     masked = text()
-    assert not any(secret in masked for secret in (*SECRETS, "opt-Pw7")), masked
-    assert "baseurl=https://repo.example/os/\n" in masked and "password=***\n" in masked
+    assert not any(secret in masked for secret in (*SECRETS, "opt-Pw7", "suser", "muser", "puser")), masked
+    assert "baseurl=https://repo.example/os/\n" in masked and "username=***\npassword=***\n" in masked
     with s._credentials():
         given = text()
     # Each repository gets its own URL's credentials (and the proxy's, if it names no proxy
