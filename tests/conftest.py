@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The test product is a test fixture, not part of the shipped package.
-sys.path.insert(0, str(ROOT / "tools"))
+# The suite tests the checkout it is in, whichever composer is installed (an editable
+# install of another checkout, a pip-installed release): this process imports it and
+# every `python -m composer` the tests start runs it.
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tools")]  # tools: the test product, a test fixture
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
 BUILD = Path(os.environ.get("COMPOSER_TEST_BUILD", ROOT / "build"))
 
 

@@ -10,6 +10,7 @@ import glob
 import importlib.resources
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -101,7 +102,7 @@ def open_for_append(path: Path, option: str) -> int:
     except OSError as e:
         why = {errno.ELOOP: "is a symbolic link (composer never writes through a link)",
                errno.ENXIO: "is a FIFO (give a regular file)",
-               errno.EISDIR: "is a directory"}.get(e.errno, e.strerror or str(e))
+               errno.EISDIR: "is a directory"}.get(e.errno or 0, e.strerror or str(e))
         raise ComposerError(f"{option} {path}: {why}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or _on_pseudo_fs(fd):
@@ -240,24 +241,33 @@ def require(*programs: str) -> None:
         raise ComposerError(f"required program(s) not found: {', '.join(missing)}")
 
 
+# Inside every directory locked_mkdir makes: what lets remove_stale tell a dead composer's
+# directory from anybody else's that merely has a similar name.
+LOCK_MARKER = ".composer-lock"
+
+
 def locked_mkdir(path: Path) -> int:
     """Create directory `path` and return an fd holding an exclusive flock on it.
 
     The lock lives as long as the fd, i.e. at most as long as this process (even after
     SIGKILL), so remove_stale() can tell a live build's directory from a dead one's.
-    The directory gets its final name only once it is locked, so a concurrent scan
-    never sees it unlocked.
+    The directory gets its final name only once it is locked and marked, so a concurrent
+    scan never sees it unlocked.
     """
     path = Path(path)
-    nascent = path.parent / f".nascent-{os.getpid()}-{path.name}"
+    nascent = path.parent / f".nascent-{secrets.token_hex(6)}-{path.name}"
     nascent.mkdir()
-    fd = os.open(nascent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fd = os.open(nascent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        marker = os.open(LOCK_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=fd)
+        os.write(marker, f"composer pid {os.getpid()}\n".encode())
+        os.close(marker)
         nascent.rename(path)
     except BaseException:
         os.close(fd)
-        nascent.rmdir()
+        shutil.rmtree(nascent, ignore_errors=True)
         raise
     return fd
 
@@ -269,16 +279,38 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-def remove_stale(parent: Path, pattern: str) -> list[Path]:
-    """Delete directories matching `pattern` in `parent` that no live process holds locked.
+def _made_by_composer(fd: int) -> bool:
+    """Is the directory open at fd one that locked_mkdir made, as this user?"""
+    if os.fstat(fd).st_uid != os.geteuid():
+        return False
+    for marker in (LOCK_MARKER, OUTPUT_MARKER):  # an output's old copy (.NAME.old-*) has the latter
+        try:
+            st = os.stat(marker, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            return True
+    return False
 
-    They are what a killed build (SIGKILL, power loss) left behind.
-    """
+
+def _unlocked(fd: int) -> bool:
+    """Locked by nobody (and now by us): no live build owns the directory."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_stale(parent: Path, pattern: str) -> list[Path]:
+    """Delete directories matching `pattern` in `parent` that a killed composer left: made
+    by locked_mkdir as this user (its marker inside) and locked by no live process.
+    Anything else with a similar name is somebody else's and stays."""
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
-    # .nascent-*: killed inside locked_mkdir's split second between mkdir and rename
-    # (a minute old, so never one that another build is about to lock).
+    # .nascent-*: killed inside locked_mkdir's split second before the rename (a minute
+    # old, so never one that another build is about to lock).
     nascent = {d for d in parent.glob(".nascent-*") if time.time() - _mtime(d) > 60}
     for d in sorted({*parent.glob(pattern), *nascent}):
         try:
@@ -286,13 +318,9 @@ def remove_stale(parent: Path, pattern: str) -> list[Path]:
         except OSError:
             continue  # gone meanwhile, or not a directory
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a live build owns it
-        try:
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
+            if _made_by_composer(fd) and _unlocked(fd):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
         finally:
             os.close(fd)
     if removed:
@@ -347,9 +375,8 @@ def _locked_scratch(final: Path) -> tuple[Path, int]:
     """A fresh `.NAME.partial-PID` directory beside `final`, locked (see locked_mkdir);
     the ones of killed runs are removed first."""
     remove_stale(final.parent, f".{glob.escape(final.name)}.partial-*")
-    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # An unpredictable name: nobody can plant a link or a directory there beforehand.
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(6)}"
     return tmp, locked_mkdir(tmp)
 
 
@@ -382,28 +409,35 @@ def atomic_dir(final: Path, *, force: bool = False, require_marker: bool = True)
     remove_stale(final.parent, f".{glob.escape(final.name)}.old-*")
     tmp, fd = _locked_scratch(final)
     try:
-        try:
-            yield tmp
-            (tmp / OUTPUT_MARKER).write_text("made by composer; `--force` may replace this directory\n")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if os.path.lexists(final):
-            # Checked again: a link or a foreign directory may have appeared meanwhile.
-            if require_marker or os.path.islink(final):
-                check_replaceable(final, force=force)
-            # Swap in one step where the kernel can, so `final` never disappears.
-            if _exchange(tmp, final):
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        yield tmp
+        (tmp / OUTPUT_MARKER).write_text("made by composer; `--force` may replace this directory\n")
+        (tmp / LOCK_MARKER).unlink()  # the output marker proves it composer's from now on
+        _put_in_place(tmp, final, force=force, require_marker=require_marker)
+    except BaseException:
+        # Whatever failed, the body or the final check (another build's output appeared
+        # meanwhile): nothing of this run stays behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         os.close(fd)
+
+
+def _put_in_place(tmp: Path, final: Path, *, force: bool, require_marker: bool) -> None:
+    """Rename the complete `tmp` to `final`, replacing an old `final` only as atomic_dir says."""
+    if not os.path.lexists(final):
+        tmp.rename(final)
+        return
+    # Checked again: a link or a foreign directory may have appeared meanwhile.
+    if require_marker or os.path.islink(final):
+        check_replaceable(final, force=force)
+    # Swap in one step where the kernel can, so `final` never disappears.
+    if _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(6)}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def in_tree_argv(

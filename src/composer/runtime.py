@@ -74,8 +74,14 @@ KEPT_PREFIX = "composer-kept."  # --keep-workdir
 
 @contextlib.contextmanager
 def workdir_for(cfg: Config):
-    parent = cfg.workdir if cfg.workdir is not None else Path("/var/tmp")
+    option, parent = ("--workdir", cfg.workdir) if cfg.workdir is not None else ("the work directory", Path("/var/tmp"))
+    if any(ord(c) < 32 or c == "\x7f" for c in str(parent)):
+        # dnf and rpm take their paths from config lines: a newline would start another.
+        raise ComposerError(f"{option} {str(parent)!r}: a control character in the path; choose a path without")
     parent.mkdir(parents=True, exist_ok=True)
+    # Work where the path leads: bubblewrap makes its mount points below a resolved path
+    # only (a /var/tmp or build volume linked elsewhere is common).
+    parent = Path(os.path.realpath(parent))
     remove_stale(parent, WORKDIR_PREFIX + "*")
     d = parent / (WORKDIR_PREFIX + secrets.token_hex(4))
     fd = locked_mkdir(d)

@@ -1,5 +1,8 @@
 """The tree cache for real: compose, compose again with only later stages changed (a hit),
-then compose with --no-cache (a clean install), and compare what got installed."""
+then compose with --no-cache (a clean install), and compare what got installed.
+
+The work directory, the cache and the source repository are each reached through a
+symbolic link, as users have them (a /var/tmp or build volume linked elsewhere)."""
 
 import json
 import re
@@ -24,11 +27,17 @@ def builds(testproduct_repo, base) -> dict[str, tuple[dict, str]]:
     extra = base / "marker.tmpl"
     extra.write_text("append /etc/composer-marker later-stage-only\n")
 
+    links = base / "links"
+    links.mkdir()
+    for name, target in (("work", base / "work"), ("cache", base / "cache"), ("repo", testproduct_repo)):
+        Path(target).mkdir(exist_ok=True)
+        (links / name).symlink_to(target)
+
     def build(name: str, *args: str) -> tuple[dict, str]:
         out = base / name
         proc = composer("runtime", "--product", "TestProduct", "--version", "1",
-                        "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(base / "cache"),
-                        "--workdir", str(base / "work"), "--compression", "lz4", "--rootfs-type", "squashfs",
+                        "--source", f"file://{links / 'repo'}", "--nogpgcheck", "--cachedir", str(links / "cache"),
+                        "--workdir", str(links / "work"), "--compression", "lz4", "--rootfs-type", "squashfs",
                         "--dracut-conf", str(conf), *args, str(out))
         return json.loads((out / "manifest.json").read_text()), proc.stderr
 

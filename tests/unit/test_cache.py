@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from composer.cache import FORMAT_VERSION, InstallInputs, TreeCache, tree_key
+from composer.run import locked_mkdir
 
 BASE = InstallInputs(
     metadata_digest="a" * 64,
@@ -137,7 +138,8 @@ def test_stale_temporary_is_removed_and_eviction_keeps_newest(tmp_path):
     (tree / "usr/lib/sysimage/rpm").mkdir(parents=True)
     (tree / "usr/lib/sysimage/rpm/db").write_text("x")
     root = tmp_path / "trees"
-    (root / ".tmp-deadbeef-1").mkdir(parents=True)  # a killed build's half-written entry
+    root.mkdir()
+    os.close(locked_mkdir(root / ".tmp-deadbeef-1"))  # a killed build's half-written entry
     cache = TreeCache(root, keep=2)
     for i, key in enumerate(["1" * 64, "2" * 64, "3" * 64]):
         assert cache.store(key, tree, packages=["p"], treeinfo={}) is not None

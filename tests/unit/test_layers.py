@@ -144,3 +144,22 @@ def test_no_composer_import_inside_a_function() -> None:
                           if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").split(".")[0] == "composer")
                           or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "composer" for a in n.names)]
     assert not found, "composer imports inside functions (import at the top):\n" + "\n".join(found)
+
+
+def test_the_suite_runs_this_checkouts_composer(tmp_path: Path) -> None:
+    """The test process and the command lines it starts import the same composer: the one
+    in this checkout (tests/conftest.py), even with another one first on the path (an
+    editable install of another checkout)."""
+    import subprocess
+    import sys
+
+    decoy = tmp_path / "composer"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    probe = ("import subprocess, sys, tests.conftest, composer; print(composer.__file__); "
+             "print(subprocess.run([sys.executable, '-c', 'import composer; print(composer.__file__)'], "
+             "capture_output=True, text=True).stdout.strip())")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=PKG.parents[1], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert [Path(p).resolve() for p in out] == [PKG / "__init__.py"] * 2, out

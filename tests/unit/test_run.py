@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from composer.run import (
+    OUTPUT_MARKER,
     CommandError,
     ComposerError,
     atomic_dir,
@@ -109,10 +110,13 @@ def test_remove_stale_spares_live_builds(tmp_path):
     live = tmp_path / "composer-build.live"
     fd = locked_mkdir(live)
     dead = tmp_path / "composer-build.dead"
-    (dead / "tree").mkdir(parents=True)  # nobody holds its lock: a killed build's
+    os.close(locked_mkdir(dead))  # nobody holds its lock any more: a killed build's
+    (dead / "tree").mkdir()
+    foreign = tmp_path / "composer-build.someone-elses"  # the same name, no composer made it
+    (foreign / "data").mkdir(parents=True)
     try:
         assert remove_stale(tmp_path, "composer-build.*") == [dead]
-        assert live.is_dir() and not dead.exists()
+        assert live.is_dir() and not dead.exists() and (foreign / "data").is_dir()
     finally:
         os.close(fd)
     assert remove_stale(tmp_path, "composer-build.*") == [live]
@@ -120,9 +124,22 @@ def test_remove_stale_spares_live_builds(tmp_path):
 
 def test_atomic_dir_removes_a_killed_builds_partial(tmp_path):
     final = tmp_path / "out"
-    (tmp_path / ".out.partial-999999").mkdir()
+    os.close(locked_mkdir(tmp_path / ".out.partial-999999"))
+    (tmp_path / ".out.partial-1-not-ours").mkdir()  # a similar name, not composer's
     with atomic_dir(final) as d:
+        assert d.name.startswith(f".out.partial-{os.getpid()}-")  # unpredictable: nothing planted there
         (d / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-1-not-ours", "out"]
+    assert sorted(p.name for p in final.iterdir()) == [OUTPUT_MARKER, "x"]
+
+
+def test_the_loser_of_two_builds_into_one_outdir_leaves_nothing(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(ComposerError, match="exists"):
+        with atomic_dir(final) as d:
+            (d / "big").write_bytes(b"x" * 4096)
+            final.mkdir()  # the other build finished first
+            (final / OUTPUT_MARKER).write_text("")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.images.sparse import allocated_size
+from composer.run import LOCK_MARKER
 
 MANIFEST_NAME = "manifest.json"
 
@@ -33,7 +34,7 @@ def file_records(outdir: Path) -> list[dict[str, Any]]:
         for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
             p = Path(dirpath, name)
             rel = p.relative_to(outdir).as_posix()
-            if rel == MANIFEST_NAME:
+            if rel in (MANIFEST_NAME, LOCK_MARKER):
                 continue
             if p.is_symlink():
                 records.append({"path": rel, "symlink": os.readlink(p)})
