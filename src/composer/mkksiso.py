@@ -23,19 +23,15 @@ sees) is always kept from the input, so such menus keep finding the medium.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import fcntl
 import fnmatch
 import os
 import re
 import shlex
-import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from composer.images.efiboot import mtools_env
@@ -43,7 +39,7 @@ from composer.images.iso import check_volid, iso_date
 from composer.kickstart import read_kickstart
 from composer.preflight import MENU_SYNTAX, check_kernel_arg, check_kernel_args, check_line, describe_char
 from composer.reproducible import seed_uuid
-from composer.run import CommandError, ComposerError, info, output_path, run, stage
+from composer.run import CommandError, ComposerError, info, output_path, run, scratch_beside, stage
 from composer.templates import udev_escape
 
 SECTOR = 2048
@@ -932,7 +928,7 @@ def remaster(opts: MkksisoOptions) -> Path:
     check_options(opts)
     final = output_path(opts.output)
     t0 = time.monotonic()
-    with _scratch(final) as scratch:
+    with scratch_beside(final) as scratch:
         work = scratch / "work"
         work.mkdir()
         with stage("mkksiso: plan"):
@@ -945,21 +941,6 @@ def remaster(opts: MkksisoOptions) -> Path:
     info(f"mkksiso: {final}: {out_size / 2**20:.1f} MiB (input {in_size / 2**20:.1f} MiB), volume id {p.new_volid}, "
          f"{time.monotonic() - t0:.1f}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")
     return final
-
-
-@contextlib.contextmanager
-def _scratch(final: Path) -> Iterator[Path]:
-    """A new directory beside `final` (so the ISO is renamed, never copied): a name no
-    one can guess, created exclusively, 0700, so nothing in it can be planted; locked
-    while in use like run.scratch_beside's (a sweep of killed runs' leftovers skips it)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(fd)
 
 
 def _install(tmp: Path, final: Path, *, force: bool) -> None:
