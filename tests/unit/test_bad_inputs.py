@@ -84,6 +84,9 @@ def inputs(tmp_path_factory) -> Path:
     # A product whose templates need no packages: the runtime gets as far as
     # running --add-template on a real (empty) tree in a second.
     _defence_inputs(i)
+    # Where a log is asked for: a link planted to a victim file, a FIFO nobody reads.
+    (i / "loglink").symlink_to(i / "victimdir" / "precious")
+    os.mkfifo(i / "fifo")
     mini = i / "data" / "templates" / "mini"
     mini.mkdir(parents=True)
     (mini / "runtime-install.tmpl").write_text("log mini product\n")
@@ -454,6 +457,21 @@ CASES += [Case(*c[:3], **{"defence": "messages", **(c[3] if len(c) > 3 else {})}
      "--overlay rootfs.img: not an overlay (their names start with overlay-"),
     ("overlay-merge-garbage-rootfs", ("overlay", "merge", "--dry-run", "{i}/medium5"),
      "rootfs.img holds no recognised filesystem: the medium's image is damaged or not a live image"),
+]]
+
+
+CASES += [Case(*c[:3], **{"defence": "links", **(c[3] if len(c) > 3 else {})}) for c in [
+    # Issue 20: nothing is written through a link, no file that is not a file is written or waited on
+    ("runtime-logfile-symlink", ("--logfile", "{i}/loglink", *RT, OUT),
+     "--logfile {i}/loglink: is a symbolic link (composer never writes through a link)"),
+    ("boot-iso-logfile-symlink", (*ISO, "--logfile", "{i}/loglink", OUT), "--logfile {i}/loglink: is a symbolic link"),
+    ("netboot-logfile-symlink", (*NET, "--logfile", "{i}/loglink", OUT), "--logfile {i}/loglink: is a symbolic link"),
+    ("runtime-logfile-fifo", ("--logfile", "{i}/fifo", *RT, OUT), "--logfile {i}/fifo: not a regular file"),
+    ("runtime-logfile-dev-full", ("--logfile", "/dev/full", *RT, OUT), "/dev/full"),
+    ("runtime-logfile-proc", ("--logfile", "/proc/self/comm", *RT, OUT), "/proc/self/comm"),
+    ("runtime-workdir-newline", ("runtime", "--product", "TestProduct", "--version", "1", *SRC, "--cachedir",
+                                 "{t}/cache", "--workdir", "{t}/work\nrpmdb", OUT),
+     "--workdir '{t}/work\\nrpmdb': a control character in the path"),
 ]]
 
 
