@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 _CHUNK = 8 << 20
@@ -82,13 +83,16 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
 
 
 def copy_sparse(src: Path, dst: Path) -> None:
-    """Copy src to dst, keeping holes as holes. dst is written as dst.tmp, then renamed."""
-    tmp = dst.with_name(dst.name + ".tmp")
+    """Copy src to dst, keeping holes as holes. dst is written under a fresh name beside
+    it (unpredictable, created exclusively: nothing planted there is written through),
+    then renamed."""
     sfd = os.open(src, os.O_RDONLY)
     try:
         st = os.fstat(sfd)
-        dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, st.st_mode & 0o7777)
+        dfd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+        tmp = Path(name)
         try:
+            os.fchmod(dfd, st.st_mode & 0o7777)
             for start, end in data_ranges(sfd, st.st_size):
                 _copy_range(sfd, dfd, start, end)
             os.ftruncate(dfd, st.st_size)  # a trailing hole only exists through the size
