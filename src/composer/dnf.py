@@ -563,6 +563,8 @@ class DnfSession:
         self.reposdir.mkdir(mode=0o700, exist_ok=True)
         self.repositories = repositories(config)
         self._write_repos(secrets=False)
+        for r in (r for _, repos in self.repositories for r in repos):
+            debug(f"dnf: repository {r.id} from {r.origin}")  # debug masks a URL's credentials
         self.logdir = config.logdir or workdir / "dnf-log"
         self.logdir.mkdir(parents=True, exist_ok=True)
         (workdir / "dnf-state").mkdir(exist_ok=True)
