@@ -7,6 +7,13 @@ whose %pre scriptlet fails, a dracut module that does not exist, a 64 MiB tmpfs 
 work directory, a filesystem that fills up while the images are written, and
 SIGTERM/SIGINT/SIGKILL sent to the composer process.
 
+The signal matrix: SIGTERM and SIGHUP (what Pungi, Koji and a closed terminal send) at an
+early stage (install) and a late one (squashfs) of `runtime`, `boot-iso`, `netboot` and
+`composer lorax`; each must end within seconds, with `composer: interrupted by SIG...;
+cleaned up`, exit 128+n, and leave no process, mount, loop device, work directory, OUTDIR,
+scratch output or temporary directory. Each run is cut early: it shares the tree cache
+with the other slow tests (build/cache), so even the late stage comes within seconds.
+
 After SIGKILL nobody can clean up, so the killed build's work directory (and its
 scratch directory beside OUTDIR) may remain, but nothing at OUTDIR itself: the next
 run recognises them (nobody holds their lock) and deletes them before it starts.
@@ -14,7 +21,9 @@ run recognises them (nobody holds their lock) and deletes them before it starts.
 Cost: the module shares one tree cache, so only two tests run a dnf transaction and one
 build runs to the end; builds use --rootfs-type squashfs, lz4 and an uncompressed
 initramfs (the faults concern cleanup, not compression). Measured on the 2-core machine:
-3 minutes at load 3, under 7 at load 10+; most of it is the one complete build.
+3 minutes at load 3, under 7 at load 10+; most of it is the one complete build. The
+signal matrix (17 runs, none built to the end) adds 130 s (measured with one tree cache
+miss, at load ~3); 0.3-1 s from the signal to exit, 12 s at most.
 """
 
 from __future__ import annotations
@@ -26,12 +35,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import composer
+from tests.conftest import BUILD, ROOT, composer
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +101,22 @@ def processes_mentioning(*paths: Path) -> list[str]:
 def loop_devices_mentioning(*paths: Path) -> list[str]:
     out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if any(str(x) in line for x in paths)]
+
+
+def session_processes(sid: int) -> list[str]:
+    """Live processes of the session composer led (started with start_new_session):
+    everything it started, bwrap's sandboxes, dracut and mksquashfs included, unless one
+    left it. Zombies (dead, waiting for init to reap them) hold nothing and are not counted."""
+    found = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (p / "stat").read_text().rpartition(")")[2].split()
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == sid and int(p.name) != sid and fields[0] != "Z":  # fields 3 and 6 of stat
+            found.append(f"{p.name}: {cmd[:200]}")
+    return found
 
 
 def assert_clean(out: Path, work: Path, mounts_before: set[str], *, killed: bool = False) -> None:
@@ -294,3 +320,75 @@ def test_sigkill_then_rerun(env, case):
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "stderr.log", "work"]
     assert list((env.cache / "trees").glob(".*")) == []
     print(f"rerun after SIGKILL: {time.monotonic() - start_time:.0f}s")
+
+
+# ------------------------------------------------------------------ the signal matrix
+
+LORAX_TEMPLATES = ROOT / "tools/testproduct/lorax-templates"
+# A stage marker composer prints and how long after it the signal comes: early while the
+# tree is installed (dnf, or its copy from the tree cache), late while mksquashfs runs.
+STAGES = {"early": (r"^\[ *[\d.]+s\] install \.\.\.$", 0.5), "late": (r"^\[ *[\d.]+s\] squashfs \.\.\.$", 1.0)}
+EXIT_WITHIN = 20.0  # seconds from the signal to composer's exit, on 2 shared, busy cores
+
+
+def pipeline_args(env: Env, pipeline: str, d: Path) -> list[str]:
+    """The command line of one pipeline, outputs in d/out, work in d/work, cache shared."""
+    out, work, cache = d / "out", d / "work", BUILD / "cache"
+    if pipeline == "lorax":
+        conf = d / "lorax.conf"
+        conf.write_text(f"[lorax]\nsharedir = {LORAX_TEMPLATES}\n[compression]\ntype = lz4\n")
+        return ["lorax", "--product=TestProduct", "--version=1", "--release=1", f"--source=file://{env.repo}",
+                "--nomacboot", "--buildarch=x86_64", "--skip-branding", "--rootfs-type=squashfs",
+                "--dracut-arg=--no-compress", "--dracut-arg=--install", "--dracut-arg=/.buildstamp",
+                f"--logfile={d}/logs/lorax.log", f"--cachedir={cache}", f"--tmp={work}", f"--config={conf}", str(out)]
+    extra = ["--url", "http://example.com/tree/"] if pipeline == "netboot" else []
+    return [pipeline, "--product", "TestProduct", "--version", "1", "--source", f"file://{env.repo}", "--nogpgcheck",
+            "--cachedir", str(cache), "--workdir", str(work), "--compression", "lz4", "--rootfs-type", "squashfs",
+            "--dracut-conf", str(env.dracut_conf), *extra, str(out)]
+
+
+MATRIX = [(p, sig, stage) for p in ("runtime", "boot-iso", "netboot", "lorax")
+          for sig in (signal.SIGTERM, signal.SIGHUP) for stage in ("early", "late")]
+MATRIX.append(("lorax", signal.SIGINT, "late"))  # Ctrl-C: no traceback (lorax's own handling printed one)
+
+
+@pytest.mark.parametrize(("pipeline", "sig", "stage"), MATRIX,
+                         ids=[f"{p}-{sig.name}-{stage}" for p, sig, stage in MATRIX])
+def test_signal_matrix(env, case, pipeline, sig, stage):
+    d = case[0].parent
+    out, work = case
+    errlog = d / "stderr.log"
+    before, tmp_before = mountinfo(), set(Path(tempfile.gettempdir()).glob("composer-lorax.*"))
+    proc = subprocess.Popen([sys.executable, "-m", "composer", *pipeline_args(env, pipeline, d)],
+                            stdout=subprocess.DEVNULL, stderr=errlog.open("w"), start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    pattern, delay = STAGES[stage]
+    wait_for(proc, errlog, pattern)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    time.sleep(0.3)
+    if proc.poll() is None:
+        proc.send_signal(sig)  # an impatient second one must not cut the cleanup short
+    try:
+        rc = proc.wait(timeout=120)
+    finally:
+        took = time.monotonic() - sent
+        at_exit = session_processes(proc.pid)
+        print(f"\n{pipeline} {sig.name} {stage}: exit {took:.1f}s after the signal; processes at exit: {at_exit}")
+    stderr = errlog.read_text()
+    assert rc == 128 + sig, stderr[-3000:]
+    assert error_line(stderr) == f"composer: interrupted by {sig.name}; cleaned up"
+    assert took < EXIT_WITHIN, f"{took:.1f}s from {sig.name} to exit"
+    deadline = time.monotonic() + 5  # PR_SET_PDEATHSIG and bwrap --die-with-parent act a moment later
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(proc.pid) == [], "children outlived composer"
+    assert processes_mentioning(d) == []
+    assert_clean(out, work, before)
+    assert set(Path(tempfile.gettempdir()).glob("composer-lorax.*")) <= tmp_before, "a temporary directory was left"
+    assert {p.name for p in d.iterdir()} <= {"stderr.log", "work", "logs", "lorax.conf"}
+    if pipeline == "lorax":
+        logs = d / "logs"
+        assert f"ERROR: interrupted by {sig.name}" in (logs / "lorax.log").read_text()
+        assert f"ERROR: interrupted by {sig.name}" in (logs / "pylorax.log").read_text()

@@ -126,8 +126,11 @@ def _run(words: Sequence[str], argv: list[str], command: Callable[[], int],
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
         print(f"composer: interrupted by {name}; cleaned up", file=sys.stderr)
-        # Stop signals stay swallowed until exit: one more arriving now must not turn the
-        # clean exit status into a death by signal.
+        # Stop signals are ignored from now until exit (every child is gone): one more must
+        # not turn the clean exit status into a death by signal, and Python's finalization
+        # resets a handler of its own, but not SIG_IGN, to the default.
+        for s in _STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
         previous = {}
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except OSError as e:
