@@ -98,3 +98,23 @@ def test_verify_empty_marker_is_refused(tmp_path):
                     check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "composer: error: --marker: must not be empty " \
         "(the line the image prints once it is up)"
+
+
+def test_lorax_command_runs_as_every_subcommand(tmp_path, monkeypatch, capsys):
+    """The `lorax` command (extras/lorax, what Pungi runs) is `composer lorax` through the
+    same entry path: a refused --logfile is one line, exit 1, and the signal handlers are
+    the ones every subcommand gets, restored afterwards."""
+    import signal
+    import tomllib
+
+    from composer.cli import lorax
+
+    extra = tomllib.loads((Path(__file__).resolve().parents[2] / "extras/lorax/pyproject.toml").read_text())
+    assert extra["project"]["scripts"]["lorax"] == "composer.cli:lorax"
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("sys.argv", ["lorax", "-p", "T", "-v", "1", "-r", "1", "-s", "file:///nonexistent",
+                                     "--tmp", str(tmp_path / "tmp"), "--logfile", str(tmp_path), str(tmp_path / "out")])
+    assert lorax() == 1
+    assert capsys.readouterr().err == f"composer: error: --logfile {tmp_path}: is a directory\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "tmp").exists()
