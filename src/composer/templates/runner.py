@@ -381,6 +381,13 @@ class TemplateRunner:
     # Each _p_<name>(args) checks the arguments and returns the action to run.
 
     def _p_installpkg(self, args: list[str]) -> Callable[[], None]:
+        """installpkg [--required|--optional] [--except PKGGLOB]... PKGSPEC...
+
+        Mark packages for installation by the next `run_pkg_transaction` (lorax's meaning).
+        PKGSPEC is a name glob, or NAME<OP>VERSION without spaces (OP one of =, ==, >, >=, <, <=),
+        passed to dnf as "NAME OP VERSION". `--required` (the default) fails when a PKGSPEC
+        matches no package in the repositories; `--optional` skips it. `--except PKGGLOB`
+        (repeatable) leaves matching names out, as does `--excludepkgs`."""
         usage = "[--required|--optional] [--except PKGGLOB]... PKGGLOB..."
         required = True
         excludes: list[str] = []
@@ -409,6 +416,11 @@ class TemplateRunner:
         return action
 
     def _p_removepkg(self, args: list[str]) -> Callable[[], None]:
+        """removepkg PKGGLOB...
+
+        Delete every file of the installed packages whose names match (lorax's meaning): files
+        and links go, directories only once empty; the rpm database keeps the packages. A glob
+        that matches no installed package is logged, not an error."""
         if not args:
             raise _Usage("PKGGLOB...")
 
@@ -426,6 +438,10 @@ class TemplateRunner:
         return action
 
     def _p_removefrom(self, args: list[str]) -> Callable[[], None]:
+        """removefrom PKGGLOB [--allbut] FILEGLOB...
+
+        Delete the files of the matching installed packages whose paths match a FILEGLOB; with
+        `--allbut`, every file of those packages except the matching ones (lorax's meaning)."""
         usage = "PKGGLOB [--allbut] FILEGLOB..."
         if len(args) < 2 or args[0].startswith("--"):
             raise _Usage(usage)
@@ -451,6 +467,13 @@ class TemplateRunner:
         return action
 
     def _p_removekmod(self, args: list[str]) -> Callable[[], None]:
+        """removekmod GLOB... [--allbut] KEEPGLOB...
+
+        Delete kernel modules (lorax's meaning): each GLOB names paths below
+        `lib/modules/*/kernel/` of every kernel in the tree (a directory means everything in it;
+        composer also takes a module file itself). After `--allbut`, a file whose path contains
+        a match of a KEEPGLOB (taken as `*KEEPGLOB*`) stays. Directories left empty go; the
+        tree's depmod runs after the cleanup template."""
         # lorax: each GLOB names paths below lib/modules/*/kernel/ (a directory means
         # everything in it); a KEEPGLOB after --allbut keeps every file whose path
         # contains a match (it is taken as *KEEPGLOB*).
@@ -500,11 +523,20 @@ class TemplateRunner:
         return action
 
     def _p_run_pkg_transaction(self, args: list[str]) -> Callable[[], None]:
+        """run_pkg_transaction
+
+        Run one dnf transaction with everything `installpkg` marked since the last one (lorax's
+        meaning). Observed by the tree check as a before/after difference."""
         if args:
             raise _Usage("(no arguments)")
         return lambda: self._need_pkgmgr().run_transaction()
 
     def _p_install(self, args: list[str]) -> Callable[[], None]:
+        """install SRCGLOB DEST
+
+        Copy what SRCGLOB matches in the input root to DEST in the output root, like cp
+        (lorax's meaning; for the runtime templates both roots are the tree). Several matches
+        need DEST to be a directory; a directory is copied with its contents."""
         # lorax: SRC (a glob) in the input root, DEST in the output root, like cp.
         src, dest = self._two_paths(args, "SRCGLOB DEST")
         self._in_tree(src, dest)
@@ -527,6 +559,11 @@ class TemplateRunner:
         return found
 
     def _p_installimg(self, args: list[str]) -> Callable[[], None]:
+        """installimg [--xz|--gzip|--bzip2|--lzma] [-ARG]... SRCDIR DESTFILE
+
+        Write SRCDIR of the input root as a compressed newc cpio archive at DESTFILE (lorax's
+        meaning; xz by default, `-N` sets the compression level, default 9). A missing or empty
+        SRCDIR makes no image, as in lorax."""
         # installimg [--xz|--gzip|--bzip2|--lzma] [-ARG|--ARG=VALUE]... SRCDIR DESTFILE
         usage = "[--xz|--gzip|--bzip2|--lzma] [-ARG]... SRCDIR DESTFILE"
         if len(args) < 2:
@@ -551,6 +588,9 @@ class TemplateRunner:
         return action
 
     def _p_mkdir(self, args: list[str]) -> Callable[[], None]:
+        """mkdir DIR...
+
+        Create each directory with its parents; an existing one is fine."""
         if not args:
             raise _Usage("DIR...")
         self._in_tree(*args)
@@ -562,6 +602,10 @@ class TemplateRunner:
         return action
 
     def _p_append(self, args: list[str]) -> Callable[[], None]:
+        """append FILE TEXT
+
+        Append TEXT and a newline to FILE, creating it and its directory if needed. TEXT takes
+        Python escapes (`\\n`, `\\t`, `\\xNN`...) as in lorax; a variable's value is taken as it is."""
         filename, text = self._two_paths(args, "FILE TEXT")
         self._in_tree(filename)
         data = _unescape(text) + "\n"
@@ -575,6 +619,11 @@ class TemplateRunner:
         return action
 
     def _p_replace(self, args: list[str]) -> Callable[[], None]:
+        """replace REGEX REPLACEMENT FILEGLOB...
+
+        In every regular file the globs match, replace REGEX (a Python regular expression,
+        applied line by line) with REPLACEMENT (lorax's meaning; `\\1` names a group).
+        A glob that matches nothing is an error; the expression is checked when the line is parsed."""
         if len(args) < 3:
             raise _Usage("REGEX REPLACEMENT FILEGLOB...")
         pattern, repl, globs = args[0], args[1], args[2:]
@@ -606,6 +655,10 @@ class TemplateRunner:
         return action
 
     def _p_remove(self, args: list[str]) -> Callable[[], None]:
+        """remove GLOB...
+
+        Delete what each glob matches: files, symlinks (never followed) and whole directories.
+        A glob that matches nothing is logged, not an error; the tree itself cannot be removed."""
         if not args:
             raise _Usage("GLOB...")
         self._in_tree(*args)
@@ -621,6 +674,10 @@ class TemplateRunner:
         return action
 
     def _p_symlink(self, args: list[str]) -> Callable[[], None]:
+        """symlink TARGET NAME
+
+        Make NAME a symbolic link whose text is TARGET (literal, resolved inside the tree when
+        used). An existing file or link at NAME is replaced; an existing directory is an error."""
         target, name = self._two_paths(args, "TARGET NAME")
         self._in_tree(name)  # TARGET is the link's text: resolved in the tree when used
 
@@ -650,15 +707,31 @@ class TemplateRunner:
         return action
 
     def _p_hardlink(self, args: list[str]) -> Callable[[], None]:
+        """hardlink SRC DEST
+
+        Hard-link what SRC (a glob in the output root) matches to DEST, or into DEST if it is a
+        directory; directories cannot be hard-linked."""
         return self._two_path_op(args, "hardlink", follow_src=True)
 
     def _p_copy(self, args: list[str]) -> Callable[[], None]:
+        """copy SRC DEST
+
+        Copy what SRC (a glob in the output root) matches to DEST, or into DEST if it is a
+        directory; a directory with its contents (links inside it stay links)."""
         return self._two_path_op(args, "copy", follow_src=True)
 
     def _p_move(self, args: list[str]) -> Callable[[], None]:
+        """move SRC DEST
+
+        Move what SRC (a glob in the output root) matches to DEST, or into DEST if it is a
+        directory; a symlink is moved itself, never followed."""
         return self._two_path_op(args, "move", follow_src=False)
 
     def _p_chmod(self, args: list[str]) -> Callable[[], None]:
+        """chmod FILEGLOB OCTALMODE
+
+        Set the mode of every path the glob matches, in lorax's argument order (the mode last,
+        octal, e.g. 0755); `chmod 0755 FILE` is refused with a hint."""
         # lorax's order: chmod FILEGLOB OCTALMODE.
         if len(args) != 2:
             raise _Usage("FILEGLOB OCTALMODE")
@@ -677,6 +750,12 @@ class TemplateRunner:
         return action
 
     def _p_runcmd(self, args: list[str]) -> Callable[[], None]:
+        """runcmd [--chroot] CMD [ARG...]
+
+        Run a command, as lorax does, on the build host with the output root as working
+        directory: paths must be absolute (`${root}/...`). composer's `--chroot` runs it inside
+        the tree instead (under bubblewrap). `--chdir=` is refused (lorax dropped it too). Observed
+        by the tree check as a before/after difference; use it only when no command fits."""
         chroot = bool(args) and args[0] == "--chroot"
         argv = args[1:] if chroot else args
         if not argv:
@@ -694,6 +773,11 @@ class TemplateRunner:
         return action
 
     def _p_systemctl(self, args: list[str]) -> Callable[[], None]:
+        """systemctl enable|disable|mask|unmask|set-default UNIT...
+
+        Run `systemctl --root=TREE VERB UNIT` for each unit, one at a time (lorax's meaning): a
+        unit that fails (one that does not exist) is logged and skipped; no units at all is nothing to do.
+        composer adds `unmask` and `set-default UNIT` (one unit, which must exist)."""
         usage = f"{'|'.join(_SYSTEMCTL_VERBS)} UNIT..."
         if not args or args[0] not in _SYSTEMCTL_VERBS:
             raise _Usage(usage)
@@ -719,10 +803,16 @@ class TemplateRunner:
         return action
 
     def _p_log(self, args: list[str]) -> Callable[[], None]:
+        """log MESSAGE...
+
+        Write MESSAGE to composer's progress output."""
         message = " ".join(args)
         return lambda: info(message)
 
     def _p_treeinfo(self, args: list[str]) -> Callable[[], None]:
+        """treeinfo SECTION KEY [VALUE...]
+
+        Set KEY in SECTION of the output's .treeinfo to the VALUE words joined by spaces (lorax's meaning)."""
         if len(args) < 2:
             raise _Usage("SECTION KEY [VALUE...]")
         section, key, value = args[0], args[1], " ".join(args[2:])
@@ -751,15 +841,31 @@ class TemplateRunner:
         return action
 
     def _p_installkernel(self, args: list[str]) -> Callable[[], None]:
+        """installkernel SECTION SRC DEST
+
+        Copy the one kernel SRC (a glob in the input root) matches to DEST in the output root and
+        record `kernel = DEST` in SECTION of .treeinfo (lorax's meaning)."""
         return self._install_boot_file(args, "kernel")
 
     def _p_installinitrd(self, args: list[str]) -> Callable[[], None]:
+        """installinitrd SECTION SRC DEST
+
+        Copy the one initrd SRC (a glob in the input root) matches to DEST in the output root,
+        mode 0644, and record `initrd = DEST` in SECTION of .treeinfo (lorax's meaning)."""
         return self._install_boot_file(args, "initrd")
 
     def _p_installupgradeinitrd(self, args: list[str]) -> Callable[[], None]:
+        """installupgradeinitrd SECTION SRC DEST
+
+        As `installinitrd`, recording `upgrade = DEST` (lorax's upgrade initrd)."""
         return self._install_boot_file(args, "upgrade")
 
     def _p_createaddrsize(self, args: list[str]) -> Callable[[], None]:
+        """createaddrsize INITRD_ADDRESS INITRD ADDRSIZE
+
+        Write s390's `initrd.addrsize` at ADDRSIZE: four big-endian 32-bit words, 0, the
+        hexadecimal INITRD_ADDRESS, 0 and the size of INITRD (lorax's meaning). Paths given as
+        `${outroot}/...`, as lorax's templates do, are taken in the output root."""
         # createaddrsize INITRD_ADDRESS INITRD ADDRSIZE: the s390 LPAR initrd.addrsize,
         # four big-endian 32-bit words: 0, address, 0, size of INITRD. lorax's templates
         # give ${outroot}/... paths: those are taken in the output root.
