@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench soak clean
+.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench soak docs clean
 
 setup:
 	./scripts/setup-host
@@ -76,6 +76,10 @@ SOAK_MEMORY ?= 512
 soak:
 	BUILD=$(BUILD) SOAK_N=$(SOAK_N) SOAK_MEMORY=$(SOAK_MEMORY) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/soak.py
+
+# docs/templates.md from the template commands' docstrings (tests/unit/test_docs.py fails when it is stale).
+docs:
+	PYTHONPATH=$(CURDIR)/src $(PYTHON) tools/gendocs.py
 
 clean:
 	rm -rf $(BUILD)/demo $(BUILD)/cache

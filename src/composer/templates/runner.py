@@ -384,8 +384,8 @@ class TemplateRunner:
         """installpkg [--required|--optional] [--except PKGGLOB]... PKGSPEC...
 
         Mark packages for installation by the next `run_pkg_transaction` (lorax's meaning).
-        PKGSPEC is a name glob, or NAME<OP>VERSION without spaces (OP one of =, ==, >, >=, <, <=),
-        passed to dnf as "NAME OP VERSION". `--required` (the default) fails when a PKGSPEC
+        PKGSPEC is a name glob, or `NAME<OP>VERSION` without spaces (OP one of `=`, `==`, `>`, `>=`,
+        `<`, `<=`), passed to dnf as `NAME OP VERSION`. `--required` (the default) fails when a PKGSPEC
         matches no package in the repositories; `--optional` skips it. `--except PKGGLOB`
         (repeatable) leaves matching names out, as does `--excludepkgs`."""
         usage = "[--required|--optional] [--except PKGGLOB]... PKGGLOB..."
