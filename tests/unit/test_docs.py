@@ -47,14 +47,24 @@ def test_rst_to_markdown() -> None:
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def _prose(path: Path) -> str:
+    return re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # code blocks hold no links or headings
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as '-'."""
+    titles = re.findall(r"(?m)^#{1,6} (.+)$", _prose(path))
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_resolve(page: Path) -> None:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
     broken = []
-    for target in _LINK.findall(text):
-        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-            continue  # a URL, or an anchor in the same page
-        path = target.split("#", 1)[0]
-        if not (page.parent / path).exists():
+    for target in _LINK.findall(_prose(page)):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):
+            continue  # a URL
+        path, _, anchor = target.partition("#")
+        dest = page.parent / path if path else page
+        if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
             broken.append(target)
-    assert not broken, f"{page.relative_to(ROOT)}: links to files that do not exist: {broken}"
+    assert not broken, f"{page.relative_to(ROOT)}: links to files or headings that do not exist: {broken}"
