@@ -289,6 +289,7 @@ def cached_install(
         return session.nevras()
     inputs = install_inputs(cfg, session, runner, template)
     key = tree_key(inputs)
+    debug(f"tree cache key {key[:12]} from {json.dumps(dataclasses.asdict(inputs), sort_keys=True)}")
     cache = TreeCache(cfg.cachedir / "trees")
     entry = cache.lookup(key)
     if entry is not None:

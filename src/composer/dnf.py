@@ -128,17 +128,27 @@ def _root_sandbox(root: Path, rw: Sequence[Path] = (), ro: Sequence[Path] = ()) 
             argv += ["--ro-bind", host, host]
     argv += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp",
              "--dir", "/var/tmp", "--dir", "/run"]
-    binds = {p.resolve(): "--bind" for p in rw}
-    for p in ro:
-        binds.setdefault(p.resolve(), "--ro-bind")
-    # Parents before children, so a child's bind is not hidden by its parent's.
-    for path in sorted(binds, key=lambda p: len(p.parts)):
-        if any(path == Path("/", d) or path.is_relative_to(Path("/", d)) for d in _ROOT_DIRS):
-            raise ComposerError(f"{path}: lies in /{path.parts[1]}, which --dnf-root {root} provides itself; "
+    for flag, src, dest in _binds(rw, ro):
+        if any(dest == Path("/", d) or dest.is_relative_to(Path("/", d)) for d in _ROOT_DIRS):
+            raise ComposerError(f"{dest}: lies in /{dest.parts[1]}, which --dnf-root {root} provides itself; "
                                 "move it elsewhere (e.g. below /var or /srv)")
-        if path.exists():
-            argv += [binds[path], str(path), str(path)]
+        if src.exists():
+            argv += [flag, str(src), str(dest)]
     return argv
+
+
+def _binds(rw: Sequence[Path], ro: Sequence[Path]) -> list[tuple[str, Path, Path]]:
+    """(bwrap flag, host path, place in the sandbox) for the paths: each at its
+    resolved place, and at the place given too when that goes through a link (dnf is told
+    the given path: a repository or cache reached through a link), parents before
+    children so that a child's bind is not hidden by its parent's."""
+    binds: dict[Path, tuple[str, Path]] = {}
+    for flag, paths in (("--bind", rw), ("--ro-bind", ro)):
+        for p in paths:
+            real = p.resolve()
+            for dest in (real, Path(os.path.abspath(p))):
+                binds.setdefault(dest, (flag, real))
+    return [(flag, src, dest) for dest, (flag, src) in sorted(binds.items(), key=lambda b: len(b[0].parts))]
 
 
 def _host_sandbox(rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> list[str]:
@@ -146,12 +156,9 @@ def _host_sandbox(rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> list[str]
     it: libdnf makes /tmp/tmpdir.XXXXXX whatever TMPDIR says, and a build stopped while it
     exists would leave it. Host paths below /tmp are bound back in at their own places."""
     argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/tmp"]
-    binds = {p.resolve(): "--bind" for p in rw}
-    for p in ro:
-        binds.setdefault(p.resolve(), "--ro-bind")
-    for path in sorted(binds, key=lambda p: len(p.parts)):  # parents first
-        if path.is_relative_to("/tmp") and path != Path("/tmp") and path.exists():
-            argv += [binds[path], str(path), str(path)]
+    for flag, src, dest in _binds(rw, ro):
+        if dest.is_relative_to("/tmp") and dest != Path("/tmp") and src.exists():
+            argv += [flag, str(src), str(dest)]
     return argv
 
 

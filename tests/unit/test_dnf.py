@@ -342,3 +342,18 @@ def test_dnf_logs_where_asked(tmp_path):
     (logdir,) = [a.removeprefix("--setopt=logdir=") for a in s._dnf_argv() if a.startswith("--setopt=logdir=")]
     assert os.path.normpath(str(tmp_path / "tree") + "/" + logdir) == str(tmp_path / "logs")  # dnf 4 prefixes the root
     assert (tmp_path / "logs").is_dir()
+
+
+def test_a_repository_through_a_link_is_bound_where_dnf_is_told_it_is(tmp_path):
+    """dnf reads file://LINK; the sandbox's private /tmp must hold LINK's place too
+    (it once held only the target's, and dnf found no repomd.xml)."""
+    from composer.dnf import _host_sandbox
+
+    real = tmp_path / "repo"
+    real.mkdir()
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "repo"
+    link.symlink_to(real)
+    argv = _host_sandbox(ro=[link])
+    pairs = [tuple(argv[i:i + 3]) for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert ("--ro-bind", str(real), str(real)) in pairs and ("--ro-bind", str(real), str(link)) in pairs, argv
