@@ -440,6 +440,9 @@ def _put_in_place(tmp: Path, final: Path, *, force: bool, require_marker: bool) 
         shutil.rmtree(old, ignore_errors=True)
 
 
+_HOST_TMP_VARS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR")
+
+
 def in_tree_argv(
     tree: Path,
     argv: Sequence[str],
@@ -462,6 +465,9 @@ def in_tree_argv(
         "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "HOME", "/root",
         "--setenv", "LC_ALL", "C.UTF-8",
+        # The host's temporary directory does not exist in the tree (dracut: "realpath: /srv/tmp:
+        # No such file or directory" when Koji or CI sets TMPDIR): the tree's own defaults apply.
+        *(a for var in _HOST_TMP_VARS for a in ("--unsetenv", var)),
     ]
     for src, dst in binds:
         out += ["--bind", str(src), dst]

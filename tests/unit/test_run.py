@@ -106,6 +106,14 @@ def test_in_tree_argv_uses_private_namespace(tmp_path):
     assert argv[-3:] == ["--", "dracut", "-f"]
 
 
+def test_in_tree_commands_do_not_get_the_hosts_tmpdir():
+    """A TMPDIR set for composer (Koji, CI) names a host path the tree does not have: dracut
+    failed on it. Run for real, with the host's / as the tree."""
+    argv = in_tree_argv(Path("/"), ["sh", "-c", "echo ${TMPDIR-unset} ${TMP-unset}"])
+    out = run(argv, env={"TMPDIR": "/srv/no-such-tmp", "TMP": "/srv/no-such-tmp"}, capture=True).stdout
+    assert out.decode().split() == ["unset", "unset"]
+
+
 def test_remove_stale_spares_live_builds(tmp_path):
     live = tmp_path / "composer-build.live"
     fd = locked_mkdir(live)
