@@ -144,84 +144,129 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
     return handler
 
 
-def load_kickstart(path: Path) -> KickstartInput:
-    """Parse a kickstart file and pick out what composer uses."""
-    path = Path(path)
+def _check_is_file(path: Path) -> None:
     if not path.exists():
         raise ComposerError(f"--ks {path}: no such file")
     if not path.is_file():
         raise ComposerError(f"--ks {path}: not a regular file")
-    files = _include_files(path)
-    handler = read_kickstart(path)
 
-    unused: list[str] = []
-    sources: list[str] = []
 
-    def take_source(cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
+@dataclasses.dataclass
+class _Sources:
+    """The package sources of the `url` and `repo` commands, checked as they are read."""
+
+    files: list[Path]
+    urls: list[str] = dataclasses.field(default_factory=list)
+    mirrorlists: list[str] = dataclasses.field(default_factory=list)
+    unused: list[str] = dataclasses.field(default_factory=list)
+
+    def take(self, cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
         """A package source of `url` or `repo` (shown: how a bad source is named), and its
         mirror list; a metalink or proxy is reported unused (named: how the report names the command)."""
-        where = _line_of(files, getattr(cmd, "lineno", None), command)
+        where = _line_of(self.files, getattr(cmd, "lineno", None), command)
         for value in (url, getattr(cmd, "mirrorlist", None), getattr(cmd, "proxy", None)):
             split_userinfo(value or "")  # a password in it is masked wherever composer shows it
         if url:
             check_line(f"kickstart {where}: {command} {url_option}", url)
             check_source(url, f"kickstart {where}: {shown}")
-            sources.append(url)
+            self.urls.append(url)
         mirrorlist = getattr(cmd, "mirrorlist", None)
         if mirrorlist:
             check_line(f"kickstart {where}: {command} --mirrorlist", mirrorlist)
             check_url(mirrorlist, f"kickstart {where}: {shown.rsplit(' ', 1)[0]} --mirrorlist")
-            mirrorlists.append(mirrorlist)
+            self.mirrorlists.append(mirrorlist)
         for option in ("metalink", "proxy"):
             if getattr(cmd, option, None):
-                unused.append(f"{named} --{option}")
+                self.unused.append(f"{named} --{option}")
 
-    mirrorlists: list[str] = []
+
+def _read_sources(handler: Any, files: list[Path]) -> _Sources:
+    """`url` first, then every `repo`, in the kickstart's order."""
+    found = _Sources(files)
     url = handler.url
     if getattr(url, "seen", False):
-        take_source(url, "url", url.url, "--url", "url --url", "url")
+        found.take(url, "url", url.url, "--url", "url --url", "url")
     for repo in handler.repo.repoList:
-        take_source(repo, "repo", repo.baseurl, "--baseurl", f"repo --name={repo.name} --baseurl", f"repo {repo.name}")
+        found.take(repo, "repo", repo.baseurl, "--baseurl", f"repo --name={repo.name} --baseurl", f"repo {repo.name}")
+    return found
 
-    pkgs = handler.packages
-    installpkgs = tuple(pkgs.packageList)
-    excludepkgs = tuple(pkgs.excludedList)
-    for g in pkgs.groupList:
-        unused.append(f"%packages @{g.name}")
-    for g in pkgs.excludedGroupList:
-        unused.append(f"%packages -@{g.name}")
+
+def _unused_groups(pkgs: Any) -> list[str]:
+    """%packages groups and environments: composer has no comps data to expand them."""
+    unused = [f"%packages @{g.name}" for g in pkgs.groupList]
+    unused += [f"%packages -@{g.name}" for g in pkgs.excludedGroupList]
     if getattr(pkgs, "environment", None):
         unused.append(f"%packages @^{pkgs.environment}")
+    return unused
 
-    kernel_args: tuple[str, ...] = ()
+
+def _kernel_args(handler: Any, files: list[Path]) -> tuple[str, ...]:
+    """The arguments of `bootloader --append`, each checked as one kernel argument."""
     bl = handler.bootloader
-    if getattr(bl, "seen", False) and bl.appendLine:
-        where = _line_of(files, getattr(bl, "lineno", None), "bootloader")
-        try:
-            kernel_args = tuple(shlex.split(bl.appendLine))
-        except ValueError as e:
-            raise ComposerError(f"kickstart {where}: bootloader --append: {e}") from None
-        for arg in kernel_args:
-            check_kernel_arg(f"kickstart {where}: bootloader --append", arg)
-    for p in (*installpkgs, *excludepkgs):
-        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
-        check_line(f"kickstart {where}: %packages", p)
+    if not (getattr(bl, "seen", False) and bl.appendLine):
+        return ()
+    where = _line_of(files, getattr(bl, "lineno", None), "bootloader")
+    try:
+        kernel_args = tuple(shlex.split(bl.appendLine))
+    except ValueError as e:
+        raise ComposerError(f"kickstart {where}: bootloader --append: {e}") from None
+    for arg in kernel_args:
+        check_kernel_arg(f"kickstart {where}: bootloader --append", arg)
+    return kernel_args
 
+
+def _check_package_lines(pkgs: Any, files: list[Path]) -> None:
+    names = (*pkgs.packageList, *pkgs.excludedList)
+    if names:
+        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
+        for p in names:
+            check_line(f"kickstart {where}: %packages", p)
+
+
+def _unused_commands(handler: Any) -> list[str]:
+    """Names of the commands the kickstart has that composer does not read, sorted."""
     seen_names: set[str] = set()
     seen_objects: set[int] = set()
     for name, cmd in sorted(handler.commands.items()):
         if not getattr(cmd, "seen", False) or name in USED_COMMANDS:
             continue
+        # One command object can stand under several names (aliases): report it once.
         if id(cmd) in seen_objects:
             continue
         seen_objects.add(id(cmd))
         seen_names.add(name)
-    unused = sorted(seen_names) + unused
+    return sorted(seen_names)
+
+
+_SCRIPT_KINDS = {0: "%pre", 1: "%post", 2: "%traceback", 3: "%pre-install", 4: "%onerror"}
+
+
+def _with_unused_scripts(handler: Any, unused: list[str]) -> list[str]:
+    """`unused` and each kind of script section the kickstart has, once."""
+    unused = list(unused)
     for script in handler.scripts:
-        kind = {0: "%pre", 1: "%post", 2: "%traceback", 3: "%pre-install", 4: "%onerror"}.get(script.type, "%script")
+        kind = _SCRIPT_KINDS.get(script.type, "%script")
         if kind not in unused:
             unused.append(kind)
-    return KickstartInput(path, tuple(sources), tuple(mirrorlists), installpkgs, excludepkgs, kernel_args, tuple(unused))
+    return unused
+
+
+def load_kickstart(path: Path) -> KickstartInput:
+    """Parse a kickstart file and pick out what composer uses."""
+    path = Path(path)
+    _check_is_file(path)
+    files = _include_files(path)
+    handler = read_kickstart(path)
+    # Checked in this order, so the first error reported stays the same: sources,
+    # bootloader arguments, then %packages lines.
+    sources = _read_sources(handler, files)
+    pkgs = handler.packages
+    kernel_args = _kernel_args(handler, files)
+    _check_package_lines(pkgs, files)
+    unused = _unused_commands(handler) + sources.unused + _unused_groups(pkgs)
+    unused = _with_unused_scripts(handler, unused)
+    return KickstartInput(path, tuple(sources.urls), tuple(sources.mirrorlists), tuple(pkgs.packageList),
+                          tuple(pkgs.excludedList), kernel_args, tuple(unused))
 
 
 def report_unused(ks: KickstartInput) -> None:
