@@ -79,6 +79,65 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _tree_dir(tree: Path | str, prefix: str, *, after_wildcard: bool) -> Path | None:
+    """The host directory of tree path `prefix`, or None if it is not a directory.
+
+    A link out of the tree is an error in the literal part of a pattern; once a
+    wildcard has been expanded it only means no match there."""
+    try:
+        d = resolve_in_tree(tree, prefix or "/")
+    except PathEscapeError:
+        if after_wildcard:
+            return None
+        raise
+    return d if d.is_dir() else None
+
+
+def _dirs_below(d: Path, prefix: str) -> list[str]:
+    """"**": `prefix` and every directory under it (hidden ones and symlinks not followed)."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(d):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        rel = os.path.relpath(dirpath, d)
+        found.append(prefix if rel == "." else f"{prefix}/{rel}")
+    return found
+
+
+def _entries_matching(d: Path, prefix: str, comp: str) -> list[str]:
+    """Entries of `d` that match the wildcard component `comp` (a leading "." only by a "." in it)."""
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return []
+    return [f"{prefix}/{name}" for name in names
+            if (comp.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, comp)]
+
+
+def _expand(tree: Path | str, prefixes: list[str], comp: str, *, after_wildcard: bool) -> list[str]:
+    """The tree paths that each of `prefixes` followed by pattern component `comp` names."""
+    if not _has_magic(comp):
+        return [f"{prefix}/{comp}" for prefix in prefixes]  # ".." too: resolve_in_tree checks it
+    new: list[str] = []
+    for prefix in prefixes:
+        d = _tree_dir(tree, prefix, after_wildcard=after_wildcard)
+        if d is not None:
+            new += _dirs_below(d, prefix) if comp == "**" else _entries_matching(d, prefix, comp)
+    return new
+
+
+def _existing(tree: Path | str, paths: list[str], lead: str, *, after_wildcard: bool) -> list[str]:
+    """Those of `paths` that exist in the tree (a dangling link too), written as the pattern was."""
+    found = []
+    for p in paths:
+        try:
+            if os.path.lexists(resolve_in_tree(tree, p or "/", follow_last=False)):
+                found.append(lead + p.lstrip("/") if p else lead or ".")
+        except PathEscapeError:
+            if not after_wildcard:
+                raise
+    return found
+
+
 def glob_in_tree(tree: Path | str, pattern: str) -> list[str]:
     """Tree paths ("/usr/x", or "usr/x" for a relative pattern) that match `pattern`.
 
@@ -88,59 +147,11 @@ def glob_in_tree(tree: Path | str, pattern: str) -> list[str]:
     A pattern without wildcards yields itself if it exists. The result is sorted.
     """
     lead = "/" if pattern.startswith("/") else ""
-    comps = [c for c in pattern.split("/") if c and c != "."]
     prefixes: list[str] = [""]
-    magic_seen = False
-
-    def resolved_dir(prefix: str) -> Path | None:
-        try:
-            d = resolve_in_tree(tree, prefix or "/")
-        except PathEscapeError:
-            if magic_seen:
-                return None  # a wildcard met a link that leaves the tree: no match there
-            raise
-        return d if d.is_dir() else None
-
-    for comp in comps:
-        new: list[str] = []
-        if comp == "**":
-            for prefix in prefixes:
-                d = resolved_dir(prefix)
-                if d is None:
-                    continue
-                for dirpath, dirnames, _ in os.walk(d):
-                    dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-                    rel = os.path.relpath(dirpath, d)
-                    new.append(prefix if rel == "." else f"{prefix}/{rel}")
-            magic_seen = True
-        elif _has_magic(comp):
-            for prefix in prefixes:
-                d = resolved_dir(prefix)
-                if d is None:
-                    continue
-                try:
-                    names = sorted(os.listdir(d))
-                except OSError:
-                    continue
-                for name in names:
-                    if name.startswith(".") and not comp.startswith("."):
-                        continue
-                    if fnmatch.fnmatchcase(name, comp):
-                        new.append(f"{prefix}/{name}")
-            magic_seen = True
-        elif comp == "..":
-            new = [f"{prefix}/.." for prefix in prefixes]
-        else:
-            new = [f"{prefix}/{comp}" for prefix in prefixes]
-        prefixes = list(dict.fromkeys(new))
+    after_wildcard = False
+    for comp in (c for c in pattern.split("/") if c and c != "."):
+        prefixes = list(dict.fromkeys(_expand(tree, prefixes, comp, after_wildcard=after_wildcard)))
+        after_wildcard = after_wildcard or _has_magic(comp)
         if not prefixes:
             return []
-    found = []
-    for p in prefixes:
-        try:
-            if os.path.lexists(resolve_in_tree(tree, p or "/", follow_last=False)):
-                found.append(lead + p.lstrip("/") if p else lead or ".")
-        except PathEscapeError:
-            if not magic_seen:
-                raise
-    return sorted(found)
+    return sorted(_existing(tree, prefixes, lead, after_wildcard=after_wildcard))
