@@ -101,7 +101,7 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
     tree = str(session.tree)
     text = runner.render(template).replace(tree, "@TREE@")
     files = tuple((str(p.relative_to(runner.templatedir)) if p.is_relative_to(runner.templatedir) else str(p),
-                   _file_digest(p)) for p in runner.install_sources(text))
+                   _file_digest(p)) for p in runner.install_sources())
     argv = session.shaping_options()
     return InstallInputs(
         metadata_digest=session.metadata_digest(),

@@ -61,6 +61,53 @@ _FIRST_WORD = re.compile(r"[^ \t\r\n]*")
 _VERSION_OPS = {"=": "=", "==": "=", ">": ">", ">=": ">=", "=>": ">=", "<": "<", "<=": "<=", "=<": "<="}
 
 
+def _removekmod_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """removekmod's GLOB... [--allbut] KEEPGLOB... as (globs, keepglobs)."""
+    usage = "GLOB... [--allbut] KEEPGLOB..."
+    if "--allbut" in args:
+        i = args.index("--allbut")
+        globs, keep = args[:i], args[i + 1 :]
+        if not keep or "--allbut" in keep:
+            raise _Usage(usage)
+    else:
+        globs, keep = args, []
+    if not globs:
+        raise _Usage(usage)
+    return globs, keep
+
+
+def _remove_kmods(kdir: str, base: Path, globs: list[str], keep_res: list[re.Pattern[str]]) -> int:
+    """Delete what `globs` name below one kernel's modules directory `base` (tree path `kdir`),
+    except files whose tree path a keep pattern matches; then the directories left empty.
+    Returns how many files went."""
+    removed = 0
+    for g in globs:
+        for hit in glob_in_tree(base, g):
+            for host in _files_at(resolve_in_tree(base, hit, follow_last=False)):
+                tree_path = f"{kdir}/{host.relative_to(base).as_posix()}"
+                if any(r.match(tree_path) for r in keep_res) or not os.path.lexists(host):
+                    continue
+                host.unlink()
+                removed += 1
+    _remove_empty_dirs(base)
+    return removed
+
+
+def _files_at(top: Path) -> list[Path]:
+    """Every file under directory `top`, or `top` itself: composer also takes a module file
+    (lorax walks directories only)."""
+    if top.is_dir() and not top.is_symlink():
+        return [Path(d) / f for d, _, fs in os.walk(top) for f in fs]
+    return [top]
+
+
+def _remove_empty_dirs(base: Path) -> None:
+    """Directories under `base` left empty, deepest first (so a parent emptied by them goes too)."""
+    for dirpath, _, _ in sorted(os.walk(base), key=lambda t: -len(t[0])):
+        if Path(dirpath) != base and not os.listdir(dirpath):
+            os.rmdir(dirpath)
+
+
 def _version_spec(pkg: str) -> str:
     """lorax's installpkg NAME<OP>VERSION (no spaces) as the package manager's spec
     "NAME OP VERSION"; a plain glob is returned as it is."""
@@ -77,9 +124,6 @@ def _version_spec(pkg: str) -> str:
     if op not in _VERSION_OPS:
         raise ComposerError(f"{pkg!r}: unknown operator {op!r} (=, ==, >, >=, <, <=)")
     return f"{parts[0]} {_VERSION_OPS[op]} {parts[2]}"
-
-
-_KMOD_SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst|bz2))?$")
 
 
 _SYSTEMCTL_VERBS = ("enable", "disable", "mask", "unmask", "set-default")
@@ -137,10 +181,9 @@ class TemplateRunner:
         text, _ = render_template(template, [self.templatedir, template.parent], self._template_data(extra))
         return text
 
-    def install_sources(self, text: str) -> list[Path]:
+    def install_sources(self) -> list[Path]:
         """Files of the template directory that can reach the tree: config_files/ (lorax
         copies it in for runtime-postinstall.tmpl; `install` itself reads the tree)."""
-        del text  # kept for callers: the rendered text no longer names template files
         cfg = Path(self.templatedir) / "config_files"
         return sorted(p for p in cfg.rglob("*") if p.is_file() or p.is_symlink()) if cfg.is_dir() else []
 
@@ -474,53 +517,30 @@ class TemplateRunner:
         composer also takes a module file itself). After `--allbut`, a file whose path contains
         a match of a KEEPGLOB (taken as `*KEEPGLOB*`) stays. Directories left empty go; the
         tree's depmod runs after the cleanup template."""
-        # lorax: each GLOB names paths below lib/modules/*/kernel/ (a directory means
-        # everything in it); a KEEPGLOB after --allbut keeps every file whose path
-        # contains a match (it is taken as *KEEPGLOB*).
-        usage = "GLOB... [--allbut] KEEPGLOB..."
-        if "--allbut" in args:
-            i = args.index("--allbut")
-            globs, keep = args[:i], args[i + 1 :]
-            if not keep or "--allbut" in keep:
-                raise _Usage(usage)
-        else:
-            globs, keep = args, []
-        if not globs:
-            raise _Usage(usage)
+        globs, keep = _removekmod_args(args)
         for g in globs:
             check_lexical(g)
         keep_res = [re.compile(fnmatch.translate(f"*{k}*")) for k in keep]
 
         def action() -> None:
-            removed = 0
-            seen: set[Path] = set()
-            kdirs = glob_in_tree(self.tree, "/usr/lib/modules/*/kernel") + glob_in_tree(self.tree, "/lib/modules/*/kernel")
-            for kdir in kdirs:
-                base = self._path(kdir)
-                if base in seen or not base.is_dir():
-                    continue
-                seen.add(base)
-                for g in globs:
-                    for hit in glob_in_tree(base, g):
-                        top = resolve_in_tree(base, hit, follow_last=False)
-                        if top.is_dir() and not top.is_symlink():
-                            files = [Path(d) / f for d, _, fs in os.walk(top) for f in fs]
-                        else:
-                            files = [top]  # composer: a module file itself (lorax walks directories only)
-                        for host in files:
-                            tree_path = f"{kdir}/{host.relative_to(base).as_posix()}"
-                            if any(r.match(tree_path) for r in keep_res) or not os.path.lexists(host):
-                                continue
-                            host.unlink()
-                            removed += 1
-                for dirpath, _, _ in sorted(os.walk(base), key=lambda t: -len(t[0])):
-                    if Path(dirpath) != base and not os.listdir(dirpath):
-                        os.rmdir(dirpath)
+            removed = sum(_remove_kmods(kdir, base, globs, keep_res) for kdir, base in self._kernel_module_dirs())
             if removed:
                 self.kmods_changed = True
             info(f"removekmod: {removed} files removed")
 
         return action
+
+    def _kernel_module_dirs(self) -> Iterator[tuple[str, Path]]:
+        """Each kernel's lib/modules/VERSION/kernel once, as (tree path, host path): /lib/modules
+        is often a link to /usr/lib/modules. Lazy: each is looked at after the one before is cleaned."""
+        kdirs = glob_in_tree(self.tree, "/usr/lib/modules/*/kernel") + glob_in_tree(self.tree, "/lib/modules/*/kernel")
+        seen: set[Path] = set()
+        for kdir in kdirs:
+            base = self._path(kdir)
+            if base in seen or not base.is_dir():
+                continue
+            seen.add(base)
+            yield kdir, base
 
     def _p_run_pkg_transaction(self, args: list[str]) -> Callable[[], None]:
         """run_pkg_transaction
@@ -937,8 +957,8 @@ def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> No
                     yield CpioEntry.file(name, host, perm, mtime=int(st.st_mtime))
 
     openers = {  # each returns the compressing file object that the `with` below closes
-        "xz": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),  # noqa: SIM115
-        "lzma": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_ALONE, preset=level),  # noqa: SIM115
+        "xz": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),
+        "lzma": lambda f: lzma.LZMAFile(f, "wb", format=lzma.FORMAT_ALONE, preset=level),
         "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="wb", compresslevel=max(level, 1), mtime=0),
         "bzip2": lambda f: bz2.BZ2File(f, "wb", compresslevel=max(level, 1)),
     }
