@@ -164,7 +164,7 @@ def compose_inputs(cfg: Config) -> list[Place]:
     return places
 
 
-def _urlparse(url: str):  # noqa: ANN202
+def _urlparse(url: str):
     """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
     source checks that follow say what is wrong with it."""
     try:

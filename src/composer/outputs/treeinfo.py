@@ -88,7 +88,7 @@ def write_treeinfo(dest: Path, **kwargs) -> None:
     ti = build_treeinfo(**kwargs)
     try:
         ti.validate()
-    except Exception as e:  # noqa: BLE001 - productmd raises plain TypeError/ValueError
+    except Exception as e:  # productmd raises plain TypeError/ValueError
         raise ComposerError(f".treeinfo is not valid: {e}") from None
     ti.dump(str(dest))
 

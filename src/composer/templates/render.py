@@ -182,7 +182,7 @@ def _line_map(modname: str) -> tuple[list[int], list[str]] | None:
         code = minfo.code
         meta = ModuleInfo.get_module_source_metadata(code, full_line_map=True)
         return list(meta["full_line_map"]), code.splitlines()
-    except Exception:  # noqa: BLE001 - private Mako API; without it we report rendered lines
+    except Exception:  # private Mako API; without it we report rendered lines
         return None
 
 
@@ -251,7 +251,7 @@ def render_template(template: Path, lookup_dirs: Sequence[Path], data: Mapping[s
         tmpl.render_context(Context(buf, **data), **page_args)
     except TemplateError:
         raise
-    except Exception as e:  # noqa: BLE001 - anything raised while rendering is the template's fault
+    except Exception as e:  # anything raised while rendering is the template's fault
         tb = exceptions.RichTraceback(e, e.__traceback__)
         fname, lineno = str(template), None
         for rec in tb.records:
