@@ -52,7 +52,7 @@ def test_treeinfo_loads_and_points_at_files(media):
 def test_el_torito_bios_and_uefi(media):
     report = subprocess.run(["xorriso", "-indev", str(media / "images/boot.iso"), "-report_el_torito", "plain"],
                             capture_output=True, text=True, check=True).stdout
-    from composer.images.iso import el_torito_platforms, mbr_partitions
+    from tests.isoread import el_torito_platforms, mbr_partitions
 
     assert el_torito_platforms(report) == ["BIOS", "UEFI"], report
     parts = mbr_partitions(media / "images/boot.iso")

@@ -110,7 +110,7 @@ def remastered(bootiso_build):
 
 
 def test_remastered_iso_keeps_the_boot_layout(remastered, tmp_path):
-    from composer.images.iso import el_torito_platforms, el_torito_report, mbr_partitions
+    from tests.isoread import el_torito_platforms, el_torito_report, mbr_partitions
 
     iso, _, src = remastered
     assert el_torito_platforms(el_torito_report(iso)) == ["BIOS", "UEFI"]

@@ -9,6 +9,7 @@ import pytest
 
 from composer.images import efiboot, iso
 from composer.run import ComposerError
+from tests.isoread import el_torito_platforms, el_torito_report, mbr_partitions
 
 HOST_GRUB = Path("/usr/lib/grub/i386-pc/kernel.img").is_file() and Path("/usr/lib/grub/x86_64-efi/kernel.img").is_file()
 TOOLS = all(shutil.which(t) for t in ("xorriso", "mkfs.fat", "mcopy", "mmd", "grub-mkimage", "implantisomd5", "checkisomd5"))
@@ -60,15 +61,6 @@ def test_xorriso_argv_isolinux_layout(tmp_path):
     assert "-append_partition" not in s
     with pytest.raises(ComposerError, match="inside the ISO"):
         iso.xorriso_argv(tmp_path / "o.iso", "VOL", [], bios=bios, efiboot=Path("/e/efiboot.img"))
-
-
-def test_el_torito_platforms_parses_report():
-    report = """El Torito catalog  : 40  1
-El Torito images   :   N  Pltf  B   Emul  Ld_seg  Hdpt  Ldsiz         LBA
-El Torito boot img :   1  BIOS  y   none  0x0000  0x00      4          41
-El Torito boot img :   2  UEFI  y   none  0x0000  0x00   4096       43415
-"""
-    assert iso.el_torito_platforms(report) == ["BIOS", "UEFI"]
 
 
 def test_find_grub_prefers_the_tree_and_falls_back_to_the_host(tmp_path):
@@ -139,13 +131,13 @@ def test_small_hybrid_iso_has_bios_and_uefi_images(tmp_path):
     out = iso.make_iso(tmp_path / "boot.iso", "Test-1-x86_64", grafts,
                        bios=iso.BiosBoot("grub2", "images/eltorito.img", "boot.cat", bios_grub.moddir / "boot_hybrid.img"),
                        efiboot=img)
-    report = iso.el_torito_report(out)
-    assert iso.el_torito_platforms(report) == ["BIOS", "UEFI"]
+    report = el_torito_report(out)
+    assert el_torito_platforms(report) == ["BIOS", "UEFI"]
     assert subprocess.run(["checkisomd5", str(out)], capture_output=True, check=False).returncode == 0
     label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(out)], capture_output=True, text=True, check=True).stdout
     assert label.strip() == "Test-1-x86_64"
     # the appended EFI system partition is in the partition table (USB boot)
-    parts = iso.mbr_partitions(out)
+    parts = mbr_partitions(out)
     assert [p[1] for p in parts if p[0] == 2] == [0xEF]
     efi_start = next(p[2] for p in parts if p[0] == 2)
     with out.open("rb") as f:

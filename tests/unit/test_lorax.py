@@ -364,5 +364,5 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     assert ti.stage2.mainimage == "images/install.img"
     report = subprocess.run(["xorriso", "-indev", str(out / "images/boot.iso"), "-report_el_torito", "plain"],
                             capture_output=True, text=True, check=True).stdout
-    from composer.images.iso import el_torito_platforms
+    from tests.isoread import el_torito_platforms
     assert el_torito_platforms(report) == ["BIOS", "UEFI"], report

@@ -155,36 +155,3 @@ def make_iso(
         tmp.unlink(missing_ok=True)
     info(f"boot.iso: {output.stat().st_size / (1 << 20):.1f} MiB, volume id {volid}")
     return output
-
-
-def el_torito_report(iso: Path) -> str:
-    """`xorriso -report_el_torito plain` of an ISO (what boot images it has)."""
-    proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "plain"], capture=True)
-    return proc.stdout.decode(errors="replace")
-
-
-def el_torito_platforms(report: str) -> list[str]:
-    """Platforms ("BIOS", "UEFI") of the boot images in an -report_el_torito plain text."""
-    found = []
-    for line in report.splitlines():
-        m = re.match(r"El Torito boot img\s*:\s*\d+\s+(\S+)", line)
-        if m:
-            found.append(m.group(1))
-    return found
-
-
-def mbr_partitions(image: Path) -> list[tuple[int, int, int, int]]:
-    """The MBR's used partition entries: (number, type, start sector, sectors)."""
-    import struct
-
-    with open(image, "rb") as f:
-        mbr = f.read(512)
-    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
-        return []
-    out = []
-    for i in range(4):
-        entry = mbr[446 + 16 * i: 462 + 16 * i]
-        start, count = struct.unpack("<II", entry[8:16])
-        if entry[4]:
-            out.append((i + 1, entry[4], start, count))
-    return out
