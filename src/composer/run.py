@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import glob
 import importlib.resources
 import os
 import re
+import resource
 import secrets
 import shlex
 import shutil
@@ -165,18 +167,69 @@ def debug(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def cpu_seconds() -> float:
+    """User + system time of composer and every command it waited for."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def peak_child_rss_mib() -> float:
+    """The largest child process so far, in MiB (getrusage keeps the maximum, not a sum)."""
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+
+
+@dataclasses.dataclass
+class Span:
+    """One measured stretch of a compose: wall and CPU time since it began."""
+
+    start: float = dataclasses.field(default_factory=time.monotonic)
+    cpu0: float = dataclasses.field(default_factory=cpu_seconds)
+    recorded: bool = False  # its figures are in a Metrics already (stage() records it once)
+
+    def wall_s(self) -> float:
+        return round(time.monotonic() - self.start, 2)
+
+    def cpu_s(self) -> float:
+        return round(cpu_seconds() - self.cpu0, 2)
+
+
+@dataclasses.dataclass
+class Metrics:
+    """What a compose measured, in the order it measured it: the manifest, the summary line
+    and `make bench` read these. Keys are stage names (e.g. install, dracut, squashfs) or,
+    for sizes, what was measured (tree_installed, initramfs-KVER, images/boot.iso)."""
+
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # wall seconds
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # composer's and its commands' seconds
+    peak_rss_mib: dict[str, float] = dataclasses.field(default_factory=dict)  # largest child process so far
+
+    def record(self, key: str, span: Span, *, usage: bool = False) -> None:
+        """The wall time of `span` as timings[key]; usage: its CPU time and the peak RSS too."""
+        self.timings[key] = span.wall_s()
+        if usage:
+            self.cpu[key] = span.cpu_s()
+            self.peak_rss_mib[key] = peak_child_rss_mib()
+        span.recorded = True
+
+
 @contextlib.contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Announce a pipeline stage and report how long it took."""
+def stage(name: str, metrics: Metrics | None = None, *, key: str | None = None, usage: bool = False) -> Iterator[Span]:
+    """Announce a pipeline stage and report how long it took. With `metrics`, its time goes
+    there as `key` (the name unless given; usage: CPU and peak RSS too) when the block ends,
+    unless the block recorded it itself (metrics.record(key, span), e.g. before a manifest
+    that lists it)."""
     info(f"{name} ...")
-    start = time.monotonic()
+    span = Span()
     try:
-        yield
+        yield span
     except OSError as e:
         # e.g. ENOSPC from a copy in Python: say in which stage, as one line.
         where = f" ({e.filename})" if e.filename else ""
         raise ComposerError(f"{name}: {e.strerror or e}{where}") from e
-    info(f"{name}: done in {time.monotonic() - start:.1f}s")
+    if metrics is not None and not span.recorded:
+        metrics.record(key or name, span, usage=usage)
+    info(f"{name}: done in {time.monotonic() - span.start:.1f}s")
 
 
 def run(

@@ -10,6 +10,7 @@ from composer.run import (
     OUTPUT_MARKER,
     CommandError,
     ComposerError,
+    Metrics,
     atomic_dir,
     in_tree_argv,
     info,
@@ -19,6 +20,7 @@ from composer.run import (
     remove_stale,
     run,
     set_logging,
+    stage,
     stop_logging,
 )
 
@@ -218,3 +220,23 @@ def test_log_holds_no_url_credentials(tmp_path, logging_off):
 
 def test_redact_masks_userinfo_of_any_scheme():
     assert redact("a ftp://u:p@h/x b https://tok@h c file:///srv/a@b") == "a ftp://***@h/x b https://***@h c file:///srv/a@b"
+
+
+def test_stage_records_into_metrics_once():
+    """stage() puts its time (and with usage, CPU and peak RSS) into the one Metrics, under
+    its key; a block that recorded it already (a manifest listing it) is not overwritten."""
+    m = Metrics()
+    with stage("media tree", m, key="media_tree"):
+        pass
+    with stage("install", m, usage=True):
+        pass
+    with stage("outputs", m) as span:
+        m.record("outputs", span)
+        early = m.timings["outputs"]
+        time.sleep(0.02)
+    assert list(m.timings) == ["media_tree", "install", "outputs"] and m.timings["outputs"] == early
+    assert list(m.cpu) == ["install"] and list(m.peak_rss_mib) == ["install"]
+    with pytest.raises(ComposerError, match=r"^pack: No space left on device \(/x\)$"):
+        with stage("pack", m):
+            raise OSError(28, "No space left on device", "/x")
+    assert "pack" not in m.timings
