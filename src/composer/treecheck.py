@@ -206,3 +206,60 @@ def fail_on(problems: Sequence[str], when: str) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more; see the log)" if len(problems) > 1 else ""
         raise ComposerError(f"tree check {when}: {problems[0]}{more}")
+
+
+class TreeCheck:
+    """The tree check over one build: its ledger and the snapshots each check compares with.
+
+    `packaged_files` reads the tree's rpm database (path -> what rpm says of it) and `ids`
+    gives the tree's user and group ids by name; `protected` are paths the package manager
+    keeps (its database) that any later step may change.
+    """
+
+    def __init__(self, tree: Path, packaged_files: Callable[[], Mapping[str, Sequence[PackagedFile]]],
+                 ids: Callable[[Path], tuple[Mapping[str, int], Mapping[str, int]]], protected: Sequence[str]) -> None:
+        self.tree = tree
+        self._packaged_files = packaged_files
+        self._ids = ids
+        self._protected = protected
+        self.packaged_paths = 0  # how many paths rpm's database listed at the last check
+        self.installed: Snapshot = {}  # after the install stage
+        self.final: Snapshot = {}  # after cleanup
+        self.shipped: Snapshot = {}  # what goes into the runtime image (dracut must not change it)
+        self.ledger = Ledger(lambda paths: fail_on(self.verify_packages(paths), "after a package transaction"))
+        self.ledger.record("rpm (its database)", protected)
+
+    def verify_packages(self, only: set[str] | None = None) -> list[str]:
+        """The tree against the rpm database: every packaged path with rpm's type, mode and owner."""
+        snap, packaged = snapshot(self.tree), self._packaged_files()
+        self.packaged_paths = len(packaged)
+        return check_packaged(snap, packaged, *self._ids(self.tree), only=only)
+
+    def check_fresh(self) -> None:
+        """Everything in the fresh tree came from a package transaction or a template command."""
+        fail_on(check_changes({}, snapshot(self.tree), self.ledger), "after the install stage")
+
+    def installed_now(self) -> None:
+        """The install stage is over: later changes are compared with the tree as it is now,
+        and what the install stage recorded must be asked for anew."""
+        self.installed = snapshot(self.tree)
+        self.ledger.forget()
+        self.ledger.record("rpm (its database)", self._protected)
+
+    def check_final(self) -> dict[str, int]:
+        """Nothing but packages and template commands shaped the tree: no trace of the build
+        host. Returns what the check verified (the manifest's tree_check)."""
+        self.final = snapshot(self.tree)
+        fail_on(check_changes(self.installed, self.final, self.ledger), "after cleanup")
+        return {"packaged_paths_verified": self.packaged_paths, "paths_after_install": len(self.installed),
+                "paths_shipped": len(self.final), "changed_by_templates": len(differences(self.installed, self.final)),
+                "observed_commands": self.ledger.observed}
+
+    def ship(self) -> None:
+        """The tree as it goes into the runtime image (after normalizing)."""
+        self.shipped = snapshot(self.tree)
+
+    def check_unchanged(self, when: str) -> None:
+        """The tree is as shipped (a step that ran in it, e.g. dracut, left it as it found it)."""
+        after = differences(self.shipped, snapshot(self.tree))
+        fail_on([f"{p}: {what}" for p, what in sorted(after.items())], when)

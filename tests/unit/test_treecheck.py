@@ -177,3 +177,28 @@ def test_a_directory_a_command_made_does_not_cover_later_files_in_it(tmp_path):
     assert tc.check_changes(before, tc.snapshot(tmp_path), ledger) == []
     ledger.forget()
     assert ledger.who("/etc/dracut.conf.d") is None
+
+
+def test_tree_check_object_follows_one_build(tmp_path):
+    """TreeCheck keeps the snapshots of one build: installed, final, shipped; each check
+    compares with the right one and names what changed."""
+    (tmp_path / "usr").mkdir()
+    packaged = {"/usr": [rf("/usr")]}
+    check = tc.TreeCheck(tmp_path, lambda: packaged, lambda tree: ({"root": 0}, {"root": 0}), [RPMDB])
+    check.ledger.record("install template", ["/usr"])
+    check.check_fresh()
+    assert check.verify_packages() == [] and check.packaged_paths == 1
+    check.installed_now()
+    assert "/usr" in check.installed and check.ledger.who("/usr") is None  # asked for anew
+    (tmp_path / "etc").mkdir()
+    with pytest.raises(ComposerError, match="tree check after cleanup: /etc: appeared"):
+        check.check_final()
+    check.ledger.record("postinstall template", ["/etc"])
+    record = check.check_final()
+    assert record == {"packaged_paths_verified": 1, "paths_after_install": 1, "paths_shipped": 2,
+                      "changed_by_templates": 1, "observed_commands": 0}
+    check.ship()
+    check.check_unchanged("after dracut")
+    (tmp_path / "etc" / "x").write_text("")
+    with pytest.raises(ComposerError, match="tree check after dracut: /etc/x: appeared"):
+        check.check_unchanged("after dracut")
