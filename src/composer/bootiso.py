@@ -17,7 +17,6 @@ on the media tree (not the runtime tree) before the images are made.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 from composer.config import Config
@@ -126,24 +125,30 @@ def _ldlinux(isolinux_bin: Path) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class MediaResult:
-    """What make_media measured, for the summary line."""
+class MediaTree:
+    """What media_tree laid out, for boot_iso."""
 
-    sizes: dict[str, int]
-    timings: dict[str, float]
+    kernels: list[BootKernel]
+    bios: BiosBoot
+    treeinfo: dict[str, dict[str, str]]  # what the arch templates recorded for .treeinfo
     budgets: dict[str, ram.RamBudget]  # per kernel
 
 
-def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Path) -> MediaResult:
-    """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso."""
-    timings: dict[str, float] = {}
-    sizes: dict[str, int] = {}
+def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Path) -> dict[str, ram.RamBudget]:
+    """Lay out the media tree in `out` from a built runtime `rt`, then make boot.iso; their
+    times and sizes go into rt.metrics. Returns the RAM budget per kernel."""
+    media = media_tree(cfg, opts, rt, out)
+    boot_iso(cfg, opts, rt, media, out, work)
+    return media.budgets
+
+
+def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> MediaTree:
+    """Stage `media tree`: kernels and small initrds, install.img, the boot menus, the BIOS
+    and UEFI boot files, the arch templates, then efiboot.img."""
     templatedir = template_dir(cfg)
     kernels = boot_kernels([k.version for k in rt.kernels])
     variables = media_variables(cfg, opts, kernels)
-
-    t0 = time.monotonic()
-    with stage("media tree"):
+    with stage("media tree", rt.metrics, key="media_tree"):
         budgets: dict[str, ram.RamBudget] = {}
         for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
@@ -158,59 +163,65 @@ def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Pa
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(render_config(templatedir, name, variables))
-
-        # BIOS boot image.
-        if opts.bios_loader == "grub2":
-            grub = find_grub(rt.tree, "i386-pc")
-            grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
-            hybrid = grub.moddir / "boot_hybrid.img"
-            has_hybrid = hybrid.is_file()
-            if not has_hybrid:
-                info(f"grub i386-pc: no boot_hybrid.img in {grub.moddir}: boot.iso boots BIOS from CD only")
-            bios = BiosBoot("grub2", "images/eltorito.img", "boot.cat", hybrid if has_hybrid else None)
-        else:
-            isolinux_bin, mbr = _find_isolinux(rt.tree)
-            copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
-            copy_file(_ldlinux(isolinux_bin), out / "isolinux" / "ldlinux.c32")
-            bios = BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", mbr)
-
-        # UEFI: EFI/BOOT on the ISO and in efiboot.img.
-        efi_names = EFI_ARCH_NAMES.get(cfg.arch)
-        if efi_names is None:
-            raise ComposerError(f"boot-iso: no UEFI boot for architecture {cfg.arch}")
-        efidir = out / "EFI" / "BOOT"
-        shim = find_shim(rt.tree, cfg.arch)
-        if shim:
-            for name, src in shim.items():
-                copy_file(src, efidir / name)
-        else:
-            efi_grub = find_grub(rt.tree, f"{cfg.arch}-efi")
-            grub_mkimage(efi_grub, f"{cfg.arch}-efi", "/EFI/BOOT", efidir / f"BOOT{efi_names[1]}.EFI")
-            info("efi: no shim in the install tree: GRUB alone (no Secure Boot)")
-
+        bios = _bios_boot(opts, rt.tree, out)
+        efidir = _uefi_boot(cfg, rt.tree, out)
         # Product/arch templates on the media tree (e.g. extra files for the ISO).
         runner = TemplateRunner(tree=out, inroot=rt.tree, templatedir=templatedir, variables=variables)
         for t in arch_templates(cfg, variables, opts):
             runner.run(t)
-
         efi_files = sorted(p for p in efidir.rglob("*") if p.is_file())
         make_efiboot([(p, p.relative_to(out).as_posix()) for p in efi_files], out / "images" / "efiboot.img",
                      source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
-    timings["media_tree"] = round(time.monotonic() - t0, 2)
+    return MediaTree(kernels, bios, runner.treeinfo, budgets)
 
-    arch = cfg.arch
+
+def _bios_boot(opts: MediaOptions, tree: Path, out: Path) -> BiosBoot:
+    """The BIOS boot image: GRUB's El Torito image, or isolinux (from the tree or the host)."""
+    if opts.bios_loader == "grub2":
+        grub = find_grub(tree, "i386-pc")
+        grub_mkimage(grub, "i386-pc-eltorito", GRUB_BIOS_PREFIX, out / "images" / "eltorito.img")
+        hybrid = grub.moddir / "boot_hybrid.img"
+        has_hybrid = hybrid.is_file()
+        if not has_hybrid:
+            info(f"grub i386-pc: no boot_hybrid.img in {grub.moddir}: boot.iso boots BIOS from CD only")
+        return BiosBoot("grub2", "images/eltorito.img", "boot.cat", hybrid if has_hybrid else None)
+    isolinux_bin, mbr = _find_isolinux(tree)
+    copy_file(isolinux_bin, out / "isolinux" / "isolinux.bin")
+    copy_file(_ldlinux(isolinux_bin), out / "isolinux" / "ldlinux.c32")
+    return BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", mbr)
+
+
+def _uefi_boot(cfg: Config, tree: Path, out: Path) -> Path:
+    """UEFI: EFI/BOOT on the ISO (shim and GRUB, or GRUB alone); returns that directory."""
+    efi_names = EFI_ARCH_NAMES.get(cfg.arch)
+    if efi_names is None:
+        raise ComposerError(f"boot-iso: no UEFI boot for architecture {cfg.arch}")
+    efidir = out / "EFI" / "BOOT"
+    shim = find_shim(tree, cfg.arch)
+    if shim:
+        for name, src in shim.items():
+            copy_file(src, efidir / name)
+    else:
+        efi_grub = find_grub(tree, f"{cfg.arch}-efi")
+        grub_mkimage(efi_grub, f"{cfg.arch}-efi", "/EFI/BOOT", efidir / f"BOOT{efi_names[1]}.EFI")
+        info("efi: no shim in the install tree: GRUB alone (no Secure Boot)")
+    return efidir
+
+
+def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out: Path, work: Path) -> None:
+    """Stage `boot.iso`: .discinfo, the ISO of the media tree (with a .treeinfo that cannot
+    list the ISO itself), then the tree's own .treeinfo."""
+    arch, kernels = cfg.arch, media.kernels
     images = {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd, "efiboot.img": "images/efiboot.img"}
     if opts.bios_loader == "grub2":
         images["eltorito.img"] = "images/eltorito.img"  # as lorax's x86.tmpl records it
     # lorax's x86.tmpl lists the same kernel and initrd for Xen guests (Pungi, virt-install read it).
     xen = {"images-xen": {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd}} if arch == "x86_64" else {}
     treeinfo_args = {"product": cfg.product, "version": cfg.version, "arch": arch, "variant": cfg.variant,
-                     "stage2": "images/install.img", "extra": {**xen, **rt.treeinfo, **runner.treeinfo}}
+                     "stage2": "images/install.img", "extra": {**xen, **rt.treeinfo, **media.treeinfo}}
     release = f"{cfg.product} {cfg.version}"
     write_discinfo(out / ".discinfo", release=release, arch=arch, timestamp=cfg.source_date_epoch)
-
-    t0 = time.monotonic()
-    with stage("boot.iso"):
+    with stage("boot.iso", rt.metrics, key="iso"):
         # The .treeinfo on the ISO cannot list the ISO itself.
         iso_treeinfo = work / "iso.treeinfo"
         write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, timestamp=cfg.source_date_epoch,
@@ -221,14 +232,12 @@ def make_media(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path, work: Pa
             if p.is_file() and rel not in (".treeinfo",) and not rel.startswith("images/boot.iso"):
                 grafts.append((rel, p))
         iso = out / "images" / "boot.iso"
-        make_iso(iso, opts.volid, grafts, bios=bios, efiboot=out / "images" / "efiboot.img",
+        make_iso(iso, opts.volid, grafts, bios=media.bios, efiboot=out / "images" / "efiboot.img",
                  efiboot_in_iso="images/efiboot.img", source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
-    timings["iso"] = round(time.monotonic() - t0, 2)
     write_treeinfo(out / ".treeinfo", images={arch: {**images, "boot.iso": "images/boot.iso"}},
                    checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
-        sizes[rel] = (out / rel).stat().st_size
-    return MediaResult(sizes, timings, budgets)
+        rt.metrics.sizes[rel] = (out / rel).stat().st_size
 
 
 def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
@@ -236,8 +245,8 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
     check_boot_menus(cfg, opts)
     with compose_dirs(cfg) as (out, work):
         rt = build_runtime(cfg, work)
-        result = make_media(cfg, opts, rt, out, work)
-        log_summary({**rt.sizes, **result.sizes}, {**rt.timings, **result.timings}, result.budgets)
+        budgets = make_media(cfg, opts, rt, out, work)
+        log_summary(rt.metrics.sizes, rt.metrics.timings, budgets)
     info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
          "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
     return cfg.outdir

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -114,22 +113,20 @@ def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
 
 @dataclasses.dataclass(frozen=True)
 class NetbootResult:
-    """What make_netboot measured and chose, for netboot.json and the summary line."""
+    """What make_netboot made and chose, for netboot.json and the summary line (its time is in rt.metrics)."""
 
-    sizes: dict[str, int]
-    timings: dict[str, float]
+    sizes: dict[str, int]  # the netboot tree's initrds (and install.img)
     pxelinux: str  # where pxelinux.0 came from: "tree", "host" or "none"
     budgets: dict[str, ram.RamBudget]  # per kernel
 
 
 def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> NetbootResult:
-    timings: dict[str, float] = {}
+    """Stage `netboot tree`: kernels and initrds, the boot configs and the boot loaders."""
     sizes: dict[str, int] = {}
     versions = [k.version for k in rt.kernels]
     kernels = boot_kernels(versions)
     variables = netboot_variables(cfg, opts, versions)
-    t0 = time.monotonic()
-    with stage("netboot tree"):
+    with stage("netboot tree", rt.metrics, key="netboot_tree"):
         cmdline = runtime_cmdline(cfg.rootfs_type)
         budgets: dict[str, ram.RamBudget] = {}
         for bk, k in zip(kernels, rt.kernels, strict=True):
@@ -165,8 +162,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
         if cfg.arch in ("x86_64", "i686"):
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
-    timings["netboot_tree"] = round(time.monotonic() - t0, 2)
-    return NetbootResult(sizes, timings, pxelinux_origin, budgets)
+    return NetbootResult(sizes, pxelinux_origin, budgets)
 
 
 def netboot_dracut_conf(cfg: Config, opts: NetbootOptions, work: Path) -> Config:
@@ -197,10 +193,10 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
         (out / "netboot.json").write_text(json.dumps({
             "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
             "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result.pxelinux,
-            "sizes": {**rt.sizes, **result.sizes}, "timings": {**rt.timings, **result.timings},
+            "sizes": {**rt.metrics.sizes, **result.sizes}, "timings": rt.metrics.timings,
             "ram": ram.manifest_record(result.budgets),
         }, indent=2) + "\n")
-        log_summary(result.sizes, {**rt.timings, **result.timings}, result.budgets)
+        log_summary(result.sizes, rt.metrics.timings, result.budgets)
     info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
          "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
     return cfg.outdir

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "src" / "composer"
 # that matches a module's dotted name (without "composer.") gives its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("__main__", "cli")),
-    ("pipelines", ("runtime", "bootiso", "netboot", "loraxcli", "mkksiso")),
+    ("pipelines", ("pipeline", "runtime", "bootiso", "netboot", "loraxcli", "mkksiso")),
     ("stages", ("product", "templates", "dnf", "dracut", "images", "live", "outputs", "cache", "treecheck",
                 "kickstart", "preflight", "verify", "loraxcheck", "loraxlogs", "reproducible")),
     ("base", ("config", "userns", "run", "__init__")),
