@@ -289,24 +289,51 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     args = lorax_parser().parse_args(_glue_dracut_args(argv))
     conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
                                                         for a in argv))
-    warnings: list[str] = []
+    _check_args(args)
+    warnings, compression = _not_honoured(args, conf)
+    sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
+    templatedir = None
+    if sharedir is not None:
+        templatedir = find_templates(sharedir)
+        if not templatedir.is_dir():
+            raise ComposerError(f"--sharedir {sharedir}: no such directory")
+    return LoraxPlan(
+        config=_lorax_config(args, compression),
+        volid=args.volid,
+        arch_templates=tuple(args.add_arch_templates),
+        arch_template_vars=parse_assignments(args.add_arch_template_vars, "--add-arch-template-var"),
+        templatedir=templatedir,
+        logfile=output_path(args.logfile),  # a link at its name is refused when opened, never followed
+        domacboot=args.domacboot,
+        doupgrade=args.doupgrade,
+        skip_branding=args.skip_branding,
+        lorax_rootfs_type=args.rootfs_type,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """lorax's refusals of option combinations and values."""
     if not args.source and not args.repos and not args.mirrorlist:
         raise ComposerError("lorax: give at least one --source, --mirrorlist or --repo")
     if args.dracut_args and args.dracut_conf:
         raise ComposerError("lorax: --dracut-arg and --dracut-conf cannot be used together")
     if args.dracut_conf and not args.dracut_conf.is_file():
         raise ComposerError(f"--dracut-conf {args.dracut_conf}: no such file")
+    if args.rootfs_size <= 0:
+        raise ComposerError(f"--rootfs-size {args.rootfs_size}: GiB, at least 1")
 
-    # Options composer accepts but does not act on the way lorax does: one warning line.
-    warnings += [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
+
+def _not_honoured(args: argparse.Namespace, conf: LoraxConf) -> tuple[list[str], Compression]:
+    """Options composer accepts but does not act on the way lorax does (the one warning
+    line), and the compression lorax.conf asks for (xz when composer has not got it)."""
+    warnings = [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
     if not args.verify:
         warnings.append("--noverify (composer always checks the tree)")
     warnings += [f"lorax.conf {k}" for k in conf.ignored]
-    rootfs_type, differs = ROOTFS_MAP[args.rootfs_type]
+    differs = ROOTFS_MAP[args.rootfs_type][1]
     if differs:
         warnings.append(differs)
-    if args.rootfs_size <= 0:
-        raise ComposerError(f"--rootfs-size {args.rootfs_size}: GiB, at least 1")
     try:
         compression = Compression(conf.compression)
     except ValueError:
@@ -314,24 +341,18 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         warnings.append(f"lorax.conf [compression] type {conf.compression} (xz used)")
     if conf.compression_args:
         warnings.append("lorax.conf [compression] args")
-
     # lorax does not check signatures of --source repositories (dnf's default for added
     # repos); a --repo file says for itself, which composer cannot honour beside --source.
-    nogpgcheck = bool(args.source or args.mirrorlist)
     if (args.source or args.mirrorlist) and args.repos:
         warnings.append("gpgcheck of --repo files (not checked beside --source)")
+    return warnings, compression
 
-    sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
-    templatedir = None
-    if sharedir is not None:
-        templatedir = find_templates(sharedir)
-        if not templatedir.is_dir():
-            raise ComposerError(f"--sharedir {sharedir}: no such directory")
 
+def _lorax_config(args: argparse.Namespace, compression: Compression) -> Config:
+    """The composer build a lorax command line asks for."""
     # composer makes its work directory inside this one (and removes it after the build)
     workdir = trusted_dir(args.workdir, "--workdir") if args.workdir is not None else trusted_dir(Path(args.tmp), "--tmp")
-    buildarch = args.buildarch or platform.machine()
-    cfg = Config(
+    return Config(
         product=args.product,
         version=args.version,
         release=args.release,
@@ -347,33 +368,21 @@ def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
         variant=args.variant,
         bugurl=args.bugurl,
         isfinal=args.isfinal,
-        arch=buildarch,
+        arch=args.buildarch or platform.machine(),
         installpkgs=tuple(args.installpkgs),
         excludepkgs=tuple(args.excludepkgs),
         add_templates=tuple(args.add_templates),
         add_template_vars=parse_assignments(args.add_template_vars, "--add-template-var"),
-        rootfs_type=rootfs_type,
+        rootfs_type=ROOTFS_MAP[args.rootfs_type][0],
         rootfs_size=args.rootfs_size << 30,
         compression=compression,
         dracut_args=tuple(args.dracut_args) if args.dracut_args is not None else LORAX_DRACUT_DEFAULT,
         dracut_conf=args.dracut_conf.resolve() if args.dracut_conf else None,
         workdir=workdir,
-        nogpgcheck=nogpgcheck,
+        # lorax does not check signatures of --source repositories (see _not_honoured).
+        nogpgcheck=bool(args.source or args.mirrorlist),
         cachedir=args.cachedir.resolve() if args.cachedir else DEFAULT_CACHEDIR,
         force=args.force,
-    )
-    return LoraxPlan(
-        config=cfg,
-        volid=args.volid,
-        arch_templates=tuple(args.add_arch_templates),
-        arch_template_vars=parse_assignments(args.add_arch_template_vars, "--add-arch-template-var"),
-        templatedir=templatedir,
-        logfile=output_path(args.logfile),  # a link at its name is refused when opened, never followed
-        domacboot=args.domacboot,
-        doupgrade=args.doupgrade,
-        skip_branding=args.skip_branding,
-        lorax_rootfs_type=args.rootfs_type,
-        warnings=tuple(warnings),
     )
 
 
