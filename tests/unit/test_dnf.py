@@ -69,11 +69,11 @@ def test_required_pattern_without_match_fails_optional_is_skipped(tmp_path):
 
 
 def test_dnf_reason_keeps_the_scriptlet_failure():
-    from composer.dnf import _dnf_reason
+    from composer.dnf.programs import dnf_reason
 
     stderr = ("Running transaction\n  Installing : libgpg-error0-1.46-1.x86_64\nFailed:\n  failing-pre-1-1.noarch\n"
               "Error in PREIN scriptlet in rpm package failing-pre\nError: Transaction failed\n")
-    assert _dnf_reason(stderr) == "Error in PREIN scriptlet in rpm package failing-pre | Error: Transaction failed"
+    assert dnf_reason(stderr) == "Error in PREIN scriptlet in rpm package failing-pre | Error: Transaction failed"
 
 
 def test_dnf_cache_and_logs_stay_on_the_host(tmp_path):
@@ -236,15 +236,15 @@ def test_dnf5_state_and_locks_reach_the_host(tmp_path):
 
 
 def test_a_dnf_root_cannot_take_host_paths_in_its_own_etc(tmp_path):
-    from composer.dnf import _root_sandbox
+    from composer.dnf.sandbox import root_sandbox
 
     (tmp_path / "root" / "usr").mkdir(parents=True)
     (tmp_path / "root" / "etc").mkdir()
-    argv = _root_sandbox(tmp_path / "root", rw=[tmp_path / "work"], ro=[tmp_path / "repo"])
+    argv = root_sandbox(tmp_path / "root", rw=[tmp_path / "work"], ro=[tmp_path / "repo"])
     assert argv[:3] == ["bwrap", "--tmpfs", "/"] and ["--ro-bind", str(tmp_path / "root" / "usr"), "/usr"] == \
         argv[argv.index("/usr") - 2: argv.index("/usr") + 1]
     with pytest.raises(ComposerError, match=r"/etc/pki/rpm-gpg: lies in /etc, which --dnf-root .* provides itself"):
-        _root_sandbox(tmp_path / "root", ro=[Path("/etc/pki/rpm-gpg")])
+        root_sandbox(tmp_path / "root", ro=[Path("/etc/pki/rpm-gpg")])
 
 
 @pytest.mark.parametrize("args,env,expected", [
@@ -271,12 +271,12 @@ def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
 
 
 def test_dnf_reason_says_disk_space():
-    from composer.dnf import _dnf_reason
+    from composer.dnf.programs import dnf_reason
 
     stderr = ("Error: Transaction test error:\n  installing package systemd-252 needs 12MB more space on the "
               "/w/tree filesystem\n\nError Summary\n-------------\nDisk Requirements:\n"
               "   At least 450MB more space needed on the /w/tree filesystem.\n\n")
-    assert _dnf_reason(stderr) == ("not enough disk space for the tree: At least 450MB more space needed on the "
+    assert dnf_reason(stderr) == ("not enough disk space for the tree: At least 450MB more space needed on the "
                                    "/w/tree filesystem. (free some, or give --workdir elsewhere)")
 
 
@@ -347,13 +347,13 @@ def test_dnf_logs_where_asked(tmp_path):
 def test_a_repository_through_a_link_is_bound_where_dnf_is_told_it_is(tmp_path):
     """dnf reads file://LINK; the sandbox's private /tmp must hold LINK's place too
     (it once held only the target's, and dnf found no repomd.xml)."""
-    from composer.dnf import _host_sandbox
+    from composer.dnf.sandbox import host_sandbox
 
     real = tmp_path / "repo"
     real.mkdir()
     (tmp_path / "links").mkdir()
     link = tmp_path / "links" / "repo"
     link.symlink_to(real)
-    argv = _host_sandbox(ro=[link])
+    argv = host_sandbox(ro=[link])
     pairs = [tuple(argv[i:i + 3]) for i, a in enumerate(argv) if a == "--ro-bind"]
     assert ("--ro-bind", str(real), str(real)) in pairs and ("--ro-bind", str(real), str(link)) in pairs, argv

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from composer.config import DnfChoice
-from composer.dnf import DnfConfig, DnfProgram, DnfSession, _host_sandbox, check_repofile, read_repofile, split_userinfo
+from composer.dnf import DnfConfig, DnfProgram, DnfSession, check_repofile, read_repofile, split_userinfo
+from composer.dnf.sandbox import host_sandbox
 from composer.run import ComposerError, redact
 
 SECRETS = ("src-Pw!1", "mirror-Pw2", "file-Pw3", "meta-Pw4", "proxy-Pw5", "fileproxy-Pw6")
@@ -149,7 +150,7 @@ def test_the_host_dnf_gets_a_private_tmp(tmp_path):
     """libdnf's /tmp/tmpdir.XXXXXX (whatever TMPDIR says) dies with dnf's tmpfs; paths
     below /tmp are bound back in."""
     (tmp_path / "work").mkdir()
-    argv = _host_sandbox(rw=[tmp_path / "work"], ro=[Path("/usr/share"), tmp_path / "nonexistent"])
+    argv = host_sandbox(rw=[tmp_path / "work"], ro=[Path("/usr/share"), tmp_path / "nonexistent"])
     assert argv[:6] == ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/tmp"]
     w = str((tmp_path / "work").resolve())
     assert argv[6:] == (["--bind", w, w] if w.startswith("/tmp/") else []), argv

@@ -1,0 +1,303 @@
+"""A dnf session: one install tree and the transactions that fill it.
+
+Templates decide which packages go in (installpkg ... run_pkg_transaction); a session
+only turns their requests into dnf runs. dnf runs on the host with --installroot, so the
+tree needs no package manager of its own; the repositories (composer.dnf.repos), the
+command line (composer.dnf.programs), the sandbox (composer.dnf.sandbox) and the rpm
+database (composer.dnf.rpmdb) are modules of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from composer.dnf.programs import DNF_LOGS, DnfProgram, dnf_reason, find_dnf
+from composer.dnf.repos import (
+    SOURCES_REPO,
+    Repository,
+    check_config,
+    file_sources,
+    local_paths,
+    metadata_digest,
+    origins,
+    repositories,
+    write_repofiles,
+)
+from composer.dnf.rpmdb import RPMDB, RPMMACROS, Rpmdb, RpmFile, put_back
+from composer.dnf.sandbox import sandbox
+from composer.dnf.settings import DnfConfig
+from composer.run import CommandError, ComposerError, debug, info, redact, run
+
+# Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
+# state, dnf5's lock directory): kept only as a package makes them.
+DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d", "run", "run/dnf")
+# Options naming work paths, not what lands in the tree: left out of the cache key.
+_WORK_OPTIONS = ("--installroot=", "--setopt=reposdir=") + tuple(
+    f"--setopt={o}=" for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir",
+                               "transaction_history_dir", "sslverify"))
+
+
+class DnfSession:
+    """One install tree and the dnf transactions that fill it (a templates.PackageManager)."""
+
+    def __init__(self, tree: Path, config: DnfConfig, workdir: Path) -> None:
+        self.tree = tree
+        self.config = config
+        self.workdir = workdir
+        self._to_install: list[str] = []
+        self._to_remove: list[str] = []
+        self._available: list[str] | None = None
+        check_config(config)
+        self.home = workdir / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".rpmmacros").write_text(RPMMACROS)
+        # Repository definitions, with their credentials only while dnf runs (_credentials).
+        self.reposdir = workdir / "repos.d"
+        self.reposdir.mkdir(mode=0o700, exist_ok=True)
+        self.repositories = repositories(config)
+        write_repofiles(self.reposdir, self.repositories, secrets=False)
+        for r in (r for _, repos in self.repositories for r in repos):
+            debug(f"dnf: repository {r.id} from {r.origin}")  # debug masks a URL's credentials
+        self.logdir = config.logdir or workdir / "dnf-log"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "dnf-state").mkdir(exist_ok=True)
+        tree.mkdir(parents=True, exist_ok=True)
+        self.env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        self._program: DnfProgram | None = None
+        self.rpmdb = Rpmdb(self._rpm)
+
+    @contextlib.contextmanager
+    def _credentials(self) -> Iterator[None]:
+        """The repositories' credentials in reposdir while dnf runs, and only then."""
+        write_repofiles(self.reposdir, self.repositories, secrets=True)
+        try:
+            yield
+        finally:
+            write_repofiles(self.reposdir, self.repositories, secrets=False)
+            self._scrub_logs()
+
+    def _scrub_logs(self) -> None:
+        """dnf's logs with every secret composer knows masked: a credential dnf was not given
+        (a mirror list's URLs) must not stay in a log others read."""
+        for log in self.logdir.glob("*.log"):
+            if log.name.startswith(DNF_LOGS) and log.is_file() and not log.is_symlink():
+                text = log.read_text(errors="surrogateescape")
+                clean = redact(text)
+                if clean != text:
+                    log.write_text(clean, errors="surrogateescape")
+
+    @property
+    def program(self) -> DnfProgram:
+        """The dnf this session runs (found on first use: a session may never run dnf)."""
+        if self._program is None:
+            self._program = find_dnf(self.config.dnf, self.config.root)
+            info(f"dnf: {self._program.describe()}")
+        return self._program
+
+    def _sandbox(self, transaction: bool, private_tmp: bool = True) -> list[str]:
+        root = self.program.root
+        rw = [self.workdir, self.tree, self.config.cachedir, self.logdir]
+        ro = local_paths(self.config, self.repositories) if root is not None or private_tmp else []
+        return sandbox(self.tree, root, rw, ro, transaction=transaction, private_tmp=private_tmp)
+
+    # -- dnf command line -------------------------------------------------------
+    def _dnf_argv(self) -> list[str]:
+        c = self.config
+        c.cachedir.mkdir(parents=True, exist_ok=True)
+        program = self.program
+        cli = program.cli
+        argv = [
+            program.command, "-y", "--quiet",
+            f"--installroot={self.tree}",
+            f"--releasever={c.releasever}",
+            f"--forcearch={c.arch}",
+            "--noplugins",
+            f"--setopt=reposdir={self.reposdir}",
+            # Paths that reach the host whether or not dnf puts the installroot in front.
+            *cli.state(self._host_path, cachedir=c.cachedir, logdir=self.logdir, state=self.workdir / "dnf-state"),
+            "--setopt=keepcache=True",
+            "--setopt=install_weak_deps=False",
+            "--setopt=check_config_file_age=False",
+            # A repository that cannot be read is an error, not an empty repository
+            # (else a typo in a URL surfaces as "no package matches").
+            "--setopt=skip_if_unavailable=False",
+        ]
+        if c.nodocs:
+            argv.append("--setopt=tsflags=nodocs")
+        if c.nogpgcheck:
+            argv.append("--nogpgcheck")
+        for pattern in c.excludepkgs:
+            argv.append(f"--exclude={pattern}")
+        # Enabled first, then disabled, as lorax applies them.
+        argv += cli.repos_switched(c.enablerepos, c.disablerepos)
+        if c.disablerepos:
+            # The --source repositories are not the .repo files' to switch off (as when they
+            # were dnf's --repofrompath, which nothing disables).
+            argv += cli.repos_switched([r.id for r in self._sources()], ())
+        # How packages are fetched, not which: left out of the cache key (shaping_options).
+        # The proxy and the credentials are in the repositories' files (_credentials).
+        if not c.sslverify:
+            argv.append("--setopt=sslverify=False")
+        return argv
+
+    def shaping_options(self) -> list[str]:
+        """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
+        # Which dnf (and rpm) it is, not where it lives: dnf 4 and dnf5 trees differ (rpm database).
+        repos = [line for _, rs in self.repositories for r in rs for line in r.shaping()]
+        return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(_WORK_OPTIONS)] + repos
+
+    def _sources(self) -> list[Repository]:
+        return next((repos for name, repos in self.repositories if name == SOURCES_REPO), [])
+
+    def _rpm(self, *args: str) -> str:
+        # The rpm beside dnf: the database it wrote is the one it reads best.
+        argv = ["rpm", f"--root={self.tree}", f"--dbpath={RPMDB}", *args]
+        proc = run(self._sandbox(transaction=False, private_tmp=False) + argv, env=self.env, capture=True)
+        return proc.stdout.decode(errors="replace")
+
+    def _host_path(self, host: Path) -> str:
+        """A value for dnf's cachedir or logdir that reaches `host` from the tree.
+
+        dnf 4 puts the installroot in front of these, whatever they are set to; one `..`
+        per component of the tree's path leads back to /, so the package cache, logs and
+        history stay on the host and nothing is created in the tree for them.
+        """
+        depth = len(self.tree.resolve().parts) - 1
+        return "/" + "../" * depth + str(host.resolve()).lstrip("/")
+
+    @contextlib.contextmanager
+    def _tidy(self) -> Iterator[None]:
+        """Put back what dnf itself makes in the tree.
+
+        libdnf creates /etc/dnf/modules.d under the installroot, and bubblewrap the mount
+        points of /dev, /proc and /sys (rpmdb.put_back). After a failed or interrupted run
+        the tree is thrown away: nothing to put back, no rpm to wait for.
+        """
+        made = [p for p in DNF_MADE if not os.path.lexists(self.tree / p)]
+        yield
+        made = [p for p in made if os.path.lexists(self.tree / p)]
+        if made:
+            owned = self.packaged_files() if (self.tree / RPMDB.lstrip("/")).is_dir() else {}
+            put_back(self.tree, made, owned)
+
+    def _dnf(self, *args: str, capture: bool = False, transaction: bool = False) -> subprocess.CompletedProcess[bytes]:
+        # Scriptlets get /dev, /proc and /sys as on a real system (see sandbox.sandbox).
+        argv = self._dnf_argv() + list(args)
+        with self._tidy(), self._credentials():
+            return run(self._sandbox(transaction) + argv, env=self.env, capture=capture)
+
+    # -- what the repositories offer ---------------------------------------------
+    def available(self) -> list[str]:
+        """Names of all packages the repositories offer (one metadata load, cached)."""
+        if self._available is None:
+            self._available = self._query()
+            debug(f"{len(self._available)} package names available")
+        return self._available
+
+    def providers(self, capability: str) -> list[str]:
+        """Names of the available packages that provide `capability` (lorax's branding asks
+        who provides system-release)."""
+        return self._query(provides=capability)
+
+    def _query(self, provides: str | None = None) -> list[str]:
+        try:
+            proc = self._dnf(*self.program.cli.available("%{name}\n", provides=provides), capture=True)
+        except CommandError as e:
+            raise ComposerError(self._repo_error(e.stderr)) from None
+        return sorted(set(proc.stdout.decode().split()))
+
+    def _repo_error(self, stderr: str) -> str:
+        """dnf's complaint about a repository, naming the --source it came from."""
+        reason = dnf_reason(stderr)
+        for rid, origin in origins(self.repositories).items():
+            # dnf 4: "... for repo 'ID'"; dnf5: '... for repository "ID": ...'.
+            for quoted in (f"'{rid}'", f'"{rid}"'):
+                if quoted in reason:
+                    reason = re.sub(r" for (repo|repository) " + re.escape(quoted), "", reason)
+                    reason = re.sub(r"^Error: ", "", reason.replace(quoted, "it"))
+                    return f"{origin}: cannot read the repository: {reason}"
+        return f"cannot read the package repositories: {reason}"
+
+    def _gpg_reason(self, stderr: str) -> str | None:
+        """dnf's signature complaints ("Problem repository: [id]") as what is wrong and what to do."""
+        if not re.search(r"\bGPG\b|not signed|public key", stderr):
+            return None
+        unsigned = self._an_unsigned_package()
+        what = (f"package {unsigned} is not signed" if unsigned
+                else "package signatures cannot be checked (no GPG key for the repository)")
+        return (f"{what}: signature checks are on by default; give the repository's key (gpgkey= in a --repo "
+                "file) or pass --nogpgcheck to trust the source as it is")
+
+    def _an_unsigned_package(self) -> str | None:
+        """The first package without a signature in a local --source (remote ones are not read)."""
+        for path in file_sources(self.config):
+            for rpm in sorted(path.rglob("*.rpm"))[:50]:
+                try:
+                    out = self._rpm("-qp", "--nosignature", "--queryformat=%{SIGPGP:pgpsig}%{RSAHEADER:pgpsig}", str(rpm))
+                except CommandError:
+                    continue
+                if out.strip() == "(none)(none)":
+                    return rpm.name
+        return None
+
+    # -- templates.PackageManager -------------------------------------------------
+    def install(self, patterns: Sequence[str], *, required: bool = True, exclude: Sequence[str] = ()) -> None:
+        names = self.available()
+        for pattern in patterns:
+            name, _, constraint = pattern.partition(" ")  # "NAME >= VER" (lorax's installpkg NAME>=VER)
+            matches = [n for n in names if fnmatch.fnmatchcase(n, name)]
+            matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in exclude)]
+            matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in self.config.excludepkgs)]
+            if not matches:
+                if required:
+                    raise ComposerError(f"no package matches {pattern!r} in the repositories")
+                debug(f"optional package {pattern!r} not available, skipped")
+                continue
+            self._to_install.extend(f"{m} {constraint}" if constraint else m for m in matches)
+
+    def remove(self, patterns: Sequence[str]) -> None:
+        self._to_remove.extend(patterns)
+
+    def has_pending(self) -> bool:
+        return bool(self._to_install or self._to_remove)
+
+    def run_transaction(self) -> None:
+        if self._to_install:
+            pkgs = sorted(set(self._to_install))
+            info(f"dnf: installing {len(pkgs)} requested packages and their dependencies")
+            try:
+                self._dnf(*self.program.cli.install(pkgs), transaction=True)
+            except CommandError as e:
+                reason = self._gpg_reason(e.stderr) or dnf_reason(e.stderr)
+                raise ComposerError(f"dnf transaction failed: {reason}") from None
+        if self._to_remove:
+            try:
+                self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)),
+                          transaction=True)
+            except CommandError as e:
+                raise ComposerError(f"dnf remove failed: {dnf_reason(e.stderr)}") from None
+        self._to_install.clear()
+        self._to_remove.clear()
+
+    # -- the tree's rpm database (composer.dnf.rpmdb) -----------------------------
+    def installed(self) -> list[str]:
+        return self.rpmdb.installed()
+
+    def files_of(self, name: str) -> list[str]:
+        return self.rpmdb.files_of(name)
+
+    def packaged_files(self) -> dict[str, list[RpmFile]]:
+        return self.rpmdb.packaged_files()
+
+    def nevras(self) -> list[str]:
+        return self.rpmdb.nevras()
+
+    def metadata_digest(self) -> str:
+        """A digest of the repositories' metadata (repos.metadata_digest), for keying caches."""
+        return metadata_digest(self.config, self.repositories, self.available)
