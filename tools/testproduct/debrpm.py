@@ -206,48 +206,77 @@ def _digest(p: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_conflicts(staged: list[Staged]) -> list[str]:
-    """Make the packages installable together: rpm refuses two packages owning one path
-    unless both entries are identical (directories: same mode and owner).
-    Returns human-readable decisions (also logged)."""
+def _owners(staged: list[Staged]) -> dict[str, list[Staged]]:
+    """Each path and the packages that ship it, in package name order."""
     owners: dict[str, list[Staged]] = {}
     for s in sorted(staged, key=lambda s: s.name):
         for path in s.entries:
             owners.setdefault(path, []).append(s)
+    return owners
+
+
+def _share_directory(path: str, ents: list[tuple[Staged, Entry]]) -> list[str]:
+    """A directory in every package: the first owns it, and so does every other whose mode
+    and owner are the same (rpm allows that); the rest stop owning it."""
+    first_pkg, first = ents[0]
+    notes = []
+    for s, e in ents[1:]:
+        if (e.mode, e.user, e.group) != (first.mode, first.user, first.group):
+            del s.entries[path]  # stays on disk as a parent, just not owned
+            notes.append(f"{path}: directory attributes differ, owned by {first_pkg.name}, not {s.name}")
+    return notes
+
+
+def _signature(s: Staged, e: Entry, path: str) -> tuple:
+    """What must be equal for rpm to let two packages own `path`."""
+    if e.kind == "d":
+        return ("d", e.mode, e.user, e.group)
+    return ("x", e.mode if e.kind != "l" else 0, e.user, e.group, _digest(s.root / path.lstrip("/")))
+
+
+# Which package keeps a path they ship differently: a directory before a file before a symlink.
+_KIND_RANK = {"d": 0, "f": 1, "h": 1, "l": 2}
+
+
+def _keep_one(path: str, ents: list[tuple[Staged, Entry]]) -> list[str]:
+    """Entries of several kinds or contents: one package keeps `path`, the others drop it."""
+    if len({_signature(s, e, path) for s, e in ents}) == 1:
+        return []  # identical: rpm lets both own it
+    winner = min(ents, key=lambda se: (_KIND_RANK[se[1].kind], se[0].name))[0]
+    notes = []
+    for s, e in ents:
+        if s is not winner:
+            _drop(s, path, e)
+            notes.append(f"{path}: shipped by {winner.name} and {s.name}; {winner.name} keeps it")
+    return notes
+
+
+def _drop(s: Staged, path: str, e: Entry) -> None:
+    """`path` out of package `s`: its entry and what its build root has there."""
+    del s.entries[path]
+    if e.kind != "d":
+        (s.root / path.lstrip("/")).unlink()
+    else:
+        # the loser's directory must go from its build root with everything under it
+        for sub in [p for p in s.entries if p.startswith(path + "/")]:
+            del s.entries[sub]
+        shutil.rmtree(s.root / path.lstrip("/"))
+
+
+def resolve_conflicts(staged: list[Staged]) -> list[str]:
+    """Make the packages installable together: rpm refuses two packages owning one path
+    unless both entries are identical (directories: same mode and owner).
+    Returns human-readable decisions (also logged)."""
+    owners = _owners(staged)
     notes: list[str] = []
     for path in sorted(owners):
-        pkgs = owners[path]
-        if len(pkgs) < 2:
+        if len(owners[path]) < 2:
             continue
-        ents = [(s, s.entries[path]) for s in pkgs]
+        ents = [(s, s.entries[path]) for s in owners[path]]
         if all(e.kind == "d" for _, e in ents):
-            first = ents[0][1]
-            for s, e in ents[1:]:
-                if (e.mode, e.user, e.group) != (first.mode, first.user, first.group):
-                    del s.entries[path]  # stays on disk as a parent, just not owned
-                    notes.append(f"{path}: directory attributes differ, owned by {ents[0][0].name}, not {s.name}")
-            continue
-
-        def sig(s: Staged, e: Entry, path: str) -> tuple:
-            if e.kind == "d":
-                return ("d", e.mode, e.user, e.group)
-            return ("x", e.mode if e.kind != "l" else 0, e.user, e.group, _digest(s.root / path.lstrip("/")))
-
-        if len({sig(s, e, path) for s, e in ents}) == 1:
-            continue  # identical: rpm lets both own it
-        winner = min(ents, key=lambda se: ({"d": 0, "f": 1, "h": 1, "l": 2}[se[1].kind], se[0].name))
-        for s, e in ents:
-            if s is winner[0]:
-                continue
-            del s.entries[path]
-            if e.kind != "d":
-                (s.root / path.lstrip("/")).unlink()
-            else:
-                # the loser's directory must go from its build root with everything under it
-                for sub in [p for p in s.entries if p.startswith(path + "/")]:
-                    del s.entries[sub]
-                shutil.rmtree(s.root / path.lstrip("/"))
-            notes.append(f"{path}: shipped by {winner[0].name} and {s.name}; {winner[0].name} keeps it")
+            notes += _share_directory(path, ents)
+        else:
+            notes += _keep_one(path, ents)
     for n in notes:
         debug(f"test product: conflict: {n}")
     return notes

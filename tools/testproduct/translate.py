@@ -78,6 +78,54 @@ def deb_to_evr(debver: str, *, native_release: str | None = "0") -> EVR:
     return EVR(epoch, _rpm_safe(upstream), release)
 
 
+def _isalnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
+
+
+def _next_segment(s: str, i: int) -> int:
+    """Where the next segment, `~` or `^` starts at or after `i` (other characters separate)."""
+    while i < len(s) and not _isalnum(s[i]) and s[i] not in "~^":
+        i += 1
+    return i
+
+
+def _tilde_caret_cmp(ca: str, cb: str) -> int | None:
+    """The order `~` or `^` at this place decides: -1 or 1; 0 when both have the same one
+    (step over it); None when neither has one. ca, cb: the next characters ("" at the end)."""
+    if ca == "~" or cb == "~":
+        if ca != "~":
+            return 1
+        return -1 if cb != "~" else 0
+    if ca == "^" or cb == "^":
+        if not ca:
+            return -1  # "^" sorts after the end...
+        if not cb:
+            return 1
+        if ca != "^":
+            return 1  # ...but before anything else
+        return -1 if cb != "^" else 0
+    return None
+
+
+def _segment_end(s: str, i: int, numeric: bool) -> int:
+    while i < len(s) and s[i].isascii() and (s[i].isdigit() if numeric else s[i].isalpha()):
+        i += 1
+    return i
+
+
+def _segment_cmp(s1: str, s2: str, numeric: bool) -> int:
+    """Order of two segments of the type of s1 (s2 empty: b has the other type there)."""
+    if not s2:
+        return 1 if numeric else -1  # numeric beats alpha
+    if numeric:
+        s1, s2 = s1.lstrip("0"), s2.lstrip("0")
+        if len(s1) != len(s2):
+            return 1 if len(s1) > len(s2) else -1
+    if s1 != s2:
+        return 1 if s1 > s2 else -1
+    return 0
+
+
 def _segments_cmp(a: str, b: str) -> int:
     """rpm's version string comparison (rpmvercmp), re-implemented from its documented rules:
     strings are split into alternating digit and letter segments, other characters
@@ -86,59 +134,23 @@ def _segments_cmp(a: str, b: str) -> int:
     if a == b:
         return 0
     i = j = 0
-    la, lb = len(a), len(b)
-
-    def isalnum(c: str) -> bool:
-        return c.isascii() and c.isalnum()
-
-    while i < la or j < lb:
-        while i < la and not isalnum(a[i]) and a[i] not in "~^":
-            i += 1
-        while j < lb and not isalnum(b[j]) and b[j] not in "~^":
-            j += 1
-        ca = a[i] if i < la else ""
-        cb = b[j] if j < lb else ""
-        if ca == "~" or cb == "~":
-            if ca != "~":
-                return 1
-            if cb != "~":
-                return -1
-            i += 1
-            j += 1
-            continue
-        if ca == "^" or cb == "^":
-            if not ca:
-                return -1
-            if not cb:
-                return 1
-            if ca != "^":
-                return 1
-            if cb != "^":
-                return -1
-            i += 1
-            j += 1
-            continue
-        if not (ca and cb):
-            break
-        isnum = ca.isdigit()
-        pred = (lambda c: c.isascii() and c.isdigit()) if isnum else (lambda c: c.isascii() and c.isalpha())
-        si = i
-        while i < la and pred(a[i]):
-            i += 1
-        sj = j
-        while j < lb and pred(b[j]):
-            j += 1
-        s1, s2 = a[si:i], b[sj:j]
-        if not s2:
-            # b has a segment of the other type here: numeric beats alpha
-            return 1 if isnum else -1
-        if isnum:
-            s1, s2 = s1.lstrip("0"), s2.lstrip("0")
-            if len(s1) != len(s2):
-                return 1 if len(s1) > len(s2) else -1
-        if s1 != s2:
-            return 1 if s1 > s2 else -1
-    ra, rb = i < la, j < lb
+    while i < len(a) or j < len(b):
+        i, j = _next_segment(a, i), _next_segment(b, j)
+        ca = a[i] if i < len(a) else ""
+        cb = b[j] if j < len(b) else ""
+        order = _tilde_caret_cmp(ca, cb)
+        if order is None:
+            if not (ca and cb):
+                break
+            numeric = ca.isdigit()
+            si, sj = i, j
+            i, j = _segment_end(a, i, numeric), _segment_end(b, j, numeric)
+            order = _segment_cmp(a[si:i], b[sj:j], numeric)
+        else:
+            i, j = i + 1, j + 1  # past the ~ or ^ both have
+        if order:
+            return order
+    ra, rb = i < len(a), j < len(b)
     if not ra and not rb:
         return 0
     return 1 if ra else -1
