@@ -12,10 +12,10 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlsplit
+from urllib.parse import urlsplit
 
 from composer.config import Config
-from composer.dnf import check_config, dnf_config, mirrorlist_urls, repofile_paths
+from composer.dnf import check_config, dnf_config, local_path, mirrorlist_urls, repofile_paths
 from composer.product import RUNTIME_TEMPLATES, template_dir, template_variables
 from composer.run import DATADIR, ComposerError, check_replaceable, output_path
 from composer.templates import TemplateRunner
@@ -142,17 +142,15 @@ def compose_inputs(cfg: Config) -> list[Place]:
     if cfg.workdir is not None:
         places.append(Place(cfg.workdir, f"--workdir {cfg.workdir}", inside=False))
     for url in cfg.sources:
-        parsed = _urlparse(url)
-        if parsed.scheme == "file":
-            places.append(Place(Path(unquote(parsed.path)), f"the package source {url}"))
+        if (path := local_path(url, decoded=True)) is not None:
+            places.append(Place(path, f"the package source {url}"))
     for url in cfg.mirrorlists:
-        parsed = _urlparse(url)
-        if parsed.scheme == "file":
-            places.append(Place(Path(unquote(parsed.path)), f"--mirrorlist {url}"))
+        if (path := local_path(url, decoded=True)) is not None:
+            places.append(Place(path, f"--mirrorlist {url}"))
             with contextlib.suppress(ComposerError):
                 for base in mirrorlist_urls(url):
-                    if _urlparse(base).scheme == "file":
-                        places.append(Place(Path(unquote(_urlparse(base).path)), f"{base}, listed by --mirrorlist {url}"))
+                    if (base_path := local_path(base, decoded=True)) is not None:
+                        places.append(Place(base_path, f"{base}, listed by --mirrorlist {url}"))
     for f in cfg.repofiles:
         places.append(Place(f, f"--repo {f}"))
         places += [Place(p, f"the baseurl file://{p} of --repo {f}") for p in repofile_paths(f)]
@@ -162,15 +160,6 @@ def compose_inputs(cfg: Config) -> list[Place]:
         places.append(Place(cfg.dracut_conf, f"--dracut-conf {cfg.dracut_conf}"))
     places.append(Place(DATADIR, f"composer's templates and data ({DATADIR})"))
     return places
-
-
-def _urlparse(url: str):
-    """urlparse, or an empty result for what it cannot parse ("http://[::1"): the
-    source checks that follow say what is wrong with it."""
-    try:
-        return urlparse(url)
-    except ValueError:
-        return urlparse("")
 
 
 def check_file(path: Path | None, option: str) -> None:

@@ -29,10 +29,10 @@ from composer.dnf.rpmdb import RPMDB, RpmFile, tree_ids
 from composer.dnf.sandbox import host_sandbox, root_sandbox
 from composer.dnf.session import DnfSession
 from composer.dnf.settings import DnfConfig, dnf_config
-from composer.dnf.urls import check_source, check_url, mirrorlist_urls, proxy_url, split_userinfo
+from composer.dnf.urls import check_source, check_url, local_path, mirrorlist_urls, proxy_url, split_userinfo
 
 __all__ = [
     "DNF_ROOT_ENV", "RPMDB", "DnfConfig", "DnfProgram", "DnfSession", "RpmFile", "check_config", "check_repofile",
-    "check_source", "check_url", "dnf_config", "find_dnf", "host_sandbox", "mirrorlist_urls", "proxy_url",
+    "check_source", "check_url", "dnf_config", "find_dnf", "host_sandbox", "local_path", "mirrorlist_urls", "proxy_url",
     "read_repofile", "repofile_paths", "root_sandbox", "split_userinfo", "tree_ids",
 ]
