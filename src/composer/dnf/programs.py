@@ -5,7 +5,8 @@ dnf 4 (Debian 12, Fedora up to 40) and dnf5 (Fedora 41+, where `dnf` is dnf5) ta
 same options for what goes into a tree; they differ in where they keep their state and
 how a few options are spelled. CommandLine says what a session asks of either (mkosi's
 installer/ has one class per package manager the same way); Dnf4 and Dnf5 answer.
-find_dnf finds the dnf on the host or in a --dnf-root and says which it is (DnfProgram).
+find_dnf finds the dnf on the host or in a --dnf-root and says which it is (DnfProgram);
+dnf_reason and repo_error read what either says went wrong, scrub_logs masks secrets in its logs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from composer.config import DnfChoice
 from composer.dnf.sandbox import root_sandbox
-from composer.run import CommandError, ComposerError, debug, run
+from composer.run import CommandError, ComposerError, debug, redact, run
 from composer.userns import inside as userns_inside
 
 # dnf's own log files (dnf 4: dnf.log, dnf.librepo.log, dnf.rpm.log, hawkey.log; dnf5: dnf5.log).
@@ -128,6 +129,30 @@ def dnf_reason(stderr: str) -> str:
             and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)]
     text = " | ".join((keep or lines)[-4:])
     return text or "see the log for dnf's output"
+
+
+def repo_error(stderr: str, origins: dict[str, str]) -> str:
+    """dnf's complaint about a repository, naming where it came from (origins: id -> "--source URL")."""
+    reason = dnf_reason(stderr)
+    for rid, origin in origins.items():
+        # dnf 4: "... for repo 'ID'"; dnf5: '... for repository "ID": ...'.
+        for quoted in (f"'{rid}'", f'"{rid}"'):
+            if quoted in reason:
+                reason = re.sub(r" for (repo|repository) " + re.escape(quoted), "", reason)
+                reason = re.sub(r"^Error: ", "", reason.replace(quoted, "it"))
+                return f"{origin}: cannot read the repository: {reason}"
+    return f"cannot read the package repositories: {reason}"
+
+
+def scrub_logs(logdir: Path) -> None:
+    """dnf's logs with every secret composer knows masked: a credential dnf was not given
+    (a mirror list's URLs) must not stay in a log others read."""
+    for log in logdir.glob("*.log"):
+        if log.name.startswith(DNF_LOGS) and log.is_file() and not log.is_symlink():
+            text = log.read_text(errors="surrogateescape")
+            clean = redact(text)
+            if clean != text:
+                log.write_text(clean, errors="surrogateescape")
 
 
 def _version_line(argv: list[str]) -> str:

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from composer.dnf.programs import DNF_LOGS, DnfProgram, dnf_reason, find_dnf
+from composer.dnf.programs import DnfProgram, dnf_reason, find_dnf, repo_error, scrub_logs
 from composer.dnf.repos import (
     SOURCES_REPO,
     Repository,
@@ -32,7 +32,7 @@ from composer.dnf.repos import (
 from composer.dnf.rpmdb import RPMDB, RPMMACROS, Rpmdb, RpmFile, put_back
 from composer.dnf.sandbox import sandbox
 from composer.dnf.settings import DnfConfig
-from composer.run import CommandError, ComposerError, debug, info, redact, run
+from composer.run import CommandError, ComposerError, debug, info, run
 
 # Tree paths a dnf run itself may create (mount points for scriptlets, libdnf's module
 # state, dnf5's lock directory): kept only as a package makes them.
@@ -80,17 +80,7 @@ class DnfSession:
             yield
         finally:
             write_repofiles(self.reposdir, self.repositories, secrets=False)
-            self._scrub_logs()
-
-    def _scrub_logs(self) -> None:
-        """dnf's logs with every secret composer knows masked: a credential dnf was not given
-        (a mirror list's URLs) must not stay in a log others read."""
-        for log in self.logdir.glob("*.log"):
-            if log.name.startswith(DNF_LOGS) and log.is_file() and not log.is_symlink():
-                text = log.read_text(errors="surrogateescape")
-                clean = redact(text)
-                if clean != text:
-                    log.write_text(clean, errors="surrogateescape")
+            scrub_logs(self.logdir)
 
     @property
     def program(self) -> DnfProgram:
@@ -209,20 +199,8 @@ class DnfSession:
         try:
             proc = self._dnf(*self.program.cli.available("%{name}\n", provides=provides), capture=True)
         except CommandError as e:
-            raise ComposerError(self._repo_error(e.stderr)) from None
+            raise ComposerError(repo_error(e.stderr, origins(self.repositories))) from None
         return sorted(set(proc.stdout.decode().split()))
-
-    def _repo_error(self, stderr: str) -> str:
-        """dnf's complaint about a repository, naming the --source it came from."""
-        reason = dnf_reason(stderr)
-        for rid, origin in origins(self.repositories).items():
-            # dnf 4: "... for repo 'ID'"; dnf5: '... for repository "ID": ...'.
-            for quoted in (f"'{rid}'", f'"{rid}"'):
-                if quoted in reason:
-                    reason = re.sub(r" for (repo|repository) " + re.escape(quoted), "", reason)
-                    reason = re.sub(r"^Error: ", "", reason.replace(quoted, "it"))
-                    return f"{origin}: cannot read the repository: {reason}"
-        return f"cannot read the package repositories: {reason}"
 
     def _gpg_reason(self, stderr: str) -> str | None:
         """dnf's signature complaints ("Problem repository: [id]") as what is wrong and what to do."""
