@@ -17,17 +17,18 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 from composer.dnf.settings import DnfConfig
 from composer.dnf.urls import (
     check_proxy,
     check_source,
     check_url,
+    is_local,
     is_url,
     local_path,
     mirrorlist_urls,
     parse_url,
+    path_of,
     split_userinfo,
 )
 from composer.run import MASK, ComposerError, register_secret
@@ -145,7 +146,7 @@ def check_config(config: DnfConfig) -> None:
     for url in config.mirrorlists:
         check_url(url, "--mirrorlist")
         bases = mirrorlist_urls(url)
-        if url.startswith("file:") and not bases:
+        if is_local(url) and not bases:
             raise ComposerError(f"--mirrorlist {url}: lists no repository (one base URL per line)")
         for base in bases:
             check_source(base, f"--mirrorlist {url}: lists")
@@ -228,7 +229,7 @@ def repositories(config: DnfConfig) -> Repositories:
     for i, url in enumerate(config.sources):
         opts = [("name", repo_id(url, i)), ("baseurl", url), ("enabled", "1"), ("gpgcheck", gpgcheck),
                 ("skip_if_unavailable", "False")]
-        if url.startswith("file:"):
+        if is_local(url):
             # A local repository may be rebuilt between runs: never trust cached metadata.
             opts.append(("metadata_expire", "0"))
         sources.append(Repository(repo_id(url, i), f"--source {url}", tuple(_with_credentials(opts, config.proxy))))
@@ -259,13 +260,13 @@ def write_repofiles(reposdir: Path, repos: Repositories, *, secrets: bool) -> No
 
 def local_paths(config: DnfConfig, repos: Repositories) -> list[Path]:
     """Host paths dnf reads besides the work tree: local repositories and keys."""
-    paths = [Path(urlparse(u).path) for m in config.mirrorlists for u in mirrorlist_urls(m) if u.startswith("file:")]
+    paths = [path_of(u) for m in config.mirrorlists for u in mirrorlist_urls(m) if is_local(u)]
     for repo in (r for _, rs in repos for r in rs):
         for key, value in repo.options:
             if key.lower() in (*_URL_KEYS, "gpgkey"):
                 for url in re.split(r"[\s,]+", value.strip()):
-                    if url.startswith("file:"):
-                        path = Path(urlparse(url).path)
+                    if is_local(url):
+                        path = path_of(url)
                         paths.append(path if key.lower() == "baseurl" else path.parent)
     return paths
 
@@ -299,9 +300,9 @@ def metadata_digest(config: DnfConfig, repos: Repositories, refresh: Callable[[]
     for i, url in enumerate(config.mirrorlists):
         h.update(split_userinfo(url)[0].encode() + b"\0")
         bases = mirrorlist_urls(url)
-        if bases and all(b.startswith("file:") for b in bases):
+        if bases and all(is_local(b) for b in bases):
             for b in bases:
-                h.update((Path(urlparse(b).path) / "repodata" / "repomd.xml").read_bytes())
+                h.update((path_of(b) / "repodata" / "repomd.xml").read_bytes())
         else:
             remote_ids.append(mirror_id(url, i))
     for r in (r for _, rs in repos for r in rs if r.origin.startswith("--repo ")):

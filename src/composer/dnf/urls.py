@@ -2,8 +2,9 @@
 
 A URL dnf fetches from (check_url: file, http, https, ftp), a local repository
 (check_source), a proxy (proxy_url, check_proxy), a local mirror list's base URLs
-(mirrorlist_urls), the path of a file: URL (parse_url, local_path), and the credentials
-of a URL split off it (split_userinfo: its password is a secret from then on).
+(mirrorlist_urls), local URLs and their paths (is_local, path_of; parse_url and
+local_path for a URL not yet checked), and the credentials of a URL split off it
+(split_userinfo: its password is a secret from then on).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def local_path(url: str, *, decoded: bool = False) -> Path | None:
     if parsed.scheme != "file":
         return None
     return Path(unquote(parsed.path) if decoded else parsed.path)
+
+
+def is_local(url: str) -> bool:
+    """Whether a URL is written as a file: URL (how repositories and mirror lists tell
+    local from remote; local_path is for a URL not yet checked)."""
+    return url.startswith("file:")
+
+
+def path_of(url: str) -> Path:
+    """The path part of a URL, as written (percent-escapes kept)."""
+    return Path(urlparse(url).path)
 
 
 def check_url(url: str, option: str) -> ParseResult:
@@ -95,10 +107,10 @@ def check_proxy(url: str, option: str = "--proxy") -> None:
 
 def mirrorlist_urls(url: str) -> list[str]:
     """The base URLs a local mirrorlist file lists (remote ones are dnf's to read)."""
-    if not url.startswith("file:"):
+    if not is_local(url):
         return []
     try:
-        text = Path(urlparse(url).path).read_text(errors="replace")
+        text = path_of(url).read_text(errors="replace")
     except OSError as e:
         raise ComposerError(f"--mirrorlist {url}: cannot read it: {e.strerror}") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
