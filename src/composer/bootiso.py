@@ -40,7 +40,7 @@ from composer.outputs.media import (
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.product import template_dir, template_variables
 from composer.reproducible import config_seed
-from composer.run import ComposerError, info, stage
+from composer.run import LOCK_MARKER, ComposerError, info, stage
 from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.templates import TemplateRunner
 
@@ -229,7 +229,8 @@ def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out
         grafts = [(".treeinfo", iso_treeinfo)]
         for p in sorted(out.rglob("*")):
             rel = p.relative_to(out).as_posix()
-            if p.is_file() and rel not in (".treeinfo",) and not rel.startswith("images/boot.iso"):
+            # Not the build's lock marker (it holds the process id; it leaves OUTDIR at the end).
+            if p.is_file() and rel not in (".treeinfo", LOCK_MARKER) and not rel.startswith("images/boot.iso"):
                 grafts.append((rel, p))
         iso = out / "images" / "boot.iso"
         make_iso(iso, opts.volid, grafts, bios=media.bios, efiboot=out / "images" / "efiboot.img",

@@ -74,6 +74,7 @@ def test_iso_holds_the_tree(media):
                 "EFI/BOOT/BOOTX64.EFI", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
         assert f"'/{rel}'" in listing, rel
     assert "boot.iso" not in listing
+    assert ".composer-" not in listing  # the build's own markers (its lock held a process id)
 
 
 def test_install_img_ships_osmin_delta(media, tmp_path):

@@ -76,10 +76,13 @@ def test_testproduct_netboot_split():
 
 def test_readonly_rootfs_gets_overlayfs_and_kernel_args():
     out = render_netboot(cfg(rootfs_type=RootfsType.EROFS),
-                         NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b c")))
+                         NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b", "c")))
     for text in out.values():
         assert "rd.live.overlay.overlayfs=1" in text
         assert "quiet a=b c" in text
+    # One argument holding a space would be two on the kernel's command line: every menu writer refuses it.
+    with pytest.raises(ComposerError, match="'a=b c': holds a space"):
+        render_netboot(cfg(), NetbootOptions(url="http://srv/", kernel_args=("a=b c",)))
 
 
 def test_fedora_netboot_templates():
