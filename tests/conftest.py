@@ -27,8 +27,9 @@ def composer(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
     return proc
 
 
-def python_for_user(probe: Callable[[str, dict[str, str]], subprocess.CompletedProcess[str]], site: Path,
-                    env: dict[str, str]) -> tuple[str, dict[str, str]]:
+def python_for_user(
+    probe: Callable[[str, dict[str, str]], subprocess.CompletedProcess[str]], site: Path, env: dict[str, str]
+) -> tuple[str, dict[str, str]]:
     """An interpreter an ordinary user can run composer with, and its environment (env plus
     PYTHONPATH): this one if `probe(python, env)` succeeds, else Debian's python3 with the
     pure-Python packages it lacks copied from this interpreter into `site` (this one may
@@ -49,8 +50,9 @@ def python_for_user(probe: Callable[[str, dict[str, str]], subprocess.CompletedP
                 break
             src = Path(mod.__file__ or "")
             if src.name == "__init__.py":
-                shutil.copytree(src.parent, site / src.parent.name, ignore=shutil.ignore_patterns("__pycache__"),
-                                dirs_exist_ok=True)
+                shutil.copytree(
+                    src.parent, site / src.parent.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+                )
             else:
                 shutil.copy(src, site / src.name)
     raise AssertionError(f"no Python the user can run composer with: {result.stderr[-1000:] if result else ''}")
@@ -95,8 +97,19 @@ def runtime_outputs(testproduct_repo, tmp_path_factory) -> Path:
     else:
         out = tmp_path_factory.mktemp("runtime") / "out"
         log = out.parent / "build.log"
-        composer("--logfile", str(log), "runtime", "--product", "TestProduct", "--version", "1",
-                 "--source", f"file://{testproduct_repo}", "--nogpgcheck", str(out))
+        composer(
+            "--logfile",
+            str(log),
+            "runtime",
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            "--source",
+            f"file://{testproduct_repo}",
+            "--nogpgcheck",
+            str(out),
+        )
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["rootfs_type"], manifest["compression"]) == ("btrfs", "xz"), manifest
     # Every build says where it worked, whether dnf ran or the tree came from the cache.
@@ -117,10 +130,31 @@ def compose_media(repo: Path, base: Path, *extra: str) -> Path:
     """`composer boot-iso` into base/out (work in base/work, log in base/build.log); returns base."""
     out, work = base / "out", base / "work"
     work.mkdir(parents=True)
-    proc = composer("--logfile", str(base / "build.log"), "boot-iso", "--product", "TestProduct", "--version", "1",
-                    "--source", f"file://{repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
-                    "--rootfs-type", "ext4", "--osmin", "--compression", "lz4",
-                    "--source-date-epoch", str(MEDIA_EPOCH), "--workdir", str(work), *extra, str(out))
+    proc = composer(
+        "--logfile",
+        str(base / "build.log"),
+        "boot-iso",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(BUILD / "cache"),
+        "--rootfs-type",
+        "ext4",
+        "--osmin",
+        "--compression",
+        "lz4",
+        "--source-date-epoch",
+        str(MEDIA_EPOCH),
+        "--workdir",
+        str(work),
+        *extra,
+        str(out),
+    )
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
     (base / "stderr.log").write_text(proc.stderr)
     return base

@@ -9,8 +9,13 @@ from pathlib import Path
 
 def el_torito_report(iso: Path) -> str:
     """`xorriso -report_el_torito plain` of an ISO (what boot images it has)."""
-    return subprocess.run(["xorriso", "-indev", str(iso), "-report_el_torito", "plain"],
-                          capture_output=True, text=True, errors="replace", check=True).stdout
+    return subprocess.run(
+        ["xorriso", "-indev", str(iso), "-report_el_torito", "plain"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=True,
+    ).stdout
 
 
 def el_torito_platforms(report: str) -> list[str]:

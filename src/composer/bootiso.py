@@ -61,14 +61,16 @@ class MediaOptions:
 def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) -> dict[str, object]:
     variables = template_variables(cfg)
     variables.update(dict(opts.arch_template_vars))
-    variables.update({
-        "volid": opts.volid,
-        "kernels": kernels,
-        "extra_args": join_args(opts.kernel_args),
-        "bios_loader": opts.bios_loader,
-        "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
-        "overlay_args": " ".join(cfg.rootfs_type.live_args),
-    })
+    variables.update(
+        {
+            "volid": opts.volid,
+            "kernels": kernels,
+            "extra_args": join_args(opts.kernel_args),
+            "bios_loader": opts.bios_loader,
+            "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
+            "overlay_args": " ".join(cfg.rootfs_type.live_args),
+        }
+    )
     return variables
 
 
@@ -153,10 +155,10 @@ def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> Media
         for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             # The small initrd carries its RAM budget: below it, it stops with one line.
-            budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version],
-                                             unpacked=rt.initramfs_ram[k.version])
-            ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
-                                  mtime=cfg.source_date_epoch or 0)
+            budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version], unpacked=rt.initramfs_ram[k.version])
+            ram.with_memory_check(
+                rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
+            )
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         copy_sparse(rt.squashfs, out / "images" / "install.img")
         for name, dest in config_names(opts.bios_loader).items():
@@ -170,8 +172,12 @@ def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> Media
         for t in arch_templates(cfg, variables, opts):
             runner.run(t)
         efi_files = sorted(p for p in efidir.rglob("*") if p.is_file())
-        make_efiboot([(p, p.relative_to(out).as_posix()) for p in efi_files], out / "images" / "efiboot.img",
-                     source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
+        make_efiboot(
+            [(p, p.relative_to(out).as_posix()) for p in efi_files],
+            out / "images" / "efiboot.img",
+            source_date_epoch=cfg.source_date_epoch,
+            seed=config_seed(cfg),
+        )
     return MediaTree(kernels, bios, runner.treeinfo, budgets)
 
 
@@ -217,15 +223,20 @@ def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out
         images["eltorito.img"] = "images/eltorito.img"  # as lorax's x86.tmpl records it
     # lorax's x86.tmpl lists the same kernel and initrd for Xen guests (Pungi, virt-install read it).
     xen = {"images-xen": {"kernel": kernels[0].kernel, "initrd": kernels[0].initrd}} if arch == "x86_64" else {}
-    treeinfo_args = {"product": cfg.product, "version": cfg.version, "arch": arch, "variant": cfg.variant,
-                     "stage2": "images/install.img", "extra": {**xen, **rt.treeinfo, **media.treeinfo}}
+    treeinfo_args = {
+        "product": cfg.product,
+        "version": cfg.version,
+        "arch": arch,
+        "variant": cfg.variant,
+        "stage2": "images/install.img",
+        "extra": {**xen, **rt.treeinfo, **media.treeinfo},
+    }
     release = f"{cfg.product} {cfg.version}"
     write_discinfo(out / ".discinfo", release=release, arch=arch, timestamp=cfg.source_date_epoch)
     with stage("boot.iso", rt.metrics, key="iso"):
         # The .treeinfo on the ISO cannot list the ISO itself.
         iso_treeinfo = work / "iso.treeinfo"
-        write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, timestamp=cfg.source_date_epoch,
-                       **treeinfo_args)
+        write_treeinfo(iso_treeinfo, images={arch: images}, checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
         grafts = [(".treeinfo", iso_treeinfo)]
         for p in sorted(out.rglob("*")):
             rel = p.relative_to(out).as_posix()
@@ -233,10 +244,23 @@ def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out
             if p.is_file() and rel not in (".treeinfo", LOCK_MARKER) and not rel.startswith("images/boot.iso"):
                 grafts.append((rel, p))
         iso = out / "images" / "boot.iso"
-        make_iso(iso, opts.volid, grafts, bios=media.bios, efiboot=out / "images" / "efiboot.img",
-                 efiboot_in_iso="images/efiboot.img", source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
-    write_treeinfo(out / ".treeinfo", images={arch: {**images, "boot.iso": "images/boot.iso"}},
-                   checksum_root=out, timestamp=cfg.source_date_epoch, **treeinfo_args)
+        make_iso(
+            iso,
+            opts.volid,
+            grafts,
+            bios=media.bios,
+            efiboot=out / "images" / "efiboot.img",
+            efiboot_in_iso="images/efiboot.img",
+            source_date_epoch=cfg.source_date_epoch,
+            seed=config_seed(cfg),
+        )
+    write_treeinfo(
+        out / ".treeinfo",
+        images={arch: {**images, "boot.iso": "images/boot.iso"}},
+        checksum_root=out,
+        timestamp=cfg.source_date_epoch,
+        **treeinfo_args,
+    )
     for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
         rt.metrics.sizes[rel] = (out / rel).stat().st_size
 
@@ -248,8 +272,8 @@ def compose_boot_iso(cfg: Config, opts: MediaOptions) -> Path:
         rt = build_runtime(cfg, work)
         budgets = make_media(cfg, opts, rt, out, work)
         log_summary(rt.metrics.sizes, rt.metrics.timings, budgets)
-    info(f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
-         "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo")
+    info(
+        f"outputs in {cfg.outdir}: images/boot.iso, images/install.img, images/pxeboot/, "
+        "images/efiboot.img, EFI/BOOT/, .treeinfo, .discinfo"
+    )
     return cfg.outdir
-
-

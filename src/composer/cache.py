@@ -100,8 +100,10 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
     """Gather the inputs of the install stage of this build (before anything is installed)."""
     tree = str(session.tree)
     text = runner.render(template).replace(tree, "@TREE@")
-    files = tuple((str(p.relative_to(runner.templatedir)) if p.is_relative_to(runner.templatedir) else str(p),
-                   _file_digest(p)) for p in runner.install_sources())
+    files = tuple(
+        (str(p.relative_to(runner.templatedir)) if p.is_relative_to(runner.templatedir) else str(p), _file_digest(p))
+        for p in runner.install_sources()
+    )
     argv = session.shaping_options()
     return InstallInputs(
         metadata_digest=session.metadata_digest(),
@@ -114,8 +116,7 @@ def install_inputs(cfg: Config, session: DnfSession, runner: TemplateRunner, tem
         product=cfg.product,
         # Functions (lorax's udev, lower) are composer's code, which `code` covers; their repr
         # holds an address that changes with every run. The work directory is this build's.
-        variables=tuple((str(k), repr(v)) for k, v in runner.variables.items()
-                        if not callable(v) and k != "workdir"),
+        variables=tuple((str(k), repr(v)) for k, v in runner.variables.items() if not callable(v) and k != "workdir"),
         dnf_argv=tuple(argv),
         source_date_epoch=cfg.source_date_epoch,
         code=code_digest(),
@@ -166,8 +167,13 @@ class TreeCache:
             return None
         try:
             meta = json.loads((d / "meta.json").read_text())
-            ok = (meta.get("format") == FORMAT_VERSION and meta.get("key") == key and (d / "tree").is_dir()
-                  and any((d / "tree" / RPMDB.lstrip("/")).iterdir()) and meta.get("packages"))
+            ok = (
+                meta.get("format") == FORMAT_VERSION
+                and meta.get("key") == key
+                and (d / "tree").is_dir()
+                and any((d / "tree" / RPMDB.lstrip("/")).iterdir())
+                and meta.get("packages")
+            )
         except (OSError, ValueError):
             ok = False
         if not ok:
@@ -213,8 +219,14 @@ class TreeCache:
         try:
             _cp_a(tree, tmp / "tree")
             size = tree_size(tmp).blocks_bytes
-            meta = {"format": FORMAT_VERSION, "key": key, "created": int(time.time()), "size": size,
-                    "packages": list(packages), "treeinfo": treeinfo}
+            meta = {
+                "format": FORMAT_VERSION,
+                "key": key,
+                "created": int(time.time()),
+                "size": size,
+                "packages": list(packages),
+                "treeinfo": treeinfo,
+            }
             with (tmp / "meta.json").open("w") as f:
                 json.dump(meta, f, indent=1)
                 f.flush()
@@ -249,7 +261,7 @@ class TreeCache:
         return sorted(found, key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
 
     def evict(self) -> None:
-        for d in self.entries()[self.keep:]:
+        for d in self.entries()[self.keep :]:
             info(f"tree cache: evicting {d.name[:12]}")
             self.discard(d.name)
 
@@ -274,7 +286,11 @@ class TreeCache:
 
 
 def cached_install(
-    cfg: Config, session: DnfSession, runner: TemplateRunner, template: Path, install: Callable[[], None],
+    cfg: Config,
+    session: DnfSession,
+    runner: TemplateRunner,
+    template: Path,
+    install: Callable[[], None],
     verify: Callable[[], list[str]],
 ) -> list[str]:
     """Populate session.tree with `install()` or from the tree cache; return the installed NEVRAs.
@@ -299,8 +315,10 @@ def cached_install(
             problems = verify() if packages == list(entry.packages) else ["its package list differs"]
             if not problems:
                 runner.treeinfo.update({s: dict(v) for s, v in entry.treeinfo.items()})
-                info(f"install: tree cache hit (key {key[:12]}, {len(packages)} packages, "
-                     f"{entry.size / 2**20:.0f} MiB copied in {time.monotonic() - start:.1f}s)")
+                info(
+                    f"install: tree cache hit (key {key[:12]}, {len(packages)} packages, "
+                    f"{entry.size / 2**20:.0f} MiB copied in {time.monotonic() - start:.1f}s)"
+                )
                 return packages
             info(f"install: tree cache entry {key[:12]} fails its check ({problems[0]}); installing afresh")
             cache.discard(key)

@@ -27,6 +27,7 @@ PRODUCT_CONF_NAME = "95-product.conf"
 # dracut wants a .../lib/modules/KVER path.
 KMODDIR_IN_TREE = "/tmp/composer-kmods"
 
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     version: str
@@ -59,8 +60,9 @@ def take_kernels(tree: Path, dest: Path) -> list[Kernel]:
     """Copy every kernel image out of the tree (the cleanup may delete it from the runtime)."""
     kernels = find_kernels(tree)
     if not kernels:
-        raise ComposerError(f"no kernel in the tree ({tree}/usr/lib/modules has none with a vmlinuz)"
-                            ": the templates must install one")
+        raise ComposerError(
+            f"no kernel in the tree ({tree}/usr/lib/modules has none with a vmlinuz): the templates must install one"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     taken = []
     for k in kernels:
@@ -79,8 +81,13 @@ def take_kernels(tree: Path, dest: Path) -> list[Kernel]:
 # compressed modules: the initramfs then holds exactly the product's set.
 DRIVER_VARIABLES = ("drivers", "add_drivers", "force_drivers", "filesystems")
 _ASSIGNMENT = re.compile(r'^\s*(?P<var>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>\+?=)\s*(?P<value>"[^"]*"|\'[^\']*\'|\S*)\s*(?:#.*)?$')
-_DRIVER_OPTIONS = {"--drivers": "drivers", "-d": "drivers", "--add-drivers": "add_drivers",
-                   "--force-drivers": "force_drivers", "--filesystems": "filesystems"}
+_DRIVER_OPTIONS = {
+    "--drivers": "drivers",
+    "-d": "drivers",
+    "--add-drivers": "add_drivers",
+    "--force-drivers": "force_drivers",
+    "--filesystems": "filesystems",
+}
 
 
 def conf_driver_sets(texts: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -94,8 +101,10 @@ def conf_driver_sets(texts: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
             m = _ASSIGNMENT.match(line)
             if m is None or m["var"] not in sets:
                 if any(re.match(rf"\s*{v}\s*\+?=", line) for v in DRIVER_VARIABLES):
-                    raise ComposerError(f"{name}:{lineno}: composer reads driver lists as var=\"a b\" or "
-                                        f"var+=\" a b \" (no shell expansion): {line.strip()}")
+                    raise ComposerError(
+                        f'{name}:{lineno}: composer reads driver lists as var="a b" or '
+                        f'var+=" a b " (no shell expansion): {line.strip()}'
+                    )
                 continue
             value = m["value"].strip("\"'").split()
             if "$" in m["value"] or "`" in m["value"]:
@@ -156,8 +165,7 @@ class ModuleIndex:
             for line in (moddir / "modules.softdep").read_text().splitlines():
                 parts = line.split()
                 if len(parts) > 2 and parts[0] == "softdep":
-                    softdeps.setdefault(_modname(parts[1]), []).extend(
-                        p for p in parts[2:] if p not in ("pre:", "post:"))
+                    softdeps.setdefault(_modname(parts[1]), []).extend(p for p in parts[2:] if p not in ("pre:", "post:"))
         builtin = set()
         if (moddir / "modules.builtin").is_file():
             builtin = {_modname(x) for x in (moddir / "modules.builtin").read_text().split()}
@@ -207,8 +215,9 @@ class ModuleIndex:
 def kmod_compressions(tree: Path) -> set[str]:
     """What the tree's kmod can decompress ("xz", "zstd", "gzip"), from `kmod --version`."""
     try:
-        out = subprocess.run(in_tree_argv(tree, ["kmod", "--version"]), capture_output=True, text=True,
-                             timeout=60, check=False).stdout
+        out = subprocess.run(
+            in_tree_argv(tree, ["kmod", "--version"]), capture_output=True, text=True, timeout=60, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
     words = out.split()
@@ -219,8 +228,12 @@ def _xz_module(data: bytes) -> bytes:
     # As the kernel's own `make modules_install` does: CRC32 check (the in-kernel
     # decompressor knows no other) and a 1 MiB dictionary. Preset 2, not 6: measured
     # on btrfs+ext4+scsi_mod (6.5 MB), 5x faster for 9% more (1.25 against 1.15 MB).
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                         filters=[{"id": lzma.FILTER_LZMA2, "preset": 2, "dict_size": 1 << 20}])
+    return lzma.compress(
+        data,
+        format=lzma.FORMAT_XZ,
+        check=lzma.CHECK_CRC32,
+        filters=[{"id": lzma.FILTER_LZMA2, "preset": 2, "dict_size": 1 << 20}],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,8 +245,9 @@ class ModuleTree:
     missing: tuple[str, ...]
 
 
-def fill_module_tree(tree: Path, kver: str, specs: Sequence[str], root: Path, *, compress: bool = True,
-                     stop: threading.Event | None = None) -> ModuleTree:
+def fill_module_tree(
+    tree: Path, kver: str, specs: Sequence[str], root: Path, *, compress: bool = True, stop: threading.Event | None = None
+) -> ModuleTree:
     """root/lib/modules/KVER with the modules the specs need and the kernel's lists of
     built-in modules; modules xz-compressed when the tree's kmod can load them (the
     initramfs stays smaller in RAM: kmod decompresses one module at a time as it loads
@@ -280,8 +294,9 @@ def index_module_tree(tree: Path, kver: str, mt: ModuleTree) -> None:
 DRACUT_ENV = {"DRACUT_NO_MKNOD": "1", "DRACUT_NO_XATTR": "1"}
 
 
-def dracut_argv(kver: str, output: str, rootfs: RootfsType, extra: Sequence[str], *, reproducible: bool = False,
-                kmoddir: str | None = None) -> list[str]:
+def dracut_argv(
+    kver: str, output: str, rootfs: RootfsType, extra: Sequence[str], *, reproducible: bool = False, kmoddir: str | None = None
+) -> list[str]:
     drivers = rootfs.dracut_drivers
     argv = ["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--kver", kver]
     if kmoddir is not None:
@@ -310,8 +325,9 @@ def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
     """composer's dracut.conf files, the product's (rendered into outdir) and the user's,
     each with where it is bound in the tree, in the order dracut reads them."""
     confs = [(conf, f"/etc/dracut.conf.d/{conf.name}") for conf in sorted((DATADIR / "share" / "dracut").glob("*.conf"))]
-    product_conf = (render_product_conf(inputs.templatedir, inputs.variables or {}, outdir)
-                    if inputs.templatedir is not None else None)
+    product_conf = (
+        render_product_conf(inputs.templatedir, inputs.variables or {}, outdir) if inputs.templatedir is not None else None
+    )
     if product_conf is not None:
         confs.append((product_conf, f"/etc/dracut.conf.d/{PRODUCT_CONF_NAME}"))
     if inputs.dracut_conf is not None:
@@ -342,8 +358,12 @@ class DracutPlan:
 
 
 @contextlib.contextmanager
-def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: DracutInputs,
-                   ) -> Iterator[concurrent.futures.Future[DracutPlan]]:
+def modules_beside(
+    tree: Path,
+    kernels: list[Kernel],
+    outdir: Path,
+    inputs: DracutInputs,
+) -> Iterator[concurrent.futures.Future[DracutPlan]]:
     """Plan dracut's run (build_initramfs) and compress the module trees in a thread while
     the with-block does other work; the tree's modules must not change meanwhile. Leaving
     the block waits for the thread (after an exception it is told to give up), so nothing
@@ -354,9 +374,11 @@ def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: Drac
     stop = threading.Event()
 
     def fill() -> DracutPlan:
-        trees = {} if specs is None else {
-            k.version: fill_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}", stop=stop)
-            for k in kernels}
+        trees = (
+            {}
+            if specs is None
+            else {k.version: fill_module_tree(tree, k.version, specs, outdir / f"kmods-{k.version}", stop=stop) for k in kernels}
+        )
         return DracutPlan(inputs, confs, trees)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -370,8 +392,9 @@ def modules_beside(tree: Path, kernels: list[Kernel], outdir: Path, inputs: Drac
         pool.shutdown(wait=True)
 
 
-def build_initramfs(tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, *,
-                    source_date_epoch: int | None = None) -> dict[str, Path]:
+def build_initramfs(
+    tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, *, source_date_epoch: int | None = None
+) -> dict[str, Path]:
     """Run dracut in the tree for every kernel; return {kver: initramfs path in outdir}.
 
     The tree is not changed: our configuration is bound in read-only and the
@@ -423,8 +446,9 @@ def _first_missing(tree: Path, dst: str) -> Path | None:
     return None
 
 
-def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, epoch: int | None,
-                ro_binds: list[tuple[Path, str]]) -> dict[str, Path]:
+def _run_dracut(
+    tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPlan, epoch: int | None, ro_binds: list[tuple[Path, str]]
+) -> dict[str, Path]:
     # bwrap needs the mount points to exist; /etc/dracut.conf.d is dracut's own directory.
     result: dict[str, Path] = {}
     for k in kernels:
@@ -437,15 +461,25 @@ def _run_dracut(tree: Path, kernels: list[Kernel], outdir: Path, plan: DracutPla
             index_module_tree(tree, k.version, mt)
             if mt.missing:
                 info(f"dracut: kernel {k.version} has no module {', '.join(mt.missing)} (not built, or removed by the cleanup)")
-            info(f"dracut: {mt.modules} modules for kernel {k.version}, {mt.size / 2**20:.1f} MiB "
-                 f"({'xz-compressed' if mt.compression == 'xz' else 'uncompressed'})")
+            info(
+                f"dracut: {mt.modules} modules for kernel {k.version}, {mt.size / 2**20:.1f} MiB "
+                f"({'xz-compressed' if mt.compression == 'xz' else 'uncompressed'})"
+            )
             binds.append((mt.root, KMODDIR_IN_TREE))
             kmoddir = f"{KMODDIR_IN_TREE}/lib/modules/{k.version}"
-        argv = dracut_argv(k.version, f"/tmp/out/initramfs-{k.version}.img", plan.inputs.rootfs, plan.inputs.dracut_args,
-                           reproducible=epoch is not None, kmoddir=kmoddir)
+        argv = dracut_argv(
+            k.version,
+            f"/tmp/out/initramfs-{k.version}.img",
+            plan.inputs.rootfs,
+            plan.inputs.dracut_args,
+            reproducible=epoch is not None,
+            kmoddir=kmoddir,
+        )
         try:
-            run(in_tree_argv(tree, argv, binds=binds, ro_binds=ro_binds),
-                env=DRACUT_ENV | ({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}))
+            run(
+                in_tree_argv(tree, argv, binds=binds, ro_binds=ro_binds),
+                env=DRACUT_ENV | ({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}),
+            )
         except CommandError as e:
             raise ComposerError(f"dracut failed for kernel {k.version} (exit {e.returncode}): {e.reason}") from None
         finally:

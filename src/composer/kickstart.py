@@ -76,7 +76,7 @@ def _include_files(path: Path) -> list[Path]:
             real = inc.resolve()
             where = f"kickstart {f}:{n}: %{m.group(1)} {m.group(2)}"
             if real in chain:
-                loop = " -> ".join(p.name for p in [*chain[chain.index(real):], real])
+                loop = " -> ".join(p.name for p in [*chain[chain.index(real) :], real])
                 raise ComposerError(f"{where}: an include loop ({loop}); remove the %include that closes it")
             if len(chain) >= MAX_INCLUDE_DEPTH:
                 raise ComposerError(f"{where}: includes nested deeper than {MAX_INCLUDE_DEPTH}; flatten them")
@@ -136,8 +136,7 @@ def read_kickstart(path: Path, *, includes_required: bool = True) -> Any:
     except UnicodeDecodeError as e:
         raise ComposerError(f"kickstart {path}: not a text file ({e.reason} at byte {e.start})") from None
     except RecursionError:
-        raise ComposerError(f"kickstart {path}: %include nested too deeply "
-                            "(a loop through a remote include?)") from None
+        raise ComposerError(f"kickstart {path}: %include nested too deeply (a loop through a remote include?)") from None
     except ValueError as e:
         # pykickstart lets some errors through unwrapped (shlex's "No closing quotation").
         raise ComposerError(f"kickstart {_unsplittable_line(_include_files(path))}: cannot parse: {e}") from None
@@ -265,8 +264,15 @@ def load_kickstart(path: Path) -> KickstartInput:
     _check_package_lines(pkgs, files)
     unused = _unused_commands(handler) + sources.unused + _unused_groups(pkgs)
     unused = _with_unused_scripts(handler, unused)
-    return KickstartInput(path, tuple(sources.urls), tuple(sources.mirrorlists), tuple(pkgs.packageList),
-                          tuple(pkgs.excludedList), kernel_args, tuple(unused))
+    return KickstartInput(
+        path,
+        tuple(sources.urls),
+        tuple(sources.mirrorlists),
+        tuple(pkgs.packageList),
+        tuple(pkgs.excludedList),
+        kernel_args,
+        tuple(unused),
+    )
 
 
 def report_unused(ks: KickstartInput) -> None:
@@ -276,6 +282,7 @@ def report_unused(ks: KickstartInput) -> None:
 
 def apply_kickstart(cfg: Config, ks: KickstartInput) -> Config:
     """cfg with the kickstart's sources and package changes added (command line first)."""
+
     def merged(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(a + b))
 
@@ -289,9 +296,13 @@ def apply_kickstart(cfg: Config, ks: KickstartInput) -> Config:
 
 
 def add_ks_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ks", type=Path, default=None, metavar="FILE",
-                   help="kickstart: url/repo add sources, %%packages adds/excludes packages, "
-                        "bootloader --append adds kernel arguments")
+    p.add_argument(
+        "--ks",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="kickstart: url/repo add sources, %%packages adds/excludes packages, bootloader --append adds kernel arguments",
+    )
 
 
 def config_with_kickstart(cfg: Config, ks_path: Path | None) -> tuple[Config, KickstartInput | None]:
@@ -301,6 +312,8 @@ def config_with_kickstart(cfg: Config, ks_path: Path | None) -> tuple[Config, Ki
     ks = load_kickstart(ks_path)
     report_unused(ks)
     if ks.sources or ks.installpkgs or ks.excludepkgs or ks.kernel_args:
-        info(f"kickstart {ks.path}: {len(ks.sources)} sources, {len(ks.installpkgs)} packages added, "
-             f"{len(ks.excludepkgs)} excluded, kernel arguments: {' '.join(ks.kernel_args) or '(none)'}")
+        info(
+            f"kickstart {ks.path}: {len(ks.sources)} sources, {len(ks.installpkgs)} packages added, "
+            f"{len(ks.excludepkgs)} excluded, kernel arguments: {' '.join(ks.kernel_args) or '(none)'}"
+        )
     return apply_kickstart(cfg, ks), ks

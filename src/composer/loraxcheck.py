@@ -51,8 +51,12 @@ OUTPUT_TEMPLATES = {"libvirt.tmpl", "pxe-config.tmpl"}
 _INCLUDE = re.compile(r"""<%include\s+file\s*=\s*["']([^"']+)["']""")
 
 # Kernel file names lorax's findkernels() accepts, per base architecture.
-_SAMPLE_KERNEL = {"x86_64": "6.11.4-301.fc41.x86_64", "aarch64": "6.11.4-301.fc41.aarch64",
-                  "ppc64le": "6.11.4-301.fc41.ppc64le", "s390x": "6.11.4-301.fc41.s390x"}
+_SAMPLE_KERNEL = {
+    "x86_64": "6.11.4-301.fc41.x86_64",
+    "aarch64": "6.11.4-301.fc41.aarch64",
+    "ppc64le": "6.11.4-301.fc41.ppc64le",
+    "s390x": "6.11.4-301.fc41.s390x",
+}
 
 
 @dataclass
@@ -74,8 +78,17 @@ def _sample_inroot(root: Path, basearch: str) -> None:
         "usr/share/lorax/product/.buildstamp",
         "usr/share/lorax/updates/README",
     ]
-    for efi in ("shimx64.efi", "mmx64.efi", "gcdx64.efi", "shimia32.efi", "mmia32.efi", "gcdia32.efi",
-                "shimaa64.efi", "mmaa64.efi", "gcdaa64.efi"):
+    for efi in (
+        "shimx64.efi",
+        "mmx64.efi",
+        "gcdx64.efi",
+        "shimia32.efi",
+        "mmia32.efi",
+        "gcdia32.efi",
+        "shimaa64.efi",
+        "mmaa64.efi",
+        "gcdaa64.efi",
+    ):
         files.append(f"boot/efi/EFI/fedora/{efi}")
     for f in files:
         p = root / f
@@ -136,8 +149,7 @@ def check_sharedir(sharedir: Path, *, extra: Mapping[str, object] | None = None)
                 variables["arch"] = Arch.of(basearch)
                 variables["basearch"] = basearch
                 variables["workdir"] = str(case)
-                runner = TemplateRunner(tree=outroot, inroot=inroot, templatedir=t.parent, variables=variables,
-                                        dry_run=True)
+                runner = TemplateRunner(tree=outroot, inroot=inroot, templatedir=t.parent, variables=variables, dry_run=True)
             errors: list[TemplateError] = []
             runner.collect_errors = errors
             try:
@@ -152,7 +164,17 @@ def check_sharedir(sharedir: Path, *, extra: Mapping[str, object] | None = None)
 def _output_sample() -> dict[str, object]:
     """Plausible values for livemedia-creator's output templates (libvirt.tmpl, pxe-config.tmpl)."""
     return {
-        "name": "Fedora-41", "arch": "x86_64", "memory": 2048, "vcpus": 2, "networks": [],
-        "disks": [], "title": "Fedora 41", "project": "Fedora", "releasever": "41",
-        "kernel": "vmlinuz", "initrd": "initrd.img", "liveimg": "squashfs.img", "addargs": "",
+        "name": "Fedora-41",
+        "arch": "x86_64",
+        "memory": 2048,
+        "vcpus": 2,
+        "networks": [],
+        "disks": [],
+        "title": "Fedora 41",
+        "project": "Fedora",
+        "releasever": "41",
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "liveimg": "squashfs.img",
+        "addargs": "",
     }

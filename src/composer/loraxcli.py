@@ -66,10 +66,11 @@ LORAX_ROOTFS_TYPES = ("squashfs", "squashfs-ext4", "erofs", "erofs-ext4")
 ROOTFS_MAP: dict[str, tuple[RootfsType, str]] = {
     "squashfs": (RootfsType.SQUASHFS, ""),
     "squashfs-ext4": (RootfsType.EXT4, ""),
-    "erofs": (RootfsType.EROFS, ("--rootfs-type erofs: install.img is squashfs holding LiveOS/rootfs.img (erofs), "
-                                 "not a bare erofs image")),
-    "erofs-ext4": (RootfsType.EXT4, ("--rootfs-type erofs-ext4: LiveOS/rootfs.img (ext4) is wrapped in squashfs, "
-                                     "not erofs")),
+    "erofs": (
+        RootfsType.EROFS,
+        ("--rootfs-type erofs: install.img is squashfs holding LiveOS/rootfs.img (erofs), not a bare erofs image"),
+    ),
+    "erofs-ext4": (RootfsType.EXT4, ("--rootfs-type erofs-ext4: LiveOS/rootfs.img (ext4) is wrapped in squashfs, not erofs")),
     "btrfs": (RootfsType.BTRFS, ""),  # composer's own
 }
 
@@ -121,12 +122,23 @@ def lorax_parser(prog: str = "composer lorax") -> argparse.ArgumentParser:
     opt.add_argument("--dnfplugin", action="append", default=[], dest="dnfplugins")
     opt.add_argument("--squashfs-only", action="store_true", help="ignored, as in lorax")
     opt.add_argument("--skip-branding", action="store_true", default=False)
-    opt.add_argument("--rootfs-type", default="squashfs", dest="rootfs_type", choices=[*LORAX_ROOTFS_TYPES, "btrfs"],
-                     metavar="ROOTFSTYPE", help=f"{', '.join(LORAX_ROOTFS_TYPES)} (lorax's), btrfs (composer's)")
+    opt.add_argument(
+        "--rootfs-type",
+        default="squashfs",
+        dest="rootfs_type",
+        choices=[*LORAX_ROOTFS_TYPES, "btrfs"],
+        metavar="ROOTFSTYPE",
+        help=f"{', '.join(LORAX_ROOTFS_TYPES)} (lorax's), btrfs (composer's)",
+    )
     dr = p.add_argument_group("dracut arguments")
     dr.add_argument("--dracut-conf", default=None, type=Path)
-    dr.add_argument("--dracut-arg", action="append", dest="dracut_args", default=None,
-                    help="dracut argument; replaces the defaults (once per argument)")
+    dr.add_argument(
+        "--dracut-arg",
+        action="append",
+        dest="dracut_args",
+        default=None,
+        help="dracut argument; replaces the defaults (once per argument)",
+    )
     p.add_argument("-V", action="version", version=f"lorax-{__version__} (composer {__version__})")
     p.add_argument("outputdir", metavar="OUTPUTDIR", type=Path)
     return p
@@ -145,10 +157,17 @@ class LoraxConf:
 
 
 _CONF_DEFAULTS = {
-    ("lorax", "debug"): "1", ("lorax", "sharedir"): "/usr/share/lorax", ("lorax", "logdir"): "/var/log/lorax",
-    ("output", "colors"): "1", ("output", "encoding"): "utf-8", ("output", "ignorelist"): "/usr/share/lorax/ignorelist",
-    ("templates", "ramdisk"): "ramdisk.ltmpl", ("compression", "type"): "xz", ("compression", "args"): "",
-    ("compression", "bcj"): "on", ("compression.erofs", "type"): "lzma",
+    ("lorax", "debug"): "1",
+    ("lorax", "sharedir"): "/usr/share/lorax",
+    ("lorax", "logdir"): "/var/log/lorax",
+    ("output", "colors"): "1",
+    ("output", "encoding"): "utf-8",
+    ("output", "ignorelist"): "/usr/share/lorax/ignorelist",
+    ("templates", "ramdisk"): "ramdisk.ltmpl",
+    ("compression", "type"): "xz",
+    ("compression", "args"): "",
+    ("compression", "bcj"): "on",
+    ("compression.erofs", "type"): "lzma",
     ("compression.erofs", "args"): "-E dedupe,all-fragments -C 131072 --all-time",
 }
 
@@ -171,9 +190,16 @@ def read_lorax_conf(path: Path, *, given: bool) -> LoraxConf:
     for section in cp.sections():
         for key in cp[section]:
             value = cp.get(section, key).strip()
-            if (section, key) in (("lorax", "sharedir"), ("lorax", "logdir"), ("compression", "type"),
-                                  ("compression", "args"), ("compression", "bcj"), ("lorax", "debug"),
-                                  ("output", "colors"), ("output", "encoding")):
+            if (section, key) in (
+                ("lorax", "sharedir"),
+                ("lorax", "logdir"),
+                ("compression", "type"),
+                ("compression", "args"),
+                ("compression", "bcj"),
+                ("lorax", "debug"),
+                ("output", "colors"),
+                ("output", "encoding"),
+            ):
                 continue
             if value != _CONF_DEFAULTS.get((section, key)):
                 ignored.append(f"[{section}] {key}")
@@ -237,12 +263,16 @@ def trusted_dir(path: Path, option: str) -> Path:
         if not stat.S_ISDIR(st.st_mode):
             raise ComposerError(f"{shown}: {d} is not a directory")
         if st.st_uid not in trusted:
-            raise ComposerError(f"{shown}: {d} belongs to {_owner(st.st_uid)}, who could change what composer builds "
-                                "there; give a directory that only root or you can write")
+            raise ComposerError(
+                f"{shown}: {d} belongs to {_owner(st.st_uid)}, who could change what composer builds "
+                "there; give a directory that only root or you can write"
+            )
         others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()))
         if others and not st.st_mode & stat.S_ISVTX:
-            raise ComposerError(f"{shown}: {d} is writable by other users (and not sticky), who could change what "
-                                "composer builds there; give a directory that only root or you can write")
+            raise ComposerError(
+                f"{shown}: {d} is writable by other users (and not sticky), who could change what "
+                "composer builds there; give a directory that only root or you can write"
+            )
     return real
 
 
@@ -287,8 +317,7 @@ _NOT_HONOURED = (
 def plan_from_argv(argv: Sequence[str]) -> LoraxPlan:
     """Parse lorax's argv (exit 2 on a usage error, as lorax) and map it onto composer."""
     args = lorax_parser().parse_args(_glue_dracut_args(argv))
-    conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=")
-                                                        for a in argv))
+    conf = read_lorax_conf(Path(args.config), given=any(a in ("-c", "--config") or a.startswith("--config=") for a in argv))
     _check_args(args)
     warnings, compression = _not_honoured(args, conf)
     sharedir = args.sharedir if args.sharedir is not None else conf.sharedir
@@ -392,8 +421,14 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
     Variant when given, and [Compose] Lorax."""
     when = cfg.source_date_epoch if cfg.source_date_epoch is not None else (now if now is not None else int(time.time()))
     stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y%m%d%H%M")
-    lines = ["[Main]", f"Product={cfg.product}", f"Version={cfg.version}", f"BugURL={cfg.bugurl}",
-             f"IsFinal={cfg.isfinal}", f"UUID={stamp}.{cfg.arch}"]
+    lines = [
+        "[Main]",
+        f"Product={cfg.product}",
+        f"Version={cfg.version}",
+        f"BugURL={cfg.bugurl}",
+        f"IsFinal={cfg.isfinal}",
+        f"UUID={stamp}.{cfg.arch}",
+    ]
     if cfg.variant:
         lines.append(f"Variant={cfg.variant}")
     lines += ["[Compose]", f"Lorax={lorax_version}"]
@@ -416,8 +451,14 @@ def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | No
         if "</%text>" in line or any(ord(c) < 32 for c in line):
             raise ComposerError(f"lorax: cannot write /.buildstamp with {line!r}")
     tmpl = directory / "lorax-runtime.tmpl"
-    tmpl.write_text("## composer lorax: what lorax adds to the runtime (/.buildstamp, pkglists/)\n"
-                    + lines[0] + "\n<%text>" + lines[1] + "</%text>\n" + "".join(f"{x}\n" for x in lines[2:]))
+    tmpl.write_text(
+        "## composer lorax: what lorax adds to the runtime (/.buildstamp, pkglists/)\n"
+        + lines[0]
+        + "\n<%text>"
+        + lines[1]
+        + "</%text>\n"
+        + "".join(f"{x}\n" for x in lines[2:])
+    )
     return tmpl
 
 
@@ -444,19 +485,34 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
     runtime_img = "images/install.img"
     (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
     copy_sparse(rt.squashfs, inroot / runtime_img)
-    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch,
-                   timestamp=cfg.source_date_epoch)
+    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch, timestamp=cfg.source_date_epoch)
     product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
-    variables = lorax_variables(product, Arch.of(cfg.arch), isolabel=volid, runtime_img=runtime_img,
-                                domacboot=plan.domacboot, doupgrade=plan.doupgrade, workdir=str(work))
+    variables = lorax_variables(
+        product,
+        Arch.of(cfg.arch),
+        isolabel=volid,
+        runtime_img=runtime_img,
+        domacboot=plan.domacboot,
+        doupgrade=plan.doupgrade,
+        workdir=str(work),
+    )
     variables["rootfs_type"] = str(cfg.rootfs_type)
     runner = TemplateRunner(tree=out, inroot=inroot, templatedir=templatedir, variables=variables)
     for t in plan.arch_templates:  # lorax runs these first, with --add-arch-template-var
         runner.run(t.resolve(), dict(plan.arch_template_vars))
     runner.run(templatedir / ARCH_TEMPLATE[Arch.of(cfg.arch).basearch])
     treeinfo = runner.treeinfo
-    write_treeinfo(out / ".treeinfo", product=cfg.product, version=cfg.version, arch=cfg.arch, variant=cfg.variant,
-                   images={}, extra=treeinfo, checksum_root=out, timestamp=cfg.source_date_epoch)
+    write_treeinfo(
+        out / ".treeinfo",
+        product=cfg.product,
+        version=cfg.version,
+        arch=cfg.arch,
+        variant=cfg.variant,
+        images={},
+        extra=treeinfo,
+        checksum_root=out,
+        timestamp=cfg.source_date_epoch,
+    )
     for section in treeinfo.values():
         if "boot.iso" in section:
             run(["implantisomd5", str(out / section["boot.iso"])])
@@ -485,16 +541,21 @@ def run_plan(plan: LoraxPlan, tmp: Path) -> int:
         cfg = dataclasses.replace(cfg, templatedir=plan.templatedir)
     volid = check_volid(plan.volid) if plan.volid else default_volid(cfg.product, cfg.version, cfg.arch)
     if cfg.arch not in EFI_ARCH_NAMES:
-        raise ComposerError(f"--buildarch {cfg.arch}: no UEFI boot for this architecture "
-                            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
+        raise ComposerError(
+            f"--buildarch {cfg.arch}: no UEFI boot for this architecture (known: {', '.join(sorted(EFI_ARCH_NAMES))})"
+        )
     if cfg.workdir is not None:
         cfg.workdir.mkdir(parents=True, exist_ok=True)  # lorax makes --tmp and --workdir too
     # composer's own runtime template (buildstamp, pkglists) lives outside the work directory:
     # inputs are never inside an output or work place (preflight refuses that).
     own = lorax_runtime_template(tmp, buildstamp_text(cfg), plan.logfile.parent / "pkglists")
     extra_vars = (("domacboot", plan.domacboot), ("doupgrade", plan.doupgrade))
-    cfg = dataclasses.replace(cfg, add_template_vars=cfg.add_template_vars + extra_vars,
-                              add_templates=(own, *cfg.add_templates), dnf_logdir=tmp / "dnf-logs")
+    cfg = dataclasses.replace(
+        cfg,
+        add_template_vars=cfg.add_template_vars + extra_vars,
+        add_templates=(own, *cfg.add_templates),
+        dnf_logdir=tmp / "dnf-logs",
+    )
     opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
     check_compose_inputs(cfg, "boot-iso")
     if lorax_media_mode(template_dir(cfg), rt_basearch(cfg)):
@@ -521,8 +582,10 @@ def open_logs(plan: LoraxPlan) -> None:
     set_logging(verbose=False, logfile=plan.logfile, option="--logfile")
     pkglists = plan.logfile.parent / "pkglists"
     if os.path.islink(pkglists) or (os.path.lexists(pkglists) and not pkglists.is_dir()):
-        raise ComposerError(f"--logfile {plan.logfile}: {pkglists} is a link or not a directory (lorax writes "
-                            "pkglists/ there; composer never writes through a link): remove it")
+        raise ComposerError(
+            f"--logfile {plan.logfile}: {pkglists} is a link or not a directory (lorax writes "
+            "pkglists/ there; composer never writes through a link): remove it"
+        )
 
 
 def run_lorax(argv: Sequence[str]) -> int:

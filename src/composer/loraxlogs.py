@@ -41,7 +41,7 @@ def write_new(dir_fd: int, name: str, data: bytes) -> None:
             os.fchmod(fd, 0o644)  # whatever the umask
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -68,14 +68,24 @@ def open_dir(path: Path, *, create: bool = False) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise OSError(e.errno, "not a directory (a link or a file where lorax writes a directory)"
-                      if os.path.islink(path) or not os.path.isdir(path) else e.strerror, str(path)) from None
+        raise OSError(
+            e.errno,
+            "not a directory (a link or a file where lorax writes a directory)"
+            if os.path.islink(path) or not os.path.isdir(path)
+            else e.strerror,
+            str(path),
+        ) from None
 
 
 def write_pkglists(tree: Path, dest: Path) -> int:
     """pkglists/<name>: the files of each installed package, one per line (lorax's writepkglists)."""
-    proc = subprocess.run(["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=[%{=NAME}\t%{FILENAMES}\n]"],
-                          capture_output=True, text=True, errors="replace", check=False)
+    proc = subprocess.run(
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=[%{=NAME}\t%{FILENAMES}\n]"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"pkglists: rpm failed: {proc.stderr.strip()[-300:]}")
     files: dict[str, list[str]] = {}

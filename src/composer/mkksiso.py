@@ -45,8 +45,7 @@ from composer.templates import udev_escape
 SECTOR = 2048
 # Boot menus composer edits, by where they live in the ISO (fnmatch patterns, case
 # sensitive as ISO 9660 with Rock Ridge is) and their kind.
-GRUB_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg",
-              "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
+GRUB_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg", "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
 SYSLINUX_MENUS = ("isolinux/isolinux.cfg", "isolinux/*.cfg", "syslinux/syslinux.cfg", "boot/isolinux/isolinux.cfg")
 # Inside efiboot.img (paths as mdir -/ -b lists them, without "::/").
 EFIBOOT_MENUS = ("EFI/BOOT/grub.cfg", "EFI/BOOT/BOOT.conf", "EFI/BOOT/*/grub.cfg")
@@ -138,8 +137,12 @@ def replace_volid(text: str, old: str, new: str) -> str:
         return text
     old_esc, new_esc = udev_escape(old), udev_escape(new)
     text = re.sub(r"(LABEL=)" + re.escape(old_esc) + r"(?=$|[\s:'\"/])", lambda m: m.group(1) + new_esc, text)
-    return re.sub(r"(\s(?:--label|-l)[= ]+)(['\"]?)" + re.escape(old) + r"\2(?=\s|$)",
-                  lambda m: m.group(1) + m.group(2) + new + m.group(2), text, flags=re.M)
+    return re.sub(
+        r"(\s(?:--label|-l)[= ]+)(['\"]?)" + re.escape(old) + r"\2(?=\s|$)",
+        lambda m: m.group(1) + m.group(2) + new + m.group(2),
+        text,
+        flags=re.M,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +166,7 @@ def edit_menu(text: str, kind: str, edit: MenuEdit, where: str = "menu") -> tupl
     count = 0
     for n, line in enumerate(lines):
         body = line.rstrip("\r\n")
-        eol = line[len(body):]
+        eol = line[len(body) :]
         stripped = body.lstrip()
         indent = body[: len(body) - len(stripped)]
         first, rest = (re.split(r"\s", stripped, maxsplit=1) + [""])[:2]
@@ -255,10 +258,10 @@ def grub_tokens(text: str) -> tuple[list[tuple[int, str, str]], bool]:
         elif c == "#" and not word:
             while i + 1 < len(text) and text[i + 1] != "\n":
                 i += 1
-        elif c == "$" and text[i + 1: i + 2] == "{" and "}" in text[i:]:
+        elif c == "$" and text[i + 1 : i + 2] == "{" and "}" in text[i:]:
             close = text.index("}", i)
             start, word = (start if word else line), True
-            cur.append(text[i: close + 1])
+            cur.append(text[i : close + 1])
             i = close
         elif c.isspace() or c in GRUB_OPERATORS:
             end_word()
@@ -313,9 +316,11 @@ def check_edited(old: str, new: str, kind: str, edit: MenuEdit, where: str) -> N
     """The edited menu is the old one with other arguments: the same lines, the same
     commands on each (no `;`, brace, comment or quote moved), as many kernel command
     lines, and every argument added is one whole argument on each of them."""
-    how = ("--replace changes text anywhere in a menu: give FROM and TO that leave its commands, quotes "
-           "and braces as they are" if edit.replace else "this menu cannot be edited safely; "
-           "--skip-mkefiboot leaves efiboot.img as it is")
+    how = (
+        "--replace changes text anywhere in a menu: give FROM and TO that leave its commands, quotes and braces as they are"
+        if edit.replace
+        else "this menu cannot be edited safely; --skip-mkefiboot leaves efiboot.img as it is"
+    )
     old_lines, new_lines = old.splitlines(), new.splitlines()
     if len(old_lines) != len(new_lines):
         raise ComposerError(f"{where}: the edit changes its number of lines; {how}")
@@ -326,8 +331,9 @@ def check_edited(old: str, new: str, kind: str, edit: MenuEdit, where: str) -> N
             o, w = old_shape[0], new_shape[0]
             i = next((k for k in range(min(len(o), len(w))) if o[k] != w[k]), min(len(o), len(w)))
             n = min([ops[i][0] for ops in (o, w) if i < len(ops)] or [len(new_lines) - 1])
-            raise ComposerError(f"{where}:{n + 1}: the edited line {new_lines[n].strip()!r} is no longer "
-                                f"the command it was; {how}")
+            raise ComposerError(
+                f"{where}:{n + 1}: the edited line {new_lines[n].strip()!r} is no longer the command it was; {how}"
+            )
     before, after = _kernel_lines(old, kind), _kernel_lines(new, kind)
     if len(before) != len(after):
         raise ComposerError(f"{where}: the edit leaves {len(after)} kernel command lines of {len(before)}; {how}")
@@ -335,13 +341,16 @@ def check_edited(old: str, new: str, kind: str, edit: MenuEdit, where: str) -> N
     for n, args in after:
         missing = [a for a in added if a not in args]
         if missing:
-            raise ComposerError(f"{where}:{n + 1}: {missing[0]} is not one argument of the edited kernel "
-                                f"command line {new_lines[n].strip()!r}; {how}")
+            raise ComposerError(
+                f"{where}:{n + 1}: {missing[0]} is not one argument of the edited kernel "
+                f"command line {new_lines[n].strip()!r}; {how}"
+            )
 
 
-def menu_kind(path: str, grub: Sequence[str] = GRUB_MENUS, syslinux: Sequence[str] = SYSLINUX_MENUS,
-              *, fold_case: bool = False) -> str | None:
-    """"grub", "syslinux" or None (not a menu we edit); fold_case for FAT names."""
+def menu_kind(
+    path: str, grub: Sequence[str] = GRUB_MENUS, syslinux: Sequence[str] = SYSLINUX_MENUS, *, fold_case: bool = False
+) -> str | None:
+    """ "grub", "syslinux" or None (not a menu we edit); fold_case for FAT names."""
     if fold_case:
         path, grub, syslinux = path.lower(), [g.lower() for g in grub], [s.lower() for s in syslinux]
     if any(fnmatch.fnmatchcase(path, p) for p in grub):
@@ -474,9 +483,24 @@ def parse_mode(text: str) -> int:
 def inspect_iso(iso: Path) -> tuple[BootLayout, dict[str, FileAttr]]:
     """The boot layout and every file (path without the leading '/') of an ISO."""
     try:
-        proc = run(["xorriso", "-indev", os.fspath(iso), "-report_el_torito", "as_mkisofs",
-                    "-find", "/", "-type", "f", "-exec", "lsdl", "--"],
-                   capture=True, env={"LANG": "C", "LC_ALL": "C"})
+        proc = run(
+            [
+                "xorriso",
+                "-indev",
+                os.fspath(iso),
+                "-report_el_torito",
+                "as_mkisofs",
+                "-find",
+                "/",
+                "-type",
+                "f",
+                "-exec",
+                "lsdl",
+                "--",
+            ],
+            capture=True,
+            env={"LANG": "C", "LC_ALL": "C"},
+        )
     except CommandError as e:
         raise ComposerError(f"INPUT {iso}: xorriso cannot read it: {e.reason} (damaged or truncated ISO?)") from None
     report: list[str] = []
@@ -572,8 +596,11 @@ def check_options(opts: MkksisoOptions) -> None:
         check_volid(opts.volid)
     check_menu_options(opts)
     names: dict[str, str] = {}
-    for option, path in ([("--ks", opts.ks)] if opts.ks else []) + ([("--updates", opts.updates)] if opts.updates else []) \
-            + [("--add", p) for p in opts.add]:
+    for option, path in (
+        ([("--ks", opts.ks)] if opts.ks else [])
+        + ([("--updates", opts.updates)] if opts.updates else [])
+        + [("--add", p) for p in opts.add]
+    ):
         if not path.exists():
             raise ComposerError(f"{option} {path}: no such file or directory")
         if option != "--add" and not path.is_file():
@@ -582,8 +609,10 @@ def check_options(opts: MkksisoOptions) -> None:
             raise ComposerError(f"{option} {path}: not readable")
         name = _root_name(path, option)
         if option != "--add" and not _ROOT_NAME.fullmatch(name):
-            raise ComposerError(f"{option} {path}: the name {name!r} goes on the kernel command line; "
-                                "rename the file to use only A-Z a-z 0-9 . _ + -")
+            raise ComposerError(
+                f"{option} {path}: the name {name!r} goes on the kernel command line; "
+                "rename the file to use only A-Z a-z 0-9 . _ + -"
+            )
         if name in names:
             raise ComposerError(f"{option} {path}: {names[name]} already puts /{name} on the ISO")
         names[name] = f"{option} {path}"
@@ -598,8 +627,10 @@ def check_output(opts: MkksisoOptions) -> None:
     link (its target would be replaced), a directory or the INPUT."""
     out = output_path(opts.output)
     if os.path.islink(out):
-        raise ComposerError(f"OUTPUT {out} is a symbolic link (to {os.readlink(out)}): composer never writes "
-                            "through a link to replace its target; remove the link or choose another OUTPUT")
+        raise ComposerError(
+            f"OUTPUT {out} is a symbolic link (to {os.readlink(out)}): composer never writes "
+            "through a link to replace its target; remove the link or choose another OUTPUT"
+        )
     if out == opts.input.resolve() or (out.exists() and os.path.samefile(out, opts.input)):
         raise ComposerError(f"OUTPUT {opts.output}: is the INPUT; write the remastered ISO to a new file")
     if out.exists():
@@ -626,14 +657,18 @@ def check_menu_options(opts: MkksisoOptions) -> None:
         check_kernel_args("--rm-args", r)
     for a, b in opts.replace:
         if not a:
-            raise ComposerError(f"--replace '' {b!r}: FROM is empty (it would insert TO between every "
-                                "character of every menu); give the text to replace")
+            raise ComposerError(
+                f"--replace '' {b!r}: FROM is empty (it would insert TO between every "
+                "character of every menu); give the text to replace"
+            )
         for what, value in (("FROM", a), ("TO", b)):
             check_line(f"--replace {what}", value)
             bad = next((c for c in value if c in MENU_SYNTAX), None)
             if bad is not None:
-                raise ComposerError(f"--replace {a!r} {b!r}: {what} holds {describe_char(bad)}, which is syntax in "
-                                    "boot menus; --replace changes plain text (titles, arguments): give it without")
+                raise ComposerError(
+                    f"--replace {a!r} {b!r}: {what} holds {describe_char(bad)}, which is syntax in "
+                    "boot menus; --replace changes plain text (titles, arguments): give it without"
+                )
 
 
 def _extract(iso: Path, paths: Sequence[str], dest: Path) -> list[Path]:
@@ -677,8 +712,11 @@ def _mtools(argv: list[str], epoch: int | None, **kw):
 def _efiboot_menus(img: Path, edit: MenuEdit, work: Path, epoch: int | None) -> tuple[MenuChange, ...]:
     """Edit the GRUB menus inside a FAT image in place (mtools), return what changed."""
     listing = _mtools(["mdir", "-/", "-b", "-i", os.fspath(img), "::/"], epoch, capture=True)
-    paths = [ln.strip()[3:] for ln in listing.stdout.decode(errors="replace").splitlines()
-             if ln.strip().startswith("::/") and not ln.strip().endswith("/")]
+    paths = [
+        ln.strip()[3:]
+        for ln in listing.stdout.decode(errors="replace").splitlines()
+        if ln.strip().startswith("::/") and not ln.strip().endswith("/")
+    ]
     changes: list[MenuChange] = []
     for p in paths:
         if not menu_kind(p, EFIBOOT_MENUS, (), fold_case=True):
@@ -698,8 +736,9 @@ def _efiboot_menus(img: Path, edit: MenuEdit, work: Path, epoch: int | None) -> 
         try:
             _mtools([*copy, os.fspath(tmp), f"::/{p}"], epoch)
         except CommandError as e:
-            raise ComposerError(f"efiboot.img: cannot write the edited {p} back ({e.reason}); "
-                                "--skip-mkefiboot leaves efiboot.img as it is") from None
+            raise ComposerError(
+                f"efiboot.img: cannot write the edited {p} back ({e.reason}); --skip-mkefiboot leaves efiboot.img as it is"
+            ) from None
         changes.append(MenuChange(f"efiboot.img:{p}", "grub", old, new, count))
     return tuple(changes)
 
@@ -722,8 +761,10 @@ def plan(opts: MkksisoOptions, work: Path) -> Plan:
     volume = read_volume_info(opts.input)
     layout, files = inspect_iso(opts.input)
     if layout.bios_image is None and layout.efi_image is None:
-        raise ComposerError(f"INPUT {opts.input}: no El Torito boot record: not a bootable ISO "
-                            "(composer mkksiso remasters boot media such as boot.iso)")
+        raise ComposerError(
+            f"INPUT {opts.input}: no El Torito boot record: not a bootable ISO "
+            "(composer mkksiso remasters boot media such as boot.iso)"
+        )
     new_volid = opts.volid or volume.volid
     if not new_volid:
         raise ComposerError(f"INPUT {opts.input}: has no volume id; give --volid")
@@ -781,12 +822,15 @@ def _label_arg(option: str, arg: str, volid: str) -> str:
     try:
         return check_kernel_arg(option, arg)
     except ComposerError:
-        raise ComposerError(f"{option}: the volume id {volid!r} cannot be written in {arg!r} on the kernel command "
-                            "line; give --volid with only A-Z a-z 0-9 . _ -") from None
+        raise ComposerError(
+            f"{option}: the volume id {volid!r} cannot be written in {arg!r} on the kernel command "
+            "line; give --volid with only A-Z a-z 0-9 . _ -"
+        ) from None
 
 
-def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, FileAttr], edit: MenuEdit,
-                  work: Path) -> EfiBoot | None:
+def _plan_efiboot(
+    opts: MkksisoOptions, layout: BootLayout, files: dict[str, FileAttr], edit: MenuEdit, work: Path
+) -> EfiBoot | None:
     """efiboot.img from where El Torito's UEFI entry finds it, edited; and every other
     copy of it to replace: lorax and composer put it both in an appended partition (USB)
     and in the ISO as images/efiboot.img; Debian-style ISOs point El Torito at the file
@@ -797,9 +841,11 @@ def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, Fil
     if part is not None:
         iv = parse_interval(layout.appended.get(part, ("", ""))[1])
         if iv is None:
-            raise ComposerError(f"INPUT {opts.input}: cannot locate its EFI partition {part} "
-                                f"({layout.appended.get(part, ('', 'not reported'))[1]}); "
-                                "--skip-mkefiboot leaves it as it is")
+            raise ComposerError(
+                f"INPUT {opts.input}: cannot locate its EFI partition {part} "
+                f"({layout.appended.get(part, ('', 'not reported'))[1]}); "
+                "--skip-mkefiboot leaves it as it is"
+            )
         _read_interval(iv, img)
         source = f"partition {part}"
     elif not efi.startswith("--interval:"):
@@ -807,8 +853,10 @@ def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, Fil
         os.replace(work / "efi-extract" / "0", img)
         source = efi
     else:
-        raise ComposerError(f"INPUT {opts.input}: its EFI boot image is neither a file nor an appended partition "
-                            f"({efi}); --skip-mkefiboot leaves it as it is")
+        raise ComposerError(
+            f"INPUT {opts.input}: its EFI boot image is neither a file nor an appended partition "
+            f"({efi}); --skip-mkefiboot leaves it as it is"
+        )
     data = img.read_bytes()
     partitions = []
     for num, (type_code, src) in sorted(layout.appended.items()):
@@ -816,8 +864,11 @@ def _plan_efiboot(opts: MkksisoOptions, layout: BootLayout, files: dict[str, Fil
         if num == part or (iv is not None and iv.end - iv.start >= len(data) and _read_bytes(iv, len(data)) == data):
             partitions.append((num, type_code))
     candidates = [f for f in files if f == efi.lstrip("/") or f.rsplit("/", 1)[-1].lower() in ("efiboot.img", "efi.img")]
-    iso_paths = [f for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"), strict=True)
-                 if host.stat().st_size == len(data) and host.read_bytes() == data]
+    iso_paths = [
+        f
+        for f, host in zip(candidates, _extract(opts.input, candidates, work / "efi-copies"), strict=True)
+        if host.stat().st_size == len(data) and host.read_bytes() == data
+    ]
     menus = _efiboot_menus(img, edit, work, opts.source_date_epoch)
     if not menus:
         info(f"mkksiso: efiboot.img ({source}): no menu to change")
@@ -837,11 +888,26 @@ def _read_bytes(iv: Interval, size: int) -> bytes:
 def xorriso_argv(p: Plan, work: Path, output: Path) -> list[str]:
     """The one xorriso run that writes the remastered ISO."""
     opts = p.opts
-    argv = ["xorriso", "-report_about", "WARNING", "-return_with", "SORRY", "32",
-            "-iso_rr_pattern", "off", "-disk_pattern", "off",
-            "-indev", os.fspath(opts.input.resolve()), "-outdev", os.fspath(output),
-            # Replays -report_el_torito as_mkisofs: El Torito images, MBR/GPT, appended partitions.
-            "-boot_image", "any", "replay"]
+    argv = [
+        "xorriso",
+        "-report_about",
+        "WARNING",
+        "-return_with",
+        "SORRY",
+        "32",
+        "-iso_rr_pattern",
+        "off",
+        "-disk_pattern",
+        "off",
+        "-indev",
+        os.fspath(opts.input.resolve()),
+        "-outdev",
+        os.fspath(output),
+        # Replays -report_el_torito as_mkisofs: El Torito images, MBR/GPT, appended partitions.
+        "-boot_image",
+        "any",
+        "replay",
+    ]
     if p.new_volid != p.volume.volid:
         argv += ["-volid", p.new_volid]
     if p.volume.modified:
@@ -938,8 +1004,10 @@ def remaster(opts: MkksisoOptions) -> Path:
         timings = execute(p, work, tmp)
         _install(tmp, final, force=opts.force)
     in_size, out_size = opts.input.stat().st_size, final.stat().st_size
-    info(f"mkksiso: {final}: {out_size / 2**20:.1f} MiB (input {in_size / 2**20:.1f} MiB), volume id {p.new_volid}, "
-         f"{time.monotonic() - t0:.1f}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")
+    info(
+        f"mkksiso: {final}: {out_size / 2**20:.1f} MiB (input {in_size / 2**20:.1f} MiB), volume id {p.new_volid}, "
+        f"{time.monotonic() - t0:.1f}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})"
+    )
     return final
 
 
@@ -948,8 +1016,10 @@ def _install(tmp: Path, final: Path, *, force: bool) -> None:
     link at `final` itself, never write its target; without --force a file that
     appeared meanwhile is kept (link() fails on any existing name)."""
     if os.path.islink(final):
-        raise ComposerError(f"OUTPUT {final} became a symbolic link (to {os.readlink(final)}) meanwhile: composer "
-                            "never writes through a link; remove the link or choose another OUTPUT")
+        raise ComposerError(
+            f"OUTPUT {final} became a symbolic link (to {os.readlink(final)}) meanwhile: composer "
+            "never writes through a link; remove the link or choose another OUTPUT"
+        )
     if force:
         os.replace(tmp, final)
         return
@@ -982,5 +1052,3 @@ def _report_plan(p: Plan) -> None:
 
 
 # --------------------------------------------------------------------------- command line
-
-

@@ -48,8 +48,30 @@ CONFIGS = {
 # handler for --split), rendered with the netboot variables.
 DRACUT_TEMPLATE = "netboot-dracut.conf"
 GRUB_NET_PREFIX = "(tftp)/grub2"
-NET_MODULES = ("net", "tftp", "http", "linux", "normal", "configfile", "echo", "test", "serial", "terminal",
-               "search", "halt", "reboot", "sleep", "gzio", "xzio", "boot", "minicmd", "ls", "cat", "true", "regexp")
+NET_MODULES = (
+    "net",
+    "tftp",
+    "http",
+    "linux",
+    "normal",
+    "configfile",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "search",
+    "halt",
+    "reboot",
+    "sleep",
+    "gzio",
+    "xzio",
+    "boot",
+    "minicmd",
+    "ls",
+    "cat",
+    "true",
+    "regexp",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +97,16 @@ def normalize_url(url: str) -> str:
 
 def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) -> dict[str, object]:
     variables = template_variables(cfg)
-    variables.update({
-        "url": opts.url,
-        "split": opts.split,
-        "kernels": boot_kernels(versions),
-        "extra_args": join_args(opts.kernel_args),
-        "overlay_args": " ".join(cfg.rootfs_type.live_args),
-        "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
-    })
+    variables.update(
+        {
+            "url": opts.url,
+            "split": opts.split,
+            "kernels": boot_kernels(versions),
+            "extra_args": join_args(opts.kernel_args),
+            "overlay_args": " ".join(cfg.rootfs_type.live_args),
+            "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
+        }
+    )
     return variables
 
 
@@ -106,8 +130,10 @@ def _find_pxelinux(tree: Path) -> tuple[dict[str, Path], str]:
         if len(found) == 2:
             info(f"pxelinux: from the {origin} ({found['pxelinux.0'].parent})")
             return found, origin
-    info("pxelinux: no pxelinux.0 in the install tree or on this host (Debian: apt-get install pxelinux); "
-         "pxelinux.cfg/default is written anyway")
+    info(
+        "pxelinux: no pxelinux.0 in the install tree or on this host (Debian: apt-get install pxelinux); "
+        "pxelinux.cfg/default is written anyway"
+    )
     return {}, "none"
 
 
@@ -133,15 +159,19 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
                 # The small initrd carries its RAM budget: below it, it stops with one line.
-                budgets[k.version] = ram.predict("netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs,
-                                                 unpacked=rt.initramfs_ram[k.version])
-                ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb,
-                                      mtime=cfg.source_date_epoch or 0)
+                budgets[k.version] = ram.predict(
+                    "netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs, unpacked=rt.initramfs_ram[k.version]
+                )
+                ram.with_memory_check(
+                    rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
+                )
             else:
-                tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd,
-                                       mtime=cfg.source_date_epoch or 0)
-                budgets[k.version] = ram.predict_big_initrd(k.vmlinuz, out / bk.initrd, appended_at=tail,
-                                                            initramfs_unpacked=rt.initramfs_ram[k.version])
+                tail = make_big_initrd(
+                    rt.initramfs[k.version], rt.squashfs, cmdline, out / bk.initrd, mtime=cfg.source_date_epoch or 0
+                )
+                budgets[k.version] = ram.predict_big_initrd(
+                    k.vmlinuz, out / bk.initrd, appended_at=tail, initramfs_unpacked=rt.initramfs_ram[k.version]
+                )
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
         if opts.split:
@@ -157,8 +187,13 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
         efi = EFI_ARCH_NAMES.get(cfg.arch)
         if efi is not None:
             grub = find_grub(rt.tree, f"{cfg.arch}-efi")
-            grub_mkimage(grub, f"{cfg.arch}-efi", GRUB_NET_PREFIX, out / f"grub{efi[0]}.efi",
-                         modules=NET_MODULES + ("efinet", "efi_gop", "all_video"))
+            grub_mkimage(
+                grub,
+                f"{cfg.arch}-efi",
+                GRUB_NET_PREFIX,
+                out / f"grub{efi[0]}.efi",
+                modules=NET_MODULES + ("efinet", "efi_gop", "all_video"),
+            )
         if cfg.arch in ("x86_64", "i686"):
             grub = find_grub(rt.tree, "i386-pc")
             grub_mkimage(grub, "i386-pc-pxe", GRUB_NET_PREFIX, out / "grubpxe.0", modules=NET_MODULES + ("pxe",))
@@ -190,15 +225,27 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
         cfg = netboot_dracut_conf(cfg, opts, work)
         rt = build_runtime(cfg, work)
         result = make_netboot(cfg, opts, rt, out)
-        (out / "netboot.json").write_text(json.dumps({
-            "product": cfg.product, "version": cfg.version, "arch": cfg.arch, "url": opts.url,
-            "split": opts.split, "kernels": [k.version for k in rt.kernels], "pxelinux": result.pxelinux,
-            "sizes": {**rt.metrics.sizes, **result.sizes}, "timings": rt.metrics.timings,
-            "ram": ram.manifest_record(result.budgets),
-        }, indent=2) + "\n")
+        (out / "netboot.json").write_text(
+            json.dumps(
+                {
+                    "product": cfg.product,
+                    "version": cfg.version,
+                    "arch": cfg.arch,
+                    "url": opts.url,
+                    "split": opts.split,
+                    "kernels": [k.version for k in rt.kernels],
+                    "pxelinux": result.pxelinux,
+                    "sizes": {**rt.metrics.sizes, **result.sizes},
+                    "timings": rt.metrics.timings,
+                    "ram": ram.manifest_record(result.budgets),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         log_summary(result.sizes, rt.metrics.timings, result.budgets)
-    info(f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
-         "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe")
+    info(
+        f"netboot tree in {cfg.outdir}: serve it at {opts.url} (TFTP root and/or HTTP); "
+        "boot files: pxelinux.0, grubpxe.0, grubx64.efi, boot.ipxe"
+    )
     return cfg.outdir
-
-

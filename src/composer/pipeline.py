@@ -96,9 +96,15 @@ class BuildContext:
 
     def runtime(self) -> Runtime:
         return Runtime(
-            tree=self.tree, kernels=self.kernels, initramfs=self.initramfs, squashfs=self.squashfs,
-            packages=self.packages, metrics=self.metrics, treeinfo=dict(getattr(self.runner, "treeinfo", {}) or {}),
-            tree_check=self.tree_check, initramfs_ram=self.initramfs_ram,
+            tree=self.tree,
+            kernels=self.kernels,
+            initramfs=self.initramfs,
+            squashfs=self.squashfs,
+            packages=self.packages,
+            metrics=self.metrics,
+            treeinfo=dict(getattr(self.runner, "treeinfo", {}) or {}),
+            tree_check=self.tree_check,
+            initramfs_ram=self.initramfs_ram,
         )
 
 
@@ -109,8 +115,9 @@ def start(cfg: Config, work: Path) -> BuildContext:
     templatedir = template_dir(cfg)
     if cfg.osmin and cfg.rootfs_type is not RootfsType.EXT4:
         # Checked before the long build: only ext4 can be shrunk without a mount.
-        raise ComposerError(f"--osmin: needs --rootfs-type ext4 (not {cfg.rootfs_type}): "
-                            "the minimized delta is made with resize2fs -M")
+        raise ComposerError(
+            f"--osmin: needs --rootfs-type ext4 (not {cfg.rootfs_type}): the minimized delta is made with resize2fs -M"
+        )
     session = DnfSession(tree, dnf_config(cfg), work)
     if cfg.source_date_epoch is not None:
         session.env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)  # rpm: install times in its database
@@ -123,12 +130,21 @@ def start(cfg: Config, work: Path) -> BuildContext:
     branding = pick_branding(session.providers("system-release"), cfg.variant) if cfg.branding else Branding()
     if cfg.branding:
         runtime_vars["branding"] = branding
-        info(f"branding: {branding.release or 'no system-release package found'}"
-             + (f", {branding.logos}" if branding.logos else ""))
-    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=runtime_vars, pkgmgr=session,
-                            recorder=check.ledger)
-    return BuildContext(cfg=cfg, work=work, templatedir=templatedir, variables=variables, session=session,
-                        check=check, branding=branding, runner=runner)
+        info(
+            f"branding: {branding.release or 'no system-release package found'}"
+            + (f", {branding.logos}" if branding.logos else "")
+        )
+    runner = TemplateRunner(tree=tree, templatedir=templatedir, variables=runtime_vars, pkgmgr=session, recorder=check.ledger)
+    return BuildContext(
+        cfg=cfg,
+        work=work,
+        templatedir=templatedir,
+        variables=variables,
+        session=session,
+        check=check,
+        branding=branding,
+        runner=runner,
+    )
 
 
 def _pending_transaction(ctx: BuildContext, who: str) -> None:
@@ -155,12 +171,17 @@ def install(ctx: BuildContext) -> None:
     """Stage `install`: the packages and the install template, or a tree from cachedir/trees
     when its inputs match (see composer.cache); checked against rpm either way."""
     with stage("install", ctx.metrics, usage=True):
-        ctx.packages = cached_install(ctx.cfg, ctx.session, ctx.runner, ctx.templatedir / INSTALL_TEMPLATE,
-                                      lambda: _install_fresh(ctx), verify=ctx.check.verify_packages)
+        ctx.packages = cached_install(
+            ctx.cfg,
+            ctx.session,
+            ctx.runner,
+            ctx.templatedir / INSTALL_TEMPLATE,
+            lambda: _install_fresh(ctx),
+            verify=ctx.check.verify_packages,
+        )
     ctx.check.installed_now()
     size = ctx.metrics.sizes["tree_installed"] = tree_size(ctx.tree).blocks_bytes
-    info(f"tree: {len(ctx.packages)} packages, {size / 2**20:.0f} MiB, "
-         f"{ctx.check.packaged_paths} packaged paths as rpm says")
+    info(f"tree: {len(ctx.packages)} packages, {size / 2**20:.0f} MiB, {ctx.check.packaged_paths} packaged paths as rpm says")
 
 
 def postinstall(ctx: BuildContext) -> None:
@@ -232,8 +253,14 @@ def rootfs_image(ctx: BuildContext) -> None:
     with stage("rootfs", ctx.metrics, usage=True):
         liveos.mkdir(parents=True)
         rootfs_img = liveos / "rootfs.img"
-        make_rootfs(ctx.tree, rootfs_img, cfg.rootfs_type, free=cfg.rootfs_size,
-                    source_date_epoch=cfg.source_date_epoch, seed=config_seed(cfg))
+        make_rootfs(
+            ctx.tree,
+            rootfs_img,
+            cfg.rootfs_type,
+            free=cfg.rootfs_size,
+            source_date_epoch=cfg.source_date_epoch,
+            seed=config_seed(cfg),
+        )
         sizes["rootfs_apparent"] = rootfs_img.stat().st_size
         sizes["rootfs_allocated"] = allocated_size(rootfs_img)
         if cfg.osmin:
@@ -246,8 +273,9 @@ def rootfs_image(ctx: BuildContext) -> None:
 def initramfs(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
     """Step `dracut`: an initramfs per kernel, made in the tree, which it must leave as it found it."""
     with stage("dracut", ctx.metrics, usage=True):
-        made = dracut.build_initramfs(ctx.tree, ctx.kernels, ctx.work / "initramfs", plan,
-                                      source_date_epoch=ctx.cfg.source_date_epoch)
+        made = dracut.build_initramfs(
+            ctx.tree, ctx.kernels, ctx.work / "initramfs", plan, source_date_epoch=ctx.cfg.source_date_epoch
+        )
     ctx.check.check_unchanged("after dracut")
     for kver, path in made.items():
         ctx.metrics.sizes[f"initramfs-{kver}"] = path.stat().st_size
@@ -264,8 +292,9 @@ def squashfs_beside_dracut(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
     both = Span()
     info("squashfs ... (beside dracut)")
     # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
-    with squashfs_beside(ctx.work / "squashfs-root", ctx.squashfs, cfg.compression,
-                         source_date_epoch=cfg.source_date_epoch, all_time=True) as job:
+    with squashfs_beside(
+        ctx.work / "squashfs-root", ctx.squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch, all_time=True
+    ) as job:
         initramfs(ctx, plan)
     metrics.timings["squashfs"], metrics.cpu["squashfs"] = job.wall_s, job.cpu_s
     metrics.timings["dracut+squashfs"] = both.wall_s()  # the two overlapped: wall of the pair

@@ -25,8 +25,9 @@ def check_root(command: str) -> None:
     """Composing needs root: dnf refuses to install into a tree otherwise (and rpm must
     give every file its owner). Say so now, not after a minute of work."""
     if os.geteuid() != 0:
-        raise ComposerError(f"{command} needs root privileges: dnf installs the packages into the tree as root "
-                            "(run it as root or with sudo)")
+        raise ComposerError(
+            f"{command} needs root privileges: dnf installs the packages into the tree as root (run it as root or with sudo)"
+        )
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -67,9 +68,34 @@ def check_outdir(outdir: Path, *, force: bool, option: str = "OUTDIR") -> None:
 
 # An output is never one of these and never contains one; nor does it go inside
 # the pseudo filesystems, /boot or /etc (NOTHING_INSIDE).
-SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
-               "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
-               "/var/cache", "/var/lib", "/var/log", "/var/tmp")
+SYSTEM_DIRS = (
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/local",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+)
 NOTHING_INSIDE = ("/proc", "/sys", "/dev", "/boot", "/etc")
 
 
@@ -105,8 +131,7 @@ def protected_places() -> list[Place]:
     return places
 
 
-def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Place], *,
-                        protected: bool = True) -> None:
+def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Place], *, protected: bool = True) -> None:
     """Every output (option, path) against every input and protected place: an output
     equal to one, inside one or containing one is refused before any work.
 
@@ -127,10 +152,12 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Pl
         if found:
             _, rel, place, where = min(found, key=lambda f: f[0])
             shown = f" ({where})" if where != Path(os.path.abspath(place.path)) else ""
-            raise ComposerError(f"{option} {out} {rel} {place.what}{shown}: an output never touches an "
-                                f"input or a system place; choose another {option}")
+            raise ComposerError(
+                f"{option} {out} {rel} {place.what}{shown}: an output never touches an "
+                f"input or a system place; choose another {option}"
+            )
     for i, (opt_a, a) in enumerate(outs):
-        for opt_b, b in outs[i + 1:]:
+        for opt_b, b in outs[i + 1 :]:
             rel = _relation(output_path(a), output_path(b))
             if rel is not None:
                 raise ComposerError(f"{opt_a} {a} {rel} {opt_b} {b}: give them different places")
@@ -176,8 +203,9 @@ def check_file(path: Path | None, option: str) -> None:
 def check_command_templates(cfg: Config, templates: Iterable[tuple[Path, str]]) -> None:
     """Render and parse templates (dry run, no tree): syntax errors, unknown commands,
     wrong arguments and `..` escapes are reported with file:line before dnf runs."""
-    checker = TemplateRunner(tree=Path("/nonexistent-composer-tree"), templatedir=template_dir(cfg),
-                             variables=template_variables(cfg), dry_run=True)
+    checker = TemplateRunner(
+        tree=Path("/nonexistent-composer-tree"), templatedir=template_dir(cfg), variables=template_variables(cfg), dry_run=True
+    )
     for path, option in templates:
         if option:
             check_file(path, option)
@@ -205,8 +233,7 @@ def check_compose_inputs(cfg: Config, command: str, *, ks: Path | None = None) -
     check_dir_creatable(cfg.cachedir, "--cachedir")
     check_config(dnf_config(cfg))
     check_file(cfg.dracut_conf, "--dracut-conf")
-    product = [(templatedir / name, "") for name in RUNTIME_TEMPLATES
-               if (templatedir / name).is_file()]
+    product = [(templatedir / name, "") for name in RUNTIME_TEMPLATES if (templatedir / name).is_file()]
     check_command_templates(cfg, product + [(t, "--add-template") for t in cfg.add_templates])
 
 
@@ -230,7 +257,7 @@ MAX_VALUE = 4096
 def describe_char(ch: str) -> str:
     names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
     if "\ud800" <= ch <= "\udfff":
-        return f"byte 0x{ord(ch) - 0xdc00:02x}, which is not UTF-8" if ch >= "\udc80" else "a lone surrogate"
+        return f"byte 0x{ord(ch) - 0xDC00:02x}, which is not UTF-8" if ch >= "\udc80" else "a lone surrogate"
     return names.get(ch, f"{ch!r}" if ch.isprintable() else f"control character U+{ord(ch):04X}")
 
 
@@ -267,8 +294,10 @@ def check_kernel_arg(option: str, value: str) -> str:
         raise ComposerError(f"{option}: an empty kernel argument")
     for ch in value:
         if ch.isspace() or ch in MENU_SYNTAX or not ch.isascii():
-            raise ComposerError(f"{option} {value!r}: holds {describe_char(ch)}; a kernel argument is one word "
-                                "without quotes or boot-menu syntax (give several arguments separately)")
+            raise ComposerError(
+                f"{option} {value!r}: holds {describe_char(ch)}; a kernel argument is one word "
+                "without quotes or boot-menu syntax (give several arguments separately)"
+            )
     return value
 
 

@@ -88,5 +88,3 @@ def normalize_tree(tree: Path) -> None:
     for p in sorted((tree / "var/lib/dnf").glob("history.sqlite*")):
         p.unlink()
         info(f"tree: removed /{p.relative_to(tree)}")
-
-

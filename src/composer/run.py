@@ -41,7 +41,7 @@ class CommandError(ComposerError):
         shown = self.argv
         if os.path.basename(shown[0]) == "bwrap" and "--" in shown:
             # The sandbox's dozen options hide the command that failed; the log has them.
-            shown = shown[shown.index("--") + 1:]
+            shown = shown[shown.index("--") + 1 :]
         msg = f"command failed (exit {returncode}): {shlex.join(shown)}"
         if tail:
             msg += f": {tail}"
@@ -102,9 +102,11 @@ def open_for_append(path: Path, option: str) -> int:
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as e:
-        why = {errno.ELOOP: "is a symbolic link (composer never writes through a link)",
-               errno.ENXIO: "is a FIFO (give a regular file)",
-               errno.EISDIR: "is a directory"}.get(e.errno or 0, e.strerror or str(e))
+        why = {
+            errno.ELOOP: "is a symbolic link (composer never writes through a link)",
+            errno.ENXIO: "is a FIFO (give a regular file)",
+            errno.EISDIR: "is a directory",
+        }.get(e.errno or 0, e.strerror or str(e))
         raise ComposerError(f"{option} {path}: {why}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or _on_pseudo_fs(fd):
@@ -313,8 +315,7 @@ def locked_mkdir(path: Path) -> int:
     fd = os.open(nascent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        marker = os.open(LOCK_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=fd)
+        marker = os.open(LOCK_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         os.write(marker, f"composer pid {os.getpid()}\n".encode())
         os.close(marker)
         nascent.rename(path)
@@ -412,16 +413,20 @@ def check_replaceable(final: Path, *, force: bool, option: str = "OUTDIR") -> No
     if not os.path.lexists(final):
         return
     if os.path.islink(final):
-        raise ComposerError(f"{option} {final} is a symbolic link (to {os.readlink(final)}): composer never "
-                            "writes through a link to replace its target; remove the link or choose another "
-                            f"{option}")
+        raise ComposerError(
+            f"{option} {final} is a symbolic link (to {os.readlink(final)}): composer never "
+            "writes through a link to replace its target; remove the link or choose another "
+            f"{option}"
+        )
     if not final.is_dir():
         raise ComposerError(f"{option} {final}: exists and is not a directory")
     if not force:
         raise ComposerError(f"output directory {final} exists (use --force to replace it)")
     if not (final / OUTPUT_MARKER).is_file():
-        raise ComposerError(f"{option} {final}: --force replaces only a directory composer made (it has no "
-                            f"{OUTPUT_MARKER}); remove it yourself or choose another {option}")
+        raise ComposerError(
+            f"{option} {final}: --force replaces only a directory composer made (it has no "
+            f"{OUTPUT_MARKER}); remove it yourself or choose another {option}"
+        )
 
 
 def _locked_scratch(final: Path) -> tuple[Path, int]:
@@ -511,13 +516,32 @@ def in_tree_argv(
     mount points in the tree.
     """
     out = [
-        "bwrap", "--bind", str(tree), "/",
-        "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
-        "--tmpfs", "/tmp", "--tmpfs", "/run",
-        "--unshare-pid", "--die-with-parent",
-        "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
-        "--setenv", "HOME", "/root",
-        "--setenv", "LC_ALL", "C.UTF-8",
+        "bwrap",
+        "--bind",
+        str(tree),
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--ro-bind",
+        "/sys",
+        "/sys",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/run",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--setenv",
+        "PATH",
+        "/usr/sbin:/usr/bin:/sbin:/bin",
+        "--setenv",
+        "HOME",
+        "/root",
+        "--setenv",
+        "LC_ALL",
+        "C.UTF-8",
         # The host's temporary directory does not exist in the tree (dracut: "realpath: /srv/tmp:
         # No such file or directory" when Koji or CI sets TMPDIR): the tree's own defaults apply.
         *(a for var in _HOST_TMP_VARS for a in ("--unsetenv", var)),

@@ -87,20 +87,32 @@ def runtime_outputs(cfg: Config, rt: Runtime, out: Path) -> dict[str, ram.RamBud
             big = out / bk.initrd
             tail = make_big_initrd(rt.initramfs[k.version], rt.squashfs, cmdline, big, mtime=cfg.source_date_epoch or 0)
             # RAM floor, see outputs/ram.py; the initramfs's part was counted beside mksquashfs.
-            budgets[k.version] = ram.predict_big_initrd(k.vmlinuz, big, appended_at=tail,
-                                                        initramfs_unpacked=rt.initramfs_ram[k.version])
+            budgets[k.version] = ram.predict_big_initrd(
+                k.vmlinuz, big, appended_at=tail, initramfs_unpacked=rt.initramfs_ram[k.version]
+            )
             rt.metrics.sizes[f"big_initrd-{k.version}"] = big.stat().st_size
         rt.metrics.record("outputs", span)  # before the manifest, which lists it
         m = rt.metrics
-        write_manifest(out, rt.packages, {
-            "composer": code_digest(),  # what made it: its version and a digest of its code
-            "product": cfg.product, "version": cfg.version, "arch": cfg.arch,
-            "rootfs_type": str(cfg.rootfs_type), "compression": str(cfg.compression),
-            "kernels": [k.version for k in rt.kernels], "cmdline": cmdline,
-            "sizes": m.sizes, "timings": m.timings, "cpu": m.cpu, "peak_rss_mib": m.peak_rss_mib,
-            "tree_check": rt.tree_check,
-            "ram": ram.manifest_record(budgets),
-        })
+        write_manifest(
+            out,
+            rt.packages,
+            {
+                "composer": code_digest(),  # what made it: its version and a digest of its code
+                "product": cfg.product,
+                "version": cfg.version,
+                "arch": cfg.arch,
+                "rootfs_type": str(cfg.rootfs_type),
+                "compression": str(cfg.compression),
+                "kernels": [k.version for k in rt.kernels],
+                "cmdline": cmdline,
+                "sizes": m.sizes,
+                "timings": m.timings,
+                "cpu": m.cpu,
+                "peak_rss_mib": m.peak_rss_mib,
+                "tree_check": rt.tree_check,
+                "ram": ram.manifest_record(budgets),
+            },
+        )
     return budgets
 
 
@@ -114,5 +126,13 @@ def compose_dirs(cfg: Config) -> Iterator[tuple[Path, Path]]:
 
 def log_summary(sizes: Mapping[str, int], timings: Mapping[str, float], budgets: dict[str, ram.RamBudget]) -> None:
     """A compose's last line before its outputs: sizes, stage times and the RAM floors."""
-    info("summary: " + json.dumps({"sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                                   "timings_s": timings, "ram_floor_mb": ram.summary_record(budgets)}))
+    info(
+        "summary: "
+        + json.dumps(
+            {
+                "sizes_mib": {k: round(v / 2**20, 1) for k, v in sizes.items()},
+                "timings_s": timings,
+                "ram_floor_mb": ram.summary_record(budgets),
+            }
+        )
+    )

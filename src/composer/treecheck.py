@@ -40,8 +40,15 @@ class Node:
 
 Snapshot = dict[str, Node]  # "/usr/bin/ls" -> Node
 
-_KIND = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
-         stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
+_KIND = {
+    stat.S_IFDIR: "d",
+    stat.S_IFREG: "f",
+    stat.S_IFLNK: "l",
+    stat.S_IFCHR: "c",
+    stat.S_IFBLK: "b",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
+}
 API_DIRS = ("/dev", "/proc", "/sys")
 
 
@@ -84,13 +91,22 @@ class PackagedFile(Protocol):
 
 def _expected(spec: PackagedFile, users: Mapping[str, int], groups: Mapping[str, int]) -> Node:
     # rpm installs files of unknown users and groups as root.
-    return Node(spec.kind, 0o777 if spec.kind == "l" else spec.perm,
-                users.get(spec.user, 0), groups.get(spec.group, 0), spec.target if spec.kind == "l" else "")
+    return Node(
+        spec.kind,
+        0o777 if spec.kind == "l" else spec.perm,
+        users.get(spec.user, 0),
+        groups.get(spec.group, 0),
+        spec.target if spec.kind == "l" else "",
+    )
 
 
-def check_packaged(snap: Snapshot, packaged: Mapping[str, Sequence[PackagedFile]],
-                   users: Mapping[str, int], groups: Mapping[str, int],
-                   only: set[str] | None = None) -> list[str]:
+def check_packaged(
+    snap: Snapshot,
+    packaged: Mapping[str, Sequence[PackagedFile]],
+    users: Mapping[str, int],
+    groups: Mapping[str, int],
+    only: set[str] | None = None,
+) -> list[str]:
     """Paths whose state differs from what their packages say (all, or those in `only`)."""
     problems = []
     for path, specs in sorted(packaged.items()):
@@ -109,8 +125,7 @@ def check_packaged(snap: Snapshot, packaged: Mapping[str, Sequence[PackagedFile]
         if only is not None and path not in only:
             continue
         if any(path.startswith(d + "/") for d in API_DIRS) and path not in packaged:
-            problems.append(f"{path}: made by no package (written into the tree's {path.split('/')[1]} "
-                            "without it mounted?)")
+            problems.append(f"{path}: made by no package (written into the tree's {path.split('/')[1]} without it mounted?)")
     return problems
 
 
@@ -216,8 +231,13 @@ class TreeCheck:
     keeps (its database) that any later step may change.
     """
 
-    def __init__(self, tree: Path, packaged_files: Callable[[], Mapping[str, Sequence[PackagedFile]]],
-                 ids: Callable[[Path], tuple[Mapping[str, int], Mapping[str, int]]], protected: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tree: Path,
+        packaged_files: Callable[[], Mapping[str, Sequence[PackagedFile]]],
+        ids: Callable[[Path], tuple[Mapping[str, int], Mapping[str, int]]],
+        protected: Sequence[str],
+    ) -> None:
         self.tree = tree
         self._packaged_files = packaged_files
         self._ids = ids
@@ -251,9 +271,13 @@ class TreeCheck:
         host. Returns what the check verified (the manifest's tree_check)."""
         self.final = snapshot(self.tree)
         fail_on(check_changes(self.installed, self.final, self.ledger), "after cleanup")
-        return {"packaged_paths_verified": self.packaged_paths, "paths_after_install": len(self.installed),
-                "paths_shipped": len(self.final), "changed_by_templates": len(differences(self.installed, self.final)),
-                "observed_commands": self.ledger.observed}
+        return {
+            "packaged_paths_verified": self.packaged_paths,
+            "paths_after_install": len(self.installed),
+            "paths_shipped": len(self.final),
+            "changed_by_templates": len(differences(self.installed, self.final)),
+            "observed_commands": self.ledger.observed,
+        }
 
     def ship(self) -> None:
         """The tree as it goes into the runtime image (after normalizing)."""

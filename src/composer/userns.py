@@ -88,8 +88,13 @@ def free_start(*texts: str) -> int:
 
 def unshare_argv(uids: SubidRange, gids: SubidRange) -> list[str]:
     """`unshare` options: the user is 0, its subordinate ids are 1..count (newuidmap writes the maps)."""
-    return ["unshare", "--user", "--map-root-user",
-            f"--map-users={uids.start},1,{uids.count}", f"--map-groups={gids.start},1,{gids.count}"]
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        f"--map-users={uids.start},1,{uids.count}",
+        f"--map-groups={gids.start},1,{gids.count}",
+    ]
 
 
 def missing_range_error(user: str, uids: list[SubidRange], gids: list[SubidRange], start: int) -> str | None:
@@ -99,16 +104,19 @@ def missing_range_error(user: str, uids: list[SubidRange], gids: list[SubidRange
         return None
     have = "" if not (uids or gids) else f" (ranges of fewer than {MIN_IDS} ids do not count)"
     line = f"{user}:{start}:{MIN_IDS}"
-    return (f"{user} has no range of {MIN_IDS} subordinate ids in {' and '.join(lacking)}{have}, which composer needs "
-            f"to build as an ordinary user: as root, add the line {line} to {' and '.join(lacking)} "
-            f"(usermod --add-subuids {start}-{start + MIN_IDS - 1} --add-subgids {start}-{start + MIN_IDS - 1} {user} "
-            "does both), or run composer as root")
+    return (
+        f"{user} has no range of {MIN_IDS} subordinate ids in {' and '.join(lacking)}{have}, which composer needs "
+        f"to build as an ordinary user: as root, add the line {line} to {' and '.join(lacking)} "
+        f"(usermod --add-subuids {start}-{start + MIN_IDS - 1} --add-subgids {start}-{start + MIN_IDS - 1} {user} "
+        "does both), or run composer as root"
+    )
 
 
 def disabled_error(read: dict[str, str]) -> str | None:
     """The one line naming the sysctl that forbids unprivileged user namespaces, or None.
 
     `read`: /proc/sys file -> its contents, for the files that exist."""
+
     def value(path: str) -> str | None:
         v = read.get(path)
         return v.strip() if v is not None else None
@@ -122,13 +130,18 @@ def disabled_error(read: dict[str, str]) -> str | None:
         fixes.append("kernel.apparmor_restrict_unprivileged_userns=0")
     if not fixes:
         return None
-    return (f"user namespaces are disabled for ordinary users on this host, and composer needs one to build as an "
-            f"ordinary user: as root, add {' and '.join(fixes)} to /etc/sysctl.d/90-composer.conf and run "
-            "sysctl --system, or run composer as root")
+    return (
+        f"user namespaces are disabled for ordinary users on this host, and composer needs one to build as an "
+        f"ordinary user: as root, add {' and '.join(fixes)} to /etc/sysctl.d/90-composer.conf and run "
+        "sysctl --system, or run composer as root"
+    )
 
 
-_SYSCTLS = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces",
-            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+_SYSCTLS = (
+    "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/user/max_user_namespaces",
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+)
 
 
 def _read_sysctls() -> dict[str, str]:
@@ -195,8 +208,10 @@ def _probe(argv: list[str]) -> str | None:
         return None
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
     if any("unrecognized option" in line for line in lines):
-        return ("this unshare has no --map-users option: composer needs util-linux 2.38 or later to build as an "
-                "ordinary user, or run it as root")
+        return (
+            "this unshare has no --map-users option: composer needs util-linux 2.38 or later to build as an "
+            "ordinary user, or run it as root"
+        )
     return f"cannot enter a user namespace with the subordinate ids: {lines[-1] if lines else f'exit {proc.returncode}'}"
 
 
@@ -222,8 +237,10 @@ def enter_user_namespace(words: Sequence[str], argv: Sequence[str]) -> None:
         raise ComposerError(error)
     missing = [p for p in ("unshare", "newuidmap", "newgidmap") if shutil.which(p) is None]
     if missing:
-        raise ComposerError(f"{' and '.join(missing)} not found, needed to build as an ordinary user: install "
-                            "util-linux and uidmap (Debian, Ubuntu) or shadow-utils (Fedora), or run composer as root")
+        raise ComposerError(
+            f"{' and '.join(missing)} not found, needed to build as an ordinary user: install "
+            "util-linux and uidmap (Debian, Ubuntu) or shadow-utils (Fedora), or run composer as root"
+        )
     uid_range, gid_range = usable_range(uids), usable_range(gids)
     assert uid_range is not None and gid_range is not None
     argv_unshare = unshare_argv(uid_range, gid_range)

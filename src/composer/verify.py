@@ -48,17 +48,20 @@ EMULATION_FLAKES = ("IO-APIC + timer doesn't work",)
 EMULATION_RETRIES = 2
 
 # Lines after which a boot cannot reach the marker any more.
-FATAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
-    r"Kernel panic",
-    r"Initramfs unpacking failed",
-    r"Entering emergency mode",
-    r"Dracut Emergency Shell",
-    r"dracut Warning: Could not boot",
-    r"dracut-initqueue.*timeout, still waiting",
-    r"Generating \S*rdsosreport\.txt",
-    r"Out of memory: Kill",
-    r"composer: not enough memory",  # our initramfs's RAM check (share/dracut/modules.d/90composer)
-))
+FATAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"Kernel panic",
+        r"Initramfs unpacking failed",
+        r"Entering emergency mode",
+        r"Dracut Emergency Shell",
+        r"dracut Warning: Could not boot",
+        r"dracut-initqueue.*timeout, still waiting",
+        r"Generating \S*rdsosreport\.txt",
+        r"Out of memory: Kill",
+        r"composer: not enough memory",  # our initramfs's RAM check (share/dracut/modules.d/90composer)
+    )
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
 _PRINTK_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s*")
@@ -124,13 +127,32 @@ def qemu_argv(
     cmdline = " ".join(a for a in (BASE_APPEND, check_args, EMULATION_APPEND, append) if a)
     return [
         QEMU,
-        "-machine", "q35", "-accel", accel, "-cpu", cpu,
-        "-m", str(memory_mb), "-smp", str(smp),
-        "-nodefaults", "-display", "none", "-vga", "none", "-nic", "none",
+        "-machine",
+        "q35",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(smp),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-nic",
+        "none",
         "-no-reboot",  # a reboot (panic, or the guest giving up) ends qemu instead of looping
-        "-serial", "stdio",
-        "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd),
-        "-append", cmdline,
+        "-serial",
+        "stdio",
+        "-kernel",
+        os.fspath(kernel),
+        "-initrd",
+        os.fspath(initrd),
+        "-append",
+        cmdline,
         *extra_qemu_args,
     ]
 
@@ -164,13 +186,41 @@ def kvm_usable(kernel: Path | None, cpu: str = "host", timeout: float = 3.0) -> 
     """
     if kernel is None or not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
         return False
-    argv = [QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", cpu, "-m", "256", "-nodefaults",
-            "-display", "none", "-vga", "none", "-nic", "none", "-no-reboot", "-serial", "stdio",
-            "-kernel", os.fspath(kernel), "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"]
+    argv = [
+        QEMU,
+        "-machine",
+        "q35",
+        "-accel",
+        "kvm",
+        "-cpu",
+        cpu,
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        os.fspath(kernel),
+        "-append",
+        "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+    ]
     ok = False
     lines = _Lines()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     try:
         lines.start(proc)
         deadline = time.monotonic() + timeout
@@ -206,8 +256,11 @@ def media_kernel(tmp: Path, *, iso: Path | None = None, tftp_dir: Path | None = 
     if iso is None:
         return None
     dest = tmp / "vmlinuz"
-    proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract",
-                           "/images/pxeboot/vmlinuz", os.fspath(dest)], capture_output=True, check=False)
+    proc = subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract", "/images/pxeboot/vmlinuz", os.fspath(dest)],
+        capture_output=True,
+        check=False,
+    )
     return dest if proc.returncode == 0 and dest.is_file() else None
 
 
@@ -279,8 +332,16 @@ def boot_kernel(
     for what, p in (("kernel", kernel), ("initrd", initrd)):
         if not p.is_file():
             raise ComposerError(f"boot check: {what} {p} does not exist")
-    argv = qemu_argv(kernel, initrd, memory_mb=memory_mb, check_args=check_args, append=append,
-                     accel=resolve_accel(accel, kernel), smp=smp, extra_qemu_args=extra_qemu_args)
+    argv = qemu_argv(
+        kernel,
+        initrd,
+        memory_mb=memory_mb,
+        check_args=check_args,
+        append=append,
+        accel=resolve_accel(accel, kernel),
+        smp=smp,
+        extra_qemu_args=extra_qemu_args,
+    )
     return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log)
 
 
@@ -333,8 +394,11 @@ def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None =
         if iso is not None:
             kernel, initrd = Path(tmp) / "vmlinuz", Path(tmp) / "initrd.img"
             for src, dest in (("/images/pxeboot/vmlinuz", kernel), ("/images/pxeboot/initrd.img", initrd)):
-                proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract", src,
-                                       os.fspath(dest)], capture_output=True, check=False)
+                proc = subprocess.run(
+                    ["xorriso", "-osirrox", "on", "-indev", os.fspath(iso), "-extract", src, os.fspath(dest)],
+                    capture_output=True,
+                    check=False,
+                )
                 if proc.returncode != 0 or not dest.is_file():
                     return None
         if kernel is None or initrd is None:
@@ -365,8 +429,12 @@ def min_memory_line(measured: int, step: int, predicted: tuple[int, str] | None)
 # decides the kernel command line, so the default entry must carry console=ttyS0
 # and what makes the image print its marker (the test product's templates do).
 
-OVMF_CODE_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                        "/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/qemu/OVMF_CODE.fd")
+OVMF_CODE_CANDIDATES = (
+    "/usr/share/OVMF/OVMF_CODE.fd",
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+    "/usr/share/qemu/OVMF_CODE.fd",
+)
 
 
 def find_ovmf() -> tuple[Path, Path]:
@@ -397,24 +465,49 @@ def qemu_media_argv(
         raise ComposerError(f"firmware must be bios or uefi, not {firmware!r}")
     cpu = cpu or ("host" if accel == "kvm" else "max")
     argv = [
-        QEMU, "-machine", "q35", "-accel", accel, "-cpu", cpu,
-        "-m", str(memory_mb), "-smp", str(smp),
-        "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot", "-serial", "stdio",
+        QEMU,
+        "-machine",
+        "q35",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(smp),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
     ]
     if firmware == "uefi":
         code, _ = find_ovmf()
         if ovmf_vars is None:
             raise ValueError("a UEFI boot needs a private copy of the OVMF variable store")
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}"]
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={ovmf_vars}",
+        ]
     if iso is not None:
-        argv += ["-drive", f"file={iso},media=cdrom,readonly=on,if=none,id=cd0",
-                 "-device", "ide-cd,drive=cd0,bootindex=1", "-nic", "none"]
+        argv += [
+            "-drive",
+            f"file={iso},media=cdrom,readonly=on,if=none,id=cd0",
+            "-device",
+            "ide-cd,drive=cd0,bootindex=1",
+            "-nic",
+            "none",
+        ]
     elif tftp_dir is not None:
         if not bootfile:
             raise ValueError("a network boot needs a boot file")
-        argv += ["-netdev", f"user,id=n0,tftp={tftp_dir},bootfile={bootfile}",
-                 "-device", "virtio-net-pci,netdev=n0,bootindex=1"]
+        argv += ["-netdev", f"user,id=n0,tftp={tftp_dir},bootfile={bootfile}", "-device", "virtio-net-pci,netdev=n0,bootindex=1"]
     else:
         raise ValueError("nothing to boot: give iso or tftp_dir")
     return argv
@@ -464,8 +557,14 @@ def _boot_once(
     ok, marker_line, reason, seconds = False, None, "", 0.0
     with log.open("wb") as logf:
         lines = _Lines(logf)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         try:
             lines.start(proc)
             deadline = start + timeout
@@ -518,8 +617,17 @@ def boot_iso(
     default entry must boot unattended to the marker."""
     if not iso.is_file():
         raise ComposerError(f"boot check: ISO {iso} does not exist")
-    return _boot_media("CD", firmware=firmware, memory_mb=memory_mb, timeout=timeout, marker=marker,
-                       accel=accel, log=log, smp=smp, iso=iso.resolve())
+    return _boot_media(
+        "CD",
+        firmware=firmware,
+        memory_mb=memory_mb,
+        timeout=timeout,
+        marker=marker,
+        accel=accel,
+        log=log,
+        smp=smp,
+        iso=iso.resolve(),
+    )
 
 
 def boot_netboot(
@@ -541,12 +649,23 @@ def boot_netboot(
         raise ComposerError(f"boot check: TFTP directory {tftp_dir} does not exist")
     if not (tftp_dir / bootfile).is_file():
         raise ComposerError(f"boot check: boot file {tftp_dir / bootfile} does not exist")
-    return _boot_media("netboot", firmware=firmware, memory_mb=memory_mb, timeout=timeout, marker=marker,
-                       accel=accel, log=log, smp=smp, tftp_dir=tftp_dir.resolve(), bootfile=bootfile)
+    return _boot_media(
+        "netboot",
+        firmware=firmware,
+        memory_mb=memory_mb,
+        timeout=timeout,
+        marker=marker,
+        accel=accel,
+        log=log,
+        smp=smp,
+        tftp_dir=tftp_dir.resolve(),
+        bootfile=bootfile,
+    )
 
 
-def _boot_media(what: str, *, firmware: str, memory_mb: int, timeout: float, marker: str, accel: str,
-                log: Path | None, smp: int, **media: Any) -> BootResult:
+def _boot_media(
+    what: str, *, firmware: str, memory_mb: int, timeout: float, marker: str, accel: str, log: Path | None, smp: int, **media: Any
+) -> BootResult:
     """boot_argv for firmware boots (CD or network); UEFI gets a private copy of OVMF's
     variable store, which the firmware writes to."""
     with tempfile.TemporaryDirectory(prefix="composer-ovmf-") as tmp:
@@ -556,10 +675,12 @@ def _boot_media(what: str, *, firmware: str, memory_mb: int, timeout: float, mar
             vars_copy = Path(tmp) / "OVMF_VARS.fd"
             shutil.copyfile(vars_src, vars_copy)
         kernel = media_kernel(Path(tmp), **media) if accel == "auto" else None
-        argv = qemu_media_argv(memory_mb=memory_mb, accel=resolve_accel(accel, kernel), smp=smp, firmware=firmware,
-                               ovmf_vars=vars_copy, **media)
-        return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log,
-                         what=f"boot check ({firmware.upper()} {what})")
+        argv = qemu_media_argv(
+            memory_mb=memory_mb, accel=resolve_accel(accel, kernel), smp=smp, firmware=firmware, ovmf_vars=vars_copy, **media
+        )
+        return boot_argv(
+            argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log, what=f"boot check ({firmware.upper()} {what})"
+        )
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

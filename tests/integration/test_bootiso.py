@@ -24,9 +24,19 @@ def media(bootiso_build) -> Path:
 
 
 def test_output_tree(media):
-    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", "images/eltorito.img",
-                "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "EFI/BOOT/BOOTX64.EFI",
-                "EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
+    for rel in (
+        "images/boot.iso",
+        "images/install.img",
+        "images/efiboot.img",
+        "images/eltorito.img",
+        "images/pxeboot/vmlinuz",
+        "images/pxeboot/initrd.img",
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grub.cfg",
+        "boot/grub2/grub.cfg",
+        ".treeinfo",
+        ".discinfo",
+    ):
         assert (media / rel).is_file(), rel
     # the small initrd: the dracut initramfs alone, not the big one with the squashfs
     assert (media / "images/pxeboot/initrd.img").stat().st_size < (media / "images/install.img").stat().st_size
@@ -50,8 +60,12 @@ def test_treeinfo_loads_and_points_at_files(media):
 
 
 def test_el_torito_bios_and_uefi(media):
-    report = subprocess.run(["xorriso", "-indev", str(media / "images/boot.iso"), "-report_el_torito", "plain"],
-                            capture_output=True, text=True, check=True).stdout
+    report = subprocess.run(
+        ["xorriso", "-indev", str(media / "images/boot.iso"), "-report_el_torito", "plain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     from tests.isoread import el_torito_platforms, mbr_partitions
 
     assert el_torito_platforms(report) == ["BIOS", "UEFI"], report
@@ -68,10 +82,21 @@ def test_checkisomd5_and_label(media):
 
 
 def test_iso_holds_the_tree(media):
-    listing = subprocess.run(["xorriso", "-indev", str(media / "images/boot.iso"), "-find", "/", "-type", "f"],
-                             capture_output=True, text=True, check=True).stdout
-    for rel in ("images/install.img", "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img",
-                "EFI/BOOT/BOOTX64.EFI", "boot/grub2/grub.cfg", ".treeinfo", ".discinfo"):
+    listing = subprocess.run(
+        ["xorriso", "-indev", str(media / "images/boot.iso"), "-find", "/", "-type", "f"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for rel in (
+        "images/install.img",
+        "images/pxeboot/vmlinuz",
+        "images/pxeboot/initrd.img",
+        "EFI/BOOT/BOOTX64.EFI",
+        "boot/grub2/grub.cfg",
+        ".treeinfo",
+        ".discinfo",
+    ):
         assert f"'/{rel}'" in listing, rel
     assert "boot.iso" not in listing
     assert ".composer-" not in listing  # the build's own markers (its lock held a process id)
@@ -79,8 +104,11 @@ def test_iso_holds_the_tree(media):
 
 def test_install_img_ships_osmin_delta(media, tmp_path):
     """LiveOS/osmin.img.gz over LiveOS/rootfs.img presents a clean, minimized ext4."""
-    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "sq"), str(media / "images/install.img")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["unsquashfs", "-no-progress", "-d", str(tmp_path / "sq"), str(media / "images/install.img")],
+        check=True,
+        capture_output=True,
+    )
     live = tmp_path / "sq" / "LiveOS"
     assert sorted(p.name for p in live.iterdir()) == ["osmin.img.gz", "rootfs.img"]
     minimal = tmp_path / "minimal.img"
@@ -93,8 +121,7 @@ def test_install_img_ships_osmin_delta(media, tmp_path):
     assert "composer." not in var_tmp, var_tmp
     dnf_lib = subprocess.run(["debugfs", "-R", "ls /var/lib/dnf", str(minimal)], capture_output=True, text=True).stdout
     assert "history.sqlite" not in dnf_lib, dnf_lib
-    cache = subprocess.run(["debugfs", "-R", f"stat {BUILD / 'cache' / 'dnf'}", str(minimal)],
-                           capture_output=True, text=True)
+    cache = subprocess.run(["debugfs", "-R", f"stat {BUILD / 'cache' / 'dnf'}", str(minimal)], capture_output=True, text=True)
     assert "File not found" in cache.stdout + cache.stderr, "dnf's package cache leaked into the runtime"
 
 
@@ -118,8 +145,7 @@ def test_boots_to_marker(media, firmware, tmp_path):
 
     log = tmp_path / f"serial-{firmware}.log"
     memory = MEMORY[firmware]
-    result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=memory, timeout=900, log=log,
-                      marker=BOOT_MARKER)
+    result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=memory, timeout=900, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{firmware} at {memory} MB: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
@@ -138,12 +164,10 @@ def test_too_little_ram_stops_with_one_line(media, tmp_path):
     # before any hook runs: budget 143 failed that way at 111) and the runtime's budget.
     memory = budget - 16
     log = tmp_path / "serial.log"
-    result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=600, log=log,
-                      marker=BOOT_MARKER)
+    result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=600, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace")
     assert not result.ok
-    m = re.search(r"composer: not enough memory: this machine has (\d+) MiB of RAM, this system needs (\d+) MiB",
-                  result.reason)
+    m = re.search(r"composer: not enough memory: this machine has (\d+) MiB of RAM, this system needs (\d+) MiB", result.reason)
     assert m, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert abs(int(m[1]) - memory) <= 2 and int(m[2]) == budget, result.reason
     assert "Out of memory" not in serial and "COMPOSER-BOOT-OK" not in serial
@@ -161,9 +185,22 @@ def one_error_line(proc) -> str:
 def test_unreachable_source(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    proc = composer("boot-iso", "--product", "TestProduct", "--version", "1", "--source", "http://127.0.0.1:9/nothing/",
-                    "--nogpgcheck", "--cachedir", str(tmp_path / "cache"), "--workdir", str(work),
-                    str(tmp_path / "out"), check=False)
+    proc = composer(
+        "boot-iso",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        "http://127.0.0.1:9/nothing/",
+        "--nogpgcheck",
+        "--cachedir",
+        str(tmp_path / "cache"),
+        "--workdir",
+        str(work),
+        str(tmp_path / "out"),
+        check=False,
+    )
     one_error_line(proc)
     assert not (tmp_path / "out").exists() and list(work.iterdir()) == []
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []

@@ -35,10 +35,28 @@ def builds(testproduct_repo, base) -> dict[str, tuple[dict, str]]:
 
     def build(name: str, *args: str) -> tuple[dict, str]:
         out = base / name
-        proc = composer("runtime", "--product", "TestProduct", "--version", "1",
-                        "--source", f"file://{links / 'repo'}", "--nogpgcheck", "--cachedir", str(links / "cache"),
-                        "--workdir", str(links / "work"), "--compression", "lz4", "--rootfs-type", "squashfs",
-                        "--dracut-conf", str(conf), *args, str(out))
+        proc = composer(
+            "runtime",
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            "--source",
+            f"file://{links / 'repo'}",
+            "--nogpgcheck",
+            "--cachedir",
+            str(links / "cache"),
+            "--workdir",
+            str(links / "work"),
+            "--compression",
+            "lz4",
+            "--rootfs-type",
+            "squashfs",
+            "--dracut-conf",
+            str(conf),
+            *args,
+            str(out),
+        )
         return json.loads((out / "manifest.json").read_text()), proc.stderr
 
     results = {
@@ -82,8 +100,11 @@ def test_no_cache_installs_afresh(builds):
 
 def test_an_entry_that_fails_the_tree_check_is_not_used(builds, base):
     tampered, stderr = builds["tampered"]
-    assert re.search(r"tree cache entry [0-9a-f]{12} fails its check \(/tmp: is d 0755 0:0, package base-files "
-                     r"says d 1777 0:0\); installing afresh", stderr), stderr[-3000:]
+    assert re.search(
+        r"tree cache entry [0-9a-f]{12} fails its check \(/tmp: is d 0755 0:0, package base-files "
+        r"says d 1777 0:0\); installing afresh",
+        stderr,
+    ), stderr[-3000:]
     assert "dnf: installing" in stderr and "tree cached as" in stderr
     assert tampered["packages"] == builds["cold"][0]["packages"]
     (entry,) = (base / "cache" / "trees").iterdir()

@@ -46,8 +46,11 @@ def _shipped_tree(outdir: Path, dest: Path) -> Path:
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest / "squash"), str(img), "LiveOS/rootfs.img"], check=True)
     tree = dest / "tree"
     tree.mkdir()
-    subprocess.run(["btrfs", "restore", "-m", "-S", "-x", str(dest / "squash" / "LiveOS" / "rootfs.img"), str(tree)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["btrfs", "restore", "-m", "-S", "-x", str(dest / "squash" / "LiveOS" / "rootfs.img"), str(tree)],
+        check=True,
+        capture_output=True,
+    )
     return tree
 
 
@@ -74,10 +77,29 @@ def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5
     """The test product's runtime composed with dnf5: the same packages and the same shipped
     tree (the rpm database aside) as the dnf 4 session runtime, the tree check passed, and it boots."""
     out, log, cachedir = tmp_path / "out", tmp_path / "build.log", BUILD / "cache-dnf5"
-    composer("--logfile", str(log), "runtime", "--product", "TestProduct", "--version", "1",
-             "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(cachedir),
-             # --no-cache: dnf5 itself fills the tree (a cached tree would come without it running).
-             "--compression", "lz4", "--dnf", "dnf5", "--dnf-root", str(dnf5_root), "--no-cache", str(out))
+    composer(
+        "--logfile",
+        str(log),
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{testproduct_repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(cachedir),
+        # --no-cache: dnf5 itself fills the tree (a cached tree would come without it running).
+        "--compression",
+        "lz4",
+        "--dnf",
+        "dnf5",
+        "--dnf-root",
+        str(dnf5_root),
+        "--no-cache",
+        str(out),
+    )
     text = log.read_text()
     assert "dnf: dnf5 (dnf5 version 5." in text
     assert re.search(r"dnf5 .*--installroot=", text), "dnf5 did not run"
@@ -98,22 +120,36 @@ def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5
     assert len(a) > 3000
 
     pxe = out / "images" / "pxeboot"
-    proc = composer("verify", "--kernel", str(pxe / "vmlinuz"), "--initrd", str(pxe / "initrd.img"),
-                    "--log", str(tmp_path / "serial.log"), check=False)
+    proc = composer(
+        "verify",
+        "--kernel",
+        str(pxe / "vmlinuz"),
+        "--initrd",
+        str(pxe / "initrd.img"),
+        "--log",
+        str(tmp_path / "serial.log"),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ errors, dnf 4 and dnf5 alike
 
+
 def _build_rpm(top: Path, repo: Path, name: str, extra: str = "") -> None:
     spec = top / f"{name}.spec"
     # Each with a %doc file, for nodocs.
-    spec.write_text(f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n{extra}\n"
-                    f"%description\nd\n%install\nmkdir -p %{{buildroot}}/etc %{{buildroot}}/usr/share/doc/{name}\n"
-                    f"echo {name} > %{{buildroot}}/etc/{name}\necho {name} > %{{buildroot}}/usr/share/doc/{name}/README\n"
-                    f"%files\n/etc/{name}\n%doc /usr/share/doc/{name}/README\n")
-    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}",
-                    str(spec)], check=True, capture_output=True)
+    spec.write_text(
+        f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n{extra}\n"
+        f"%description\nd\n%install\nmkdir -p %{{buildroot}}/etc %{{buildroot}}/usr/share/doc/{name}\n"
+        f"echo {name} > %{{buildroot}}/etc/{name}\necho {name} > %{{buildroot}}/usr/share/doc/{name}/README\n"
+        f"%files\n/etc/{name}\n%doc /usr/share/doc/{name}/README\n"
+    )
+    subprocess.run(
+        ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}", str(spec)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +159,12 @@ def small_repo(tmp_path_factory) -> Path:
         pytest.skip("rpmbuild missing")
     base = tmp_path_factory.mktemp("smallrepo")
     repo = base / "repo"
-    for name, extra in (("fine", "Recommends: right"), ("needy", "Requires: nosuchthing"), ("left", "Conflicts: right"),
-                        ("right", "")):
+    for name, extra in (
+        ("fine", "Recommends: right"),
+        ("needy", "Requires: nosuchthing"),
+        ("left", "Conflicts: right"),
+        ("right", ""),
+    ):
         _build_rpm(base, repo, name, extra)
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
     return repo
@@ -137,19 +177,40 @@ def flavor(request, dnf5_root) -> dict:
 
 def _session(tmp_path: Path, flavor: dict, *sources: str, nogpgcheck: bool = True) -> DnfSession:
     work = Path(tmp_path / "work")
-    return DnfSession(work / "tree", DnfConfig(releasever="1", arch="x86_64", sources=sources, nogpgcheck=nogpgcheck,
-                                               cachedir=tmp_path / "cache", **flavor), work)
+    return DnfSession(
+        work / "tree",
+        DnfConfig(releasever="1", arch="x86_64", sources=sources, nogpgcheck=nogpgcheck, cachedir=tmp_path / "cache", **flavor),
+        work,
+    )
 
 
-@pytest.mark.parametrize("case,packages,nogpgcheck,message", [
-    ("missing dependency", ["needy"], True,
-     r"dnf transaction failed: .*nothing provides nosuchthing needed by needy-1-1\.noarch"),
-    ("conflict", ["left", "right"], True,
-     r"dnf transaction failed: .*package left-1-1\.noarch.* conflicts with right provided by right-1-1\.noarch"),
-    ("unsigned", ["fine"], False,
-     (r"dnf transaction failed: package fine-1-1\.noarch\.rpm is not signed: signature checks are on by default; "
-      r"give the repository's key \(gpgkey= in a --repo file\) or pass --nogpgcheck")),
-], ids=["missing-dependency", "conflict", "unsigned"])
+@pytest.mark.parametrize(
+    "case,packages,nogpgcheck,message",
+    [
+        (
+            "missing dependency",
+            ["needy"],
+            True,
+            r"dnf transaction failed: .*nothing provides nosuchthing needed by needy-1-1\.noarch",
+        ),
+        (
+            "conflict",
+            ["left", "right"],
+            True,
+            r"dnf transaction failed: .*package left-1-1\.noarch.* conflicts with right provided by right-1-1\.noarch",
+        ),
+        (
+            "unsigned",
+            ["fine"],
+            False,
+            (
+                r"dnf transaction failed: package fine-1-1\.noarch\.rpm is not signed: signature checks are on by default; "
+                r"give the repository's key \(gpgkey= in a --repo file\) or pass --nogpgcheck"
+            ),
+        ),
+    ],
+    ids=["missing-dependency", "conflict", "unsigned"],
+)
 def test_dnf_errors_are_one_line_naming_the_cause(small_repo, flavor, tmp_path, case, packages, nogpgcheck, message):
     s = _session(tmp_path, flavor, f"file://{small_repo}", nogpgcheck=nogpgcheck)
     s.install(packages)
@@ -175,9 +236,19 @@ def test_options_mean_the_same(small_repo, flavor, tmp_path):
     """Excludes, weak deps off, nodocs, the rpm database path, and dnf's cache, logs and history
     on the host: what lands in the tree is the packages' files and the database, nothing else."""
     work = tmp_path / "work"
-    s = DnfSession(work / "tree", DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{small_repo}",),
-                                            nogpgcheck=True, cachedir=tmp_path / "cache", excludepkgs=("left",),
-                                            **flavor), work)
+    s = DnfSession(
+        work / "tree",
+        DnfConfig(
+            releasever="1",
+            arch="x86_64",
+            sources=(f"file://{small_repo}",),
+            nogpgcheck=True,
+            cachedir=tmp_path / "cache",
+            excludepkgs=("left",),
+            **flavor,
+        ),
+        work,
+    )
     assert "left" not in s.available() and "right" in s.available()  # dnf's own --exclude
     s.install(["fine"])  # it recommends right: weak dependencies stay out
     s.run_transaction()
@@ -195,6 +266,7 @@ def test_options_mean_the_same(small_repo, flavor, tmp_path):
 
 
 # ------------------------------------------------- lorax's repository options, dnf 4 and dnf5 alike
+
 
 class _ProxyHandler(http.server.SimpleHTTPRequestHandler):
     """A forward proxy for one made-up host: serves its URLs from a local directory and
@@ -215,8 +287,18 @@ def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
     # -m: a local mirrorlist file naming the repository.
     mirrorlist = tmp_path / "mirrorlist"
     mirrorlist.write_text(f"# mirrors\nfile://{small_repo}\n")
-    s = DnfSession(tmp_path / "m/tree", DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{mirrorlist}",),
-                                                  nogpgcheck=True, cachedir=tmp_path / "cache", **flavor), tmp_path / "m")
+    s = DnfSession(
+        tmp_path / "m/tree",
+        DnfConfig(
+            releasever="1",
+            arch="x86_64",
+            mirrorlists=(f"file://{mirrorlist}",),
+            nogpgcheck=True,
+            cachedir=tmp_path / "cache",
+            **flavor,
+        ),
+        tmp_path / "m",
+    )
     s.install(["fine"])
     s.run_transaction()
     assert s.nevras() == ["fine-0:1-1.noarch"]
@@ -227,8 +309,9 @@ def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
     cfg = DnfConfig(releasever="1", arch="x86_64", repofiles=(repofile,), cachedir=tmp_path / "cache", **flavor)
     on = DnfSession(tmp_path / "e/tree", dataclasses.replace(cfg, enablerepos=("off-*",)), tmp_path / "e")
     assert "fine" in on.available()
-    off = DnfSession(tmp_path / "d/tree", dataclasses.replace(cfg, enablerepos=("off-*",),
-                                                              disablerepos=("off-by-default",)), tmp_path / "d")
+    off = DnfSession(
+        tmp_path / "d/tree", dataclasses.replace(cfg, enablerepos=("off-*",), disablerepos=("off-by-default",)), tmp_path / "d"
+    )
     with pytest.raises(ComposerError, match="no package matches 'fine'"):
         off.install(["fine"])
 
@@ -238,10 +321,19 @@ def test_mirrorlist_proxy_and_repo_switches(small_repo, flavor, tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        p = DnfSession(tmp_path / "p/tree", DnfConfig(releasever="1", arch="x86_64", sources=("http://repo.invalid/",),
-                                                      proxy=f"http://127.0.0.1:{server.server_address[1]}",
-                                                      nogpgcheck=True, cachedir=tmp_path / "pcache", **flavor),
-                       tmp_path / "p")
+        p = DnfSession(
+            tmp_path / "p/tree",
+            DnfConfig(
+                releasever="1",
+                arch="x86_64",
+                sources=("http://repo.invalid/",),
+                proxy=f"http://127.0.0.1:{server.server_address[1]}",
+                nogpgcheck=True,
+                cachedir=tmp_path / "pcache",
+                **flavor,
+            ),
+            tmp_path / "p",
+        )
         p.install(["fine"])
         p.run_transaction()
     finally:

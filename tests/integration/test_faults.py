@@ -71,10 +71,28 @@ def case(env, request) -> tuple[Path, Path]:
 
 
 def runtime_args(env: Env, out: Path, work: Path, *extra: str) -> list[str]:
-    return ["runtime", "--product", "TestProduct", "--version", "1",
-            "--source", f"file://{env.repo}", "--nogpgcheck", "--cachedir", str(env.cache),
-            "--workdir", str(work), "--compression", "lz4", "--rootfs-type", "squashfs",
-            "--dracut-conf", str(env.dracut_conf), *extra, str(out)]
+    return [
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{env.repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(env.cache),
+        "--workdir",
+        str(work),
+        "--compression",
+        "lz4",
+        "--rootfs-type",
+        "squashfs",
+        "--dracut-conf",
+        str(env.dracut_conf),
+        *extra,
+        str(out),
+    ]
 
 
 # ------------------------------------------------------------------ what must be left
@@ -173,8 +191,12 @@ def bad_repo(env) -> Path:
         "%files\n"
     )
     repo = env.base / "badrepo"
-    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}", str(spec)],
-                   check=True, capture_output=True, env={**os.environ, "HOME": str(top)})
+    subprocess.run(
+        ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", "--define", f"_rpmdir {repo}", str(spec)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HOME": str(top)},
+    )
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True, capture_output=True)
     return repo
 
@@ -190,8 +212,11 @@ def test_failing_scriptlet_fails_the_dnf_transaction(env, case, bad_repo):
 
 
 def start(env: Env, out: Path, work: Path, errlog: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "composer", *runtime_args(env, out, work, *extra)],
-                            stdout=subprocess.DEVNULL, stderr=errlog.open("w"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "composer", *runtime_args(env, out, work, *extra)],
+        stdout=subprocess.DEVNULL,
+        stderr=errlog.open("w"),
+    )
 
 
 def wait_for(proc: subprocess.Popen, errlog: Path, pattern: str, timeout: float = 600) -> None:
@@ -207,10 +232,13 @@ def wait_for(proc: subprocess.Popen, errlog: Path, pattern: str, timeout: float 
     pytest.fail(f"no {pattern!r} after {timeout}s:\n{errlog.read_text()[-3000:]}")
 
 
-@pytest.mark.parametrize(("sig", "pattern", "delay"), [
-    (signal.SIGTERM, r"dnf: installing", 3.0),  # dnf is writing the rpm database
-    (signal.SIGINT, r"dracut: kernel", 2.0),     # dracut runs under bwrap in the tree
-])
+@pytest.mark.parametrize(
+    ("sig", "pattern", "delay"),
+    [
+        (signal.SIGTERM, r"dnf: installing", 3.0),  # dnf is writing the rpm database
+        (signal.SIGINT, r"dracut: kernel", 2.0),  # dracut runs under bwrap in the tree
+    ],
+)
 def test_signal_cleans_up(env, case, sig, pattern, delay):
     out, work = case
     errlog = out.parent / "stderr.log"
@@ -337,31 +365,72 @@ def pipeline_args(env: Env, pipeline: str, d: Path) -> list[str]:
     if pipeline == "lorax":
         conf = d / "lorax.conf"
         conf.write_text(f"[lorax]\nsharedir = {LORAX_TEMPLATES}\n[compression]\ntype = lz4\n")
-        return ["lorax", "--product=TestProduct", "--version=1", "--release=1", f"--source=file://{env.repo}",
-                "--nomacboot", "--buildarch=x86_64", "--skip-branding", "--rootfs-type=squashfs",
-                "--dracut-arg=--no-compress", "--dracut-arg=--install", "--dracut-arg=/.buildstamp",
-                f"--logfile={d}/logs/lorax.log", f"--cachedir={cache}", f"--tmp={work}", f"--config={conf}", str(out)]
+        return [
+            "lorax",
+            "--product=TestProduct",
+            "--version=1",
+            "--release=1",
+            f"--source=file://{env.repo}",
+            "--nomacboot",
+            "--buildarch=x86_64",
+            "--skip-branding",
+            "--rootfs-type=squashfs",
+            "--dracut-arg=--no-compress",
+            "--dracut-arg=--install",
+            "--dracut-arg=/.buildstamp",
+            f"--logfile={d}/logs/lorax.log",
+            f"--cachedir={cache}",
+            f"--tmp={work}",
+            f"--config={conf}",
+            str(out),
+        ]
     extra = ["--url", "http://example.com/tree/"] if pipeline == "netboot" else []
-    return [pipeline, "--product", "TestProduct", "--version", "1", "--source", f"file://{env.repo}", "--nogpgcheck",
-            "--cachedir", str(cache), "--workdir", str(work), "--compression", "lz4", "--rootfs-type", "squashfs",
-            "--dracut-conf", str(env.dracut_conf), *extra, str(out)]
+    return [
+        pipeline,
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{env.repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(cache),
+        "--workdir",
+        str(work),
+        "--compression",
+        "lz4",
+        "--rootfs-type",
+        "squashfs",
+        "--dracut-conf",
+        str(env.dracut_conf),
+        *extra,
+        str(out),
+    ]
 
 
-MATRIX = [(p, sig, stage) for p in ("runtime", "boot-iso", "netboot", "lorax")
-          for sig in (signal.SIGTERM, signal.SIGHUP) for stage in ("early", "late")]
+MATRIX = [
+    (p, sig, stage)
+    for p in ("runtime", "boot-iso", "netboot", "lorax")
+    for sig in (signal.SIGTERM, signal.SIGHUP)
+    for stage in ("early", "late")
+]
 MATRIX.append(("lorax", signal.SIGINT, "late"))  # Ctrl-C: no traceback (lorax's own handling printed one)
 
 
-@pytest.mark.parametrize(("pipeline", "sig", "stage"), MATRIX,
-                         ids=[f"{p}-{sig.name}-{stage}" for p, sig, stage in MATRIX])
+@pytest.mark.parametrize(("pipeline", "sig", "stage"), MATRIX, ids=[f"{p}-{sig.name}-{stage}" for p, sig, stage in MATRIX])
 def test_signal_matrix(env, case, pipeline, sig, stage):
     d = case[0].parent
     out, work = case
     errlog = d / "stderr.log"
     before, tmp_before = mountinfo(), set(Path(tempfile.gettempdir()).glob("composer-lorax.*"))
-    proc = subprocess.Popen([sys.executable, "-m", "composer", *pipeline_args(env, pipeline, d)],
-                            stdout=subprocess.DEVNULL, stderr=errlog.open("w"), start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "composer", *pipeline_args(env, pipeline, d)],
+        stdout=subprocess.DEVNULL,
+        stderr=errlog.open("w"),
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     pattern, delay = STAGES[stage]
     wait_for(proc, errlog, pattern)
     time.sleep(delay)

@@ -16,8 +16,9 @@ def venv(tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
     # Not editable: the package must carry its templates and dracut configuration itself.
-    proc = subprocess.run([str(env / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(env / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return env
 
@@ -34,15 +35,25 @@ def test_installed_package_finds_its_data(venv, tmp_path):
     check = run(venv, tmp_path, "composer", "template-check")
     assert check.returncode == 0, check.stderr
     assert "ok:" in check.stdout and "testproduct/runtime-install.tmpl" in check.stdout
-    where = run(venv, tmp_path, "python", "-c",
-                "import composer.run as r; print(r.DATADIR); "
-                "print(sorted(p.name for p in (r.DATADIR / 'share' / 'dracut').glob('*.conf')))")
+    where = run(
+        venv,
+        tmp_path,
+        "python",
+        "-c",
+        "import composer.run as r; print(r.DATADIR); "
+        "print(sorted(p.name for p in (r.DATADIR / 'share' / 'dracut').glob('*.conf')))",
+    )
     assert where.returncode == 0, where.stderr
     datadir, confs = where.stdout.splitlines()
     assert datadir.startswith(str(venv)) and not datadir.startswith(str(ROOT)), datadir
     assert "90-composer.conf" in confs
     # The product is found by name from anywhere (what `composer runtime -p TestProduct` does first).
-    prod = run(venv, tmp_path, "python", "-c",
-               "from pathlib import Path; from composer.config import Config; from composer.product import template_dir; "
-               "print(template_dir(Config('TestProduct', '1', Path('o'))))")
+    prod = run(
+        venv,
+        tmp_path,
+        "python",
+        "-c",
+        "from pathlib import Path; from composer.config import Config; from composer.product import template_dir; "
+        "print(template_dir(Config('TestProduct', '1', Path('o'))))",
+    )
     assert prod.returncode == 0 and prod.stdout.strip().startswith(str(venv)), prod.stderr

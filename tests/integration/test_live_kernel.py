@@ -155,8 +155,7 @@ say "done, $failed failed"
 
 
 def sh(*argv: object, **kw) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([os.fspath(a) if isinstance(a, Path) else str(a) for a in argv], check=True,
-                          capture_output=True, **kw)
+    return subprocess.run([os.fspath(a) if isinstance(a, Path) else str(a) for a in argv], check=True, capture_output=True, **kw)
 
 
 def sha256(path: Path) -> str:
@@ -306,8 +305,7 @@ def guest_run(runtime_outputs, tmp_path_factory):
     origin_sha = sha256(rootfs)
 
     proc = composer("delta", "create", str(rootfs), "-o", str(top / "osmin.img.gz"))
-    m = re.search(r"(\d+) chunks, store (\d+) bytes, gzip (\d+) bytes; minimized filesystem (\d+) of (\d+) bytes",
-                  proc.stdout)
+    m = re.search(r"(\d+) chunks, store (\d+) bytes, gzip (\d+) bytes; minimized filesystem (\d+) of (\d+) bytes", proc.stdout)
     assert m, proc.stdout
     chunks, raw, gz, minimized, origin = map(int, m.groups())
     assert origin == ORIGIN_SIZE and 0 < minimized < origin and chunks > 0
@@ -329,9 +327,17 @@ def guest_run(runtime_outputs, tmp_path_factory):
     initrd = runtime_outputs / "images/pxeboot/initrd.img"
     log = top / "serial.log"
     t0 = time.monotonic()
-    result = boot_kernel(kernel, initrd, memory_mb=768, append="composer.script=1", timeout=900, log=log,
-                         marker=SCRIPT_MARKER, check_args=CHECK_ARGS,
-                         extra_qemu_args=["-drive", f"file={disk},format=raw,if=virtio"])
+    result = boot_kernel(
+        kernel,
+        initrd,
+        memory_mb=768,
+        append="composer.script=1",
+        timeout=900,
+        log=log,
+        marker=SCRIPT_MARKER,
+        check_args=CHECK_ARGS,
+        extra_qemu_args=["-drive", f"file={disk},format=raw,if=virtio"],
+    )
     boot_seconds = time.monotonic() - t0
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"guest script did not finish: {result.reason}\n--- serial tail ---\n{serial[-5000:]}"
@@ -341,12 +347,24 @@ def guest_run(runtime_outputs, tmp_path_factory):
     sh("debugfs", "-R", f"dump /osmin.img {top / 'osmin-after.img'}", disk)
     sh("debugfs", "-R", f"dump /overlay.cow {top / 'overlay.cow'}", disk)
     info = {
-        "top": top, "tree": tree, "rootfs": rootfs, "results": results, "serial": serial,
-        "marker": result.marker_line, "boot_seconds": boot_seconds, "minimized": minimized,
-        "delta_chunks": chunks, "delta_raw": raw, "delta_gz": gz, "origin_sha": origin_sha, "osmin_sha": osmin_sha,
+        "top": top,
+        "tree": tree,
+        "rootfs": rootfs,
+        "results": results,
+        "serial": serial,
+        "marker": result.marker_line,
+        "boot_seconds": boot_seconds,
+        "minimized": minimized,
+        "delta_chunks": chunks,
+        "delta_raw": raw,
+        "delta_gz": gz,
+        "origin_sha": origin_sha,
+        "osmin_sha": osmin_sha,
     }
-    print(f"\nlive-kernel: delta {chunks} chunks, store {raw} bytes raw, {gz} bytes gzip; minimized {minimized} "
-          f"of {origin} bytes; guest boot + script {boot_seconds:.0f}s")
+    print(
+        f"\nlive-kernel: delta {chunks} chunks, store {raw} bytes raw, {gz} bytes gzip; minimized {minimized} "
+        f"of {origin} bytes; guest boot + script {boot_seconds:.0f}s"
+    )
     yield info
     leftovers = our_leftovers(top)
     assert leftovers == ("", "", ""), f"left behind: {leftovers}"
@@ -419,8 +437,10 @@ def test_overlay_written_by_the_kernel_merges_to_the_changed_tree(guest_run):
     t0 = time.monotonic()
     composer("overlay", "merge", str(media), "--compression", "lz4")
     merge_seconds = time.monotonic() - t0
-    print(f"\nlive-kernel: merged {status['exceptions']} chunks ({status['allocated_bytes']} bytes allocated) "
-          f"into squashfs.img in {merge_seconds:.1f}s")
+    print(
+        f"\nlive-kernel: merged {status['exceptions']} chunks ({status['allocated_bytes']} bytes allocated) "
+        f"into squashfs.img in {merge_seconds:.1f}s"
+    )
 
     new_sq = media / "LiveOS/squashfs.img"
     assert sha256(new_sq) != old_sq

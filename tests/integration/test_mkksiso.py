@@ -44,22 +44,29 @@ def _ensure_user() -> tuple[str, bool]:
         return USER, False
     except KeyError:
         pass
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", USER],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", USER],
+        check=True,
+        capture_output=True,
+    )
     return USER, True
 
 
 def _as_user(user: str, argv: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
     assigns = [f"{k}={v}" for k, v in env.items()]
-    return subprocess.run(["runuser", "-u", user, "--", "env", *assigns, *argv], capture_output=True, text=True,
-                          cwd="/", check=False, **kw)
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", *assigns, *argv], capture_output=True, text=True, cwd="/", check=False, **kw
+    )
 
 
 def _user_python(user: str, shared: Path) -> tuple[str, dict[str, str]]:
     site = shared / "site"
     site.mkdir()
-    return python_for_user(lambda python, env: _as_user(user, [python, "-c", "import composer.cli, composer.mkksiso, "
-                                                               "pykickstart.parser"], env), site, {"HOME": str(shared)})
+    return python_for_user(
+        lambda python, env: _as_user(user, [python, "-c", "import composer.cli, composer.mkksiso, pykickstart.parser"], env),
+        site,
+        {"HOME": str(shared)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +93,23 @@ def remastered(bootiso_build):
         out.mkdir()
         shutil.chown(out, user, user)
         python, env = _user_python(user, shared)
-        args = ["mkksiso", "--ks", str(shared / "ks.cfg"), "-a", str(shared / "extra"),
-                "-c", "composer.list=/extra no_timer_check", "-r", "rd.live.image", "--volid", VOLID,
-                "--source-date-epoch", str(EPOCH), str(src), str(out / "remastered.iso")]
+        args = [
+            "mkksiso",
+            "--ks",
+            str(shared / "ks.cfg"),
+            "-a",
+            str(shared / "extra"),
+            "-c",
+            "composer.list=/extra no_timer_check",
+            "-r",
+            "rd.live.image",
+            "--volid",
+            VOLID,
+            "--source-date-epoch",
+            str(EPOCH),
+            str(src),
+            str(out / "remastered.iso"),
+        ]
         t0 = time.monotonic()
         proc = _as_user(user, [python, "-m", "composer", *args], env, timeout=600)
         seconds = time.monotonic() - t0
@@ -96,8 +117,9 @@ def remastered(bootiso_build):
         iso = out / "remastered.iso"
         assert iso.stat().st_uid == pwd.getpwnam(user).pw_uid
         assert sorted(p.name for p in out.iterdir()) == ["remastered.iso"]
-        print(f"\nmkksiso as {user}: {seconds:.1f}s; {src.stat().st_size / 2**20:.1f} MiB"
-              f" -> {iso.stat().st_size / 2**20:.1f} MiB")
+        print(
+            f"\nmkksiso as {user}: {seconds:.1f}s; {src.stat().st_size / 2**20:.1f} MiB -> {iso.stat().st_size / 2**20:.1f} MiB"
+        )
         # The same remaster by root gives the same bytes: nothing depends on who ran it.
         by_root = shared / "by-root.iso"
         composer(*args[:-1], str(by_root))
@@ -121,8 +143,11 @@ def test_remastered_iso_keeps_the_boot_layout(remastered, tmp_path):
     assert label.stdout.strip() == VOLID
     # the removed argument was really there: on every entry of the input's menus
     for n, menu in enumerate(("/EFI/BOOT/grub.cfg", "/boot/grub2/grub.cfg")):
-        subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(src), "-extract", menu, str(tmp_path / str(n))],
-                       capture_output=True, check=True)
+        subprocess.run(
+            ["xorriso", "-osirrox", "on", "-indev", str(src), "-extract", menu, str(tmp_path / str(n))],
+            capture_output=True,
+            check=True,
+        )
         text = (tmp_path / str(n)).read_text()
         entries = [ln for ln in text.splitlines() if ln.strip().startswith("linux ")]
         assert entries and all(" rd.live.image " in ln for ln in entries), text

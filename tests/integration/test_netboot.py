@@ -38,10 +38,28 @@ def compose(repo: Path, base: Path, *extra: str) -> tuple[Path, int]:
     work = base / "work"
     work.mkdir()
     port = free_port()  # baked into the configs' URL; served during the boots
-    proc = composer("--logfile", str(base / "build.log"), "netboot", "--product", "TestProduct", "--version", "1",
-                    "--source", f"file://{repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
-                    "--compression", "lz4", "--url", f"http://10.0.2.2:{port}/", "--workdir", str(work),
-                    *extra, str(out))
+    proc = composer(
+        "--logfile",
+        str(base / "build.log"),
+        "netboot",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(BUILD / "cache"),
+        "--compression",
+        "lz4",
+        "--url",
+        f"http://10.0.2.2:{port}/",
+        "--workdir",
+        str(work),
+        *extra,
+        str(out),
+    )
     (base / "stderr.log").write_text(proc.stderr)
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
     return out, port
@@ -61,8 +79,7 @@ def boot(tree: Path, port: int, bootfile: str, firmware: str, log: Path):
     from composer.verify import boot_netboot, serve_http
 
     with serve_http(tree, port):
-        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=MEMORY, timeout=TIMEOUT, log=log,
-                                  marker=BOOT_MARKER)
+        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=MEMORY, timeout=TIMEOUT, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{bootfile} ({firmware}): {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     print(f"netboot {bootfile} ({firmware}) to the marker at {MEMORY} MB: {result.seconds:.0f}s")
@@ -73,8 +90,18 @@ def test_single_tree(single):
     from composer.images.cpio import read_newc
 
     out, port = single
-    for rel in ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "pxelinux.cfg/default", "pxelinux.0",
-                "ldlinux.c32", "grub2/grub.cfg", "boot.ipxe", "grubx64.efi", "grubpxe.0", "netboot.json"):
+    for rel in (
+        "images/pxeboot/vmlinuz",
+        "images/pxeboot/initrd.img",
+        "pxelinux.cfg/default",
+        "pxelinux.0",
+        "ldlinux.c32",
+        "grub2/grub.cfg",
+        "boot.ipxe",
+        "grubx64.efi",
+        "grubpxe.0",
+        "netboot.json",
+    ):
         assert (out / rel).is_file(), rel
     assert not (out / "images/install.img").exists()  # single image: the squashfs is in the initrd
     ipxe = (out / "boot.ipxe").read_text()
@@ -89,8 +116,15 @@ def test_single_tree(single):
 
 def test_split_tree(split):
     out, port = split
-    for rel in ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "images/install.img",
-                "pxelinux.cfg/default", "grub2/grub.cfg", "boot.ipxe", "netboot.json"):
+    for rel in (
+        "images/pxeboot/vmlinuz",
+        "images/pxeboot/initrd.img",
+        "images/install.img",
+        "pxelinux.cfg/default",
+        "grub2/grub.cfg",
+        "boot.ipxe",
+        "netboot.json",
+    ):
         assert (out / rel).is_file(), rel
     initrd, stage2 = (out / "images/pxeboot/initrd.img").stat().st_size, (out / "images/install.img").stat().st_size
     assert initrd < stage2  # the small initrd: the dracut initramfs alone
@@ -114,8 +148,9 @@ def initramfs_listing(initrd: Path) -> list[str]:
             elif seg.kind == "xz":
                 f.seek(seg.offset)
                 data = lzma.decompress(f.read(seg.end - seg.offset))
-                names += subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True,
-                                        check=True).stdout.decode().split()
+                names += (
+                    subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True, check=True).stdout.decode().split()
+                )
     return names
 
 
@@ -168,7 +203,8 @@ def test_ipxe_http(single, tmp_path):
 
 
 def test_bad_url_refused(tmp_path):
-    proc = composer("netboot", "--product", "TestProduct", "--version", "1", "--url", "server/path",
-                    str(tmp_path / "out"), check=False)
+    proc = composer(
+        "netboot", "--product", "TestProduct", "--version", "1", "--url", "server/path", str(tmp_path / "out"), check=False
+    )
     assert proc.returncode == 1 and "--url 'server/path'" in proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -53,20 +53,34 @@ def with_extra(base: Path) -> Path:
         return base
     extra.mkdir()
     out = base / "out"
-    subprocess.run(["unsquashfs", "-no-progress", "-d", str(extra / "squashfs-root"),
-                    str(out / "images/install.img"), "LiveOS/rootfs.img", "LiveOS/osmin.img.gz"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "unsquashfs",
+            "-no-progress",
+            "-d",
+            str(extra / "squashfs-root"),
+            str(out / "images/install.img"),
+            "LiveOS/rootfs.img",
+            "LiveOS/osmin.img.gz",
+        ],
+        check=True,
+        capture_output=True,
+    )
     from composer.config import RootfsType
     from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 
-    make_big_initrd(out / "images/pxeboot/initrd.img", out / "images/install.img",
-                    runtime_cmdline(RootfsType.EXT4), extra / "big-initrd.img", mtime=MEDIA_EPOCH)
+    make_big_initrd(
+        out / "images/pxeboot/initrd.img",
+        out / "images/install.img",
+        runtime_cmdline(RootfsType.EXT4),
+        extra / "big-initrd.img",
+        mtime=MEDIA_EPOCH,
+    )
     return base
 
 
 def files_below(base: Path) -> dict[str, Path]:
-    return {p.relative_to(base).as_posix(): p for d in ("out", "extra") for p in sorted((base / d).rglob("*"))
-            if p.is_file()}
+    return {p.relative_to(base).as_posix(): p for d in ("out", "extra") for p in sorted((base / d).rglob("*")) if p.is_file()}
 
 
 def test_first_difference(tmp_path: Path) -> None:
@@ -85,13 +99,31 @@ def test_default_path_is_reproducible(testproduct_repo: Path, tmp_path: Path) ->
     for name in ("a", "b"):
         base = tmp_path / name
         (base / "work").mkdir(parents=True)
-        composer("--logfile", str(base / "build.log"), "boot-iso", "--product", "TestProduct", "--version", "1",
-                 "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(base / "cache"),
-                 "--source-date-epoch", str(MEDIA_EPOCH), "--workdir", str(base / "work"), str(base / "out"))
+        composer(
+            "--logfile",
+            str(base / "build.log"),
+            "boot-iso",
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            "--source",
+            f"file://{testproduct_repo}",
+            "--nogpgcheck",
+            "--cachedir",
+            str(base / "cache"),
+            "--source-date-epoch",
+            str(MEDIA_EPOCH),
+            "--workdir",
+            str(base / "work"),
+            str(base / "out"),
+        )
         outs.append(base / "out")
     a, b = outs
     assert json.loads((a / "manifest.json").read_text())["rootfs_type"] == "btrfs"  # the default path
-    differ = [f"{rel}: first difference at offset {offset}"
-              for rel in ("images/install.img", "images/pxeboot/initrd.img", "images/boot.iso")
-              if (offset := first_difference(a / rel, b / rel)) is not None]
+    differ = [
+        f"{rel}: first difference at offset {offset}"
+        for rel in ("images/install.img", "images/pxeboot/initrd.img", "images/boot.iso")
+        if (offset := first_difference(a / rel, b / rel)) is not None
+    ]
     assert not differ, differ

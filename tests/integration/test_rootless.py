@@ -61,8 +61,7 @@ def ordinary_user() -> Iterator[pwd.struct_passwd]:
     name = f"{USER_PREFIX}{os.getpid()}"
     _remove_stale_users()
     _remove_user(name)
-    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name],
-                   check=True, capture_output=True)
+    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name], check=True, capture_output=True)
     try:
         user = pwd.getpwnam(name)
         texts = [Path(p).read_text() if Path(p).exists() else "" for p in ("/etc/subuid", "/etc/subgid")]
@@ -78,25 +77,36 @@ def ordinary_user() -> Iterator[pwd.struct_passwd]:
 
 def as_user(user: pwd.struct_passwd, argv: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
     """argv as `user`: its own uid and gid, no supplementary group, a clean environment."""
-    return subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
-                          capture_output=True, text=True, cwd="/", check=False,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
-                          **kw)
+    return subprocess.run(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
+        **kw,
+    )
 
 
 def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     # setpriv, composer and unshare exec in turn: the signal reaches composer itself.
-    return subprocess.Popen(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env})
+    return subprocess.Popen(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
+    )
 
 
 def user_python(user: pwd.struct_passwd, site: Path) -> tuple[str, dict[str, str]]:
     # Probed in a user namespace, as composer will run: there the host's permissions are all
     # that count (this sandbox lets an ordinary user exec pyenv's python under /root outside
     # one, but not inside).
-    return python_for_user(lambda python, env: as_user(user, ["unshare", "--user", "--map-root-user", python, "-c",
-                                                              IMPORTS], env), site, {})
+    return python_for_user(
+        lambda python, env: as_user(user, ["unshare", "--user", "--map-root-user", python, "-c", IMPORTS], env), site, {}
+    )
 
 
 def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Path) -> float:
@@ -106,10 +116,36 @@ def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Pat
     work.mkdir()
     shutil.chown(work, user.pw_uid, user.pw_gid)
     t0 = time.monotonic()
-    proc = as_user(user, [python, "-m", "composer", "--logfile", str(base / f"{command}.log"), command,
-                          "--product", "TestProduct", "--version", "1", "--source", f"file://{repo}", "--nogpgcheck",
-                          "--rootfs-type", "ext4", "--osmin", "--compression", "lz4",
-                          "--source-date-epoch", str(MEDIA_EPOCH), "--workdir", str(work), str(out)], env, timeout=1800)
+    proc = as_user(
+        user,
+        [
+            python,
+            "-m",
+            "composer",
+            "--logfile",
+            str(base / f"{command}.log"),
+            command,
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            "--source",
+            f"file://{repo}",
+            "--nogpgcheck",
+            "--rootfs-type",
+            "ext4",
+            "--osmin",
+            "--compression",
+            "lz4",
+            "--source-date-epoch",
+            str(MEDIA_EPOCH),
+            "--workdir",
+            str(work),
+            str(out),
+        ],
+        env,
+        timeout=1800,
+    )
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, f"composer {command} as {user.pw_name} failed:\n{proc.stderr[-4000:]}"
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
@@ -157,8 +193,10 @@ def _differences(a: dict[str, Path], b: dict[str, Path], pairs: list[tuple[str, 
     out = []
     for ra, rb in pairs:
         if first_difference(a[ra], b[rb]) is not None:
-            out.append(f"{ra}: first difference at offset {first_difference(a[ra], b[rb])} "
-                       f"(sizes {a[ra].stat().st_size} and {b[rb].stat().st_size})")
+            out.append(
+                f"{ra}: first difference at offset {first_difference(a[ra], b[rb])} "
+                f"(sizes {a[ra].stat().st_size} and {b[rb].stat().st_size})"
+            )
     return out
 
 
@@ -167,9 +205,15 @@ def test_boot_iso_is_byte_identical_to_roots(rootless, bootiso_build):
     ours, roots = files_below(with_extra(base / "media")), files_below(with_extra(bootiso_build))
     assert sorted(ours) == sorted(roots), "the user's and root's builds made different files"
     # Also the reproducibility check (test_reproducible.py): two fresh installs, other paths and times.
-    for must in ("out/images/boot.iso", "out/images/install.img", "out/images/efiboot.img",
-                 "out/images/pxeboot/initrd.img", "extra/squashfs-root/LiveOS/rootfs.img",
-                 "extra/squashfs-root/LiveOS/osmin.img.gz", "extra/big-initrd.img"):
+    for must in (
+        "out/images/boot.iso",
+        "out/images/install.img",
+        "out/images/efiboot.img",
+        "out/images/pxeboot/initrd.img",
+        "extra/squashfs-root/LiveOS/rootfs.img",
+        "extra/squashfs-root/LiveOS/osmin.img.gz",
+        "extra/big-initrd.img",
+    ):
         assert must in ours, must
     differ = _differences(ours, roots, [(rel, rel) for rel in sorted(ours)])
     assert not differ, "not identical to root's build:\n" + "\n".join(differ)
@@ -197,8 +241,9 @@ def roots_big_initrd(bootiso_build: Path, dest: Path) -> Path:
     initramfs = dest.with_name("initramfs.img")
     with media_initrd.open("rb") as f:
         initramfs.write_bytes(f.read(last.offset))  # the initramfs and its padding to 4 bytes
-    make_big_initrd(initramfs, bootiso_build / "out/images/install.img", runtime_cmdline(RootfsType.EXT4), dest,
-                    mtime=MEDIA_EPOCH)
+    make_big_initrd(
+        initramfs, bootiso_build / "out/images/install.img", runtime_cmdline(RootfsType.EXT4), dest, mtime=MEDIA_EPOCH
+    )
     return dest
 
 
@@ -209,8 +254,11 @@ def test_runtime_is_byte_identical_to_roots(rootless, bootiso_build, tmp_path):
     roots = files_below(with_extra(bootiso_build)) | {"big": roots_big_initrd(bootiso_build, tmp_path / "big.img")}
     out = base / "runtime"
     ours = {rel: out / rel for rel in ("images/install.img", "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")}
-    pairs = [("images/install.img", "out/images/install.img"), ("images/pxeboot/vmlinuz", "out/images/pxeboot/vmlinuz"),
-             ("images/pxeboot/initrd.img", "big")]
+    pairs = [
+        ("images/install.img", "out/images/install.img"),
+        ("images/pxeboot/vmlinuz", "out/images/pxeboot/vmlinuz"),
+        ("images/pxeboot/initrd.img", "big"),
+    ]
     differ = _differences(ours, roots, pairs)
     assert not differ, "not identical to root's build:\n" + "\n".join(differ)
     for path in out.rglob("*"):
@@ -239,9 +287,27 @@ def test_users_big_initrd_boots(rootless):
     user, python, env, base, _ = rootless
     out = base / "runtime"
     log = base / "serial.log"
-    proc = as_user(user, [python, "-m", "composer", "verify", "--kernel", str(out / "images/pxeboot/vmlinuz"),
-                          "--initrd", str(out / "images/pxeboot/initrd.img"), "--memory", "512", "--timeout", "900",
-                          "--log", str(log)], env, timeout=1000)
+    proc = as_user(
+        user,
+        [
+            python,
+            "-m",
+            "composer",
+            "verify",
+            "--kernel",
+            str(out / "images/pxeboot/vmlinuz"),
+            "--initrd",
+            str(out / "images/pxeboot/initrd.img"),
+            "--memory",
+            "512",
+            "--timeout",
+            "900",
+            "--log",
+            str(log),
+        ],
+        env,
+        timeout=1000,
+    )
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert proc.returncode == 0, f"no boot marker: {proc.stderr[-2000:]}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
@@ -267,9 +333,27 @@ def test_interrupted_build_leaves_nothing(rootless):
     work, out = base / "work-interrupted", base / "interrupted"
     work.mkdir()
     shutil.chown(work, user.pw_uid, user.pw_gid)
-    proc = user_popen(user, [python, "-m", "composer", "runtime", "--product", "TestProduct", "--version", "1",
-                             "--source", f"file://{repo}", "--nogpgcheck", "--no-cache", "--workdir", str(work),
-                             str(out)], env)
+    proc = user_popen(
+        user,
+        [
+            python,
+            "-m",
+            "composer",
+            "runtime",
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            "--source",
+            f"file://{repo}",
+            "--nogpgcheck",
+            "--no-cache",
+            "--workdir",
+            str(work),
+            str(out),
+        ],
+        env,
+    )
     try:
         deadline = time.monotonic() + 300
         # a file of another group in the tree: rpm is unpacking with the subordinate ids

@@ -66,9 +66,20 @@ def test_squashfs_holds_a_btrfs_rootfs(runtime, tmp_path):
     # read back from the image itself, with owners and modes (btrfs restore -m, no mount).
     out = tmp_path / "restored"
     out.mkdir()
-    subprocess.run(["btrfs", "restore", "-m", "--path-regex", r"^/(|tmp|var|var/tmp|root|dev|dev/.*|usr|usr/lib|"
-                    r"usr/lib/sysimage|usr/lib/sysimage/rpm|usr/lib/sysimage/rpm/.*)$", str(rootfs), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "btrfs",
+            "restore",
+            "-m",
+            "--path-regex",
+            r"^/(|tmp|var|var/tmp|root|dev|dev/.*|usr|usr/lib|"
+            r"usr/lib/sysimage|usr/lib/sysimage/rpm|usr/lib/sysimage/rpm/.*)$",
+            str(rootfs),
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     modes = {d: (out / d).stat().st_mode & 0o7777 for d in ("tmp", "var/tmp", "root", "dev")}
     assert modes == {"tmp": 0o1777, "var/tmp": 0o1777, "root": 0o700, "dev": 0o755}, modes
     assert all((out / d).stat().st_uid == 0 for d in modes)
@@ -86,7 +97,7 @@ def test_build_left_no_mounts_or_loop_devices(runtime):
 
 def test_manifest_has_the_ram_budget(runtime):
     manifest = json.loads((runtime / "manifest.json").read_text())
-    (kver, budget), = manifest["ram"].items()
+    ((kver, budget),) = manifest["ram"].items()
     assert kver == manifest["kernels"][0] and budget["kind"] == "big-initrd"
     parts = budget["kernel_mb"] + budget["initrd_mb"] + budget["unpacked_mb"] + budget["allowance_mb"]
     assert budget["floor_mb"] >= parts
@@ -98,9 +109,20 @@ def test_boots_to_marker(runtime, tmp_path):
     # At the RAM target (issue 15): the big initrd boots in 224 MB. The floor itself is
     # bisected by `make bench`, not here (each boot costs minutes).
     memory = 224
-    proc = composer("verify", "--kernel", str(runtime / "images/pxeboot/vmlinuz"),
-                    "--initrd", str(runtime / "images/pxeboot/initrd.img"),
-                    "--memory", str(memory), "--timeout", "900", "--log", str(tmp_path / "serial.log"), check=False)
+    proc = composer(
+        "verify",
+        "--kernel",
+        str(runtime / "images/pxeboot/vmlinuz"),
+        "--initrd",
+        str(runtime / "images/pxeboot/initrd.img"),
+        "--memory",
+        str(memory),
+        "--timeout",
+        "900",
+        "--log",
+        str(tmp_path / "serial.log"),
+        check=False,
+    )
     serial = (tmp_path / "serial.log").read_text(errors="replace") if (tmp_path / "serial.log").exists() else ""
     assert proc.returncode == 0, f"no boot marker at {memory} MB: {proc.stderr}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
@@ -115,9 +137,24 @@ def test_failed_build_leaves_nothing(testproduct_repo, tmp_path):
     out = tmp_path / "out"
     work = tmp_path / "work"
     work.mkdir()
-    proc = composer("runtime", "--product", "TestProduct", "--version", "1",
-                    "--source", f"file://{testproduct_repo}", "--nogpgcheck", "--cachedir", str(BUILD / "cache"),
-                    "--workdir", str(work), "--add-template", str(bad), str(out), check=False)
+    proc = composer(
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{testproduct_repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(BUILD / "cache"),
+        "--workdir",
+        str(work),
+        "--add-template",
+        str(bad),
+        str(out),
+        check=False,
+    )
     assert proc.returncode == 1
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("composer: error:")]
     assert len(err) == 1 and "fail.tmpl:2" in err[0], proc.stderr[-2000:]

@@ -49,8 +49,9 @@ def _token(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-NEEDLES = sorted({*(p for _, p in CREDENTIALS), "Src-S3cret%21x", *(u for u, _ in CREDENTIALS),
-                  *(_token(u, p) for u, p in CREDENTIALS)})
+NEEDLES = sorted(
+    {*(p for _, p in CREDENTIALS), "Src-S3cret%21x", *(u for u, _ in CREDENTIALS), *(_token(u, p) for u, p in CREDENTIALS)}
+)
 
 
 class _Origin(http.server.SimpleHTTPRequestHandler):
@@ -95,8 +96,9 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         type(self).proxied += 1
-        req = urllib.request.Request(self.path, headers={k: v for k, v in self.headers.items()
-                                                         if k.lower() in ("authorization", "range")})
+        req = urllib.request.Request(
+            self.path, headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "range")}
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             resp = opener.open(req, timeout=60)
@@ -163,8 +165,9 @@ class _ArgvSampler:
 def _grep(paths: list[Path]) -> list[str]:
     """Files below paths holding any needle, as bytes (binary files and images too)."""
     args = [a for n in NEEDLES for a in ("-e", n)]
-    proc = subprocess.run(["grep", "-rlaF", "--devices=skip", *args, "--", *map(str, paths)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["grep", "-rlaF", "--devices=skip", *args, "--", *map(str, paths)], capture_output=True, text=True, check=False
+    )
     assert proc.returncode in (0, 1), proc.stderr
     return proc.stdout.splitlines()
 
@@ -185,11 +188,19 @@ def servers(testproduct_repo) -> Iterator[tuple[int, int]]:
 
 def _repo_options(tmp_path: Path, port: int, proxy_port: int) -> list[str]:
     repofile = tmp_path / "private.repo"
-    repofile.write_text(f"[private]\nname=Private\nbaseurl=http://127.0.0.1:{port}/\nusername={REPOFILE[0]}\n"
-                        f"password={REPOFILE[1]}\ngpgcheck=0\n")
-    return ["--source", f"http://{SOURCE[0]}:Src-S3cret%21x@127.0.0.1:{port}/",
-            "--mirrorlist", f"http://{MIRROR[0]}:{MIRROR[1]}@127.0.0.1:{port}/mirrorlist",
-            "--repo", str(repofile), "--proxy", f"http://{PROXY[0]}:{PROXY[1]}@127.0.0.1:{proxy_port}"]
+    repofile.write_text(
+        f"[private]\nname=Private\nbaseurl=http://127.0.0.1:{port}/\nusername={REPOFILE[0]}\npassword={REPOFILE[1]}\ngpgcheck=0\n"
+    )
+    return [
+        "--source",
+        f"http://{SOURCE[0]}:Src-S3cret%21x@127.0.0.1:{port}/",
+        "--mirrorlist",
+        f"http://{MIRROR[0]}:{MIRROR[1]}@127.0.0.1:{port}/mirrorlist",
+        "--repo",
+        str(repofile),
+        "--proxy",
+        f"http://{PROXY[0]}:{PROXY[1]}@127.0.0.1:{proxy_port}",
+    ]
 
 
 def _composer(*args: str, sampler: _ArgvSampler | None = None) -> subprocess.CompletedProcess[str]:
@@ -207,14 +218,17 @@ def _composer(*args: str, sampler: _ArgvSampler | None = None) -> subprocess.Com
 def _unpacked_image(out: Path, dest: Path) -> list[Path]:
     """install.img's rootfs.img, and the tree in it read back with btrfs restore (no mount)."""
     dest.mkdir()
-    proc = subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest / "squash"), str(out / "images" / "install.img")],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["unsquashfs", "-q", "-n", "-d", str(dest / "squash"), str(out / "images" / "install.img")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     img = dest / "squash" / "LiveOS" / "rootfs.img"
     tree = dest / "tree"
     tree.mkdir()
-    proc = subprocess.run(["btrfs", "restore", "-S", "-x", str(img), str(tree)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(["btrfs", "restore", "-S", "-x", str(img), str(tree)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tree / "usr").is_dir() and (tree / "etc").is_dir()
     return [img, tree]
@@ -226,10 +240,27 @@ def test_a_compose_keeps_every_credential_secret(servers, tmp_path):
     work, cache, out, log = tmp_path / "work", tmp_path / "cache", tmp_path / "out", tmp_path / "build.log"
     start = time.monotonic()
     with _ArgvSampler() as argv:
-        proc = _composer("--logfile", str(log), "runtime", "--product", "TestProduct", "--version", "1",
-                         *_repo_options(tmp_path, port, proxy_port), "--nogpgcheck", "--keep-workdir",
-                         "--workdir", str(work), "--cachedir", str(cache), "--no-cache", "--compression", "lz4",
-                         str(out), sampler=argv)
+        proc = _composer(
+            "--logfile",
+            str(log),
+            "runtime",
+            "--product",
+            "TestProduct",
+            "--version",
+            "1",
+            *_repo_options(tmp_path, port, proxy_port),
+            "--nogpgcheck",
+            "--keep-workdir",
+            "--workdir",
+            str(work),
+            "--cachedir",
+            str(cache),
+            "--no-cache",
+            "--compression",
+            "lz4",
+            str(out),
+            sampler=argv,
+        )
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"compose {took:.0f} s")
@@ -255,11 +286,27 @@ def test_lorax_logs_keep_every_credential_secret(servers, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (tmp_path / "tmp").mkdir()
-    proc = _composer("lorax", "-p", "TestProduct", "-v", "1", "-r", "1", *_repo_options(tmp_path, port, proxy_port),
-                     "--source", f"http://{WRONG[0]}:{WRONG[1]}@127.0.0.1:{port}/wrong/",
-                     "--sharedir", str(ROOT / "tools" / "testproduct" / "lorax-templates"),
-                     "--logfile", str(logs / "lorax.log"), "--tmp", str(tmp_path / "tmp"),
-                     "--cachedir", str(tmp_path / "cache"), str(tmp_path / "out"))
+    proc = _composer(
+        "lorax",
+        "-p",
+        "TestProduct",
+        "-v",
+        "1",
+        "-r",
+        "1",
+        *_repo_options(tmp_path, port, proxy_port),
+        "--source",
+        f"http://{WRONG[0]}:{WRONG[1]}@127.0.0.1:{port}/wrong/",
+        "--sharedir",
+        str(ROOT / "tools" / "testproduct" / "lorax-templates"),
+        "--logfile",
+        str(logs / "lorax.log"),
+        "--tmp",
+        str(tmp_path / "tmp"),
+        "--cachedir",
+        str(tmp_path / "cache"),
+        str(tmp_path / "out"),
+    )
     assert proc.returncode != 0
     error = proc.stderr.strip().splitlines()[-1]
     assert f"--source http://***@127.0.0.1:{port}/wrong/: cannot read the repository" in error, proc.stderr[-2000:]

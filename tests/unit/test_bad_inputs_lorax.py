@@ -14,8 +14,21 @@ from tests.unit.test_bad_inputs import Case, inputs, request_cleanup, run_case
 
 __all__ = ["inputs", "request_cleanup"]  # fixtures the catalogue's run_case needs
 
-LX = ("lorax", "-p", "TestProduct", "-v", "1", "-r", "1", "-s", "file://{i}/empty", "--tmp", "{t}/work",
-      "--cachedir", "{t}/cache")
+LX = (
+    "lorax",
+    "-p",
+    "TestProduct",
+    "-v",
+    "1",
+    "-r",
+    "1",
+    "-s",
+    "file://{i}/empty",
+    "--tmp",
+    "{t}/work",
+    "--cachedir",
+    "{t}/cache",
+)
 OUT = "{t}/out"
 LINK = "composer never writes through a link"
 
@@ -26,22 +39,43 @@ CASES = [
     Case("lorax-logfile-proc", (*LX, "--logfile", "/proc/self/comm", OUT), "is inside the system directory /proc"),
     Case("lorax-logfile-sys", (*LX, "--logfile", "/sys/kernel/lorax.log", OUT), "is inside the system directory /sys"),
     Case("lorax-logfile-fifo", (*LX, "--logfile", "{i}/lorax/fifo", OUT), "--logfile {i}/lorax/fifo: is a FIFO"),
-    Case("lorax-logfile-symlink", (*LX, "--logfile", "{i}/lorax/loglink", OUT),
-         f"--logfile {{i}}/lorax/loglink: is a symbolic link ({LINK})"),
-    Case("lorax-logfile-dangling-symlink", (*LX, "--logfile", "{i}/lorax/dangling", OUT),
-         f"--logfile {{i}}/lorax/dangling: is a symbolic link ({LINK})"),
+    Case(
+        "lorax-logfile-symlink",
+        (*LX, "--logfile", "{i}/lorax/loglink", OUT),
+        f"--logfile {{i}}/lorax/loglink: is a symbolic link ({LINK})",
+    ),
+    Case(
+        "lorax-logfile-dangling-symlink",
+        (*LX, "--logfile", "{i}/lorax/dangling", OUT),
+        f"--logfile {{i}}/lorax/dangling: is a symbolic link ({LINK})",
+    ),
     # lorax's log directory: pkglists/ planted as a link to a directory elsewhere
-    Case("lorax-pkglists-symlink", (*LX, "--logfile", "{i}/lorax/logs/lorax.log", OUT),
-         f"{{i}}/lorax/logs/pkglists is a link or not a directory (lorax writes pkglists/ there; {LINK})"),
-    Case("lorax-pkglists-file", (*LX, "--logfile", "{i}/lorax/logs2/lorax.log", OUT),
-         "{i}/lorax/logs2/pkglists is a link or not a directory"),
+    Case(
+        "lorax-pkglists-symlink",
+        (*LX, "--logfile", "{i}/lorax/logs/lorax.log", OUT),
+        f"{{i}}/lorax/logs/pkglists is a link or not a directory (lorax writes pkglists/ there; {LINK})",
+    ),
+    Case(
+        "lorax-pkglists-file",
+        (*LX, "--logfile", "{i}/lorax/logs2/lorax.log", OUT),
+        "{i}/lorax/logs2/pkglists is a link or not a directory",
+    ),
     # --tmp and --workdir: a link into a directory another user controls, a shared directory
-    Case("lorax-tmp-link-to-another-users-dir", (*LX, "--tmp", "{i}/lorax/planted", OUT),
-         "--tmp {i}/lorax/planted (leads to {i}/lorax/mallory): {i}/lorax/mallory belongs to nobody"),
-    Case("lorax-workdir-in-another-users-dir", (*LX, "--workdir", "{i}/lorax/mallory/w", OUT),
-         "{i}/lorax/mallory belongs to nobody"),
-    Case("lorax-tmp-world-writable", (*LX, "--tmp", "{i}/lorax/shared/lorax", OUT),
-         "--tmp {i}/lorax/shared/lorax: {i}/lorax/shared is writable by other users (and not sticky)"),
+    Case(
+        "lorax-tmp-link-to-another-users-dir",
+        (*LX, "--tmp", "{i}/lorax/planted", OUT),
+        "--tmp {i}/lorax/planted (leads to {i}/lorax/mallory): {i}/lorax/mallory belongs to nobody",
+    ),
+    Case(
+        "lorax-workdir-in-another-users-dir",
+        (*LX, "--workdir", "{i}/lorax/mallory/w", OUT),
+        "{i}/lorax/mallory belongs to nobody",
+    ),
+    Case(
+        "lorax-tmp-world-writable",
+        (*LX, "--tmp", "{i}/lorax/shared/lorax", OUT),
+        "--tmp {i}/lorax/shared/lorax: {i}/lorax/shared is writable by other users (and not sticky)",
+    ),
 ]
 NEEDS_ROOT = {"lorax-tmp-link-to-another-users-dir", "lorax-workdir-in-another-users-dir"}  # a directory of nobody's
 

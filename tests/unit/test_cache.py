@@ -97,8 +97,15 @@ def snapshot(root):
     out = {}
     for p in sorted(root.rglob("*")):
         st = p.lstat()
-        out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
-                                         st.st_rdev, int(st.st_mtime), os.readlink(p) if p.is_symlink() else None)
+        out[str(p.relative_to(root))] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_nlink,
+            st.st_rdev,
+            int(st.st_mtime),
+            os.readlink(p) if p.is_symlink() else None,
+        )
     return out
 
 
@@ -161,7 +168,6 @@ def test_store_failure_costs_only_the_entry(tmp_path, monkeypatch):
     assert list((tmp_path / "trees").iterdir()) == []
 
 
-
 def inputs_for(tmp_path, work_name, templates, cfg_changes=None):
     """install_inputs() of a build with the given template directory and work directory."""
     from composer.cache import install_inputs
@@ -174,11 +180,23 @@ def inputs_for(tmp_path, work_name, templates, cfg_changes=None):
     (repo / "repodata").mkdir(parents=True, exist_ok=True)
     if not (repo / "repodata" / "repomd.xml").exists():
         (repo / "repodata" / "repomd.xml").write_text("<repomd>1</repomd>")
-    cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", sources=(f"file://{repo}",),
-                 arch="x86_64", cachedir=tmp_path / "cache", **(cfg_changes or {}))
+    cfg = Config(
+        product="TestProduct",
+        version="1",
+        outdir=tmp_path / "out",
+        sources=(f"file://{repo}",),
+        arch="x86_64",
+        cachedir=tmp_path / "cache",
+        **(cfg_changes or {}),
+    )
     work = tmp_path / work_name
-    session = DnfSession(work / "tree", DnfConfig(releasever=cfg.version, arch=cfg.arch, sources=cfg.sources,
-                                                  excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf"), work)
+    session = DnfSession(
+        work / "tree",
+        DnfConfig(
+            releasever=cfg.version, arch=cfg.arch, sources=cfg.sources, excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf"
+        ),
+        work,
+    )
     runner = TemplateRunner(tree=work / "tree", templatedir=templates, variables=template_variables(cfg), pkgmgr=session)
     return install_inputs(cfg, session, runner, templates / "runtime-install.tmpl")
 
@@ -189,7 +207,8 @@ def templates(tmp_path):
     d.mkdir()
     (d / "runtime-install.tmpl").write_text(
         "installpkg bash\n%if rootfs_type == 'btrfs':\ninstallpkg btrfs-progs\n%endif\n"
-        "install usr/share/motd /etc/motd\nrun_pkg_transaction\n")
+        "install usr/share/motd /etc/motd\nrun_pkg_transaction\n"
+    )
     (d / "config_files").mkdir()  # lorax copies config_files/ into the tree: part of the key
     (d / "config_files" / "motd").write_text("hello\n")
     (d / "runtime-cleanup.tmpl").write_text("remove /usr/share/doc\n")
@@ -229,9 +248,15 @@ def test_inputs_are_the_same_in_another_process(tmp_path, templates):
     import sys
     from pathlib import Path
 
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, '.'); "
-            "from tests.unit.test_cache import inputs_for; from composer.cache import tree_key; "
-            f"print(tree_key(inputs_for(Path({str(tmp_path)!r}), 'w', Path({str(templates)!r}))))")
-    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           cwd=Path(__file__).resolve().parents[2]).stdout for _ in range(2)}
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, '.'); "
+        "from tests.unit.test_cache import inputs_for; from composer.cache import tree_key; "
+        f"print(tree_key(inputs_for(Path({str(tmp_path)!r}), 'w', Path({str(templates)!r}))))"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
+        ).stdout
+        for _ in range(2)
+    }
     assert len(keys) == 1 and len(keys.pop().strip()) == 64

@@ -13,21 +13,33 @@ def fake_repo(tmp_path):
     return f"file://{tmp_path / 'repo'}"
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--add-template-var", "no equals sign"], "--add-template-var"),
-    (["--add-template-var", "1bad=x"], "--add-template-var"),
-    (["--rootfs-size", "huge"], "--rootfs-size: not a size"),
-    (["--source", "file:///nonexistent"], "--source file:///nonexistent: no repository there"),
-    (["--source", "ftp//typo"], "--source ftp//typo: not a URL"),
-    (["--repo", "/nonexistent.repo"], "--repo /nonexistent.repo: no such file"),
-    (["--product", "NoSuchOS"], "--product NoSuchOS"),
-    (["--osmin"], "--osmin: needs --rootfs-type ext4 (not btrfs)"),
-    (["--source-date-epoch", "-5"], "--source-date-epoch -5: must not be negative"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--add-template-var", "no equals sign"], "--add-template-var"),
+        (["--add-template-var", "1bad=x"], "--add-template-var"),
+        (["--rootfs-size", "huge"], "--rootfs-size: not a size"),
+        (["--source", "file:///nonexistent"], "--source file:///nonexistent: no repository there"),
+        (["--source", "ftp//typo"], "--source ftp//typo: not a URL"),
+        (["--repo", "/nonexistent.repo"], "--repo /nonexistent.repo: no such file"),
+        (["--product", "NoSuchOS"], "--product NoSuchOS"),
+        (["--osmin"], "--osmin: needs --rootfs-type ext4 (not btrfs)"),
+        (["--source-date-epoch", "-5"], "--source-date-epoch -5: must not be negative"),
+    ],
+)
 def test_bad_option_is_one_line(tmp_path, args, expected):
     out = tmp_path / "out"
-    base = ["runtime", "--product", "TestProduct", "--version", "1", "--cachedir", str(tmp_path / "cache"),
-            "--workdir", str(tmp_path / "work")]
+    base = [
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--cachedir",
+        str(tmp_path / "cache"),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     if "--source" not in args and "--repo" not in args:
         base += ["--source", fake_repo(tmp_path)]
     proc = composer(*base, *args, str(out), check=False)
@@ -43,8 +55,9 @@ def test_existing_outdir_is_refused_without_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep").write_text("user data")
-    proc = composer("runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path),
-                    str(out), check=False)
+    proc = composer(
+        "runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path), str(out), check=False
+    )
     assert proc.returncode == 1 and "exists (use --force" in proc.stderr
     assert (out / "keep").read_text() == "user data"
 
@@ -66,8 +79,14 @@ def test_min_memory_report_bisects_with_the_given_boot(capsys):
     def boot(kernel, initrd, *, memory_mb, log, timeout, accel, marker):
         assert marker == "HELLO"  # --marker reaches every boot
         tried.append(memory_mb)
-        return BootResult(ok=memory_mb >= 300, seconds=1.0, reason="" if memory_mb >= 300 else "panic",
-                          marker_line="", log=log, memory_mb=memory_mb)
+        return BootResult(
+            ok=memory_mb >= 300,
+            seconds=1.0,
+            reason="" if memory_mb >= 300 else "panic",
+            marker_line="",
+            log=log,
+            memory_mb=memory_mb,
+        )
 
     args = argparse.Namespace(range="128-512", step=16, log=None, timeout=10, accel="tcg", marker="HELLO")
     assert report_min_memory(args, None, None, boot=boot) == 0
@@ -94,10 +113,11 @@ def test_verify_defaults_are_the_test_products():
 
 
 def test_verify_empty_marker_is_refused(tmp_path):
-    proc = composer("verify", "--kernel", str(tmp_path / "k"), "--initrd", str(tmp_path / "i"), "--marker", " ",
-                    check=False)
-    assert proc.returncode == 1 and proc.stderr.strip() == "composer: error: --marker: must not be empty " \
-        "(the line the image prints once it is up)"
+    proc = composer("verify", "--kernel", str(tmp_path / "k"), "--initrd", str(tmp_path / "i"), "--marker", " ", check=False)
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip() == "composer: error: --marker: must not be empty (the line the image prints once it is up)"
+    )
 
 
 def test_lorax_command_runs_as_every_subcommand(tmp_path, monkeypatch, capsys):
@@ -112,8 +132,25 @@ def test_lorax_command_runs_as_every_subcommand(tmp_path, monkeypatch, capsys):
     extra = tomllib.loads((Path(__file__).resolve().parents[2] / "extras/lorax/pyproject.toml").read_text())
     assert extra["project"]["scripts"]["lorax"] == "composer.cli:lorax"
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr("sys.argv", ["lorax", "-p", "T", "-v", "1", "-r", "1", "-s", "file:///nonexistent",
-                                     "--tmp", str(tmp_path / "tmp"), "--logfile", str(tmp_path), str(tmp_path / "out")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "lorax",
+            "-p",
+            "T",
+            "-v",
+            "1",
+            "-r",
+            "1",
+            "-s",
+            "file:///nonexistent",
+            "--tmp",
+            str(tmp_path / "tmp"),
+            "--logfile",
+            str(tmp_path),
+            str(tmp_path / "out"),
+        ],
+    )
     assert lorax() == 1
     assert capsys.readouterr().err == f"composer: error: --logfile {tmp_path}: is a directory\n"
     assert signal.getsignal(signal.SIGTERM) is before

@@ -5,10 +5,17 @@ from composer.product import template_dir
 from composer.run import ComposerError
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("512M", 512 << 20), ("2G", 2 << 30), ("1048576", 1 << 20), ("1.5g", int(1.5 * (1 << 30))),
-    ("64MiB", 64 << 20), ("10k", 10 << 10),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("512M", 512 << 20),
+        ("2G", 2 << 30),
+        ("1048576", 1 << 20),
+        ("1.5g", int(1.5 * (1 << 30))),
+        ("64MiB", 64 << 20),
+        ("10k", 10 << 10),
+    ],
+)
 def test_parse_size(text, expected):
     assert parse_size(text, "--rootfs-size") == expected
 

@@ -77,11 +77,18 @@ def test_real_cpio_lists_and_extracts(tmp_path: Path) -> None:
     out = _write(tmp_path, entries)
     listing = subprocess.run(["cpio", "-t", "--quiet"], stdin=out.open("rb"), capture_output=True, check=True)
     assert listing.stdout.decode().split() == [
-        "etc", "etc/sub.d", "etc/cmdline", "etc/sub.d/odd-name", "empty", "squashfs.img", "etc/link", "x"]
+        "etc",
+        "etc/sub.d",
+        "etc/cmdline",
+        "etc/sub.d/odd-name",
+        "empty",
+        "squashfs.img",
+        "etc/link",
+        "x",
+    ]
     dest = tmp_path / "x-root"
     dest.mkdir()
-    subprocess.run(["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames"], stdin=out.open("rb"),
-                   cwd=dest, check=True)
+    subprocess.run(["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames"], stdin=out.open("rb"), cwd=dest, check=True)
     assert (dest / "etc/cmdline").read_text() == "root=live:/squashfs.img rd.live.image\n"
     assert (dest / "etc/sub.d/odd-name").read_bytes() == b"abc"
     assert (dest / "etc/sub.d/odd-name").stat().st_mode & 0o777 == 0o600
@@ -97,8 +104,9 @@ def _real_cpio(tmp_path: Path, files: dict[str, bytes]) -> bytes:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
     names = "\n".join(sorted(files)) + "\n"
-    return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=src,
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=src, capture_output=True, check=True
+    ).stdout
 
 
 @needs_cpio
@@ -164,8 +172,9 @@ def test_file_changing_size_is_detected(tmp_path: Path, monkeypatch: pytest.Monk
     def fake_stat(self: Path, **kw):  # type: ignore[no-untyped-def]
         st = real_stat(self, **kw)
         if self == f:
-            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 9,
-                                   st.st_atime, st.st_mtime, st.st_ctime))
+            return os.stat_result(
+                (st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 9, st.st_atime, st.st_mtime, st.st_ctime)
+            )
         return st
 
     monkeypatch.setattr(Path, "stat", fake_stat)

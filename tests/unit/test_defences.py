@@ -56,9 +56,15 @@ def test_outputs_apart_equal_inside_containing_and_aliases(tmp_path):
     (repo / "sub").mkdir(parents=True)
     (tmp_path / "alias").symlink_to(repo)
     inputs = [Place(repo, f"the source {repo}")]
-    for out, rel in ((repo, "is"), (tmp_path / "alias", "is"), (repo / "sub" / "x", "is inside"),
-                     (tmp_path / "alias" / "x", "is inside"), (tmp_path, "contains"), (Path("/"), "is"),
-                     (repo / ".." / "repo", "is")):
+    for out, rel in (
+        (repo, "is"),
+        (tmp_path / "alias", "is"),
+        (repo / "sub" / "x", "is inside"),
+        (tmp_path / "alias" / "x", "is inside"),
+        (tmp_path, "contains"),
+        (Path("/"), "is"),
+        (repo / ".." / "repo", "is"),
+    ):
         with pytest.raises(ComposerError, match=rel):
             check_outputs_apart([("OUTDIR", out)], inputs)
     check_outputs_apart([("OUTDIR", tmp_path / "elsewhere")], inputs)
@@ -203,8 +209,10 @@ def test_template_check_is_linear(tmp_path):
         runner.run(t)
         # CPU time: the bound holds on a loaded machine too (wall time shown for the record).
         times[n], wall[n] = time.process_time() - start, time.monotonic() - start_wall
-    print(f"\n  template check (CPU s): 50k lines {times[50_000]:.2f}, 200k lines {times[200_000]:.2f} "
-          f"(ratio {times[200_000] / max(times[50_000], 1e-3):.1f}, linear is 4; wall {wall[200_000]:.1f}s)")
+    print(
+        f"\n  template check (CPU s): 50k lines {times[50_000]:.2f}, 200k lines {times[200_000]:.2f} "
+        f"(ratio {times[200_000] / max(times[50_000], 1e-3):.1f}, linear is 4; wall {wall[200_000]:.1f}s)"
+    )
     assert times[200_000] < 20
 
 

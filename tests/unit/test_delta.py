@@ -88,8 +88,10 @@ def test_delta_create_apply_gives_clean_minimized_fs_with_same_files(ext4_image,
     store = CowStore.read(_write(tmp_path / "osmin.img", raw), origin_size=info.origin_size)
     assert len(store.exceptions) == info.chunks > 0
     with capsys.disabled():
-        print(f"\n  delta for a {info.origin_size // MiB} MiB ext4 (minimized to {info.minimized_size / MiB:.1f} MiB): "
-              f"{info.chunks} chunks, raw {info.raw_size} bytes, gz {info.gz_size} bytes")
+        print(
+            f"\n  delta for a {info.origin_size // MiB} MiB ext4 (minimized to {info.minimized_size / MiB:.1f} MiB): "
+            f"{info.chunks} chunks, raw {info.raw_size} bytes, gz {info.gz_size} bytes"
+        )
     assert info.gz_size < 64 * 1024
 
     out = tmp_path / "minimal.img"
@@ -168,8 +170,11 @@ def test_delta_is_reproducible_with_source_date_epoch(tmp_path):
     img = tmp_path / "rootfs.img"
     subprocess.run(["truncate", "-s", "64M", str(img)], check=True)
     seed = "11111111-2222-3333-4444-555555555555"
-    subprocess.run(["mkfs.ext4", "-q", "-U", seed, "-E", f"hash_seed={seed}", "-d", str(tree), str(img)],
-                   check=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-U", seed, "-E", f"hash_seed={seed}", "-d", str(tree), str(img)],
+        check=True,
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"},
+    )
     create_delta(img, tmp_path / "a.gz", source_date_epoch=1700000000)
     time.sleep(1.1)
     create_delta(img, tmp_path / "b.gz", source_date_epoch=1700000000)

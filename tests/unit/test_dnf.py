@@ -16,8 +16,9 @@ def fake_repo(tmp_path: Path) -> str:
 
 def test_dnf_argv_carries_the_build_settings(tmp_path):
     url = fake_repo(tmp_path)
-    cfg = DnfConfig(releasever="43", arch="x86_64", sources=(url,), excludepkgs=("foo*",),
-                    cachedir=tmp_path / "cache", nogpgcheck=False)
+    cfg = DnfConfig(
+        releasever="43", arch="x86_64", sources=(url,), excludepkgs=("foo*",), cachedir=tmp_path / "cache", nogpgcheck=False
+    )
     s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
     argv = s._dnf_argv()
     assert f"--installroot={tmp_path / 'tree'}" in argv
@@ -41,10 +42,13 @@ def test_nogpgcheck(tmp_path):
     assert "--nogpgcheck" in argv and "gpgcheck=0\n" in (tmp_path / "work/repos.d/composer-sources.repo").read_text()
 
 
-@pytest.mark.parametrize("url,msg", [
-    ("not a url", "not a URL"),
-    ("file:///nonexistent/repo", "no repository there"),
-])
+@pytest.mark.parametrize(
+    "url,msg",
+    [
+        ("not a url", "not a URL"),
+        ("file:///nonexistent/repo", "no repository there"),
+    ],
+)
 def test_bad_source_is_named(tmp_path, url, msg):
     cfg = DnfConfig(releasever="1", arch="x86_64", sources=(url,), cachedir=tmp_path / "c")
     with pytest.raises(ComposerError, match=f"--source {url}: {msg}"):
@@ -57,8 +61,9 @@ def test_no_source_at_all(tmp_path):
 
 
 def test_required_pattern_without_match_fails_optional_is_skipped(tmp_path):
-    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
-                    excludepkgs=("kernel-debug*",))
+    cfg = DnfConfig(
+        releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", excludepkgs=("kernel-debug*",)
+    )
     s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
     s._available = ["bash", "kernel", "kernel-debug", "kernel-modules"]  # as repoquery would list them
     s.install(["kernel*"], required=True, exclude=["kernel-modules"])
@@ -71,8 +76,10 @@ def test_required_pattern_without_match_fails_optional_is_skipped(tmp_path):
 def test_dnf_reason_keeps_the_scriptlet_failure():
     from composer.dnf.programs import dnf_reason
 
-    stderr = ("Running transaction\n  Installing : libgpg-error0-1.46-1.x86_64\nFailed:\n  failing-pre-1-1.noarch\n"
-              "Error in PREIN scriptlet in rpm package failing-pre\nError: Transaction failed\n")
+    stderr = (
+        "Running transaction\n  Installing : libgpg-error0-1.46-1.x86_64\nFailed:\n  failing-pre-1-1.noarch\n"
+        "Error in PREIN scriptlet in rpm package failing-pre\nError: Transaction failed\n"
+    )
     assert dnf_reason(stderr) == "Error in PREIN scriptlet in rpm package failing-pre | Error: Transaction failed"
 
 
@@ -91,8 +98,9 @@ def test_dnf_cache_and_logs_stay_on_the_host(tmp_path):
         tree = work / "tree"
         (tree / "var/tmp").mkdir(parents=True)
         cache = tmp_path / "cache"
-        s = DnfSession(tree, DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",),
-                                       cachedir=cache, nogpgcheck=True), work)
+        s = DnfSession(
+            tree, DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",), cachedir=cache, nogpgcheck=True), work
+        )
         assert s.available() == []  # a real dnf run over an empty repository
         assert any(cache.iterdir()), "dnf's cache is not on the host"
         assert (work / "dnf-log" / "dnf.log").is_file(), "dnf's log is not on the host"
@@ -111,23 +119,33 @@ def test_unsigned_packages_are_named_with_the_way_out(tmp_path):
     if not shutil.which("rpmbuild"):
         pytest.skip("rpmbuild missing")
     spec = tmp_path / "u.spec"
-    spec.write_text("Name: unsigned\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n"
-                    "%description\nd\n%files\n")
+    spec.write_text(
+        "Name: unsigned\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n%description\nd\n%files\n"
+    )
     repo = tmp_path / "repo"
-    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}",
-                    "--define", f"_rpmdir {repo}", str(spec)], check=True, capture_output=True)
+    subprocess.run(
+        ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}", "--define", f"_rpmdir {repo}", str(spec)],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
-    s = DnfSession(tmp_path / "tree", DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",),
-                                                 cachedir=tmp_path / "cache"), tmp_path / "work")
+    s = DnfSession(
+        tmp_path / "tree",
+        DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{repo}",), cachedir=tmp_path / "cache"),
+        tmp_path / "work",
+    )
     s.install(["unsigned"])
     with pytest.raises(ComposerError) as e:
         s.run_transaction()
-    assert str(e.value) == ("dnf transaction failed: package unsigned-1-1.noarch.rpm is not signed: signature "
-                            "checks are on by default; give the repository's key (gpgkey= in a --repo file) "
-                            "or pass --nogpgcheck to trust the source as it is")
+    assert str(e.value) == (
+        "dnf transaction failed: package unsigned-1-1.noarch.rpm is not signed: signature "
+        "checks are on by default; give the repository's key (gpgkey= in a --repo file) "
+        "or pass --nogpgcheck to trust the source as it is"
+    )
 
 
 # ------------------------------------------------------------------ which dnf
+
 
 def _fake_programs(bindir: Path, **outputs: str) -> None:
     """Programs that print a --version line, as dnf 4, dnf5 and rpm do."""
@@ -164,8 +182,7 @@ def test_fedora_41_with_dnf4_beside_dnf5(fake_path):
     from composer.config import DnfChoice
     from composer.dnf import find_dnf
 
-    _fake_programs(fake_path, dnf="dnf5 version 5.2.8.1", dnf5="dnf5 version 5.2.8.1", dnf_3="4.21.1",
-                   rpm="RPM version 4.20.0")
+    _fake_programs(fake_path, dnf="dnf5 version 5.2.8.1", dnf5="dnf5 version 5.2.8.1", dnf_3="4.21.1", rpm="RPM version 4.20.0")
     assert find_dnf(DnfChoice.DNF4).command == "dnf-3"
     assert find_dnf(DnfChoice.DNF5).command == "dnf5"
     assert find_dnf(DnfChoice.AUTO).flavor is DnfChoice.DNF5
@@ -201,9 +218,10 @@ def test_cache_key_options_name_which_dnf(tmp_path):
 
     cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
     keys = {}
-    for flavor, command, version, rpm, root in ((DnfChoice.DNF4, "dnf", "4.14.0", "RPM version 4.18.0", None),
-                                                (DnfChoice.DNF5, "dnf5", "dnf5 version 5.4.6.0", "RPM version 6.1.0",
-                                                 tmp_path / "root")):
+    for flavor, command, version, rpm, root in (
+        (DnfChoice.DNF4, "dnf", "4.14.0", "RPM version 4.18.0", None),
+        (DnfChoice.DNF5, "dnf5", "dnf5 version 5.4.6.0", "RPM version 6.1.0", tmp_path / "root"),
+    ):
         s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
         s._program = DnfProgram(flavor, command, version, rpm, root)
         keys[flavor] = s.shaping_options()
@@ -226,8 +244,12 @@ def test_dnf5_state_and_locks_reach_the_host(tmp_path):
     cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
     s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
     s._program = DnfProgram(DnfChoice.DNF5, "dnf5", "dnf5 version 5.4.6.0", "RPM version 6.1.0", None)
-    opts = dict(a.removeprefix("--setopt=").split("=", 1) for a in s._dnf_argv() if a.startswith("--setopt=")
-                and a.split("=")[1] in ("system_state_dir", "persistdir", "cachedir", "system_cachedir", "logdir"))
+    opts = dict(
+        a.removeprefix("--setopt=").split("=", 1)
+        for a in s._dnf_argv()
+        if a.startswith("--setopt=")
+        and a.split("=")[1] in ("system_state_dir", "persistdir", "cachedir", "system_cachedir", "logdir")
+    )
     for name, value in opts.items():
         # Prefixed with the tree or not, the path is the same host directory.
         prefixed = os.path.normpath(str(tmp_path / "tree") + value)
@@ -241,18 +263,23 @@ def test_a_dnf_root_cannot_take_host_paths_in_its_own_etc(tmp_path):
     (tmp_path / "root" / "usr").mkdir(parents=True)
     (tmp_path / "root" / "etc").mkdir()
     argv = root_sandbox(tmp_path / "root", rw=[tmp_path / "work"], ro=[tmp_path / "repo"])
-    assert argv[:3] == ["bwrap", "--tmpfs", "/"] and ["--ro-bind", str(tmp_path / "root" / "usr"), "/usr"] == \
-        argv[argv.index("/usr") - 2: argv.index("/usr") + 1]
+    assert (
+        argv[:3] == ["bwrap", "--tmpfs", "/"]
+        and ["--ro-bind", str(tmp_path / "root" / "usr"), "/usr"] == argv[argv.index("/usr") - 2 : argv.index("/usr") + 1]
+    )
     with pytest.raises(ComposerError, match=r"/etc/pki/rpm-gpg: lies in /etc, which --dnf-root .* provides itself"):
         root_sandbox(tmp_path / "root", ro=[Path("/etc/pki/rpm-gpg")])
 
 
-@pytest.mark.parametrize("args,env,expected", [
-    (["--dnf", "dnf5"], {}, "--dnf dnf5: no dnf5 on this host: give --dnf-root DIR"),
-    (["--dnf-root", "/nonexistent"], {}, "--dnf-root /nonexistent: no such directory"),
-    ([], {"COMPOSER_DNF_ROOT": "/nonexistent"}, "COMPOSER_DNF_ROOT /nonexistent: no such directory"),
-    (["--dnf", "dnf7"], {}, "argument --dnf: invalid choice: 'dnf7'"),
-])
+@pytest.mark.parametrize(
+    "args,env,expected",
+    [
+        (["--dnf", "dnf5"], {}, "--dnf dnf5: no dnf5 on this host: give --dnf-root DIR"),
+        (["--dnf-root", "/nonexistent"], {}, "--dnf-root /nonexistent: no such directory"),
+        ([], {"COMPOSER_DNF_ROOT": "/nonexistent"}, "COMPOSER_DNF_ROOT /nonexistent: no such directory"),
+        (["--dnf", "dnf7"], {}, "argument --dnf: invalid choice: 'dnf7'"),
+    ],
+)
 def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
     import os
     import shutil
@@ -262,9 +289,23 @@ def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
     if "dnf5" in args and shutil.which("dnf5"):
         pytest.skip("this host has dnf5")
     out = tmp_path / "out"
-    proc = composer("runtime", "--product", "TestProduct", "--version", "1", "--source", fake_repo(tmp_path),
-                    "--cachedir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work"), *args, str(out),
-                    check=False, env={**os.environ, **env})
+    proc = composer(
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        fake_repo(tmp_path),
+        "--cachedir",
+        str(tmp_path / "cache"),
+        "--workdir",
+        str(tmp_path / "work"),
+        *args,
+        str(out),
+        check=False,
+        env={**os.environ, **env},
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert not out.exists() and not (tmp_path / "work").exists()
@@ -273,11 +314,15 @@ def test_dnf_options_fail_in_one_line(tmp_path, args, env, expected):
 def test_dnf_reason_says_disk_space():
     from composer.dnf.programs import dnf_reason
 
-    stderr = ("Error: Transaction test error:\n  installing package systemd-252 needs 12MB more space on the "
-              "/w/tree filesystem\n\nError Summary\n-------------\nDisk Requirements:\n"
-              "   At least 450MB more space needed on the /w/tree filesystem.\n\n")
-    assert dnf_reason(stderr) == ("not enough disk space for the tree: At least 450MB more space needed on the "
-                                   "/w/tree filesystem. (free some, or give --workdir elsewhere)")
+    stderr = (
+        "Error: Transaction test error:\n  installing package systemd-252 needs 12MB more space on the "
+        "/w/tree filesystem\n\nError Summary\n-------------\nDisk Requirements:\n"
+        "   At least 450MB more space needed on the /w/tree filesystem.\n\n"
+    )
+    assert dnf_reason(stderr) == (
+        "not enough disk space for the tree: At least 450MB more space needed on the "
+        "/w/tree filesystem. (free some, or give --workdir elsewhere)"
+    )
 
 
 def test_lorax_repository_options_on_dnf4_and_dnf5_command_lines(tmp_path, monkeypatch):
@@ -286,12 +331,21 @@ def test_lorax_repository_options_on_dnf4_and_dnf5_command_lines(tmp_path, monke
 
     mirrorlist = tmp_path / "mirrorlist"
     mirrorlist.write_text(f"# a comment\n{fake_repo(tmp_path)}\n")
-    cfg = DnfConfig(releasever="1", arch="x86_64", mirrorlists=(f"file://{mirrorlist}",), cachedir=tmp_path / "c",
-                    proxy="http://proxy.example.com:3128", sslverify=False, enablerepos=("updates-*",),
-                    disablerepos=("updates-testing",))
+    cfg = DnfConfig(
+        releasever="1",
+        arch="x86_64",
+        mirrorlists=(f"file://{mirrorlist}",),
+        cachedir=tmp_path / "c",
+        proxy="http://proxy.example.com:3128",
+        sslverify=False,
+        enablerepos=("updates-*",),
+        disablerepos=("updates-testing",),
+    )
     keys = {}
-    for flavor, enable, disable in ((DnfChoice.DNF4, "--enablerepo", "--disablerepo"),
-                                    (DnfChoice.DNF5, "--enable-repo", "--disable-repo")):
+    for flavor, enable, disable in (
+        (DnfChoice.DNF4, "--enablerepo", "--disablerepo"),
+        (DnfChoice.DNF5, "--enable-repo", "--disable-repo"),
+    ):
         s = DnfSession(tmp_path / "tree", cfg, tmp_path / f"work-{flavor}")
         s._program = DnfProgram(flavor, "dnf", "x", "rpm x")
         argv = s._dnf_argv()
@@ -307,16 +361,18 @@ def test_lorax_repository_options_on_dnf4_and_dnf5_command_lines(tmp_path, monke
         assert f"{enable}=updates-*" in keys[flavor]
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("proxy", "proxy.example.com:3128", "--proxy 'proxy.example.com:3128': not a proxy URL"),
-    ("proxy", "http://a b", "--proxy 'http://a b': not a proxy URL"),
-    ("enablerepos", ("a b",), "--enablerepo 'a b': not a repository id or glob"),
-    ("disablerepos", ("",), "--disablerepo '': not a repository id or glob"),
-    ("mirrorlists", ("gopher://x/",), "--mirrorlist gopher://x/: not a URL"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("proxy", "proxy.example.com:3128", "--proxy 'proxy.example.com:3128': not a proxy URL"),
+        ("proxy", "http://a b", "--proxy 'http://a b': not a proxy URL"),
+        ("enablerepos", ("a b",), "--enablerepo 'a b': not a repository id or glob"),
+        ("disablerepos", ("",), "--disablerepo '': not a repository id or glob"),
+        ("mirrorlists", ("gopher://x/",), "--mirrorlist gopher://x/: not a URL"),
+    ],
+)
 def test_bad_repository_options_are_named(tmp_path, field, value, msg):
-    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
-                    **{field: value})
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", **{field: value})
     with pytest.raises(ComposerError, match=f"^{re.escape(msg)}"):
         DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
 
@@ -336,8 +392,9 @@ def test_a_local_mirrorlist_is_checked(tmp_path):
 
 def test_dnf_logs_where_asked(tmp_path):
     """composer lorax: dnf's logs beside --logfile, as lorax; else in the work directory."""
-    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c",
-                    logdir=tmp_path / "logs")
+    cfg = DnfConfig(
+        releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", logdir=tmp_path / "logs"
+    )
     s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
     (logdir,) = [a.removeprefix("--setopt=logdir=") for a in s._dnf_argv() if a.startswith("--setopt=logdir=")]
     assert os.path.normpath(str(tmp_path / "tree") + "/" + logdir) == str(tmp_path / "logs")  # dnf 4 prefixes the root
@@ -355,5 +412,5 @@ def test_a_repository_through_a_link_is_bound_where_dnf_is_told_it_is(tmp_path):
     link = tmp_path / "links" / "repo"
     link.symlink_to(real)
     argv = host_sandbox(ro=[link])
-    pairs = [tuple(argv[i:i + 3]) for i, a in enumerate(argv) if a == "--ro-bind"]
+    pairs = [tuple(argv[i : i + 3]) for i, a in enumerate(argv) if a == "--ro-bind"]
     assert ("--ro-bind", str(real), str(real)) in pairs and ("--ro-bind", str(real), str(link)) in pairs, argv

@@ -28,8 +28,7 @@ def test_every_command_has_a_docstring() -> None:
 def test_templates_md_is_current() -> None:
     current = gendocs.TEMPLATES_MD.read_text() if gendocs.TEMPLATES_MD.exists() else ""
     if current != gendocs.render():
-        pytest.fail("docs/templates.md is out of date with the template commands' docstrings: run `make docs`",
-                    pytrace=False)
+        pytest.fail("docs/templates.md is out of date with the template commands' docstrings: run `make docs`", pytrace=False)
 
 
 def test_templates_md_documents_every_command() -> None:
@@ -41,7 +40,8 @@ def test_templates_md_documents_every_command() -> None:
 def test_rst_to_markdown() -> None:
     doc = "Title\n-----\nSee ``a``\nand :func:`b`. ``two\nlines``\n\nList::\n\n    x  ``y``\n    z\n\nAfter."
     assert gendocs.rst_to_markdown(doc) == (
-        "## Title\n\nSee `a`\nand `b`. `two\nlines`\n\nList:\n\n```\nx  ``y``\nz\n```\n\nAfter.\n")
+        "## Title\n\nSee `a`\nand `b`. `two\nlines`\n\nList:\n\n```\nx  ``y``\nz\n```\n\nAfter.\n"
+    )
 
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

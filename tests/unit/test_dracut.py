@@ -32,18 +32,23 @@ def test_dracut_adds_the_rootfs_driver():
     assert "--add-drivers" not in dracut_argv("6.1", "/o", RootfsType.SQUASHFS, [])
 
 
-
 def test_conf_driver_sets_follow_dracut_order():
-    sets = conf_driver_sets([
-        ("90.conf", 'add_drivers+=" squashfs loop "\n# drivers="commented"\nhostonly="no"\n'),
-        ("95.conf", 'drivers+=" ahci sd_mod "   # buses\ndrivers+=" sr_mod "\nfilesystems+=" isofs "\n'),
-        ("99.conf", "add_drivers='loop'\n"),
-    ])
+    sets = conf_driver_sets(
+        [
+            ("90.conf", 'add_drivers+=" squashfs loop "\n# drivers="commented"\nhostonly="no"\n'),
+            ("95.conf", 'drivers+=" ahci sd_mod "   # buses\ndrivers+=" sr_mod "\nfilesystems+=" isofs "\n'),
+            ("99.conf", "add_drivers='loop'\n"),
+        ]
+    )
     assert sets["drivers"] == ["ahci", "sd_mod", "sr_mod"]
     assert sets["add_drivers"] == ["loop"]  # a plain = replaces, as in the shell
     assert sets["filesystems"] == ["isofs"]
     assert argv_driver_sets(["--add-drivers", "a b", "--drivers=c", "--xz"]) == {
-        "drivers": ["c"], "add_drivers": ["a", "b"], "force_drivers": [], "filesystems": []}
+        "drivers": ["c"],
+        "add_drivers": ["a", "b"],
+        "force_drivers": [],
+        "filesystems": [],
+    }
 
 
 def test_conf_driver_sets_refuse_shell_expansion():
@@ -55,9 +60,16 @@ def test_conf_driver_sets_refuse_shell_expansion():
 
 def _fake_moddir(root):
     kernel = root / "kernel"
-    for rel in ("fs/btrfs/btrfs.ko", "lib/libcrc32c.ko", "crypto/crc32c_generic.ko",
-                "arch/x86/crypto/crc32c-intel.ko", "drivers/ata/ahci.ko", "drivers/ata/libata.ko",
-                "drivers/md/dm-mod.ko", "drivers/md/raid456.ko"):
+    for rel in (
+        "fs/btrfs/btrfs.ko",
+        "lib/libcrc32c.ko",
+        "crypto/crc32c_generic.ko",
+        "arch/x86/crypto/crc32c-intel.ko",
+        "drivers/ata/ahci.ko",
+        "drivers/ata/libata.ko",
+        "drivers/md/dm-mod.ko",
+        "drivers/md/raid456.ko",
+    ):
         (kernel / rel).parent.mkdir(parents=True, exist_ok=True)
         (kernel / rel).write_bytes(b"\x7fELF" + rel.encode() * 50)
     (root / "modules.dep").write_text(
@@ -65,9 +77,11 @@ def _fake_moddir(root):
         "kernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\n"
         "kernel/arch/x86/crypto/crc32c-intel.ko:\n"
         "kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko\nkernel/drivers/ata/libata.ko:\n"
-        "kernel/drivers/md/dm-mod.ko:\nkernel/drivers/md/raid456.ko:\n")
+        "kernel/drivers/md/dm-mod.ko:\nkernel/drivers/md/raid456.ko:\n"
+    )
     (root / "modules.alias").write_text(
-        "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias pci:v*d*sv* ahci\n")
+        "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias pci:v*d*sv* ahci\n"
+    )
     (root / "modules.softdep").write_text("# soft\nsoftdep btrfs pre: crypto-crc32c\n")
     (root / "modules.builtin").write_text("kernel/drivers/block/loop.ko\n")
 
@@ -76,9 +90,15 @@ def test_module_closure_follows_deps_softdeps_and_aliases(tmp_path):
     _fake_moddir(tmp_path)
     index = ModuleIndex.read(tmp_path)
     mods, missing = index.closure(["btrfs", "ahci", "dm_mod", "loop", "nosuch"])
-    assert mods == {"kernel/fs/btrfs/btrfs.ko", "kernel/lib/libcrc32c.ko", "kernel/crypto/crc32c_generic.ko",
-                    "kernel/arch/x86/crypto/crc32c-intel.ko", "kernel/drivers/ata/ahci.ko",
-                    "kernel/drivers/ata/libata.ko", "kernel/drivers/md/dm-mod.ko"}
+    assert mods == {
+        "kernel/fs/btrfs/btrfs.ko",
+        "kernel/lib/libcrc32c.ko",
+        "kernel/crypto/crc32c_generic.ko",
+        "kernel/arch/x86/crypto/crc32c-intel.ko",
+        "kernel/drivers/ata/ahci.ko",
+        "kernel/drivers/ata/libata.ko",
+        "kernel/drivers/md/dm-mod.ko",
+    }
     assert missing == ["nosuch"]  # loop is built in: nothing to carry, nothing missing
     assert index.closure(["=drivers/md"])[0] == {"kernel/drivers/md/dm-mod.ko", "kernel/drivers/md/raid456.ko"}
 

@@ -44,19 +44,69 @@ COUNTS: dict[str, int] = {}
 
 
 def examples(n: int) -> settings:
-    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, database=None,
-                    derandomize=os.environ.get("COMPOSER_FUZZ_RANDOM") != "1",
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=max(1, int(n * SCALE)),
+        deadline=None,
+        database=None,
+        derandomize=os.environ.get("COMPOSER_FUZZ_RANDOM") != "1",
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # --------------------------------------------------------------------------- values
 
 NASTY = [
-    "", " ", "-", "--force", "1\nruncmd touch INJECTED", "1\"\nruncmd touch INJECTED", "quiet\nlabel evil",
-    "'", '"', "\\", "\\n", "${x}", "$(id)", "`id`", "a;b", "{a,b}", "#", "a b", "\t", "\r", "\x1b[2J", "\x7f",
-    "\x85", "\u2028", "\u2029", "\ufeff", "\udcff", "\ue000", "é", "日本", "🦀", "1e400", "nan", "inf", "-1",
-    "99999999999999999999", "9" * 5000, "../../etc", "/", "/etc/passwd", "//", ".", "..", "~", "a=b", "=x",
-    "x=", "file:///etc", "http://127.0.0.1:9/", "http://[::1", "%include /etc/passwd",
+    "",
+    " ",
+    "-",
+    "--force",
+    "1\nruncmd touch INJECTED",
+    '1"\nruncmd touch INJECTED',
+    "quiet\nlabel evil",
+    "'",
+    '"',
+    "\\",
+    "\\n",
+    "${x}",
+    "$(id)",
+    "`id`",
+    "a;b",
+    "{a,b}",
+    "#",
+    "a b",
+    "\t",
+    "\r",
+    "\x1b[2J",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "\udcff",
+    "\ue000",
+    "é",
+    "日本",
+    "🦀",
+    "1e400",
+    "nan",
+    "inf",
+    "-1",
+    "99999999999999999999",
+    "9" * 5000,
+    "../../etc",
+    "/",
+    "/etc/passwd",
+    "//",
+    ".",
+    "..",
+    "~",
+    "a=b",
+    "=x",
+    "x=",
+    "file:///etc",
+    "http://127.0.0.1:9/",
+    "http://[::1",
+    "%include /etc/passwd",
 ]
 # Command-line values are C strings: no NUL (execve cannot pass one).
 ARG_TEXT = st.one_of(
@@ -144,18 +194,44 @@ def _fingerprint(w: Path) -> dict[str, str]:
 
 def path_value(w: Path) -> st.SearchStrategy[str]:
     """Paths that alias the inputs, protected places, symlinks, and fresh names inside the world."""
-    aliases = [w / "repo", w / "link-repo", w / "repo" / "sub", w / "cache", w / "link-cache", w / "cache" / "x",
-               w / "work", w / "work" / "x", w, w / "victim", w / "link-victim", w / "link-victim" / "x",
-               w / "home", w / "repo" / ".." / "repo", Path(f"{w}/cache/"), w / "cwd", Path("."), Path(".."),
-               Path("/"), Path("/etc"), Path("/proc/x"), Path("/usr"), Path("/dev/null"), w / "local.repo",
-               w / "ks.ks", w / "rootfs.img", w / "medium", w / "medium" / "LiveOS" / "overlay-LIVE-1",
-               w / "store.cow", w / "kernel"]
+    aliases = [
+        w / "repo",
+        w / "link-repo",
+        w / "repo" / "sub",
+        w / "cache",
+        w / "link-cache",
+        w / "cache" / "x",
+        w / "work",
+        w / "work" / "x",
+        w,
+        w / "victim",
+        w / "link-victim",
+        w / "link-victim" / "x",
+        w / "home",
+        w / "repo" / ".." / "repo",
+        Path(f"{w}/cache/"),
+        w / "cwd",
+        Path("."),
+        Path(".."),
+        Path("/"),
+        Path("/etc"),
+        Path("/proc/x"),
+        Path("/usr"),
+        Path("/dev/null"),
+        w / "local.repo",
+        w / "ks.ks",
+        w / "rootfs.img",
+        w / "medium",
+        w / "medium" / "LiveOS" / "overlay-LIVE-1",
+        w / "store.cow",
+        w / "kernel",
+    ]
+
     def fresh_name(t: str) -> str:
         return str(w / "gen" / (t.replace("/", "_").lstrip(".")[:60] or "e"))
 
     fresh = ARG_TEXT.map(fresh_name)
-    return st.one_of(st.sampled_from([str(a) for a in aliases]), fresh,
-                     st.integers(0, 5).map(lambda n: str(w / "out" / f"o{n}")))
+    return st.one_of(st.sampled_from([str(a) for a in aliases]), fresh, st.integers(0, 5).map(lambda n: str(w / "out" / f"o{n}")))
 
 
 # --------------------------------------------------------------------------- running the early checks
@@ -199,37 +275,66 @@ COMPOSE = {
     "netboot": ["--url", "http://10.0.2.2:8000/"],
 }
 OPTIONS = {
-    "--version": ARG_TEXT, "--release": ARG_TEXT, "--variant": ARG_TEXT, "--bugurl": ARG_TEXT,
-    "--product": ARG_TEXT, "--buildarch": ARG_TEXT, "--installpkgs": ARG_TEXT, "--excludepkgs": ARG_TEXT,
-    "--dracut-arg": ARG_TEXT, "--add-template-var": ARG_TEXT.map(lambda v: f"x={v}"),
-    "--rootfs-size": SIZE_TEXT, "--source-date-epoch": SIZE_TEXT, "--source": ARG_TEXT,
+    "--version": ARG_TEXT,
+    "--release": ARG_TEXT,
+    "--variant": ARG_TEXT,
+    "--bugurl": ARG_TEXT,
+    "--product": ARG_TEXT,
+    "--buildarch": ARG_TEXT,
+    "--installpkgs": ARG_TEXT,
+    "--excludepkgs": ARG_TEXT,
+    "--dracut-arg": ARG_TEXT,
+    "--add-template-var": ARG_TEXT.map(lambda v: f"x={v}"),
+    "--rootfs-size": SIZE_TEXT,
+    "--source-date-epoch": SIZE_TEXT,
+    "--source": ARG_TEXT,
 }
-MEDIA_OPTIONS = {"--kernel-arg": ARG_TEXT, "--add-arch-template-var": ARG_TEXT.map(lambda v: f"x={v}"),
-                 "--volid": ARG_TEXT}
+MEDIA_OPTIONS = {"--kernel-arg": ARG_TEXT, "--add-arch-template-var": ARG_TEXT.map(lambda v: f"x={v}"), "--volid": ARG_TEXT}
 PATH_OPTIONS = ("OUTDIR", "--cachedir", "--workdir", "--repo", "--ks", "--add-template", "--dracut-conf", "--logfile")
 
 
-DEFAULTS = {"--version": "1", "--release": "1", "--variant": "Server", "--bugurl": "https://bugs.example.com/",
-            "--product": "testproduct", "--buildarch": "x86_64", "--installpkgs": "bash", "--excludepkgs": "vim",
-            "--dracut-arg": "--no-hostonly", "--add-template-var": "x=1", "--rootfs-size": "64M",
-            "--source-date-epoch": "1700000000", "--kernel-arg": "quiet", "--add-arch-template-var": "x=1",
-            "--volid": "TEST-1", "--url": "http://10.0.2.2:8000/"}
+DEFAULTS = {
+    "--version": "1",
+    "--release": "1",
+    "--variant": "Server",
+    "--bugurl": "https://bugs.example.com/",
+    "--product": "testproduct",
+    "--buildarch": "x86_64",
+    "--installpkgs": "bash",
+    "--excludepkgs": "vim",
+    "--dracut-arg": "--no-hostonly",
+    "--add-template-var": "x=1",
+    "--rootfs-size": "64M",
+    "--source-date-epoch": "1700000000",
+    "--kernel-arg": "quiet",
+    "--add-arch-template-var": "x=1",
+    "--volid": "TEST-1",
+    "--url": "http://10.0.2.2:8000/",
+}
 
 
 @st.composite
 def compose_case(draw, w: Path) -> tuple[str, dict[str, str], set[str], bool]:
     command = draw(st.sampled_from(sorted(COMPOSE)))
     values: dict[str, str] = {
-        "--product": "testproduct", "--version": "1", "--cachedir": str(w / "cache"), "--workdir": str(w / "work"),
-        "--source": f"file://{w}/repo", "--add-template": str(w / "add.tmpl"), "--add-template-var": "x=1",
+        "--product": "testproduct",
+        "--version": "1",
+        "--cachedir": str(w / "cache"),
+        "--workdir": str(w / "work"),
+        "--source": f"file://{w}/repo",
+        "--add-template": str(w / "add.tmpl"),
+        "--add-template-var": "x=1",
         "OUTDIR": str(w / "out" / "o0"),
     }
     if command == "netboot":
         values["--url"] = "http://10.0.2.2:8000/"
     # One to three fuzzed options (values, sizes or paths).
-    pool = {**OPTIONS, **(MEDIA_OPTIONS if command == "boot-iso" else {}),
-            **({"--kernel-arg": ARG_TEXT, "--url": ARG_TEXT} if command == "netboot" else {}),
-            **{p: path_value(w) for p in PATH_OPTIONS}}
+    pool = {
+        **OPTIONS,
+        **(MEDIA_OPTIONS if command == "boot-iso" else {}),
+        **({"--kernel-arg": ARG_TEXT, "--url": ARG_TEXT} if command == "netboot" else {}),
+        **{p: path_value(w) for p in PATH_OPTIONS},
+    }
     fuzzed = set(draw(st.lists(st.sampled_from(sorted(pool)), min_size=1, max_size=3, unique=True)))
     for opt in fuzzed:
         values[opt] = draw(pool[opt])
@@ -302,13 +407,22 @@ def test_compose_early_checks(world, data) -> None:
 
 @st.composite
 def other_argv(draw, w: Path) -> list[str]:
-    kind = draw(st.sampled_from(["verify", "verify-iso", "template-check", "delta-create", "delta-apply",
-                                 "overlay-status", "overlay-merge"]))
+    kind = draw(
+        st.sampled_from(
+            ["verify", "verify-iso", "template-check", "delta-create", "delta-apply", "overlay-status", "overlay-merge"]
+        )
+    )
     p = path_value(w)
     if kind == "verify":
         argv = ["verify", "--kernel", draw(p), "--initrd", draw(p)]
-        for opt, strat in (("--memory", SIZE_TEXT), ("--timeout", SIZE_TEXT), ("--append", ARG_TEXT),
-                           ("--range", SIZE_TEXT), ("--step", SIZE_TEXT), ("--log", p)):
+        for opt, strat in (
+            ("--memory", SIZE_TEXT),
+            ("--timeout", SIZE_TEXT),
+            ("--append", ARG_TEXT),
+            ("--range", SIZE_TEXT),
+            ("--step", SIZE_TEXT),
+            ("--log", p),
+        ):
             if draw(st.booleans()):
                 v = draw(strat)
                 argv += [f"{opt}={v}"]
@@ -368,17 +482,39 @@ def test_other_commands_early_checks(world, data) -> None:
 # --------------------------------------------------------------------------- file contents
 
 
-_KS_KNOWN = st.sampled_from([
-    "url --url=file:///nonexistent", "repo --name=a --baseurl=example.com", "%packages", "%end",
-    "bootloader --append=\"quiet\"", "bootloader --append=\"a;b\"", "bootloader --append='$(x)'",
-    "%include SELF", "%include /nonexistent.ks", "%pre", "lang en_US.UTF-8", "%ksappend SELF",
-    "bash", "-vim", "@core", "url --url=http://[::1", "network --bootproto=dhcp",
-    "%packages\nbash\n-vim\n%end", "bootloader --append=\"console=ttyS0 quiet\"", "keyboard us", "lang en_US.UTF-8",
-])
+_KS_KNOWN = st.sampled_from(
+    [
+        "url --url=file:///nonexistent",
+        "repo --name=a --baseurl=example.com",
+        "%packages",
+        "%end",
+        'bootloader --append="quiet"',
+        'bootloader --append="a;b"',
+        "bootloader --append='$(x)'",
+        "%include SELF",
+        "%include /nonexistent.ks",
+        "%pre",
+        "lang en_US.UTF-8",
+        "%ksappend SELF",
+        "bash",
+        "-vim",
+        "@core",
+        "url --url=http://[::1",
+        "network --bootproto=dhcp",
+        "%packages\nbash\n-vim\n%end",
+        'bootloader --append="console=ttyS0 quiet"',
+        "keyboard us",
+        "lang en_US.UTF-8",
+    ]
+)
 # Known lines twice as often as random text, so that some kickstarts get through.
-KS_LINES = st.one_of(_KS_KNOWN, _KS_KNOWN, st.text(max_size=30),
-                     st.text(max_size=20).map(lambda t: f"bootloader --append=\"{t}\""),
-                     st.text(max_size=20).map(lambda t: f"%packages\n{t}\n%end"))
+KS_LINES = st.one_of(
+    _KS_KNOWN,
+    _KS_KNOWN,
+    st.text(max_size=30),
+    st.text(max_size=20).map(lambda t: f'bootloader --append="{t}"'),
+    st.text(max_size=20).map(lambda t: f"%packages\n{t}\n%end"),
+)
 
 
 @given(lines=st.lists(KS_LINES, max_size=8))
@@ -400,8 +536,22 @@ def test_kickstart_contents(world, lines) -> None:
 
 
 REPO_LINES = st.one_of(
-    st.sampled_from(["[r]", "[other]", "baseurl=http://example.com/", "metalink=garbage", "mirrorlist=",
-                     "baseurl=file:///x, http://y/", "gpgcheck=1", "name=x", "baseurl", "= x", "[", "[]"]),
+    st.sampled_from(
+        [
+            "[r]",
+            "[other]",
+            "baseurl=http://example.com/",
+            "metalink=garbage",
+            "mirrorlist=",
+            "baseurl=file:///x, http://y/",
+            "gpgcheck=1",
+            "name=x",
+            "baseurl",
+            "= x",
+            "[",
+            "[]",
+        ]
+    ),
     st.text(max_size=30),
 )
 
@@ -455,8 +605,7 @@ def test_template_values_are_data(world, value, idx) -> None:
         # unquoted words leave the tree or are no command's arguments.
         COUNTS["template:refused"] = COUNTS.get("template:refused", 0) + 1
         if how == "exact":
-            assert re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ue000-\ue01f]", value), \
-                f"{line} refused {value!r}"
+            assert re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ue000-\ue01f]", value), f"{line} refused {value!r}"
         return
     COUNTS["template:accepted"] = COUNTS.get("template:accepted", 0) + 1
     assert [ln.name for ln in lines] == ["log", name, "log"], [ln.text for ln in lines]
@@ -479,20 +628,34 @@ def test_template_values_are_data(world, value, idx) -> None:
 # --------------------------------------------------------------------------- the real command line
 
 
-@given(value=st.sampled_from(NASTY), option=st.sampled_from(["--version", "--kernel-arg", "--add-template-var",
-                                                             "--volid", "--release", "--rootfs-size"]))
+@given(
+    value=st.sampled_from(NASTY),
+    option=st.sampled_from(["--version", "--kernel-arg", "--add-template-var", "--volid", "--release", "--rootfs-size"]),
+)
 @examples(10)
 def test_real_cli(world, value, option) -> None:
     """A few examples through `python -m composer` itself: one error line, no traceback.
     (A value that passes every check starts a real build, which stops at dnf: the
     empty repository has no packages.)"""
-    values = {"--product": "testproduct", "--version": "1", "--source": f"file://{world}/repo",
-              "--cachedir": str(world / "cache"), "--workdir": str(world / "work"),
-              option: f"x={value}" if option == "--add-template-var" else value, "OUTDIR": str(world / "out" / "real")}
+    values = {
+        "--product": "testproduct",
+        "--version": "1",
+        "--source": f"file://{world}/repo",
+        "--cachedir": str(world / "cache"),
+        "--workdir": str(world / "work"),
+        option: f"x={value}" if option == "--add-template-var" else value,
+        "OUTDIR": str(world / "out" / "real"),
+    }
     before = _fingerprint(world)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(world / "home")}
-    proc = subprocess.run([sys.executable, "-m", "composer", *argv_of("boot-iso", values, False)], capture_output=True,
-                          env=env, cwd=world / "cwd", timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "composer", *argv_of("boot-iso", values, False)],
+        capture_output=True,
+        env=env,
+        cwd=world / "cwd",
+        timeout=300,
+        check=False,
+    )
     err = proc.stderr.decode(errors="replace")
     COUNTS["real-cli"] = COUNTS.get("real-cli", 0) + 1
     assert "Traceback" not in err, err

@@ -171,8 +171,11 @@ def test_squashfs_of_tree_keeps_owners(tree: Path, tmp_path: Path) -> None:
 
 def test_runtime_cmdline() -> None:
     assert runtime_cmdline(RootfsType.BTRFS) == runtime_cmdline(RootfsType.EXT4) == "root=live:/squashfs.img rd.live.image"
-    assert runtime_cmdline(RootfsType.EROFS, extra=["quiet"]) == runtime_cmdline(RootfsType.SQUASHFS, extra=["quiet"]) == \
-        "root=live:/squashfs.img rd.live.image rd.live.overlay.overlayfs=1 quiet"
+    assert (
+        runtime_cmdline(RootfsType.EROFS, extra=["quiet"])
+        == runtime_cmdline(RootfsType.SQUASHFS, extra=["quiet"])
+        == "root=live:/squashfs.img rd.live.image rd.live.overlay.overlayfs=1 quiet"
+    )
 
 
 @needs("cpio", "gzip")
@@ -182,8 +185,7 @@ def test_big_initrd(tmp_path: Path) -> None:
     (src / "init").write_text("#!/bin/sh\n")
     (src / "etc/initrd-release").write_text("x=1\n")
     listing = b"init\netc\netc/initrd-release\n"
-    raw = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing, cwd=src,
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing, cwd=src, capture_output=True, check=True).stdout
     initramfs = tmp_path / "initramfs.img"
     data = gzip.compress(raw)
     initramfs.write_bytes(data + b"abc"[: 3 if len(data) % 4 != 1 else 2])  # length not a multiple of 4: forces padding
@@ -215,8 +217,9 @@ def test_big_initrd_read_newc(tmp_path: Path) -> None:
     src = tmp_path / "r"
     src.mkdir()
     (src / "init").write_text("#!/bin/sh\n")
-    raw = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=b"init\n", cwd=src,
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"], input=b"init\n", cwd=src, capture_output=True, check=True
+    ).stdout
     initramfs = tmp_path / "initramfs.img"
     initramfs.write_bytes(gzip.compress(raw))
     squashfs = tmp_path / "squashfs.img"

@@ -26,13 +26,16 @@ def test_good_volids(volid):
     assert iso.check_volid(volid) == volid
 
 
-@pytest.mark.parametrize("volid,words", [
-    ("X" * 33, "33 characters, at most 32"),
-    ("", "must not be empty"),
-    ("Fedora 43", "not allowed"),
-    ("a=b", "not allowed"),
-    ("lbl'x", "not allowed"),
-])
+@pytest.mark.parametrize(
+    "volid,words",
+    [
+        ("X" * 33, "33 characters, at most 32"),
+        ("", "must not be empty"),
+        ("Fedora 43", "not allowed"),
+        ("a=b", "not allowed"),
+        ("lbl'x", "not allowed"),
+    ],
+)
 def test_bad_volids(volid, words):
     with pytest.raises(ComposerError, match=words):
         iso.check_volid(volid)
@@ -40,8 +43,9 @@ def test_bad_volids(volid, words):
 
 def test_xorriso_argv_grub2_layout(tmp_path):
     bios = iso.BiosBoot("grub2", "images/eltorito.img", "boot.cat", Path("/g/boot_hybrid.img"))
-    argv = iso.xorriso_argv(tmp_path / "o.iso", "VOL", [("images/a=b.img", Path("/x/a=b.img"))],
-                            bios=bios, efiboot=Path("/e/efiboot.img"))
+    argv = iso.xorriso_argv(
+        tmp_path / "o.iso", "VOL", [("images/a=b.img", Path("/x/a=b.img"))], bios=bios, efiboot=Path("/e/efiboot.img")
+    )
     assert argv[:3] == ["xorriso", "-as", "mkisofs"]
     s = " ".join(argv)
     assert "-V VOL" in s and "-b images/eltorito.img" in s and "--grub2-boot-info" in s
@@ -53,8 +57,9 @@ def test_xorriso_argv_grub2_layout(tmp_path):
 
 def test_xorriso_argv_isolinux_layout(tmp_path):
     bios = iso.BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", Path("/i/isohdpfx.bin"))
-    argv = iso.xorriso_argv(tmp_path / "o.iso", "VOL", [], bios=bios, efiboot=Path("/e/efiboot.img"),
-                            efiboot_in_iso="images/efiboot.img")
+    argv = iso.xorriso_argv(
+        tmp_path / "o.iso", "VOL", [], bios=bios, efiboot=Path("/e/efiboot.img"), efiboot_in_iso="images/efiboot.img"
+    )
     s = " ".join(argv)
     assert "-isohybrid-mbr /i/isohdpfx.bin" in s
     assert "-e images/efiboot.img -no-emul-boot -isohybrid-gpt-basdat" in s
@@ -101,12 +106,20 @@ def test_make_efiboot_with_mtools(tmp_path):
     cfg = tmp_path / "grub.cfg"
     cfg.write_text("set timeout=1\n")
     img = efiboot.make_efiboot([(a, "EFI/BOOT/BOOTX64.EFI"), (cfg, "EFI/BOOT/grub.cfg")], tmp_path / "efiboot.img")
-    listing = subprocess.run(["mdir", "-i", str(img), "-b", "::/EFI/BOOT"], capture_output=True, text=True,
-                             check=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+    listing = subprocess.run(
+        ["mdir", "-i", str(img), "-b", "::/EFI/BOOT"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+    ).stdout
     assert "BOOTX64.EFI" in listing and "grub.cfg" in listing
     out = tmp_path / "cfg"
-    subprocess.run(["mcopy", "-i", str(img), "::/EFI/BOOT/grub.cfg", str(out)], check=True,
-                   env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        ["mcopy", "-i", str(img), "::/EFI/BOOT/grub.cfg", str(out)],
+        check=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert out.read_text() == "set timeout=1\n"
     blkid = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(img)], capture_output=True, text=True, check=True).stdout
     assert blkid.strip() == "vfat"
@@ -125,12 +138,17 @@ def test_small_hybrid_iso_has_bios_and_uefi_images(tmp_path):
     efidir = root / "EFI/BOOT"
     efiboot.grub_mkimage(efi_grub, "x86_64-efi", "/EFI/BOOT", efidir / "BOOTX64.EFI")
     (efidir / "grub.cfg").write_text("search --label X\n")
-    img = efiboot.make_efiboot([(p, p.relative_to(root).as_posix()) for p in sorted(efidir.iterdir())],
-                               root / "images/efiboot.img")
+    img = efiboot.make_efiboot(
+        [(p, p.relative_to(root).as_posix()) for p in sorted(efidir.iterdir())], root / "images/efiboot.img"
+    )
     grafts = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
-    out = iso.make_iso(tmp_path / "boot.iso", "Test-1-x86_64", grafts,
-                       bios=iso.BiosBoot("grub2", "images/eltorito.img", "boot.cat", bios_grub.moddir / "boot_hybrid.img"),
-                       efiboot=img)
+    out = iso.make_iso(
+        tmp_path / "boot.iso",
+        "Test-1-x86_64",
+        grafts,
+        bios=iso.BiosBoot("grub2", "images/eltorito.img", "boot.cat", bios_grub.moddir / "boot_hybrid.img"),
+        efiboot=img,
+    )
     report = el_torito_report(out)
     assert el_torito_platforms(report) == ["BIOS", "UEFI"]
     assert subprocess.run(["checkisomd5", str(out)], capture_output=True, check=False).returncode == 0
@@ -165,8 +183,9 @@ def test_qemu_media_argv_cd_and_network(tmp_path):
     except ComposerError:
         code = None
     if code is not None:
-        uefi = " ".join(verify.qemu_media_argv(memory_mb=512, firmware="uefi", ovmf_vars=tmp_path / "v.fd",
-                                               iso=tmp_path / "boot.iso"))
+        uefi = " ".join(
+            verify.qemu_media_argv(memory_mb=512, firmware="uefi", ovmf_vars=tmp_path / "v.fd", iso=tmp_path / "boot.iso")
+        )
         assert f"readonly=on,file={code}" in uefi and f"unit=1,file={tmp_path / 'v.fd'}" in uefi
     net = " ".join(verify.qemu_media_argv(memory_mb=512, tftp_dir=tmp_path, bootfile="boot.ipxe"))
     assert f"user,id=n0,tftp={tmp_path},bootfile=boot.ipxe" in net and "virtio-net-pci" in net

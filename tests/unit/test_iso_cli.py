@@ -9,8 +9,19 @@ from tests.integration.test_bootiso import one_error_line
 
 
 def compose_args(repo: Path, *extra: str) -> list[str]:
-    return ["boot-iso", "--product", "TestProduct", "--version", "1", "--source", f"file://{repo}",
-            "--nogpgcheck", "--cachedir", str(BUILD / "cache"), *extra]
+    return [
+        "boot-iso",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--source",
+        f"file://{repo}",
+        "--nogpgcheck",
+        "--cachedir",
+        str(BUILD / "cache"),
+        *extra,
+    ]
 
 
 composer = functools.partial(_composer, check=False)
@@ -63,21 +74,35 @@ def test_kickstart_and_options_reach_the_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(bootiso, "compose_boot_iso", lambda cfg, opts: seen.update(cfg=cfg, opts=opts))
     monkeypatch.setattr(netboot, "compose_netboot", lambda cfg, opts: seen.update(ncfg=cfg, nopts=opts))
     ks = tmp_path / "a.ks"
-    ks.write_text('url --url=http://example.com/os/\nbootloader --append="quiet x=1"\n'
-                  "%packages\nvim\n-nano\n%end\n")
+    ks.write_text('url --url=http://example.com/os/\nbootloader --append="quiet x=1"\n%packages\nvim\n-nano\n%end\n')
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     bootiso.register(sub)
     netboot.register(sub)
-    args = parser.parse_args(["boot-iso", "-p", "TestProduct", "-v", "1", "--ks", str(ks), "--kernel-arg", "y=2",
-                              "--add-arch-template-var", "flavor=big", str(tmp_path / "out")])
+    args = parser.parse_args(
+        [
+            "boot-iso",
+            "-p",
+            "TestProduct",
+            "-v",
+            "1",
+            "--ks",
+            str(ks),
+            "--kernel-arg",
+            "y=2",
+            "--add-arch-template-var",
+            "flavor=big",
+            str(tmp_path / "out"),
+        ]
+    )
     assert args.func(args) == 0
     cfg, opts = seen["cfg"], seen["opts"]
     assert opts.volid == "TestProduct-1-x86_64" or opts.volid.startswith("TestProduct-1-")
     assert opts.kernel_args == ("quiet", "x=1", "y=2")
     assert opts.arch_template_vars == (("flavor", "big"),)
     assert "http://example.com/os/" in cfg.sources and "vim" in cfg.installpkgs and "nano" in cfg.excludepkgs
-    args = parser.parse_args(["netboot", "-p", "TestProduct", "-v", "1", "--ks", str(ks), "--url", "http://s/x",
-                              str(tmp_path / "out")])
+    args = parser.parse_args(
+        ["netboot", "-p", "TestProduct", "-v", "1", "--ks", str(ks), "--url", "http://s/x", str(tmp_path / "out")]
+    )
     assert args.func(args) == 0
     assert seen["nopts"].url == "http://s/x/" and seen["nopts"].kernel_args == ("quiet", "x=1")

@@ -49,8 +49,9 @@ def test_unused_commands_reported_by_name(tmp_path):
 
 
 def test_report_in_log(tmp_path, capsys):
-    cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", sources=("file:///r",),
-                 installpkgs=("vim-minimal",))
+    cfg = Config(
+        product="TestProduct", version="1", outdir=tmp_path / "out", sources=("file:///r",), installpkgs=("vim-minimal",)
+    )
     new, _ = config_with_kickstart(cfg, write(tmp_path, KS))
     err = capsys.readouterr().err
     assert "not used by composer: rootpw, timezone" in err

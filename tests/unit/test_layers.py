@@ -17,8 +17,26 @@ PKG = Path(__file__).resolve().parents[2] / "src" / "composer"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("__main__", "cli")),
     ("pipelines", ("pipeline", "runtime", "bootiso", "netboot", "loraxcli", "mkksiso")),
-    ("stages", ("product", "templates", "dnf", "dracut", "images", "live", "outputs", "cache", "treecheck",
-                "kickstart", "preflight", "verify", "loraxcheck", "loraxlogs", "reproducible")),
+    (
+        "stages",
+        (
+            "product",
+            "templates",
+            "dnf",
+            "dracut",
+            "images",
+            "live",
+            "outputs",
+            "cache",
+            "treecheck",
+            "kickstart",
+            "preflight",
+            "verify",
+            "loraxcheck",
+            "loraxlogs",
+            "reproducible",
+        ),
+    ),
     ("base", ("config", "userns", "run", "__init__")),
 ]
 
@@ -89,9 +107,12 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_no_import_goes_up() -> None:
-    wrong = [f"{mod} (line {line}, {LAYERS[layer_of(mod)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
-             for mod, edges in sorted(import_graph().items())
-             for dep, line, _ in sorted(edges) if layer_of(dep) < layer_of(mod)]
+    wrong = [
+        f"{mod} (line {line}, {LAYERS[layer_of(mod)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+        for mod, edges in sorted(import_graph().items())
+        for dep, line, _ in sorted(edges)
+        if layer_of(dep) < layer_of(mod)
+    ]
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
 
 
@@ -112,7 +133,7 @@ def test_no_circles() -> None:
         stack.append(m)
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                circles.append([*stack[stack.index(d):], d])
+                circles.append([*stack[stack.index(d) :], d])
             elif d not in state:
                 visit(d)
         stack.pop()
@@ -128,8 +149,9 @@ def test_the_check_can_fail() -> None:
     # The parser sees an import inside a function, and the layer order is what it says.
     tree = ast.parse("def f():\n    from composer.cli import main\n")
     assert any(isinstance(n, ast.ImportFrom) and n.module == "composer.cli" for n in ast.walk(tree))
-    assert layer_of("composer.cli.compose") < layer_of("composer.runtime") < layer_of("composer.dracut") \
-        < layer_of("composer.run")
+    assert (
+        layer_of("composer.cli.compose") < layer_of("composer.runtime") < layer_of("composer.dracut") < layer_of("composer.run")
+    )
 
 
 def test_no_composer_import_inside_a_function() -> None:
@@ -140,9 +162,14 @@ def test_no_composer_import_inside_a_function() -> None:
         tree = ast.parse(path.read_text(), str(path))
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                found += [f"{path.relative_to(PKG.parent)}:{n.lineno}: {ast.unparse(n)}" for n in ast.walk(fn)
-                          if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").split(".")[0] == "composer")
-                          or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "composer" for a in n.names)]
+                found += [
+                    f"{path.relative_to(PKG.parent)}:{n.lineno}: {ast.unparse(n)}"
+                    for n in ast.walk(fn)
+                    if isinstance(n, ast.ImportFrom)
+                    and (n.level or (n.module or "").split(".")[0] == "composer")
+                    or isinstance(n, ast.Import)
+                    and any(a.name.split(".")[0] == "composer" for a in n.names)
+                ]
     assert not found, "composer imports inside functions (import at the top):\n" + "\n".join(found)
 
 
@@ -156,10 +183,13 @@ def test_the_suite_runs_this_checkouts_composer(tmp_path: Path) -> None:
     decoy = tmp_path / "composer"
     decoy.mkdir()
     (decoy / "__init__.py").write_text("")
-    probe = ("import subprocess, sys, tests.conftest, composer; print(composer.__file__); "
-             "print(subprocess.run([sys.executable, '-c', 'import composer; print(composer.__file__)'], "
-             "capture_output=True, text=True).stdout.strip())")
+    probe = (
+        "import subprocess, sys, tests.conftest, composer; print(composer.__file__); "
+        "print(subprocess.run([sys.executable, '-c', 'import composer; print(composer.__file__)'], "
+        "capture_output=True, text=True).stdout.strip())"
+    )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=PKG.parents[1], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PKG.parents[1], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert [Path(p).resolve() for p in out] == [PKG / "__init__.py"] * 2, out

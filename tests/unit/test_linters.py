@@ -25,5 +25,9 @@ def test_ruff() -> None:
     _lint("ruff", "check", "--no-fix", ".")
 
 
+def test_ruff_format() -> None:
+    _lint("ruff", "format", "--check", ".")
+
+
 def test_mypy() -> None:
     _lint("mypy", "--config-file", "pyproject.toml")

@@ -23,8 +23,17 @@ needs_lorax_templates = pytest.mark.skipif(not LORAX_GENERIC.is_dir(), reason=f"
 def test_lorax_43_templates_pass_template_check(capsys):
     assert main(["template-check", "--sharedir", str(LORAX_GENERIC)]) == 0
     out = capsys.readouterr().out
-    for name in ("runtime-install.tmpl", "runtime-postinstall.tmpl", "runtime-cleanup.tmpl", "x86.tmpl",
-                 "aarch64.tmpl", "ppc64le.tmpl", "s390.tmpl", "efi.tmpl: through", "live/x86.tmpl"):
+    for name in (
+        "runtime-install.tmpl",
+        "runtime-postinstall.tmpl",
+        "runtime-cleanup.tmpl",
+        "x86.tmpl",
+        "aarch64.tmpl",
+        "ppc64le.tmpl",
+        "s390.tmpl",
+        "efi.tmpl: through",
+        "live/x86.tmpl",
+    ):
         assert f"checked: {name}" in out
     assert "no errors" in out
 
@@ -47,8 +56,10 @@ def test_template_check_reports_every_error_with_file_and_line(tmp_path, capsys)
     errors = [line for line in captured.out.splitlines() if not line.startswith(("checked:", "ok:"))]
     assert errors == [
         f"{efi}:8: unknown command 'mkdirx'",
-        (f"{d}/runtime-postinstall.tmpl:{len((d / 'runtime-postinstall.tmpl').read_text().splitlines())}: "
-         "systemctl: wrong arguments; usage: systemctl enable|disable|mask|unmask|set-default UNIT..."),
+        (
+            f"{d}/runtime-postinstall.tmpl:{len((d / 'runtime-postinstall.tmpl').read_text().splitlines())}: "
+            "systemctl: wrong arguments; usage: systemctl enable|disable|mask|unmask|set-default UNIT..."
+        ),
         f"{d}/x86.tmpl:{n + 1}: chmod: bad mode 'images/boot.iso': the order is chmod FILEGLOB MODE (lorax's), not MODE FILE",
         f"{d}/x86.tmpl:{n + 2}: installimg: wrong arguments; usage: installimg [--xz|--gzip|--bzip2|--lzma] [-ARG]..."
         " SRCDIR DESTFILE",
@@ -59,10 +70,13 @@ def test_template_check_reports_every_error_with_file_and_line(tmp_path, capsys)
 def test_template_check_sharedir_page_args(tmp_path):
     d = tmp_path / "set"
     d.mkdir()
-    (d / "runtime-install.tmpl").write_text('<%page args="product, root, branding, nothere"/>\n'
-                                            'installpkg ${product.name}-release\n')
-    (d / "x86.tmpl").write_text('<%page args="kernels, inroot, outroot, isolabel, udev"/>\n'
-                                "%for kernel in kernels:\ninstallkernel images-x86_64 ${kernel.path} images/vmlinuz\n%endfor\n")
+    (d / "runtime-install.tmpl").write_text(
+        '<%page args="product, root, branding, nothere"/>\ninstallpkg ${product.name}-release\n'
+    )
+    (d / "x86.tmpl").write_text(
+        '<%page args="kernels, inroot, outroot, isolabel, udev"/>\n'
+        "%for kernel in kernels:\ninstallkernel images-x86_64 ${kernel.path} images/vmlinuz\n%endfor\n"
+    )
     r = check_sharedir(d)
     assert r.errors == [f"{d}/runtime-install.tmpl:1: undefined variable(s) in <%page args>: nothere"]
 
@@ -84,23 +98,46 @@ def pungi_argv(tmp_path: Path, rootfs_type: str) -> list[str]:
     (tmp_path / "share/templates.d/99-generic").mkdir(parents=True, exist_ok=True)
     extra = tmp_path / "extra-runtime.tmpl"
     return [
-        "--product=Fedora", "--version=43", "--release=43",
-        f"--source=file://{tmp_path}/work/x86_64/repo/p1", f"--source=file://{tmp_path}/work/x86_64/comps_repo_Server",
-        "--variant=Server", "--bugurl=https://bugzilla.redhat.com", "--nomacboot", "--noupgrade", "--isfinal",
-        "--buildarch=x86_64", "--volid=Fedora-S-dvd-x86_64-43", "--installpkgs=fedora-release-server",
-        f"--add-template={extra}", f"--add-arch-template={tmp_path}/extra-arch.tmpl",
-        "--add-template-var=ostree_osname=fedora", "--add-arch-template-var=ksmedia=ks.cfg",
-        f"--logfile={logs}/lorax.log", "--rootfs-size=3", "--dracut-arg=--xz", "--dracut-arg=--install",
-        "--dracut-arg=/.buildstamp", "--skip-branding", "--squashfs-only",
-        "--config", str(conf), str(tmp_path / "work/x86_64/buildinstall/Server"),
+        "--product=Fedora",
+        "--version=43",
+        "--release=43",
+        f"--source=file://{tmp_path}/work/x86_64/repo/p1",
+        f"--source=file://{tmp_path}/work/x86_64/comps_repo_Server",
+        "--variant=Server",
+        "--bugurl=https://bugzilla.redhat.com",
+        "--nomacboot",
+        "--noupgrade",
+        "--isfinal",
+        "--buildarch=x86_64",
+        "--volid=Fedora-S-dvd-x86_64-43",
+        "--installpkgs=fedora-release-server",
+        f"--add-template={extra}",
+        f"--add-arch-template={tmp_path}/extra-arch.tmpl",
+        "--add-template-var=ostree_osname=fedora",
+        "--add-arch-template-var=ksmedia=ks.cfg",
+        f"--logfile={logs}/lorax.log",
+        "--rootfs-size=3",
+        "--dracut-arg=--xz",
+        "--dracut-arg=--install",
+        "--dracut-arg=/.buildstamp",
+        "--skip-branding",
+        "--squashfs-only",
+        "--config",
+        str(conf),
+        str(tmp_path / "work/x86_64/buildinstall/Server"),
         f"--rootfs-type={rootfs_type}",
     ]
 
 
-@pytest.mark.parametrize("rootfs_type,expected", [
-    ("squashfs", RootfsType.SQUASHFS), ("squashfs-ext4", RootfsType.EXT4),
-    ("erofs", RootfsType.EROFS), ("erofs-ext4", RootfsType.EXT4),
-])
+@pytest.mark.parametrize(
+    "rootfs_type,expected",
+    [
+        ("squashfs", RootfsType.SQUASHFS),
+        ("squashfs-ext4", RootfsType.EXT4),
+        ("erofs", RootfsType.EROFS),
+        ("erofs-ext4", RootfsType.EXT4),
+    ],
+)
 def test_pungi_argv_is_accepted(tmp_path, rootfs_type, expected):
     plan = plan_from_argv(pungi_argv(tmp_path, rootfs_type))
     cfg = plan.config
@@ -138,9 +175,29 @@ def test_lorax_defaults_and_units(tmp_path):
 
 
 def test_lorax_dracut_arg_with_separate_value_and_btrfs(tmp_path):
-    plan = plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "file:///r", "--dracut-arg", "--xz",
-                           "--dracut-arg", "--add", "--dracut-arg", "dmsquash-live", "--rootfs-type", "btrfs",
-                           "--rootfs-size", "1", str(tmp_path / "o")])
+    plan = plan_from_argv(
+        [
+            "-p",
+            "T",
+            "-v",
+            "1",
+            "-r",
+            "1",
+            "-s",
+            "file:///r",
+            "--dracut-arg",
+            "--xz",
+            "--dracut-arg",
+            "--add",
+            "--dracut-arg",
+            "dmsquash-live",
+            "--rootfs-type",
+            "btrfs",
+            "--rootfs-size",
+            "1",
+            str(tmp_path / "o"),
+        ]
+    )
     assert plan.config.dracut_args == ("--xz", "--add", "dmsquash-live")
     assert plan.config.rootfs_type is RootfsType.BTRFS and plan.config.rootfs_size == 1 << 30
 
@@ -148,10 +205,41 @@ def test_lorax_dracut_arg_with_separate_value_and_btrfs(tmp_path):
 def test_lorax_options_composer_cannot_honour_are_named(tmp_path):
     conf = tmp_path / "lorax.conf"
     conf.write_text("[compression.erofs]\ntype = zstd\n[output]\nignorelist = /x\n")
-    plan = plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "-s", "file:///r", "-m", "http://mirror", "--proxy", "h:3128",
-                           "--enablerepo", "a", "--disablerepo", "b", "--noverifyssl", "--dnfplugin", "x", "--macboot",
-                           "--noverify", "--tmp", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "-c", str(conf),
-                           "--cachedir", str(tmp_path / "c"), "--force", str(tmp_path / "o")])
+    plan = plan_from_argv(
+        [
+            "-p",
+            "T",
+            "-v",
+            "1",
+            "-r",
+            "1",
+            "-s",
+            "file:///r",
+            "-m",
+            "http://mirror",
+            "--proxy",
+            "h:3128",
+            "--enablerepo",
+            "a",
+            "--disablerepo",
+            "b",
+            "--noverifyssl",
+            "--dnfplugin",
+            "x",
+            "--macboot",
+            "--noverify",
+            "--tmp",
+            str(tmp_path / "t"),
+            "--workdir",
+            str(tmp_path / "w"),
+            "-c",
+            str(conf),
+            "--cachedir",
+            str(tmp_path / "c"),
+            "--force",
+            str(tmp_path / "o"),
+        ]
+    )
     text = "; ".join(plan.warnings)
     for name in ("--dnfplugin", "--macboot", "--noverify", "[compression.erofs] type", "[output] ignorelist"):
         assert name in text
@@ -172,6 +260,7 @@ def test_lorax_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plan_from_argv(["-p", "T", "-v", "1", "-r", "1", "--rootfs-type", "ext2", str(tmp_path / "o")])
     from composer.run import ComposerError
+
     with pytest.raises(ComposerError, match="--source, --mirrorlist or --repo"):
         plan_from_argv(["-p", "T", "-v", "1", "-r", "1", str(tmp_path / "o")])
     with pytest.raises(ComposerError, match="--config .*: no such file"):
@@ -201,11 +290,31 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
     from composer.loraxcli import buildstamp_text, lorax_runtime_template
     from composer.templates import TemplateRunner
 
-    cfg = plan_from_argv(["-p", "Fedora", "-v", "43", "-r", "43", "-s", "x", "-t", "Server", "--isfinal",
-                          "-b", "https://bugs.example.com/?a=${x}&b='x'\\y", "--buildarch", "x86_64", str(tmp_path / "o")]).config
+    cfg = plan_from_argv(
+        [
+            "-p",
+            "Fedora",
+            "-v",
+            "43",
+            "-r",
+            "43",
+            "-s",
+            "x",
+            "-t",
+            "Server",
+            "--isfinal",
+            "-b",
+            "https://bugs.example.com/?a=${x}&b='x'\\y",
+            "--buildarch",
+            "x86_64",
+            str(tmp_path / "o"),
+        ]
+    ).config
     text = buildstamp_text(cfg, now=1700000000)
-    assert text == ("[Main]\nProduct=Fedora\nVersion=43\nBugURL=https://bugs.example.com/?a=${x}&b='x'\\y\nIsFinal=True\n"
-                    "UUID=202311142213.x86_64\nVariant=Server\n[Compose]\nLorax=" + text.rsplit("=", 1)[1])
+    assert text == (
+        "[Main]\nProduct=Fedora\nVersion=43\nBugURL=https://bugs.example.com/?a=${x}&b='x'\\y\nIsFinal=True\n"
+        "UUID=202311142213.x86_64\nVariant=Server\n[Compose]\nLorax=" + text.rsplit("=", 1)[1]
+    )
     tmpl = lorax_runtime_template(tmp_path, text, tmp_path / "logs/pkglists")
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -290,12 +399,16 @@ def test_preflight_renders_page_args_of_composer_sets(tmp_path):
     from composer.preflight import check_command_templates
 
     root = Path(__file__).resolve().parents[2]
-    for product, templatedir in (("Fedora", None), ("TestProduct", None),
-                                 ("TestProduct", root / "tools/testproduct/lorax-templates")):
+    for product, templatedir in (
+        ("Fedora", None),
+        ("TestProduct", None),
+        ("TestProduct", root / "tools/testproduct/lorax-templates"),
+    ):
         cfg = Config(product=product, version="1", outdir=tmp_path / "o", arch="x86_64", templatedir=templatedir)
         d = template_dir(cfg)
-        check_command_templates(cfg, [(d / n, "") for n in ("runtime-install.tmpl", "runtime-postinstall.tmpl",
-                                                    "runtime-cleanup.tmpl")])
+        check_command_templates(
+            cfg, [(d / n, "") for n in ("runtime-install.tmpl", "runtime-postinstall.tmpl", "runtime-cleanup.tmpl")]
+        )
 
 
 def test_testproduct_lorax_set_passes_template_check(capsys):
@@ -308,8 +421,11 @@ def test_testproduct_lorax_set_passes_template_check(capsys):
     assert not lorax_media_mode(root / "src/composer/data/templates/testproduct", "x86_64")
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in ("grub-mkimage", "xorrisofs", "mkfs.fat", "mcopy", "implantisomd5"))
-                    or not Path("/usr/lib/grub/i386-pc/kernel.img").is_file(), reason="host boot tools missing")
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("grub-mkimage", "xorrisofs", "mkfs.fat", "mcopy", "implantisomd5"))
+    or not Path("/usr/lib/grub/i386-pc/kernel.img").is_file(),
+    reason="host boot tools missing",
+)
 def test_lorax_media_from_the_arch_template(tmp_path):
     """The test product's x86.tmpl makes the media as lorax's does (runcmd with host tools),
     on a stand-in runtime: kernel, initramfs and runtime image are placeholders."""
@@ -323,10 +439,31 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     conf = tmp_path / "lorax.conf"
     conf.write_text(f"[lorax]\nsharedir = {root}/tools/testproduct/lorax-templates\n")
     (tmp_path / "arch.tmpl").write_text('<%page args="ksmedia"/>\nappend /ks-name.txt "${ksmedia}"\n')
-    plan = plan_from_argv(["-p", "TestProduct", "-v", "1", "-r", "1", "-s", "file:///r", "--buildarch", "x86_64",
-                           "--volid", "TestProduct-S-1", "-c", str(conf), "--add-arch-template", str(tmp_path / "arch.tmpl"),
-                           "--add-arch-template-var", "ksmedia=ks.cfg", str(tmp_path / "out")])
+    plan = plan_from_argv(
+        [
+            "-p",
+            "TestProduct",
+            "-v",
+            "1",
+            "-r",
+            "1",
+            "-s",
+            "file:///r",
+            "--buildarch",
+            "x86_64",
+            "--volid",
+            "TestProduct-S-1",
+            "-c",
+            str(conf),
+            "--add-arch-template",
+            str(tmp_path / "arch.tmpl"),
+            "--add-arch-template-var",
+            "ksmedia=ks.cfg",
+            str(tmp_path / "out"),
+        ]
+    )
     import dataclasses
+
     cfg = dataclasses.replace(plan.config, templatedir=plan.templatedir)
     tree = tmp_path / "tree"
     shutil.copytree(root / "tools/testproduct/lorax-templates/config_files", tree / "tmp/config_files")
@@ -352,9 +489,20 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     make_lorax_media(cfg, plan, rt, out, work, "TestProduct-S-1")
-    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", "images/eltorito.img",
-                "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grub.cfg",
-                "boot/grub2/grub.cfg", ".discinfo", ".treeinfo", "ks-name.txt"):
+    for rel in (
+        "images/boot.iso",
+        "images/install.img",
+        "images/efiboot.img",
+        "images/eltorito.img",
+        "images/pxeboot/vmlinuz",
+        "images/pxeboot/initrd.img",
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grub.cfg",
+        "boot/grub2/grub.cfg",
+        ".discinfo",
+        ".treeinfo",
+        "ks-name.txt",
+    ):
         assert (out / rel).is_file(), rel
     assert "root=live:CDLABEL=TestProduct-S-1 rd.live.image" in (out / "EFI/BOOT/grub.cfg").read_text()
     ti = productmd.treeinfo.TreeInfo()
@@ -362,7 +510,12 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     assert ti.images.images["xen"] == {"kernel": "images/pxeboot/vmlinuz", "initrd": "images/pxeboot/initrd.img"}
     assert ti.images.images["x86_64"]["eltorito.img"] == "images/eltorito.img"
     assert ti.stage2.mainimage == "images/install.img"
-    report = subprocess.run(["xorriso", "-indev", str(out / "images/boot.iso"), "-report_el_torito", "plain"],
-                            capture_output=True, text=True, check=True).stdout
+    report = subprocess.run(
+        ["xorriso", "-indev", str(out / "images/boot.iso"), "-report_el_torito", "plain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     from tests.isoread import el_torito_platforms
+
     assert el_torito_platforms(report) == ["BIOS", "UEFI"], report

@@ -66,17 +66,21 @@ def test_arg_edit_removes_by_name_or_exact_value_and_adds_once():
 
 
 def test_replace_volid_only_in_label_references():
-    text = (f"search --no-floppy --set=root --label '{VOLID}'\n"
-            f"search -l {VOLID}\n"
-            f"menuentry 'Install {VOLID}' {{\n"
-            f"linux /vmlinuz root=live:CDLABEL={VOLID} inst.stage2=hd:LABEL={VOLID}:/images/install.img\n"
-            f"linux /vmlinuz root=live:CDLABEL={VOLID}-2 inst.repo=hd:LABEL={VOLID}\n")
+    text = (
+        f"search --no-floppy --set=root --label '{VOLID}'\n"
+        f"search -l {VOLID}\n"
+        f"menuentry 'Install {VOLID}' {{\n"
+        f"linux /vmlinuz root=live:CDLABEL={VOLID} inst.stage2=hd:LABEL={VOLID}:/images/install.img\n"
+        f"linux /vmlinuz root=live:CDLABEL={VOLID}-2 inst.repo=hd:LABEL={VOLID}\n"
+    )
     new = mk.replace_volid(text, VOLID, "NEW")
-    assert new == ("search --no-floppy --set=root --label 'NEW'\n"
-                   "search -l NEW\n"
-                   f"menuentry 'Install {VOLID}' {{\n"  # a title, not a label: kept
-                   "linux /vmlinuz root=live:CDLABEL=NEW inst.stage2=hd:LABEL=NEW:/images/install.img\n"
-                   f"linux /vmlinuz root=live:CDLABEL={VOLID}-2 inst.repo=hd:LABEL=NEW\n")  # another id: kept
+    assert new == (
+        "search --no-floppy --set=root --label 'NEW'\n"
+        "search -l NEW\n"
+        f"menuentry 'Install {VOLID}' {{\n"  # a title, not a label: kept
+        "linux /vmlinuz root=live:CDLABEL=NEW inst.stage2=hd:LABEL=NEW:/images/install.img\n"
+        f"linux /vmlinuz root=live:CDLABEL={VOLID}-2 inst.repo=hd:LABEL=NEW\n"
+    )  # another id: kept
     assert mk.replace_volid(text, VOLID, VOLID) == text
 
 
@@ -87,13 +91,15 @@ def test_replace_volid_escapes_like_udev():
 
 
 def _edit(**kw) -> mk.MenuEdit:
-    return mk.MenuEdit(mk.ArgEdit(kw.get("remove", ()), kw.get("add", ())), VOLID, kw.get("volid", VOLID),
-                       kw.get("replace", ()))
+    return mk.MenuEdit(mk.ArgEdit(kw.get("remove", ()), kw.get("add", ())), VOLID, kw.get("volid", VOLID), kw.get("replace", ()))
 
 
 def test_edit_grub_menu():
-    new, count = mk.edit_menu(GRUB_CFG, "grub", _edit(remove=("quiet",), add=("inst.ks=hd:LABEL=NEW:/ks.cfg",),
-                                                      volid="NEW", replace=(("Check", "Verify"),)))
+    new, count = mk.edit_menu(
+        GRUB_CFG,
+        "grub",
+        _edit(remove=("quiet",), add=("inst.ks=hd:LABEL=NEW:/ks.cfg",), volid="NEW", replace=(("Check", "Verify"),)),
+    )
     assert count == 2
     assert new.splitlines() == [
         "set timeout=1",
@@ -182,8 +188,9 @@ def test_read_volume_info_refuses_what_is_not_an_iso(tmp_path):
 # --------------------------------------------------------------------------- small real ISOs
 
 HOST_GRUB = Path("/usr/lib/grub/i386-pc/kernel.img").is_file() and Path("/usr/lib/grub/x86_64-efi/kernel.img").is_file()
-TOOLS = all(shutil.which(t) for t in ("xorriso", "mkfs.fat", "mcopy", "mtype", "mdir", "grub-mkimage",
-                                      "implantisomd5", "checkisomd5"))
+TOOLS = all(
+    shutil.which(t) for t in ("xorriso", "mkfs.fat", "mcopy", "mtype", "mdir", "grub-mkimage", "implantisomd5", "checkisomd5")
+)
 ISOLINUX = Path("/usr/lib/ISOLINUX/isolinux.bin").is_file() and Path("/usr/lib/syslinux/modules/bios/ldlinux.c32").is_file()
 needs_tools = pytest.mark.skipif(not (HOST_GRUB and TOOLS and ISOLINUX), reason="host grub/isolinux/xorriso/mtools missing")
 
@@ -211,23 +218,66 @@ def make_small_iso(base: Path, layout: str) -> Path:
         shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", root / "isolinux/ldlinux.c32")
         (root / "isolinux/isolinux.cfg").write_text(ISOLINUX_CFG)
         bios = iso.BiosBoot("isolinux", "isolinux/isolinux.bin", "isolinux/boot.cat", Path("/usr/lib/ISOLINUX/isohdpfx.bin"))
-    img = efiboot.make_efiboot([(p, p.relative_to(root).as_posix()) for p in sorted(efidir.iterdir())],
-                               root / "images/efiboot.img", source_date_epoch=EPOCH, seed="t")
+    img = efiboot.make_efiboot(
+        [(p, p.relative_to(root).as_posix()) for p in sorted(efidir.iterdir())],
+        root / "images/efiboot.img",
+        source_date_epoch=EPOCH,
+        seed="t",
+    )
     if layout == "debian":
         # El Torito's UEFI entry is the file, and the same image is appended as partition 2
         # (how Debian's ISOs are made).
         out = base / f"{layout}.iso"
-        subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(out), "-V", VOLID, "-R", "-J", "-iso-level", "3",
-                        "-b", "images/eltorito.img", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4",
-                        "-boot-info-table", "--grub2-boot-info", "--grub2-mbr", str(bios.mbr),
-                        "-append_partition", "2", "0xef", str(img),
-                        "-eltorito-alt-boot", "-e", "images/efiboot.img", "-no-emul-boot", str(root)],
-                       capture_output=True, check=True)
+        subprocess.run(
+            [
+                "xorriso",
+                "-as",
+                "mkisofs",
+                "-o",
+                str(out),
+                "-V",
+                VOLID,
+                "-R",
+                "-J",
+                "-iso-level",
+                "3",
+                "-b",
+                "images/eltorito.img",
+                "-c",
+                "boot.cat",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "--grub2-boot-info",
+                "--grub2-mbr",
+                str(bios.mbr),
+                "-append_partition",
+                "2",
+                "0xef",
+                str(img),
+                "-eltorito-alt-boot",
+                "-e",
+                "images/efiboot.img",
+                "-no-emul-boot",
+                str(root),
+            ],
+            capture_output=True,
+            check=True,
+        )
         shutil.rmtree(root)
         return out
     grafts = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
-    out = iso.make_iso(base / f"{layout}.iso", VOLID, grafts, bios=bios, efiboot=img,
-                       efiboot_in_iso="images/efiboot.img", source_date_epoch=EPOCH, seed="t")
+    out = iso.make_iso(
+        base / f"{layout}.iso",
+        VOLID,
+        grafts,
+        bios=bios,
+        efiboot=img,
+        efiboot_in_iso="images/efiboot.img",
+        source_date_epoch=EPOCH,
+        seed="t",
+    )
     shutil.rmtree(root)
     return out
 
@@ -244,30 +294,40 @@ def composer(*args: str, **kw) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env["PYTHONPATH"] = str(ROOT / "src")
     env.update(kw.pop("env", {}))
-    return subprocess.run([sys.executable, "-m", "composer", *args], capture_output=True, text=True,
-                          env=env, cwd="/", timeout=120, check=False, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "composer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+        check=False,
+        **kw,
+    )
 
 
 def report(iso: Path) -> list[str]:
-    out = subprocess.run(["xorriso", "-indev", str(iso), "-report_el_torito", "as_mkisofs"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["xorriso", "-indev", str(iso), "-report_el_torito", "as_mkisofs"], capture_output=True, text=True, check=True
+    ).stdout
     # the lines naming the image file itself (its path, the partition's place) differ
     return [ln for ln in out.splitlines() if "local_fs" not in ln and "appended_partition_" not in ln]
 
 
 def extract(iso: Path, path: str, dest: Path) -> Path:
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path, str(dest)],
-                   capture_output=True, check=True)
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path, str(dest)], capture_output=True, check=True
+    )
     return dest
 
 
 def efi_partition(iso: Path) -> bytes | None:
     data = iso.read_bytes()
     for i in range(4):
-        entry = data[446 + 16 * i: 462 + 16 * i]
+        entry = data[446 + 16 * i : 462 + 16 * i]
         if entry[4] == 0xEF:
             start, count = struct.unpack("<II", entry[8:16])
-            return data[start * 512:(start + count) * 512]
+            return data[start * 512 : (start + count) * 512]
     return None
 
 
@@ -287,8 +347,23 @@ def test_remaster_small_iso(small_isos, layout, tmp_path):
     src = small_isos[layout]
     ks, extra = remaster_inputs(tmp_path)
     out = tmp_path / "out.iso"
-    args = ("mkksiso", "--ks", str(ks), "-a", str(extra), "-c", "inst.text no_timer_check", "-r", "quiet",
-            "--volid", "NEW-1", "--source-date-epoch", str(EPOCH), str(src), str(out))
+    args = (
+        "mkksiso",
+        "--ks",
+        str(ks),
+        "-a",
+        str(extra),
+        "-c",
+        "inst.text no_timer_check",
+        "-r",
+        "quiet",
+        "--volid",
+        "NEW-1",
+        "--source-date-epoch",
+        str(EPOCH),
+        str(src),
+        str(out),
+    )
     proc = composer(*args)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extra", "ks.cfg", "out.iso"]  # no scratch left
@@ -308,25 +383,46 @@ def test_remaster_small_iso(small_isos, layout, tmp_path):
         assert "quiet" not in text and VOLID not in text.replace(f"'Start {VOLID} now'", "")
     # the menu inside efiboot.img, and every copy of efiboot.img (El Torito, partition, file)
     img = extract(out, "/images/efiboot.img", tmp_path / "efiboot.img")
-    inner = subprocess.run(["mtype", "-i", str(img), "::/EFI/BOOT/grub.cfg"], capture_output=True, text=True,
-                           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True).stdout
+    inner = subprocess.run(
+        ["mtype", "-i", str(img), "::/EFI/BOOT/grub.cfg"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+        check=True,
+    ).stdout
     assert line in inner and added in inner and "search --no-floppy --set=root --label 'NEW-1'" in inner
     part = efi_partition(out)
-    assert part is not None and part[:img.stat().st_size] == img.read_bytes()
+    assert part is not None and part[: img.stat().st_size] == img.read_bytes()
     if layout == "debian":  # El Torito's own copy of the image is the edited one too
-        boot = subprocess.run(["xorriso", "-indev", str(out), "-report_el_torito", "plain"], capture_output=True,
-                              text=True, check=True).stdout
-        lba, blocks = (int(x) for x in re.search(r"El Torito boot img :\s+2\s+UEFI\s+y\s+none\s+\S+\s+\S+\s+(\d+)\s+(\d+)", boot)
-                       .groups()[::-1])
+        boot = subprocess.run(
+            ["xorriso", "-indev", str(out), "-report_el_torito", "plain"], capture_output=True, text=True, check=True
+        ).stdout
+        lba, blocks = (
+            int(x)
+            for x in re.search(r"El Torito boot img :\s+2\s+UEFI\s+y\s+none\s+\S+\s+\S+\s+(\d+)\s+(\d+)", boot).groups()[::-1]
+        )
         with out.open("rb") as f:
             f.seek(lba * 2048)
             assert f.read(img.stat().st_size) == img.read_bytes()
     # the added files, at the root, root's, dated at the epoch
     assert extract(out, "/ks.cfg", tmp_path / "ks.out").read_text() == ks.read_text()
     assert extract(out, "/extra/sub/hello.txt", tmp_path / "hello.out").read_text() == "hello\n"
-    listing = subprocess.run(["xorriso", "-indev", str(out), "-lsdl", "/ks.cfg", "/extra", "/extra/sub/hello.txt",
-                              "/EFI/BOOT/grub.cfg", "/images/efiboot.img"],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    listing = subprocess.run(
+        [
+            "xorriso",
+            "-indev",
+            str(out),
+            "-lsdl",
+            "/ks.cfg",
+            "/extra",
+            "/extra/sub/hello.txt",
+            "/EFI/BOOT/grub.cfg",
+            "/images/efiboot.img",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert [ln.split()[0] for ln in listing] == ["-rw-r--r--", "drwxr-xr-x", "-rw-r--r--", "-rw-r--r--", "-rw-r--r--"]
     assert all(ln.split()[2:4] == ["0", "0"] for ln in listing), listing
     assert os.stat(tmp_path / "ks.out").st_mtime == EPOCH
@@ -371,10 +467,16 @@ def test_remaster_an_other_architectures_uefi_only_iso(tmp_path):
     (root / "EFI/BOOT").mkdir(parents=True)
     (root / "EFI/BOOT/BOOTAA64.EFI").write_bytes(b"MZ not really an arm64 grub")
     (root / "EFI/BOOT/grub.cfg").write_text(GRUB_CFG)
-    img = efiboot.make_efiboot([(p, p.relative_to(root).as_posix()) for p in sorted((root / "EFI/BOOT").iterdir())],
-                               tmp_path / "efiboot.img")
-    src = iso.make_iso(tmp_path / "aa64.iso", VOLID, [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*"))
-                                                      if p.is_file()], bios=None, efiboot=img)
+    img = efiboot.make_efiboot(
+        [(p, p.relative_to(root).as_posix()) for p in sorted((root / "EFI/BOOT").iterdir())], tmp_path / "efiboot.img"
+    )
+    src = iso.make_iso(
+        tmp_path / "aa64.iso",
+        VOLID,
+        [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()],
+        bios=None,
+        efiboot=img,
+    )
     out = tmp_path / "out.iso"
     proc = composer("mkksiso", "-c", "inst.text", "--volid", "AA64", str(src), str(out))
     assert proc.returncode == 0, proc.stderr
@@ -382,8 +484,13 @@ def test_remaster_an_other_architectures_uefi_only_iso(tmp_path):
     part = efi_partition(out)
     assert part is not None
     (tmp_path / "part.img").write_bytes(part)
-    inner = subprocess.run(["mtype", "-i", str(tmp_path / "part.img"), "::/EFI/BOOT/grub.cfg"], capture_output=True,
-                           text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True).stdout
+    inner = subprocess.run(
+        ["mtype", "-i", str(tmp_path / "part.img"), "::/EFI/BOOT/grub.cfg"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+        check=True,
+    ).stdout
     assert "root=live:CDLABEL=AA64 rd.live.image quiet console=ttyS0 inst.text\n" in inner
     assert extract(out, "/EFI/BOOT/grub.cfg", tmp_path / "g.cfg").read_text() == inner
 
@@ -408,10 +515,16 @@ BAD = [
     # (id, argv with {i} inputs dir / {t} scratch dir, expected text in the one error line)
     ("not-an-iso", ("--ks", "{i}/good.ks", "{i}/random.img", "{t}/out.iso"), "{i}/random.img: not an ISO 9660 image"),
     ("no-el-torito", ("--ks", "{i}/good.ks", "{i}/plain.iso", "{t}/out.iso"), "{i}/plain.iso: no El Torito boot record"),
-    ("truncated-iso", ("--ks", "{i}/good.ks", "{i}/truncated.iso", "{t}/out.iso"),
-     "INPUT {i}/truncated.iso: xorriso cannot read it"),
-    ("bad-kickstart", ("--ks", "{i}/bad.ks", "{i}/boot.iso", "{t}/out.iso"),
-     "kickstart {i}/bad.ks:2: Unknown command: frobnicate"),
+    (
+        "truncated-iso",
+        ("--ks", "{i}/good.ks", "{i}/truncated.iso", "{t}/out.iso"),
+        "INPUT {i}/truncated.iso: xorriso cannot read it",
+    ),
+    (
+        "bad-kickstart",
+        ("--ks", "{i}/bad.ks", "{i}/boot.iso", "{t}/out.iso"),
+        "kickstart {i}/bad.ks:2: Unknown command: frobnicate",
+    ),
     ("output-exists", ("--ks", "{i}/good.ks", "{i}/boot.iso", "{i}/exists.iso"), "OUTPUT {i}/exists.iso: exists (use --force"),
     ("output-is-input", ("--force", "--ks", "{i}/good.ks", "{i}/boot.iso", "{i}/boot.iso"), "is the INPUT"),
     ("input-missing", ("--ks", "{i}/good.ks", "{i}/nope.iso", "{t}/out.iso"), "INPUT {i}/nope.iso: no such file"),
@@ -419,8 +532,11 @@ BAD = [
     ("add-missing", ("-a", "{i}/nope", "{i}/boot.iso", "{t}/out.iso"), "--add {i}/nope: no such file or directory"),
     ("volid-bad", ("--volid", "a b", "{i}/boot.iso", "{t}/out.iso"), "--volid 'a b': characters ' ' not allowed"),
     ("ks-name-with-space", ("--ks", "{i}/my ks.cfg", "{i}/boot.iso", "{t}/out.iso"), "rename the file"),
-    ("same-name-twice", ("--ks", "{i}/good.ks", "-a", "{i}/good.ks", "{i}/boot.iso", "{t}/out.iso"),
-     "already puts /good.ks on the ISO"),
+    (
+        "same-name-twice",
+        ("--ks", "{i}/good.ks", "-a", "{i}/good.ks", "{i}/boot.iso", "{t}/out.iso"),
+        "already puts /good.ks on the ISO",
+    ),
     ("output-dir-missing", ("--ks", "{i}/good.ks", "{i}/boot.iso", "{t}/no/out.iso"), "does not exist"),
 ]
 
@@ -434,8 +550,11 @@ def bad_inputs(small_isos, tmp_path_factory) -> Path:
     (i / "random.img").write_bytes(os.urandom(64 * 1024))
     (i / "plain").mkdir()
     (i / "plain" / "a").write_text("a\n")
-    subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(i / "plain.iso"), "-V", "PLAIN", str(i / "plain")],
-                   capture_output=True, check=True)
+    subprocess.run(
+        ["xorriso", "-as", "mkisofs", "-o", str(i / "plain.iso"), "-V", "PLAIN", str(i / "plain")],
+        capture_output=True,
+        check=True,
+    )
     shutil.copy(small_isos["grub2"], i / "boot.iso")
     (i / "truncated.iso").write_bytes((i / "boot.iso").read_bytes()[:200_000])
     (i / "exists.iso").write_bytes(b"keep me")
@@ -469,8 +588,12 @@ def test_bad_input(case, bad_inputs, tmp_path):
 
 def test_grub_lexer_sees_commands_comments_and_blocks():
     text = "set a='x y' ; linux /k quiet # inst.ks=gone\nmenuentry 'T' {\n  linux /k \"b c\" d\\ e ${root}/x\n}\n"
-    assert mk.grub_commands(text) == [(0, ["set", "a=x y"]), (0, ["linux", "/k", "quiet"]), (1, ["menuentry", "T"]),
-                                      (2, ["linux", "/k", "b c", "d e", "${root}/x"])]
+    assert mk.grub_commands(text) == [
+        (0, ["set", "a=x y"]),
+        (0, ["linux", "/k", "quiet"]),
+        (1, ["menuentry", "T"]),
+        (2, ["linux", "/k", "b c", "d e", "${root}/x"]),
+    ]
     assert mk.grub_tokens("echo 'open\n")[1] is True
     assert mk.grub_command_end("/k quiet ; reboot") == 9
     assert mk.grub_command_end("/k 'a;b' \"#\" x#y # c") == 17
@@ -482,35 +605,42 @@ def test_edit_grub_menu_adds_before_a_comment_or_a_next_command():
     text = "linux /vmlinuz quiet # keep\nlinux /vmlinuz a ; echo hi\n"
     new, count = mk.edit_menu(text, "grub", _edit(add=("inst.ks=hd:LABEL=X:/ks.cfg",)))
     assert count == 2
-    assert new == ("linux /vmlinuz quiet inst.ks=hd:LABEL=X:/ks.cfg # keep\n"
-                   "linux /vmlinuz a inst.ks=hd:LABEL=X:/ks.cfg ; echo hi\n")
+    assert new == (
+        "linux /vmlinuz quiet inst.ks=hd:LABEL=X:/ks.cfg # keep\nlinux /vmlinuz a inst.ks=hd:LABEL=X:/ks.cfg ; echo hi\n"
+    )
 
 
-@pytest.mark.parametrize(("replace", "expect"), [
-    ((" ", ""), "leaves 0 kernel command lines of 2"),  # linux/images/pxeboot/vmlinuz...
-    (("{", ""), "g.cfg:3: the edited line \"menuentry 'Start Test-1-x86_64 now' --class x --id start\" is no longer"),
-    (("' --class", " --class"), "g.cfg:3: the edited line"),  # a quote left open
-    (("linux", "echo"), "leaves 0 kernel command lines of 2"),
-    (("quiet", "x\ny"), "changes its number of lines"),
-])
+@pytest.mark.parametrize(
+    ("replace", "expect"),
+    [
+        ((" ", ""), "leaves 0 kernel command lines of 2"),  # linux/images/pxeboot/vmlinuz...
+        (("{", ""), "g.cfg:3: the edited line \"menuentry 'Start Test-1-x86_64 now' --class x --id start\" is no longer"),
+        (("' --class", " --class"), "g.cfg:3: the edited line"),  # a quote left open
+        (("linux", "echo"), "leaves 0 kernel command lines of 2"),
+        (("quiet", "x\ny"), "changes its number of lines"),
+    ],
+)
 def test_edited_menu_that_would_not_boot_as_meant_is_refused(replace, expect):
     with pytest.raises(ComposerError, match=re.escape(expect)):
         mk.edit_menu(GRUB_CFG, "grub", _edit(add=("inst.ks=hd:LABEL=X:/ks.cfg",), replace=(replace,)), "g.cfg")
 
 
-@pytest.mark.parametrize(("field", "value", "expect"), [
-    ("cmdline", "quiet;reboot", "--cmdline 'quiet;reboot': holds ';'"),
-    ("cmdline", "a}", "--cmdline 'a}': holds '}'"),
-    ("cmdline", "$(reboot)", "--cmdline '$(reboot)': holds '$'"),
-    ("cmdline", "#", "--cmdline '#': holds '#'"),
-    ("cmdline", "a\nb", "holds a newline"),
-    ("cmdline", 'x="a b"', "holds '\"'"),
-    ("rm_args", ("quiet;x",), "--rm-args 'quiet;x': holds ';'"),
-    ("rm_args", ("",), "--rm-args '': no kernel argument"),
-    ("replace", (("", "x"),), "--replace '' 'x': FROM is empty"),
-    ("replace", (("quiet", "quiet;reboot"),), "TO holds ';'"),
-    ("replace", (("'", ""),), "FROM holds \"'\""),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("cmdline", "quiet;reboot", "--cmdline 'quiet;reboot': holds ';'"),
+        ("cmdline", "a}", "--cmdline 'a}': holds '}'"),
+        ("cmdline", "$(reboot)", "--cmdline '$(reboot)': holds '$'"),
+        ("cmdline", "#", "--cmdline '#': holds '#'"),
+        ("cmdline", "a\nb", "holds a newline"),
+        ("cmdline", 'x="a b"', "holds '\"'"),
+        ("rm_args", ("quiet;x",), "--rm-args 'quiet;x': holds ';'"),
+        ("rm_args", ("",), "--rm-args '': no kernel argument"),
+        ("replace", (("", "x"),), "--replace '' 'x': FROM is empty"),
+        ("replace", (("quiet", "quiet;reboot"),), "TO holds ';'"),
+        ("replace", (("'", ""),), 'FROM holds "\'"'),
+    ],
+)
 def test_menu_values_are_checked_as_kernel_arguments(field, value, expect):
     """Before: each of these reached every menu as it was (exit 0)."""
     opts = mk.MkksisoOptions(input=Path("/nonexistent"), output=Path("/nonexistent.iso"), **{field: value})
@@ -526,8 +656,9 @@ def test_output_symlink_is_refused_and_its_target_kept(small_isos, tmp_path, for
     victim = tmp_path / "victim"
     victim.write_text("keep me\n")
     (tmp_path / "out.iso").symlink_to(victim)
-    proc = composer("mkksiso", *(["--force"] if force else []), "--ks", str(ks), str(small_isos["grub2"]),
-                    str(tmp_path / "out.iso"))
+    proc = composer(
+        "mkksiso", *(["--force"] if force else []), "--ks", str(ks), str(small_isos["grub2"]), str(tmp_path / "out.iso")
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"OUTPUT {tmp_path}/out.iso is a symbolic link (to {victim})" in proc.stderr.splitlines()[-1]
     assert victim.read_text() == "keep me\n" and os.readlink(tmp_path / "out.iso") == str(victim)
@@ -545,8 +676,13 @@ def test_scratch_name_is_not_predictable(small_isos, tmp_path):
     (tmp_path / f".out.iso.partial-{os.getpid()}").symlink_to(elsewhere)
     mk.remaster(mk.MkksisoOptions(input=small_isos["grub2"], output=tmp_path / "out.iso", ks=ks, implant_md5=False))
     assert (elsewhere / "precious").read_text() == "keep\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.iso.partial-{os.getpid()}", "elsewhere", "extra",
-                                                          "ks.cfg", "out.iso"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".out.iso.partial-{os.getpid()}",
+        "elsewhere",
+        "extra",
+        "ks.cfg",
+        "out.iso",
+    ]
 
 
 @needs_tools

@@ -31,11 +31,14 @@ def test_boot_kernels_names():
     assert [k.initrd for k in ks] == ["images/pxeboot/initrd.img", "images/pxeboot/initrd-6.1.0-40-amd64.img"]
 
 
-@pytest.mark.parametrize("url,want", [
-    ("http://server/path", "http://server/path/"),
-    ("http://10.0.2.2:8000/", "http://10.0.2.2:8000/"),
-    ("tftp://server/x/", "tftp://server/x/"),
-])
+@pytest.mark.parametrize(
+    "url,want",
+    [
+        ("http://server/path", "http://server/path/"),
+        ("http://10.0.2.2:8000/", "http://10.0.2.2:8000/"),
+        ("tftp://server/x/", "tftp://server/x/"),
+    ],
+)
 def test_normalize_url(url, want):
     assert normalize_url(url) == want
 
@@ -75,8 +78,7 @@ def test_testproduct_netboot_split():
 
 
 def test_readonly_rootfs_gets_overlayfs_and_kernel_args():
-    out = render_netboot(cfg(rootfs_type=RootfsType.EROFS),
-                         NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b", "c")))
+    out = render_netboot(cfg(rootfs_type=RootfsType.EROFS), NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b", "c")))
     for text in out.values():
         assert "rd.live.overlay.overlayfs=1" in text
         assert "quiet a=b c" in text
@@ -145,8 +147,24 @@ def test_register_adds_commands():
     sub = parser.add_subparsers(dest="command")
     bootiso.register(sub)
     netboot.register(sub)
-    a = parser.parse_args(["boot-iso", "-p", "TestProduct", "-v", "1", "--volid", "X", "--ks", "k.ks",
-                           "--add-arch-template", "t.tmpl", "--logfile", "l", "out"])
+    a = parser.parse_args(
+        [
+            "boot-iso",
+            "-p",
+            "TestProduct",
+            "-v",
+            "1",
+            "--volid",
+            "X",
+            "--ks",
+            "k.ks",
+            "--add-arch-template",
+            "t.tmpl",
+            "--logfile",
+            "l",
+            "out",
+        ]
+    )
     assert a.volid == "X" and str(a.ks) == "k.ks" and a.bios_loader == "grub2" and str(a.bootiso_logfile) == "l"
     n = parser.parse_args(["netboot", "-p", "TestProduct", "-v", "1", "--url", "http://s/", "--split", "out"])
     assert n.split and n.url == "http://s/"
@@ -159,8 +177,9 @@ def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
     assert netboot_dracut_conf(c, NetbootOptions(url="http://s/"), tmp_path) is c  # single: nothing to add
     user = tmp_path / "user.conf"
     user.write_text('compress="zstd"\n')
-    split = netboot_dracut_conf(cfg(tmp_path=tmp_path / "out", dracut_conf=user),
-                                NetbootOptions(url="http://s/", split=True), tmp_path)
+    split = netboot_dracut_conf(
+        cfg(tmp_path=tmp_path / "out", dracut_conf=user), NetbootOptions(url="http://s/", split=True), tmp_path
+    )
     text = split.dracut_conf.read_text()
     assert split.dracut_conf.parent == tmp_path and split.dracut_args == ()
     assert 'add_dracutmodules+=" livenet network-legacy "' in text

@@ -131,8 +131,10 @@ def test_cow_merge_holds_exactly_the_changed_image(cow_medium, tmp_path, capsys)
     old_sq = (media / "LiveOS/squashfs.img").read_bytes()
     r = merge_overlay(media, compression=Compression.LZ4)
     with capsys.disabled():
-        print(f"\n  COW merge: {len(store.exceptions)} chunks ({store.data_bytes() / MiB:.1f} MiB) into a "
-              f"{rootfs.stat().st_size // MiB} MiB ext4 rootfs: {r.seconds:.2f}s")
+        print(
+            f"\n  COW merge: {len(store.exceptions)} chunks ({store.data_bytes() / MiB:.1f} MiB) into a "
+            f"{rootfs.stat().st_size // MiB} MiB ext4 rootfs: {r.seconds:.2f}s"
+        )
     assert (media / "LiveOS/squashfs.img").read_bytes() != old_sq
     out = tmp_path / "check"
     sh("unsquashfs", "-n", "-d", out, media / "LiveOS/squashfs.img")
@@ -400,7 +402,8 @@ def test_planted_links_at_the_old_temporary_names_are_not_followed(cow_medium, t
     sh("cmp", out / "LiveOS/rootfs.img", changed)
     # The planted links are not this run's: they stay, and nothing else is left.
     assert sorted(p.name for p in liveos.iterdir()) == sorted(
-        [OVERLAY, "squashfs.img", f".{OVERLAY}.reset-{os.getpid()}", f".squashfs.img.partial-{os.getpid()}"])
+        [OVERLAY, "squashfs.img", f".{OVERLAY}.reset-{os.getpid()}", f".squashfs.img.partial-{os.getpid()}"]
+    )
 
 
 def test_cow_status_of_huge_declared_chunks_reads_little(tmp_path):
@@ -419,7 +422,13 @@ def test_cow_status_of_huge_declared_chunks_reads_little(tmp_path):
     def limit() -> None:  # far below the 1 GiB the table would take
         resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
 
-    proc = subprocess.run([sys.executable, "-m", "composer", "overlay", "status", str(media)], capture_output=True,
-                          text=True, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "composer", "overlay", "status", str(media)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "0 chunks of 2097152 sectors" in proc.stdout

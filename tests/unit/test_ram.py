@@ -22,9 +22,15 @@ def _cpio(entries) -> bytes:
 def _initrd(tmp_path, *, squashfs: bool = False):
     """An xz-compressed initramfs (3 files, 2 dirs) with, for a big initrd, an
     uncompressed cpio with squashfs.img appended."""
-    inner = _cpio([CpioEntry.directory("usr"), CpioEntry.directory("usr/bin"),
-                   CpioEntry.file("usr/bin/a", b"x" * 5000), CpioEntry.file("usr/bin/b", b"y" * 10),
-                   CpioEntry.file("init", b"#!/bin/sh\n")])
+    inner = _cpio(
+        [
+            CpioEntry.directory("usr"),
+            CpioEntry.directory("usr/bin"),
+            CpioEntry.file("usr/bin/a", b"x" * 5000),
+            CpioEntry.file("usr/bin/b", b"y" * 10),
+            CpioEntry.file("init", b"#!/bin/sh\n"),
+        ]
+    )
     data = lzma.compress(inner, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
     data += b"\0" * (-len(data) % 4)
     if squashfs:
@@ -67,8 +73,9 @@ def test_big_initrd_ram_is_its_initramfs_plus_what_was_appended(tmp_path):
     assert ram.unpacked_ram(big, start=tail) == 4 * 4096 + 4096 + 3 * ram.INODE_BYTES  # squashfs.img, etc/cmdline, etc
     kernel = _bzimage(tmp_path, 60 << 20)
     assert ram.predict("big-initrd", kernel, big, unpacked=whole) == ram.predict("big-initrd", kernel, big)
-    assert ram.predict_big_initrd(kernel, big, initramfs_unpacked=ram.unpacked_ram(initramfs),
-                                  appended_at=tail) == ram.predict("big-initrd", kernel, big)
+    assert ram.predict_big_initrd(kernel, big, initramfs_unpacked=ram.unpacked_ram(initramfs), appended_at=tail) == ram.predict(
+        "big-initrd", kernel, big
+    )
 
 
 def test_kernel_init_size_from_the_bzimage_header(tmp_path):
@@ -139,7 +146,7 @@ def _memcheck(tmp_path, cmdline_value):
 getarg() {{ [ -n "{cmdline_value}" ] && echo "{cmdline_value}"; }}
 getargbool() {{ return 1; }}
 sleep() {{ echo STOPPED; exit 0; }}
-composer_iomem={tmp_path / 'iomem'} composer_kmsg={tmp_path / 'kmsg'}
+composer_iomem={tmp_path / "iomem"} composer_kmsg={tmp_path / "kmsg"}
 . {MEMCHECK}
 echo CONTINUED
 """
@@ -148,13 +155,15 @@ echo CONTINUED
     return out.split(), kmsg
 
 
-@pytest.mark.parametrize("need,stops", [("", False), ("0", False), ("160", False), ("167", False),
-                                        ("168", True), ("224", True), ("lots", False)])
+@pytest.mark.parametrize(
+    "need,stops", [("", False), ("0", False), ("160", False), ("167", False), ("168", True), ("224", True), ("lots", False)]
+)
 def test_memcheck_hook_stops_below_the_budget(tmp_path, need, stops):
     out, kmsg = _memcheck(tmp_path, need)
     if stops:
         assert out == ["STOPPED"]
-        assert kmsg == (f"<2>composer: not enough memory: this machine has 159 MiB of RAM, this system needs "
-                        f"{need} MiB to boot; stopping.\n")
+        assert kmsg == (
+            f"<2>composer: not enough memory: this machine has 159 MiB of RAM, this system needs {need} MiB to boot; stopping.\n"
+        )
     else:
         assert out == ["CONTINUED"] and kmsg == ""

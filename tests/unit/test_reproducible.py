@@ -104,8 +104,10 @@ def test_mkfs_argv_reproducibility_options(tmp_path: Path) -> None:
     erofs = [os.fspath(a) for a in erofs_argv(t, d, REPRO)]
     assert f"-T{EPOCH}" in erofs and f"-U{seed_uuid(SEED, 'rootfs')}" in erofs
     assert ext4_time_commands([2, 12], EPOCH) == [
-        f"set_inode_field <2> atime @{EPOCH}", f"set_inode_field <2> ctime @{EPOCH}",
-        f"set_inode_field <12> atime @{EPOCH}", f"set_inode_field <12> ctime @{EPOCH}",
+        f"set_inode_field <2> atime @{EPOCH}",
+        f"set_inode_field <2> ctime @{EPOCH}",
+        f"set_inode_field <12> atime @{EPOCH}",
+        f"set_inode_field <12> ctime @{EPOCH}",
     ]
 
 
@@ -133,8 +135,7 @@ def test_fat_and_mtools_options() -> None:
 
 def test_xorriso_argv_dates_and_guid(tmp_path: Path) -> None:
     assert iso_date(EPOCH) == "2023111422132000"
-    argv = xorriso_argv(tmp_path / "o.iso", "V", [], bios=None, efiboot=tmp_path / "e.img",
-                        source_date_epoch=EPOCH, seed=SEED)
+    argv = xorriso_argv(tmp_path / "o.iso", "V", [], bios=None, efiboot=tmp_path / "e.img", source_date_epoch=EPOCH, seed=SEED)
     assert "--modification-date=2023111422132000" in argv
     assert argv[argv.index("--set_all_file_dates") + 1] == "2023111422132000"
     assert argv[argv.index("--gpt_disk_guid") + 1] == str(seed_uuid(SEED, "iso-gpt"))
@@ -171,11 +172,14 @@ def _two_trees(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-@pytest.mark.parametrize("fstype, tools", [
-    (RootfsType.EXT4, ("mkfs.ext4", "debugfs", "dumpe2fs")),
-    (RootfsType.EROFS, ("mkfs.erofs",)),
-    (RootfsType.BTRFS, ("mkfs.btrfs", "btrfs")),
-])
+@pytest.mark.parametrize(
+    "fstype, tools",
+    [
+        (RootfsType.EXT4, ("mkfs.ext4", "debugfs", "dumpe2fs")),
+        (RootfsType.EROFS, ("mkfs.erofs",)),
+        (RootfsType.BTRFS, ("mkfs.btrfs", "btrfs")),
+    ],
+)
 def test_rootfs_images_are_reproducible(tmp_path: Path, fstype: RootfsType, tools: tuple[str, ...]) -> None:
     if missing := [t for t in tools if shutil.which(t) is None]:
         pytest.skip(f"not installed: {missing}")
@@ -250,8 +254,7 @@ def test_btrfs_is_reproducible_and_checks(tmp_path: Path, free: int) -> None:
     assert sha256(imgs[0]) == sha256(imgs[1])
     check = subprocess.run(["btrfs", "check", imgs[0]], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    dump = subprocess.run(["btrfs", "inspect-internal", "dump-tree", imgs[0]],
-                          capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run(["btrfs", "inspect-internal", "dump-tree", imgs[0]], capture_output=True, text=True, check=True).stdout
     assert f"chunk uuid {seed_uuid(SEED, 'rootfs-chunk-tree')}" in dump
     assert f"uuid {seed_uuid(SEED, 'rootfs-subvol-5')}" in dump
     times = {int(t) for t in re.findall(r"^\s+[ac]time (\d+)\.", dump, re.MULTILINE)}

@@ -78,10 +78,7 @@ def test_atomic_dir_force_keeps_old_output_until_new_is_complete(tmp_path):
 def test_child_dies_with_composer(tmp_path):
     """A child of run() must not outlive composer, even if composer is SIGKILLed."""
     marker = tmp_path / "pid"
-    code = (
-        "from composer.run import run\n"
-        f"run(['sh', '-c', 'echo $$ > {marker}; exec sleep 60'])\n"
-    )
+    code = f"from composer.run import run\nrun(['sh', '-c', 'echo $$ > {marker}; exec sleep 60'])\n"
     parent = subprocess.Popen([sys.executable, "-c", code])
     for _ in range(100):
         if marker.exists() and marker.read_text().strip():
@@ -154,8 +151,11 @@ def test_the_loser_of_two_builds_into_one_outdir_leaves_nothing(tmp_path):
 
 
 def test_command_error_reason_and_sandbox_argv():
-    e = CommandError(["bwrap", "--bind", "/t", "/", "--", "dracut", "--add", "x"], 1,
-                     "dracut: memstrack is not available\ndracut: dracut module 'x' cannot be found or installed.\n")
+    e = CommandError(
+        ["bwrap", "--bind", "/t", "/", "--", "dracut", "--add", "x"],
+        1,
+        "dracut: memstrack is not available\ndracut: dracut module 'x' cannot be found or installed.\n",
+    )
     assert str(e).startswith("command failed (exit 1): dracut --add x: ")
     assert e.reason == "dracut: dracut module 'x' cannot be found or installed."
 
@@ -196,8 +196,7 @@ def test_logfile_never_written_through_a_link(tmp_path, logging_off):
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device", "proc"])
 def test_logfile_that_is_no_file_is_refused_at_once(tmp_path, kind, logging_off):
-    path = {"fifo": tmp_path / "fifo", "directory": tmp_path, "device": Path("/dev/full"),
-            "proc": Path("/proc/self/comm")}[kind]
+    path = {"fifo": tmp_path / "fifo", "directory": tmp_path, "device": Path("/dev/full"), "proc": Path("/proc/self/comm")}[kind]
     if kind == "fifo":
         os.mkfifo(path)
     start = time.monotonic()

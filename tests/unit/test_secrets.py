@@ -19,14 +19,17 @@ from composer.run import ComposerError, redact
 SECRETS = ("src-Pw!1", "mirror-Pw2", "file-Pw3", "meta-Pw4", "proxy-Pw5", "fileproxy-Pw6")
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("http://u:p4ss@host/os/", ("http://host/os/", "u", "p4ss")),
-    ("https://alice@host:8443/x", ("https://host:8443/x", "alice", None)),
-    ("http://u:p%40ss%21@host/", ("http://host/", "u", "p@ss!")),       # percent-decoded, as curl sends it
-    ("http://u:p@ss@host/path@x", ("http://host/path@x", "u", "p@ss")),  # the host follows the last @
-    ("file:///srv/repo", ("file:///srv/repo", None, None)),
-    ("http://host/a@b", ("http://host/a@b", None, None)),               # an @ in the path is no userinfo
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("http://u:p4ss@host/os/", ("http://host/os/", "u", "p4ss")),
+        ("https://alice@host:8443/x", ("https://host:8443/x", "alice", None)),
+        ("http://u:p%40ss%21@host/", ("http://host/", "u", "p@ss!")),  # percent-decoded, as curl sends it
+        ("http://u:p@ss@host/path@x", ("http://host/path@x", "u", "p@ss")),  # the host follows the last @
+        ("file:///srv/repo", ("file:///srv/repo", None, None)),
+        ("http://host/a@b", ("http://host/a@b", None, None)),  # an @ in the path is no userinfo
+    ],
+)
 def test_split_userinfo(url, expected):
     assert split_userinfo(url) == expected
     if expected[2]:
@@ -35,10 +38,12 @@ def test_split_userinfo(url, expected):
 
 def _repofile(tmp_path: Path, repo: str) -> Path:
     f = tmp_path / "private.repo"
-    f.write_text(f"[private]\nname=Private\nbaseurl=http://fuser:file-Pw3@repo.example/os/\n  {repo}\n"
-                 "gpgcheck=0\n\n[meta]\nmetalink=https://muser:meta-Pw4@repo.example/metalink\n"
-                 "proxy=http://puser:fileproxy-Pw6@proxy.example:3128\n\n"
-                 "[creds]\nbaseurl=https://repo.example/creds/\nusername=cuser\npassword=opt-Pw7\n")
+    f.write_text(
+        f"[private]\nname=Private\nbaseurl=http://fuser:file-Pw3@repo.example/os/\n  {repo}\n"
+        "gpgcheck=0\n\n[meta]\nmetalink=https://muser:meta-Pw4@repo.example/metalink\n"
+        "proxy=http://puser:fileproxy-Pw6@proxy.example:3128\n\n"
+        "[creds]\nbaseurl=https://repo.example/creds/\nusername=cuser\npassword=opt-Pw7\n"
+    )
     return f
 
 
@@ -64,9 +69,16 @@ def _session(tmp_path: Path, flavor: DnfChoice, root: Path | None, **over) -> Dn
     mirrorlist = "https://muser:mirror-Pw2@mirrors.example/list?arch=x86_64"
     f = _repofile(tmp_path, f"file://{tmp_path / 'local'}")
     settings = {"proxy": "http://proxyuser:proxy-Pw5@proxy.example:3128", **over}
-    cfg = DnfConfig(releasever="1", arch="x86_64", sources=("https://suser:src-Pw!1@repo.example/os/",),
-                    mirrorlists=(mirrorlist,), repofiles=(f,), cachedir=tmp_path / "cache", disablerepos=("*",),
-                    **settings)
+    cfg = DnfConfig(
+        releasever="1",
+        arch="x86_64",
+        sources=("https://suser:src-Pw!1@repo.example/os/",),
+        mirrorlists=(mirrorlist,),
+        repofiles=(f,),
+        cachedir=tmp_path / "cache",
+        disablerepos=("*",),
+        **settings,
+    )
     s = DnfSession(tmp_path / "work" / "tree", cfg, tmp_path / "work")
     s._program = DnfProgram(flavor, str(flavor), "x", "rpm x", root)
     return s
@@ -106,11 +118,18 @@ def test_credentials_reach_dnf_only_in_0600_files_while_it_runs(tmp_path):
         given = text()
     # Each repository gets its own URL's credentials (and the proxy's, if it names no proxy
     # of its own), as options: URLs without userinfo are what librepo logs.
-    for option in ("username=suser\npassword=src-Pw!1\n", "mirrorlist=https://mirrors.example/list?arch=x86_64\n",
-                   "username=muser\npassword=mirror-Pw2\n", "baseurl=http://repo.example/os/\n  file://",
-                   "username=fuser\npassword=file-Pw3\n", "metalink=https://repo.example/metalink\n",
-                   "proxy=http://proxy.example:3128\n", "proxy_username=puser\nproxy_password=fileproxy-Pw6\n",
-                   "proxy_password=proxy-Pw5\n", "username=cuser\npassword=opt-Pw7\n"):
+    for option in (
+        "username=suser\npassword=src-Pw!1\n",
+        "mirrorlist=https://mirrors.example/list?arch=x86_64\n",
+        "username=muser\npassword=mirror-Pw2\n",
+        "baseurl=http://repo.example/os/\n  file://",
+        "username=fuser\npassword=file-Pw3\n",
+        "metalink=https://repo.example/metalink\n",
+        "proxy=http://proxy.example:3128\n",
+        "proxy_username=puser\nproxy_password=fileproxy-Pw6\n",
+        "proxy_password=proxy-Pw5\n",
+        "username=cuser\npassword=opt-Pw7\n",
+    ):
         assert option in given, (option, given)
     assert "@" not in given
     assert text() == masked
@@ -161,8 +180,10 @@ def test_kickstart_credentials_stay_out_of_its_report(tmp_path, capsys):
     from composer.kickstart import config_with_kickstart
 
     ks = tmp_path / "k.ks"
-    ks.write_text("url --url=https://kuser:ks-Pw10@repo.example/os/ --proxy=http://p:ksproxy-Pw11@proxy:3128\n"
-                  "repo --name=x --baseurl=https://r:ksrepo-Pw12@repo.example/x/\n")
+    ks.write_text(
+        "url --url=https://kuser:ks-Pw10@repo.example/os/ --proxy=http://p:ksproxy-Pw11@proxy:3128\n"
+        "repo --name=x --baseurl=https://r:ksrepo-Pw12@repo.example/x/\n"
+    )
     cfg, parsed = config_with_kickstart(Config(product="TestProduct", version="1", outdir=tmp_path / "out"), ks)
     assert parsed is not None and "url --proxy" in parsed.unused  # not silently ignored
     err = capsys.readouterr().err
@@ -174,10 +195,20 @@ def test_cli_errors_mask_credentials(tmp_path):
     """The one error line: a bad --proxy and an unreachable --source, each with a password."""
     from tests.conftest import composer
 
-    base = ["runtime", "--product", "TestProduct", "--version", "1", "--cachedir", str(tmp_path / "c"),
-            "--workdir", str(tmp_path / "w")]
-    proc = composer(*base, "--source", "http://127.0.0.1:9/", "--proxy", "http://u:cli-Pw13@ bad", str(tmp_path / "o"),
-                    check=False)
+    base = [
+        "runtime",
+        "--product",
+        "TestProduct",
+        "--version",
+        "1",
+        "--cachedir",
+        str(tmp_path / "c"),
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    proc = composer(
+        *base, "--source", "http://127.0.0.1:9/", "--proxy", "http://u:cli-Pw13@ bad", str(tmp_path / "o"), check=False
+    )
     assert proc.returncode != 0 and "--proxy" in proc.stderr and "cli-Pw13" not in proc.stderr, proc.stderr
     proc = composer(*base, "--source", "http://u:cli-Pw14@127.0.0.1:9/", str(tmp_path / "o"), check=False)
     assert proc.returncode != 0 and "cli-Pw14" not in proc.stderr, proc.stderr

@@ -202,8 +202,12 @@ def test_resolve_follow_last_false_keeps_the_link(tmp_path):
 
 
 def test_glob_in_tree(tmp_path):
-    for p in ("usr/share/locale/de/x.mo", "usr/share/locale/en/x.mo", "usr/share/locale/.hidden",
-              "a/b/c/__pycache__/m.opt-1.pyc"):
+    for p in (
+        "usr/share/locale/de/x.mo",
+        "usr/share/locale/en/x.mo",
+        "usr/share/locale/.hidden",
+        "a/b/c/__pycache__/m.opt-1.pyc",
+    ):
         write(tmp_path / p)
     (tmp_path / "lib").symlink_to("/usr/share")
     assert glob_in_tree(tmp_path, "/usr/share/locale/*") == ["/usr/share/locale/de", "/usr/share/locale/en"]
@@ -230,9 +234,7 @@ def test_glob_does_not_leave_the_tree(tmp_path):
 
 
 def test_comments_blank_lines_and_mako(env):
-    env.run(
-        "# a comment\n\n   \n## a mako comment\n%for d in ['a', 'b']:\nmkdir /${d}/{x,y}\n%endfor\n  # indented comment\n"
-    )
+    env.run("# a comment\n\n   \n## a mako comment\n%for d in ['a', 'b']:\nmkdir /${d}/{x,y}\n%endfor\n  # indented comment\n")
     for d in ("a/x", "a/y", "b/x", "b/y"):
         assert (env.tree / d).is_dir()
 
@@ -375,21 +377,24 @@ def test_install_from_inroot_to_outroot(tmp_path):
     write(inroot / "usr/share/lorax/product/.buildstamp", "stamp")
     write(inroot / "images/install.img", "S")
     out.mkdir()
-    write(tdir / "a.tmpl", (
-        '<%page args="kernels, runtime_img, inroot, outroot, basearch"/>\n'
-        "mkdir images/pxeboot\n"
-        "install ${runtime_img} images/install.img\n"
-        "%for kernel in kernels:\n"
-        "installkernel images-${basearch} ${kernel.path} images/pxeboot/vmlinuz\n"
-        "installinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/initrd.img\n"
-        "installupgradeinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/upgrade.img\n"
-        "%endfor\n"
-        "%if exists('usr/share/lorax/product'):\n"
-        "installimg --gzip -6 usr/share/lorax/product/ images/product.img\n"
-        "%endif\n"
-        "installimg usr/share/lorax/updates/ images/updates.img\n"
-        "append /inroot.txt '${inroot}'\n"
-    ))
+    write(
+        tdir / "a.tmpl",
+        (
+            '<%page args="kernels, runtime_img, inroot, outroot, basearch"/>\n'
+            "mkdir images/pxeboot\n"
+            "install ${runtime_img} images/install.img\n"
+            "%for kernel in kernels:\n"
+            "installkernel images-${basearch} ${kernel.path} images/pxeboot/vmlinuz\n"
+            "installinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/initrd.img\n"
+            "installupgradeinitrd images-${basearch} ${kernel.initrd.path} images/pxeboot/upgrade.img\n"
+            "%endfor\n"
+            "%if exists('usr/share/lorax/product'):\n"
+            "installimg --gzip -6 usr/share/lorax/product/ images/product.img\n"
+            "%endif\n"
+            "installimg usr/share/lorax/updates/ images/updates.img\n"
+            "append /inroot.txt '${inroot}'\n"
+        ),
+    )
     runner = TemplateRunner(tree=out, inroot=inroot, templatedir=tdir, variables=sample_variables())
     runner.run(tdir / "a.tmpl")
     assert (out / "images/pxeboot/vmlinuz").read_text() == "K"
@@ -397,12 +402,16 @@ def test_install_from_inroot_to_outroot(tmp_path):
     assert stat.S_IMODE((out / "images/pxeboot/upgrade.img").stat().st_mode) == 0o644
     assert (out / "images/install.img").read_text() == "S"
     assert (out / "inroot.txt").read_text() == f"{inroot}\n"
-    assert runner.treeinfo["images-x86_64"] == {"kernel": "images/pxeboot/vmlinuz", "initrd": "images/pxeboot/initrd.img",
-                                                "upgrade": "images/pxeboot/upgrade.img"}
+    assert runner.treeinfo["images-x86_64"] == {
+        "kernel": "images/pxeboot/vmlinuz",
+        "initrd": "images/pxeboot/initrd.img",
+        "upgrade": "images/pxeboot/upgrade.img",
+    }
     assert not (out / "images/updates.img").exists()  # lorax: a missing SRCDIR makes no image
     import gzip
 
     from composer.images.cpio import read_newc
+
     raw = out / "raw.cpio"
     raw.write_bytes(gzip.decompress((out / "images/product.img").read_bytes()))
     names = [m.name for seg in read_newc(raw) for m in seg.members]
@@ -461,11 +470,14 @@ def test_systemctl_runcmd_usage(env, line):
 
 
 def test_log_and_treeinfo(env, capsys):
-    env.run("log hello  world\ntreeinfo stage2 mainimage images/install.img\ntreeinfo general name Test 1\n"
-            "treeinfo general empty\n")
+    env.run(
+        "log hello  world\ntreeinfo stage2 mainimage images/install.img\ntreeinfo general name Test 1\ntreeinfo general empty\n"
+    )
     assert "hello world" in capsys.readouterr().err
-    assert env.runner.treeinfo == {"stage2": {"mainimage": "images/install.img"},
-                                   "general": {"name": "Test 1", "empty": ""}}  # lorax: VALUE is optional
+    assert env.runner.treeinfo == {
+        "stage2": {"mainimage": "images/install.img"},
+        "general": {"name": "Test 1", "empty": ""},
+    }  # lorax: VALUE is optional
 
 
 def test_installkernel_to_outroot(env, tmp_path):
@@ -696,7 +708,10 @@ def test_variables_helpers_and_extra(env):
     )
     env.run(text)
     assert sorted(p.name for p in (env.tree / "out").iterdir() if p.is_dir()) == [
-        "6.1.0-1", "6.2.0-2", "has-os-release", "no-nothing",
+        "6.1.0-1",
+        "6.2.0-2",
+        "has-os-release",
+        "no-nothing",
     ]
     assert (env.tree / "out/globbed").read_text() == "/usr/lib/modules/6.1.0-1 /usr/lib/modules/6.2.0-2\n"
     assert (env.tree / "out/root").read_text() == f"{env.tree}\n"
@@ -780,10 +795,16 @@ def test_fedora_cleanup_runs_on_a_tree(tmp_path, monkeypatch):
     """Run the Fedora cleanup template for real on a small fake tree."""
     tree = tmp_path / "tree"
     for f in (
-        "usr/share/doc/bash/README", "usr/share/man/man1/ls.1", "usr/share/locale/de/LC_MESSAGES/x.mo",
-        "usr/share/locale/en_GB/LC_MESSAGES/x.mo", "usr/share/locale/locale.alias", "usr/share/licenses/bash/COPYING",
-        "usr/lib/modules/6.9.0/kernel/sound/snd.ko.xz", "usr/lib/modules/6.9.0/kernel/fs/btrfs/btrfs.ko.xz",
-        "usr/lib64/python3.13/__pycache__/os.opt-1.pyc", "usr/lib64/python3.13/__pycache__/os.cpython-313.pyc",
+        "usr/share/doc/bash/README",
+        "usr/share/man/man1/ls.1",
+        "usr/share/locale/de/LC_MESSAGES/x.mo",
+        "usr/share/locale/en_GB/LC_MESSAGES/x.mo",
+        "usr/share/locale/locale.alias",
+        "usr/share/licenses/bash/COPYING",
+        "usr/lib/modules/6.9.0/kernel/sound/snd.ko.xz",
+        "usr/lib/modules/6.9.0/kernel/fs/btrfs/btrfs.ko.xz",
+        "usr/lib64/python3.13/__pycache__/os.opt-1.pyc",
+        "usr/lib64/python3.13/__pycache__/os.cpython-313.pyc",
     ):
         write(tree / f)
     (tree / "usr/lib/modules/6.9.0/build").symlink_to("/usr/src/kernels/6.9.0")
@@ -808,11 +829,14 @@ def test_fedora_cleanup_runs_on_a_tree(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="no systemctl on this host")
 def test_systemctl_for_real(env):
-    write(env.tree / "usr/lib/systemd/system/foo.service",
-          "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    write(
+        env.tree / "usr/lib/systemd/system/foo.service", "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+    )
     write(env.tree / "usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=m\n")
-    env.run("systemctl enable foo.service\nsystemctl set-default multi-user.target\n"
-            "systemctl mask bar.service\n-systemctl enable nonexist.service\n")
+    env.run(
+        "systemctl enable foo.service\nsystemctl set-default multi-user.target\n"
+        "systemctl mask bar.service\n-systemctl enable nonexist.service\n"
+    )
     etc = env.tree / "etc/systemd/system"
     assert os.readlink(etc / "multi-user.target.wants/foo.service") == "/usr/lib/systemd/system/foo.service"
     assert os.readlink(etc / "default.target") == "/usr/lib/systemd/system/multi-user.target"
@@ -849,10 +873,12 @@ def test_runcmd_chroot_for_real(env):
 def test_lorax_page_args_filled(env):
     """<%page args> is filled from the variables, as lorax's template.render(**variables)."""
     env.runner.variables = sample_variables()
-    env.run('<%page args="product, arch, basearch, root, inroot, outroot, isolabel, udev, lower, runtime_base"/>\n'
-            'append /out "${product.name} ${product.version} ${arch.buildarch} ${arch.bcj} ${basearch}"\n'
-            'append /out "${isolabel|udev} ${product.name|lower} ${runtime_base}"\n'
-            "append /out '${root == outroot == inroot}'\n")
+    env.run(
+        '<%page args="product, arch, basearch, root, inroot, outroot, isolabel, udev, lower, runtime_base"/>\n'
+        'append /out "${product.name} ${product.version} ${arch.buildarch} ${arch.bcj} ${basearch}"\n'
+        'append /out "${isolabel|udev} ${product.name|lower} ${runtime_base}"\n'
+        "append /out '${root == outroot == inroot}'\n"
+    )
     assert (env.tree / "out").read_text() == "Fedora 41 x86_64 x86 x86_64\nFedora-41-x86_64 fedora install.img\nTrue\n"
 
 
@@ -880,8 +906,11 @@ def test_lorax_kernels_found_as_lorax_does(tmp_path):
     (k1, k2, k3) = TemplateRunner(tree=tree, templatedir=tmp_path, variables={})._kernels()
     assert (k1.version, k1.arch, k1.flavor, k1.path) == ("6.1.0-13-amd64", "amd64", None, "boot/vmlinuz-6.1.0-13-amd64")
     assert (k2.path, k2.arch, k2.initrd.path, k2.upgrade.path) == (
-        "boot/vmlinuz-6.9.1-200.fc41.x86_64", "x86_64", "boot/initramfs-6.9.1-200.fc41.x86_64.img",
-        "boot/upgrade-6.9.1-200.fc41.x86_64.img")
+        "boot/vmlinuz-6.9.1-200.fc41.x86_64",
+        "x86_64",
+        "boot/initramfs-6.9.1-200.fc41.x86_64.img",
+        "boot/upgrade-6.9.1-200.fc41.x86_64.img",
+    )
     assert k3.flavor == "debug" and not hasattr(k3, "initrd") and str(k3) == k3.version
 
 
@@ -903,6 +932,7 @@ def test_lorax_createaddrsize(env):
     out = os.path.abspath(env.tree)
     env.run(f"createaddrsize 0x02000000 {out}/images/initrd.img {out}/images/initrd.addrsize\n")
     import struct
+
     assert struct.unpack(">iiii", (env.tree / "images/initrd.addrsize").read_bytes()) == (0, 0x02000000, 0, 1000)
     with pytest.raises(TemplateError, match="createaddrsize: bad address"):
         env.run("createaddrsize zz images/initrd.img images/a\n")
@@ -916,5 +946,5 @@ def test_lorax_runcmd_chdir_refused_and_cwd_is_outroot(env):
 
 
 def test_lorax_pylorax_joinpaths_available(env):
-    env.run("<%\nfrom pylorax.sysutils import joinpaths\n%>\nappend /j '${joinpaths(\"/a/\", \"/b\", \"c\")}'\n")
+    env.run('<%\nfrom pylorax.sysutils import joinpaths\n%>\nappend /j \'${joinpaths("/a/", "/b", "c")}\'\n')
     assert (env.tree / "j").read_text() == "/a/b/c\n"

@@ -163,8 +163,10 @@ def test_translate_provides() -> None:
         ("/a/{x,y}", "/a/[{]x,y[}]"),
         ("/a/100%", "/a/100%%"),
         ("/a/%{name}", "/a/%%[{]name[}]"),
-        ("/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice",
-         "/usr/lib/systemd/system/system-systemd?x2dcryptsetup.slice"),
+        (
+            "/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice",
+            "/usr/lib/systemd/system/system-systemd?x2dcryptsetup.slice",
+        ),
         ("/a/with space", '"/a/with space"'),
     ],
 )

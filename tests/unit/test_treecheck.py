@@ -29,12 +29,20 @@ def test_snapshot_records_type_mode_owner_and_link(tmp_path):
 
 
 def test_check_packaged_names_each_kind_of_difference():
-    snap = {"/tmp": tc.Node("d", 0o755, 0, 0), "/etc": tc.Node("d", 0o755, 0, 0),
-            "/usr/bin/chage": tc.Node("f", 0o2755, 0, 0), "/dev": tc.Node("d", 0o755, 0, 0),
-            "/dev/null": tc.Node("f", 0o644, 0, 0)}
-    packaged = {"/tmp": [rf("/tmp", perm=0o1777)], "/var/tmp": [rf("/var/tmp", perm=0o1777)],
-                "/etc": [rf("/etc")], "/dev": [rf("/dev")],
-                "/usr/bin/chage": [rf("/usr/bin/chage", "f", 0o2755, group="shadow", package="passwd")]}
+    snap = {
+        "/tmp": tc.Node("d", 0o755, 0, 0),
+        "/etc": tc.Node("d", 0o755, 0, 0),
+        "/usr/bin/chage": tc.Node("f", 0o2755, 0, 0),
+        "/dev": tc.Node("d", 0o755, 0, 0),
+        "/dev/null": tc.Node("f", 0o644, 0, 0),
+    }
+    packaged = {
+        "/tmp": [rf("/tmp", perm=0o1777)],
+        "/var/tmp": [rf("/var/tmp", perm=0o1777)],
+        "/etc": [rf("/etc")],
+        "/dev": [rf("/dev")],
+        "/usr/bin/chage": [rf("/usr/bin/chage", "f", 0o2755, group="shadow", package="passwd")],
+    }
     problems = tc.check_packaged(snap, packaged, {"root": 0}, {"root": 0, "shadow": 42})
     assert problems == [
         "/tmp: is d 0755 0:0, package fs says d 1777 0:0",
@@ -52,11 +60,15 @@ def test_shared_directory_matches_any_owner():
 
 
 def test_changes_must_be_asked_for():
-    before = {"/etc": tc.Node("d", 0o755, 0, 0), "/tmp": tc.Node("d", 0o1777, 0, 0),
-              "/usr/share/doc": tc.Node("d", 0o755, 0, 0)}
-    after = {"/etc": tc.Node("d", 0o755, 0, 0), "/tmp": tc.Node("d", 0o755, 0, 0),
-             "/opt": tc.Node("d", 0o755, 0, 0), "/opt/x": tc.Node("d", 0o755, 0, 0),
-             "/opt/x/y": tc.Node("f", 0o644, 0, 0), "/var": tc.Node("d", 0o755, 0, 0)}
+    before = {"/etc": tc.Node("d", 0o755, 0, 0), "/tmp": tc.Node("d", 0o1777, 0, 0), "/usr/share/doc": tc.Node("d", 0o755, 0, 0)}
+    after = {
+        "/etc": tc.Node("d", 0o755, 0, 0),
+        "/tmp": tc.Node("d", 0o755, 0, 0),
+        "/opt": tc.Node("d", 0o755, 0, 0),
+        "/opt/x": tc.Node("d", 0o755, 0, 0),
+        "/opt/x/y": tc.Node("f", 0o644, 0, 0),
+        "/var": tc.Node("d", 0o755, 0, 0),
+    }
     ledger = tc.Ledger()
     ledger.record("cleanup.tmpl:3", ["/usr/share/doc"])
     ledger.record("postinstall.tmpl:9", ["/opt/x/y"])
@@ -123,8 +135,20 @@ def probe_repo(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("probe")
     (base / "fsprobe.spec").write_text(SPEC)
     repo = base / "repo"
-    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {base / 'top'}",
-                    "--define", f"_rpmdir {repo}", str(base / "fsprobe.spec")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "rpmbuild",
+            "-bb",
+            "--quiet",
+            "--define",
+            f"_topdir {base / 'top'}",
+            "--define",
+            f"_rpmdir {repo}",
+            str(base / "fsprobe.spec"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
     return repo
 
@@ -137,8 +161,11 @@ def test_transaction_leaves_the_tree_as_its_package_says(probe_repo, tmp_path, p
     work = Path(tempfile.mkdtemp(prefix="composer-test-", dir=parent))
     try:
         tree, cache = work / "tree", tmp_path / "cache"
-        s = DnfSession(tree, DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{probe_repo}",),
-                                       cachedir=cache, nogpgcheck=True), work)
+        s = DnfSession(
+            tree,
+            DnfConfig(releasever="1", arch="x86_64", sources=(f"file://{probe_repo}",), cachedir=cache, nogpgcheck=True),
+            work,
+        )
         ledger = tc.Ledger()
         ledger.record("rpm", [RPMDB])
         s.install(["fsprobe"])
@@ -172,7 +199,8 @@ def test_a_directory_a_command_made_does_not_cover_later_files_in_it(tmp_path):
     before = tc.snapshot(tmp_path)
     (tmp_path / "etc/dracut.conf.d/90-composer.conf").touch()
     assert tc.check_changes(before, tc.snapshot(tmp_path), ledger) == [
-        "/etc/dracut.conf.d/90-composer.conf: appeared (f 0644 0:0), asked for by no template command"]
+        "/etc/dracut.conf.d/90-composer.conf: appeared (f 0644 0:0), asked for by no template command"
+    ]
     ledger.record("cleanup.tmpl:1", ["/etc/dracut.conf.d"])
     assert tc.check_changes(before, tc.snapshot(tmp_path), ledger) == []
     ledger.forget()
@@ -195,8 +223,13 @@ def test_tree_check_object_follows_one_build(tmp_path):
         check.check_final()
     check.ledger.record("postinstall template", ["/etc"])
     record = check.check_final()
-    assert record == {"packaged_paths_verified": 1, "paths_after_install": 1, "paths_shipped": 2,
-                      "changed_by_templates": 1, "observed_commands": 0}
+    assert record == {
+        "packaged_paths_verified": 1,
+        "paths_after_install": 1,
+        "paths_shipped": 2,
+        "changed_by_templates": 1,
+        "observed_commands": 0,
+    }
     check.ship()
     check.check_unchanged("after dracut")
     (tmp_path / "etc" / "x").write_text("")

@@ -18,8 +18,16 @@ def test_treeinfo_loads_with_productmd(tmp_path):
 
     root = make_tree(tmp_path)
     images = {"kernel": "images/pxeboot/vmlinuz", "initrd": "images/pxeboot/initrd.img", "boot.iso": "images/boot.iso"}
-    write_treeinfo(root / ".treeinfo", product="TestProduct", version="1", arch="x86_64",
-                   images={"x86_64": images}, stage2="images/install.img", checksum_root=root, timestamp=1700000000)
+    write_treeinfo(
+        root / ".treeinfo",
+        product="TestProduct",
+        version="1",
+        arch="x86_64",
+        images={"x86_64": images},
+        stage2="images/install.img",
+        checksum_root=root,
+        timestamp=1700000000,
+    )
     ti = productmd.treeinfo.TreeInfo()
     ti.load(str(root / ".treeinfo"))
     assert ti.release.name == "TestProduct" and ti.release.version == "1"
@@ -39,8 +47,15 @@ def test_template_sections_are_merged(tmp_path):
     root = make_tree(tmp_path)
     (root / "images/pxeboot/xen.img").write_bytes(b"x")
     extra = {"images-xen": {"kernel": "images/pxeboot/xen.img"}, "custom": {"a": "b"}}
-    write_treeinfo(root / ".treeinfo", product="P", version="2", arch="x86_64",
-                   images={"x86_64": {"kernel": "images/pxeboot/vmlinuz"}}, extra=extra, checksum_root=root)
+    write_treeinfo(
+        root / ".treeinfo",
+        product="P",
+        version="2",
+        arch="x86_64",
+        images={"x86_64": {"kernel": "images/pxeboot/vmlinuz"}},
+        extra=extra,
+        checksum_root=root,
+    )
     ti = productmd.treeinfo.TreeInfo()
     ti.load(str(root / ".treeinfo"))
     assert ti.images.images["xen"] == {"kernel": "images/pxeboot/xen.img"}
@@ -50,8 +65,14 @@ def test_template_sections_are_merged(tmp_path):
 def test_missing_image_is_an_error(tmp_path):
     root = make_tree(tmp_path)
     with pytest.raises(ComposerError, match="images/efiboot.img is listed"):
-        write_treeinfo(root / ".treeinfo", product="P", version="1", arch="x86_64",
-                       images={"x86_64": {"efiboot.img": "images/efiboot.img"}}, checksum_root=root)
+        write_treeinfo(
+            root / ".treeinfo",
+            product="P",
+            version="1",
+            arch="x86_64",
+            images={"x86_64": {"efiboot.img": "images/efiboot.img"}},
+            checksum_root=root,
+        )
 
 
 def test_discinfo(tmp_path):

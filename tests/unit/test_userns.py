@@ -80,11 +80,14 @@ def test_missing_range_says_the_lines_to_add():
     assert missing_range_error("carol", [SubidRange(1, MIN_IDS)], [SubidRange(1, MIN_IDS)], 100000) is None
 
 
-@pytest.mark.parametrize("sysctls,fix", [
-    ({"/proc/sys/kernel/unprivileged_userns_clone": "0\n"}, "kernel.unprivileged_userns_clone=1"),
-    ({"/proc/sys/user/max_user_namespaces": "0\n"}, "user.max_user_namespaces=15000"),
-    ({"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1\n"}, "kernel.apparmor_restrict_unprivileged_userns=0"),
-])
+@pytest.mark.parametrize(
+    "sysctls,fix",
+    [
+        ({"/proc/sys/kernel/unprivileged_userns_clone": "0\n"}, "kernel.unprivileged_userns_clone=1"),
+        ({"/proc/sys/user/max_user_namespaces": "0\n"}, "user.max_user_namespaces=15000"),
+        ({"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1\n"}, "kernel.apparmor_restrict_unprivileged_userns=0"),
+    ],
+)
 def test_disabled_user_namespaces_name_the_sysctl(sysctls, fix):
     msg = disabled_error(sysctls)
     assert msg is not None and "\n" not in msg
@@ -93,16 +96,22 @@ def test_disabled_user_namespaces_name_the_sysctl(sysctls, fix):
 
 def test_enabled_user_namespaces_are_no_error():
     assert disabled_error({}) is None
-    assert disabled_error({"/proc/sys/kernel/unprivileged_userns_clone": "1\n",
-                           "/proc/sys/user/max_user_namespaces": "63000\n",
-                           "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "0\n"}) is None
+    assert (
+        disabled_error(
+            {
+                "/proc/sys/kernel/unprivileged_userns_clone": "1\n",
+                "/proc/sys/user/max_user_namespaces": "63000\n",
+                "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "0\n",
+            }
+        )
+        is None
+    )
 
 
 def test_which_commands_need_the_namespace():
     for words in (("runtime",), ("boot-iso",), ("netboot",), ("lorax",), ("overlay", "merge")):
         assert needs_namespace(words, ["x"]), words
-    for words in (("verify",), ("template-check",), ("delta", "create"), ("sparsify",), ("overlay", "status"),
-                  ("mkksiso",)):
+    for words in (("verify",), ("template-check",), ("delta", "create"), ("sparsify",), ("overlay", "status"), ("mkksiso",)):
         assert not needs_namespace(words, ["x"]), words
     # lorax parses its options in the namespace: its help must not need one
     assert not needs_namespace(("lorax",), ["lorax", "--help"])
@@ -141,6 +150,7 @@ def test_root_never_enters_a_namespace(monkeypatch):
 
     def no_exec(*a):
         raise AssertionError("exec as root")
+
     monkeypatch.setattr(os, "execvp", no_exec)
     userns.enter_user_namespace(("runtime",), ["runtime"])
 
@@ -150,9 +160,14 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     shared one lives under /root, which other users cannot read."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(SRC), "HOME": "/nonexistent"}
     gid = pwd.getpwnam("nobody").pw_gid
-    return subprocess.run(["setpriv", "--reuid=nobody", f"--regid={gid}", "--clear-groups",
-                           "/usr/bin/python3", "-m", "composer", *args],
-                          capture_output=True, text=True, env=env, cwd="/", timeout=60)
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", f"--regid={gid}", "--clear-groups", "/usr/bin/python3", "-m", "composer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+    )
 
 
 def test_no_subordinate_ids_is_one_line_before_any_work(tmp_path):
@@ -160,15 +175,17 @@ def test_no_subordinate_ids_is_one_line_before_any_work(tmp_path):
     if os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or shutil.which("setpriv") is None:
         pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
     nobody = pwd.getpwnam("nobody")
-    if usable_range(parse_subid(Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else "",
-                                "nobody", nobody.pw_uid)):
+    if usable_range(
+        parse_subid(Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else "", "nobody", nobody.pw_uid)
+    ):
         pytest.skip("nobody has subordinate ids on this host")
-    if not os.access(SRC, os.R_OK) or subprocess.run(["setpriv", "--reuid=nobody", "test", "-r", str(SRC / "composer")],
-                                                     check=False).returncode != 0:
+    if (
+        not os.access(SRC, os.R_OK)
+        or subprocess.run(["setpriv", "--reuid=nobody", "test", "-r", str(SRC / "composer")], check=False).returncode != 0
+    ):
         pytest.skip(f"nobody cannot read {SRC}")
     out = Path("/tmp") / f"composer-userns-test-{os.getpid()}"
-    proc = _as_nobody("runtime", "--product", "TestProduct", "--version", "1", "--source", "file:///nonexistent",
-                      str(out))
+    proc = _as_nobody("runtime", "--product", "TestProduct", "--version", "1", "--source", "file:///nonexistent", str(out))
     assert proc.returncode == 1, proc
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("composer: error: nobody has no range of 65536 subordinate ids in /etc/subuid")
@@ -183,6 +200,10 @@ def test_no_subordinate_ids_is_one_line_before_any_work(tmp_path):
 
 def test_module_runs_with_the_same_python():
     # the re-executed command is `sys.executable -m composer ARGV`: composer must be runnable so
-    proc = subprocess.run([sys.executable, "-m", "composer", "--version"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "composer", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("composer ")

@@ -24,8 +24,9 @@ from testproduct import BOOT_MARKER, CHECK_ARGS
 
 
 def test_qemu_argv_tcg() -> None:
-    argv = qemu_argv(Path("/k/vmlinuz"), Path("/k/initrd.img"), memory_mb=384, check_args=CHECK_ARGS,
-                     append="quiet root=live:/x.img")
+    argv = qemu_argv(
+        Path("/k/vmlinuz"), Path("/k/initrd.img"), memory_mb=384, check_args=CHECK_ARGS, append="quiet root=live:/x.img"
+    )
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-cpu") + 1] == "max"
@@ -72,22 +73,28 @@ def test_clean_line() -> None:
     assert clean_line(b"\xff\xfe bad bytes\r\n") == "\ufffd\ufffd bad bytes"
 
 
-@pytest.mark.parametrize("line", [
-    "COMPOSER-BOOT-OK",
-    "COMPOSER-BOOT-OK mem=384M",
-    "[   55.123456] COMPOSER-BOOT-OK",
-    "  COMPOSER-BOOT-OK",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "COMPOSER-BOOT-OK",
+        "COMPOSER-BOOT-OK mem=384M",
+        "[   55.123456] COMPOSER-BOOT-OK",
+        "  COMPOSER-BOOT-OK",
+    ],
+)
 def test_marker_lines(line: str) -> None:
     assert is_marker(line, BOOT_MARKER)
     assert classify_line(line, BOOT_MARKER) == "marker"
 
 
-@pytest.mark.parametrize("line", [
-    "         Starting composer-check.service - Print COMPOSER-BOOT-OK and power off...",
-    "[    0.000000] Command line: console=ttyS0 marker=COMPOSER-BOOT-OK",
-    "COMPOSER-BOOT",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "         Starting composer-check.service - Print COMPOSER-BOOT-OK and power off...",
+        "[    0.000000] Command line: console=ttyS0 marker=COMPOSER-BOOT-OK",
+        "COMPOSER-BOOT",
+    ],
+)
 def test_not_marker(line: str) -> None:
     assert not is_marker(line, BOOT_MARKER)
 
@@ -97,27 +104,33 @@ def test_custom_marker() -> None:
     assert classify_line("COMPOSER-BOOT-OK", marker="HELLO") is None
 
 
-@pytest.mark.parametrize("line", [
-    "[    2.345678] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
-    "[    1.000000] Initramfs unpacking failed: write error",
-    "[  OK  ] Started Dracut Emergency Shell.",
-    "Entering emergency mode. Exit the shell to continue.",
-    "dracut Warning: Could not boot.",
-    "[  130.1] dracut-initqueue[300]: Warning: dracut-initqueue: timeout, still waiting for following initqueue hooks:",
-    "Generating \"/run/initramfs/rdsosreport.txt\"",
-    "[   40.0] Out of memory: Killed process 1 (systemd) total-vm:1234kB",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[    2.345678] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+        "[    1.000000] Initramfs unpacking failed: write error",
+        "[  OK  ] Started Dracut Emergency Shell.",
+        "Entering emergency mode. Exit the shell to continue.",
+        "dracut Warning: Could not boot.",
+        "[  130.1] dracut-initqueue[300]: Warning: dracut-initqueue: timeout, still waiting for following initqueue hooks:",
+        'Generating "/run/initramfs/rdsosreport.txt"',
+        "[   40.0] Out of memory: Killed process 1 (systemd) total-vm:1234kB",
+    ],
+)
 def test_fatal_lines(line: str) -> None:
     assert fatal_reason(line) == line.strip()
     assert classify_line(line, BOOT_MARKER) == "fatal"
 
 
-@pytest.mark.parametrize("line", [
-    "[    3.0] dracut-initqueue[250]: Unknown device //squashfs.img",
-    "[    1.0] Unpacking initramfs...",
-    "Welcome to Test Product!",
-    "[  OK  ] Finished systemd-udev-trigger.service - Coldplug All udev Devices.",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[    3.0] dracut-initqueue[250]: Unknown device //squashfs.img",
+        "[    1.0] Unpacking initramfs...",
+        "Welcome to Test Product!",
+        "[  OK  ] Finished systemd-udev-trigger.service - Coldplug All udev Devices.",
+    ],
+)
 def test_harmless_lines(line: str) -> None:
     assert classify_line(line, BOOT_MARKER) is None
 
@@ -127,6 +140,7 @@ def _fake_boot(threshold: int, calls: list[int]):  # type: ignore[no-untyped-def
         calls.append(memory_mb)
         ok = memory_mb >= threshold
         return BootResult(ok, 1.0, memory_mb, "COMPOSER-BOOT-OK" if ok else None, log or Path("x"), "r")
+
     return boot
 
 
@@ -142,8 +156,7 @@ def test_find_min_memory(threshold: int, expect: int) -> None:
 
 def test_find_min_memory_none_and_logs(tmp_path: Path) -> None:
     calls: list[int] = []
-    mb, results = find_min_memory(Path("k"), Path("i"), 256, 500, 100, boot=_fake_boot(10_000, calls),
-                                  log_dir=tmp_path)
+    mb, results = find_min_memory(Path("k"), Path("i"), 256, 500, 100, boot=_fake_boot(10_000, calls), log_dir=tmp_path)
     assert mb is None and calls == [500]
     assert results[0].log == tmp_path / "boot-500M.log"
     with pytest.raises(ValueError):
@@ -156,12 +169,16 @@ def test_find_min_memory_none_and_logs(tmp_path: Path) -> None:
 def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
     script = tmp_path / "fake-qemu"
     pidfile = tmp_path / "qemu.pid"
-    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""\
+    script.write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(f"""\
         import os, sys, time
         open({str(pidfile)!r}, "w").write(str(os.getpid()))
         def say(s):
             sys.stdout.write(s + "\\r\\n"); sys.stdout.flush()
-        """) + textwrap.dedent(body))
+        """)
+        + textwrap.dedent(body)
+    )
     script.chmod(0o755)
     monkeypatch.setattr(verify, "QEMU", str(script))
     for name in ("k", "i"):
@@ -181,17 +198,22 @@ def _gone(pidfile: Path) -> bool:
 
 
 def _boot(tmp_path: Path, **kw: object) -> BootResult:
-    return verify.boot_kernel(tmp_path / "k", tmp_path / "i", memory_mb=256, accel="tcg", marker=BOOT_MARKER,
-                              log=tmp_path / "serial.log", **kw)  # type: ignore[arg-type]
+    return verify.boot_kernel(
+        tmp_path / "k", tmp_path / "i", memory_mb=256, accel="tcg", marker=BOOT_MARKER, log=tmp_path / "serial.log", **kw
+    )  # type: ignore[arg-type]
 
 
 def test_boot_marker_then_poweroff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("[    0.000000] Linux version 6.1")
         say("\\x1b[0;32mCOMPOSER-BOOT-OK\\x1b[0m mem=256")
         time.sleep(0.2)
         sys.exit(0)
-        """)
+        """,
+    )
     r = _boot(tmp_path)
     assert r.ok and r.marker_line == "COMPOSER-BOOT-OK mem=256" and r.memory_mb == 256
     assert b"Linux version" in r.log.read_bytes()
@@ -200,20 +222,28 @@ def test_boot_marker_then_poweroff(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_boot_marker_but_no_poweroff_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify, "POWEROFF_GRACE", 0.5)
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("COMPOSER-BOOT-OK")
         time.sleep(600)
-        """)
+        """,
+    )
     r = _boot(tmp_path)
     assert r.ok
     assert _gone(pidfile)
 
 
 def test_boot_panic_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("[    1.0] Initramfs unpacking failed: write error")
         time.sleep(600)
-        """)
+        """,
+    )
     start = time.monotonic()
     r = _boot(tmp_path, timeout=60)
     assert not r.ok and "Initramfs unpacking failed" in r.reason
@@ -222,30 +252,42 @@ def test_boot_panic_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_boot_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("booting slowly")
         time.sleep(600)
-        """)
+        """,
+    )
     r = _boot(tmp_path, timeout=1.0)
     assert not r.ok and "timeout" in r.reason
     assert _gone(pidfile)
 
 
 def test_boot_qemu_exits_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_qemu(tmp_path, monkeypatch, """\
+    _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         sys.stderr.write("qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\\n")
         sys.exit(1)
-        """)
+        """,
+    )
     r = _boot(tmp_path)
     assert not r.ok
     assert "code 1" in r.reason and "cannot set up guest memory" in r.reason
 
 
 def test_boot_keyboard_interrupt_kills_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("booting")
         time.sleep(600)
-        """)
+        """,
+    )
     real = verify.classify_line
 
     def interrupt(line: str, marker: str) -> str | None:
@@ -267,7 +309,10 @@ def test_boot_missing_kernel(tmp_path: Path) -> None:
 def test_boot_retries_an_emulation_flake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The IO-APIC timer panic of a starved TCG guest is retried; the second boot counts."""
     count = tmp_path / "count"
-    _fake_qemu(tmp_path, monkeypatch, f"""\
+    _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        f"""\
         n = int(open({str(count)!r}).read()) + 1 if os.path.exists({str(count)!r}) else 1
         open({str(count)!r}, "w").write(str(n))
         if n == 1:
@@ -275,21 +320,27 @@ def test_boot_retries_an_emulation_flake(tmp_path: Path, monkeypatch: pytest.Mon
             time.sleep(600)
         say("COMPOSER-BOOT-OK")
         sys.exit(0)
-        """)
+        """,
+    )
     r = _boot(tmp_path)
     assert r.ok and count.read_text() == "2"
 
 
 def test_boot_gives_up_after_repeated_flakes_and_never_retries_real_panics(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     count = tmp_path / "count"
-    _fake_qemu(tmp_path, monkeypatch, f"""\
+    _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        f"""\
         n = int(open({str(count)!r}).read()) + 1 if os.path.exists({str(count)!r}) else 1
         open({str(count)!r}, "w").write(str(n))
         say("Kernel panic - not syncing: IO-APIC + timer doesn't work!" if "flake" in sys.argv[-1] else
             "Kernel panic - not syncing: VFS: Unable to mount root fs")
         time.sleep(600)
-        """)
+        """,
+    )
     monkeypatch.setattr(verify, "BASE_APPEND", "flake")
     r = _boot(tmp_path)
     assert not r.ok and "IO-APIC" in r.reason and count.read_text() == str(verify.EMULATION_RETRIES + 1)
@@ -304,15 +355,26 @@ def test_qemu_dies_with_a_killed_caller(tmp_path: Path, monkeypatch: pytest.Monk
     import signal
     import subprocess
 
-    pidfile = _fake_qemu(tmp_path, monkeypatch, """\
+    pidfile = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
         say("booting")
         time.sleep(600)
-        """)
-    caller = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; import composer.verify as v; "
-        f"v.QEMU = {str(tmp_path / 'fake-qemu')!r}; "
-        f"v.boot_kernel(Path({str(tmp_path / 'k')!r}), Path({str(tmp_path / 'i')!r}), memory_mb=256, accel='tcg', "
-        "timeout=600, marker='X')")])
+        """,
+    )
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from pathlib import Path; import composer.verify as v; "
+                f"v.QEMU = {str(tmp_path / 'fake-qemu')!r}; "
+                f"v.boot_kernel(Path({str(tmp_path / 'k')!r}), Path({str(tmp_path / 'i')!r}), memory_mb=256, accel='tcg', "
+                "timeout=600, marker='X')"
+            ),
+        ]
+    )
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text():
             break

@@ -117,9 +117,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
                 names = {s.name for s in staged}
                 base = {s.name for s in staged if s.fields.get("Essential") == "yes"}
                 base |= names & set(setuppkg.BASE_EXTRA)
-                setuppkg.build(
-                    workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base
-                )
+                setuppkg.build(workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base)
             with stage("test product: createrepo_c"):
                 run(["createrepo_c", "--quiet", "--no-database", out])
             (out / STAMP).write_text(key + "\n")

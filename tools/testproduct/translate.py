@@ -354,7 +354,7 @@ def merged_path(path: str) -> str:
         return "/usr" + path
     for old, new in VAR_MOVES.items():
         if path == old or path.startswith(old + "/"):
-            return new + path[len(old):]
+            return new + path[len(old) :]
     return path
 
 

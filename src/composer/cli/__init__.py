@@ -111,8 +111,7 @@ def lorax() -> int:
     return main(["lorax", *sys.argv[1:]])
 
 
-def _run(words: Sequence[str], argv: list[str], command: Callable[[], int],
-         before: Callable[[], None] = lambda: None) -> int:
+def _run(words: Sequence[str], argv: list[str], command: Callable[[], int], before: Callable[[], None] = lambda: None) -> int:
     """Run a subcommand: SIGINT, SIGTERM and SIGHUP (what Ctrl-C, Pungi, Koji and a closed
     terminal send) unwind it, so every cleanup runs; any error ends as one line."""
     previous = {s: signal.signal(s, _terminate) for s in _STOP_SIGNALS}

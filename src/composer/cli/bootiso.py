@@ -31,12 +31,16 @@ def prepare_boot_iso(args: argparse.Namespace) -> tuple[Config, MediaOptions]:
             check_volid(volid)
         except ComposerError as e:
             # The user gave no --volid: say where this one came from.
-            raise ComposerError(f"the default volume id {str(e).removeprefix('--volid ')} "
-                                "(made from --product, --version, --buildarch); give --volid") from None
+            raise ComposerError(
+                f"the default volume id {str(e).removeprefix('--volid ')} "
+                "(made from --product, --version, --buildarch); give --volid"
+            ) from None
     if cfg.arch not in EFI_ARCH_NAMES:
         # Found out only after the runtime build otherwise (make_media).
-        raise ComposerError(f"--buildarch {cfg.arch}: boot-iso has no UEFI boot for this architecture "
-                            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})")
+        raise ComposerError(
+            f"--buildarch {cfg.arch}: boot-iso has no UEFI boot for this architecture "
+            f"(known: {', '.join(sorted(EFI_ARCH_NAMES))})"
+        )
     opts = MediaOptions(
         volid=volid,
         bios_loader=args.bios_loader,
@@ -57,10 +61,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_compose_options(p)
     p.add_argument("--volid", default=None, help="ISO volume id (default <product>-<version>-<arch>, at most 32 characters)")
     p.add_argument("--bios-loader", default="grub2", choices=BIOS_LOADERS, help="BIOS El Torito boot loader (default grub2)")
-    p.add_argument("--add-arch-template", action="append", default=[], type=Path, metavar="FILE",
-                   help="extra command template run on the media tree before the images are made (repeatable)")
-    p.add_argument("--add-arch-template-var", action="append", default=[], metavar="NAME=VALUE",
-                   help="variable for the boot config and arch templates (repeatable)")
+    p.add_argument(
+        "--add-arch-template",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="extra command template run on the media tree before the images are made (repeatable)",
+    )
+    p.add_argument(
+        "--add-arch-template-var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="variable for the boot config and arch templates (repeatable)",
+    )
     add_boot_options(p, "bootiso_logfile")
     p.set_defaults(func=cmd_boot_iso, prepare=prepare_boot_iso)
     return p

@@ -24,49 +24,98 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--release", default="", help="release string")
     p.add_argument("-s", "--source", action="append", default=[], metavar="URL", help="package repository URL (repeatable)")
     p.add_argument("--repo", action="append", default=[], type=Path, metavar="FILE", help="dnf .repo file (repeatable)")
-    p.add_argument("-m", "--mirrorlist", action="append", default=[], metavar="URL",
-                   help="mirrorlist URL of a package repository (repeatable)")
-    p.add_argument("--enablerepo", action="append", default=[], metavar="GLOB",
-                   help="enable these repositories of the --repo files (repeatable)")
-    p.add_argument("--disablerepo", action="append", default=[], metavar="GLOB",
-                   help="disable these repositories of the --repo files, after --enablerepo (repeatable)")
+    p.add_argument(
+        "-m",
+        "--mirrorlist",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="mirrorlist URL of a package repository (repeatable)",
+    )
+    p.add_argument(
+        "--enablerepo",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="enable these repositories of the --repo files (repeatable)",
+    )
+    p.add_argument(
+        "--disablerepo",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="disable these repositories of the --repo files, after --enablerepo (repeatable)",
+    )
     p.add_argument("--proxy", default=None, metavar="URL", help="proxy for every repository, e.g. http://host:3128")
     p.add_argument("--noverifyssl", action="store_true", help="do not verify the repositories' TLS certificates")
     p.add_argument("-t", "--variant", default="", help="variant name")
     p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
     p.add_argument("--isfinal", action="store_true", help="this is a final release")
     p.add_argument("--buildarch", default=platform.machine(), help="architecture to build for (default: this host's)")
-    p.add_argument("-i", "--installpkgs", action="append", default=[], metavar="PKG",
-                   help="extra package (glob) to install (repeatable)")
-    p.add_argument("-e", "--excludepkgs", action="append", default=[], metavar="PKG",
-                   help="package (glob) never to install (repeatable)")
-    p.add_argument("--add-template", action="append", default=[], type=Path, metavar="FILE",
-                   help="extra template run after postinstall (repeatable)")
-    p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE",
-                   help="variable for the templates (repeatable)")
-    p.add_argument("--rootfs-type", default="btrfs", choices=[t.value for t in RootfsType],
-                   help="filesystem of LiveOS/rootfs.img (squashfs: no rootfs.img)")
-    p.add_argument("--rootfs-size", default=None, metavar="SIZE",
-                   help="free room in rootfs.img for the runtime's writes, e.g. 512M (sparse)")
+    p.add_argument(
+        "-i", "--installpkgs", action="append", default=[], metavar="PKG", help="extra package (glob) to install (repeatable)"
+    )
+    p.add_argument(
+        "-e", "--excludepkgs", action="append", default=[], metavar="PKG", help="package (glob) never to install (repeatable)"
+    )
+    p.add_argument(
+        "--add-template",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="extra template run after postinstall (repeatable)",
+    )
+    p.add_argument(
+        "--add-template-var", action="append", default=[], metavar="NAME=VALUE", help="variable for the templates (repeatable)"
+    )
+    p.add_argument(
+        "--rootfs-type",
+        default="btrfs",
+        choices=[t.value for t in RootfsType],
+        help="filesystem of LiveOS/rootfs.img (squashfs: no rootfs.img)",
+    )
+    p.add_argument(
+        "--rootfs-size", default=None, metavar="SIZE", help="free room in rootfs.img for the runtime's writes, e.g. 512M (sparse)"
+    )
     p.add_argument("--compression", default="xz", choices=[c.value for c in Compression], help="squashfs compressor")
     p.add_argument("--dracut-arg", action="append", default=[], metavar="ARG", help="extra dracut argument (repeatable)")
     p.add_argument("--dracut-conf", type=Path, default=None, metavar="FILE", help="extra dracut configuration file")
     p.add_argument("--nogpgcheck", action="store_true", help="do not check package signatures")
-    p.add_argument("--dnf", default="auto", choices=[c.value for c in DnfChoice],
-                   help="dnf command line to drive (default: whatever `dnf` is; dnf5 on Fedora 41+)")
-    p.add_argument("--dnf-root", type=Path, default=None, metavar="DIR",
-                   help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
-                        "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)")
+    p.add_argument(
+        "--dnf",
+        default="auto",
+        choices=[c.value for c in DnfChoice],
+        help="dnf command line to drive (default: whatever `dnf` is; dnf5 on Fedora 41+)",
+    )
+    p.add_argument(
+        "--dnf-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
+        "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
-    p.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR,
-                   help=f"persistent cache (dnf packages, trees; default: {DEFAULT_CACHEDIR})")
+    p.add_argument(
+        "--cachedir",
+        type=Path,
+        default=DEFAULT_CACHEDIR,
+        help=f"persistent cache (dnf packages, trees; default: {DEFAULT_CACHEDIR})",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the work directory (for debugging)")
     p.add_argument("--force", action="store_true", help="replace OUTDIR once the new output is complete")
-    p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
-                   help="reproducible build: timestamps clamped to this (default: $SOURCE_DATE_EPOCH if set)")
+    p.add_argument(
+        "--source-date-epoch",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="reproducible build: timestamps clamped to this (default: $SOURCE_DATE_EPOCH if set)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not reuse a cached populated tree")
-    p.add_argument("--osmin", action="store_true",
-                   help="also ship LiveOS/osmin.img.gz, a minimized-install delta of rootfs.img (ext4 only)")
+    p.add_argument(
+        "--osmin", action="store_true", help="also ship LiveOS/osmin.img.gz, a minimized-install delta of rootfs.img (ext4 only)"
+    )
 
 
 def _dnf_root(option: Path | None) -> Path | None:
@@ -132,8 +181,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 def add_boot_options(p: argparse.ArgumentParser, logfile_dest: str) -> None:
     """Options of the composes that write boot menus (boot-iso, netboot), after their own."""
-    p.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                   help="extra kernel argument for every boot entry (repeatable)")
+    p.add_argument(
+        "--kernel-arg", action="append", default=[], metavar="ARG", help="extra kernel argument for every boot entry (repeatable)"
+    )
     add_ks_option(p)
     p.add_argument("--logfile", dest=logfile_dest, type=Path, default=None, help="write a full log here")
 

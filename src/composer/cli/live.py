@@ -34,10 +34,13 @@ def _chunk_sectors(text: str) -> int:
 
 
 def cmd_delta_create(args: argparse.Namespace) -> int:
-    d = create_delta(args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size),
-                     source_date_epoch=source_date_epoch(None))  # $SOURCE_DATE_EPOCH, if set
-    print(f"{args.output}: {d.chunks} chunks, store {d.raw_size} bytes, gzip {d.gz_size} bytes; "
-          f"minimized filesystem {d.minimized_size} of {d.origin_size} bytes")
+    d = create_delta(
+        args.rootfs, args.output, chunk_sectors=_chunk_sectors(args.chunk_size), source_date_epoch=source_date_epoch(None)
+    )  # $SOURCE_DATE_EPOCH, if set
+    print(
+        f"{args.output}: {d.chunks} chunks, store {d.raw_size} bytes, gzip {d.gz_size} bytes; "
+        f"minimized filesystem {d.minimized_size} of {d.origin_size} bytes"
+    )
     return 0
 
 
@@ -55,7 +58,11 @@ def cmd_overlay_status(args: argparse.Namespace) -> int:
 
 def cmd_overlay_merge(args: argparse.Namespace) -> int:
     r = merge_overlay(
-        args.media, dry_run=args.dry_run, overlay_name=args.overlay, repair=args.repair, workdir=args.workdir,
+        args.media,
+        dry_run=args.dry_run,
+        overlay_name=args.overlay,
+        repair=args.repair,
+        workdir=args.workdir,
         compression=Compression(args.compression) if args.compression else None,
     )
     if r.dry_run:
@@ -77,8 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c = sub.add_parser("create", help="minimize ROOTFS (ext4) and store the changed chunks, gzip-compressed")
     c.add_argument("rootfs", metavar="ROOTFS", type=Path)
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OSMIN.IMG.GZ")
-    c.add_argument("--chunk-size", default="8", metavar="SECTORS",
-                   help="COW chunk size in 512-byte sectors, or with a unit (4K); default 8")
+    c.add_argument(
+        "--chunk-size", default="8", metavar="SECTORS", help="COW chunk size in 512-byte sectors, or with a unit (4K); default 8"
+    )
     c.set_defaults(func=cmd_delta_create)
     a = sub.add_parser("apply", help="write the minimized filesystem snapshot(ROOTFS, DELTA) presents, without device-mapper")
     a.add_argument("rootfs", metavar="ROOTFS", type=Path)
@@ -97,10 +105,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     mg.add_argument("media", metavar="MEDIA", type=Path)
     mg.add_argument("--overlay", default=None, metavar="NAME")
     mg.add_argument("--dry-run", action="store_true", help="check and say what would happen; change nothing")
-    mg.add_argument("--workdir", type=Path, default=None,
-                    help="extract and build here (default: inside LiveOS/; needed on vfat media)")
-    mg.add_argument("--repair", action="store_true",
-                    help="let e2fsck -p fix the merged filesystem (journal replay after an unclean shutdown)")
+    mg.add_argument(
+        "--workdir", type=Path, default=None, help="extract and build here (default: inside LiveOS/; needed on vfat media)"
+    )
+    mg.add_argument(
+        "--repair", action="store_true", help="let e2fsck -p fix the merged filesystem (journal replay after an unclean shutdown)"
+    )
     mg.add_argument("--compression", default=None, choices=[c.value for c in Compression], help="default: the old image's")
     mg.set_defaults(func=cmd_overlay_merge)
 

@@ -30,8 +30,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("netboot", help="compose a PXE/HTTP netboot tree: kernels, initrds, pxelinux/GRUB/iPXE configs")
     add_compose_options(p)
     p.add_argument("--url", required=True, help="where the tree will be served, e.g. http://server/path/")
-    p.add_argument("--split", action="store_true",
-                   help="small initrd + install.img fetched at boot (default: one big initrd per kernel)")
+    p.add_argument(
+        "--split", action="store_true", help="small initrd + install.img fetched at boot (default: one big initrd per kernel)"
+    )
     add_boot_options(p, "netboot_logfile")
     p.set_defaults(func=cmd_netboot, prepare=prepare_netboot)
     return p

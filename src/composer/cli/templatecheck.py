@@ -47,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("template-check", help="render and parse templates without building (all of templates/ by default)")
     p.add_argument("templates", nargs="*", type=Path, metavar="TEMPLATE")
     p.add_argument("--basearch", default="x86_64")
-    p.add_argument("--sharedir", type=Path, default=None, metavar="DIR",
-                   help="check a whole lorax template set (runtime, arch and included templates) with lorax's variables")
+    p.add_argument(
+        "--sharedir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="check a whole lorax template set (runtime, arch and included templates) with lorax's variables",
+    )
     p.add_argument("--add-template-var", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_template_check)

@@ -35,8 +35,16 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
     if args.step <= 0:
         raise ComposerError(f"--step {args.step}: must be a positive number of MB")
     best, results = find_min_memory(
-        kernel, initrd, lo_mb, hi_mb, args.step, log_dir=args.log.parent if args.log else None,
-        timeout=args.timeout, accel=args.accel, marker=args.marker, **boot_kw,
+        kernel,
+        initrd,
+        lo_mb,
+        hi_mb,
+        args.step,
+        log_dir=args.log.parent if args.log else None,
+        timeout=args.timeout,
+        accel=args.accel,
+        marker=args.marker,
+        **boot_kw,
     )
     for r in results:
         info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
@@ -73,8 +81,11 @@ def _check_verify_options(args: argparse.Namespace) -> None:
     if args.log is not None:
         check_logfile(args.log, "--log")
         # The serial log is written: never over what is booted.
-        inputs = [Place(p, f"{opt} {p}") for opt, p in (("--kernel", args.kernel), ("--initrd", args.initrd),
-                                                         ("--iso", args.iso), ("--netboot", args.netboot)) if p]
+        inputs = [
+            Place(p, f"{opt} {p}")
+            for opt, p in (("--kernel", args.kernel), ("--initrd", args.initrd), ("--iso", args.iso), ("--netboot", args.netboot))
+            if p
+        ]
         check_outputs_apart([("--log", args.log)], inputs)
         check_dir_creatable(args.log.parent, "--log")
 
@@ -128,21 +139,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return report_min_memory(args, args.kernel, args.initrd, check_args=args.check_args, append=args.append)
 
     result = boot_kernel(
-        args.kernel, args.initrd, memory_mb=args.memory, marker=args.marker, check_args=args.check_args,
-        append=args.append, timeout=args.timeout, accel=args.accel, log=args.log,
+        args.kernel,
+        args.initrd,
+        memory_mb=args.memory,
+        marker=args.marker,
+        check_args=args.check_args,
+        append=args.append,
+        timeout=args.timeout,
+        accel=args.accel,
+        log=args.log,
     )
     if result.ok:
         info(f"verify: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
         return 0
-    raise ComposerError(f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} "
-                        f"(serial log: {result.log})")
+    raise ComposerError(
+        f"verify: no boot marker at {args.memory} MB after {result.seconds:.0f}s: {result.reason} (serial log: {result.log})"
+    )
 
 
 def add_verify_media_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso", type=Path, default=None, help="boot this ISO as a CD instead of --kernel/--initrd")
     p.add_argument("--firmware", default="bios", choices=["bios", "uefi"], help="for --iso/--netboot: SeaBIOS or OVMF")
-    p.add_argument("--netboot", type=Path, default=None, metavar="DIR",
-                   help="boot a `composer netboot` tree through qemu's TFTP (and HTTP on 127.0.0.1 when its URL is http://10.0.2.2:PORT/)")
+    p.add_argument(
+        "--netboot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="boot a `composer netboot` tree through qemu's TFTP (and HTTP on 127.0.0.1 when its URL is http://10.0.2.2:PORT/)",
+    )
     p.add_argument("--bootfile", default=None, help="for --netboot: the DHCP boot file (default boot.ipxe or grubpxe.0)")
 
 
@@ -153,8 +177,9 @@ def check_iso_file(path: Path) -> None:
     with path.open("rb") as f:
         f.seek(16 * 2048 + 1)
         if f.read(5) != b"CD001":
-            raise ComposerError(f"--iso {path}: not an ISO 9660 image (no CD001 volume descriptor); "
-                                "give a boot.iso, e.g. OUTDIR/images/boot.iso")
+            raise ComposerError(
+                f"--iso {path}: not an ISO 9660 image (no CD001 volume descriptor); give a boot.iso, e.g. OUTDIR/images/boot.iso"
+            )
 
 
 def _netboot_url(tree: Path) -> str:
@@ -183,11 +208,11 @@ def check_verify_media(args: argparse.Namespace) -> None:
 
 
 def verify_media(args: argparse.Namespace) -> int:
-    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log,
-              "marker": args.marker}
+    common = {"memory_mb": args.memory, "timeout": args.timeout, "accel": args.accel, "log": args.log, "marker": args.marker}
     check_verify_media(args)
     if args.iso is not None:
         if args.min_memory:
+
             def boot_cd(_kernel: object, _initrd: object, **kw: Any) -> Any:
                 return boot_iso(args.iso, firmware=args.firmware, **kw)
 
@@ -209,8 +234,10 @@ def verify_media(args: argparse.Namespace) -> int:
     if result.ok:
         info(f"verify: {what}: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")
         return 0
-    raise ComposerError(f"verify: {what}: no boot marker at {args.memory} MB after {result.seconds:.0f}s: "
-                        f"{result.reason} (serial log: {result.log})")
+    raise ComposerError(
+        f"verify: {what}: no boot marker at {args.memory} MB after {result.seconds:.0f}s: "
+        f"{result.reason} (serial log: {result.log})"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -219,12 +246,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--initrd", type=Path, default=None)
     p.add_argument("--memory", type=int, default=512, metavar="MB")
     p.add_argument("--append", default="", help="extra kernel arguments")
-    p.add_argument("--marker", default=TEST_PRODUCT_MARKER, metavar="TEXT",
-                   help="the console line (its start) that says the image is up "
-                        f"(default {TEST_PRODUCT_MARKER}, composer's test product's)")
-    p.add_argument("--check-args", default=TEST_PRODUCT_CHECK_ARGS, metavar="ARGS",
-                   help="kernel arguments that make the image print the marker, for --kernel/--initrd "
-                        f"(default {TEST_PRODUCT_CHECK_ARGS}; with --iso/--netboot the boot menu decides)")
+    p.add_argument(
+        "--marker",
+        default=TEST_PRODUCT_MARKER,
+        metavar="TEXT",
+        help=f"the console line (its start) that says the image is up (default {TEST_PRODUCT_MARKER}, composer's test product's)",
+    )
+    p.add_argument(
+        "--check-args",
+        default=TEST_PRODUCT_CHECK_ARGS,
+        metavar="ARGS",
+        help="kernel arguments that make the image print the marker, for --kernel/--initrd "
+        f"(default {TEST_PRODUCT_CHECK_ARGS}; with --iso/--netboot the boot menu decides)",
+    )
     p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")

@@ -32,7 +32,25 @@ from composer.dnf.settings import DnfConfig, dnf_config
 from composer.dnf.urls import check_source, check_url, local_path, mirrorlist_urls, proxy_url, split_userinfo
 
 __all__ = [
-    "DNF_ROOT_ENV", "RPMDB", "DnfConfig", "DnfProgram", "DnfSession", "RpmFile", "check_config", "check_repofile",
-    "check_source", "check_url", "dnf_config", "find_dnf", "host_sandbox", "local_path", "mirrorlist_urls", "proxy_url",
-    "read_repofile", "repofile_paths", "root_sandbox", "split_userinfo", "tree_ids",
+    "DNF_ROOT_ENV",
+    "RPMDB",
+    "DnfConfig",
+    "DnfProgram",
+    "DnfSession",
+    "RpmFile",
+    "check_config",
+    "check_repofile",
+    "check_source",
+    "check_url",
+    "dnf_config",
+    "find_dnf",
+    "host_sandbox",
+    "local_path",
+    "mirrorlist_urls",
+    "proxy_url",
+    "read_repofile",
+    "repofile_paths",
+    "root_sandbox",
+    "split_userinfo",
+    "tree_ids",
 ]

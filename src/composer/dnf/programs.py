@@ -60,8 +60,7 @@ class CommandLine:
 
     def available(self, queryformat: str, *, provides: str | None = None) -> list[str]:
         """A query of the packages the repositories offer (those providing `provides`)."""
-        return ["repoquery", "--available", *([f"--whatprovides={provides}"] if provides else []),
-                f"--queryformat={queryformat}"]
+        return ["repoquery", "--available", *([f"--whatprovides={provides}"] if provides else []), f"--queryformat={queryformat}"]
 
 
 class Dnf4(CommandLine):
@@ -70,8 +69,7 @@ class Dnf4(CommandLine):
     def state(self, reach: Callable[[Path], str], *, cachedir: Path, logdir: Path, state: Path) -> list[str]:
         # dnf 4 puts the installroot in front of cachedir and logdir, not of persistdir (its
         # history): that is a host path as it is.
-        return [f"--setopt=cachedir={reach(cachedir)}", f"--setopt=logdir={reach(logdir)}",
-                f"--setopt=persistdir={state}"]
+        return [f"--setopt=cachedir={reach(cachedir)}", f"--setopt=logdir={reach(logdir)}", f"--setopt=persistdir={state}"]
 
     def repos_switched(self, enable: Sequence[str], disable: Sequence[str]) -> list[str]:
         return [f"--enablerepo={g}" for g in enable] + [f"--disablerepo={g}" for g in disable]
@@ -83,10 +81,13 @@ class Dnf5(CommandLine):
     def state(self, reach: Callable[[Path], str], *, cachedir: Path, logdir: Path, state: Path) -> list[str]:
         # dnf5 puts the installroot in front of its own state (install reasons, history) and
         # the lock in persistdir, and takes the rest as given.
-        return [f"--setopt=cachedir={reach(cachedir)}", f"--setopt=logdir={reach(logdir)}",
-                f"--setopt=persistdir={reach(state)}",
-                *(f"--setopt={o}={reach(state)}" for o in ("system_state_dir", "transaction_history_dir")),
-                f"--setopt=system_cachedir={reach(cachedir)}"]
+        return [
+            f"--setopt=cachedir={reach(cachedir)}",
+            f"--setopt=logdir={reach(logdir)}",
+            f"--setopt=persistdir={reach(state)}",
+            *(f"--setopt={o}={reach(state)}" for o in ("system_state_dir", "transaction_history_dir")),
+            f"--setopt=system_cachedir={reach(cachedir)}",
+        ]
 
     def repos_switched(self, enable: Sequence[str], disable: Sequence[str]) -> list[str]:
         return [f"--enable-repo={g}" for g in enable] + [f"--disable-repo={g}" for g in disable]
@@ -99,10 +100,10 @@ COMMAND_LINES: dict[DnfChoice, CommandLine] = {c.flavor: c for c in (Dnf4(), Dnf
 class DnfProgram:
     """The dnf that fills trees: its command line's major version and where it runs."""
 
-    flavor: DnfChoice       # DNF4 or DNF5
-    command: str            # as found on PATH (the host's or the root's)
-    version: str            # dnf's own version line
-    rpm_version: str        # the rpm that writes the database beside it
+    flavor: DnfChoice  # DNF4 or DNF5
+    command: str  # as found on PATH (the host's or the root's)
+    version: str  # dnf's own version line
+    rpm_version: str  # the rpm that writes the database beside it
     root: Path | None = None
 
     @property
@@ -125,8 +126,12 @@ def dnf_reason(stderr: str) -> str:
     if space:
         return f"not enough disk space for the tree: {space[-1]} (free some, or give --workdir elsewhere)"
     # Whole words only (not "libgpg-error0"), and not bare headings such as "Failed:".
-    keep = [ln for ln in lines if not re.fullmatch(r"[\w ]+:", ln)
-            and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)]
+    keep = [
+        ln
+        for ln in lines
+        if not re.fullmatch(r"[\w ]+:", ln)
+        and re.search(r"\b(error|problem|no match|nothing provides|conflicts?|cannot|failed)\b", ln, re.I)
+    ]
     text = " | ".join((keep or lines)[-4:])
     return text or "see the log for dnf's output"
 
@@ -188,16 +193,17 @@ def find_dnf(choice: DnfChoice = DnfChoice.AUTO, root: Path | None = None) -> Dn
         line = _version_line(prefix + CommandLine().version(name))
         flavor = _flavor(line)
         if choice is DnfChoice.AUTO or flavor is choice:
-            rpm = _version_line(prefix + ["rpm", "--version"]) if (
-                root is None or (root / "usr/bin/rpm").exists()) else ""
+            rpm = _version_line(prefix + ["rpm", "--version"]) if (root is None or (root / "usr/bin/rpm").exists()) else ""
             if not rpm:
                 raise ComposerError(f"--dnf-root {root}: has dnf but no rpm")
             program = DnfProgram(flavor, name, line, rpm, root)
             debug(f"dnf: {program.describe()}, {rpm}")
             return program
     if choice is DnfChoice.DNF5:
-        hint = ("give --dnf-root DIR (or COMPOSER_DNF_ROOT), a root with dnf5 in it (scripts/dnf5-root makes "
-                "Debian unstable's), or install dnf5")
+        hint = (
+            "give --dnf-root DIR (or COMPOSER_DNF_ROOT), a root with dnf5 in it (scripts/dnf5-root makes "
+            "Debian unstable's), or install dnf5"
+        )
     elif root is not None:
         hint = "give a root with dnf in it, or leave out --dnf-root to use the host's"
     else:

@@ -119,8 +119,7 @@ def check_repofile(path: Path) -> None:
                 if url and not is_url(url):
                     line = sec.line_of(key)
                     where = f"{path}:{line}" if line else str(path)
-                    raise ComposerError(f"--repo {where}: [{name}] {key} {url!r} is not a URL "
-                                        "(file:///path, http://, https://)")
+                    raise ComposerError(f"--repo {where}: [{name}] {key} {url!r} is not a URL (file:///path, http://, https://)")
 
 
 def repofile_paths(path: Path) -> list[Path]:
@@ -227,23 +226,38 @@ def repositories(config: DnfConfig) -> Repositories:
     gpgcheck = "0" if config.nogpgcheck else "1"
     sources = []
     for i, url in enumerate(config.sources):
-        opts = [("name", repo_id(url, i)), ("baseurl", url), ("enabled", "1"), ("gpgcheck", gpgcheck),
-                ("skip_if_unavailable", "False")]
+        opts = [
+            ("name", repo_id(url, i)),
+            ("baseurl", url),
+            ("enabled", "1"),
+            ("gpgcheck", gpgcheck),
+            ("skip_if_unavailable", "False"),
+        ]
         if is_local(url):
             # A local repository may be rebuilt between runs: never trust cached metadata.
             opts.append(("metadata_expire", "0"))
         sources.append(Repository(repo_id(url, i), f"--source {url}", tuple(_with_credentials(opts, config.proxy))))
     mirrors = []
     for i, url in enumerate(config.mirrorlists):
-        opts = [("name", mirror_id(url, i)), ("mirrorlist", url), ("enabled", "1"), ("gpgcheck", gpgcheck),
-                ("skip_if_unavailable", "False"), ("metadata_expire", "0")]
-        mirrors.append(Repository(mirror_id(url, i), f"--mirrorlist {url}",
-                                  tuple(_with_credentials(opts, config.proxy))))
+        opts = [
+            ("name", mirror_id(url, i)),
+            ("mirrorlist", url),
+            ("enabled", "1"),
+            ("gpgcheck", gpgcheck),
+            ("skip_if_unavailable", "False"),
+            ("metadata_expire", "0"),
+        ]
+        mirrors.append(Repository(mirror_id(url, i), f"--mirrorlist {url}", tuple(_with_credentials(opts, config.proxy))))
     files = [(SOURCES_REPO, sources), ("composer-mirrors.repo", mirrors)]
     for i, f in enumerate(config.repofiles):
-        repos = [Repository(sec.name, f"--repo {f} [{sec.name}]",
-                            tuple(_with_credentials(list(sec.options), config.proxy if sec.name != "main" else None)))
-                 for sec in read_repofile(f)]
+        repos = [
+            Repository(
+                sec.name,
+                f"--repo {f} [{sec.name}]",
+                tuple(_with_credentials(list(sec.options), config.proxy if sec.name != "main" else None)),
+            )
+            for sec in read_repofile(f)
+        ]
         files.append((f"repo{i}-{f.name.removesuffix('.repo')}.repo", repos))
     return [(name, repos) for name, repos in files if repos]
 
@@ -313,8 +327,9 @@ def metadata_digest(config: DnfConfig, repos: Repositories, refresh: Callable[[]
         refresh()
         for rid in remote_ids:
             # dnf keeps each repository's metadata in CACHEDIR/<id>-<16 hex digits>/.
-            found = sorted(config.cachedir.glob(f"{glob.escape(rid)}-{'?' * 16}/repodata/repomd.xml"),
-                           key=lambda p: p.stat().st_mtime)
+            found = sorted(
+                config.cachedir.glob(f"{glob.escape(rid)}-{'?' * 16}/repodata/repomd.xml"), key=lambda p: p.stat().st_mtime
+            )
             h.update(rid.encode() + b"\0" + (found[-1].read_bytes() if found else b"(no metadata)"))
     return h.hexdigest()
 

@@ -27,8 +27,8 @@ class RpmFile:
     """What the rpm database says one path of the tree must be."""
 
     path: str
-    kind: str    # d f l c b p s (as treecheck.Node.kind)
-    perm: int    # permission bits, setuid/setgid/sticky included
+    kind: str  # d f l c b p s (as treecheck.Node.kind)
+    perm: int  # permission bits, setuid/setgid/sticky included
     user: str
     group: str
     target: str  # symlink target
@@ -42,8 +42,10 @@ _RPMFILE_STATE_NORMAL = 0
 # Packaged but left alone by rpm (RPMMACROS' _netsharedpath: /proc): it is still the package's.
 _RPMFILE_STATE_NETSHARED = 3
 _RPMFILE_STATES_KEPT = (str(_RPMFILE_STATE_NORMAL), str(_RPMFILE_STATE_NETSHARED))
-_PACKAGED_FORMAT = ("[%{FILENAMES}\\t%{FILEMODES}\\t%{FILEUSERNAME}\\t%{FILEGROUPNAME}\\t%{FILEFLAGS}"
-                    "\\t%{FILESTATES}\\t%{FILELINKTOS}\\t%{=NAME}\\n]")
+_PACKAGED_FORMAT = (
+    "[%{FILENAMES}\\t%{FILEMODES}\\t%{FILEUSERNAME}\\t%{FILEGROUPNAME}\\t%{FILEFLAGS}"
+    "\\t%{FILESTATES}\\t%{FILELINKTOS}\\t%{=NAME}\\n]"
+)
 
 
 class Rpmdb:
@@ -74,8 +76,7 @@ class Rpmdb:
             if not flags.isdigit() or int(flags) & _RPMFILE_GHOST or state not in _RPMFILE_STATES_KEPT:
                 continue
             m = int(mode)
-            files.setdefault(path, []).append(
-                RpmFile(path, _KINDS.get(m & 0o170000, "?"), m & 0o7777, user, group, target, name))
+            files.setdefault(path, []).append(RpmFile(path, _KINDS.get(m & 0o170000, "?"), m & 0o7777, user, group, target, name))
         return files
 
     def nevras(self) -> list[str]:
@@ -86,6 +87,7 @@ class Rpmdb:
 
 def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
     """User and group names of the tree's /etc/passwd and /etc/group (rpm resolves names there)."""
+
     def read(name: str) -> dict[str, int]:
         ids: dict[str, int] = {}
         with contextlib.suppress(OSError):
@@ -94,6 +96,7 @@ def tree_ids(tree: Path) -> tuple[dict[str, int], dict[str, int]]:
                 if len(fields) > 2 and fields[2].isdigit():
                     ids.setdefault(fields[0], int(fields[2]))
         return ids
+
     return read("passwd"), read("group")
 
 

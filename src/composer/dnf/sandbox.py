@@ -28,19 +28,34 @@ def root_sandbox(root: Path, rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -
     for name in sorted(os.listdir(root)):
         path = root / name
         if path.is_symlink():
-            argv += ["--symlink", os.readlink(path), f"/{name}"]   # usrmerge: /bin -> usr/bin
+            argv += ["--symlink", os.readlink(path), f"/{name}"]  # usrmerge: /bin -> usr/bin
         elif name in ROOT_DIRS:
             argv += ["--ro-bind", str(path), f"/{name}"]
     for host in ("/etc/resolv.conf", "/etc/hosts"):
         # For remote repositories; the root has (empty) files to bind them on.
         if os.path.isfile(host) and (root / host.lstrip("/")).is_file():
             argv += ["--ro-bind", host, host]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp",
-             "--dir", "/var/tmp", "--dir", "/run"]
+    argv += [
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--ro-bind",
+        "/sys",
+        "/sys",
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        "/var/tmp",
+        "--dir",
+        "/run",
+    ]
     for flag, src, dest in binds(rw, ro):
         if any(dest == Path("/", d) or dest.is_relative_to(Path("/", d)) for d in ROOT_DIRS):
-            raise ComposerError(f"{dest}: lies in /{dest.parts[1]}, which --dnf-root {root} provides itself; "
-                                "move it elsewhere (e.g. below /var or /srv)")
+            raise ComposerError(
+                f"{dest}: lies in /{dest.parts[1]}, which --dnf-root {root} provides itself; "
+                "move it elsewhere (e.g. below /var or /srv)"
+            )
         if src.exists():
             argv += [flag, str(src), str(dest)]
     return argv
@@ -71,8 +86,9 @@ def host_sandbox(rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> list[str]:
     return argv
 
 
-def sandbox(tree: Path, root: Path | None, rw: Sequence[Path], ro: Sequence[Path], *, transaction: bool,
-            private_tmp: bool = True) -> list[str]:
+def sandbox(
+    tree: Path, root: Path | None, rw: Sequence[Path], ro: Sequence[Path], *, transaction: bool, private_tmp: bool = True
+) -> list[str]:
     """What runs dnf or rpm: bwrap over the host (private_tmp: dnf's) or into --dnf-root `root`, or
     nothing (the host's rpm); scriptlets get /dev, /proc and /sys in the tree during a transaction."""
     t = str(tree)
@@ -85,10 +101,16 @@ def sandbox(tree: Path, root: Path | None, rw: Sequence[Path], ro: Sequence[Path
         prefix = ["bwrap", "--dev-bind", "/", "/"]
     if transaction:
         # The mounts live in a private namespace that dies with dnf, so none can outlive it.
-        prefix += ["--dev", f"{t}/dev", "--proc", f"{t}/proc",
-                   # rpm sets the mode of a packaged /sys: on a tmpfs, never on the host's
-                   # sysfs; its contents are bound read-only below it.
-                   "--tmpfs", f"{t}/sys"]
+        prefix += [
+            "--dev",
+            f"{t}/dev",
+            "--proc",
+            f"{t}/proc",
+            # rpm sets the mode of a packaged /sys: on a tmpfs, never on the host's
+            # sysfs; its contents are bound read-only below it.
+            "--tmpfs",
+            f"{t}/sys",
+        ]
         for entry in sorted(os.listdir("/sys")):
             prefix += ["--ro-bind", f"/sys/{entry}", f"{t}/sys/{entry}"]
     if prefix:

@@ -39,8 +39,9 @@ from composer.run import CommandError, ComposerError, debug, info, run
 DNF_MADE = ("dev", "proc", "sys", "etc", "etc/dnf", "etc/dnf/modules.d", "run", "run/dnf")
 # Options naming work paths, not what lands in the tree: left out of the cache key.
 _WORK_OPTIONS = ("--installroot=", "--setopt=reposdir=") + tuple(
-    f"--setopt={o}=" for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir",
-                               "transaction_history_dir", "sslverify"))
+    f"--setopt={o}="
+    for o in ("cachedir", "system_cachedir", "logdir", "persistdir", "system_state_dir", "transaction_history_dir", "sslverify")
+)
 
 
 class DnfSession:
@@ -103,7 +104,9 @@ class DnfSession:
         program = self.program
         cli = program.cli
         argv = [
-            program.command, "-y", "--quiet",
+            program.command,
+            "-y",
+            "--quiet",
             f"--installroot={self.tree}",
             f"--releasever={c.releasever}",
             f"--forcearch={c.arch}",
@@ -207,10 +210,15 @@ class DnfSession:
         if not re.search(r"\bGPG\b|not signed|public key", stderr):
             return None
         unsigned = self._an_unsigned_package()
-        what = (f"package {unsigned} is not signed" if unsigned
-                else "package signatures cannot be checked (no GPG key for the repository)")
-        return (f"{what}: signature checks are on by default; give the repository's key (gpgkey= in a --repo "
-                "file) or pass --nogpgcheck to trust the source as it is")
+        what = (
+            f"package {unsigned} is not signed"
+            if unsigned
+            else "package signatures cannot be checked (no GPG key for the repository)"
+        )
+        return (
+            f"{what}: signature checks are on by default; give the repository's key (gpgkey= in a --repo "
+            "file) or pass --nogpgcheck to trust the source as it is"
+        )
 
     def _an_unsigned_package(self) -> str | None:
         """The first package without a signature in a local --source (remote ones are not read)."""
@@ -256,8 +264,9 @@ class DnfSession:
                 raise ComposerError(f"dnf transaction failed: {reason}") from None
         if self._to_remove:
             try:
-                self._dnf("remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)),
-                          transaction=True)
+                self._dnf(
+                    "remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)), transaction=True
+                )
             except CommandError as e:
                 raise ComposerError(f"dnf remove failed: {dnf_reason(e.stderr)}") from None
         self._to_install.clear()

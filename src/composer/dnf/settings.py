@@ -12,8 +12,8 @@ from composer.config import Config, DnfChoice
 class DnfConfig:
     releasever: str
     arch: str
-    sources: tuple[str, ...] = ()      # base URLs of repositories (--source)
-    repofiles: tuple[Path, ...] = ()   # .repo files (--repo)
+    sources: tuple[str, ...] = ()  # base URLs of repositories (--source)
+    repofiles: tuple[Path, ...] = ()  # .repo files (--repo)
     excludepkgs: tuple[str, ...] = ()
     cachedir: Path = Path("/var/cache/composer/dnf")
     nogpgcheck: bool = False
@@ -21,7 +21,7 @@ class DnfConfig:
     dnf: DnfChoice = DnfChoice.AUTO
     root: Path | None = None  # where dnf and rpm come from (None: the host)
     mirrorlists: tuple[str, ...] = ()  # mirrorlist URLs, each a repository (lorax's -m)
-    proxy: str | None = None           # for every repository
+    proxy: str | None = None  # for every repository
     sslverify: bool = True
     enablerepos: tuple[str, ...] = ()  # repository ids or globs of the .repo files, enabled
     disablerepos: tuple[str, ...] = ()  # ... then disabled (lorax's order)
@@ -31,8 +31,19 @@ class DnfConfig:
 def dnf_config(cfg: Config) -> DnfConfig:
     """What a build's configuration asks of dnf."""
     return DnfConfig(
-        releasever=cfg.version, arch=cfg.arch, sources=cfg.sources, repofiles=cfg.repofiles,
-        excludepkgs=cfg.excludepkgs, cachedir=cfg.cachedir / "dnf", nogpgcheck=cfg.nogpgcheck,
-        dnf=cfg.dnf, root=cfg.dnf_root, mirrorlists=cfg.mirrorlists, proxy=cfg.proxy, sslverify=cfg.sslverify,
-        enablerepos=cfg.enablerepos, disablerepos=cfg.disablerepos, logdir=cfg.dnf_logdir,
+        releasever=cfg.version,
+        arch=cfg.arch,
+        sources=cfg.sources,
+        repofiles=cfg.repofiles,
+        excludepkgs=cfg.excludepkgs,
+        cachedir=cfg.cachedir / "dnf",
+        nogpgcheck=cfg.nogpgcheck,
+        dnf=cfg.dnf,
+        root=cfg.dnf_root,
+        mirrorlists=cfg.mirrorlists,
+        proxy=cfg.proxy,
+        sslverify=cfg.sslverify,
+        enablerepos=cfg.enablerepos,
+        disablerepos=cfg.disablerepos,
+        logdir=cfg.dnf_logdir,
     )

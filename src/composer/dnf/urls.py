@@ -128,4 +128,4 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     if sep:
         register_secret(password)
         register_secret(unquote(password))
-    return m.group(1) + host + url[m.end():], unquote(user), unquote(password) if sep else None
+    return m.group(1) + host + url[m.end() :], unquote(user), unquote(password) if sep else None

@@ -103,7 +103,7 @@ class _Image:
         self.chunks: list[Chunk] = []
         self.live: set[int] = set()  # logical addresses of the tree blocks in use
         size = struct.unpack_from("<I", sb, 0xA0)[0]
-        self._add_chunks(sb[0x32B:0x32B + size])
+        self._add_chunks(sb[0x32B : 0x32B + size])
 
     def _add_chunks(self, array: bytes) -> None:
         """The superblock's sys_chunk_array: (disk_key, chunk item with its stripes) pairs."""
@@ -118,8 +118,7 @@ class _Image:
         stripes = struct.unpack_from("<H", buf, at + 44)[0]
         if ctype & STRIPED:
             raise ComposerError(f"rootfs: {self.name}: striped chunk profile 0x{ctype:x} is not supported")
-        physical = [struct.unpack_from("<Q", buf, at + CHUNK_ITEM_SIZE + i * STRIPE_SIZE + 8)[0]
-                    for i in range(stripes)]
+        physical = [struct.unpack_from("<Q", buf, at + CHUNK_ITEM_SIZE + i * STRIPE_SIZE + 8)[0] for i in range(stripes)]
         if not any(c.logical == logical for c in self.chunks):
             self.chunks.append(Chunk(logical, length, physical, ctype))
         return CHUNK_ITEM_SIZE + stripes * STRIPE_SIZE
@@ -133,8 +132,11 @@ class _Image:
     def read(self, logical: int) -> bytearray:
         block = bytearray(os.pread(self.fd, self.nodesize, self._map(logical)[0]))
         # Cheaper than the checksum and as sure a sign that the block is where we think.
-        if len(block) != self.nodesize or struct.unpack_from("<Q", block, 48)[0] != logical \
-                or block[32:48] != self.super[0x20:0x30]:
+        if (
+            len(block) != self.nodesize
+            or struct.unpack_from("<Q", block, 48)[0] != logical
+            or block[32:48] != self.super[0x20:0x30]
+        ):
             raise ComposerError(f"rootfs: {self.name}: no tree block of this filesystem at {logical}")
         return block
 
@@ -153,8 +155,7 @@ class _Image:
             block = self.read(bytenr)
             nritems, level = struct.unpack_from("<IB", block, 96)
             if level:
-                todo.extend(struct.unpack_from("<Q", block, HEADER_SIZE + i * KEY_PTR_SIZE + 17)[0]
-                            for i in range(nritems))
+                todo.extend(struct.unpack_from("<Q", block, HEADER_SIZE + i * KEY_PTR_SIZE + 17)[0] for i in range(nritems))
             visit(block, bytenr == root)
             _zero_free_space(block, nritems, level)
             self.write(bytenr, block)
@@ -250,7 +251,7 @@ class _Rewriter:
         self._block(block, is_root)
 
     def _block(self, block: bytearray, is_root: bool) -> None:
-        block[CHUNK_TREE_UUID_AT:CHUNK_TREE_UUID_AT + 16] = self.chunk_uuid
+        block[CHUNK_TREE_UUID_AT : CHUNK_TREE_UUID_AT + 16] = self.chunk_uuid
         if block[100] != 0:
             return
         uuid_keys = False
@@ -262,7 +263,7 @@ class _Rewriter:
             elif ktype == XATTR_ITEM:
                 self._xattr_transids(block, at, size)
             elif ktype == DEV_EXTENT:
-                block[at + DEV_EXTENT_UUID_AT:at + DEV_EXTENT_UUID_AT + 16] = self.chunk_uuid
+                block[at + DEV_EXTENT_UUID_AT : at + DEV_EXTENT_UUID_AT + 16] = self.chunk_uuid
             elif ktype in (UUID_SUBVOL, UUID_RECEIVED):
                 uuid_keys = True
         if uuid_keys:
@@ -291,11 +292,11 @@ class _Rewriter:
             self.roots.append(struct.unpack_from("<Q", block, at + 176)[0])
         if size < ROOT_ITEM_V2_SIZE:
             return
-        old = bytes(block[at + ROOT_UUIDS_AT:at + ROOT_UUIDS_AT + 16])
+        old = bytes(block[at + ROOT_UUIDS_AT : at + ROOT_UUIDS_AT + 16])
         if any(old):
             new = self.uuid_for(f"rootfs-subvol-{objectid}").bytes
             self.subvol_uuids[old] = new
-            block[at + ROOT_UUIDS_AT:at + ROOT_UUIDS_AT + 16] = new
+            block[at + ROOT_UUIDS_AT : at + ROOT_UUIDS_AT + 16] = new
         for i in range(4):
             _clamp(block, at + ROOT_TIMES_AT + 12 * i, self.epoch)
             _clamp(block, at + INODE_TIMES_AT + 12 * i, self.epoch)

@@ -46,8 +46,7 @@ class CpioEntry:
         return cls(name, stat.S_IFDIR | perm, mtime=mtime, uid=uid, gid=gid)
 
     @classmethod
-    def file(cls, name: str, data: bytes | Path, perm: int = 0o644, *, mtime: int = 0, uid: int = 0,
-             gid: int = 0) -> CpioEntry:
+    def file(cls, name: str, data: bytes | Path, perm: int = 0o644, *, mtime: int = 0, uid: int = 0, gid: int = 0) -> CpioEntry:
         return cls(name, stat.S_IFREG | perm, data, mtime=mtime, uid=uid, gid=gid)
 
     @classmethod

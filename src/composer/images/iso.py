@@ -80,15 +80,27 @@ def xorriso_argv(
     grafted there too (needed for the ISOLINUX layout). With source_date_epoch every
     date in the image is the epoch and the GPT disk GUID comes from `seed`.
     """
-    argv = ["xorriso", "-as", "mkisofs", "-o", os.fspath(output), "-V", volid,
-            "-R", "-J", "-joliet-long", "-iso-level", "3", "-graft-points"]
+    argv = [
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-o",
+        os.fspath(output),
+        "-V",
+        volid,
+        "-R",
+        "-J",
+        "-joliet-long",
+        "-iso-level",
+        "3",
+        "-graft-points",
+    ]
     if source_date_epoch is not None:
         date = iso_date(source_date_epoch)
         # The volume dates (also the "UUID" GRUB's search --fs-uuid sees, and the
         # hybrid MBR id), every file and directory date, and the GPT GUID that is
         # random by default (GPT only with -isohybrid-gpt-basdat).
-        argv += [f"--modification-date={date}", "--set_all_file_dates", date,
-                 "--gpt_disk_guid", str(seed_uuid(seed, "iso-gpt"))]
+        argv += [f"--modification-date={date}", "--set_all_file_dates", date, "--gpt_disk_guid", str(seed_uuid(seed, "iso-gpt"))]
     if bios is not None:
         argv += ["-b", bios.image, "-c", bios.catalog, "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"]
         if bios.loader == "grub2":
@@ -108,8 +120,16 @@ def xorriso_argv(
             if bios.mbr is not None:
                 argv += ["-isohybrid-gpt-basdat"]
         else:
-            argv += ["-append_partition", "2", "0xef", os.fspath(efiboot),
-                     "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot"]
+            argv += [
+                "-append_partition",
+                "2",
+                "0xef",
+                os.fspath(efiboot),
+                "-eltorito-alt-boot",
+                "-e",
+                "--interval:appended_partition_2:all::",
+                "-no-emul-boot",
+            ]
     for inside, host in grafts:
         argv.append(f"{_graft_escape(inside)}={_graft_escape(os.fspath(host))}")
     return argv
@@ -144,9 +164,19 @@ def make_iso(
     try:
         # grafts are written in the order given; the caller sorts them. xorriso also
         # reads SOURCE_DATE_EPOCH (for the times our options do not name, e.g. -iso_nowtime).
-        run(xorriso_argv(tmp, volid, grafts, bios=bios, efiboot=efiboot, efiboot_in_iso=efiboot_in_iso,
-                         source_date_epoch=source_date_epoch, seed=seed),
-            env={"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None)
+        run(
+            xorriso_argv(
+                tmp,
+                volid,
+                grafts,
+                bios=bios,
+                efiboot=efiboot,
+                efiboot_in_iso=efiboot_in_iso,
+                source_date_epoch=source_date_epoch,
+                seed=seed,
+            ),
+            env={"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None,
+        )
         if implant_md5:
             # implantisomd5 is deterministic: an MD5 of the image and fragment sums, no dates.
             run(["implantisomd5", "--supported-iso", os.fspath(tmp)])

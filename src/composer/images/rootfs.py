@@ -150,8 +150,10 @@ def btrfs_argv(tree: Path, label: str, repro: Repro | None) -> list[str | os.Pat
 
 def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
     if repro is not None and (version := btrfs_progs_version()) < BTRFS_REPRODUCIBLE:
-        info(f"rootfs: WARNING: btrfs-progs {'.'.join(map(str, version))} copies host inode numbers, the image "
-             "will not be reproducible; install 6.10.1 or later (scripts/setup-host does), or use ext4 or erofs")
+        info(
+            f"rootfs: WARNING: btrfs-progs {'.'.join(map(str, version))} copies host inode numbers, the image "
+            "will not be reproducible; install 6.10.1 or later (scripts/setup-host does), or use ext4 or erofs"
+        )
         argv = [*btrfs_argv(tree, label, None), "-U", repro.uuid("rootfs")]
         repro = None
     else:
@@ -167,8 +169,10 @@ def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, r
         run([*argv, dest])
     if repro is not None:
         stats = normalize_btrfs(dest, repro.epoch, lambda role: seed_uuid(repro.seed, role))
-        info(f"rootfs: btrfs made reproducible: {stats.blocks} tree blocks, {stats.inodes} inodes rewritten, "
-             f"{stats.wiped // 1024} KiB of stale blocks zeroed")
+        info(
+            f"rootfs: btrfs made reproducible: {stats.blocks} tree blocks, {stats.inodes} inodes rewritten, "
+            f"{stats.wiped // 1024} KiB of stale blocks zeroed"
+        )
     if free:
         total, used = _btrfs_usage(dest)
         if total - used < free:
@@ -187,15 +191,25 @@ def ext4_argv(tree: Path, dest: Path, inodes: int, label: str, repro: Repro | No
         # The htree directory hash seed is random by default and changes every directory block.
         extended += f",hash_seed={repro.uuid('rootfs-hash')}"
     return [
-        "mkfs.ext4", "-q", "-F",
-        "-b", "4096",  # mke2fs picks 1 KiB blocks for "small" images; never want that
-        "-m", "0",  # no blocks reserved for root: everything in the runtime is root
-        "-N", str(inodes),
-        "-J", f"size={EXT4_JOURNAL_MB}",
-        "-L", label,
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-b",
+        "4096",  # mke2fs picks 1 KiB blocks for "small" images; never want that
+        "-m",
+        "0",  # no blocks reserved for root: everything in the runtime is root
+        "-N",
+        str(inodes),
+        "-J",
+        f"size={EXT4_JOURNAL_MB}",
+        "-L",
+        label,
         *(["-U", repro.uuid("rootfs")] if repro is not None else []),
-        "-E", extended,
-        "-d", tree, dest,
+        "-E",
+        extended,
+        "-d",
+        tree,
+        dest,
     ]
 
 
@@ -228,8 +242,10 @@ def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, re
     # mke2fs -d leaves / at its own defaults; give it the tree's owner and mode
     # (Fedora's / is 0555). debugfs edits the image file directly: no mount needed.
     st = os.lstat(tree)
-    commands = [f"set_inode_field / {field} {value}"
-                for field, value in (("mode", f"0{st.st_mode:o}"), ("uid", str(st.st_uid)), ("gid", str(st.st_gid)))]
+    commands = [
+        f"set_inode_field / {field} {value}"
+        for field, value in (("mode", f"0{st.st_mode:o}"), ("uid", str(st.st_uid)), ("gid", str(st.st_gid)))
+    ]
     if repro is not None:
         commands += ext4_time_commands(_ext4_used_inodes(dest), repro.epoch)
     script = dest.with_name(dest.name + ".debugfs")

@@ -49,8 +49,9 @@ XZ_BCJ = False
 BLOCK_SIZE = "1M"
 
 
-def compression_args(compression: Compression, *, arch: str | None = None, level: int | None = None,
-                     bcj: bool = XZ_BCJ) -> list[str]:
+def compression_args(
+    compression: Compression, *, arch: str | None = None, level: int | None = None, bcj: bool = XZ_BCJ
+) -> list[str]:
     arch = arch or platform.machine()
     if compression is Compression.XZ:
         args = ["-comp", "xz"]
@@ -132,9 +133,18 @@ def make_squashfs(
     try:
         # mksquashfs sorts directory entries and (-reproducible, its default) packs
         # fragments in a fixed order, so equal trees and times give equal images.
-        run(squashfs_argv(srcdir, tmp, compression, processors=processors,
-                          source_date_epoch=source_date_epoch, all_time=all_time, level=level),
-            env=squashfs_env(source_date_epoch))
+        run(
+            squashfs_argv(
+                srcdir,
+                tmp,
+                compression,
+                processors=processors,
+                source_date_epoch=source_date_epoch,
+                all_time=all_time,
+                level=level,
+            ),
+            env=squashfs_env(source_date_epoch),
+        )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -181,8 +191,14 @@ def squashfs_beside(
     try:
         with log.open("wb") as out:
             try:
-                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **env} if env else None, preexec_fn=_die_with_parent)
+                child = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **env} if env else None,
+                    preexec_fn=_die_with_parent,
+                )
             except FileNotFoundError as e:
                 raise ComposerError(f"cannot run {shlex.join(argv)}: {e.strerror}") from None
         start = time.monotonic()
@@ -220,5 +236,4 @@ def squashfs_beside(
     finally:
         tmp.unlink(missing_ok=True)
         log.unlink(missing_ok=True)
-    info(f"squashfs: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB ({compression}), "
-         f"{job.wall_s:.1f}s beside other work")
+    info(f"squashfs: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB ({compression}), {job.wall_s:.1f}s beside other work")

@@ -51,9 +51,9 @@ def ext_fs_size(superblock: bytes) -> int | None:
     """Bytes an ext2/3/4 filesystem spans, from its 1024-byte superblock (None: not ext)."""
     if len(superblock) < 1024 or struct.unpack_from("<H", superblock, 0x38)[0] != _EXT_MAGIC:
         return None
-    blocks_lo, = struct.unpack_from("<I", superblock, 0x04)
-    log_block, = struct.unpack_from("<I", superblock, 0x18)
-    incompat, = struct.unpack_from("<I", superblock, 0x60)
+    (blocks_lo,) = struct.unpack_from("<I", superblock, 0x04)
+    (log_block,) = struct.unpack_from("<I", superblock, 0x18)
+    (incompat,) = struct.unpack_from("<I", superblock, 0x60)
     blocks_hi = struct.unpack_from("<I", superblock, 0x150)[0] if incompat & _INCOMPAT_64BIT else 0
     if log_block > 6:  # block sizes beyond 64 KiB do not exist
         return None
@@ -148,7 +148,7 @@ def _read_delta(delta: Path, cow: Path, origin_size: int) -> CowStore:
         gz = f.read(2) == b"\x1f\x8b"
     fd = os.open(cow, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        with (gzip.open(delta, "rb") if gz else open(delta, "rb")) as src:
+        with gzip.open(delta, "rb") if gz else open(delta, "rb") as src:
             lazy = _Inflating(src, fd, FRESH_CHECK_BYTES, str(cow))  # (header and area 0 of 4 KiB chunks)
             lazy.fill(FRESH_CHECK_BYTES)
             size = lazy.have
@@ -161,8 +161,7 @@ def _read_delta(delta: Path, cow: Path, origin_size: int) -> CowStore:
             end = max(((e.new_chunk + 1) * store.chunk_bytes for e in store.exceptions), default=0)
             lazy.fill(end)
             if lazy.have < end:
-                raise CowFormatError(f"truncated: its table lists data chunks up to byte {end}, "
-                                     f"it holds {lazy.have} bytes")
+                raise CowFormatError(f"truncated: its table lists data chunks up to byte {end}, it holds {lazy.have} bytes")
             return dataclasses.replace(store, size=lazy.have)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise ComposerError(f"delta: cannot decompress {delta}: {e}") from None
@@ -187,8 +186,10 @@ def _check_output(output: Path, *inputs: tuple[str, Path]) -> None:
     the origin with the delta."""
     check_outputs_apart([("delta: -o", output)], [Place(p, f"the {what} {p}") for what, p in inputs])
     if os.path.islink(output):
-        raise ComposerError(f"delta: -o {output} is a symbolic link (to {os.readlink(output)}): composer never "
-                            "writes through a link; remove it or give another name")
+        raise ComposerError(
+            f"delta: -o {output} is a symbolic link (to {os.readlink(output)}): composer never "
+            "writes through a link; remove it or give another name"
+        )
     if output.is_dir():
         raise ComposerError(f"delta: -o {output} is a directory")
     parent = Path(os.path.abspath(output)).parent
@@ -197,8 +198,9 @@ def _check_output(output: Path, *inputs: tuple[str, Path]) -> None:
     check_dir_creatable(parent, "delta: -o")
 
 
-def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHUNK_SECTORS,
-                 source_date_epoch: int | None = None) -> DeltaInfo:
+def create_delta(
+    rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHUNK_SECTORS, source_date_epoch: int | None = None
+) -> DeltaInfo:
     check_chunk_sectors(chunk_sectors)
     _check_input(rootfs)
     _check_output(output, ("origin", rootfs))
@@ -239,8 +241,11 @@ def create_delta(rootfs: Path, output: Path, *, chunk_sectors: int = DEFAULT_CHU
         run(["cmp", small, check])
         part = tmp / "osmin.img.gz"
         # mtime=0 and no file name in the gzip header: the same store gives the same bytes.
-        with open(store_path, "rb") as i, open(part, "xb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as o:
+        with (
+            open(store_path, "rb") as i,
+            open(part, "xb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as o,
+        ):
             shutil.copyfileobj(i, o, 1 << 20)
         os.chmod(part, 0o644)
         os.replace(part, output)
@@ -268,8 +273,10 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
             raise CowFormatError(f"delta: {delta}: {str(e).replace(f'{cow}: ', '')}") from None
         if store.header is None:
             # What `delta create` writes always has a header; zeros are a damaged or foreign file.
-            raise CowFormatError(f"delta: {delta}: not a delta: its header is all zeros (an empty, never written "
-                                 "store, or a damaged file); make it again with `composer delta create`")
+            raise CowFormatError(
+                f"delta: {delta}: not a delta: its header is all zeros (an empty, never written "
+                "store, or a damaged file); make it again with `composer delta create`"
+            )
         size = ext_fs_size(read_presented(store, cow, rootfs, 1024, 1024))
         if size is None:
             raise ComposerError(f"delta: {delta} over {rootfs} does not present an ext2/3/4 filesystem (wrong origin?)")

@@ -162,8 +162,15 @@ class CowStore:
         return _read_exact(f, exc.new_chunk * self.chunk_bytes + within, n, self.size, f"data chunk {exc.new_chunk}")
 
     @classmethod
-    def read(cls, source: Path | str | BinaryIO, *, origin_size: int | None = None, require_valid: bool = True,
-             follow_symlinks: bool = True, size: int | None = None) -> CowStore:
+    def read(
+        cls,
+        source: Path | str | BinaryIO,
+        *,
+        origin_size: int | None = None,
+        require_valid: bool = True,
+        follow_symlinks: bool = True,
+        size: int | None = None,
+    ) -> CowStore:
         """Parse and check a store the way the kernel reads it, but refusing anything suspicious.
 
         origin_size: bytes of the origin device; exceptions beyond it, chunks larger than it
@@ -207,25 +214,31 @@ class CowStore:
             # say) is not a store at all.
             head = _read_exact(f, 0, min(size, FRESH_CHECK_BYTES), size, "header")
             if head.count(0) != len(head):
-                raise CowFormatError("not a dm-snapshot persistent store (no 'SnAp' magic, and not a fresh all-zero "
-                                     "store either: another kind of file?)")
+                raise CowFormatError(
+                    "not a dm-snapshot persistent store (no 'SnAp' magic, and not a fresh all-zero "
+                    "store either: another kind of file?)"
+                )
             return cls(None, [], size)
         if header.magic != SNAP_MAGIC:
-            raise CowFormatError(f"not a dm-snapshot persistent store "
-                                 f"(magic 0x{header.magic:08x}, expected 0x{SNAP_MAGIC:08x} 'SnAp')")
+            raise CowFormatError(
+                f"not a dm-snapshot persistent store (magic 0x{header.magic:08x}, expected 0x{SNAP_MAGIC:08x} 'SnAp')"
+            )
         if header.version != DISK_VERSION:
             raise CowFormatError(f"unsupported store version {header.version} (only {DISK_VERSION} exists)")
         check_chunk_sectors(header.chunk_size)
         cb = header.chunk_size * SECTOR
         if origin_size is not None and cb > max(origin_size, SECTOR):
-            raise CowFormatError(f"chunk size {header.chunk_size} sectors ({cb} bytes) is larger than the origin "
-                                 f"({origin_size} bytes): not a store of this origin")
+            raise CowFormatError(
+                f"chunk size {header.chunk_size} sectors ({cb} bytes) is larger than the origin "
+                f"({origin_size} bytes): not a store of this origin"
+            )
         if size < (HEADER_CHUNKS + 1) * cb:
             raise CowFormatError(f"truncated: {size} bytes cannot hold the header and first metadata area ({2 * cb} bytes)")
         if not header.valid:
             if require_valid:
-                raise CowFormatError("the kernel marked this snapshot invalid (it overflowed or was dropped)"
-                                     ": its contents cannot be trusted")
+                raise CowFormatError(
+                    "the kernel marked this snapshot invalid (it overflowed or was dropped): its contents cannot be trusted"
+                )
             return cls(header, [], size)
         table = _Table(cb, size, origin_size)
         area = 0
@@ -318,8 +331,10 @@ class _Table:
             if _is_area_chunk(new, self.epa):
                 raise CowFormatError(f"{where}: data chunk points at a metadata area")
             if self.max_chunks is not None and new >= self.max_chunks:
-                raise CowFormatError(f"{where}: data chunk beyond the {self.max_chunks} chunks a store over "
-                                     f"the origin's {self.origin_chunks} chunks can need")
+                raise CowFormatError(
+                    f"{where}: data chunk beyond the {self.max_chunks} chunks a store over "
+                    f"the origin's {self.origin_chunks} chunks can need"
+                )
             if (new + 1) * self.cb > self.size:
                 raise CowFormatError(f"{where}: data chunk beyond the end of the file ({self.size} bytes)")
             if self.origin_chunks is not None and old >= self.origin_chunks:

@@ -61,8 +61,10 @@ def _refuse_link(path: Path, what: str) -> None:
     """Nothing inside a medium is followed: merge replaces and empties what it finds there,
     and a link would make it read, copy or delete what the link points at."""
     if os.path.islink(path):
-        raise ComposerError(f"{path} is a symbolic link (to {os.readlink(path)}): composer never follows a link "
-                            f"inside a medium or its overlay; put the {what} itself there")
+        raise ComposerError(
+            f"{path} is a symbolic link (to {os.readlink(path)}): composer never follows a link "
+            f"inside a medium or its overlay; put the {what} itself there"
+        )
 
 
 def _lstat_mode(path: Path) -> int:
@@ -89,8 +91,10 @@ def find_medium(media: Path, overlay_name: str | None = None) -> Medium:
         found = sorted(p for p in liveos.glob("overlay-*"))
         for p in found:
             if p.is_symlink():
-                raise ComposerError(f"{p} is a symbolic link: an overlay is a file or directory in LiveOS/ "
-                                    "(merge resets it; it never follows a link)")
+                raise ComposerError(
+                    f"{p} is a symbolic link: an overlay is a file or directory in LiveOS/ "
+                    "(merge resets it; it never follows a link)"
+                )
         if len(found) > 1:
             raise ComposerError(f"{liveos}: several overlays ({', '.join(p.name for p in found)}); choose one with --overlay")
         ov = found[0] if found else None
@@ -105,11 +109,15 @@ def _named_overlay(liveos: Path, name: str) -> Path:
     if len(given.parts) > 1 or given.is_absolute():
         # A path is accepted only if it names an entry of LiveOS/ itself.
         if not os.path.lexists(given) or os.path.realpath(given.parent) != os.path.realpath(liveos):
-            raise ComposerError(f"--overlay {name}: not in {liveos}; give the name of an overlay in the medium's "
-                                "LiveOS/ (e.g. overlay-LABEL-UUID)")
+            raise ComposerError(
+                f"--overlay {name}: not in {liveos}; give the name of an overlay in the medium's "
+                "LiveOS/ (e.g. overlay-LABEL-UUID)"
+            )
     if not given.name.startswith("overlay-"):
-        raise ComposerError(f"--overlay {name}: not an overlay (their names start with overlay-, e.g. "
-                            f"overlay-LABEL-UUID); see the overlay-* entries of {liveos}")
+        raise ComposerError(
+            f"--overlay {name}: not an overlay (their names start with overlay-, e.g. "
+            f"overlay-LABEL-UUID); see the overlay-* entries of {liveos}"
+        )
     if not os.path.lexists(ov):
         raise ComposerError(f"{ov}: no such overlay")
     if os.path.islink(ov):
@@ -177,9 +185,11 @@ def _scandir(d: Path) -> list[tuple[str, os.stat_result]]:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise ComposerError(f"{d} is not a directory but a {'symbolic link' if os.path.islink(d) else 'file'} "
-                                "(it changed while composer read it?): composer never follows a link inside a "
-                                "medium; nothing more was done") from None
+            raise ComposerError(
+                f"{d} is not a directory but a {'symbolic link' if os.path.islink(d) else 'file'} "
+                "(it changed while composer read it?): composer never follows a link inside a "
+                "medium; nothing more was done"
+            ) from None
         raise
     try:
         with os.scandir(fd) as it:
@@ -206,8 +216,15 @@ def overlay_status(media: Path, overlay_name: str | None = None) -> OverlayStatu
         store = CowStore.read(m.overlay, require_valid=False, follow_symlinks=False)
         u = store.usage()
         return OverlayStatus(
-            m.overlay.name, "dm-snapshot", store.valid, u.allocated_sectors * 512, u.total_sectors * 512,
-            store.status(), store.chunk_sectors, len(store.exceptions), fresh=store.header is None,
+            m.overlay.name,
+            "dm-snapshot",
+            store.valid,
+            u.allocated_sectors * 512,
+            u.total_sectors * 512,
+            store.status(),
+            store.chunk_sectors,
+            len(store.exceptions),
+            fresh=store.header is None,
         )
     upper, _ = _upper_work(m.overlay)
     used = files = whiteouts = 0
@@ -217,8 +234,9 @@ def overlay_status(media: Path, overlay_name: str | None = None) -> OverlayStatu
         used += st.st_blocks * 512
     vfs = os.statvfs(upper)
     # Total: what the upper dir could grow to, i.e. its current use plus the free space.
-    return OverlayStatus(m.overlay.name, "overlayfs", True, used, used + vfs.f_bavail * vfs.f_frsize,
-                         files=files, whiteouts=whiteouts)
+    return OverlayStatus(
+        m.overlay.name, "overlayfs", True, used, used + vfs.f_bavail * vfs.f_frsize, files=files, whiteouts=whiteouts
+    )
 
 
 # --- applying an overlayfs upper dir to a tree ---
@@ -439,8 +457,10 @@ def _check_origin(img: Path, shown: Path) -> None:
     t = fs_type(img)
     if not t:
         where = "" if img == shown else f" (LiveOS/rootfs.img inside {shown})"
-        raise ComposerError(f"overlay merge: {img.name}{where} holds no recognised filesystem: the medium's image "
-                            "is damaged or not a live image (--repair cannot help); nothing was changed")
+        raise ComposerError(
+            f"overlay merge: {img.name}{where} holds no recognised filesystem: the medium's image "
+            "is damaged or not a live image (--repair cannot help); nothing was changed"
+        )
 
 
 def _fsck(img: Path, *, repair: bool) -> None:
@@ -467,16 +487,18 @@ def _verify_squashfs(new: Path, expect_rootfs: Path | None, expect_tree: Path | 
     check = scratch / "verify"
     if expect_rootfs is not None:
         if listing.get("LiveOS/rootfs.img") != expect_rootfs.stat().st_size:
-            raise ComposerError(f"overlay merge: new {new.name} does not list LiveOS/rootfs.img of the right size"
-                                "; nothing was changed")
+            raise ComposerError(
+                f"overlay merge: new {new.name} does not list LiveOS/rootfs.img of the right size; nothing was changed"
+            )
         run(["unsquashfs", "-n", "-d", check, new, "LiveOS/rootfs.img"])
         run(["cmp", expect_rootfs, check / "LiveOS" / "rootfs.img"])
     if expect_tree is not None:
         run(["unsquashfs", "-n", "-d", check, new])
         diffs = compare_trees(expect_tree, check)
         if diffs:
-            raise ComposerError(f"overlay merge: new {new.name} differs from the merged tree ({diffs[0]}, ...)"
-                                "; nothing was changed")
+            raise ComposerError(
+                f"overlay merge: new {new.name} differs from the merged tree ({diffs[0]}, ...); nothing was changed"
+            )
     shutil.rmtree(check, ignore_errors=True)
 
 
@@ -533,8 +555,9 @@ def _replace_durably(new: Path, dest: Path) -> None:
     directory of this run's own (no name there that anyone could have planted a link at).
     """
     if not stat.S_ISREG(_lstat_mode(dest)):
-        raise ComposerError(f"overlay merge: {dest} is no longer a regular file (it changed during the merge); "
-                            "nothing was changed")
+        raise ComposerError(
+            f"overlay merge: {dest} is no longer a regular file (it changed during the merge); nothing was changed"
+        )
     mode = stat.S_IMODE(os.lstat(dest).st_mode)
     with contextlib.ExitStack() as stack:
         if not _same_fs(new, dest.parent):
@@ -661,8 +684,10 @@ def plan_merge(
         store = CowStore.read(overlay, origin_size=origin_size, follow_symlinks=False)
         if not store.exceptions:
             return MergePlan(m, overlay, kind, target, old_size, nothing=f"{overlay.name} holds no changes")
-        apply = MergeStep("apply", f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from "
-                                   f"{overlay.name} to a copy of rootfs.img")
+        apply = MergeStep(
+            "apply",
+            f"apply {len(store.exceptions)} chunks ({human(store.data_bytes())}) from {overlay.name} to a copy of rootfs.img",
+        )
     else:
         kind = "overlayfs"
         upper, ovl_work = _upper_work(overlay)
@@ -677,10 +702,13 @@ def plan_merge(
     if m.squashfs is None and m.rootfs is not None:
         _check_origin(m.rootfs, m.rootfs)
     if m.squashfs:
-        steps = [MergeStep("extract", f"extract {m.squashfs.name} ({human(old_size)})"), apply,
-                 *([MergeStep("fsck", "check the filesystem")] if rootfs_in_sq is not None else []),
-                 MergeStep("squash", f"build a new squashfs.img ({comp})"),
-                 MergeStep("verify", "verify it (listing and content)")]
+        steps = [
+            MergeStep("extract", f"extract {m.squashfs.name} ({human(old_size)})"),
+            apply,
+            *([MergeStep("fsck", "check the filesystem")] if rootfs_in_sq is not None else []),
+            MergeStep("squash", f"build a new squashfs.img ({comp})"),
+            MergeStep("verify", "verify it (listing and content)"),
+        ]
     else:
         steps = [MergeStep("copy", f"copy {target.name}"), apply, MergeStep("fsck", "check the filesystem")]
     steps += [MergeStep("replace", f"replace {target.relative_to(m.root)}"), MergeStep("reset", f"reset {overlay.name}")]
@@ -699,9 +727,21 @@ def plan_merge(
             f"overlay merge: {m.liveos} is on {_fs_of(m.liveos)}, which cannot hold a Linux tree or sparse files; "
             "pass --workdir on a Linux filesystem with enough space"
         )
-    return MergePlan(m, overlay, kind, target, old_size, tuple(steps), store=store, upper=upper, ovl_work=ovl_work,
-                     rootfs_in_squashfs=rootfs_in_sq, compression=comp, scratch_root=scratch_root,
-                     overlay_bytes=ov_bytes)
+    return MergePlan(
+        m,
+        overlay,
+        kind,
+        target,
+        old_size,
+        tuple(steps),
+        store=store,
+        upper=upper,
+        ovl_work=ovl_work,
+        rootfs_in_squashfs=rootfs_in_sq,
+        compression=comp,
+        scratch_root=scratch_root,
+        overlay_bytes=ov_bytes,
+    )
 
 
 def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = False) -> None:
@@ -725,8 +765,9 @@ def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = F
                     _check_origin(rootfs, m.squashfs)
                 # Next: verification copy of the rootfs (or tree) and the new image.
                 built = allocated_size(rootfs) if rootfs else sum(st.st_blocks * 512 for _, st in _walk(tree))
-                _need_space(plan.scratch_root, built + plan.old_size + plan.overlay_bytes,
-                            "building and verifying the new squashfs.img")
+                _need_space(
+                    plan.scratch_root, built + plan.old_size + plan.overlay_bytes, "building and verifying the new squashfs.img"
+                )
             elif step.action == "copy":
                 rootfs = scratch / "rootfs.img"
                 copy_sparse(plan.target, rootfs)
@@ -794,8 +835,7 @@ def merge_overlay(
     if dry_run:
         for s in plan.texts:
             info(f"overlay merge (dry run): would {s}")
-        return MergeResult(plan.overlay.name, plan.kind, str(target), True, time.monotonic() - t0, old_size, old_size,
-                           plan.texts)
+        return MergeResult(plan.overlay.name, plan.kind, str(target), True, time.monotonic() - t0, old_size, old_size, plan.texts)
     execute_merge(plan, level=level, repair=repair)
     new_size = target.stat().st_size
     secs = time.monotonic() - t0

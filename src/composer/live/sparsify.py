@@ -101,8 +101,10 @@ def human(n: float) -> str:
 def sparsify(img: Path) -> SparsifyResult:
     if os.path.islink(img):
         # zerofree and fallocate would change what the link points at: composer never writes through a link.
-        raise ComposerError(f"sparsify: {img} is a symbolic link (to {os.readlink(img)}): composer never writes "
-                            "through a link; give the image itself")
+        raise ComposerError(
+            f"sparsify: {img} is a symbolic link (to {os.readlink(img)}): composer never writes "
+            "through a link; give the image itself"
+        )
     if not img.exists():
         raise ComposerError(f"sparsify: {img}: no such file")
     if not img.is_file():

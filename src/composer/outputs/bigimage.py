@@ -46,16 +46,21 @@ def make_big_initrd(initramfs: Path, squashfs: Path, cmdline: str, dest: Path, *
             # skips NUL bytes between archives.
             out.write(b"\0" * (-out.tell() % 4))
             tail = out.tell()
-            write_newc(out, [
-                CpioEntry.directory("etc", 0o755, mtime=mtime),
-                CpioEntry.file("etc/cmdline", (cmdline.strip() + "\n").encode(), 0o644, mtime=mtime),
-                CpioEntry.file(SQUASHFS_NAME, squashfs, 0o644, mtime=mtime),
-            ])
+            write_newc(
+                out,
+                [
+                    CpioEntry.directory("etc", 0o755, mtime=mtime),
+                    CpioEntry.file("etc/cmdline", (cmdline.strip() + "\n").encode(), 0o644, mtime=mtime),
+                    CpioEntry.file(SQUASHFS_NAME, squashfs, 0o644, mtime=mtime),
+                ],
+            )
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    info(f"big initrd: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB "
-         f"(initramfs {initramfs.stat().st_size / (1 << 20):.1f} MiB, squashfs appended at offset {tail})")
+    info(
+        f"big initrd: {dest.name} {dest.stat().st_size / (1 << 20):.1f} MiB "
+        f"(initramfs {initramfs.stat().st_size / (1 << 20):.1f} MiB, squashfs appended at offset {tail})"
+    )
     return tail

@@ -39,12 +39,14 @@ def file_records(outdir: Path) -> list[dict[str, Any]]:
             if p.is_symlink():
                 records.append({"path": rel, "symlink": os.readlink(p)})
             elif p.is_file():
-                records.append({
-                    "path": rel,
-                    "size": p.stat().st_size,
-                    "allocated": allocated_size(p),
-                    "sha256": sha256_file(p),
-                })
+                records.append(
+                    {
+                        "path": rel,
+                        "size": p.stat().st_size,
+                        "allocated": allocated_size(p),
+                        "sha256": sha256_file(p),
+                    }
+                )
     records.sort(key=lambda r: r["path"])
     return records
 

@@ -45,8 +45,10 @@ def name_suffix(index: int, version: str) -> str:
 
 def boot_kernels(versions: Sequence[str], directory: str = "images/pxeboot") -> list[BootKernel]:
     """Every kernel's names in the output, newest first (name_suffix)."""
-    return [BootKernel(i, v, f"{directory}/vmlinuz{name_suffix(i, v)}", f"{directory}/initrd{name_suffix(i, v)}.img")
-            for i, v in enumerate(versions)]
+    return [
+        BootKernel(i, v, f"{directory}/vmlinuz{name_suffix(i, v)}", f"{directory}/initrd{name_suffix(i, v)}.img")
+        for i, v in enumerate(versions)
+    ]
 
 
 def render_config(templatedir: Path, name: str, variables: Mapping[str, object]) -> str:

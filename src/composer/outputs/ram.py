@@ -100,13 +100,13 @@ def _cpio_ram(data: bytes) -> int:
     unpacked into a ramfs: data rounded up to pages, plus an inode per member."""
     total, pos = 0, 0
     while pos + HEADER_LEN <= len(data):
-        if data[pos:pos + 6] not in (MAGIC, b"070702"):
-            if data[pos:pos + 4] == b"\0\0\0\0":
+        if data[pos : pos + 6] not in (MAGIC, b"070702"):
+            if data[pos : pos + 4] == b"\0\0\0\0":
                 pos += 4  # padding between archives
                 continue
             break
-        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
-        name = data[pos + HEADER_LEN:pos + HEADER_LEN + namesize].rstrip(b"\0").decode(errors="replace")
+        size, namesize = int(data[pos + 54 : pos + 62], 16), int(data[pos + 94 : pos + 102], 16)
+        name = data[pos + HEADER_LEN : pos + HEADER_LEN + namesize].rstrip(b"\0").decode(errors="replace")
         start = pos + HEADER_LEN + namesize
         start += -start % 4
         pos = start + size + (-(start + size) % 4)
@@ -130,8 +130,7 @@ def unpacked_ram(initrd: Path, *, start: int = 0) -> int:
     return total
 
 
-def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None, *,
-            unpacked: int | None = None) -> RamBudget:
+def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None, *, unpacked: int | None = None) -> RamBudget:
     """The RAM floor of booting vmlinuz + initrd as `kind` (see KINDS). For
     "netboot-split", squashfs is the install.img livenet downloads into RAM; the big
     initrd carries its squashfs inside (counted in the initrd and the unpacked files).
@@ -146,15 +145,15 @@ def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None
     base = kernel + initrd_mb + unpacked_mb + squash + allowance
     # The kernel's page structs take 1/64 of all RAM (64 bytes per 4 KiB page).
     floor = math.ceil(base * 64 / 63)
-    return RamBudget(kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked_mb, 1),
-                     round(squash, 1), float(allowance), floor)
+    return RamBudget(
+        kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked_mb, 1), round(squash, 1), float(allowance), floor
+    )
 
 
 def predict_big_initrd(vmlinuz: Path, initrd: Path, *, initramfs_unpacked: int, appended_at: int) -> RamBudget:
     """predict("big-initrd") for an initrd make_big_initrd wrote: its initramfs already
     counted (initramfs_unpacked), only the archive appended at `appended_at` is read."""
-    return predict("big-initrd", vmlinuz, initrd,
-                   unpacked=initramfs_unpacked + unpacked_ram(initrd, start=appended_at))
+    return predict("big-initrd", vmlinuz, initrd, unpacked=initramfs_unpacked + unpacked_ram(initrd, start=appended_at))
 
 
 # The initrds composer ships for split boots carry their budget for the
@@ -175,11 +174,14 @@ def with_memory_check(initramfs: Path, dest: Path, floor_mb: int, *, mtime: int 
         with tmp.open("wb") as out, initramfs.open("rb") as src:
             shutil.copyfileobj(src, out, MIB)
             out.write(b"\0" * (-out.tell() % 4))  # each archive starts 4-byte aligned
-            write_newc(out, [
-                CpioEntry.directory("etc", 0o755, mtime=mtime),
-                CpioEntry.directory("etc/cmdline.d", 0o755, mtime=mtime),
-                CpioEntry.file(MEMCHECK_CONF, f"{MEMCHECK_ARG}={floor_mb}\n".encode(), 0o644, mtime=mtime),
-            ])
+            write_newc(
+                out,
+                [
+                    CpioEntry.directory("etc", 0o755, mtime=mtime),
+                    CpioEntry.directory("etc/cmdline.d", 0o755, mtime=mtime),
+                    CpioEntry.file(MEMCHECK_CONF, f"{MEMCHECK_ARG}={floor_mb}\n".encode(), 0o644, mtime=mtime),
+                ],
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -202,8 +204,9 @@ def carried_budget(initrd: Path) -> int | None:
 
 def carries_squashfs(initrd: Path) -> bool:
     """Is this a big initrd (the runtime's squashfs.img inside)?"""
-    return any(m.name.lstrip("./").endswith(".img") and "/" not in m.name.lstrip("./")
-               for seg in read_newc(initrd) for m in seg.members)
+    return any(
+        m.name.lstrip("./").endswith(".img") and "/" not in m.name.lstrip("./") for seg in read_newc(initrd) for m in seg.members
+    )
 
 
 def manifest_record(budgets: dict[str, RamBudget]) -> dict[str, dict[str, object]]:

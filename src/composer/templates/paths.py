@@ -94,7 +94,7 @@ def _tree_dir(tree: Path | str, prefix: str, *, after_wildcard: bool) -> Path | 
 
 
 def _dirs_below(d: Path, prefix: str) -> list[str]:
-    """"**": `prefix` and every directory under it (hidden ones and symlinks not followed)."""
+    """ "**": `prefix` and every directory under it (hidden ones and symlinks not followed)."""
     found = []
     for dirpath, dirnames, _ in os.walk(d):
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
@@ -109,8 +109,11 @@ def _entries_matching(d: Path, prefix: str, comp: str) -> list[str]:
         names = sorted(os.listdir(d))
     except OSError:
         return []
-    return [f"{prefix}/{name}" for name in names
-            if (comp.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, comp)]
+    return [
+        f"{prefix}/{name}"
+        for name in names
+        if (comp.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, comp)
+    ]
 
 
 def _expand(tree: Path | str, prefixes: list[str], comp: str, *, after_wildcard: bool) -> list[str]:

@@ -45,8 +45,26 @@ def _keep_mark(method: str) -> None:
     setattr(TemplateValue, method, wrapped)
 
 
-for _m in ("lower", "upper", "title", "capitalize", "casefold", "strip", "lstrip", "rstrip", "replace",
-           "removeprefix", "removesuffix", "__add__", "__getitem__", "__mod__", "zfill", "center", "ljust", "rjust"):
+for _m in (
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "casefold",
+    "strip",
+    "lstrip",
+    "rstrip",
+    "replace",
+    "removeprefix",
+    "removesuffix",
+    "__add__",
+    "__getitem__",
+    "__mod__",
+    "zfill",
+    "center",
+    "ljust",
+    "rjust",
+):
     _keep_mark(_m)
 
 
@@ -78,12 +96,16 @@ def _data_filter(value: object) -> str:
     if isinstance(value, TemplateValue):
         reserved = _RESERVED.search(value)
         if reserved:
-            raise ComposerError(f"the value of {value.name or 'a variable'} holds U+{ord(reserved.group()):04X}, a "
-                                "private-use character composer's template parser reserves")
+            raise ComposerError(
+                f"the value of {value.name or 'a variable'} holds U+{ord(reserved.group()):04X}, a "
+                "private-use character composer's template parser reserves"
+            )
         bad = _CONTROL.search(value)
         if bad:
-            raise ComposerError(f"the value of {value.name or 'a variable'} holds {describe_control(bad.group())}: "
-                                "a value is data on one line, never a template line of its own")
+            raise ComposerError(
+                f"the value of {value.name or 'a variable'} holds {describe_control(bad.group())}: "
+                "a value is data on one line, never a template line of its own"
+            )
         return _DataText(value)
     return str(value)
 
@@ -218,8 +240,9 @@ def _no_gc() -> Iterator[None]:
 _FILTER_IMPORT = "from composer.templates.render import _data_filter as _composer_data"
 
 
-def render_template(template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, object], *,
-            protect_data: bool = False) -> tuple[str, list]:
+def render_template(
+    template: Path, lookup_dirs: Sequence[Path], data: Mapping[str, object], *, protect_data: bool = False
+) -> tuple[str, list]:
     """Render with Mako; variables are passed as data (see TemplateValue).
 
     protect_data: the text is for the command parser, so values' quotes and braces
@@ -282,8 +305,11 @@ def _page_args(tmpl, template: Path, data: Mapping[str, object]) -> dict[str, ob
         params = inspect.signature(tmpl.callable_).parameters
     except (TypeError, ValueError):
         return {}
-    missing = [n for n, prm in list(params.items())[1:]
-               if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and prm.default is prm.empty and n not in data]
+    missing = [
+        n
+        for n, prm in list(params.items())[1:]
+        if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and prm.default is prm.empty and n not in data
+    ]
     if missing:
         line = None
         try:

@@ -275,7 +275,7 @@ class TemplateRunner:
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             return None
-        fname, lineno = (origins[idx] if idx < len(origins) else (None, None))
+        fname, lineno = origins[idx] if idx < len(origins) else (None, None)
         if fname is None or lineno is None:
             # No source map: the rendered line number and the text must do.
             fname, lineno = str(template), idx + 1
@@ -286,8 +286,11 @@ class TemplateRunner:
         body = stripped[1:].lstrip() if ignore else stripped
         shown = body.translate(_SHOW)
         if _DATA_MARK in _FIRST_WORD.match(body).group():  # type: ignore[union-attr]
-            raise TemplateError(fname, lineno, f"{where}the command name comes from a variable's value "
-                                f"({shown!r}): values are data, never commands")
+            raise TemplateError(
+                fname,
+                lineno,
+                f"{where}the command name comes from a variable's value ({shown!r}): values are data, never commands",
+            )
         try:
             words = split_line(body)
         except ValueError as e:
@@ -914,7 +917,7 @@ class TemplateRunner:
     def _out_rel(self, path: str) -> str:
         """A path given as ${outroot}/X (as lorax's templates do for host commands) as X."""
         root = os.path.abspath(self.tree)
-        return path[len(root):] or "/" if path == root or path.startswith(root + "/") else path
+        return path[len(root) :] or "/" if path == root or path.startswith(root + "/") else path
 
     # ----------------------------------------------------------------- lorax's postinstall
 

@@ -31,9 +31,22 @@ class Product:
 _BCJ = {"x86_64": "x86", "ppc64le": "powerpc"}
 
 
-_BASEARCH = {"i386": "i386", "i486": "i386", "i586": "i386", "i686": "i386", "athlon": "i386",
-             "amd64": "x86_64", "armv7hl": "arm", "armv7l": "arm", "armhfp": "arm", "ppc64le": "ppc64le",
-             "s390x": "s390x", "aarch64": "aarch64", "arm64": "aarch64", "riscv64": "riscv64"}
+_BASEARCH = {
+    "i386": "i386",
+    "i486": "i386",
+    "i586": "i386",
+    "i686": "i386",
+    "athlon": "i386",
+    "amd64": "x86_64",
+    "armv7hl": "arm",
+    "armv7l": "arm",
+    "armhfp": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "riscv64": "riscv64",
+}
 
 
 @dataclass(frozen=True)
@@ -173,8 +186,9 @@ def sample_variables(basearch: str = "x86_64") -> dict[str, object]:
     """Plausible variables for checking templates without a build (template-check)."""
     buildarch = {"i386": "i686", "arm": "armv7hl"}.get(basearch, basearch)
     product = Product("Fedora", "41", "41", "", "https://bugzilla.redhat.com", False)
-    variables = lorax_variables(product, Arch.of(buildarch), branding=Branding("fedora-release", "fedora-logos"),
-                                isolabel="Fedora-41-" + basearch)
+    variables = lorax_variables(
+        product, Arch.of(buildarch), branding=Branding("fedora-release", "fedora-logos"), isolabel="Fedora-41-" + basearch
+    )
     variables["rootfs_type"] = "btrfs"
     variables["configdir"] = "tmp/config_files"  # lorax gives it to runtime-postinstall.tmpl
     return variables
