@@ -31,3 +31,17 @@ def test_ruff_format() -> None:
 
 def test_mypy() -> None:
     _lint("mypy", "--config-file", "pyproject.toml")
+
+
+def test_no_function_over_80_lines() -> None:
+    """The style's limit: a longer function is split into named steps."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long

@@ -18,10 +18,27 @@ from composer.runtime import compose_runtime
 
 
 def add_compose_options(p: argparse.ArgumentParser) -> None:
+    """The options every compose (runtime, boot-iso, netboot) shares."""
+    _product_options(p)
+    _repository_options(p)
+    _package_options(p)
+    _image_options(p)
+    _dnf_options(p)
+    _build_options(p)
+
+
+def _product_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", metavar="OUTDIR", type=Path, help="output directory (refused if it exists, unless --force)")
     p.add_argument("-p", "--product", required=True, help="product name; selects templates/<product>")
     p.add_argument("-v", "--version", required=True, help="product version (dnf releasever)")
     p.add_argument("-r", "--release", default="", help="release string")
+    p.add_argument("-t", "--variant", default="", help="variant name")
+    p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
+    p.add_argument("--isfinal", action="store_true", help="this is a final release")
+    p.add_argument("--buildarch", default=platform.machine(), help="architecture to build for (default: this host's)")
+
+
+def _repository_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--source", action="append", default=[], metavar="URL", help="package repository URL (repeatable)")
     p.add_argument("--repo", action="append", default=[], type=Path, metavar="FILE", help="dnf .repo file (repeatable)")
     p.add_argument(
@@ -48,10 +65,9 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--proxy", default=None, metavar="URL", help="proxy for every repository, e.g. http://host:3128")
     p.add_argument("--noverifyssl", action="store_true", help="do not verify the repositories' TLS certificates")
-    p.add_argument("-t", "--variant", default="", help="variant name")
-    p.add_argument("-b", "--bugurl", default="", help="bug reporting URL")
-    p.add_argument("--isfinal", action="store_true", help="this is a final release")
-    p.add_argument("--buildarch", default=platform.machine(), help="architecture to build for (default: this host's)")
+
+
+def _package_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-i", "--installpkgs", action="append", default=[], metavar="PKG", help="extra package (glob) to install (repeatable)"
     )
@@ -69,6 +85,9 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--add-template-var", action="append", default=[], metavar="NAME=VALUE", help="variable for the templates (repeatable)"
     )
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rootfs-type",
         default="btrfs",
@@ -81,6 +100,9 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", default="xz", choices=[c.value for c in Compression], help="squashfs compressor")
     p.add_argument("--dracut-arg", action="append", default=[], metavar="ARG", help="extra dracut argument (repeatable)")
     p.add_argument("--dracut-conf", type=Path, default=None, metavar="FILE", help="extra dracut configuration file")
+
+
+def _dnf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nogpgcheck", action="store_true", help="do not check package signatures")
     p.add_argument(
         "--dnf",
@@ -96,6 +118,9 @@ def add_compose_options(p: argparse.ArgumentParser) -> None:
         help="run dnf and rpm from this root directory (bubblewrap), e.g. one with dnf5 made by "
         "scripts/dnf5-root (default: $COMPOSER_DNF_ROOT, else the host's dnf)",
     )
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, default=None, help="where the tree is built (default: /var/tmp)")
     p.add_argument(
         "--cachedir",

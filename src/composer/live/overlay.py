@@ -701,32 +701,8 @@ def plan_merge(
 
     if m.squashfs is None and m.rootfs is not None:
         _check_origin(m.rootfs, m.rootfs)
-    if m.squashfs:
-        steps = [
-            MergeStep("extract", f"extract {m.squashfs.name} ({human(old_size)})"),
-            apply,
-            *([MergeStep("fsck", "check the filesystem")] if rootfs_in_sq is not None else []),
-            MergeStep("squash", f"build a new squashfs.img ({comp})"),
-            MergeStep("verify", "verify it (listing and content)"),
-        ]
-    else:
-        steps = [MergeStep("copy", f"copy {target.name}"), apply, MergeStep("fsck", "check the filesystem")]
-    steps += [MergeStep("replace", f"replace {target.relative_to(m.root)}"), MergeStep("reset", f"reset {overlay.name}")]
-    # First estimate: extracted data is at least as big as the squashfs; the new image
-    # about the old one plus the overlay's data.
-    ov_bytes = allocated_size(overlay) if overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(overlay))
-    estimate = 2 * old_size + ov_bytes if m.squashfs else allocated_size(target) + ov_bytes
-    scratch_root = (workdir or m.liveos).resolve()
-    if not scratch_root.is_dir():
-        raise ComposerError(f"overlay merge: work directory {scratch_root} does not exist")
-    _need_space(scratch_root, estimate, "merge")
-    if not _same_fs(scratch_root, m.liveos):
-        _need_space(m.liveos, old_size + ov_bytes, f"the new {target.name}")
-    elif workdir is None and _fs_of(m.liveos) in _FOREIGN_FS:
-        raise ComposerError(
-            f"overlay merge: {m.liveos} is on {_fs_of(m.liveos)}, which cannot hold a Linux tree or sparse files; "
-            "pass --workdir on a Linux filesystem with enough space"
-        )
+    steps = _merge_steps(m, target, overlay, apply, old_size=old_size, fsck=rootfs_in_sq is not None, comp=comp)
+    scratch_root, ov_bytes = _merge_scratch(m, target, overlay, old_size=old_size, workdir=workdir)
     return MergePlan(
         m,
         overlay,
@@ -742,6 +718,43 @@ def plan_merge(
         scratch_root=scratch_root,
         overlay_bytes=ov_bytes,
     )
+
+
+def _merge_steps(
+    m: Medium, target: Path, overlay: Path, apply: MergeStep, *, old_size: int, fsck: bool, comp: Compression
+) -> list[MergeStep]:
+    """What a merge does, in order, as the plan shows it."""
+    if m.squashfs:
+        steps = [
+            MergeStep("extract", f"extract {m.squashfs.name} ({human(old_size)})"),
+            apply,
+            *([MergeStep("fsck", "check the filesystem")] if fsck else []),
+            MergeStep("squash", f"build a new squashfs.img ({comp})"),
+            MergeStep("verify", "verify it (listing and content)"),
+        ]
+    else:
+        steps = [MergeStep("copy", f"copy {target.name}"), apply, MergeStep("fsck", "check the filesystem")]
+    return steps + [MergeStep("replace", f"replace {target.relative_to(m.root)}"), MergeStep("reset", f"reset {overlay.name}")]
+
+
+def _merge_scratch(m: Medium, target: Path, overlay: Path, *, old_size: int, workdir: Path | None) -> tuple[Path, int]:
+    """Where the merge works and the overlay's bytes, once the space for it is checked."""
+    # First estimate: extracted data is at least as big as the squashfs; the new image
+    # about the old one plus the overlay's data.
+    ov_bytes = allocated_size(overlay) if overlay.is_file() else sum(st.st_blocks * 512 for _, st in _walk(overlay))
+    estimate = 2 * old_size + ov_bytes if m.squashfs else allocated_size(target) + ov_bytes
+    scratch_root = (workdir or m.liveos).resolve()
+    if not scratch_root.is_dir():
+        raise ComposerError(f"overlay merge: work directory {scratch_root} does not exist")
+    _need_space(scratch_root, estimate, "merge")
+    if not _same_fs(scratch_root, m.liveos):
+        _need_space(m.liveos, old_size + ov_bytes, f"the new {target.name}")
+    elif workdir is None and _fs_of(m.liveos) in _FOREIGN_FS:
+        raise ComposerError(
+            f"overlay merge: {m.liveos} is on {_fs_of(m.liveos)}, which cannot hold a Linux tree or sparse files; "
+            "pass --workdir on a Linux filesystem with enough space"
+        )
+    return scratch_root, ov_bytes
 
 
 def execute_merge(plan: MergePlan, *, level: int | None = None, repair: bool = False) -> None:
