@@ -20,7 +20,6 @@ This module also holds the comparison helpers and their own test.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -120,7 +119,13 @@ def test_default_path_is_reproducible(testproduct_repo: Path, tmp_path: Path) ->
         )
         outs.append(base / "out")
     a, b = outs
-    assert json.loads((a / "manifest.json").read_text())["rootfs_type"] == "btrfs"  # the default path
+    # The default path: LiveOS/rootfs.img in install.img is btrfs (its superblock's magic at 64 KiB + 64).
+    cat = subprocess.Popen(["unsquashfs", "-cat", str(a / "images/install.img"), "LiveOS/rootfs.img"], stdout=subprocess.PIPE)
+    assert cat.stdout is not None
+    head = cat.stdout.read(0x10048)  # not the whole (sparse, 1.4 GB apparent) image
+    cat.kill()
+    cat.wait()
+    assert head[0x10040:0x10048] == b"_BHRfS_M", "rootfs.img is not btrfs"
     differ = [
         f"{rel}: first difference at offset {offset}"
         for rel in ("images/install.img", "images/pxeboot/initrd.img", "images/boot.iso")
