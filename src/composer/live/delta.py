@@ -17,7 +17,6 @@ import io
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
@@ -41,7 +40,7 @@ from composer.live.dmsnap import (
 )
 from composer.live.sparsify import EXT_TYPES, copy_prefix_sparse, fs_type, human
 from composer.preflight import Place, check_dir_creatable, check_outputs_apart
-from composer.run import CommandError, ComposerError, info, output_path, run
+from composer.run import CommandError, ComposerError, info, output_path, run, scratch_beside
 
 _EXT_MAGIC = 0xEF53
 _INCOMPAT_64BIT = 0x80
@@ -217,10 +216,9 @@ def create_delta(
     origin_size = rootfs.stat().st_size
     if chunk_sectors * SECTOR > origin_size:
         raise ComposerError(f"--chunk-size {chunk_sectors} sectors: larger than the origin {rootfs} ({origin_size} bytes)")
-    # Everything, the output too, is made in a private directory beside it (unpredictable
-    # names, nobody else's links), then renamed into place.
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
-        tmp = Path(tmpd)
+    # Everything, the output too, is made in run.scratch_beside's directory (unpredictable,
+    # marked, so a killed run's is swept by the next), then renamed into place.
+    with scratch_beside(output) as tmp:
         small = tmp / "minimized.img"
         info(f"delta: minimizing a sparse copy of {rootfs} ({human(origin_size)})")
         copy_sparse(rootfs, small)
@@ -264,8 +262,8 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
     _check_output(output, ("origin", rootfs), ("delta", delta))
     output = output_path(output)
     origin_size = rootfs.stat().st_size
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".composer-delta-") as tmpd:
-        cow = Path(tmpd) / "osmin.img"
+    with scratch_beside(output) as scratch:
+        cow = scratch / "osmin.img"
         try:
             store = _read_delta(delta, cow, origin_size)
         except CowFormatError as e:
@@ -282,7 +280,7 @@ def apply_delta(rootfs: Path, delta: Path, output: Path, *, fsck: bool = True) -
             raise ComposerError(f"delta: {delta} over {rootfs} does not present an ext2/3/4 filesystem (wrong origin?)")
         if size > origin_size:
             raise ComposerError(f"delta: the presented filesystem ({size} bytes) is larger than its origin ({origin_size} bytes)")
-        part = Path(tmpd) / "minimal.img"
+        part = scratch / "minimal.img"
         copy_prefix_sparse(rootfs, part, size)
         apply_store(store, cow, part, size=size)
         if fsck:
