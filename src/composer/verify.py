@@ -107,7 +107,7 @@ def classify_line(line: str, marker: str) -> str | None:
 
 def qemu_argv(
     kernel: Path,
-    initrd: Path,
+    initrd: Path | None,
     *,
     memory_mb: int,
     check_args: str = "",
@@ -116,15 +116,18 @@ def qemu_argv(
     smp: int = 2,
     cpu: str | None = None,
     extra_qemu_args: Sequence[str] = (),
+    base_append: str | None = None,
 ) -> list[str]:
     """The qemu command for one boot check; accel is a resolved "kvm" or "tcg".
 
     check_args: kernel arguments that make the image print its marker (and power off);
-    append: the caller's, last. extra_qemu_args go last (e.g. a -drive for a test disk)."""
+    append: the caller's, last. extra_qemu_args go last (e.g. a -drive for a test disk).
+    No initrd and another base_append: the bare kernel of the KVM probe."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be resolved to kvm or tcg, not {accel!r}")
     cpu = cpu or ("host" if accel == "kvm" else "max")  # max: every feature TCG emulates
-    cmdline = " ".join(a for a in (BASE_APPEND, check_args, EMULATION_APPEND, append) if a)
+    base = BASE_APPEND if base_append is None else base_append
+    cmdline = " ".join(a for a in (base, check_args, EMULATION_APPEND, append) if a)
     return [
         QEMU,
         "-machine",
@@ -149,8 +152,7 @@ def qemu_argv(
         "stdio",
         "-kernel",
         os.fspath(kernel),
-        "-initrd",
-        os.fspath(initrd),
+        *(["-initrd", os.fspath(initrd)] if initrd is not None else []),
         "-append",
         cmdline,
         *extra_qemu_args,
@@ -186,31 +188,9 @@ def kvm_usable(kernel: Path | None, cpu: str = "host", timeout: float = 3.0) -> 
     """
     if kernel is None or not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
         return False
-    argv = [
-        QEMU,
-        "-machine",
-        "q35",
-        "-accel",
-        "kvm",
-        "-cpu",
-        cpu,
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-vga",
-        "none",
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-kernel",
-        os.fspath(kernel),
-        "-append",
-        "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
-    ]
+    argv = qemu_argv(
+        kernel, None, memory_mb=256, accel="kvm", cpu=cpu, smp=1, base_append="console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"
+    )
     ok = False
     lines = _Lines()
     proc = subprocess.Popen(

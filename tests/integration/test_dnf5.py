@@ -271,9 +271,7 @@ def test_options_mean_the_same(small_repo, flavor, tmp_path):
     assert any((tmp_path / "cache").iterdir()), "dnf's cache is not on the host"
     assert list((work / "dnf-state").iterdir()), "dnf's history is not on the host"
     assert (s.tree / RPMDB[1:] / "rpmdb.sqlite").is_file()
-    s.remove(["fine"])
-    s.run_transaction()
-    assert s.installed() == [] and not (s.tree / "etc" / "fine").exists()
+    assert s.installed() == ["fine"] and (s.tree / "etc" / "fine").is_file()
 
 
 # ------------------------------------------------- lorax's repository options, dnf 4 and dnf5 alike

@@ -63,7 +63,9 @@ def _user_python(user: str, shared: Path) -> tuple[str, dict[str, str]]:
     site = shared / "site"
     site.mkdir()
     return python_for_user(
-        lambda python, env: _as_user(user, [python, "-c", "import composer.cli, composer.mkksiso, pykickstart.parser"], env),
+        lambda python, env: _as_user(
+            user, [python, "-c", "import composer.cli, composer.pipelines.mkksiso, pykickstart.parser"], env
+        ),
         site,
         {"HOME": str(shared)},
     )

@@ -39,7 +39,10 @@ pytestmark = pytest.mark.slow
 
 USER_PREFIX = "composer-rl-"  # + the pid of the test session that made it
 # What composer imports for the commands the user runs.
-IMPORTS = "import composer.cli, composer.runtime, composer.bootiso, mako.template, productmd.treeinfo, pykickstart.parser"
+IMPORTS = (
+    "import composer.cli, composer.pipelines.runtime, composer.pipelines.bootiso,"
+    " mako.template, productmd.treeinfo, pykickstart.parser"
+)
 
 
 def _remove_user(name: str) -> None:
@@ -233,7 +236,7 @@ def roots_big_initrd(bootiso_build: Path, dest: Path) -> Path:
     from composer.images.cpio import read_newc
     from composer.outputs.bigimage import make_big_initrd
     from composer.outputs.ram import MEMCHECK_CONF
-    from composer.runtime import runtime_cmdline
+    from composer.pipelines.runtime import runtime_cmdline
 
     media_initrd = bootiso_build / "out/images/pxeboot/initrd.img"
     last = read_newc(media_initrd)[-1]

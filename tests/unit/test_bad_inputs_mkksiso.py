@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from composer import mkksiso as mk
+from composer.pipelines import mkksiso as mk
 from composer.run import ComposerError
 from tests.unit.test_bad_inputs import Case, inputs, request_cleanup, run_case  # noqa: F401 - fixtures
 from tests.unit.test_mkksiso import GRUB_CFG, ISOLINUX_CFG, VOLID, make_small_iso, needs_tools

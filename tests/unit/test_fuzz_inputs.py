@@ -355,11 +355,11 @@ def argv_of(command: str, values: dict[str, str], force: bool) -> list[str]:
 
 def _menus(command: str, argv: list[str]) -> list[str]:
     """The structure of the boot menus the values make: each line's first word."""
-    from composer.bootiso import config_names, media_variables
     from composer.cli.bootiso import prepare_boot_iso
     from composer.cli.netboot import prepare_netboot
-    from composer.netboot import CONFIGS, netboot_variables
     from composer.outputs.media import boot_kernels, render_config
+    from composer.pipelines.bootiso import config_names, media_variables
+    from composer.pipelines.netboot import CONFIGS, netboot_variables
 
     args = build_parser().parse_args(_glue_pass_through(argv))
     with contextlib.redirect_stderr(io.StringIO()):

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "src" / "composer"
 # that matches a module's dotted name (without "composer.") gives its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("__main__", "cli")),
-    ("pipelines", ("pipeline", "runtime", "bootiso", "netboot", "loraxcli", "mkksiso")),
+    ("pipelines", ("pipelines",)),
     (
         "stages",
         (
@@ -32,8 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kickstart",
             "preflight",
             "verify",
-            "loraxcheck",
-            "loraxlogs",
+            "lorax",
             "reproducible",
         ),
     ),
@@ -150,7 +149,10 @@ def test_the_check_can_fail() -> None:
     tree = ast.parse("def f():\n    from composer.cli import main\n")
     assert any(isinstance(n, ast.ImportFrom) and n.module == "composer.cli" for n in ast.walk(tree))
     assert (
-        layer_of("composer.cli.compose") < layer_of("composer.runtime") < layer_of("composer.dracut") < layer_of("composer.run")
+        layer_of("composer.cli.compose")
+        < layer_of("composer.pipelines.runtime")
+        < layer_of("composer.dracut")
+        < layer_of("composer.run")
     )
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from composer.cli import main
 from composer.config import Compression, RootfsType
-from composer.loraxcheck import check_sharedir
-from composer.loraxcli import LORAX_DRACUT_DEFAULT, plan_from_argv
+from composer.lorax.check import check_sharedir
+from composer.pipelines.lorax import LORAX_DRACUT_DEFAULT, plan_from_argv
 from composer.product import template_dir
 
 LORAX_GENERIC = Path("/work/shared/lorax-43.12/99-generic")  # lorax's own templates: test input only
@@ -287,7 +287,7 @@ def test_lorax_console_entry_point_is_opt_in():
 
 
 def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
-    from composer.loraxcli import buildstamp_text, lorax_runtime_template
+    from composer.pipelines.lorax import buildstamp_text, lorax_runtime_template
     from composer.templates import TemplateRunner
 
     cfg = plan_from_argv(
@@ -326,7 +326,7 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
 
 
 def test_derived_logs(tmp_path):
-    from composer.loraxlogs import derive_logs, error_lines
+    from composer.lorax.logs import derive_logs, error_lines
 
     text = "[    0.1s] install ...\n$ dnf -y install a\n'\n[    0.2s] done\n"
     text += error_lines("dnf transaction failed: Problem: nothing provides libfoo")
@@ -343,7 +343,7 @@ def test_derived_logs(tmp_path):
 def test_derived_logs_replace_planted_links(tmp_path):
     """A link planted at pylorax.log, program.log or dnf.log (or in pkglists/) is replaced,
     never written through; a pkglists/ that is a link is refused."""
-    from composer.loraxlogs import derive_logs, write_pkglists
+    from composer.lorax.logs import derive_logs, write_pkglists
 
     victim = tmp_path / "victim"
     victim.write_text("root's file\n")
@@ -369,7 +369,7 @@ def test_derived_logs_replace_planted_links(tmp_path):
 def test_tmp_through_links(tmp_path):
     """--tmp resolved as a user has it (a link to a directory of root's or one's own works);
     one leading into a directory another user controls is refused."""
-    from composer.loraxcli import trusted_dir
+    from composer.pipelines.lorax import trusted_dir
     from composer.run import ComposerError
 
     real = tmp_path / "volume"
@@ -415,7 +415,7 @@ def test_testproduct_lorax_set_passes_template_check(capsys):
     root = Path(__file__).resolve().parents[2]
     assert main(["template-check", "--sharedir", str(root / "tools/testproduct/lorax-templates")]) == 0
     assert "checked: x86.tmpl: arch template (x86_64)" in capsys.readouterr().out
-    from composer.loraxcli import lorax_media_mode
+    from composer.pipelines.lorax import lorax_media_mode
 
     assert lorax_media_mode(root / "tools/testproduct/lorax-templates", "x86_64")
     assert not lorax_media_mode(root / "src/composer/data/templates/testproduct", "x86_64")
@@ -433,7 +433,7 @@ def test_lorax_media_from_the_arch_template(tmp_path):
 
     import productmd.treeinfo
 
-    from composer.loraxcli import make_lorax_media
+    from composer.pipelines.lorax import make_lorax_media
 
     root = Path(__file__).resolve().parents[2]
     conf = tmp_path / "lorax.conf"

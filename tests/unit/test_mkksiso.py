@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from composer import mkksiso as mk
+from composer.pipelines import mkksiso as mk
 from composer.run import ComposerError
 from tests.conftest import ROOT
 

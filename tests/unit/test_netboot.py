@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from composer.bootiso import MediaOptions, config_names, media_variables
 from composer.config import Config, RootfsType
-from composer.netboot import CONFIGS, NetbootOptions, netboot_variables, normalize_url
 from composer.outputs.media import boot_kernels, render_config
+from composer.pipelines.bootiso import MediaOptions, config_names, media_variables
+from composer.pipelines.netboot import CONFIGS, NetbootOptions, netboot_variables, normalize_url
 from composer.product import template_dir
 from composer.run import ComposerError
 from composer.templates import TemplateError
@@ -171,7 +171,7 @@ def test_register_adds_commands():
 
 
 def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
-    from composer.netboot import netboot_dracut_conf
+    from composer.pipelines.netboot import netboot_dracut_conf
 
     c = cfg(tmp_path=tmp_path / "out")
     assert netboot_dracut_conf(c, NetbootOptions(url="http://s/"), tmp_path) is c  # single: nothing to add
@@ -189,7 +189,7 @@ def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
 
 
 def test_netboot_dracut_conf_without_template_falls_back_to_livenet(tmp_path, monkeypatch):
-    from composer import netboot
+    from composer.pipelines import netboot
 
     monkeypatch.setattr(netboot, "DRACUT_TEMPLATE", "no-such-file.conf")
     c = netboot.netboot_dracut_conf(cfg(tmp_path=tmp_path), NetbootOptions(url="http://s/", split=True), tmp_path)
@@ -197,7 +197,7 @@ def test_netboot_dracut_conf_without_template_falls_back_to_livenet(tmp_path, mo
 
 
 def test_pxelinux_from_the_tree_first(tmp_path):
-    from composer.netboot import _find_pxelinux
+    from composer.pipelines.netboot import _find_pxelinux
 
     d = tmp_path / "usr/share/syslinux"
     d.mkdir(parents=True)

@@ -162,7 +162,7 @@ def test_command_error_reason_and_sandbox_argv():
 
 def test_workdir_is_removed_but_a_kept_one_survives_the_next_build(tmp_path):
     from composer.config import Config
-    from composer.runtime import KEPT_PREFIX, workdir_for
+    from composer.pipelines.runtime import KEPT_PREFIX, workdir_for
 
     cfg = Config(product="TestProduct", version="1", outdir=tmp_path / "out", workdir=tmp_path / "w", keep_workdir=True)
     with workdir_for(cfg) as d:

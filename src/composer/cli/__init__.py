@@ -2,7 +2,7 @@
 
 One module per subcommand family: compose (the options every compose shares, and
 `runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
-sparsify); `composer lorax` is composer.loraxcli. This module parses, dispatches and
+sparsify); `composer lorax` is composer.pipelines.lorax. This module parses, dispatches and
 turns every error into one line; every subcommand, `composer lorax` and the `lorax`
 command (extras/lorax) included, runs through `_run`: the same signal handling, the
 same one-line errors and exit statuses, the same cleanup."""
@@ -19,7 +19,7 @@ from pathlib import Path
 from composer import __version__
 from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
 from composer.cli.common import check_logfile
-from composer.loraxcli import run_lorax
+from composer.pipelines.lorax import run_lorax
 from composer.run import ComposerError, redact, set_logging
 from composer.userns import command_words, enter_user_namespace
 

@@ -1,15 +1,15 @@
-"""`composer boot-iso`: the command line of installer media (see composer.bootiso)."""
+"""`composer boot-iso`: the command line of installer media (see composer.pipelines.bootiso)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from composer.bootiso import BIOS_LOADERS, MediaOptions, check_boot_menus, compose_boot_iso
 from composer.cli.compose import add_boot_options, add_compose_options, boot_config
 from composer.config import Config, parse_assignments
 from composer.images.efiboot import EFI_ARCH_NAMES
 from composer.images.iso import check_volid, default_volid
+from composer.pipelines.bootiso import BIOS_LOADERS, MediaOptions, check_boot_menus, compose_boot_iso
 from composer.preflight import check_compose_inputs, check_template_vars
 from composer.run import ComposerError
 

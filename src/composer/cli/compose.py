@@ -12,9 +12,9 @@ from composer.cli.common import check_logfile, source_date_epoch
 from composer.config import DEFAULT_CACHEDIR, Compression, Config, DnfChoice, RootfsType, parse_assignments, parse_size
 from composer.dnf import DNF_ROOT_ENV, find_dnf, proxy_url
 from composer.kickstart import add_ks_option, config_with_kickstart
+from composer.pipelines.runtime import compose_runtime
 from composer.preflight import check_compose_inputs, check_config_values, check_kernel_arg, check_template_vars
 from composer.run import ComposerError, set_logging
-from composer.runtime import compose_runtime
 
 
 def add_compose_options(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`composer mkksiso`: the command line of the remastering tool (see composer.mkksiso)."""
+"""`composer mkksiso`: the command line of the remastering tool (see composer.pipelines.mkksiso)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from composer.cli.common import source_date_epoch
-from composer.mkksiso import MkksisoOptions, remaster
+from composer.pipelines.mkksiso import MkksisoOptions, remaster
 from composer.preflight import check_kernel_args
 from composer.run import ComposerError
 

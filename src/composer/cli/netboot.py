@@ -1,4 +1,4 @@
-"""`composer netboot`: the command line of netboot trees (see composer.netboot)."""
+"""`composer netboot`: the command line of netboot trees (see composer.pipelines.netboot)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from composer.cli.compose import add_boot_options, add_compose_options, boot_config
 from composer.config import Config
-from composer.netboot import NetbootOptions, check_boot_configs, compose_netboot, normalize_url
+from composer.pipelines.netboot import NetbootOptions, check_boot_configs, compose_netboot, normalize_url
 from composer.preflight import check_compose_inputs
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from composer.config import parse_assignments
-from composer.loraxcheck import check_sharedir
+from composer.lorax.check import check_sharedir
 from composer.preflight import check_arch, check_template_vars
 from composer.run import DATADIR, ComposerError
 from composer.templates import TemplateRunner, iter_template_files, sample_variables

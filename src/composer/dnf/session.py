@@ -52,7 +52,6 @@ class DnfSession:
         self.config = config
         self.workdir = workdir
         self._to_install: list[str] = []
-        self._to_remove: list[str] = []
         self._available: list[str] | None = None
         check_config(config)
         self.home = workdir / "home"
@@ -247,11 +246,8 @@ class DnfSession:
                 continue
             self._to_install.extend(f"{m} {constraint}" if constraint else m for m in matches)
 
-    def remove(self, patterns: Sequence[str]) -> None:
-        self._to_remove.extend(patterns)
-
     def has_pending(self) -> bool:
-        return bool(self._to_install or self._to_remove)
+        return bool(self._to_install)
 
     def run_transaction(self) -> None:
         if self._to_install:
@@ -262,15 +258,7 @@ class DnfSession:
             except CommandError as e:
                 reason = self._gpg_reason(e.stderr) or dnf_reason(e.stderr)
                 raise ComposerError(f"dnf transaction failed: {reason}") from None
-        if self._to_remove:
-            try:
-                self._dnf(
-                    "remove", "--setopt=clean_requirements_on_remove=False", *sorted(set(self._to_remove)), transaction=True
-                )
-            except CommandError as e:
-                raise ComposerError(f"dnf remove failed: {dnf_reason(e.stderr)}") from None
         self._to_install.clear()
-        self._to_remove.clear()
 
     # -- the tree's rpm database (composer.dnf.rpmdb) -----------------------------
     def installed(self) -> list[str]:

@@ -38,10 +38,10 @@ from composer.outputs.media import (
     render_config,
 )
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.pipelines.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.product import template_dir, template_variables
 from composer.reproducible import config_seed
 from composer.run import LOCK_MARKER, ComposerError, info, stage
-from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.templates import TemplateRunner
 
 BIOS_LOADERS = ("grub2", "isolinux")

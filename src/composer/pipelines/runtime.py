@@ -10,7 +10,6 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from composer import pipeline
 from composer.cache import code_digest
 from composer.config import Config
 from composer.images.sparse import copy_sparse
@@ -18,7 +17,8 @@ from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.manifest import write_manifest
 from composer.outputs.media import boot_kernels
-from composer.pipeline import Runtime
+from composer.pipelines import compose as pipeline
+from composer.pipelines.compose import Runtime
 from composer.run import ComposerError, atomic_dir, info, locked_mkdir, remove_stale, stage
 
 # Work directories are named WORKDIR_PREFIX + random; a killed build's one is removed by the next run.

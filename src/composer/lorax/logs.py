@@ -11,7 +11,7 @@ Every file is written under a fresh unpredictable name in its directory and rena
 over its final name: a symlink planted at pylorax.log (or any name here) is replaced,
 never followed, so root never writes where a link points.
 
-Run as a script (`python3 loraxlogs.py pkglists TREE DEST`, from a template's runcmd
+Run as a script (`python3 logs.py pkglists TREE DEST`, from a template's runcmd
 on the host) it needs only the standard library: it may run outside composer's sys.path.
 """
 

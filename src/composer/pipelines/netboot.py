@@ -32,10 +32,10 @@ from composer.images.sparse import copy_sparse
 from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
+from composer.pipelines.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.preflight import check_menu_value
 from composer.product import template_dir, template_variables
 from composer.run import ComposerError, info, stage
-from composer.runtime import Runtime, build_runtime, compose_dirs, log_summary
 
 PXELINUX_DIRS = ("usr/share/syslinux", "usr/lib/PXELINUX", "usr/lib/syslinux/modules/bios", "usr/lib/syslinux")
 # template -> place in the netboot tree

@@ -9,7 +9,7 @@ A pipeline is a list of stages, each a function of a `BuildContext` (mkosi's
 and then makes its outputs from the `Runtime` they leave: `composer runtime` the big
 initrd (runtime.runtime_outputs), boot-iso the media tree and boot.iso
 (bootiso.media_tree, bootiso.boot_iso), netboot its tree (netboot.netboot_tree),
-lorax the media by its arch template (loraxcli.make_lorax_media). Each stage records
+lorax the media by its arch template (pipelines.lorax.make_lorax_media). Each stage records
 its time into the one `Metrics` (run.stage) that the manifest and the summary line
 read.
 """

@@ -39,20 +39,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from composer import __version__, loraxlogs
-from composer.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
+from composer import __version__
 from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType, parse_assignments
 from composer.dnf import proxy_url
 from composer.images.iso import check_volid, default_volid
 from composer.images.sparse import copy_sparse
-from composer.loraxcheck import check_sharedir
-from composer.loraxlogs import derive_logs, error_lines, read_log
+from composer.lorax import logs as loraxlogs
+from composer.lorax.check import check_sharedir
+from composer.lorax.logs import derive_logs, error_lines, read_log
 from composer.outputs.media import copy_file
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.pipelines.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
+from composer.pipelines.runtime import build_runtime, compose_dirs
 from composer.preflight import check_compose_inputs, check_dir_creatable, check_outputs_apart
 from composer.product import template_dir
 from composer.run import ComposerError, debug, info, output_path, run, set_logging
-from composer.runtime import build_runtime, compose_dirs
 from composer.templates import Arch, Product, TemplateRunner, lorax_variables
 from composer.userns import inside
 
