@@ -5,13 +5,22 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct demo demo-iso demo-netboot test unit fuzz bench soak docs clean
+.PHONY: setup testproduct fedoraproduct oracle demo demo-iso demo-netboot test unit fuzz bench soak docs clean
 
 setup:
 	./scripts/setup-host
 
 testproduct: setup
 	PYTHONPATH=$(CURDIR)/tools $(PYTHON) -m testproduct $(BUILD)/testproduct
+
+# The Fedora-shaped test product (Debian binaries under Fedora's names and paths, for lorax's
+# stock templates) and the real lorax 40.5.19 building and booting its boot.iso. Not part of
+# test/demo: see docs/testproduct.md.
+fedoraproduct: setup
+	PYTHONPATH=$(CURDIR)/tools $(PYTHON) -m testproduct.fedoraproduct $(BUILD)/fedoraproduct
+
+oracle: fedoraproduct
+	./scripts/lorax-oracle $(BUILD)/fedoraproduct/repo $(BUILD)/oracle
 
 # Compose the test product's runtime as a user would (every default: work dir /var/tmp,
 # cache /var/cache/composer, xz, btrfs) and boot it in qemu at 512 MB.
