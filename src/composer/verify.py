@@ -41,6 +41,10 @@ BASE_APPEND = "console=ttyS0 root=live:/squashfs.img rd.live.image"
 # no_timer_check: under TCG on a busy host the kernel's IO-APIC timer probe can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"); the emulated timer is fine.
 EMULATION_APPEND = "no_timer_check"
+TIMEOUT_REASON = "timeout after"
+# A floor is usable when the boot there takes at most this many times its time at REFERENCE_MB.
+USABLE_SLOWDOWN = 1.5
+REFERENCE_MB = 512
 POWEROFF_GRACE = 20.0  # seconds qemu gets to power off by itself after the marker
 # Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
 # such a boot is tried again, up to this many times.
@@ -75,6 +79,10 @@ class BootResult:
     marker_line: str | None
     log: Path
     reason: str
+
+    @property
+    def timed_out(self) -> bool:
+        return not self.ok and self.reason.startswith(TIMEOUT_REASON)
 
 
 def clean_line(raw: bytes | str) -> str:
@@ -325,6 +333,24 @@ def boot_kernel(
     return boot_argv(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log)
 
 
+def _grid(lo_mb: int, hi_mb: int, step_mb: int, *also: int) -> list[int]:
+    if lo_mb <= 0 or hi_mb < lo_mb or step_mb <= 0:
+        raise ValueError(f"bad memory range {lo_mb}..{hi_mb} step {step_mb}")
+    return sorted({*range(lo_mb, hi_mb + 1, step_mb), hi_mb, *also})
+
+
+def _least(grid: list[int], passes: Callable[[int], bool]) -> int:
+    """The least grid value that passes, grid[-1] known to pass; more RAM never hurts."""
+    good, bad = len(grid) - 1, -1  # grid[good] passes; grid[bad] fails (-1: below the grid)
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if passes(grid[mid]):
+            good = mid
+        else:
+            bad = mid
+    return grid[good]
+
+
 def find_min_memory(
     kernel: Path | None,  # None: `boot` finds its own (an ISO)
     initrd: Path | None,
@@ -336,34 +362,76 @@ def find_min_memory(
     boot: Callable[..., BootResult] = boot_kernel,
     **boot_kwargs: Any,
 ) -> tuple[int | None, list[BootResult]]:
-    """Smallest memory (on the grid lo, lo+step, ..., hi) that reaches the marker.
+    """Smallest memory (on the grid lo, lo+step, ..., hi) that reaches the marker at all.
 
-    Bisects, assuming more RAM never hurts: hi is tried first (None if even hi
-    fails), then about log2((hi-lo)/step) boots. Returns the value and every result.
+    Bisects: hi is tried first (None if even hi fails), then about log2((hi-lo)/step)
+    boots. Returns the value and every result.
     """
-    if lo_mb <= 0 or hi_mb < lo_mb or step_mb <= 0:
-        raise ValueError(f"bad memory range {lo_mb}..{hi_mb} step {step_mb}")
-    grid = list(range(lo_mb, hi_mb + 1, step_mb))
-    if grid[-1] != hi_mb:
-        grid.append(hi_mb)
+    grid = _grid(lo_mb, hi_mb, step_mb)
     results: list[BootResult] = []
 
     def attempt(mb: int) -> bool:
         log = log_dir / f"boot-{mb}M.log" if log_dir is not None else None
-        r = boot(kernel, initrd, memory_mb=mb, log=log, **boot_kwargs)
-        results.append(r)
-        return r.ok
+        results.append(boot(kernel, initrd, memory_mb=mb, log=log, **boot_kwargs))
+        return results[-1].ok
 
     if not attempt(grid[-1]):
         return None, results
-    good, bad = len(grid) - 1, -1  # grid[good] boots; grid[bad] fails (-1: below lo)
-    while good - bad > 1:
-        mid = (good + bad) // 2
-        if attempt(grid[mid]):
-            good = mid
-        else:
-            bad = mid
-    return grid[good], results
+    return _least(grid, attempt), results
+
+
+@dataclasses.dataclass
+class Floors:
+    """Two floors: `usable`, the least RAM whose boot reaches the marker within `slowdown`
+    times the boot at `reference_mb` (below it the page cache thrashes: boot.iso took
+    562 s at its bare floor against 70 s at 512 MB); `reached`, the least that reaches it at all."""
+
+    usable_mb: int | None
+    reached_mb: int | None
+    reference_mb: int
+    reference_s: float
+    slowdown: float
+    results: list[BootResult]
+
+
+def find_floors(
+    kernel: Path | None,
+    initrd: Path | None,
+    lo_mb: int,
+    hi_mb: int,
+    step_mb: int = 16,
+    *,
+    reference_mb: int = REFERENCE_MB,
+    slowdown: float = USABLE_SLOWDOWN,
+    timeout: float = 900,
+    log_dir: Path | None = None,
+    boot: Callable[..., BootResult] = boot_kernel,
+    **boot_kwargs: Any,
+) -> Floors:
+    """Bisect the usable floor (boots cut off at the usable time), then the reached floor
+    below it (those cut off are booted again with the full timeout). The reference is
+    reference_mb when the range holds it, else the range's top."""
+    ref = reference_mb if lo_mb <= reference_mb <= hi_mb else hi_mb
+    grid = _grid(lo_mb, hi_mb, step_mb, ref)
+    results: list[BootResult] = []
+    known: dict[int, BootResult] = {}
+
+    def attempt(mb: int, limit: float) -> BootResult:
+        r = known.get(mb)
+        if r is None or (r.timed_out and limit > r.seconds):
+            log = log_dir / f"boot-{mb}M.log" if log_dir is not None else None
+            r = known[mb] = boot(kernel, initrd, memory_mb=mb, log=log, timeout=limit, **boot_kwargs)
+            results.append(r)
+        return r
+
+    first = attempt(ref, timeout)
+    if not first.ok:
+        return Floors(None, None, ref, first.seconds, slowdown, results)
+    usable_s = slowdown * first.seconds
+    below = grid[: grid.index(ref) + 1]
+    usable = _least(below, lambda mb: (r := attempt(mb, usable_s)).ok and r.seconds <= usable_s)
+    reached = _least(below[: below.index(usable) + 1], lambda mb: attempt(mb, timeout).ok)
+    return Floors(usable, reached, ref, first.seconds, slowdown, results)
 
 
 def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None = None) -> tuple[int, str] | None:
@@ -394,12 +462,16 @@ def predicted_floor(kernel: Path | None, initrd: Path | None, iso: Path | None =
             return None
 
 
-def min_memory_line(measured: int, step: int, predicted: tuple[int, str] | None) -> str:
-    """`verify --min-memory`'s answer: the bisected floor beside composer's prediction."""
-    line = f"min-memory: {measured} MB (step {step} MB)"
-    if predicted is not None:
+def min_memory_line(floors: Floors, step: int, predicted: tuple[int, str] | None) -> str:
+    """`verify --min-memory`'s answer: the two bisected floors beside composer's prediction."""
+    line = (
+        f"min-memory: {floors.usable_mb} MB usable, {floors.reached_mb} MB reached (step {step} MB; usable: the marker"
+        f" within {floors.slowdown:g}x the {floors.reference_s:.0f} s at {floors.reference_mb} MB)"
+    )
+    if predicted is not None and floors.usable_mb:
         value, source = predicted
-        line += f"; composer's budget {value} MB ({source}), {100 * (value - measured) / measured:+.0f}%"
+        off = 100 * (value - floors.usable_mb) / floors.usable_mb
+        line += f"; composer's budget {value} MB ({source}), {off:+.0f}% of usable"
     return line
 
 
@@ -551,7 +623,7 @@ def _boot_once(
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    reason = f"timeout after {timeout:.0f}s without the marker"
+                    reason = f"{TIMEOUT_REASON} {timeout:.0f}s without the marker"
                     break
                 line = lines.get(left)
                 if line is _TIMEOUT:

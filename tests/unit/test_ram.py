@@ -112,11 +112,13 @@ def test_with_memory_check_appends_an_aligned_cpio_the_budget_reads_back(tmp_pat
 
 
 def test_min_memory_line_sets_prediction_beside_measurement():
-    from composer.verify import fatal_reason, min_memory_line
+    from composer.verify import Floors, fatal_reason, min_memory_line
 
-    assert min_memory_line(224, 16, None) == "min-memory: 224 MB (step 16 MB)"
-    line = min_memory_line(224, 16, (231, "predicted for a big-initrd"))
-    assert line.endswith("composer's budget 231 MB (predicted for a big-initrd), +3%")
+    floors = Floors(224, 160, 512, 52.4, 1.5, [])
+    usable = "min-memory: 224 MB usable, 160 MB reached (step 16 MB; usable: the marker within 1.5x the 52 s at 512 MB)"
+    assert min_memory_line(floors, 16, None) == usable
+    line = min_memory_line(floors, 16, (231, "predicted for a big-initrd"))
+    assert line == usable + "; composer's budget 231 MB (predicted for a big-initrd), +3% of usable"
     # the initramfs's RAM check ends a boot check at once
     assert fatal_reason("[ 3.1] composer: not enough memory: this machine has 144 MiB of RAM, ...")
 

@@ -15,6 +15,7 @@ from composer.verify import (
     classify_line,
     clean_line,
     fatal_reason,
+    find_floors,
     find_min_memory,
     is_marker,
     qemu_argv,
@@ -152,6 +153,45 @@ def test_find_min_memory(threshold: int, expect: int) -> None:
     assert calls[0] == 512
     assert len(results) == len(calls) <= 1 + 5  # 17 grid points: log2 bisection
     assert all(r.ok == (r.memory_mb >= threshold) for r in results)
+
+
+def _timed_boot(calls: list[tuple[int, float]], reach: int, usable: int):  # type: ignore[no-untyped-def]
+    """A boot that reaches the marker from `reach` MB, in 60 s from `usable` MB and in
+    500 s below it (thrashing); a boot whose time exceeds its timeout is cut off."""
+
+    def boot(kernel: Path, initrd: Path, *, memory_mb: int, timeout: float, log: Path | None = None) -> BootResult:
+        calls.append((memory_mb, timeout))
+        took = 60.0 if memory_mb >= usable else 500.0
+        if memory_mb < reach:
+            return BootResult(False, 5.0, memory_mb, None, log or Path("x"), "Kernel panic - not syncing: Out of memory")
+        if took > timeout:
+            return BootResult(False, timeout, memory_mb, None, log or Path("x"), f"{verify.TIMEOUT_REASON} {timeout:.0f}s")
+        return BootResult(True, took, memory_mb, "COMPOSER-BOOT-OK", log or Path("x"), "marker seen")
+
+    return boot
+
+
+@pytest.mark.parametrize("reach, usable", [(160, 224), (224, 224), (128, 768), (129, 130)])
+def test_find_floors(reach: int, usable: int) -> None:
+    """The usable floor is bisected with boots cut off at 1.5x the reference time; the
+    reached floor below it boots those again with the full timeout."""
+    calls: list[tuple[int, float]] = []
+    f = find_floors(Path("k"), Path("i"), 128, 768, 16, timeout=900, boot=_timed_boot(calls, reach, usable))
+    if usable > 512:  # even the reference thrashes: it is the reference, so usable by definition
+        assert (f.usable_mb, f.reached_mb) == (128, 128)
+        return
+    grid_up = lambda mb: 128 + -(-(mb - 128) // 16) * 16  # noqa: E731
+    assert f.reference_mb == 512 and f.reference_s == 60.0 and calls[0] == (512, 900)
+    assert (f.usable_mb, f.reached_mb) == (grid_up(usable), grid_up(reach))
+    assert all(t == 90.0 for mb, t in calls[1:] if mb >= f.usable_mb)  # cut off at 1.5x 60 s
+    assert len(calls) <= 1 + 5 + 5 + 5  # two bisections, each cut-off boot retried once at most
+    assert len(calls) == len(set(calls))  # no boot repeated with the same timeout
+
+
+def test_find_floors_reference_fails() -> None:
+    calls: list[tuple[int, float]] = []
+    f = find_floors(Path("k"), Path("i"), 128, 256, 16, timeout=900, boot=_timed_boot(calls, 1000, 1000))
+    assert (f.usable_mb, f.reached_mb, f.reference_mb) == (None, None, 256) and len(calls) == 1
 
 
 def test_find_min_memory_none_and_logs(tmp_path: Path) -> None:

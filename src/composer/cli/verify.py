@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from composer.cli.common import check_input_file, check_logfile
 from composer.preflight import Place, check_dir_creatable, check_line, check_outputs_apart
 from composer.run import ComposerError, info
-from composer.verify import boot_iso, boot_kernel, boot_netboot, find_min_memory, min_memory_line, predicted_floor, serve_http
+from composer.verify import boot_iso, boot_kernel, boot_netboot, find_floors, min_memory_line, predicted_floor, serve_http
 
 
 def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
@@ -30,11 +30,12 @@ def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Path | None, **boot_kw: Any) -> int:
-    """`verify --min-memory`: bisect --range in --step MB, print the floor (boot_kw picks the boot kind)."""
+    """`verify --min-memory`: bisect --range in --step MB, print the usable and the reached
+    floor (boot_kw picks the boot kind)."""
     lo_mb, hi_mb = _range_mb(args)
     if args.step <= 0:
         raise ComposerError(f"--step {args.step}: must be a positive number of MB")
-    best, results = find_min_memory(
+    floors = find_floors(
         kernel,
         initrd,
         lo_mb,
@@ -46,11 +47,11 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
         marker=args.marker,
         **boot_kw,
     )
-    for r in results:
+    for r in floors.results:
         info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
-    if best is None:
-        raise ComposerError(f"verify: no boot marker even at {hi_mb} MB")
-    print(min_memory_line(best, args.step, predicted_floor(kernel, initrd, getattr(args, "iso", None))))
+    if floors.usable_mb is None:
+        raise ComposerError(f"verify: no boot marker at {floors.reference_mb} MB")
+    print(min_memory_line(floors, args.step, predicted_floor(kernel, initrd, getattr(args, "iso", None))))
     return 0
 
 
@@ -262,7 +263,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--timeout", type=float, default=900, metavar="SECONDS")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--log", type=Path, default=None, help="where to keep the serial console log")
-    p.add_argument("--min-memory", action="store_true", help="bisect the smallest --memory that still reaches the marker")
+    p.add_argument(
+        "--min-memory",
+        action="store_true",
+        help="bisect the least --memory that boots within 1.5x the time at 512 MB (usable) and the least that boots at all",
+    )
     p.add_argument("--range", default="128-768", metavar="LO-HI", help="bounds in MB for --min-memory (default 128-768)")
     p.add_argument("--step", type=int, default=16, metavar="MB", help="granularity of --min-memory (default 16)")
     add_verify_media_options(p)
