@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from composer.cli import main
+from composer.cli.lorax import LORAX_DRACUT_DEFAULT, plan_from_argv
 from composer.config import Compression, RootfsType
 from composer.lorax.check import check_sharedir
-from composer.pipelines.lorax import LORAX_DRACUT_DEFAULT, plan_from_argv
 from composer.product import template_dir
 
 LORAX_GENERIC = Path("/work/shared/lorax-43.12/99-generic")  # lorax's own templates: test input only
@@ -369,7 +369,7 @@ def test_derived_logs_replace_planted_links(tmp_path):
 def test_tmp_through_links(tmp_path):
     """--tmp resolved as a user has it (a link to a directory of root's or one's own works);
     one leading into a directory another user controls is refused."""
-    from composer.pipelines.lorax import trusted_dir
+    from composer.cli.common import trusted_dir
     from composer.run import ComposerError
 
     real = tmp_path / "volume"

@@ -2,7 +2,8 @@
 
 One module per subcommand family: compose (the options every compose shares, and
 `runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
-sparsify); `composer lorax` is composer.pipelines.lorax. This module parses, dispatches and
+sparsify), lorax (lorax's command line); options holds the one table of the options that
+make a Config, for composer's command line and lorax's. This module parses, dispatches and
 turns every error into one line; every subcommand, `composer lorax` and the `lorax`
 command (extras/lorax) included, runs through `_run`: the same signal handling, the
 same one-line errors and exit statuses, the same cleanup."""
@@ -19,7 +20,8 @@ from pathlib import Path
 from composer import __version__
 from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
 from composer.cli.common import check_logfile
-from composer.pipelines.lorax import run_lorax
+from composer.cli.lorax import run_lorax
+from composer.cli.options import PASS_THROUGH_OPTIONS
 from composer.run import ComposerError, redact, set_logging
 from composer.userns import command_words, enter_user_namespace
 
@@ -59,11 +61,6 @@ def _swallow(signum: int, frame: object) -> None:
     pass
 
 
-# Options whose values are themselves options (`--dracut-arg --add`): argparse would
-# take such a value for an unknown or ambiguous option of ours.
-_PASS_THROUGH_OPTIONS = ("--dracut-arg",)
-
-
 def _glue_pass_through(argv: list[str]) -> list[str]:
     """`--dracut-arg --add` -> `--dracut-arg=--add`, so the value can start with '-'.
 
@@ -73,7 +70,7 @@ def _glue_pass_through(argv: list[str]) -> list[str]:
     for arg in it:
         if arg.startswith("--") and arg.endswith("=--") and arg.count("=") == 1:
             raise ComposerError(f"{arg}: '--' is not a value for {arg[:-3]}")
-        value = next(it, None) if arg in _PASS_THROUGH_OPTIONS else None
+        value = next(it, None) if arg in PASS_THROUGH_OPTIONS else None
         out.append(arg if value is None else f"{arg}={value}")
     return out
 
@@ -107,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def lorax() -> int:
-    """The `lorax` command (extras/lorax, what Pungi runs): `composer lorax` by another name."""
+    """The `lorax` command (extras/lorax, what Pungi runs): `composer lorax` by another name.
+
+    This function, not the module composer.cli.lorax, is the package's `lorax` attribute
+    (the entry point composer.cli:lorax): it is defined after that module is imported."""
     return main(["lorax", *sys.argv[1:]])
 
 
