@@ -29,6 +29,8 @@ ISOLABEL = f"{PRODUCT}-{VERSION}-x86_64"
 # Fedora's grub2 packages are epoch 1; x86.tmpl's installpkg asks for grub2-*>=1:2.06-67.
 GRUB2_EPOCH = "1"
 GRUB2_RELEASE_BASE = "100"
+# Packages of the small test product's machinery that Fedora-named packages may require.
+OWN_PACKAGES = frozenset({"testproduct-setup"})
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,10 @@ FEDORA: tuple[Fed, ...] = (
         "mdadm",
         "isomd5sum",
         "kmod",
-        note="the tools runtime-postinstall.tmpl runs in the tree and /etc dirs it writes into",
+        "testproduct-setup",
+        "filesystem",
+        note="the tools runtime-postinstall.tmpl runs in the tree and /etc dirs it writes into; "
+        "testproduct-setup (Debian's Essential set, users, maintainer-script work): Debian packages never name it",
     ),
     _meta("device-mapper-multipath", "multipath-tools"),
     *_same("dnf", "ostree", "pigz"),
@@ -87,7 +92,7 @@ FEDORA: tuple[Fed, ...] = (
     Fed("anaconda-dracut", "standin", note="dracut module 'anaconda': inst.stage2=/inst.repo=/inst.ks= for dmsquash-live"),
     *_same("dracut-network"),
     Fed("dracut-config-generic", "standin", note="dracut.conf.d/02-generic-image.conf: hostonly=no"),
-    Fed("initscripts", "standin", note="no legacy scripts; owns /etc/sysconfig, which postinstall installs into"),
+    Fed("initscripts", "placeholder", note="Fedora's legacy network scripts; systemd does their work here"),
     *_same("cryptsetup", "rpcbind", "kbd"),
     _meta("kbd-misc", "kbd"),
     *_same("tar"),
@@ -131,6 +136,8 @@ FEDORA: tuple[Fed, ...] = (
     _meta("perl-interpreter", "perl"),
     _meta("restore", "dump"),
     Fed("fedora-release", "standin", note="provides system-release: /etc/fedora-release, /etc/system-release, license"),
+    Fed("fedora-repos", "standin", note="/etc/yum.repos.d (postinstall moves it to /etc/anaconda.repos.d)"),
+    Fed("filesystem", "standin", note="directories of Fedora's layout the Debian closure lacks (/mnt, /etc/sysconfig, ...)"),
     Fed("fedora-logos", "placeholder", note="lorax installs <release>-logos with the release; no artwork"),
 )
 
@@ -150,8 +157,10 @@ def debian_roots(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     fed = by_name()
     roots: set[str] = set(extra)
     for f in FEDORA:
-        if f.kind in ("same", "meta"):
-            roots.update(d for d in f.debian if d not in fed)
+        if f.kind == "same":
+            roots.add(f.name)
+        elif f.kind == "meta":
+            roots.update(d for d in f.debian if d not in fed and d not in OWN_PACKAGES)
         elif f.kind == "rename":
             glob = f.debian[0]
             roots.add("linux-image-amd64" if "*" in glob else glob)
@@ -210,6 +219,11 @@ MOVES: tuple[Move, ...] = (
     Move("linux-image-[0-9]*-amd64", r"^/boot/vmlinuz-(.+)$", r"/usr/lib/modules/\1/vmlinuz", copy=True),
     Move("linux-image-[0-9]*-amd64", r"^/boot/System\.map-(.+)$", r"/usr/lib/modules/\1/System.map", copy=True),
     Move("linux-image-[0-9]*-amd64", r"^/boot/config-(.+)$", r"/usr/lib/modules/\1/config", copy=True),
+    # runtime-postinstall.tmpl links /lib/systemd/system/tmp.mount into local-fs.target.wants
+    Move("systemd", r"^/usr/share/systemd/tmp\.mount$", "/usr/lib/systemd/system/tmp.mount", copy=True),
+    # Debian's x11-common links /usr/bin/X11 -> . ; Fedora has no such loop, and
+    # runtime-cleanup.tmpl's `find -L /etc /usr` fails on it ("File system loop detected")
+    Move("*", r"^/usr/bin/X11$", None),
     # runtime-cleanup.tmpl trims /usr/share/fonts/google-noto-sans-cjk-fonts/NotoSansCJK-*.ttc
     Move(
         "fonts-noto-cjk",

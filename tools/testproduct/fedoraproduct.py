@@ -24,6 +24,7 @@ from testproduct import debrpm, fedora, resolve, setuppkg, standins
 
 BUILDER_VERSION = "1"
 STAMP = ".fedoraproduct-key"
+SHAPING_MODULES = ("fedora.py", "fedoraproduct.py", "standins.py")
 
 
 def cache_key(pkgs: list[resolve.DebPkg]) -> str:
@@ -34,6 +35,8 @@ def cache_key(pkgs: list[resolve.DebPkg]) -> str:
         "setup": setuppkg.fingerprint(),
         "table": repr(fedora.FEDORA) + repr(fedora.MOVES) + repr((fedora.BLOCK_DIRS, fedora.NET_DIRS)),
         "standins": standins.fingerprint(standins.all_standins()),
+        # the shaping rules are code too: any change to these modules rebuilds
+        "code": [hashlib.sha256((Path(__file__).parent / m).read_bytes()).hexdigest() for m in SHAPING_MODULES],
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -87,7 +90,9 @@ def rename(s: debrpm.Staged, fedname: str) -> None:
 def write_module_lists(s: debrpm.Staged) -> list[str]:
     """modules.block and modules.networking in every /usr/lib/modules/VER the kernel ships."""
     written = []
-    for moddir in sorted(p for p, e in s.entries.items() if e.kind == "d" and p.count("/") == 4 and p.startswith("/usr/lib/modules/")):
+    for moddir in sorted(
+        p for p, e in s.entries.items() if e.kind == "d" and p.count("/") == 4 and p.startswith("/usr/lib/modules/")
+    ):
         rel = [p[len(moddir) + 1 :] for p in s.entries if p.startswith(moddir + "/")]
         block, net = fedora.module_lists(rel)
         for fname, lines in (("modules.block", block), ("modules.networking", net)):
@@ -108,7 +113,9 @@ def shape(staged: list[debrpm.Staged]) -> None:
         if fedname:
             rename(s, fedname)
         if moved or fedname:
-            info(f"fedora product: {debname}" + (f" -> {fedname}" if fedname else "") + (f", {moved} files moved" if moved else ""))
+            info(
+                f"fedora product: {debname}" + (f" -> {fedname}" if fedname else "") + (f", {moved} files moved" if moved else "")
+            )
 
 
 # ---------------------------------------------------------- our own packages
@@ -120,18 +127,18 @@ def own_packages(staged: list[debrpm.Staged]) -> list[standins.Package]:
     pkgs = standins.all_standins()
     for f in fedora.FEDORA:
         if f.kind == "meta":
-            # the kernel's metas carry kernel-core's version, as Fedora's do
-            e = evr.get("kernel-core") if "kernel-core" in f.debian else None
-            kw = {"evr": e} if e else {}
-            pkgs.append(
-                standins.Package(
-                    name=f.name,
-                    summary=f"Fedora's {f.name}: Debian's {', '.join(f.debian)}",
-                    description=f"Requires the Debian packages that stand for Fedora's {f.name}. {f.note}".strip(),
-                    requires=f.debian,
-                    **kw,
-                )
+            # a meta carries the version of what it requires first (kernel: kernel-core's,
+            # grub2-tools-extra: grub2-tools', which templates compare with >=)
+            meta = standins.Package(
+                name=f.name,
+                summary=f"Fedora's {f.name}: Debian's {', '.join(f.debian)}",
+                description=f"Requires the Debian packages that stand for Fedora's {f.name}. {f.note}".strip(),
+                requires=f.debian,
             )
+            e = evr.get(f.debian[0])
+            if e is not None:
+                meta.evr = e
+            pkgs.append(meta)
         elif f.kind == "placeholder":
             pkgs.append(
                 standins.Package(

@@ -210,7 +210,12 @@ case "$ks" in
         ;;
     hd:*:/*)
         spec=${ks#hd:}; dev=${spec%:/*}; path=/${spec##*:/}
-        case "$dev" in LABEL=*) dev=/dev/disk/by-label/${dev#LABEL=} ;; UUID=*) dev=/dev/disk/by-uuid/${dev#UUID=} ;; /dev/*) ;; *) dev=/dev/$dev ;; esac
+        case "$dev" in
+            LABEL=*) dev=/dev/disk/by-label/${dev#LABEL=} ;;
+            UUID=*) dev=/dev/disk/by-uuid/${dev#UUID=} ;;
+            /dev/*) ;;
+            *) dev=/dev/$dev ;;
+        esac
         mnt=/run/install/ksdev
         mkdir -p "$mnt" "$NEWROOT/run/install"
         if mount -r "$dev" "$mnt"; then
@@ -328,11 +333,18 @@ def small_standins() -> list[Package]:
             requires=("dracut",),
         ),
         Package(
-            name="initscripts",
-            summary="Stand-in: no legacy scripts; the /etc/sysconfig directory",
-            description="Fedora's initscripts ships files under /etc/sysconfig; this one only the "
-            "directory, which runtime-postinstall.tmpl installs i18n and spice-vdagentd into.",
-            dirs=("/etc/sysconfig",),
+            name="filesystem",
+            summary="Stand-in: the directories of Fedora's layout Debian's packages do not ship",
+            description="/mnt, /media, /opt, /srv, /etc/sysconfig (Fedora's filesystem owns them) and "
+            "/etc/depmod.d (Fedora's kmod): runtime-postinstall.tmpl writes into them.",
+            dirs=("/mnt", "/media", "/opt", "/srv", "/etc/sysconfig", "/etc/depmod.d"),
+        ),
+        Package(
+            name="fedora-repos",
+            summary="Stand-in: the repository definitions directory /etc/yum.repos.d",
+            description="Fedora's fedora-repos ships /etc/yum.repos.d/*.repo for Fedora's mirrors; this "
+            "test product has none to name, so only the directory.",
+            dirs=("/etc/yum.repos.d",),
         ),
         Package(
             name="fedora-release",
@@ -345,6 +357,7 @@ def small_standins() -> list[Package]:
             },
             links={"/etc/system-release": "fedora-release"},
             provides=("system-release", "system-release(43)"),
+            requires=("fedora-repos",),
         ),
     ]
 
@@ -364,10 +377,12 @@ def fingerprint(pkgs: Iterable[Package]) -> str:
 def _entries(p: Package, root: Path, closure: dict[str, debrpm.Entry]) -> list[debrpm.Entry]:
     entries: list[debrpm.Entry] = []
     for path in sorted(set(p.files) | set(p.links) | set(p.dirs)):
-        if path in closure:
+        if path in closure and path not in p.dirs:
             raise RuntimeError(f"{p.name}: {path} is shipped by a Debian package too")
         dst = root / path.lstrip("/")
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if path in p.dirs and path in closure:
+            continue  # a directory a Debian package ships already
         if path in p.files:
             mode, text = p.files[path]
             dst.write_text(text)
