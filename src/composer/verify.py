@@ -22,11 +22,12 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -754,3 +755,43 @@ def serve_http(directory: Path, port: int = 0):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_nbd(image: Path, port: int, export: str) -> Iterator[None]:
+    """Export image read-only with nbd-server on 127.0.0.1:port (loopback only) while the
+    block runs; a qemu guest on user networking reaches it as 10.0.2.2:port."""
+    if shutil.which("nbd-server") is None:
+        raise ComposerError("boot check: no nbd-server on this host (Debian: apt-get install nbd-server)")
+    if not image.is_file():
+        raise ComposerError(f"boot check: {image} does not exist")
+    with tempfile.TemporaryDirectory(prefix="composer-nbd-") as tmp:
+        conf, pidfile = Path(tmp) / "nbd-server.conf", Path(tmp) / "nbd-server.pid"
+        conf.write_text(
+            f"[generic]\n    listenaddr = 127.0.0.1\n    port = {port}\n"
+            f"[{export}]\n    exportname = {image.resolve()}\n    readonly = true\n"
+        )
+        # As a daemon (its own session, one child per client): with -d it would exit after
+        # its first client, and a boot check may boot several times.
+        proc = subprocess.run(["nbd-server", "-C", os.fspath(conf), "-p", os.fspath(pidfile)], capture_output=True, check=False)
+        pid = None
+        try:
+            deadline = time.monotonic() + 10
+            while pid is None or not _listening(port):
+                if pidfile.is_file() and pidfile.read_text().strip().isdigit():
+                    pid = int(pidfile.read_text())
+                if proc.returncode != 0 or time.monotonic() > deadline:
+                    err = proc.stderr.decode(errors="replace").strip()
+                    raise ComposerError(f"boot check: nbd-server did not start on 127.0.0.1:{port}: {err[-300:]}")
+                time.sleep(0.1)
+            yield
+        finally:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)  # the daemon leads its own session: it and its children
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -24,6 +24,8 @@ from tests.conftest import BUILD, composer
 pytestmark = pytest.mark.slow
 
 MEMORY = 512
+# The NBD split tree's usable floor (verify --netboot --min-memory, see the test).
+NBD_MEMORY = 512
 TIMEOUT = 900  # a TCG boot under load; the harness stops at the marker or a fatal line
 
 
@@ -75,14 +77,21 @@ def split(testproduct_repo, tmp_path_factory) -> tuple[Path, int]:
     return compose(testproduct_repo, tmp_path_factory.mktemp("netboot-split"), "--split")
 
 
-def boot(tree: Path, port: int, bootfile: str, firmware: str, log: Path):
+@pytest.fixture(scope="module")
+def nbd(testproduct_repo, tmp_path_factory) -> tuple[Path, int, int]:
+    nbd_port = free_port()
+    out, port = compose(testproduct_repo, tmp_path_factory.mktemp("netboot-nbd"), "--nbd", f"10.0.2.2:{nbd_port}")
+    return out, port, nbd_port
+
+
+def boot(tree: Path, port: int, bootfile: str, firmware: str, log: Path, memory: int = MEMORY):
     from composer.verify import boot_netboot, serve_http
 
     with serve_http(tree, port):
-        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=MEMORY, timeout=TIMEOUT, log=log, marker=BOOT_MARKER)
+        result = boot_netboot(tree, bootfile, firmware=firmware, memory_mb=memory, timeout=TIMEOUT, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{bootfile} ({firmware}): {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
-    print(f"netboot {bootfile} ({firmware}) to the marker at {MEMORY} MB: {result.seconds:.0f}s")
+    print(f"netboot {bootfile} ({firmware}) to the marker at {memory} MB: {result.seconds:.0f}s")
     return serial
 
 
@@ -188,6 +197,25 @@ def test_bios_pxelinux_tftp_split_livenet_http(split, tmp_path):
     assert (out / "pxelinux.0").is_file() and (out / "ldlinux.c32").is_file()
     serial = boot(out, port, "pxelinux.0", "bios", tmp_path / "serial.log")
     assert f"root=live:http://10.0.2.2:{port}/images/install.img" in serial  # from pxelinux.cfg/default
+
+
+def test_bios_pxelinux_split_nbd_on_demand(nbd, tmp_path):
+    """--nbd: the small initrd connects install.img as a network block device (a real
+    nbd-server on this host's loopback) and reads the runtime on demand, at NBD_MEMORY:
+    below what the livenet split needs, since install.img is never copied into RAM."""
+    from composer.verify import serve_nbd
+
+    out, port, nbd_port = nbd
+    meta = json.loads((out / "netboot.json").read_text())
+    export = "TestProduct-1-install.img"
+    assert meta["runtime"] == "nbd" and meta["nbd"] == {"host": "10.0.2.2", "port": nbd_port, "export": export}
+    assert f"[{export}]\n    exportname = images/install.img\n" in (out / "nbd-server.conf").read_text()
+    budget = meta["ram"][meta["kernels"][0]]
+    assert budget["kind"] == "netboot-nbd" and budget["squashfs_mb"] == 0  # nothing downloaded into RAM
+    with serve_nbd(out / "images" / "install.img", nbd_port, export):
+        serial = boot(out, port, "pxelinux.0", "bios", tmp_path / "serial.log", memory=NBD_MEMORY)
+    assert f"netroot=nbd:10.0.2.2:{nbd_port}:squashfs:ro:-name,{export}" in serial
+    assert "livenet" not in serial.lower()
 
 
 def test_uefi_grub_tftp(single, tmp_path):

@@ -77,6 +77,34 @@ def test_testproduct_netboot_split():
         assert "root=live:/squashfs.img" not in text
 
 
+def test_testproduct_netboot_nbd():
+    """--nbd: every menu reads install.img from the NBD export on demand, none downloads it."""
+    from composer.pipelines.netboot import NbdServer, check_boot_configs, nbd_server_conf, parse_nbd
+
+    nbd = parse_nbd("10.0.2.2:19809", "TestProduct", "1")
+    assert nbd == NbdServer("10.0.2.2", 19809, "TestProduct-1-install.img")
+    assert parse_nbd("nbd.example.org", "My Product", "1/2") == NbdServer("nbd.example.org", 10809, "My_Product-1_2-install.img")
+    opts = NetbootOptions(url="http://srv/tree/", split=True, nbd=nbd)
+    assert opts.transport == "nbd" and NetbootOptions(url="http://s/").transport == "initrd"
+    for text in render_netboot(cfg(), opts).values():
+        assert "root=live:/dev/live-nbd rd.live.image" in text
+        assert "netroot=nbd:10.0.2.2:19809:squashfs:ro:-name,TestProduct-1-install.img" in text
+        assert "images/install.img" not in text and "root=live:http" not in text
+    conf = nbd_server_conf(nbd, "images/install.img")
+    assert "port = 19809\n[TestProduct-1-install.img]\n    exportname = images/install.img\n    readonly = true\n" in conf
+    # A product whose menus cannot boot from NBD is refused before any work.
+    with pytest.raises(ComposerError, match="--nbd: the Fedora templates' netboot-pxelinux.cfg does not boot from NBD"):
+        check_boot_configs(cfg("Fedora"), opts)
+
+
+@pytest.mark.parametrize("value", ["", ":10809", "host:0", "host:65536", "host:port", "a b", "h;reboot", "[::1]:10809"])
+def test_bad_nbd(value):
+    from composer.pipelines.netboot import parse_nbd
+
+    with pytest.raises(ComposerError, match="--nbd"):
+        parse_nbd(value, "TestProduct", "1")
+
+
 def test_readonly_rootfs_gets_overlayfs_and_kernel_args():
     out = render_netboot(cfg(rootfs_type=RootfsType.EROFS), NetbootOptions(url="http://srv/", kernel_args=("quiet", "a=b", "c")))
     for text in out.values():
@@ -171,7 +199,7 @@ def test_register_adds_commands():
 
 
 def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
-    from composer.pipelines.netboot import netboot_dracut_conf
+    from composer.pipelines.netboot import NbdServer, netboot_dracut_conf
 
     c = cfg(tmp_path=tmp_path / "out")
     assert netboot_dracut_conf(c, NetbootOptions(url="http://s/"), tmp_path) is c  # single: nothing to add
@@ -184,6 +212,12 @@ def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
     assert split.dracut_conf.parent == tmp_path and split.dracut_args == ()
     assert 'add_dracutmodules+=" livenet network-legacy "' in text
     assert text.index("livenet") < text.index('compress="zstd"')  # the user's configuration wins
+    nbd = netboot_dracut_conf(
+        cfg(tmp_path=tmp_path / "out"), NetbootOptions(url="http://s/", split=True, nbd=NbdServer("h")), tmp_path
+    )
+    text = nbd.dracut_conf.read_text()
+    assert 'add_dracutmodules+=" nbd network-legacy "' in text and "livenet" not in text.replace("## ", "#")
+    assert 'drivers+=" virtio_net e1000 e1000e r8169 nbd "' in text
     fedora = netboot_dracut_conf(cfg("Fedora", tmp_path / "out"), NetbootOptions(url="http://s/", split=True), tmp_path)
     assert 'add_dracutmodules+=" livenet "' in fedora.dracut_conf.read_text()
 

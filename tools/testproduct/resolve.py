@@ -28,6 +28,7 @@ EXTRA_ROOTS = (
     "dracut-squash",
     "dracut-network",
     "curl",
+    "nbd-client",
     "dmsetup",
     "kpartx",
     "bash",

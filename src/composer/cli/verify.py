@@ -15,7 +15,16 @@ from urllib.parse import urlsplit
 from composer.cli.common import check_input_file, check_logfile
 from composer.preflight import Place, check_dir_creatable, check_line, check_outputs_apart
 from composer.run import ComposerError, info
-from composer.verify import boot_iso, boot_kernel, boot_netboot, find_floors, min_memory_line, predicted_floor, serve_http
+from composer.verify import (
+    boot_iso,
+    boot_kernel,
+    boot_netboot,
+    find_floors,
+    min_memory_line,
+    predicted_floor,
+    serve_http,
+    serve_nbd,
+)
 
 
 def _range_mb(args: argparse.Namespace) -> tuple[int, int]:
@@ -183,7 +192,8 @@ def check_iso_file(path: Path) -> None:
             )
 
 
-def _netboot_url(tree: Path) -> str:
+def _netboot_meta(tree: Path) -> dict[str, Any]:
+    """The tree's netboot.json, its url checked (and its NBD server, if any)."""
     meta_file = tree / "netboot.json"
     if not meta_file.is_file():
         raise ComposerError(f"--netboot {tree}: not a netboot tree (no netboot.json)")
@@ -193,9 +203,12 @@ def _netboot_url(tree: Path) -> str:
         if not isinstance(url, str):
             raise TypeError(f"url is {type(url).__name__}")
         urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
-    except (ValueError, KeyError, TypeError, OSError) as e:
+        nbd = meta.get("nbd")
+        if nbd is not None and not (isinstance(nbd.get("port"), int) and isinstance(nbd.get("export"), str)):
+            raise TypeError("nbd has no port or export")
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
         raise ComposerError(f"--netboot {tree}: {meta_file.name} is not composer's (no valid url: {e})") from None
-    return url
+    return meta
 
 
 def check_verify_media(args: argparse.Namespace) -> None:
@@ -203,9 +216,7 @@ def check_verify_media(args: argparse.Namespace) -> None:
     if args.iso is not None:
         check_iso_file(args.iso)
     else:
-        if args.min_memory:
-            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
-        _netboot_url(args.netboot)
+        _netboot_meta(args.netboot)
 
 
 def verify_media(args: argparse.Namespace) -> int:
@@ -221,16 +232,26 @@ def verify_media(args: argparse.Namespace) -> int:
         result = boot_iso(args.iso, firmware=args.firmware, **common)
         what = f"{args.iso} ({args.firmware})"
     else:
-        if args.min_memory:
-            raise ComposerError("--min-memory: works with --kernel/--initrd and with --iso, not with --netboot")
         tree = args.netboot
-        url = urlsplit(_netboot_url(tree))
+        meta = _netboot_meta(tree)
+        url = urlsplit(meta["url"])
         local = url.hostname == "10.0.2.2"
         bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
         with contextlib.ExitStack() as stack:
+            # What the guest reaches as 10.0.2.2 (this host's loopback) is served here.
             if local and url.scheme == "http":
                 stack.enter_context(serve_http(tree, url.port or 80))
-            result = boot_netboot(tree, bootfile, firmware=args.firmware, **common)
+            nbd = meta.get("nbd")
+            if nbd is not None and nbd.get("host") == "10.0.2.2":
+                stack.enter_context(serve_nbd(tree / "images" / "install.img", nbd["port"], nbd["export"]))
+
+            def boot_net(_kernel: object, _initrd: object, **kw: Any) -> Any:
+                return boot_netboot(tree, bootfile, firmware=args.firmware, **kw)
+
+            if args.min_memory:
+                pxe = tree / "images" / "pxeboot"  # for the budget its initrd carries
+                return report_min_memory(args, pxe / "vmlinuz", pxe / "initrd.img", boot=boot_net)
+            result = boot_net(None, None, **common)
         what = f"{tree} ({args.firmware}, {bootfile})"
     if result.ok:
         info(f"verify: {what}: boot marker seen after {result.seconds:.0f}s at {args.memory} MB: {result.marker_line}")

@@ -37,7 +37,7 @@ PAGE = 4096
 # Kernel memory for one ramfs inode + dentry (an unpacked file or directory).
 INODE_BYTES = 1024
 
-KINDS = ("big-initrd", "media", "netboot-split")
+KINDS = ("big-initrd", "media", "netboot-split", "netboot-nbd")
 # Allowances (MiB) on top of the parts: what the kernel allocates while it boots (slab,
 # page tables, per-CPU areas, watermarks) and, for media and split netboot, what the
 # boot needs once the initramfs runs. big-initrd: fitted on four test-product big
@@ -47,8 +47,9 @@ KINDS = ("big-initrd", "media", "netboot-split")
 # bisection (make bench, 2026-11-29) booted at 160 in 562 s and OOM-killed modprobe at
 # 144: the floor straddles 144, so 56 puts the budget at 153 and a 144 MB machine gets the
 # one-line stop instead of an OOM kill. netboot-split: the same allowance on top of the
-# install.img livenet downloads (not bisected).
-ALLOWANCE_MB = {"big-initrd": 16, "media": 56, "netboot-split": 56}
+# install.img livenet downloads (not bisected). netboot-nbd: read on demand from the
+# network block device as media read it from the CD, so media's allowance.
+ALLOWANCE_MB = {"big-initrd": 16, "media": 56, "netboot-split": 56, "netboot-nbd": 56}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,9 @@ Per kernel (newest first; several kernels give several menu entries):
   boots from RAM; the boot configs pass root=live:/squashfs.img so the kernel unpacks
   it into an uncapped ramfs);
 * --split: the small initrd + images/install.img, which dracut's livenet module
-  fetches at boot (root=live:<URL>images/install.img; the initramfs gets livenet).
+  fetches at boot (root=live:<URL>images/install.img; the initramfs gets livenet);
+* --nbd HOST[:PORT] (split too): install.img is read on demand from an NBD server
+  (dracut's nbd module; the tree's nbd-server.conf exports it), never copied into RAM.
 
 Boot loaders and configs, all rendered from the product's templates with the URL:
 * pxelinux.cfg/default (netboot-pxelinux.cfg), with pxelinux.0 + ldlinux.c32 (a
@@ -74,11 +76,55 @@ NET_MODULES = (
 )
 
 
+NBD_PORT = 10809  # IANA's port for NBD, nbd-server's default
+NBD_CONF = "nbd-server.conf"
+
+
+@dataclasses.dataclass(frozen=True)
+class NbdServer:
+    """Where the guest finds install.img as a network block device: host, port, export name."""
+
+    host: str
+    port: int = NBD_PORT
+    export: str = "install.img"
+
+
 @dataclasses.dataclass(frozen=True)
 class NetbootOptions:
     url: str
     split: bool = False
     kernel_args: tuple[str, ...] = ()
+    nbd: NbdServer | None = None  # set: split, the runtime read over NBD
+
+    @property
+    def transport(self) -> str:
+        """How the guest's initramfs reaches the runtime."""
+        return "nbd" if self.nbd else "livenet" if self.split else "initrd"
+
+
+def parse_nbd(value: str, product: str, version: str) -> NbdServer:
+    """--nbd HOST[:PORT] (a name or an IPv4 address as the guest reaches it); the export is
+    named after the product so that one server can export several trees."""
+    host, _, port = value.partition(":")
+    if not host or not all(c.isalnum() or c in ".-" for c in host):
+        raise ComposerError(f"--nbd {value!r}: expected HOST or HOST:PORT (a host name or IPv4 address), e.g. 10.0.0.1:10809")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ComposerError(f"--nbd {value!r}: the port must be a number from 1 to 65535")
+    export = f"{product}-{version}-install.img"
+    check_menu_value("--nbd", value)
+    return NbdServer(host, int(port) if port else NBD_PORT, "".join(c if c.isalnum() or c in ".-_" else "_" for c in export))
+
+
+def nbd_server_conf(server: NbdServer, image: str) -> str:
+    """An nbd-server(5) configuration exporting `image` read-only as the menus ask for it."""
+    return (
+        "# nbd-server -C nbd-server.conf, run from the netboot tree's root (exportname is relative to it)\n"
+        "[generic]\n"
+        f"    port = {server.port}\n"
+        f"[{server.export}]\n"
+        f"    exportname = {image}\n"
+        "    readonly = true\n"
+    )
 
 
 def normalize_url(url: str) -> str:
@@ -101,6 +147,7 @@ def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) ->
         {
             "url": opts.url,
             "split": opts.split,
+            "nbd": opts.nbd,
             "kernels": boot_kernels(versions),
             "extra_args": join_args(opts.kernel_args),
             "overlay_args": " ".join(cfg.rootfs_type.live_args),
@@ -113,7 +160,9 @@ def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) ->
 def check_boot_configs(cfg: Config, opts: NetbootOptions) -> None:
     variables = netboot_variables(cfg, opts, ["0.0.0-sample"])
     for name in CONFIGS:
-        render_config(template_dir(cfg), name, variables)
+        text = render_config(template_dir(cfg), name, variables)
+        if opts.nbd and "netroot=nbd:" not in text:
+            raise ComposerError(f"--nbd: the {cfg.product} templates' {name} does not boot from NBD (no netroot=nbd:)")
     if (template_dir(cfg) / DRACUT_TEMPLATE).is_file():
         render_config(template_dir(cfg), DRACUT_TEMPLATE, variables)
 
@@ -160,7 +209,11 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
             if opts.split:
                 # The small initrd carries its RAM budget: below it, it stops with one line.
                 budgets[k.version] = ram.predict(
-                    "netboot-split", k.vmlinuz, rt.initramfs[k.version], rt.squashfs, unpacked=rt.initramfs_ram[k.version]
+                    "netboot-nbd" if opts.nbd else "netboot-split",
+                    k.vmlinuz,
+                    rt.initramfs[k.version],
+                    rt.squashfs,
+                    unpacked=rt.initramfs_ram[k.version],
                 )
                 ram.with_memory_check(
                     rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
@@ -177,6 +230,8 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
         if opts.split:
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             sizes["images/install.img"] = (out / "images" / "install.img").stat().st_size
+            if opts.nbd:
+                (out / NBD_CONF).write_text(nbd_server_conf(opts.nbd, "images/install.img"))
         for name, dest in CONFIGS.items():
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +288,8 @@ def compose_netboot(cfg: Config, opts: NetbootOptions) -> Path:
                     "arch": cfg.arch,
                     "url": opts.url,
                     "split": opts.split,
+                    "runtime": opts.transport,
+                    **({"nbd": dataclasses.asdict(opts.nbd)} if opts.nbd else {}),
                     "kernels": [k.version for k in rt.kernels],
                     "pxelinux": result.pxelinux,
                     "sizes": {**rt.metrics.sizes, **result.sizes},
