@@ -72,12 +72,14 @@ done)
 nfailed=0
 for unit in $failed; do nfailed=$((nfailed + 1)); done
 mem=$(sed -n 's/^MemTotal:[[:space:]]*//p' /proc/meminfo | tr -d ' ')
-line="@MARKER@ kernel=$(uname -r) memtotal=$mem failed=$nfailed anaconda-standin"
-for dev in /dev/ttyS0 /dev/console; do
-    [ -c "$dev" ] && echo "$line" > "$dev" 2>/dev/null &
-done
-sleep 1
-for unit in $failed; do echo "anaconda-standin: failed unit $unit" > /dev/console 2>/dev/null; done
+say() {
+    for dev in /dev/ttyS0 /dev/console; do
+        [ -c "$dev" ] && echo "$1" > "$dev" 2>/dev/null &
+    done
+    sleep 1
+}
+for unit in $failed; do say "anaconda-standin: failed unit $unit"; done
+say "@MARKER@ kernel=$(uname -r) memtotal=$mem failed=$nfailed anaconda-standin"
 systemctl poweroff --no-block || poweroff -f
 """.replace("@MARKER@", BOOT_MARKER)
 
