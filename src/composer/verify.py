@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.outputs import ram
+from composer.outputs.nbd import NbdServer, nbd_server_conf
 from composer.run import ComposerError, _die_with_parent, debug, info
 
 QEMU = "qemu-system-x86_64"
@@ -767,10 +768,7 @@ def serve_nbd(image: Path, port: int, export: str) -> Iterator[None]:
         raise ComposerError(f"boot check: {image} does not exist")
     with tempfile.TemporaryDirectory(prefix="composer-nbd-") as tmp:
         conf, pidfile = Path(tmp) / "nbd-server.conf", Path(tmp) / "nbd-server.pid"
-        conf.write_text(
-            f"[generic]\n    listenaddr = 127.0.0.1\n    port = {port}\n"
-            f"[{export}]\n    exportname = {image.resolve()}\n    readonly = true\n"
-        )
+        conf.write_text(nbd_server_conf(NbdServer("127.0.0.1", port, export), os.fspath(image.resolve()), listen="127.0.0.1"))
         # As a daemon (its own session, one child per client): with -d it would exit after
         # its first client, and a boot check may boot several times.
         proc = subprocess.run(["nbd-server", "-C", os.fspath(conf), "-p", os.fspath(pidfile)], capture_output=True, check=False)

@@ -79,7 +79,8 @@ def test_testproduct_netboot_split():
 
 def test_testproduct_netboot_nbd():
     """--nbd: every menu reads install.img from the NBD export on demand, none downloads it."""
-    from composer.pipelines.netboot import NbdServer, check_boot_configs, nbd_server_conf, parse_nbd
+    from composer.outputs.nbd import NbdServer, nbd_server_conf
+    from composer.pipelines.netboot import check_boot_configs, parse_nbd
 
     nbd = parse_nbd("10.0.2.2:19809", "TestProduct", "1")
     assert nbd == NbdServer("10.0.2.2", 19809, "TestProduct-1-install.img")
@@ -199,7 +200,8 @@ def test_register_adds_commands():
 
 
 def test_netboot_dracut_conf_split_adds_livenet_and_handler(tmp_path):
-    from composer.pipelines.netboot import NbdServer, netboot_dracut_conf
+    from composer.outputs.nbd import NbdServer
+    from composer.pipelines.netboot import netboot_dracut_conf
 
     c = cfg(tmp_path=tmp_path / "out")
     assert netboot_dracut_conf(c, NetbootOptions(url="http://s/"), tmp_path) is c  # single: nothing to add

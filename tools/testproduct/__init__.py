@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
@@ -129,13 +130,18 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m testproduct DEST` (tools/ on sys.path; `make testproduct` does this)."""
+    return builder_main("testproduct", __doc__, Path("build/testproduct"), build_testproduct, argv)
+
+
+def builder_main(name: str, doc: str | None, default: Path, build: Callable[..., Path], argv: list[str] | None) -> int:
+    """The command line of a product builder: DEST [--force] [--jobs N] [-v]; one error line."""
     import argparse
 
     from composer.preflight import check_dir_creatable
     from composer.run import set_logging
 
-    ap = argparse.ArgumentParser(prog="python -m testproduct", description=__doc__.splitlines()[0])
-    ap.add_argument("dest", type=Path, nargs="?", default=Path("build/testproduct"))
+    ap = argparse.ArgumentParser(prog=f"python -m {name}", description=(doc or name).splitlines()[0])
+    ap.add_argument("dest", type=Path, nargs="?", default=default)
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--jobs", type=int)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -145,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Before the closure is resolved and packages are downloaded.
         check_dir_creatable(args.dest, "DEST")
-        repo = build_testproduct(args.dest.resolve(), force=args.force, jobs=args.jobs)
+        repo = build(args.dest.resolve(), force=args.force, jobs=args.jobs)
     except ComposerError as e:
-        print(f"testproduct: error: {e}", file=sys.stderr)
+        print(f"{name.rpartition('.')[2]}: error: {e}", file=sys.stderr)
         return 1
     print(f"{repo} ({time.monotonic() - t0:.1f}s)")
     return 0

@@ -16,11 +16,10 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
-from testproduct import debrpm, fedora, resolve, setuppkg, standins
+from testproduct import builder_main, debrpm, fedora, resolve, setuppkg, standins
 
 BUILDER_VERSION = "1"
 STAMP = ".fedoraproduct-key"
@@ -232,27 +231,7 @@ def build_fedoraproduct(dest: Path, *, force: bool = False, jobs: int | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from composer.preflight import check_dir_creatable
-    from composer.run import set_logging
-
-    ap = argparse.ArgumentParser(prog="python -m testproduct.fedoraproduct", description=__doc__.splitlines()[0])
-    ap.add_argument("dest", type=Path, nargs="?", default=Path("build/fedoraproduct"))
-    ap.add_argument("--force", action="store_true")
-    ap.add_argument("--jobs", type=int)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    set_logging(verbose=args.verbose)
-    t0 = time.monotonic()
-    try:
-        check_dir_creatable(args.dest, "DEST")
-        repo = build_fedoraproduct(args.dest.resolve(), force=args.force, jobs=args.jobs)
-    except ComposerError as e:
-        print(f"fedoraproduct: error: {e}", file=sys.stderr)
-        return 1
-    print(f"{repo} ({time.monotonic() - t0:.1f}s)")
-    return 0
+    return builder_main("testproduct.fedoraproduct", __doc__, Path("build/fedoraproduct"), build_fedoraproduct, argv)
 
 
 if __name__ == "__main__":

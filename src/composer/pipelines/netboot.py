@@ -34,6 +34,7 @@ from composer.images.sparse import copy_sparse
 from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.outputs.media import boot_kernels, copy_file, join_args, render_config
+from composer.outputs.nbd import NBD_PORT, NbdServer, nbd_server_conf
 from composer.pipelines.runtime import Runtime, build_runtime, compose_dirs, log_summary
 from composer.preflight import check_menu_value
 from composer.product import template_dir, template_variables
@@ -76,17 +77,7 @@ NET_MODULES = (
 )
 
 
-NBD_PORT = 10809  # IANA's port for NBD, nbd-server's default
 NBD_CONF = "nbd-server.conf"
-
-
-@dataclasses.dataclass(frozen=True)
-class NbdServer:
-    """Where the guest finds install.img as a network block device: host, port, export name."""
-
-    host: str
-    port: int = NBD_PORT
-    export: str = "install.img"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,18 +104,6 @@ def parse_nbd(value: str, product: str, version: str) -> NbdServer:
     export = f"{product}-{version}-install.img"
     check_menu_value("--nbd", value)
     return NbdServer(host, int(port) if port else NBD_PORT, "".join(c if c.isalnum() or c in ".-_" else "_" for c in export))
-
-
-def nbd_server_conf(server: NbdServer, image: str) -> str:
-    """An nbd-server(5) configuration exporting `image` read-only as the menus ask for it."""
-    return (
-        "# nbd-server -C nbd-server.conf, run from the netboot tree's root (exportname is relative to it)\n"
-        "[generic]\n"
-        f"    port = {server.port}\n"
-        f"[{server.export}]\n"
-        f"    exportname = {image}\n"
-        "    readonly = true\n"
-    )
 
 
 def normalize_url(url: str) -> str:
@@ -231,7 +210,10 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             sizes["images/install.img"] = (out / "images" / "install.img").stat().st_size
             if opts.nbd:
-                (out / NBD_CONF).write_text(nbd_server_conf(opts.nbd, "images/install.img"))
+                conf = nbd_server_conf(opts.nbd, "images/install.img")
+                (out / NBD_CONF).write_text(
+                    f"# nbd-server -C {NBD_CONF}, run from the netboot tree's root (exportname is relative to it)\n{conf}"
+                )
         for name, dest in CONFIGS.items():
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
