@@ -488,7 +488,7 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     out.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    make_lorax_media(cfg, plan, rt, out, work, "TestProduct-S-1")
+    make_lorax_media(cfg, plan, rt, tree, out, work, "TestProduct-S-1")
     for rel in (
         "images/boot.iso",
         "images/install.img",

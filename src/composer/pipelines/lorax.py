@@ -28,8 +28,10 @@ from composer.lorax.check import check_sharedir
 from composer.lorax.logs import derive_logs, error_lines, read_log
 from composer.outputs.media import copy_file
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
-from composer.pipelines.runtime import build_runtime, compose_dirs
+from composer.pipelines.compose import Runtime
+from composer.pipelines.runtime import compose_dirs
 from composer.preflight import check_compose_inputs, check_dir_creatable, check_outputs_apart
 from composer.product import template_dir
 from composer.run import ComposerError, debug, info, run, set_logging
@@ -113,16 +115,57 @@ def lorax_media_mode(templatedir: Path, basearch: str) -> bool:
     return (templatedir / ARCH_TEMPLATE.get(basearch, "x86.tmpl")).is_file() and not (templatedir / "grub2-efi.cfg").is_file()
 
 
-def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, volid: str) -> None:
+# What lorax adds to the dracut arguments of the media's initramfs (pylorax.Lorax.run's
+# anaconda_args), after the defaults or the user's --dracut-arg.
+LORAX_ANACONDA_DRACUT = ("--add", "anaconda pollcdrom qemu qemu-net prefixdevname-tools")
+
+
+def build_lorax_runtime(cfg: Config, work: Path) -> tuple[Runtime, Path]:
+    """lorax's run: install, postinstall, then the install root backed up (lorax's
+    `linktree`, hard links) before the cleanup; dracut runs in that copy with lorax's
+    anaconda arguments, and the arch templates read it (TreeBuilder's inroot).
+    Returns the runtime and the copy."""
+    ctx = pipeline.start(cfg, work)
+    pipeline.install(ctx)
+    pipeline.postinstall(ctx)
+    inroot = pipeline.snapshot(ctx, work / "installroot")
+    ctx.cfg = dataclasses.replace(ctx.cfg, dracut_args=(*ctx.cfg.dracut_args, *anaconda_dracut_args(inroot)))
+    pipeline.cleanup(ctx)
+    pipeline.pack(ctx, dracut_tree=inroot)
+    return ctx.runtime(), inroot
+
+
+def anaconda_dracut_args(inroot: Path) -> tuple[str, ...]:
+    """lorax's `--add "anaconda pollcdrom qemu qemu-net prefixdevname-tools"`, less the modules
+    the install root has not (lorax's dracut would stop there: a template set that installs no
+    anaconda-dracut, like the small test product's, still builds, and the log names them)."""
+    moddirs = [inroot / d for d in ("usr/lib/dracut/modules.d", "lib/dracut/modules.d")]
+    present = {p.name.lstrip("0123456789") for d in moddirs if d.is_dir() for p in d.iterdir()}
+    wanted = LORAX_ANACONDA_DRACUT[1].split()
+    missing = [m for m in wanted if m not in present]
+    if missing:
+        info(f"dracut: lorax adds {' '.join(missing)} too; the install root has no such dracut module: left out")
+    kept = [m for m in wanted if m in present]
+    return ("--add", " ".join(kept)) if kept else ()
+
+
+def _put(src: Path, dest: Path) -> None:
+    """src copied to dest as a new file: dest may be a hard link into the runtime tree."""
+    if os.path.lexists(dest):
+        dest.unlink()
+    copy_file(src, dest)
+
+
+def make_lorax_media(cfg: Config, plan: LoraxPlan, rt: Runtime, inroot: Path, out: Path, work: Path, volid: str) -> None:
     """lorax's TreeBuilder: the --add-arch-template files, then the set's arch template,
-    with the runtime tree as input root (kernels in boot/, the runtime image at
-    images/install.img, as lorax has them) and the output directory as output root;
-    then .treeinfo from what the templates recorded, and implantisomd5 on the ISO."""
+    with the install root before the cleanup as input root (kernels and their initramfs
+    in boot/, the runtime image at images/install.img, as lorax has them) and the output
+    directory as output root; then .treeinfo from what the templates recorded, and
+    implantisomd5 on the ISO."""
     templatedir = template_dir(cfg)
-    inroot = rt.tree
     for k in rt.kernels:
-        copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
-        copy_file(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
+        _put(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
+        _put(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
     runtime_img = "images/install.img"
     (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
     copy_sparse(rt.squashfs, inroot / runtime_img)
@@ -164,8 +207,8 @@ def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
     if found.errors:
         raise ComposerError(f"--sharedir {template_dir(cfg)}: " + "; ".join(found.errors))
     with compose_dirs(cfg) as (out, work):
-        rt = build_runtime(cfg, work)
-        make_lorax_media(cfg, plan, rt, out, work, volid)
+        rt, inroot = build_lorax_runtime(cfg, work)
+        make_lorax_media(cfg, plan, rt, inroot, out, work, volid)
     info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {template_dir(cfg)})")
 
 

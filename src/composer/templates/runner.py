@@ -7,12 +7,14 @@ import fnmatch
 import os
 import re
 import shutil
+import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from composer.images import mkefiboot
 from composer.images.cpio import CpioEntry, write_newc
 from composer.run import ComposerError, debug, in_tree_argv, info, run
 from composer.templates.errors import PathEscapeError, TemplateError
@@ -672,7 +674,7 @@ class TemplateRunner:
                         out.append(regex.sub(repl, body) + line[len(body) :])
                     new = "".join(out)
                     if new != data:
-                        host.write_bytes(new.encode("utf-8", errors="surrogateescape"))
+                        _rewrite(host, new.encode("utf-8", errors="surrogateescape"))
 
         return action
 
@@ -775,7 +777,9 @@ class TemplateRunner:
         """runcmd [--chroot] CMD [ARG...]
 
         Run a command, as lorax does, on the build host with the output root as working
-        directory: paths must be absolute (`${root}/...`). composer's `--chroot` runs it inside
+        directory: paths must be absolute (`${root}/...`). `mkefiboot` is composer's own (lorax's
+        command line; a FAT image made with mkfs.fat and mtools, no loop device, no mount), and
+        Fedora's `grub2-X` is Debian's `grub-X` on a host that has only that. composer's `--chroot` runs it inside
         the tree instead (under bubblewrap). `--chdir=` is refused (lorax dropped it too). Observed
         by the tree check as a before/after difference; use it only when no command fits."""
         chroot = bool(args) and args[0] == "--chroot"
@@ -789,8 +793,10 @@ class TemplateRunner:
             tree = os.path.abspath(self.tree)
             if chroot:
                 run(in_tree_argv(Path(tree), argv))
+            elif argv[0] == "mkefiboot":
+                mkefiboot.main(argv[1:])  # composer's own: lorax's needs loop devices and mounts
             else:
-                run(argv, cwd=Path(tree))
+                run(host_argv(argv), cwd=Path(tree))
 
         return action
 
@@ -978,3 +984,34 @@ def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> No
 def iter_template_files(templates_root: Path) -> Iterator[Path]:
     """Every *.tmpl below templates_root, sorted (for template-check)."""
     yield from sorted(p for p in templates_root.rglob("*.tmpl") if p.is_file())
+
+
+def host_argv(argv: Sequence[str]) -> list[str]:
+    """A host command of lorax's templates as this host names it: Fedora's `grub2-X` tools
+    (x86.tmpl's grub2-mkimage) are Debian's `grub-X` where only those exist."""
+    name = argv[0]
+    if name.startswith("grub2-") and "/" not in name and shutil.which(name) is None:
+        debian = "grub-" + name.removeprefix("grub2-")
+        if shutil.which(debian) is not None:
+            debug(f"runcmd: {name} is {debian} on this host")
+            return [debian, *argv[1:]]
+    return list(argv)
+
+
+def _rewrite(host: Path, data: bytes) -> None:
+    """A file's new contents as a new file renamed over it (lorax's `replace` rewrites through
+    Python's fileinput, which does the same): a hard link to it elsewhere (lorax's pre-cleanup
+    snapshot of the tree) keeps the old contents. Mode and owner of the old file."""
+    st = host.stat()
+    tmp = host.with_name(f".{host.name}.composer-replace")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, host)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,91 @@
+"""lorax's stock-template semantics (issue 19): mkefiboot, the host's grub tool names, the
+pre-cleanup snapshot kept by `replace`, and lorax's anaconda dracut modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from composer.cli.options import LORAX_DRACUT_DEFAULT
+from composer.images import mkefiboot
+from composer.pipelines.lorax import LORAX_ANACONDA_DRACUT, anaconda_dracut_args
+from composer.run import ComposerError
+from composer.templates import TemplateRunner
+from composer.templates.runner import host_argv
+
+
+def test_lorax_dracut_defaults_are_lorax_40s():
+    # pylorax.DRACUT_DEFAULT and Lorax.run's anaconda_args, 40.5.19
+    assert LORAX_DRACUT_DEFAULT == ("--xz", "--install", "/.buildstamp", "--no-early-microcode", "--add", "fips")
+    assert LORAX_ANACONDA_DRACUT == ("--add", "anaconda pollcdrom qemu qemu-net prefixdevname-tools")
+
+
+def test_anaconda_dracut_modules_present_in_the_install_root(tmp_path):
+    mods = tmp_path / "usr/lib/dracut/modules.d"
+    for m in ("80anaconda", "98pollcdrom", "90qemu", "95qemu-net"):
+        (mods / m).mkdir(parents=True)
+    assert anaconda_dracut_args(tmp_path) == ("--add", "anaconda pollcdrom qemu qemu-net")
+    (mods / "71prefixdevname-tools").mkdir()
+    assert anaconda_dracut_args(tmp_path) == LORAX_ANACONDA_DRACUT
+    assert anaconda_dracut_args(tmp_path / "empty") == ()
+
+
+def test_grub2_tools_are_debians_grub_tools_where_only_those_exist(monkeypatch):
+    have = {"grub-mkimage": "/usr/bin/grub-mkimage"}
+    monkeypatch.setattr(shutil, "which", lambda name: have.get(name))
+    assert host_argv(["grub2-mkimage", "-O", "i386-pc"]) == ["grub-mkimage", "-O", "i386-pc"]
+    have["grub2-mkimage"] = "/usr/bin/grub2-mkimage"  # Fedora: its own name
+    assert host_argv(["grub2-mkimage", "-O", "i386-pc"]) == ["grub2-mkimage", "-O", "i386-pc"]
+    assert host_argv(["xorrisofs", "-o", "x"]) == ["xorrisofs", "-o", "x"]
+    assert host_argv(["grub2-nothere"]) == ["grub2-nothere"]
+
+
+def test_replace_keeps_a_hard_link_elsewhere(tmp_path):
+    """lorax's pre-cleanup snapshot is made of hard links: `replace` in the cleanup must
+    leave the snapshot's file as it was (lorax's fileinput rewrite does the same)."""
+    tree, snap = tmp_path / "tree", tmp_path / "snap"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/x.conf").write_text("a=1\nb=2\n")
+    os.chmod(tree / "etc/x.conf", 0o640)
+    subprocess.run(["cp", "-al", str(tree), str(snap)], check=True)
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    (tdir / "c.tmpl").write_text("replace a=1 a=9 /etc/x.conf\n")
+    TemplateRunner(tree=tree, templatedir=tdir, variables={}).run(tdir / "c.tmpl")
+    assert (tree / "etc/x.conf").read_text() == "a=9\nb=2\n"
+    assert (snap / "etc/x.conf").read_text() == "a=1\nb=2\n"
+    assert (tree / "etc/x.conf").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tree / "etc").iterdir()) == ["x.conf"]
+
+
+def test_mkefiboot_refuses_what_it_does_not_make(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ComposerError, match="--disk"):
+        mkefiboot.main(["--disk", str(tmp_path / "d"), str(tmp_path / "o.img")])
+    with pytest.raises(ComposerError, match="not a directory"):
+        mkefiboot.main(["--label=ANACONDA", str(tmp_path / "nodir"), str(tmp_path / "o.img")])
+    with pytest.raises(ComposerError, match="bad command line"):
+        mkefiboot.main(["--nosuch", str(tmp_path / "d"), str(tmp_path / "o.img")])
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("mkfs.fat", "mcopy", "mdir")), reason="dosfstools/mtools missing")
+def test_mkefiboot_makes_lorax_s_image(tmp_path):
+    """lorax's command line (efi.tmpl: --label=ANACONDA --debug EFIBOOTDIR OUTFILE): a FAT
+    image labelled ANACONDA with the directory as /EFI/BOOT, subdirectories included."""
+    src = tmp_path / "EFI/BOOT"
+    (src / "fonts").mkdir(parents=True)
+    (src / "BOOTX64.EFI").write_bytes(b"MZ" + b"\0" * 5000)
+    (src / "grub.cfg").write_text("menuentry x {}\n")
+    (src / "fonts/unicode.pf2").write_bytes(b"f" * 100)
+    out = tmp_path / "images/efiboot.img"
+    out.parent.mkdir()
+    mkefiboot.main(["--label=ANACONDA", "--debug", str(src), str(out)])
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", str(out), "::/"], capture_output=True, text=True, env=env, check=True)
+    names = {line.strip().lstrip(":").lstrip("/") for line in listing.stdout.splitlines()}
+    assert {"EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grub.cfg", "EFI/BOOT/fonts/unicode.pf2"} <= names
+    label = subprocess.run(["mlabel", "-s", "-i", str(out), "::"], capture_output=True, text=True, env=env, check=True)
+    assert "ANACONDA" in label.stdout
