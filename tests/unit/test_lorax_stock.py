@@ -89,3 +89,43 @@ def test_mkefiboot_makes_lorax_s_image(tmp_path):
     assert {"EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grub.cfg", "EFI/BOOT/fonts/unicode.pf2"} <= names
     label = subprocess.run(["mlabel", "-s", "-i", str(out), "::"], capture_output=True, text=True, env=env, check=True)
     assert "ANACONDA" in label.stdout
+
+
+def _elf_with_modinfo(modinfo: bytes, before: bytes = b"\x10") -> bytes:
+    """A minimal ELF64 with a .modinfo section (what modinfo reads), data before it in another section."""
+    import struct
+
+    shstr = b"\0.modinfo\0.shstrtab\0.data\0"
+    body = before + modinfo + shstr
+    data_off = 64
+    mod_off = data_off + len(before)
+    str_off = mod_off + len(modinfo)
+    shoff = data_off + len(body)
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 4, 3)
+
+    def sh(name: int, off: int, size: int) -> bytes:
+        return struct.pack("<IIQQQQIIQQ", name, 1, 0, 0, off, size, 0, 0, 1, 0)
+
+    sections = sh(0, 0, 0) + sh(20, data_off, len(before)) + sh(1, mod_off, len(modinfo)) + sh(10, str_off, len(shstr))
+    return header + body + sections
+
+
+def test_module_info_is_lorax_s(tmp_path):
+    from composer.lorax.moduleinfo import module_description, write_module_info
+
+    moddir = tmp_path / "6.1.0-1-amd64"
+    (moddir / "kernel/drivers/ata").mkdir(parents=True)
+    (moddir / "kernel/drivers/net").mkdir(parents=True)
+    (moddir / "kernel/drivers/ata/ahci.ko").write_bytes(
+        _elf_with_modinfo(b"license=GPL\0description=AHCI SATA low-level driver\0")
+    )
+    (moddir / "kernel/drivers/net/e1000.ko").write_bytes(_elf_with_modinfo(b"description=" + b"x" * 80 + b"\0"))
+    (moddir / "kernel/drivers/net/nodesc.ko").write_bytes(_elf_with_modinfo(b"license=GPL\0"))
+    (moddir / "modules.block").write_text("ahci.ko\n")
+    (moddir / "modules.networking").write_text("e1000.ko\nnodesc.ko\n")
+    assert module_description(moddir / "kernel/drivers/ata/ahci.ko") == "AHCI SATA low-level driver"
+    assert write_module_info(moddir, tmp_path / "module-info") == 3
+    assert (tmp_path / "module-info").read_text() == (
+        'Version 0\nahci\n\tscsi\n\t"AHCI SATA low-level driver"\n'
+        f'e1000\n\teth\n\t"{"x" * 65}"\nnodesc\n\teth\n\t"nodesc driver"\n'
+    )

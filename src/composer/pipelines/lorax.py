@@ -21,11 +21,13 @@ from pathlib import Path
 
 from composer import __version__
 from composer.config import Config
+from composer.dracut import find_kernels
 from composer.images.iso import check_volid, default_volid
 from composer.images.sparse import copy_sparse
 from composer.lorax import logs as loraxlogs
 from composer.lorax.check import check_sharedir
 from composer.lorax.logs import derive_logs, error_lines, read_log
+from composer.lorax.moduleinfo import write_module_info
 from composer.outputs.media import copy_file
 from composer.outputs.treeinfo import write_discinfo, write_treeinfo
 from composer.pipelines import compose as pipeline
@@ -129,10 +131,25 @@ def build_lorax_runtime(cfg: Config, work: Path) -> tuple[Runtime, Path]:
     pipeline.install(ctx)
     pipeline.postinstall(ctx)
     inroot = pipeline.snapshot(ctx, work / "installroot")
+    module_info(ctx)
     ctx.cfg = dataclasses.replace(ctx.cfg, dracut_args=(*ctx.cfg.dracut_args, *anaconda_dracut_args(inroot)))
     pipeline.cleanup(ctx)
     pipeline.pack(ctx, dracut_tree=inroot)
     return ctx.runtime(), inroot
+
+
+def module_info(ctx: pipeline.BuildContext) -> None:
+    """lorax's generate_module_data after its backup: /lib/modules/module-info in the runtime
+    (anaconda's list of block and network drivers), one file for every kernel (the last one's)."""
+    moddirs = [
+        ctx.tree / d for d in ("usr/lib/modules", "lib/modules") if (ctx.tree / d).is_dir() and not (ctx.tree / d).is_symlink()
+    ]
+    if not moddirs:
+        return
+    with ctx.check.ledger.observe(ctx.tree, "composer lorax: module-info"):
+        for k in find_kernels(ctx.tree):
+            n = write_module_info(moddirs[0] / k.version, moddirs[0] / "module-info")
+            info(f"module-info: {n} block and network drivers of kernel {k.version}")
 
 
 def anaconda_dracut_args(inroot: Path) -> tuple[str, ...]:
