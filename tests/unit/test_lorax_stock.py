@@ -129,3 +129,15 @@ def test_module_info_is_lorax_s(tmp_path):
         'Version 0\nahci\n\tscsi\n\t"AHCI SATA low-level driver"\n'
         f'e1000\n\teth\n\t"{"x" * 65}"\nnodesc\n\teth\n\t"nodesc driver"\n'
     )
+
+
+def test_lorax_initramfs_keeps_what_composer_omits(tmp_path):
+    """lorax's installer initramfs has lvm, mdraid, crypt, iscsi, nfs, multipath, plymouth:
+    composer's omissions (dracut.OMIT_CONF) are bound in for its own runtimes only."""
+    from composer.config import RootfsType
+    from composer.dracut import OMIT_CONF, DracutInputs, _dracut_confs
+
+    own = {dst for _, dst in _dracut_confs(DracutInputs(RootfsType.SQUASHFS), tmp_path)}
+    lorax = {dst for _, dst in _dracut_confs(DracutInputs(RootfsType.SQUASHFS, omits=False), tmp_path)}
+    assert f"/etc/dracut.conf.d/{OMIT_CONF}" in own
+    assert own - lorax == {f"/etc/dracut.conf.d/{OMIT_CONF}"}

@@ -223,7 +223,7 @@ def snapshot(ctx: BuildContext, dest: Path) -> Path:
     return dest
 
 
-def pack(ctx: BuildContext, dracut_tree: Path | None = None) -> None:
+def pack(ctx: BuildContext, dracut_tree: Path | None = None, *, omits: bool = True) -> None:
     """Stage `pack`: the tree checked and sealed, then LiveOS/rootfs.img, the initramfs and squashfs.img.
 
     From the seal on, the tree only changes outside /lib/modules: the driver modules dracut
@@ -234,11 +234,12 @@ def pack(ctx: BuildContext, dracut_tree: Path | None = None) -> None:
     one process at a time and I/O; mksquashfs fills the cores). dracut's bwrap makes
     transient mount points in the tree, so whatever reads the tree (mkfs --rootdir here,
     or mksquashfs for --rootfs-type squashfs) runs before or after it. dracut_tree: dracut
-    runs there instead (lorax's pre-cleanup snapshot), not in the tree.
+    runs there instead (lorax's pre-cleanup snapshot), not in the tree; omits=False: without
+    composer's omitted dracut modules (dracut.OMIT_CONF), as lorax's installer initramfs.
     """
     cfg = ctx.cfg
     dtree = dracut_tree if dracut_tree is not None else ctx.tree
-    inputs = dracut.DracutInputs(cfg.rootfs_type, cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables)
+    inputs = dracut.DracutInputs(cfg.rootfs_type, cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables, omits=omits)
     with dracut.modules_beside(dtree, ctx.kernels, ctx.work / "initramfs", inputs) as pending:
         seal(ctx)
         if cfg.rootfs_type is not RootfsType.SQUASHFS:

@@ -134,7 +134,7 @@ def build_lorax_runtime(cfg: Config, work: Path) -> tuple[Runtime, Path]:
     module_info(ctx)
     ctx.cfg = dataclasses.replace(ctx.cfg, dracut_args=(*ctx.cfg.dracut_args, *anaconda_dracut_args(inroot)))
     pipeline.cleanup(ctx)
-    pipeline.pack(ctx, dracut_tree=inroot)
+    pipeline.pack(ctx, dracut_tree=inroot, omits=False)
     return ctx.runtime(), inroot
 
 
