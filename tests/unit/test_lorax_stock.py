@@ -141,3 +141,43 @@ def test_lorax_initramfs_keeps_what_composer_omits(tmp_path):
     lorax = {dst for _, dst in _dracut_confs(DracutInputs(RootfsType.SQUASHFS, omits=False), tmp_path)}
     assert f"/etc/dracut.conf.d/{OMIT_CONF}" in own
     assert own - lorax == {f"/etc/dracut.conf.d/{OMIT_CONF}"}
+
+
+def test_package_commands_read_the_database_as_the_template_found_it(tmp_path):
+    """Stock runtime-cleanup.tmpl removes the rpm database halfway through (`remove
+    /usr/lib/sysimage/rpm/*`) and runs removefrom after that: lorax reads dnf's package set,
+    loaded before the template, so those still remove what they name."""
+    tree = tmp_path / "tree"
+    (tree / "db").mkdir(parents=True)
+    (tree / "db/coreutils").write_text("/usr/bin/base64\n/usr/bin/cat\n")
+    (tree / "usr/bin").mkdir(parents=True)
+    for f in ("base64", "cat"):
+        (tree / "usr/bin" / f).write_text("")
+
+    class DbInTree:
+        queries = 0
+
+        def install(self, patterns, *, required, exclude=()):
+            pass
+
+        def run_transaction(self):
+            pass
+
+        def installed(self):
+            self.queries += 1
+            return sorted(p.name for p in (tree / "db").iterdir())
+
+        def files_of(self, name):
+            p = tree / "db" / name
+            return p.read_text().split() if p.exists() else []
+
+        def files_by_package(self):
+            return {n: self.files_of(n) for n in self.installed()}
+
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    (tdir / "c.tmpl").write_text("remove /db/*\nremovefrom coreutils /usr/bin/base64\n")
+    pm = DbInTree()
+    TemplateRunner(tree=tree, templatedir=tdir, variables={}, pkgmgr=pm).run(tdir / "c.tmpl")
+    assert not (tree / "usr/bin/base64").exists()
+    assert (tree / "usr/bin/cat").exists()

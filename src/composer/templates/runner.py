@@ -38,6 +38,9 @@ class ChangeRecorder(Protocol):
     def observe(self, tree: Path, who: str, *, packages: bool = False) -> contextlib.AbstractContextManager[object]: ...
 
 
+# Commands that read the package database (as the template found it: TemplateRunner._installed).
+_PACKAGE_QUERIES = {"removepkg", "removefrom"}
+
 # Commands that may change any path: observed as a before/after difference of the tree.
 _OPAQUE_COMMANDS = {"runcmd": False, "systemctl": False, "run_pkg_transaction": True}
 
@@ -148,6 +151,8 @@ class TemplateRunner:
     # When a list: parse errors are collected here (every bad line, not only the first).
     collect_errors: list[TemplateError] | None = None
     _who: str | None = field(default=None, init=False, repr=False)
+    # The package database as this template found it: (installed names, files by package).
+    _pkgdb: tuple[list[str], dict[str, list[str]] | None] | None = field(default=None, init=False, repr=False)
 
     # ----------------------------------------------------------------- public
 
@@ -169,6 +174,9 @@ class TemplateRunner:
             debug(f"template {template.name}: {len(lines)} commands (dry run)")
             return
         info(f"template {template.name}: {len(lines)} commands")
+        self._pkgdb = None
+        if any(line.name in _PACKAGE_QUERIES for line in lines):
+            self._installed()  # before the first command, as lorax's dnf package set
         for line in lines:
             self._execute(line)
 
@@ -353,6 +361,23 @@ class TemplateRunner:
             raise ComposerError("no package manager for this template run")
         return self.pkgmgr
 
+    def _installed(self) -> list[str]:
+        """The installed packages as the template found them (read once per template, after
+        each transaction again): lorax asks dnf's package set, read before the template runs,
+        so removepkg/removefrom keep working after the cleanup removes the rpm database
+        (stock runtime-cleanup.tmpl does, halfway through)."""
+        if self._pkgdb is None:
+            pm = self._need_pkgmgr()
+            by_package = getattr(pm, "files_by_package", None)
+            self._pkgdb = (pm.installed(), by_package() if by_package is not None else None)
+        return self._pkgdb[0]
+
+    def _files_of(self, name: str) -> list[str]:
+        self._installed()
+        assert self._pkgdb is not None
+        files = self._pkgdb[1]
+        return list(files.get(name, [])) if files is not None else self._need_pkgmgr().files_of(name)
+
     def _pkgfile(self, path: str) -> str:
         """A package's file as a tree path (accepts rpm paths and host paths in the tree)."""
         root = os.path.abspath(self.tree)
@@ -472,14 +497,13 @@ class TemplateRunner:
             raise _Usage("PKGGLOB...")
 
         def action() -> None:
-            pm = self._need_pkgmgr()
-            installed = pm.installed()
+            installed = self._installed()
             for pattern in args:
                 names = [n for n in installed if fnmatch.fnmatchcase(n, pattern)]
                 if not names:
                     info(f"removepkg: no installed package matches {pattern}")
                 for name in names:
-                    count = self._delete_package_files(pm.files_of(name))
+                    count = self._delete_package_files(self._files_of(name))
                     debug(f"removepkg {name}: {count} files removed")
 
         return action
@@ -500,12 +524,11 @@ class TemplateRunner:
             raise _Usage(usage)
 
         def action() -> None:
-            pm = self._need_pkgmgr()
-            names = [n for n in pm.installed() if fnmatch.fnmatchcase(n, pkgglob)]
+            names = [n for n in self._installed() if fnmatch.fnmatchcase(n, pkgglob)]
             if not names:
                 info(f"removefrom: no installed package matches {pkgglob}")
             for name in names:
-                files = pm.files_of(name)
+                files = self._files_of(name)
                 hit = [f for f in files if any(fnmatch.fnmatchcase(self._pkgfile(f), g) for g in rest)]
                 chosen = [f for f in files if f not in set(hit)] if allbut else hit
                 count = self._delete_package_files(chosen)
@@ -553,7 +576,12 @@ class TemplateRunner:
         meaning). Observed by the tree check as a before/after difference."""
         if args:
             raise _Usage("(no arguments)")
-        return lambda: self._need_pkgmgr().run_transaction()
+
+        def action() -> None:
+            self._need_pkgmgr().run_transaction()
+            self._pkgdb = None  # what it installed is in the database now
+
+        return action
 
     def _p_install(self, args: list[str]) -> Callable[[], None]:
         """install SRCGLOB DEST
