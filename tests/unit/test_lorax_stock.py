@@ -181,3 +181,10 @@ def test_package_commands_read_the_database_as_the_template_found_it(tmp_path):
     TemplateRunner(tree=tree, templatedir=tdir, variables={}, pkgmgr=pm).run(tdir / "c.tmpl")
     assert not (tree / "usr/bin/base64").exists()
     assert (tree / "usr/bin/cat").exists()
+
+
+def test_discinfo_is_lorax_s(tmp_path):
+    from composer.outputs.treeinfo import write_lorax_discinfo
+
+    write_lorax_discinfo(tmp_path / ".discinfo", release="43", basearch="x86_64", timestamp=1700000000)
+    assert (tmp_path / ".discinfo").read_text() == "1700000000.000000\n43\nx86_64\n"

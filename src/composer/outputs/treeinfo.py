@@ -93,6 +93,13 @@ def write_treeinfo(dest: Path, **kwargs) -> None:
     ti.dump(str(dest))
 
 
+def write_lorax_discinfo(dest: Path, *, release: str, basearch: str, timestamp: int | None = None) -> None:
+    """lorax's .discinfo (pylorax.discinfo): the build time (%f), lorax's --release and the
+    base architecture, one a line; no disc numbers line."""
+    when = float(timestamp) if timestamp is not None else time.time()
+    dest.write_text(f"{when:f}\n{release}\n{basearch}\n")
+
+
 def write_discinfo(dest: Path, *, release: str, arch: str, timestamp: int | None = None) -> None:
     import productmd.discinfo as pdi  # deferred: only media outputs need productmd
 

@@ -29,7 +29,7 @@ from composer.lorax.check import check_sharedir
 from composer.lorax.logs import derive_logs, error_lines, read_log
 from composer.lorax.moduleinfo import write_module_info
 from composer.outputs.media import copy_file
-from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.outputs.treeinfo import write_lorax_discinfo, write_treeinfo
 from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
 from composer.pipelines.compose import Runtime
@@ -186,7 +186,8 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt: Runtime, inroot: Path, ou
     runtime_img = "images/install.img"
     (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
     copy_sparse(rt.squashfs, inroot / runtime_img)
-    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch, timestamp=cfg.source_date_epoch)
+    basearch = Arch.of(cfg.arch).basearch
+    write_lorax_discinfo(out / ".discinfo", release=cfg.release, basearch=basearch, timestamp=cfg.source_date_epoch)
     product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
     variables = lorax_variables(
         product,
