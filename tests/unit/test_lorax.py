@@ -322,7 +322,8 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
     monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append(list(argv)))
     TemplateRunner(tree=tree, templatedir=tmp_path, variables={}).run(tmpl)
     assert (tree / ".buildstamp").read_text() == text
-    assert calls[0][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]  # runcmd on the host
+    assert calls[0][-2:] == ["packages-log", str(tree)]  # /root/lorax-packages.log, runcmd on the host
+    assert calls[1][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]
 
 
 def test_derived_logs(tmp_path):

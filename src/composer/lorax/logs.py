@@ -108,6 +108,30 @@ def write_pkglists(tree: Path, dest: Path) -> int:
     return len(files)
 
 
+def write_packages_log(tree: Path) -> int:
+    """/root/lorax-packages.log in the tree: every installed package as NAME-VERSION-RELEASE.ARCH,
+    sorted, one a line (lorax's _write_package_log, after its package transaction)."""
+    proc = subprocess.run(
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"lorax-packages.log: rpm failed: {proc.stderr.strip()[-300:]}")
+    pkgs = sorted(set(proc.stdout.split()))
+    try:
+        fd = open_dir(tree / "root", create=True)
+    except OSError as e:
+        raise SystemExit(f"lorax-packages.log: {e.filename}: {e.strerror}") from None
+    try:
+        write_new(fd, "lorax-packages.log", ("\n".join(pkgs) + "\n").encode())
+    finally:
+        os.close(fd)
+    return len(pkgs)
+
+
 def read_log(path: Path) -> str:
     """The text of the log composer wrote (opened as set_logging opened it: no link followed)."""
     try:
@@ -161,7 +185,11 @@ def main(argv: list[str]) -> int:
         n = write_pkglists(Path(argv[1]), Path(argv[2]))
         print(f"pkglists: {n} packages", file=sys.stderr)
         return 0
-    print("usage: loraxlogs.py pkglists TREE DEST", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "packages-log":
+        n = write_packages_log(Path(argv[1]))
+        print(f"lorax-packages.log: {n} packages", file=sys.stderr)
+        return 0
+    print("usage: loraxlogs.py pkglists TREE DEST | packages-log TREE", file=sys.stderr)
     return 2
 
 

@@ -83,14 +83,16 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
 def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | None) -> Path:
     """The template composer lorax adds to the runtime templates: it writes /.buildstamp
     (before dracut, so that lorax's `--dracut-arg --install --dracut-arg /.buildstamp`
-    finds it) and, with runcmd on the host as lorax's templates do, pkglists/ from the
-    rpm database before the cleanup template removes it. The values are baked into the
+    finds it) and, with runcmd on the host as lorax's templates do, /root/lorax-packages.log
+    and pkglists/ from the rpm database before the cleanup template removes it. The values are baked into the
     text (not variables: those are part of the install stage's cache key) inside
     <%text>, so that Mako leaves them alone."""
     escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
     lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
+    script = [sys.executable, str(Path(loraxlogs.__file__).resolve())]
+    lines.append(f"runcmd {' '.join(shlex.quote(a) for a in script)} packages-log ${{root}}")
     if pkglists is not None:
-        argv = [sys.executable, str(Path(loraxlogs.__file__).resolve()), "pkglists"]
+        argv = [*script, "pkglists"]
         lines.append(f"runcmd {' '.join(shlex.quote(a) for a in argv)} ${{root}} {shlex.quote(str(pkglists))}")
     for line in lines:
         if "</%text>" in line or any(ord(c) < 32 for c in line):
