@@ -454,6 +454,8 @@ def test_lorax_media_from_the_arch_template(tmp_path):
             "x86_64",
             "--volid",
             "TestProduct-S-1",
+            "--variant",  # as Pungi gives it: productmd reads lorax's .treeinfo without one for Fedora only
+            "Server",
             "-c",
             str(conf),
             "--add-arch-template",

@@ -188,3 +188,25 @@ def test_discinfo_is_lorax_s(tmp_path):
 
     write_lorax_discinfo(tmp_path / ".discinfo", release="43", basearch="x86_64", timestamp=1700000000)
     assert (tmp_path / ".discinfo").read_text() == "1700000000.000000\n43\nx86_64\n"
+
+
+def test_treeinfo_is_lorax_s(tmp_path):
+    import productmd.treeinfo
+
+    from composer.outputs.treeinfo import write_lorax_treeinfo
+
+    sections = {
+        "stage2": {"mainimage": "images/install.img"},
+        "images-x86_64": {"kernel": "images/pxeboot/vmlinuz", "boot.iso": "images/boot.iso"},
+    }
+    write_lorax_treeinfo(
+        tmp_path / ".treeinfo", product="Fedora", version="43", variant="", basearch="x86_64", sections=sections, timestamp=1
+    )
+    text = (tmp_path / ".treeinfo").read_text()
+    assert text.startswith(
+        "[general]\ntimestamp = 1\nfamily = Fedora\nversion = 43\nname = Fedora-43\nvariant = \narch = x86_64\npackagedir = \n\n"
+        "[stage2]\nmainimage = images/install.img\n\n[images-x86_64]\n"
+    )
+    ti = productmd.treeinfo.TreeInfo()
+    ti.load(str(tmp_path / ".treeinfo"))  # what Pungi reads
+    assert ti.release.name == "Fedora" and ti.stage2.mainimage == "images/install.img"

@@ -29,7 +29,7 @@ from composer.lorax.check import check_sharedir
 from composer.lorax.logs import derive_logs, error_lines, read_log
 from composer.lorax.moduleinfo import write_module_info
 from composer.outputs.media import copy_file
-from composer.outputs.treeinfo import write_lorax_discinfo, write_treeinfo
+from composer.outputs.treeinfo import write_lorax_discinfo, write_lorax_treeinfo
 from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
 from composer.pipelines.compose import Runtime
@@ -179,8 +179,8 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt: Runtime, inroot: Path, ou
     """lorax's TreeBuilder: the --add-arch-template files, then the set's arch template,
     with the install root before the cleanup as input root (kernels and their initramfs
     in boot/, the runtime image at images/install.img, as lorax has them) and the output
-    directory as output root; then .treeinfo from what the templates recorded, and
-    implantisomd5 on the ISO."""
+    directory as output root; then implantisomd5 on the ISO and lorax's .treeinfo from what the templates
+    recorded."""
     templatedir = template_dir(cfg)
     for k in rt.kernels:
         _put(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
@@ -206,20 +206,18 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt: Runtime, inroot: Path, ou
         runner.run(t.resolve(), dict(plan.arch_template_vars))
     runner.run(templatedir / ARCH_TEMPLATE[Arch.of(cfg.arch).basearch])
     treeinfo = runner.treeinfo
-    write_treeinfo(
-        out / ".treeinfo",
-        product=cfg.product,
-        version=cfg.version,
-        arch=cfg.arch,
-        variant=cfg.variant,
-        images={},
-        extra=treeinfo,
-        checksum_root=out,
-        timestamp=cfg.source_date_epoch,
-    )
     for section in treeinfo.values():
         if "boot.iso" in section:
             run(["implantisomd5", str(out / section["boot.iso"])])
+    write_lorax_treeinfo(
+        out / ".treeinfo",
+        product=cfg.product,
+        version=cfg.version,
+        variant=cfg.variant,
+        basearch=basearch,
+        sections=treeinfo,
+        timestamp=cfg.source_date_epoch,
+    )
 
 
 def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
