@@ -210,3 +210,15 @@ def test_treeinfo_is_lorax_s(tmp_path):
     ti = productmd.treeinfo.TreeInfo()
     ti.load(str(tmp_path / ".treeinfo"))  # what Pungi reads
     assert ti.release.name == "Fedora" and ti.stage2.mainimage == "images/install.img"
+
+
+def test_pkgsizes_are_lorax_s(tmp_path):
+    from composer.lorax.logs import write_pkgsizes
+
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/a").write_bytes(b"x" * 10)
+    (tree / "usr/bin/b").symlink_to("a")
+    files = {"anaconda-core.noarch": ["/usr/bin/a", "/usr/bin/gone"], "anaconda.noarch": [], "b.x86_64": ["/usr/bin/b"]}
+    write_pkgsizes(tree, files, tmp_path, "final-pkgsizes.txt")
+    assert (tmp_path / "final-pkgsizes.txt").read_text() == "anaconda.noarch: 0\nanaconda-core.noarch: 10\nb.x86_64: 1\n"

@@ -132,6 +132,47 @@ def write_packages_log(tree: Path) -> int:
     return len(pkgs)
 
 
+def package_files(tree: Path) -> dict[str, list[str]]:
+    """NAME.ARCH: the package's files, for every package the tree's rpm database holds."""
+    proc = subprocess.run(
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=@%{NAME}.%{ARCH}\n[%{FILENAMES}\n]"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pkgsizes: rpm failed: {proc.stderr.strip()[-300:]}")
+    files: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("@"):
+            current = files.setdefault(line[1:], [])
+        elif line.startswith("/"):
+            current.append(line)
+    return files
+
+
+def write_pkgsizes(tree: Path, files: dict[str, list[str]], logdir: Path, name: str) -> None:
+    """lorax's original-pkgsizes.txt / final-pkgsizes.txt: `NAME.ARCH: BYTES` per package,
+    the sizes (lstat) of its files the tree still has. lorax's os.path.exists follows links
+    (a link to a missing file counts 0); here a link counts as itself."""
+    lines = []
+    for pkg in sorted(files, key=lambda p: tuple(p.rsplit(".", 1))):  # by name, then arch, as lorax
+        size = 0
+        for f in files[pkg]:
+            try:
+                size += os.lstat(str(tree) + f).st_size
+            except OSError:
+                pass
+        lines.append(f"{pkg}: {size}\n")
+    fd = open_dir(logdir)
+    try:
+        write_new(fd, name, "".join(lines).encode())
+    finally:
+        os.close(fd)
+
+
 def read_log(path: Path) -> str:
     """The text of the log composer wrote (opened as set_logging opened it: no link followed)."""
     try:

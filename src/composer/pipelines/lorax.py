@@ -124,18 +124,27 @@ def lorax_media_mode(templatedir: Path, basearch: str) -> bool:
 LORAX_ANACONDA_DRACUT = ("--add", "anaconda pollcdrom qemu qemu-net prefixdevname-tools")
 
 
-def build_lorax_runtime(cfg: Config, work: Path) -> tuple[Runtime, Path]:
+def build_lorax_runtime(cfg: Config, work: Path, logdir: Path | None = None) -> tuple[Runtime, Path]:
     """lorax's run: install, postinstall, then the install root backed up (lorax's
     `linktree`, hard links) before the cleanup; dracut runs in that copy with lorax's
-    anaconda arguments, and the arch templates read it (TreeBuilder's inroot).
-    Returns the runtime and the copy."""
+    anaconda arguments, and the arch templates read it (TreeBuilder's inroot). With
+    logdir: lorax's original-pkgsizes.txt and final-pkgsizes.txt there (composer's
+    "original" is after the postinstall, lorax's before it). Returns the runtime and the copy."""
     ctx = pipeline.start(cfg, work)
     pipeline.install(ctx)
     pipeline.postinstall(ctx)
     inroot = pipeline.snapshot(ctx, work / "installroot")
+    try:
+        pkgfiles = loraxlogs.package_files(ctx.tree) if logdir is not None else {}
+    except RuntimeError as e:
+        raise ComposerError(str(e)) from None
+    if logdir is not None:
+        loraxlogs.write_pkgsizes(ctx.tree, pkgfiles, logdir, "original-pkgsizes.txt")
     module_info(ctx)
     ctx.cfg = dataclasses.replace(ctx.cfg, dracut_args=(*ctx.cfg.dracut_args, *anaconda_dracut_args(inroot)))
     pipeline.cleanup(ctx)
+    if logdir is not None:
+        loraxlogs.write_pkgsizes(ctx.tree, pkgfiles, logdir, "final-pkgsizes.txt")
     pipeline.pack(ctx, dracut_tree=inroot, omits=False)
     return ctx.runtime(), inroot
 
@@ -225,7 +234,7 @@ def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
     if found.errors:
         raise ComposerError(f"--sharedir {template_dir(cfg)}: " + "; ".join(found.errors))
     with compose_dirs(cfg) as (out, work):
-        rt, inroot = build_lorax_runtime(cfg, work)
+        rt, inroot = build_lorax_runtime(cfg, work, plan.logfile.parent)
         make_lorax_media(cfg, plan, rt, inroot, out, work, volid)
     info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {template_dir(cfg)})")
 
