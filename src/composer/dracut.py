@@ -310,6 +310,9 @@ def dracut_argv(
     return argv + list(extra) + [output]
 
 
+OMIT_CONF = "91-composer-omit.conf"  # the modules a live runtime leaves out
+
+
 @dataclasses.dataclass(frozen=True)
 class DracutInputs:
     """What decides the initramfs besides the tree: one value for modules_beside and build_initramfs."""
@@ -319,12 +322,17 @@ class DracutInputs:
     dracut_conf: Path | None = None  # the user's --dracut-conf
     templatedir: Path | None = None  # the product's dracut.conf template is read from here
     variables: Mapping[str, object] | None = None  # to render it
+    omits: bool = True  # composer's omissions (OMIT_CONF); lorax's installer initramfs has none
 
 
 def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
     """composer's dracut.conf files, the product's (rendered into outdir) and the user's,
     each with where it is bound in the tree, in the order dracut reads them."""
-    confs = [(conf, f"/etc/dracut.conf.d/{conf.name}") for conf in sorted((DATADIR / "share" / "dracut").glob("*.conf"))]
+    confs = [
+        (conf, f"/etc/dracut.conf.d/{conf.name}")
+        for conf in sorted((DATADIR / "share" / "dracut").glob("*.conf"))
+        if inputs.omits or conf.name != OMIT_CONF
+    ]
     product_conf = (
         render_product_conf(inputs.templatedir, inputs.variables or {}, outdir) if inputs.templatedir is not None else None
     )

@@ -322,7 +322,8 @@ def test_buildstamp_and_pkglists_written_by_a_template(tmp_path, monkeypatch):
     monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append(list(argv)))
     TemplateRunner(tree=tree, templatedir=tmp_path, variables={}).run(tmpl)
     assert (tree / ".buildstamp").read_text() == text
-    assert calls[0][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]  # runcmd on the host
+    assert calls[0][-2:] == ["packages-log", str(tree)]  # /root/lorax-packages.log, runcmd on the host
+    assert calls[1][-3:] == ["pkglists", str(tree), str(tmp_path / "logs/pkglists")]
 
 
 def test_derived_logs(tmp_path):
@@ -453,6 +454,8 @@ def test_lorax_media_from_the_arch_template(tmp_path):
             "x86_64",
             "--volid",
             "TestProduct-S-1",
+            "--variant",  # as Pungi gives it: productmd reads lorax's .treeinfo without one for Fedora only
+            "Server",
             "-c",
             str(conf),
             "--add-arch-template",
@@ -488,7 +491,7 @@ def test_lorax_media_from_the_arch_template(tmp_path):
     out.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    make_lorax_media(cfg, plan, rt, out, work, "TestProduct-S-1")
+    make_lorax_media(cfg, plan, rt, tree, out, work, "TestProduct-S-1")
     for rel in (
         "images/boot.iso",
         "images/install.img",

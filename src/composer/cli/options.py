@@ -30,8 +30,9 @@ from composer.run import ComposerError
 
 CommandLine = Literal["composer", "lorax"]
 
-# lorax's DRACUT_DEFAULT, less "--add fips" (no FIPS module in every distribution's dracut).
-LORAX_DRACUT_DEFAULT = ("--xz", "--install", "/.buildstamp", "--no-early-microcode")
+# lorax's DRACUT_DEFAULT (pylorax 40.5.19); `composer lorax` adds lorax's anaconda modules
+# for a lorax template set (pipelines.lorax.LORAX_ANACONDA_DRACUT).
+LORAX_DRACUT_DEFAULT = ("--xz", "--install", "/.buildstamp", "--no-early-microcode", "--add", "fips")
 LORAX_ROOTFS_TYPES = ("squashfs", "squashfs-ext4", "erofs", "erofs-ext4")
 
 # lorax rootfs type -> (composer's rootfs type, what differs, or "" when it is the same layout)

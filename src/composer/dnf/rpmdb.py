@@ -61,6 +61,15 @@ class Rpmdb:
         out = self.rpm("-ql", name)
         return [line for line in out.splitlines() if line.startswith("/")]
 
+    def files_by_package(self) -> dict[str, list[str]]:
+        """files_of for every installed package, in one query (a package without files has no entry)."""
+        files: dict[str, list[str]] = {}
+        for line in self.rpm("-qa", "--queryformat=[%{=NAME}\t%{FILENAMES}\n]").splitlines():
+            name, _, path = line.partition("\t")
+            if path.startswith("/"):
+                files.setdefault(name, []).append(path)
+        return files
+
     def packaged_files(self) -> dict[str, list[RpmFile]]:
         """Every path the rpm database says is installed, with its mode, owner and type.
 

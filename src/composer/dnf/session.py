@@ -267,6 +267,9 @@ class DnfSession:
     def files_of(self, name: str) -> list[str]:
         return self.rpmdb.files_of(name)
 
+    def files_by_package(self) -> dict[str, list[str]]:
+        return self.rpmdb.files_by_package()
+
     def packaged_files(self) -> dict[str, list[RpmFile]]:
         return self.rpmdb.packaged_files()
 

@@ -108,6 +108,71 @@ def write_pkglists(tree: Path, dest: Path) -> int:
     return len(files)
 
 
+def write_packages_log(tree: Path) -> int:
+    """/root/lorax-packages.log in the tree: every installed package as NAME-VERSION-RELEASE.ARCH,
+    sorted, one a line (lorax's _write_package_log, after its package transaction)."""
+    proc = subprocess.run(
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"lorax-packages.log: rpm failed: {proc.stderr.strip()[-300:]}")
+    pkgs = sorted(set(proc.stdout.split()))
+    try:
+        fd = open_dir(tree / "root", create=True)
+    except OSError as e:
+        raise SystemExit(f"lorax-packages.log: {e.filename}: {e.strerror}") from None
+    try:
+        write_new(fd, "lorax-packages.log", ("\n".join(pkgs) + "\n").encode())
+    finally:
+        os.close(fd)
+    return len(pkgs)
+
+
+def package_files(tree: Path) -> dict[str, list[str]]:
+    """NAME.ARCH: the package's files, for every package the tree's rpm database holds."""
+    proc = subprocess.run(
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=@%{NAME}.%{ARCH}\n[%{FILENAMES}\n]"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pkgsizes: rpm failed: {proc.stderr.strip()[-300:]}")
+    files: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("@"):
+            current = files.setdefault(line[1:], [])
+        elif line.startswith("/"):
+            current.append(line)
+    return files
+
+
+def write_pkgsizes(tree: Path, files: dict[str, list[str]], logdir: Path, name: str) -> None:
+    """lorax's original-pkgsizes.txt / final-pkgsizes.txt: `NAME.ARCH: BYTES` per package,
+    the sizes (lstat) of its files the tree still has. lorax's os.path.exists follows links
+    (a link to a missing file counts 0); here a link counts as itself."""
+    lines = []
+    for pkg in sorted(files, key=lambda p: tuple(p.rsplit(".", 1))):  # by name, then arch, as lorax
+        size = 0
+        for f in files[pkg]:
+            try:
+                size += os.lstat(str(tree) + f).st_size
+            except OSError:
+                pass
+        lines.append(f"{pkg}: {size}\n")
+    fd = open_dir(logdir)
+    try:
+        write_new(fd, name, "".join(lines).encode())
+    finally:
+        os.close(fd)
+
+
 def read_log(path: Path) -> str:
     """The text of the log composer wrote (opened as set_logging opened it: no link followed)."""
     try:
@@ -161,7 +226,11 @@ def main(argv: list[str]) -> int:
         n = write_pkglists(Path(argv[1]), Path(argv[2]))
         print(f"pkglists: {n} packages", file=sys.stderr)
         return 0
-    print("usage: loraxlogs.py pkglists TREE DEST", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "packages-log":
+        n = write_packages_log(Path(argv[1]))
+        print(f"lorax-packages.log: {n} packages", file=sys.stderr)
+        return 0
+    print("usage: loraxlogs.py pkglists TREE DEST | packages-log TREE", file=sys.stderr)
     return 2
 
 

@@ -93,6 +93,48 @@ def write_treeinfo(dest: Path, **kwargs) -> None:
     ti.dump(str(dest))
 
 
+def write_lorax_treeinfo(
+    dest: Path,
+    *,
+    product: str,
+    version: str,
+    variant: str,
+    basearch: str,
+    sections: Mapping[str, Mapping[str, str]],
+    timestamp: int | None = None,
+) -> None:
+    """lorax's .treeinfo (pylorax.treeinfo): [general] with timestamp, family, version,
+    name PRODUCT-VERSION, variant, arch and an empty packagedir, then the sections the arch
+    template recorded (`treeinfo` commands), in their order; no checksums (lorax writes
+    none, and implantisomd5 changes boot.iso afterwards). productmd reads it as Pungi does."""
+    import configparser
+
+    c = configparser.ConfigParser(interpolation=None)
+    c["general"] = {
+        "timestamp": str(timestamp) if timestamp is not None else str(time.time()),
+        "family": product,
+        "version": version,
+        "name": f"{product}-{version}",
+        "variant": variant or "",
+        "arch": basearch,
+        "packagedir": "",
+    }
+    for section, data in sections.items():
+        if not c.has_section(section):
+            c.add_section(section)
+        for key, value in data.items():
+            c.set(section, key, value)
+    with open(dest, "w") as f:
+        c.write(f)
+
+
+def write_lorax_discinfo(dest: Path, *, release: str, basearch: str, timestamp: int | None = None) -> None:
+    """lorax's .discinfo (pylorax.discinfo): the build time (%f), lorax's --release and the
+    base architecture, one a line; no disc numbers line."""
+    when = float(timestamp) if timestamp is not None else time.time()
+    dest.write_text(f"{when:f}\n{release}\n{basearch}\n")
+
+
 def write_discinfo(dest: Path, *, release: str, arch: str, timestamp: int | None = None) -> None:
     import productmd.discinfo as pdi  # deferred: only media outputs need productmd
 

@@ -17,6 +17,7 @@ read.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import cast
 
@@ -210,7 +211,19 @@ def cleanup(ctx: BuildContext) -> None:
     info(f"tree after cleanup: {size / 2**20:.0f} MiB")
 
 
-def pack(ctx: BuildContext) -> None:
+def snapshot(ctx: BuildContext, dest: Path) -> Path:
+    """Step `snapshot`: lorax's backup of the install root before the cleanup (its TreeBuilder's
+    `inroot`): a copy of the tree made of hard links (`cp -al`: seconds, no data copied). dracut
+    and lorax's arch templates read it, so they see what the cleanup removes (/boot's boot
+    loaders, the installer's dracut modules). The cleanup replaces files rather than writing
+    into them (the template runner's `replace`/`append` break a shared link first), so the
+    snapshot keeps the tree as it was."""
+    with stage("snapshot", ctx.metrics, usage=True):
+        run(["cp", "-al", "--", os.fspath(ctx.tree), os.fspath(dest)])
+    return dest
+
+
+def pack(ctx: BuildContext, dracut_tree: Path | None = None, *, omits: bool = True) -> None:
     """Stage `pack`: the tree checked and sealed, then LiveOS/rootfs.img, the initramfs and squashfs.img.
 
     From the seal on, the tree only changes outside /lib/modules: the driver modules dracut
@@ -220,21 +233,24 @@ def pack(ctx: BuildContext) -> None:
     rootfs.img, mksquashfs reads only that image: it runs beside dracut (dracut is mostly
     one process at a time and I/O; mksquashfs fills the cores). dracut's bwrap makes
     transient mount points in the tree, so whatever reads the tree (mkfs --rootdir here,
-    or mksquashfs for --rootfs-type squashfs) runs before or after it.
+    or mksquashfs for --rootfs-type squashfs) runs before or after it. dracut_tree: dracut
+    runs there instead (lorax's pre-cleanup snapshot), not in the tree; omits=False: without
+    composer's omitted dracut modules (dracut.OMIT_CONF), as lorax's installer initramfs.
     """
     cfg = ctx.cfg
-    inputs = dracut.DracutInputs(cfg.rootfs_type, cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables)
-    with dracut.modules_beside(ctx.tree, ctx.kernels, ctx.work / "initramfs", inputs) as pending:
+    dtree = dracut_tree if dracut_tree is not None else ctx.tree
+    inputs = dracut.DracutInputs(cfg.rootfs_type, cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables, omits=omits)
+    with dracut.modules_beside(dtree, ctx.kernels, ctx.work / "initramfs", inputs) as pending:
         seal(ctx)
         if cfg.rootfs_type is not RootfsType.SQUASHFS:
             rootfs_image(ctx)
         dracut_plan = pending.result()
     if cfg.rootfs_type is RootfsType.SQUASHFS:
-        initramfs(ctx, dracut_plan)
+        initramfs(ctx, dracut_plan, dtree)
         with stage("squashfs", ctx.metrics, usage=True):
             make_squashfs(ctx.tree, ctx.squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch)
     else:
-        squashfs_beside_dracut(ctx, dracut_plan)
+        squashfs_beside_dracut(ctx, dracut_plan, dtree)
     ctx.metrics.sizes["squashfs"] = ctx.squashfs.stat().st_size
 
 
@@ -270,11 +286,15 @@ def rootfs_image(ctx: BuildContext) -> None:
             sizes["osmin_gz"] = delta.gz_size
 
 
-def initramfs(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
-    """Step `dracut`: an initramfs per kernel, made in the tree, which it must leave as it found it."""
+def initramfs(ctx: BuildContext, plan: dracut.DracutPlan, tree: Path | None = None) -> None:
+    """Step `dracut`: an initramfs per kernel, made in the tree (or `tree`), which it must leave as it found it."""
     with stage("dracut", ctx.metrics, usage=True):
         made = dracut.build_initramfs(
-            ctx.tree, ctx.kernels, ctx.work / "initramfs", plan, source_date_epoch=ctx.cfg.source_date_epoch
+            tree if tree is not None else ctx.tree,
+            ctx.kernels,
+            ctx.work / "initramfs",
+            plan,
+            source_date_epoch=ctx.cfg.source_date_epoch,
         )
     ctx.check.check_unchanged("after dracut")
     for kver, path in made.items():
@@ -284,7 +304,7 @@ def initramfs(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
     ctx.initramfs = made
 
 
-def squashfs_beside_dracut(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
+def squashfs_beside_dracut(ctx: BuildContext, plan: dracut.DracutPlan, tree: Path | None = None) -> None:
     """Steps `squashfs` and `dracut` at the same time: mksquashfs of work/squashfs-root (which
     holds only LiveOS/rootfs.img) runs while dracut does. timings: each one's wall time and
     `dracut+squashfs`, the wall time of the pair; cpu: mksquashfs's, and dracut's the rest."""
@@ -295,7 +315,7 @@ def squashfs_beside_dracut(ctx: BuildContext, plan: dracut.DracutPlan) -> None:
     with squashfs_beside(
         ctx.work / "squashfs-root", ctx.squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch, all_time=True
     ) as job:
-        initramfs(ctx, plan)
+        initramfs(ctx, plan, tree)
     metrics.timings["squashfs"], metrics.cpu["squashfs"] = job.wall_s, job.cpu_s
     metrics.timings["dracut+squashfs"] = both.wall_s()  # the two overlapped: wall of the pair
     # mksquashfs may have been reaped while dracut ran: dracut's share is the rest.

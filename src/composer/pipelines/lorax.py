@@ -21,15 +21,19 @@ from pathlib import Path
 
 from composer import __version__
 from composer.config import Config
+from composer.dracut import find_kernels
 from composer.images.iso import check_volid, default_volid
 from composer.images.sparse import copy_sparse
 from composer.lorax import logs as loraxlogs
 from composer.lorax.check import check_sharedir
 from composer.lorax.logs import derive_logs, error_lines, read_log
+from composer.lorax.moduleinfo import write_module_info
 from composer.outputs.media import copy_file
-from composer.outputs.treeinfo import write_discinfo, write_treeinfo
+from composer.outputs.treeinfo import write_lorax_discinfo, write_lorax_treeinfo
+from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import EFI_ARCH_NAMES, MediaOptions, compose_boot_iso
-from composer.pipelines.runtime import build_runtime, compose_dirs
+from composer.pipelines.compose import Runtime
+from composer.pipelines.runtime import compose_dirs
 from composer.preflight import check_compose_inputs, check_dir_creatable, check_outputs_apart
 from composer.product import template_dir
 from composer.run import ComposerError, debug, info, run, set_logging
@@ -79,14 +83,16 @@ def buildstamp_text(cfg: Config, *, now: int | None = None, lorax_version: str =
 def lorax_runtime_template(directory: Path, buildstamp: str, pkglists: Path | None) -> Path:
     """The template composer lorax adds to the runtime templates: it writes /.buildstamp
     (before dracut, so that lorax's `--dracut-arg --install --dracut-arg /.buildstamp`
-    finds it) and, with runcmd on the host as lorax's templates do, pkglists/ from the
-    rpm database before the cleanup template removes it. The values are baked into the
+    finds it) and, with runcmd on the host as lorax's templates do, /root/lorax-packages.log
+    and pkglists/ from the rpm database before the cleanup template removes it. The values are baked into the
     text (not variables: those are part of the install stage's cache key) inside
     <%text>, so that Mako leaves them alone."""
     escaped = buildstamp.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")  # append decodes escapes
     lines = ["-remove /.buildstamp", f"append /.buildstamp {shlex.quote(escaped)}"]
+    script = [sys.executable, str(Path(loraxlogs.__file__).resolve())]
+    lines.append(f"runcmd {' '.join(shlex.quote(a) for a in script)} packages-log ${{root}}")
     if pkglists is not None:
-        argv = [sys.executable, str(Path(loraxlogs.__file__).resolve()), "pkglists"]
+        argv = [*script, "pkglists"]
         lines.append(f"runcmd {' '.join(shlex.quote(a) for a in argv)} ${{root}} {shlex.quote(str(pkglists))}")
     for line in lines:
         if "</%text>" in line or any(ord(c) < 32 for c in line):
@@ -113,20 +119,86 @@ def lorax_media_mode(templatedir: Path, basearch: str) -> bool:
     return (templatedir / ARCH_TEMPLATE.get(basearch, "x86.tmpl")).is_file() and not (templatedir / "grub2-efi.cfg").is_file()
 
 
-def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, volid: str) -> None:
+# What lorax adds to the dracut arguments of the media's initramfs (pylorax.Lorax.run's
+# anaconda_args), after the defaults or the user's --dracut-arg.
+LORAX_ANACONDA_DRACUT = ("--add", "anaconda pollcdrom qemu qemu-net prefixdevname-tools")
+
+
+def build_lorax_runtime(cfg: Config, work: Path, logdir: Path | None = None) -> tuple[Runtime, Path]:
+    """lorax's run: install, postinstall, then the install root backed up (lorax's
+    `linktree`, hard links) before the cleanup; dracut runs in that copy with lorax's
+    anaconda arguments, and the arch templates read it (TreeBuilder's inroot). With
+    logdir: lorax's original-pkgsizes.txt and final-pkgsizes.txt there (composer's
+    "original" is after the postinstall, lorax's before it). Returns the runtime and the copy."""
+    ctx = pipeline.start(cfg, work)
+    pipeline.install(ctx)
+    pipeline.postinstall(ctx)
+    inroot = pipeline.snapshot(ctx, work / "installroot")
+    try:
+        pkgfiles = loraxlogs.package_files(ctx.tree) if logdir is not None else {}
+    except RuntimeError as e:
+        raise ComposerError(str(e)) from None
+    if logdir is not None:
+        loraxlogs.write_pkgsizes(ctx.tree, pkgfiles, logdir, "original-pkgsizes.txt")
+    module_info(ctx)
+    ctx.cfg = dataclasses.replace(ctx.cfg, dracut_args=(*ctx.cfg.dracut_args, *anaconda_dracut_args(inroot)))
+    pipeline.cleanup(ctx)
+    if logdir is not None:
+        loraxlogs.write_pkgsizes(ctx.tree, pkgfiles, logdir, "final-pkgsizes.txt")
+    pipeline.pack(ctx, dracut_tree=inroot, omits=False)
+    return ctx.runtime(), inroot
+
+
+def module_info(ctx: pipeline.BuildContext) -> None:
+    """lorax's generate_module_data after its backup: /lib/modules/module-info in the runtime
+    (anaconda's list of block and network drivers), one file for every kernel (the last one's)."""
+    moddirs = [
+        ctx.tree / d for d in ("usr/lib/modules", "lib/modules") if (ctx.tree / d).is_dir() and not (ctx.tree / d).is_symlink()
+    ]
+    if not moddirs:
+        return
+    with ctx.check.ledger.observe(ctx.tree, "composer lorax: module-info"):
+        for k in find_kernels(ctx.tree):
+            n = write_module_info(moddirs[0] / k.version, moddirs[0] / "module-info")
+            info(f"module-info: {n} block and network drivers of kernel {k.version}")
+
+
+def anaconda_dracut_args(inroot: Path) -> tuple[str, ...]:
+    """lorax's `--add "anaconda pollcdrom qemu qemu-net prefixdevname-tools"`, less the modules
+    the install root has not (lorax's dracut would stop there: a template set that installs no
+    anaconda-dracut, like the small test product's, still builds, and the log names them)."""
+    moddirs = [inroot / d for d in ("usr/lib/dracut/modules.d", "lib/dracut/modules.d")]
+    present = {p.name.lstrip("0123456789") for d in moddirs if d.is_dir() for p in d.iterdir()}
+    wanted = LORAX_ANACONDA_DRACUT[1].split()
+    missing = [m for m in wanted if m not in present]
+    if missing:
+        info(f"dracut: lorax adds {' '.join(missing)} too; the install root has no such dracut module: left out")
+    kept = [m for m in wanted if m in present]
+    return ("--add", " ".join(kept)) if kept else ()
+
+
+def _put(src: Path, dest: Path) -> None:
+    """src copied to dest as a new file: dest may be a hard link into the runtime tree."""
+    if os.path.lexists(dest):
+        dest.unlink()
+    copy_file(src, dest)
+
+
+def make_lorax_media(cfg: Config, plan: LoraxPlan, rt: Runtime, inroot: Path, out: Path, work: Path, volid: str) -> None:
     """lorax's TreeBuilder: the --add-arch-template files, then the set's arch template,
-    with the runtime tree as input root (kernels in boot/, the runtime image at
-    images/install.img, as lorax has them) and the output directory as output root;
-    then .treeinfo from what the templates recorded, and implantisomd5 on the ISO."""
+    with the install root before the cleanup as input root (kernels and their initramfs
+    in boot/, the runtime image at images/install.img, as lorax has them) and the output
+    directory as output root; then implantisomd5 on the ISO and lorax's .treeinfo from what the templates
+    recorded."""
     templatedir = template_dir(cfg)
-    inroot = rt.tree
     for k in rt.kernels:
-        copy_file(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
-        copy_file(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
+        _put(k.vmlinuz, inroot / "boot" / f"vmlinuz-{k.version}")
+        _put(rt.initramfs[k.version], inroot / "boot" / f"initramfs-{k.version}.img")
     runtime_img = "images/install.img"
     (inroot / runtime_img).parent.mkdir(parents=True, exist_ok=True)
     copy_sparse(rt.squashfs, inroot / runtime_img)
-    write_discinfo(out / ".discinfo", release=f"{cfg.product} {cfg.version}", arch=cfg.arch, timestamp=cfg.source_date_epoch)
+    basearch = Arch.of(cfg.arch).basearch
+    write_lorax_discinfo(out / ".discinfo", release=cfg.release, basearch=basearch, timestamp=cfg.source_date_epoch)
     product = Product(cfg.product, cfg.version, cfg.release, cfg.variant, cfg.bugurl, cfg.isfinal)
     variables = lorax_variables(
         product,
@@ -143,20 +215,18 @@ def make_lorax_media(cfg: Config, plan: LoraxPlan, rt, out: Path, work: Path, vo
         runner.run(t.resolve(), dict(plan.arch_template_vars))
     runner.run(templatedir / ARCH_TEMPLATE[Arch.of(cfg.arch).basearch])
     treeinfo = runner.treeinfo
-    write_treeinfo(
-        out / ".treeinfo",
-        product=cfg.product,
-        version=cfg.version,
-        arch=cfg.arch,
-        variant=cfg.variant,
-        images={},
-        extra=treeinfo,
-        checksum_root=out,
-        timestamp=cfg.source_date_epoch,
-    )
     for section in treeinfo.values():
         if "boot.iso" in section:
             run(["implantisomd5", str(out / section["boot.iso"])])
+    write_lorax_treeinfo(
+        out / ".treeinfo",
+        product=cfg.product,
+        version=cfg.version,
+        variant=cfg.variant,
+        basearch=basearch,
+        sections=treeinfo,
+        timestamp=cfg.source_date_epoch,
+    )
 
 
 def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
@@ -164,8 +234,8 @@ def compose_lorax_media(cfg: Config, plan: LoraxPlan, volid: str) -> None:
     if found.errors:
         raise ComposerError(f"--sharedir {template_dir(cfg)}: " + "; ".join(found.errors))
     with compose_dirs(cfg) as (out, work):
-        rt = build_runtime(cfg, work)
-        make_lorax_media(cfg, plan, rt, out, work, volid)
+        rt, inroot = build_lorax_runtime(cfg, work, plan.logfile.parent)
+        make_lorax_media(cfg, plan, rt, inroot, out, work, volid)
     info(f"outputs in {cfg.outdir} (made by {ARCH_TEMPLATE[rt_basearch(cfg)]} of {template_dir(cfg)})")
 
 

@@ -7,12 +7,14 @@ import fnmatch
 import os
 import re
 import shutil
+import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from composer.images import mkefiboot
 from composer.images.cpio import CpioEntry, write_newc
 from composer.run import ComposerError, debug, in_tree_argv, info, run
 from composer.templates.errors import PathEscapeError, TemplateError
@@ -35,6 +37,9 @@ class ChangeRecorder(Protocol):
     def record(self, who: str, paths: Sequence[str]) -> None: ...
     def observe(self, tree: Path, who: str, *, packages: bool = False) -> contextlib.AbstractContextManager[object]: ...
 
+
+# Commands that read the package database (as the template found it: TemplateRunner._installed).
+_PACKAGE_QUERIES = {"removepkg", "removefrom"}
 
 # Commands that may change any path: observed as a before/after difference of the tree.
 _OPAQUE_COMMANDS = {"runcmd": False, "systemctl": False, "run_pkg_transaction": True}
@@ -146,6 +151,8 @@ class TemplateRunner:
     # When a list: parse errors are collected here (every bad line, not only the first).
     collect_errors: list[TemplateError] | None = None
     _who: str | None = field(default=None, init=False, repr=False)
+    # The package database as this template found it: (installed names, files by package).
+    _pkgdb: tuple[list[str], dict[str, list[str]] | None] | None = field(default=None, init=False, repr=False)
 
     # ----------------------------------------------------------------- public
 
@@ -167,6 +174,9 @@ class TemplateRunner:
             debug(f"template {template.name}: {len(lines)} commands (dry run)")
             return
         info(f"template {template.name}: {len(lines)} commands")
+        self._pkgdb = None
+        if any(line.name in _PACKAGE_QUERIES for line in lines):
+            self._installed()  # before the first command, as lorax's dnf package set
         for line in lines:
             self._execute(line)
 
@@ -351,6 +361,23 @@ class TemplateRunner:
             raise ComposerError("no package manager for this template run")
         return self.pkgmgr
 
+    def _installed(self) -> list[str]:
+        """The installed packages as the template found them (read once per template, after
+        each transaction again): lorax asks dnf's package set, read before the template runs,
+        so removepkg/removefrom keep working after the cleanup removes the rpm database
+        (stock runtime-cleanup.tmpl does, halfway through)."""
+        if self._pkgdb is None:
+            pm = self._need_pkgmgr()
+            by_package = getattr(pm, "files_by_package", None)
+            self._pkgdb = (pm.installed(), by_package() if by_package is not None else None)
+        return self._pkgdb[0]
+
+    def _files_of(self, name: str) -> list[str]:
+        self._installed()
+        assert self._pkgdb is not None
+        files = self._pkgdb[1]
+        return list(files.get(name, [])) if files is not None else self._need_pkgmgr().files_of(name)
+
     def _pkgfile(self, path: str) -> str:
         """A package's file as a tree path (accepts rpm paths and host paths in the tree)."""
         root = os.path.abspath(self.tree)
@@ -470,14 +497,13 @@ class TemplateRunner:
             raise _Usage("PKGGLOB...")
 
         def action() -> None:
-            pm = self._need_pkgmgr()
-            installed = pm.installed()
+            installed = self._installed()
             for pattern in args:
                 names = [n for n in installed if fnmatch.fnmatchcase(n, pattern)]
                 if not names:
                     info(f"removepkg: no installed package matches {pattern}")
                 for name in names:
-                    count = self._delete_package_files(pm.files_of(name))
+                    count = self._delete_package_files(self._files_of(name))
                     debug(f"removepkg {name}: {count} files removed")
 
         return action
@@ -498,12 +524,11 @@ class TemplateRunner:
             raise _Usage(usage)
 
         def action() -> None:
-            pm = self._need_pkgmgr()
-            names = [n for n in pm.installed() if fnmatch.fnmatchcase(n, pkgglob)]
+            names = [n for n in self._installed() if fnmatch.fnmatchcase(n, pkgglob)]
             if not names:
                 info(f"removefrom: no installed package matches {pkgglob}")
             for name in names:
-                files = pm.files_of(name)
+                files = self._files_of(name)
                 hit = [f for f in files if any(fnmatch.fnmatchcase(self._pkgfile(f), g) for g in rest)]
                 chosen = [f for f in files if f not in set(hit)] if allbut else hit
                 count = self._delete_package_files(chosen)
@@ -551,7 +576,12 @@ class TemplateRunner:
         meaning). Observed by the tree check as a before/after difference."""
         if args:
             raise _Usage("(no arguments)")
-        return lambda: self._need_pkgmgr().run_transaction()
+
+        def action() -> None:
+            self._need_pkgmgr().run_transaction()
+            self._pkgdb = None  # what it installed is in the database now
+
+        return action
 
     def _p_install(self, args: list[str]) -> Callable[[], None]:
         """install SRCGLOB DEST
@@ -672,7 +702,7 @@ class TemplateRunner:
                         out.append(regex.sub(repl, body) + line[len(body) :])
                     new = "".join(out)
                     if new != data:
-                        host.write_bytes(new.encode("utf-8", errors="surrogateescape"))
+                        _rewrite(host, new.encode("utf-8", errors="surrogateescape"))
 
         return action
 
@@ -775,7 +805,9 @@ class TemplateRunner:
         """runcmd [--chroot] CMD [ARG...]
 
         Run a command, as lorax does, on the build host with the output root as working
-        directory: paths must be absolute (`${root}/...`). composer's `--chroot` runs it inside
+        directory: paths must be absolute (`${root}/...`). `mkefiboot` is composer's own (lorax's
+        command line; a FAT image made with mkfs.fat and mtools, no loop device, no mount), and
+        Fedora's `grub2-X` is Debian's `grub-X` on a host that has only that. composer's `--chroot` runs it inside
         the tree instead (under bubblewrap). `--chdir=` is refused (lorax dropped it too). Observed
         by the tree check as a before/after difference; use it only when no command fits."""
         chroot = bool(args) and args[0] == "--chroot"
@@ -789,8 +821,10 @@ class TemplateRunner:
             tree = os.path.abspath(self.tree)
             if chroot:
                 run(in_tree_argv(Path(tree), argv))
+            elif argv[0] == "mkefiboot":
+                mkefiboot.main(argv[1:])  # composer's own: lorax's needs loop devices and mounts
             else:
-                run(argv, cwd=Path(tree))
+                run(host_argv(argv), cwd=Path(tree))
 
         return action
 
@@ -978,3 +1012,34 @@ def _write_cpio_image(src: Path, dest: Path, compression: str, level: int) -> No
 def iter_template_files(templates_root: Path) -> Iterator[Path]:
     """Every *.tmpl below templates_root, sorted (for template-check)."""
     yield from sorted(p for p in templates_root.rglob("*.tmpl") if p.is_file())
+
+
+def host_argv(argv: Sequence[str]) -> list[str]:
+    """A host command of lorax's templates as this host names it: Fedora's `grub2-X` tools
+    (x86.tmpl's grub2-mkimage) are Debian's `grub-X` where only those exist."""
+    name = argv[0]
+    if name.startswith("grub2-") and "/" not in name and shutil.which(name) is None:
+        debian = "grub-" + name.removeprefix("grub2-")
+        if shutil.which(debian) is not None:
+            debug(f"runcmd: {name} is {debian} on this host")
+            return [debian, *argv[1:]]
+    return list(argv)
+
+
+def _rewrite(host: Path, data: bytes) -> None:
+    """A file's new contents as a new file renamed over it (lorax's `replace` rewrites through
+    Python's fileinput, which does the same): a hard link to it elsewhere (lorax's pre-cleanup
+    snapshot of the tree) keeps the old contents. Mode and owner of the old file."""
+    st = host.stat()
+    tmp = host.with_name(f".{host.name}.composer-replace")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, host)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
