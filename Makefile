@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct fedoraproduct oracle demo demo-iso demo-netboot test unit fuzz bench soak docs clean
+.PHONY: setup testproduct fedoraproduct oracle demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
 
 setup:
 	./scripts/setup-host
@@ -76,6 +76,14 @@ BENCH_RUNS ?= 1
 bench:
 	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_RUNS=$(BENCH_RUNS) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/bench.py
+	$(MAKE) bench-fedora
+
+# The second part alone: the Fedora-shaped product, `composer lorax` against the real lorax with
+# lorax's stock templates, the limit and both boot.isos' RAM floors (BENCH_RAM=0: none). bench/fedora.py.
+BENCH_RAM ?= all
+bench-fedora:
+	BUILD=$(BUILD) BENCH_RUNS=$(BENCH_RUNS) BENCH_RAM=$(BENCH_RAM) BENCH_QUICK=$(BENCH_QUICK) \
+		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/fedora.py
 
 # Every rebuild boots: boot.iso rebuilt SOAK_N times (each --no-cache with its own
 # SOURCE_DATE_EPOCH), each booted under SeaBIOS and OVMF; prints k/N per firmware.
