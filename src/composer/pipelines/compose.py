@@ -245,10 +245,14 @@ def pack(ctx: BuildContext, dracut_tree: Path | None = None, *, omits: bool = Tr
         if cfg.rootfs_type is not RootfsType.SQUASHFS:
             rootfs_image(ctx)
         dracut_plan = pending.result()
-    if cfg.rootfs_type is RootfsType.SQUASHFS:
+    if cfg.rootfs_type is RootfsType.SQUASHFS and dracut_tree is None:
         initramfs(ctx, dracut_plan, dtree)
         with stage("squashfs", ctx.metrics, usage=True):
             make_squashfs(ctx.tree, ctx.squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch)
+    elif cfg.rootfs_type is RootfsType.SQUASHFS:
+        # dracut reads the snapshot, whose transient mount points are not in the tree: the
+        # tree's own mksquashfs can run beside it (lorax runs the two one after the other).
+        squashfs_beside_dracut(ctx, dracut_plan, dtree, source=ctx.tree)
     else:
         squashfs_beside_dracut(ctx, dracut_plan, dtree)
     ctx.metrics.sizes["squashfs"] = ctx.squashfs.stat().st_size
@@ -304,16 +308,23 @@ def initramfs(ctx: BuildContext, plan: dracut.DracutPlan, tree: Path | None = No
     ctx.initramfs = made
 
 
-def squashfs_beside_dracut(ctx: BuildContext, plan: dracut.DracutPlan, tree: Path | None = None) -> None:
+def squashfs_beside_dracut(
+    ctx: BuildContext, plan: dracut.DracutPlan, tree: Path | None = None, *, source: Path | None = None
+) -> None:
     """Steps `squashfs` and `dracut` at the same time: mksquashfs of work/squashfs-root (which
-    holds only LiveOS/rootfs.img) runs while dracut does. timings: each one's wall time and
-    `dracut+squashfs`, the wall time of the pair; cpu: mksquashfs's, and dracut's the rest."""
+    holds only LiveOS/rootfs.img), or of `source` (the tree itself), runs while dracut does.
+    timings: each one's wall time and `dracut+squashfs`, the wall time of the pair; cpu:
+    mksquashfs's, and dracut's the rest."""
     cfg, metrics = ctx.cfg, ctx.metrics
     both = Span()
     info("squashfs ... (beside dracut)")
-    # The wrapper holds only LiveOS/rootfs.img: its times can all be the epoch.
+    # A wrapper holding only LiveOS/rootfs.img can have all its times the epoch; a tree keeps its own.
     with squashfs_beside(
-        ctx.work / "squashfs-root", ctx.squashfs, cfg.compression, source_date_epoch=cfg.source_date_epoch, all_time=True
+        source or ctx.work / "squashfs-root",
+        ctx.squashfs,
+        cfg.compression,
+        source_date_epoch=cfg.source_date_epoch,
+        all_time=source is None,
     ) as job:
         initramfs(ctx, plan, tree)
     metrics.timings["squashfs"], metrics.cpu["squashfs"] = job.wall_s, job.cpu_s
