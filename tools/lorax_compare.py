@@ -9,14 +9,17 @@ Compares, and prints every difference (up to --limit lines per section):
   - the initramfs (images/pxeboot/initrd.img): the dracut modules (usr/lib/dracut/modules.txt)
     and the kernel modules it carries;
   - install.img's file list with modes, owners and link targets (unsquashfs -lln; sizes
-    and times left out; a squashfs holding LiveOS/rootfs.img is compared as that).
-Exit status 0 when nothing differs, 1 otherwise. Needs xorriso, unsquashfs, cpio and xz.
+    and times left out; a squashfs holding LiveOS/rootfs.img is compared as that);
+  - images/efiboot.img (a FAT image): its volume label and files with their sizes (mtools),
+    and images/eltorito.img (GRUB's BIOS CD core image): its size and SHA-256.
+Exit status 0 when nothing differs, 1 otherwise. Needs xorriso, unsquashfs, cpio, xz and mtools.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import re
 import subprocess
 import sys
@@ -120,6 +123,31 @@ def squash_listing(img: Path, tmp: Path) -> list[str]:
     return sorted(lines, key=lambda x: x.split(" ", 2)[2])
 
 
+def fat_listing(img: Path) -> list[str]:
+    """A FAT image's volume label and its files with their sizes (mdir, no mount)."""
+    if not img.is_file():
+        return ["(missing)"]
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    label = subprocess.run(["mlabel", "-s", "-i", str(img), "::"], capture_output=True, text=True, env=env).stdout.strip()
+    r = subprocess.run(["mdir", "-/", "-b", "-i", str(img), "::"], capture_output=True, text=True, env=env)
+    lines = [f"label: {label.removeprefix('Volume label is ')}"]
+    for name in sorted(r.stdout.split()):
+        if name.endswith("/"):
+            lines.append(f"d {name.removeprefix('::/')}")
+            continue
+        info = subprocess.run(["mdir", "-i", str(img), name], capture_output=True, text=True, env=env).stdout
+        size = re.search(r"\s(\d[\d ]*)\s+\d{4}-\d\d-\d\d", info)
+        lines.append(f"f {name.removeprefix('::/')} {size.group(1).replace(' ', '') if size else '?'}")
+    return lines
+
+
+def digest(img: Path) -> list[str]:
+    """A binary image by size and SHA-256 (GRUB's core image compresses its modules: no names to list)."""
+    if not img.is_file():
+        return ["(missing)"]
+    return [f"{img.stat().st_size} bytes, sha256 {hashlib.sha256(img.read_bytes()).hexdigest()}"]
+
+
 def report(title: str, a: Iterable[str], b: Iterable[str], limit: int) -> int:
     a_list, b_list = list(a), list(b)
     a_set, b_set = set(a_list), set(b_list)
@@ -161,6 +189,15 @@ def compare(lorax: Path, composer: Path, limit: int) -> int:
             squash_listing(composer / "images/install.img", tmp),
             limit,
         )
+    diffs += report(
+        "efiboot.img (FAT)", fat_listing(lorax / "images/efiboot.img"), fat_listing(composer / "images/efiboot.img"), limit
+    )
+    diffs += report(
+        "eltorito.img (bytes)",
+        digest(lorax / "images/eltorito.img"),
+        digest(composer / "images/eltorito.img"),
+        limit,
+    )
     print(f"{diffs} section(s) differ")
     return 1 if diffs else 0
 

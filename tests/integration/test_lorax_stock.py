@@ -107,6 +107,8 @@ def test_side_by_side_with_lorax(stock_build):
         "menu EFI/BOOT/grub.cfg",
         "menu boot/grub2/grub.cfg",
         "initramfs kernel modules",
+        "efiboot.img (FAT)",
+        "eltorito.img (bytes)",
     ):
         assert f"== {section}: same" in r.stdout, section
     assert "   + composer only: composer\n" in r.stdout  # composer's RAM check, the one extra dracut module
