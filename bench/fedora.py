@@ -191,6 +191,21 @@ def main() -> int:
     res["composer_runs"], res["lorax_runs"] = comp, lor
     res["composer"] = sorted(comp, key=lambda r: r["wall_s"])[(runs - 1) // 2]
     res["lorax"] = sorted(lor, key=lambda r: r["wall_s"])[(runs - 1) // 2]
+    # Side by side (tools/lorax_compare.py): every difference between the two outputs.
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools/lorax_compare.py"),
+            str(FOUT / "lorax/out"),
+            str(FOUT / "composer/out"),
+            "--limit",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    res["side_by_side"] = cmp.stdout + cmp.stderr[-2000:]
     packages = sorted(p.name for p in (FOUT / "composer/logs/pkglists").iterdir())
     with part("Fedora-shaped: limit (dnf install + one mksquashfs pass)"):
         res["limit"] = limit(repo, FOUT / "composer/out", packages)
@@ -253,6 +268,7 @@ def table(r: dict) -> str:
             lines.append(
                 f"| {who} | {f['ram_floor_mb']} | {f['boot_512_s']} | {f['ram_reached_mb']} | {f['ram_predicted_mb'] or 'n/a'} |"
             )
+    lines += ["", "Side by side (tools/lorax_compare.py LORAX_OUT COMPOSER_OUT):", "", "```", r["side_by_side"].rstrip(), "```"]
     lines += ["", f"All of this part: {r['bench_wall_s']} s.", ""]
     return "\n".join(lines)
 
