@@ -23,6 +23,7 @@ from typing import Any
 
 from composer.config import Config
 from composer.dnf import check_source, check_url, split_userinfo
+from composer.kickstart.system import System, read_system
 from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
 
@@ -252,7 +253,32 @@ def _with_unused_scripts(handler: Any, unused: list[str]) -> list[str]:
 
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
-    path = Path(path)
+    return _load(Path(path))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveKickstart:
+    """A kickstart for an image install (`composer livemedia`): its package part and its system part."""
+
+    packages: KickstartInput
+    system: System
+
+
+def load_live_kickstart(path: Path) -> LiveKickstart:
+    """Parse a kickstart for `composer livemedia`: every command honoured, ignored as
+    anaconda ignores it for an image install, or refused with its FILE:LINE."""
+    ks, handler, files = _load(Path(path))
+    pkgs = handler.packages
+    if pkgs.groupList or pkgs.excludedGroupList or getattr(pkgs, "environment", None):
+        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
+        raise ComposerError(
+            f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
+        )
+    system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
+    return LiveKickstart(ks, system)
+
+
+def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:
     _check_is_file(path)
     files = _include_files(path)
     handler = read_kickstart(path)
@@ -264,7 +290,7 @@ def load_kickstart(path: Path) -> KickstartInput:
     _check_package_lines(pkgs, files)
     unused = _unused_commands(handler) + sources.unused + _unused_groups(pkgs)
     unused = _with_unused_scripts(handler, unused)
-    return KickstartInput(
+    ks = KickstartInput(
         path,
         tuple(sources.urls),
         tuple(sources.mirrorlists),
@@ -273,6 +299,7 @@ def load_kickstart(path: Path) -> KickstartInput:
         kernel_args,
         tuple(unused),
     )
+    return ks, handler, files
 
 
 def report_unused(ks: KickstartInput) -> None:
