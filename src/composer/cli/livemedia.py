@@ -130,8 +130,8 @@ def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParse
     refused = p.add_argument_group("refused (need a VM or anaconda, or not yet)")
     for opt in (*NEEDS_VM, *NOT_YET):
         if not opt.startswith("--make-"):
-            action = "store_true" if opt in _VALUELESS else "append"
-            refused.add_argument(opt, dest=f"refused_{opt[2:].replace('-', '_')}", default=None, action=action)
+            kind = "store_true" if opt in _VALUELESS else "append"
+            refused.add_argument(opt, dest=f"refused_{opt[2:].replace('-', '_')}", default=None, action=kind)
     refused.add_argument("--ovmf-path", dest="refused_firmware", action="append", default=None)
     refused.add_argument("--qcow2-arg", dest="refused_qemu_arg", action="append", default=None)
     return p
