@@ -162,8 +162,6 @@ def _check_refused(args: argparse.Namespace) -> None:
 
 def _check_values(args: argparse.Namespace) -> Path:
     """lmc's own refusals, and composer's checks of what reaches a file name or a menu."""
-    if len(args.ks) != 1:
-        raise ComposerError("--ks: give exactly one kickstart" if args.ks else "--ks: a kickstart is required")
     if args.compression not in TAR_COMPRESSORS:
         raise ComposerError(f"--compression {args.compression}: one of {', '.join(TAR_COMPRESSORS)}")
     for option, name in (("--image-name", args.image_name), ("--iso-name", args.iso_name)):
@@ -181,6 +179,8 @@ def _check_values(args: argparse.Namespace) -> Path:
         raise ComposerError(f"--lorax-templates {args.lorax_templates}: no such directory")
     for arg in args.extra_boot_args.split():
         check_kernel_arg("--extra-boot-args", arg)
+    if len(args.ks) != 1:
+        raise ComposerError("--ks: give exactly one kickstart" if args.ks else "--ks: a kickstart is required")
     return args.result_dir if args.result_dir is not None else args.tmp / "lmc-result"
 
 
