@@ -16,7 +16,7 @@ from pathlib import Path
 from composer import __version__
 from composer.cli.common import check_logfile, source_date_epoch
 from composer.cli.options import PASS_THROUGH_OPTIONS, ROOTFS_MAP
-from composer.config import DEFAULT_CACHEDIR, Config
+from composer.config import DEFAULT_CACHEDIR, Compression, Config
 from composer.images.iso import check_volid, default_volid
 from composer.kickstart import apply_kickstart, load_live_kickstart
 from composer.pipelines.livemedia import TAR_COMPRESSORS, LivemediaPlan, compose_livemedia
@@ -66,6 +66,7 @@ NOT_YET = {
     "--vagrantfile": "",
     "--tar-disk-name": "",
 }
+SQUASHFS_COMPRESSIONS = tuple(c.value for c in Compression)
 _VALUELESS = {
     "--virt-uefi",
     "--no-kvm",
@@ -113,7 +114,7 @@ def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParse
     p.add_argument("--isfinal", action="store_true", default=False)
     p.add_argument("--image-name", default=None, help="output name of --make-tar/--make-fsimage")
     p.add_argument("--fs-label", default="Anaconda")
-    p.add_argument("--compression", default="xz", help="of --make-tar: xz, lzma, gzip, bzip2")
+    p.add_argument("--compression", default="xz", help="--make-tar: xz, lzma, gzip, bzip2; the squashfs: xz, zstd, lz4")
     p.add_argument("--compress-arg", action="append", dest="compress_args", default=[])
     p.add_argument("--dracut-conf", type=Path, default=None)
     p.add_argument("--dracut-arg", action="append", dest="dracut_args", default=[])
@@ -162,8 +163,16 @@ def _check_refused(args: argparse.Namespace) -> None:
 
 def _check_values(args: argparse.Namespace) -> Path:
     """lmc's own refusals, and composer's checks of what reaches a file name or a menu."""
-    if args.compression not in TAR_COMPRESSORS:
-        raise ComposerError(f"--compression {args.compression}: one of {', '.join(TAR_COMPRESSORS)}")
+    # lmc's --compression is the tar's compressor, or the squashfs image's compression.
+    if args.make == "tar" and args.compression not in TAR_COMPRESSORS:
+        raise ComposerError(f"--compression {args.compression}: for --make-tar one of {', '.join(TAR_COMPRESSORS)}")
+    if args.make in ("iso", "pxe-live"):
+        if args.compression not in SQUASHFS_COMPRESSIONS:
+            raise ComposerError(
+                f"--compression {args.compression}: for the squashfs image one of {', '.join(SQUASHFS_COMPRESSIONS)}"
+            )
+        if args.compress_args:
+            raise ComposerError("--compress-arg: not yet supported for the squashfs image (composer picks its options)")
     for option, name in (("--image-name", args.image_name), ("--iso-name", args.iso_name)):
         if name is not None and (not name or "/" in name or name in (".", "..")):
             raise ComposerError(f"{option} {name!r}: a file name in --resultdir, not a path")
@@ -195,6 +204,7 @@ def _config(args: argparse.Namespace, resultdir: Path) -> Config:
         bugurl=args.bugurl,
         isfinal=args.isfinal,
         rootfs_type=ROOTFS_MAP[args.rootfs_type][0],
+        compression=Compression(args.compression) if args.compression in SQUASHFS_COMPRESSIONS else Compression.XZ,
         rootfs_size=(args.live_rootfs_size << 30) if args.live_rootfs_size else None,
         dracut_args=tuple(args.dracut_args),
         dracut_conf=args.dracut_conf,

@@ -165,6 +165,7 @@ def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> Media
                 rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
             )
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
+        (out / opts.stage2).parent.mkdir(parents=True, exist_ok=True)
         copy_sparse(rt.squashfs, out / opts.stage2)
         for name, dest in config_names(opts.bios_loader).items():
             target = out / dest
