@@ -102,7 +102,7 @@ def test_live_kickstart_model(tmp_path: Path) -> None:
     assert s.rootpw == Password(lock=True)
     (user,) = s.users
     assert (user.name, user.uid, user.shell, user.groups) == ("tester", 1500, "/bin/bash", ("livetest", "wheel"))
-    assert user.password.value == "tester" and not user.password.crypted
+    assert user.password.value == "Composer-Live-Pw1" and not user.password.crypted
     assert s.groups == (("livetest", 4321),)
     assert s.sshkeys[0][0] == "tester" and s.sshkeys[0][1].startswith("ssh-ed25519 ")
     assert (s.enabled, s.disabled) == (("composer-boot-check.service",), ("apt-daily.timer",))
