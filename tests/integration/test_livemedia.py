@@ -141,3 +141,33 @@ def test_fsimage_is_ext4_with_the_tree(live_fsimage: Path) -> None:
     ).stdout
     assert "tester:x:1500:1500" in passwd
     subprocess.run(["e2fsck", "-fn", str(live_fsimage)], capture_output=True, check=True)
+
+
+@pytest.fixture(scope="module")
+def live_pxe(live_ks, tmp_path_factory) -> Path:
+    return livemedia(live_ks, tmp_path_factory.mktemp("pxe"), "--make-pxe-live", "--compression", "lz4")
+
+
+def test_pxe_live_boots_over_http(live_pxe: Path, tmp_path: Path) -> None:
+    """lmc's layout; iPXE fetches the kernel and initramfs, dracut's livenet the live image."""
+    from composer.verify import boot_netboot, serve_http
+
+    (kernel,) = sorted(p.name for p in live_pxe.glob("vmlinuz-*"))
+    initrd = f"initramfs-{kernel.removeprefix('vmlinuz-')}.img"
+    assert {kernel, initrd, "live-rootfs.squashfs.img", "PXE_CONFIG"} <= {p.name for p in live_pxe.iterdir()}
+    config = (live_pxe / "PXE_CONFIG").read_text()
+    assert "root=live:<URL>/live-rootfs.squashfs.img rd.live.image rd.neednet=1 ip=dhcp" in config
+    assert "composer.live=1" in config  # bootloader --append
+    log = tmp_path / "serial-pxe.log"
+    with serve_http(live_pxe) as port:
+        url = f"http://10.0.2.2:{port}"
+        args = config.split("append ", 1)[1].split("\n")[0].split(" ", 1)[1].replace("<URL>", url)
+        (tmp_path / "boot.ipxe").write_text(
+            f"#!ipxe\ndhcp\nkernel {url}/{kernel} initrd={initrd} {args} console=ttyS0 composer.check=poweroff\n"
+            f"initrd {url}/{initrd}\nboot\n"
+        )
+        result = boot_netboot(tmp_path, "boot.ipxe", memory_mb=1280, timeout=900, log=log, marker=BOOT_MARKER)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
+    assert "COMPOSER-LIVE-FACTS host=composer-live" in serial
+    print(f"pxe-live: BIOS netboot to the marker in {result.seconds:.0f}s at 1280 MB")

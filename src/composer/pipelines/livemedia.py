@@ -30,6 +30,7 @@ from composer.kickstart import LiveKickstart
 from composer.kickstart.apply import apply_system, run_scripts
 from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import MediaOptions, check_boot_menus, make_media
+from composer.pipelines.netboot import NetbootOptions, netboot_dracut_conf
 from composer.pipelines.runtime import compose_dirs, log_summary
 from composer.reproducible import config_seed
 from composer.run import LOCK_MARKER, ComposerError, info, run, stage
@@ -145,7 +146,7 @@ def make_pxe_live(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) ->
     pipeline.pack(ctx)
     with stage("pxe-live", ctx.metrics):
         copy_sparse(ctx.squashfs, out / PXE_LIVE_IMAGE)
-        args = " ".join(("rd.live.image", *ctx.cfg.rootfs_type.live_args, *plan.kernel_args))
+        args = " ".join(("rd.live.image", "rd.neednet=1", "ip=dhcp", *ctx.cfg.rootfs_type.live_args, *plan.kernel_args))
         lines = ["# PXE configuration made by composer livemedia; <PXE_DIR> and <URL> are yours to fill in"]
         for k in ctx.kernels:
             kernel, initrd = f"vmlinuz-{k.version}", f"initramfs-{k.version}.img"
@@ -178,7 +179,12 @@ def _timeout(minutes: int | None) -> Iterator[None]:
 
 def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
     """The stages, in order, for the one output the plan asks for."""
-    ctx = pipeline.start(plan.config, work)
+    cfg = plan.config
+    if plan.make == "pxe-live":
+        # The initramfs fetches the live image over the network: the product's netboot
+        # dracut configuration (livenet, a network handler, NIC drivers), as netboot's split initrd.
+        cfg = netboot_dracut_conf(cfg, NetbootOptions(url="", split=True), work)
+    ctx = pipeline.start(cfg, work)
     with stage("%pre", ctx.metrics):
         run_scripts("%pre", plan.kickstart.system, work / "ks-scripts", None)
     install(ctx)
