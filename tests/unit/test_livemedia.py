@@ -3,6 +3,7 @@ line, and the kickstart model it builds (composer.kickstart.load_live_kickstart)
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def test_live_kickstart_model(tmp_path: Path) -> None:
     assert s.sshkeys[0][0] == "tester" and s.sshkeys[0][1].startswith("ssh-ed25519 ")
     assert (s.enabled, s.disabled) == (("composer-boot-check.service",), ("apt-daily.timer",))
     assert (s.selinux, s.firewall, s.root_fstype) == ("permissive", ("--disabled",), "ext4")
-    assert [(x.kind, x.chroot) for x in s.scripts] == [("%pre", False), ("%post", True), ("%post", False)]
+    kinds = [(x.kind, x.chroot, x.error_on_fail) for x in s.scripts]
+    assert kinds == [("%pre", False, False), ("%post", True, True), ("%onerror", False, False), ("%post", False, False)]
     assert set(s.ignored) == {"zerombr", "clearpart", "reboot"}
     assert ks.packages.kernel_args == ("composer.live=1",)
     assert "testproduct-setup" in ks.packages.installpkgs and ks.packages.excludepkgs == ("nbd-client",)
@@ -138,3 +140,30 @@ def test_help_and_entry_point() -> None:
     from composer import cli
 
     assert callable(cli.livemedia_creator)
+
+
+def test_pre_erroronfail_runs_onerror_and_stops_clean(tmp_path: Path) -> None:
+    """A failing %pre --erroronfail (run for real, before any package is installed): %onerror
+    runs, the build stops in one line naming the script, and leaves no result or work directory."""
+    mark = tmp_path / "onerror-ran"
+    text = f'%pre --erroronfail\necho "pre out"; exit 3\n%end\n%onerror\necho yes > "{mark}"\n%end\n'
+    ks = _ks(tmp_path, text)
+    proc = _lmc(tmp_path, "--make-tar", "--ks", str(ks))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("composer: error:")]
+    assert len(errors) == 1, proc.stderr
+    line = errors[0]
+    assert line.endswith(": pre out")  # the script's last line of output
+    assert re.search(r"kickstart %pre \(line \d+, --nochroot\): failed with exit status 3 \(--erroronfail\)", line), line
+    assert mark.read_text() == "yes\n"
+    assert not (tmp_path / "out").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_pre_failure_without_erroronfail_goes_on(tmp_path: Path) -> None:
+    """Without --erroronfail a failed %pre is reported and the build goes on (here to the
+    install, which fails on the empty repository: that it got there is the point)."""
+    ks = _ks(tmp_path, "%pre\nexit 4\n%end\n")
+    proc = _lmc(tmp_path, "--make-tar", "--ks", str(ks))
+    assert "exit status 4, going on as anaconda does" in (tmp_path / "lmc.log").read_text()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -13,7 +13,6 @@ Passwords and keys go to the tree's tools on stdin, never on a command line or i
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,12 +167,13 @@ def run_scripts(kind: str, system: System, work: Path, tree: Path | None) -> Non
         proc = run(script_argv(script, file, tree), check=False)
         if proc.returncode == 0:
             continue
-        last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        output = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
+        last = f": {output[-1].strip()}" if output else ""
         if not script.error_on_fail:
-            info(f"{where}: exit status {proc.returncode}, going on as anaconda does ({last[0]})")
+            info(f"{where}: exit status {proc.returncode}, going on as anaconda does{last}")
             continue
         run_onerror(system, work, tree)
-        raise ComposerError(f"{where}: failed with exit status {proc.returncode} (--erroronfail): {shlex.quote(last[0])}")
+        raise ComposerError(f"{where}: failed with exit status {proc.returncode} (--erroronfail){last}")
 
 
 def run_onerror(system: System, work: Path, tree: Path | None) -> None:
