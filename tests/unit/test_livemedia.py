@@ -115,6 +115,18 @@ def test_live_kickstart_model(tmp_path: Path) -> None:
     assert "testproduct-setup" in ks.packages.installpkgs and ks.packages.excludepkgs == ("nbd-client",)
 
 
+def test_not_yet_is_named(tmp_path: Path) -> None:
+    text = f"repo --name=extra --baseurl=file://{tmp_path}/repo --includepkgs=a --cost=5\n"
+    ks = load_live_kickstart(_ks(tmp_path, text).rename(tmp_path / "x.ks"))
+    assert ks.not_yet == ("repo extra --includepkgs", "repo extra --cost")
+    plain = tmp_path / "plain.ks"
+    plain.write_text((tmp_path / "x.ks").read_text().replace("%packages --nocore", "%packages --excludedocs"))
+    assert load_live_kickstart(plain).not_yet[:2] == (
+        "%packages without --nocore (@core is not added: no comps support)",
+        "%packages --excludedocs",
+    )
+
+
 def test_passwords_never_shown() -> None:
     assert "secret" not in repr(Password(value="secret"))
 

@@ -262,6 +262,7 @@ class LiveKickstart:
 
     packages: KickstartInput
     system: System
+    not_yet: tuple[str, ...] = ()  # options composer accepts but does not act on yet (one report line)
 
 
 def load_live_kickstart(path: Path) -> LiveKickstart:
@@ -275,7 +276,23 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
             f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
         )
     system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
-    return LiveKickstart(ks, system)
+    return LiveKickstart(ks, system, tuple(_not_yet(handler)))
+
+
+def _not_yet(handler: Any) -> list[str]:
+    """%packages and repo options an image install acts on and composer does not yet."""
+    pkgs = handler.packages
+    found: list[str] = []
+    if not pkgs.nocore:
+        found.append("%packages without --nocore (@core is not added: no comps support)")
+    for option, value in (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs)):
+        if value:
+            found.append(f"%packages {option}")
+    for repo in handler.repo.repoList:
+        for option in ("includepkgs", "excludepkgs", "cost"):
+            if getattr(repo, option, None):
+                found.append(f"repo {repo.name} --{option}")
+    return found
 
 
 def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:

@@ -204,6 +204,7 @@ def compose_livemedia(plan: LivemediaPlan) -> int:
     if plan.make == "iso":
         check_boot_menus(cfg, plan.media_options())  # a template error stops it now, not after the install
     unused = [u for u in plan.kickstart.packages.unused if u.startswith(("url ", "repo "))]
+    unused += plan.kickstart.not_yet
     if unused:
         info(f"kickstart {plan.kickstart.packages.path}: not yet honoured: {', '.join(unused)}")
     with _timeout(plan.timeout_min), compose_dirs(cfg) as (out, work):
