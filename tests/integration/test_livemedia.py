@@ -2,9 +2,9 @@
 (tools/testproduct/live.ks), for real: dnf, the tree's useradd/chpasswd, systemctl --root,
 mkfs, mksquashfs, dracut, xorriso and qemu all run.
 
-Each output is built once per module; the ISO boots under SeaBIOS (TCG: about a minute)
-and prints what the kickstart made (its %post installs a unit that does) before the
-test product's boot marker.
+Each output is built once per module; the ISO boots under SeaBIOS and OVMF, the pxe-live
+tree over iPXE and HTTP (TCG: 1-2 minutes each), and each prints what the kickstart made
+(its %post installs a unit that does) before the test product's boot marker.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ def test_iso_layout(live_iso: Path) -> None:
     assert "squashfs-root/LiveOS/rootfs.img" in listing
 
 
-def test_iso_boots_bios_with_the_kickstart_applied(live_iso: Path, tmp_path: Path) -> None:
-    log = tmp_path / "serial-bios.log"
-    result = boot_iso(live_iso / "images/boot.iso", firmware="bios", memory_mb=768, timeout=900, log=log, marker=BOOT_MARKER)
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_iso_boots_with_the_kickstart_applied(live_iso: Path, firmware: str, tmp_path: Path) -> None:
+    log = tmp_path / f"serial-{firmware}.log"
+    result = boot_iso(live_iso / "images/boot.iso", firmware=firmware, memory_mb=768, timeout=900, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     m = re.search(r"COMPOSER-LIVE-FACTS host=(\S+) user=(\S+) post=(\S+) keys=(\d+)", serial)
@@ -104,7 +105,7 @@ def test_iso_boots_bios_with_the_kickstart_applied(live_iso: Path, tmp_path: Pat
     assert m[3] == "made_by_%post_in_the_tree"
     assert m[4] == "1"  # sshkey
     assert "root=live:CDLABEL=" in serial  # through the menu, not -kernel
-    print(f"live ISO: BIOS boot to the marker in {result.seconds:.0f}s at 768 MB")
+    print(f"live ISO: {firmware} boot to the marker in {result.seconds:.0f}s at 768 MB")
 
 
 def _member(tar: tarfile.TarFile, name: str) -> str:
