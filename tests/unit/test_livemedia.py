@@ -86,6 +86,7 @@ def test_one_make_is_required(tmp_path: Path) -> None:
         ("%packages\n@core\n%end\n", "%packages groups (@name, @^environment): not yet supported"),
         ("%pre-install\ntrue\n%end\n", "%pre-install: not supported by composer livemedia"),
         ("selinux --bogus\n", "unrecognized arguments: --bogus"),
+        ("timezone ../../../etc/shadow\n", "timezone '../../../etc/shadow': not a time zone name"),
     ],
 )
 def test_kickstart_refusals_name_the_line(tmp_path: Path, text: str, expected: str) -> None:

@@ -222,6 +222,9 @@ def read_system(handler: Any, where: Any, path: Path) -> System:
             raise ComposerError(f"kickstart {path}:{s.lineno}: %pre-install: not supported by composer livemedia")
     services = handler.services
     tz = handler.timezone
+    if _seen(tz) and tz.timezone and (tz.timezone.startswith("/") or ".." in tz.timezone.split("/")):
+        # It names a file below /usr/share/zoneinfo, never one elsewhere.
+        raise ComposerError(f"kickstart {where(tz, 'timezone')}: timezone {tz.timezone!r}: not a time zone name")
     return System(
         lang=handler.lang.lang or None if _seen(handler.lang) else None,
         keymap=_keymap(handler.keyboard),
