@@ -120,12 +120,15 @@ def test_not_yet_is_named(tmp_path: Path) -> None:
     text = f"repo --name=extra --baseurl=file://{tmp_path}/repo --includepkgs=a --cost=5\n"
     ks = load_live_kickstart(_ks(tmp_path, text).rename(tmp_path / "x.ks"))
     assert ks.not_yet == ("repo extra --includepkgs", "repo extra --cost")
+    assert not ks.ignore_missing
+    assert ks.system.scripts[1].log == "/root/ks-post.log"
     plain = tmp_path / "plain.ks"
-    plain.write_text((tmp_path / "x.ks").read_text().replace("%packages --nocore", "%packages --excludedocs"))
-    assert load_live_kickstart(plain).not_yet[:2] == (
-        "%packages without --nocore (@core is not added: no comps support)",
-        "%packages --excludedocs",
-    )
+    text = (tmp_path / "x.ks").read_text().replace("%packages --nocore", "%packages --excludedocs --ignoremissing")
+    plain.write_text(text.replace("%post --nochroot", "%post --nochroot --log=/x.log"))
+    ks = load_live_kickstart(plain)
+    assert ks.ignore_missing
+    assert ks.not_yet[:2] == ("%packages without --nocore (@core is not added: no comps support)", "%packages --excludedocs")
+    assert re.fullmatch(r"%post --nochroot --log \(line \d+\)", ks.not_yet[-1])
 
 
 def test_passwords_never_shown() -> None:

@@ -262,6 +262,7 @@ class LiveKickstart:
 
     packages: KickstartInput
     system: System
+    ignore_missing: bool = False  # %packages --ignoremissing
     not_yet: tuple[str, ...] = ()  # options composer accepts but does not act on yet (one report line)
 
 
@@ -276,7 +277,8 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
             f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
         )
     system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
-    return LiveKickstart(ks, system, tuple(_not_yet(handler)))
+    ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
+    return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)))
 
 
 def _not_yet(handler: Any) -> list[str]:
@@ -285,14 +287,21 @@ def _not_yet(handler: Any) -> list[str]:
     found: list[str] = []
     if not pkgs.nocore:
         found.append("%packages without --nocore (@core is not added: no comps support)")
-    for option, value in (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs)):
+    options = (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs), ("--excludeWeakdeps", pkgs.excludeWeakdeps))
+    for option, value in options:
         if value:
             found.append(f"%packages {option}")
     for repo in handler.repo.repoList:
         for option in ("includepkgs", "excludepkgs", "cost"):
             if getattr(repo, option, None):
                 found.append(f"repo {repo.name} --{option}")
+    for script in handler.scripts:
+        if script.logfile and not script.inChroot:
+            found.append(f"{_SCRIPT_KINDS.get(script.type, '%script')} --nochroot --log (line {script.lineno})")
     return found
+
+
+KS_MISSING_IGNORE = 1  # pykickstart.constants: %packages --ignoremissing
 
 
 def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:

@@ -33,6 +33,11 @@ def write_in_tree(tree: Path, path: str, text: str, mode: str = "644") -> None:
     _in_tree(tree, ["/bin/sh", "-c", script, "sh", path, mode], input=text.encode())
 
 
+def append_in_tree(tree: Path, path: str, data: bytes) -> None:
+    """Append to `path` (absolute, in the tree) from inside the tree."""
+    _in_tree(tree, ["/bin/sh", "-c", 'mkdir -p "$(dirname "$1")" && cat >> "$1"', "sh", path], input=data)
+
+
 def _exists_in_tree(tree: Path, path: str) -> bool:
     """Whether `path` is in the tree (asked inside it: links resolve in the tree)."""
     proc = run(in_tree_argv(tree, ["/bin/sh", "-c", 'test -e "$1"', "sh", path]), check=False, quiet=True)
@@ -165,6 +170,9 @@ def run_scripts(kind: str, system: System, work: Path, tree: Path | None) -> Non
         where = f"kickstart {kind} (line {script.lineno}{', --nochroot' if not script.chroot else ''})"
         info(f"{where}: running with {script.interpreter}")
         proc = run(script_argv(script, file, tree), check=False)
+        if script.log and script.chroot and tree is not None:
+            # anaconda's --log: the script's output, in the installed system.
+            append_in_tree(tree, script.log, proc.stdout + proc.stderr)
         if proc.returncode == 0:
             continue
         output = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()

@@ -79,6 +79,7 @@ class Script:
     chroot: bool = True
     error_on_fail: bool = False
     lineno: int = 0
+    log: str | None = None  # --log: where in the tree its output goes (chroot scripts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +192,7 @@ def _scripts(handler: Any) -> tuple[Script, ...]:
             chroot=bool(s.inChroot),
             error_on_fail=bool(s.errorOnFail),
             lineno=s.lineno or 0,
+            log=s.logfile or None,
         )
         for s in handler.scripts
     )

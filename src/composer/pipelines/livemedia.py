@@ -63,11 +63,12 @@ class LivemediaPlan:
         return MediaOptions(volid=self.volid, kernel_args=self.kernel_args, stage2=LIVE_IMAGE)
 
 
-def install(ctx: pipeline.BuildContext) -> None:
-    """Stage `install`: the kickstart's %packages (excludes already in the dnf config), checked against rpm."""
+def install(ctx: pipeline.BuildContext, *, ignore_missing: bool = False) -> None:
+    """Stage `install`: the kickstart's %packages (excludes already in the dnf config), checked
+    against rpm; --ignoremissing: a name no repository has is skipped, as anaconda does."""
     with stage("install", ctx.metrics, usage=True):
         if ctx.cfg.installpkgs:
-            ctx.session.install(ctx.cfg.installpkgs, required=True)
+            ctx.session.install(ctx.cfg.installpkgs, required=not ignore_missing)
         with ctx.check.ledger.observe(ctx.tree, "kickstart %packages", packages=True):
             ctx.session.run_transaction()
         ctx.check.check_fresh()
@@ -187,7 +188,7 @@ def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
     ctx = pipeline.start(cfg, work)
     with stage("%pre", ctx.metrics):
         run_scripts("%pre", plan.kickstart.system, work / "ks-scripts", None)
-    install(ctx)
+    install(ctx, ignore_missing=plan.kickstart.ignore_missing)
     configure(ctx, plan.kickstart)
     if plan.make in ("iso", "pxe-live"):
         ctx.kernels = dracut.take_kernels(ctx.tree, ctx.work / "kernels")
