@@ -71,6 +71,14 @@ def test_refused_in_one_line(tmp_path: Path, args: tuple[str, ...], expected: st
     assert not (tmp_path / "out").exists()
 
 
+def test_fsimage_type_is_checked_before_the_build(tmp_path: Path) -> None:
+    ks = tmp_path / "xfs.ks"
+    ks.write_text(_ks(tmp_path).read_text().replace("part / --fstype=ext4", "part / --fstype=xfs"))
+    line = _one_line_error(_lmc(tmp_path, "--make-fsimage", "--ks", str(ks)))
+    assert "part / --fstype=xfs: --make-fsimage makes ext4, btrfs, erofs" in line
+    assert not (tmp_path / "lmc.log").read_text().count("install ...")
+
+
 def test_one_make_is_required(tmp_path: Path) -> None:
     line = _one_line_error(_lmc(tmp_path, "--ks", "x.ks"), status=2)
     assert "one of the arguments --make-iso" in line

@@ -19,7 +19,7 @@ from composer.cli.options import PASS_THROUGH_OPTIONS, ROOTFS_MAP
 from composer.config import DEFAULT_CACHEDIR, Compression, Config
 from composer.images.iso import check_volid, default_volid
 from composer.kickstart import apply_kickstart, load_live_kickstart
-from composer.pipelines.livemedia import TAR_COMPRESSORS, LivemediaPlan, compose_livemedia
+from composer.pipelines.livemedia import FSIMAGE_TYPES, TAR_COMPRESSORS, LivemediaPlan, compose_livemedia
 from composer.preflight import check_compose_inputs, check_kernel_arg
 from composer.run import ComposerError, output_path, set_logging
 
@@ -227,6 +227,10 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
     ks = load_live_kickstart(args.ks[0])
     cfg = apply_kickstart(_config(args, resultdir), ks.packages)
     volid = check_volid(args.volid) if args.volid else default_volid(cfg.product, cfg.version, cfg.arch)
+    fstype = ks.system.root_fstype or "ext4"
+    if args.make == "fsimage" and fstype not in FSIMAGE_TYPES:
+        # Found out after the install otherwise.
+        raise ComposerError(f"kickstart part / --fstype={fstype}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
     check_compose_inputs(cfg, "livemedia", ks=args.ks[0])
     return LivemediaPlan(
         config=cfg,
