@@ -191,3 +191,23 @@ def test_pre_failure_without_erroronfail_goes_on(tmp_path: Path) -> None:
     proc = _lmc(tmp_path, "--make-tar", "--ks", str(ks))
     assert "exit status 4, going on as anaconda does" in (tmp_path / "lmc.log").read_text()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_iso_only_keeps_the_iso_alone(tmp_path: Path) -> None:
+    from composer.pipelines.livemedia import keep_only
+    from composer.run import LOCK_MARKER
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    (out / "images").mkdir(parents=True)
+    (out / "LiveOS").mkdir()
+    (out / "images" / "boot.iso").write_bytes(b"iso")
+    (out / "LiveOS" / "squashfs.img").write_bytes(b"sq")
+    (out / ".treeinfo").write_text("x")
+    (out / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    (out / LOCK_MARKER).write_text("1")
+    work.mkdir()
+    kept = keep_only(out, out / "images" / "boot.iso", "live.iso", work)
+    assert kept == out / "live.iso" and kept.read_bytes() == b"iso"
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_MARKER, "live.iso"])
+    assert (tmp_path / "elsewhere").is_dir()  # a link is removed, never followed

@@ -130,15 +130,17 @@ def make_iso(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path
     budgets = make_media(ctx.cfg, plan.media_options(), rt, out, ctx.work)
     log_summary(rt.metrics.sizes, rt.metrics.timings, budgets)
     iso = out / "images" / "boot.iso"
-    if not plan.iso_only:
-        return iso
-    kept = out / (plan.iso_name or "boot.iso")
-    os.replace(iso, ctx.work / "boot.iso")
+    return keep_only(out, iso, plan.iso_name or "boot.iso", ctx.work) if plan.iso_only else iso
+
+
+def keep_only(out: Path, iso: Path, name: str, work: Path) -> Path:
+    """--iso-only: `out` (the result being built) left holding the ISO alone, as `name`."""
+    os.replace(iso, work / "iso-only.iso")
     for p in out.iterdir():
         if p.name != LOCK_MARKER:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    os.replace(ctx.work / "boot.iso", kept)
-    return kept
+    os.replace(work / "iso-only.iso", out / name)
+    return out / name
 
 
 def make_pxe_live(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path:
