@@ -211,3 +211,12 @@ def test_iso_only_keeps_the_iso_alone(tmp_path: Path) -> None:
     assert kept == out / "live.iso" and kept.read_bytes() == b"iso"
     assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_MARKER, "live.iso"])
     assert (tmp_path / "elsewhere").is_dir()  # a link is removed, never followed
+
+
+def test_accepted_but_not_honoured_is_named(tmp_path: Path) -> None:
+    ks = _ks(tmp_path, "%pre --erroronfail\nexit 1\n%end\n")  # stops the build right after the report
+    proc = _lmc(tmp_path, "--make-iso", "--macboot", "--live-rootfs-keep-size", "--ks", str(ks))
+    assert proc.returncode == 1
+    assert "accepted but not honoured as livemedia-creator does: --macboot (no Mac boot image); --live-rootfs-keep-size" in (
+        proc.stderr
+    )

@@ -83,6 +83,13 @@ _VALUELESS = {
 }
 
 
+# (argparse dest, what the warning calls it) of lmc options accepted but not acted on.
+_NOT_HONOURED = (
+    ("domacboot", "--macboot (no Mac boot image)"),
+    ("live_rootfs_keep_size", "--live-rootfs-keep-size (rootfs.img is sized to the tree plus its free room)"),
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 as argparse (and lmc) does
         print(f"composer livemedia: error: {message}", file=sys.stderr)
@@ -232,7 +239,9 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
         # Found out after the install otherwise.
         raise ComposerError(f"kickstart part / --fstype={fstype}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
     check_compose_inputs(cfg, "livemedia", ks=args.ks[0])
+    warnings = [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
     return LivemediaPlan(
+        warnings=tuple(warnings),
         config=cfg,
         kickstart=ks,
         make=args.make,

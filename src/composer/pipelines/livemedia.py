@@ -58,6 +58,7 @@ class LivemediaPlan:
     compression: str = "xz"
     compress_args: tuple[str, ...] = ()
     timeout_min: int | None = None
+    warnings: tuple[str, ...] = ()  # options accepted but not honoured (one line)
 
     def media_options(self) -> MediaOptions:
         return MediaOptions(volid=self.volid, kernel_args=self.kernel_args, stage2=LIVE_IMAGE)
@@ -206,6 +207,8 @@ def compose_livemedia(plan: LivemediaPlan) -> int:
     cfg = plan.config
     if plan.make == "iso":
         check_boot_menus(cfg, plan.media_options())  # a template error stops it now, not after the install
+    if plan.warnings:
+        info("livemedia: accepted but not honoured as livemedia-creator does: " + "; ".join(plan.warnings))
     unused = [u for u in plan.kickstart.packages.unused if u.startswith(("url ", "repo "))]
     unused += plan.kickstart.not_yet
     if unused:
