@@ -2,11 +2,12 @@
 
 One module per subcommand family: compose (the options every compose shares, and
 `runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
-sparsify), lorax (lorax's command line); options holds the one table of the options that
-make a Config, for composer's command line and lorax's. This module parses, dispatches and
-turns every error into one line; every subcommand, `composer lorax` and the `lorax`
-command (extras/lorax) included, runs through `_run`: the same signal handling, the
-same one-line errors and exit statuses, the same cleanup."""
+sparsify), lorax (lorax's command line), livemedia (livemedia-creator's, --no-virt);
+options holds the one table of the options that make a Config, for composer's command
+line and lorax's. This module parses, dispatches and turns every error into one line;
+every subcommand, `composer lorax` and the `lorax` command (extras/lorax) included,
+runs through `_run`: the same signal handling, the same one-line errors and exit
+statuses, the same cleanup."""
 
 from __future__ import annotations
 

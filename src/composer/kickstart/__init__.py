@@ -10,6 +10,9 @@ What composer takes from a kickstart:
 Every other command, %pre/%post/%traceback script and unsupported option is
 reported by name (never silently ignored). A kickstart pykickstart rejects gives
 one error with the file and line.
+
+`composer livemedia` reads the same parse further (load_live_kickstart): the system
+commands and scripts (kickstart.system), applied to the installed tree by kickstart.apply.
 """
 
 from __future__ import annotations
