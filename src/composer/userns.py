@@ -40,7 +40,7 @@ SUBUID, SUBGID = Path("/etc/subuid"), Path("/etc/subgid")
 # Commands that install packages, run dracut or write files with their owners; the
 # others (verify, template-check, delta, sparsify, overlay status, mkksiso) only read,
 # boot or transform whole files, and run as the user, with no subordinate ids needed.
-NAMESPACE_COMMANDS = frozenset({("runtime",), ("boot-iso",), ("netboot",), ("lorax",), ("overlay", "merge")})
+NAMESPACE_COMMANDS = frozenset({("runtime",), ("boot-iso",), ("netboot",), ("lorax",), ("livemedia",), ("overlay", "merge")})
 _HELP = frozenset({"-h", "--help", "--version"})
 
 
@@ -166,7 +166,7 @@ def _read(path: Path) -> str:
 def needs_namespace(words: Sequence[str], argv: Sequence[str]) -> bool:
     """Whether the command `words` (e.g. ("overlay", "merge")) runs in the namespace;
     asking for help or the version never needs it."""
-    if _HELP.intersection(argv) and words[:1] == ("lorax",):
+    if _HELP.intersection(argv) and words[:1] in (("lorax",), ("livemedia",)):
         return False  # lorax's own options are parsed in the namespace: help must not need it
     return tuple(words[:1]) in NAMESPACE_COMMANDS or tuple(words[:2]) in NAMESPACE_COMMANDS
 

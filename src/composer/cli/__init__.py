@@ -2,11 +2,12 @@
 
 One module per subcommand family: compose (the options every compose shares, and
 `runtime`), bootiso, netboot, verify, templatecheck, mkksiso, live (delta, overlay,
-sparsify), lorax (lorax's command line); options holds the one table of the options that
-make a Config, for composer's command line and lorax's. This module parses, dispatches and
-turns every error into one line; every subcommand, `composer lorax` and the `lorax`
-command (extras/lorax) included, runs through `_run`: the same signal handling, the
-same one-line errors and exit statuses, the same cleanup."""
+sparsify), lorax (lorax's command line), livemedia (livemedia-creator's, --no-virt);
+options holds the one table of the options that make a Config, for composer's command
+line and lorax's. This module parses, dispatches and turns every error into one line;
+every subcommand, `composer lorax` and the `lorax` command (extras/lorax) included,
+runs through `_run`: the same signal handling, the same one-line errors and exit
+statuses, the same cleanup."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from composer import __version__
 from composer.cli import bootiso, compose, live, mkksiso, netboot, templatecheck, verify
 from composer.cli.common import check_logfile
+from composer.cli.livemedia import run_livemedia
 from composer.cli.lorax import run_lorax
 from composer.cli.options import PASS_THROUGH_OPTIONS
 from composer.run import ComposerError, redact, set_logging
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.register(sub)
     templatecheck.register(sub)
     sub.add_parser("lorax", add_help=False, help="lorax's command line: `composer lorax --help` (a drop-in for lorax)")
+    sub.add_parser("livemedia", add_help=False, help="livemedia-creator's command line, --no-virt: `composer livemedia --help`")
     bootiso.register(sub)
     netboot.register(sub)
     mkksiso.register(sub)
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lorax"]:
         # lorax's own command line (its -v, -V, -c... are not composer's options)
         return _run(("lorax",), argv, lambda: run_lorax(argv[1:]))
+    if argv[:1] == ["livemedia"]:
+        return _run(("livemedia",), argv, lambda: run_livemedia(argv[1:]))
     parser = build_parser()
     try:
         glued = _glue_pass_through(argv)
@@ -109,6 +114,11 @@ def lorax() -> int:
     This function, not the module composer.cli.lorax, is the package's `lorax` attribute
     (the entry point composer.cli:lorax): it is defined after that module is imported."""
     return main(["lorax", *sys.argv[1:]])
+
+
+def livemedia_creator() -> int:
+    """The `livemedia-creator` command (extras/lorax): `composer livemedia` by another name."""
+    return main(["livemedia", *sys.argv[1:]])
 
 
 def _run(words: Sequence[str], argv: list[str], command: Callable[[], int], before: Callable[[], None] = lambda: None) -> int:

@@ -56,6 +56,9 @@ class MediaOptions:
     kernel_args: tuple[str, ...] = ()
     arch_templates: tuple[Path, ...] = ()
     arch_template_vars: tuple[tuple[str, str], ...] = ()
+    # Where the squashfs image goes on the medium: boot-iso's installer runtime, or a live
+    # system's (composer livemedia: LiveOS/squashfs.img); the menus get its dir and name.
+    stage2: str = "images/install.img"
 
 
 def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) -> dict[str, object]:
@@ -69,6 +72,8 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
             "bios_loader": opts.bios_loader,
             "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
             "overlay_args": " ".join(cfg.rootfs_type.live_args),
+            "live_dir": opts.stage2.rpartition("/")[0],
+            "live_image": opts.stage2.rpartition("/")[2],
         }
     )
     return variables
@@ -160,7 +165,8 @@ def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> Media
                 rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
             )
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
-        copy_sparse(rt.squashfs, out / "images" / "install.img")
+        (out / opts.stage2).parent.mkdir(parents=True, exist_ok=True)
+        copy_sparse(rt.squashfs, out / opts.stage2)
         for name, dest in config_names(opts.bios_loader).items():
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +234,7 @@ def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out
         "version": cfg.version,
         "arch": arch,
         "variant": cfg.variant,
-        "stage2": "images/install.img",
+        "stage2": opts.stage2,
         "extra": {**xen, **rt.treeinfo, **media.treeinfo},
     }
     release = f"{cfg.product} {cfg.version}"
@@ -261,7 +267,7 @@ def boot_iso(cfg: Config, opts: MediaOptions, rt: Runtime, media: MediaTree, out
         timestamp=cfg.source_date_epoch,
         **treeinfo_args,
     )
-    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", kernels[0].initrd):
+    for rel in ("images/boot.iso", opts.stage2, "images/efiboot.img", kernels[0].initrd):
         rt.metrics.sizes[rel] = (out / rel).stat().st_size
 
 

@@ -10,6 +10,9 @@ What composer takes from a kickstart:
 Every other command, %pre/%post/%traceback script and unsupported option is
 reported by name (never silently ignored). A kickstart pykickstart rejects gives
 one error with the file and line.
+
+`composer livemedia` reads the same parse further (load_live_kickstart): the system
+commands and scripts (kickstart.system), applied to the installed tree by kickstart.apply.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from composer.config import Config
 from composer.dnf import check_source, check_url, split_userinfo
+from composer.kickstart.system import System, read_system
 from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
 
@@ -252,7 +256,58 @@ def _with_unused_scripts(handler: Any, unused: list[str]) -> list[str]:
 
 def load_kickstart(path: Path) -> KickstartInput:
     """Parse a kickstart file and pick out what composer uses."""
-    path = Path(path)
+    return _load(Path(path))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveKickstart:
+    """A kickstart for an image install (`composer livemedia`): its package part and its system part."""
+
+    packages: KickstartInput
+    system: System
+    ignore_missing: bool = False  # %packages --ignoremissing
+    not_yet: tuple[str, ...] = ()  # options composer accepts but does not act on yet (one report line)
+
+
+def load_live_kickstart(path: Path) -> LiveKickstart:
+    """Parse a kickstart for `composer livemedia`: every command honoured, ignored as
+    anaconda ignores it for an image install, or refused with its FILE:LINE."""
+    ks, handler, files = _load(Path(path))
+    pkgs = handler.packages
+    if pkgs.groupList or pkgs.excludedGroupList or getattr(pkgs, "environment", None):
+        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
+        raise ComposerError(
+            f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
+        )
+    system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
+    ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
+    return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)))
+
+
+def _not_yet(handler: Any) -> list[str]:
+    """%packages and repo options an image install acts on and composer does not yet."""
+    pkgs = handler.packages
+    found: list[str] = []
+    if not pkgs.nocore:
+        found.append("%packages without --nocore (@core is not added: no comps support)")
+    options = (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs), ("--excludeWeakdeps", pkgs.excludeWeakdeps))
+    for option, value in options:
+        if value:
+            found.append(f"%packages {option}")
+    for repo in handler.repo.repoList:
+        for option in ("includepkgs", "excludepkgs", "cost"):
+            if getattr(repo, option, None):
+                found.append(f"repo {repo.name} --{option}")
+    for script in handler.scripts:
+        if script.logfile and not script.inChroot:
+            found.append(f"{_SCRIPT_KINDS.get(script.type, '%script')} --nochroot --log (line {script.lineno})")
+    return found
+
+
+KS_MISSING_IGNORE = 1  # pykickstart.constants: %packages --ignoremissing
+
+
+def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:
     _check_is_file(path)
     files = _include_files(path)
     handler = read_kickstart(path)
@@ -264,7 +319,7 @@ def load_kickstart(path: Path) -> KickstartInput:
     _check_package_lines(pkgs, files)
     unused = _unused_commands(handler) + sources.unused + _unused_groups(pkgs)
     unused = _with_unused_scripts(handler, unused)
-    return KickstartInput(
+    ks = KickstartInput(
         path,
         tuple(sources.urls),
         tuple(sources.mirrorlists),
@@ -273,6 +328,7 @@ def load_kickstart(path: Path) -> KickstartInput:
         kernel_args,
         tuple(unused),
     )
+    return ks, handler, files
 
 
 def report_unused(ks: KickstartInput) -> None:
