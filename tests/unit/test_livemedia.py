@@ -4,6 +4,8 @@ line, and the kickstart model it builds (composer.kickstart.load_live_kickstart)
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -169,7 +171,8 @@ def test_help_and_entry_point() -> None:
 def test_pre_erroronfail_runs_onerror_and_stops_clean(tmp_path: Path) -> None:
     """A failing %pre --erroronfail (run for real, before any package is installed): %onerror
     runs, the build stops in one line naming the script, and leaves no result or work directory."""
-    mark = tmp_path / "onerror-ran"
+    # Host-side scripts see a /tmp of the build's own: the mark goes where the test can read it.
+    mark = Path(tempfile.mkdtemp(dir=ROOT / "build" if (ROOT / "build").is_dir() else Path.home())) / "onerror-ran"
     text = f'%pre --erroronfail\necho "pre out"; exit 3\n%end\n%onerror\necho yes > "{mark}"\n%end\n'
     ks = _ks(tmp_path, text)
     proc = _lmc(tmp_path, "--make-tar", "--ks", str(ks))
@@ -179,7 +182,10 @@ def test_pre_erroronfail_runs_onerror_and_stops_clean(tmp_path: Path) -> None:
     line = errors[0]
     assert line.endswith(": pre out")  # the script's last line of output
     assert re.search(r"kickstart %pre \(line \d+, --nochroot\): failed with exit status 3 \(--erroronfail\)", line), line
-    assert mark.read_text() == "yes\n"
+    try:
+        assert mark.read_text() == "yes\n"
+    finally:
+        shutil.rmtree(mark.parent)
     assert not (tmp_path / "out").exists()
     assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -220,3 +226,18 @@ def test_accepted_but_not_honoured_is_named(tmp_path: Path) -> None:
     assert "accepted but not honoured as livemedia-creator does: --macboot (no Mac boot image); --live-rootfs-keep-size" in (
         proc.stderr
     )
+
+
+def test_host_side_scripts_share_one_tmp_of_the_build(tmp_path: Path) -> None:
+    """%pre and %post --nochroot see the same /tmp (the build's own, not the host's), as
+    anaconda's share the installer's."""
+    from composer.kickstart.apply import script_argv
+    from composer.kickstart.system import Script
+
+    pre, post = tmp_path / "pre-0", tmp_path / "post-0"
+    a = script_argv(Script("%pre", "", "/bin/sh", chroot=False), pre, None)
+    b = script_argv(Script("%post", "", "/bin/sh", chroot=False), post, tmp_path / "tree")
+    bind = ["--bind", str(tmp_path / "tmp"), "/tmp"]
+    for argv in (a, b):
+        assert any(argv[i : i + 3] == bind for i in range(len(argv))), argv
+    assert (tmp_path / "tmp").is_dir()

@@ -150,10 +150,14 @@ def apply_accounts(tree: Path, system: System) -> None:
 
 def script_argv(script: Script, file: Path, tree: Path | None) -> list[str]:
     """How a script runs: in the tree (chroot), or over the host with the tree at
-    /mnt/sysroot (--nochroot; tree None: %pre, before there is a tree)."""
+    /mnt/sysroot (--nochroot; tree None: %pre, before there is a tree). The host-side
+    scripts share one /tmp of the build's own (file's directory/tmp), as anaconda's share
+    the installer's: %pre leaves a file there that %post --nochroot copies into the system."""
     if script.chroot and tree is not None:
         return in_tree_argv(tree, [script.interpreter, SCRIPT_IN_SANDBOX], ro_binds=[(file, SCRIPT_IN_SANDBOX)])
-    argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/tmp", "--ro-bind", str(file), SCRIPT_IN_SANDBOX]
+    shared_tmp = file.parent / "tmp"
+    shared_tmp.mkdir(mode=0o1777, exist_ok=True)
+    argv = ["bwrap", "--dev-bind", "/", "/", "--bind", str(shared_tmp), "/tmp", "--ro-bind", str(file), SCRIPT_IN_SANDBOX]
     if tree is not None:
         argv += ["--tmpfs", "/mnt", "--bind", str(tree), SYSROOT, "--bind", str(tree), "/mnt/sysimage"]
         argv += ["--setenv", "ANA_INSTALL_PATH", SYSROOT]
