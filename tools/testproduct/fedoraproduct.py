@@ -154,30 +154,20 @@ def own_packages(staged: list[debrpm.Staged]) -> list[standins.Package]:
 
 def pypi_package(f: fedora.Fed, *, downloads: Path, work: Path) -> standins.Package:
     """A pure-Python package Debian lacks, from its PyPI release (fedora.PYPI), where Debian's
-    python3 finds it. Its scripts are dropped: pip writes this interpreter's path into them."""
+    python3 finds it. Its scripts and man pages are dropped: pip writes this interpreter's path
+    into the scripts, and the man pages would land beside the modules."""
     spec = fedora.PYPI[f.name]
     target = work / "pypi" / f.name
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     run([*pip, "download", "--no-deps", "--dest", downloads, spec])
-    run(
-        [
-            *pip,
-            "install",
-            "--no-deps",
-            "--no-compile",
-            "--no-index",
-            "--no-build-isolation",
-            "--find-links",
-            downloads,
-            "--target",
-            target,
-            spec,
-        ]
-    )
+    dist, version = spec.split("==")
+    # the file itself (a wheel, or an sdist pip builds with the setuptools it asks for)
+    release = sorted(downloads.glob(f"{dist}-{version}[.-]*"))[-1]
+    run([*pip, "install", "--no-deps", "--no-compile", "--target", target, release])
     files = {}
     for src in sorted(target.rglob("*")):
         rel = src.relative_to(target)
-        if src.is_dir() or rel.parts[0] == "bin" or "__pycache__" in rel.parts or rel.name == "direct_url.json":
+        if src.is_dir() or rel.parts[0] in ("bin", "share") or "__pycache__" in rel.parts or rel.name == "direct_url.json":
             continue
         try:
             files[f"{PYTHON3_DIST}/{rel}"] = (0o644, src.read_text())
@@ -185,7 +175,7 @@ def pypi_package(f: fedora.Fed, *, downloads: Path, work: Path) -> standins.Pack
             raise ComposerError(f"fedora product: {spec}: {rel} is not text (a pure-Python package was expected)") from None
     return standins.Package(
         name=f.name,
-        evr=tr.EVR(None, spec.split("==")[1], "1"),
+        evr=tr.EVR(None, version, "1"),
         summary=f"{spec} from PyPI",
         description=f"Fedora's {f.name}: {spec}, installed for Debian's python3. {f.note}",
         files=files,

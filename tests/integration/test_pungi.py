@@ -1,0 +1,64 @@
+"""A real Pungi compose with composer as its lorax (issue 22, items 1-2): Pungi 4.3.2 from the
+peer directory, in a virtual environment of its own, runs `pungi-koji` on tests/pungi/pungi.conf
+(pkgset from the Fedora-shaped product's repository, gather deps, createrepo, buildinstall with
+lorax's stock templates and the local runroot, createiso) with composer's `lorax` first on PATH
+(tools/pungirun.py, `make pungi`). Then productmd loads the compose's metadata and boot.iso boots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from testproduct import BOOT_MARKER
+from tests.conftest import BUILD, composer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pungi_compose() -> Path:
+    import pungirun
+    from testproduct.fedoraproduct import build_fedoraproduct
+
+    repo = build_fedoraproduct(BUILD / "fedoraproduct")
+    try:
+        return pungirun.compose(BUILD, repo)
+    except pungirun.PungiError as e:
+        pytest.fail(str(e))
+
+
+def test_phases_green(pungi_compose):
+    import pungirun
+
+    status = (pungi_compose / "STATUS").read_text().strip()
+    assert status == "FINISHED", status
+    phases = pungirun.phase_timings(pungi_compose)
+    assert {"PKGSET", "GATHER", "CREATEREPO", "BUILDINSTALL", "CREATEISO"} <= set(phases), phases
+    log = (pungi_compose / "logs/global/pungi.global.log").read_text()
+    assert "[FAIL" not in log and "Traceback" not in log
+
+
+def test_metadata_loads_with_productmd(pungi_compose):
+    import productmd.composeinfo
+    import productmd.images
+
+    info = productmd.composeinfo.ComposeInfo()
+    info.load(str(pungi_compose / "compose/metadata/composeinfo.json"))
+    assert info.release.short == "Fedora" and "Everything" in info.variants.variants
+    images = productmd.images.Images()
+    images.load(str(pungi_compose / "compose/metadata/images.json"))
+    kinds = {(img.type, img.bootable) for img in images.images["Everything"]["x86_64"]}
+    assert ("boot", True) in kinds and ("dvd", True) in kinds, kinds
+    for img in images.images["Everything"]["x86_64"]:
+        assert (pungi_compose / "compose" / img.path).is_file(), img.path
+
+
+def test_boot_iso_boots_bios(pungi_compose):
+    isos = sorted((pungi_compose / "compose/Everything/x86_64/iso").glob("*-boot-*.iso")) or sorted(
+        (pungi_compose / "compose/Everything/x86_64/os/images").glob("boot.iso")
+    )
+    assert isos, "no boot.iso in the compose"
+    log = pungi_compose.parent / "boot-bios-serial.log"
+    composer("verify", "--iso", str(isos[0]), "--firmware", "bios", "--memory", "1024", "--log", str(log))
+    assert BOOT_MARKER in log.read_text(errors="replace")

@@ -1,0 +1,71 @@
+"""composer as an RPM (issue 22, item 4): `make rpm` runs rpmbuild on packaging/composer.spec,
+then dnf installs composer-lorax from that repository and the Fedora-shaped product's into a
+fresh root, as Koji makes a runroot buildroot (dnf --installroot, the product's repositories
+only), and `lorax` runs there. Needs root (chroot)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUILD, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fedora_repo() -> Path:
+    from testproduct.fedoraproduct import build_fedoraproduct
+
+    return build_fedoraproduct(BUILD / "fedoraproduct")
+
+
+@pytest.fixture(scope="module")
+def rpms(tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp("rpm")
+    proc = subprocess.run(["make", "-C", str(ROOT), "rpm", f"BUILD={build}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    repo = build / "rpm"
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    return repo
+
+
+def dnf_installroot(tree: Path, repos: dict[str, Path], *packages: str) -> subprocess.CompletedProcess[str]:
+    """dnf 4 as Koji's buildroot makes a root: only the given repositories, no weak deps."""
+    argv = ["dnf", f"--installroot={tree}", "--setopt=reposdir=/nonexistent", "--nogpgcheck", "-y", "--quiet"]
+    argv += [f"--repofrompath={name},file://{path}" for name, path in repos.items()]
+    argv += ["--setopt=install_weak_deps=False", "--releasever=43", "install", *packages]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def test_rpms_built(rpms):
+    names = sorted(p.name for p in (rpms / "noarch").glob("*.rpm"))
+    assert names == ["composer-0.1.0-1.noarch.rpm", "composer-lorax-0.1.0-1.noarch.rpm"], names
+    files = subprocess.run(["rpm", "-qpl", str(rpms / "noarch" / names[1])], capture_output=True, text=True, check=True)
+    assert "/usr/bin/lorax" in files.stdout.split()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot into the buildroot needs root")
+def test_lorax_in_buildroot(rpms, fedora_repo, tmp_path):
+    tree = tmp_path / "buildroot"
+    # testproduct-setup: the product's base system (Debian's Essential set), which a Koji
+    # buildroot gets from its build group.
+    proc = dnf_installroot(tree, {"product": fedora_repo, "composer": rpms}, "composer-lorax", "testproduct-setup")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    q = subprocess.run(["rpm", f"--root={tree}", "-q", "composer", "composer-lorax"], capture_output=True, text=True)
+    assert q.returncode == 0, q.stdout + q.stderr
+    run = subprocess.run(
+        ["chroot", str(tree), "lorax", "--help"], capture_output=True, text=True, env={"PATH": "/usr/bin:/usr/sbin"}
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "--sharedir" in run.stdout and "--rootfs-type" in run.stdout, run.stdout[:2000]
+    # the Python dependencies are the product's packages, not this host's
+    imp = subprocess.run(
+        ["chroot", str(tree), "python3", "-c", "import composer, mako, pykickstart, productmd; print(composer.__file__)"],
+        capture_output=True,
+        text=True,
+    )
+    assert imp.stdout.strip() == "/usr/lib/python3/dist-packages/composer/__init__.py", imp.stderr[-2000:]

@@ -1,0 +1,167 @@
+"""A real Pungi compose of the Fedora-shaped test product, with composer as its lorax.
+
+    python tools/pungirun.py BUILD    ->  BUILD/pungi/composes/<compose id> (prints its path)
+
+Pungi 4.3.2 (../shared/peers/pungi-4.3.2, GPL: run, never copied into composer) is installed
+into a virtual environment of its own (BUILD/pungi/venv, Debian's python3 with its site
+packages: python3-dnf, python3-libcomps, python3-createrepo-c), and `pungi-koji` runs
+tests/pungi/pungi.conf with `lorax` on PATH being composer's (composer.cli:lorax, the
+composer-lorax entry point). See docs/pungi.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = Path(os.environ.get("PUNGI_PEER", ROOT.parent / "shared/peers/pungi-4.3.2"))
+LORAX_PEER = Path(os.environ.get("LORAX_PEER", ROOT.parent / "shared/peers/lorax-40.5.19"))
+# Debian's modules Pungi imports (python3-dnf, python3-libcomps, python3-createrepo-c).
+DEBIAN_MODULES = ("dnf", "libcomps", "createrepo_c", "rpm")
+# PyPI: Pungi's requirements (setup.py) come with it; kobo.rpmlib imports koji, whose Kerberos
+# extra (requests-gssapi) needs headers to build and Pungi never logs in to a Koji here.
+KOJI_DEPS = ("requests", "defusedxml", "python-dateutil")
+
+
+class PungiError(Exception):
+    pass
+
+
+def _run(argv: list[str | Path], **kw) -> None:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise PungiError(f"{' '.join(map(str, argv[:4]))} …: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+
+
+def venv(base: Path) -> Path:
+    """Pungi installed from the peer directory (a copy of it: pip builds in the tree)."""
+    env = base / "venv"
+    if (env / "bin/pungi-koji").exists():
+        return env
+    missing = [m for m in DEBIAN_MODULES if subprocess.run(["/usr/bin/python3", "-c", f"import {m}"]).returncode]
+    if missing:
+        raise PungiError(
+            f"Debian's python3 lacks {', '.join(missing)} (apt-get install python3-dnf python3-libcomps python3-createrepo-c)"
+        )
+    if not (PEER / "setup.py").is_file():
+        raise PungiError(f"no Pungi at {PEER} (PUNGI_PEER)")
+    src = base / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(PEER, src, symlinks=True)
+    _run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", env])
+    pip: list[str | Path] = [env / "bin/python", "-m", "pip", "--disable-pip-version-check", "--quiet", "install"]
+    _run([*pip, src, *KOJI_DEPS])
+    _run([*pip, "--no-deps", "koji"])
+    return env
+
+
+# Host workaround, not a step of Pungi's or composer's: Pungi's buildinstall mounts
+# efiboot.img to put its tweaked grub.cfg in (guestmount if there is one, else mount -o loop);
+# this host's kernel has no vfat and there is no libguestfs. These two do guestmount's job
+# for a FAT image with mtools: files out on mount, changed files back on unmount.
+GUESTMOUNT = """#!/bin/sh
+# guestmount -a IMAGE -m /dev/sda DIR (tools/pungirun.py: mtools for a host without vfat)
+set -e
+image=$2 dir=$5
+mcopy -s -p -n -i "$image" '::/*' "$dir/"
+echo "$image" > "$dir.guestmount-image"
+"""
+FUSERMOUNT = """#!/bin/sh
+# fusermount -u DIR: write DIR's files back into the image guestmount took them from
+set -e
+dir=$2
+image=$(cat "$dir.guestmount-image")
+cd "$dir"
+find . -type f | while read -r f; do mcopy -o -i "$image" "$f" "::/${f#./}"; done
+cd /
+rm -rf "${dir:?}"/* "$dir.guestmount-image"
+"""
+
+
+def tools_bin(base: Path) -> Path:
+    """`lorax` (composer's, as the composer-lorax entry point is written) and the host workaround."""
+    bindir = base / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    scripts = {
+        "lorax": f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT / 'src')!r})\n"
+        "from composer.cli import lorax\nsys.exit(lorax())\n",
+        "guestmount": GUESTMOUNT,
+        "fusermount": FUSERMOUNT,
+    }
+    for name, text in scripts.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
+def config(base: Path, repo: Path) -> Path:
+    """tests/pungi beside the product's repository and a lorax.conf naming lorax's stock templates."""
+    conf = base / "config"
+    shutil.rmtree(conf, ignore_errors=True)
+    shutil.copytree(ROOT / "tests/pungi", conf)
+    (conf / "repo").symlink_to(repo)
+    stock = LORAX_PEER / "share/templates.d/99-generic"
+    if not stock.is_dir():
+        raise PungiError(f"lorax's stock templates are not at {stock} (LORAX_PEER)")
+    (conf / "lorax.conf").write_text(f"[lorax]\nsharedir = {stock}\n[compression]\ntype = lz4\n")
+    return conf / "pungi.conf"
+
+
+def compose(build: Path, repo: Path) -> Path:
+    """Run pungi-koji; returns the compose directory (raises PungiError if it failed)."""
+    base = build / "pungi"
+    env = venv(base)
+    path = f"{tools_bin(base)}:{env / 'bin'}:{os.environ['PATH']}"
+    target = base / "composes"
+    target.mkdir(parents=True, exist_ok=True)
+    before = set(target.iterdir())
+    tmp = base / "tmp"
+    tmp.mkdir(exist_ok=True)
+    argv = [env / "bin/pungi-koji", f"--config={config(base, repo)}", f"--target-dir={target}", "--no-label", "--test"]
+    proc = subprocess.run(
+        [str(a) for a in argv], env={**os.environ, "PATH": path, "TMPDIR": str(tmp)}, capture_output=True, text=True
+    )
+    made = sorted(set(target.iterdir()) - before - {p for p in target.iterdir() if p.is_symlink()})
+    if proc.returncode != 0 or not made:
+        where = f" (log: {made[-1]}/logs/global/pungi.global.log)" if made else ""
+        raise PungiError(f"pungi-koji failed ({proc.returncode}){where}: {proc.stderr.strip()[-3000:]}")
+    return made[-1]
+
+
+PHASE = re.compile(r"^(\S+ \S+) \[(?:INFO|WARNING) *\] \[(BEGIN|DONE) *\] -+ PHASE: (\S+) -+$", re.M)
+
+
+def phase_timings(compose_dir: Path) -> dict[str, float]:
+    """Seconds per phase, from Pungi's own log ([BEGIN]/[DONE] lines of each PHASE)."""
+    text = (compose_dir / "logs/global/pungi.global.log").read_text()
+    begun: dict[str, datetime] = {}
+    out: dict[str, float] = {}
+    for stamp, what, phase in PHASE.findall(text):
+        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+        if what == "BEGIN":
+            begun[phase] = t
+        elif phase in begun:
+            out[phase] = (t - begun[phase]).total_seconds()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    build = Path(argv[0] if argv else ROOT / "build").resolve()
+    try:
+        result = compose(build, build / "fedoraproduct/repo")
+    except PungiError as e:
+        print(f"pungi: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"compose": str(result), "phases": phase_timings(result)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
