@@ -28,6 +28,8 @@ DEBIAN_MODULES = ("dnf", "libcomps", "createrepo_c", "rpm")
 # PyPI: Pungi's requirements (setup.py) come with it; kobo.rpmlib imports koji, whose Kerberos
 # extra (requests-gssapi) needs headers to build and Pungi never logs in to a Koji here.
 KOJI_DEPS = ("requests", "defusedxml", "python-dateutil")
+# Pungi 4.3.2 extends jsonschema 3's validators; 4.18 replaced the reference resolver it uses.
+PINS = ("jsonschema<4",)
 
 
 class PungiError(Exception):
@@ -57,8 +59,12 @@ def venv(base: Path) -> Path:
     shutil.copytree(PEER, src, symlinks=True)
     _run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", env])
     pip: list[str | Path] = [env / "bin/python", "-m", "pip", "--disable-pip-version-check", "--quiet", "install"]
-    _run([*pip, src, *KOJI_DEPS])
+    _run([*pip, src, *KOJI_DEPS, *PINS])
     _run([*pip, "--no-deps", "koji"])
+    # setup.py's data files (variants.dtd, multilib) land in site-packages/usr/share/pungi;
+    # Pungi looks for them in /usr/share/pungi, else in share/ beside its package's parent.
+    site = next((env / "lib").glob("python3*/site-packages"))
+    (site / "share").symlink_to("usr/share/pungi")
     return env
 
 
@@ -131,7 +137,7 @@ def compose(build: Path, repo: Path) -> Path:
     made = sorted(set(target.iterdir()) - before - {p for p in target.iterdir() if p.is_symlink()})
     if proc.returncode != 0 or not made:
         where = f" (log: {made[-1]}/logs/global/pungi.global.log)" if made else ""
-        raise PungiError(f"pungi-koji failed ({proc.returncode}){where}: {proc.stderr.strip()[-3000:]}")
+        raise PungiError(f"pungi-koji failed ({proc.returncode}){where}: {(proc.stdout + proc.stderr).strip()[-3000:]}")
     return made[-1]
 
 
