@@ -28,6 +28,11 @@ DEBIAN_MODULES = ("dnf", "libcomps", "createrepo_c", "rpm")
 # PyPI: Pungi's requirements (setup.py) come with it; kobo.rpmlib imports koji, whose Kerberos
 # extra (requests-gssapi) needs headers to build and Pungi never logs in to a Koji here.
 KOJI_DEPS = ("requests", "defusedxml", "python-dateutil")
+# pungi-gather parses its kickstart-like configuration with pykickstart and imports Fedora's
+# python-multilib (neither in setup.py; python-multilib is not on PyPI: PUNGI_MULTILIB is a
+# pip requirement for it, a URL or a directory with its source).
+MULTILIB = os.environ.get("PUNGI_MULTILIB", "git+https://github.com/Zyzyx/python-multilib@7ebc7d4")
+UNDECLARED = ("pykickstart", MULTILIB)
 # Pungi 4.3.2 extends jsonschema 3's validators; 4.18 replaced the reference resolver it uses.
 PINS = ("jsonschema<4",)
 
@@ -59,13 +64,25 @@ def venv(base: Path) -> Path:
     shutil.copytree(PEER, src, symlinks=True)
     _run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", env])
     pip: list[str | Path] = [env / "bin/python", "-m", "pip", "--disable-pip-version-check", "--quiet", "install"]
-    _run([*pip, src, *KOJI_DEPS, *PINS])
+    _run([*pip, src, *KOJI_DEPS, *UNDECLARED, *PINS])
     _run([*pip, "--no-deps", "koji"])
     # setup.py's data files (variants.dtd, multilib) land in site-packages/usr/share/pungi;
     # Pungi looks for them in /usr/share/pungi, else in share/ beside its package's parent.
     site = next((env / "lib").glob("python3*/site-packages"))
     (site / "share").symlink_to("usr/share/pungi")
+    _multilib_default_config(site)
     return env
+
+
+def _multilib_default_config(site: Path) -> None:
+    """Pungi 4.3.2 makes python-multilib's methods with config=None, which python-multilib 1.1
+    (the release whose source is on GitHub) opens as a file name: give it the multilib.conf it
+    ships. This Fedora-only library decides nothing here (the product has no multilib)."""
+    module = site / "multilib/multilib.py"
+    text = module.read_text()
+    if "open(config, 'r')" not in text:
+        raise PungiError(f"{module}: not the python-multilib 1.1 this works around")
+    module.write_text(text.replace("open(config, 'r')", f"open(config or {str(site / 'etc/multilib.conf')!r}, 'r')"))
 
 
 # Host workaround, not a step of Pungi's or composer's: Pungi's buildinstall mounts
