@@ -92,7 +92,7 @@ def _multilib_default_config(site: Path) -> None:
 GUESTMOUNT = """#!/bin/sh
 # guestmount -a IMAGE -m /dev/sda DIR (tools/pungirun.py: mtools for a host without vfat)
 set -e
-image=$2 dir=$5
+image=$(realpath "$2") dir=$5
 mcopy -s -p -n -i "$image" '::/*' "$dir/"
 echo "$image" > "$dir.guestmount-image"
 """
@@ -101,9 +101,7 @@ FUSERMOUNT = """#!/bin/sh
 set -e
 dir=$2
 image=$(cat "$dir.guestmount-image")
-cd "$dir"
-find . -type f | while read -r f; do mcopy -o -i "$image" "$f" "::/${f#./}"; done
-cd /
+find "$dir" -type f | while read -r f; do mcopy -o -i "$image" "$f" "::/${f#"$dir"/}"; done
 rm -rf "${dir:?}"/* "$dir.guestmount-image"
 """
 
@@ -141,13 +139,25 @@ def compose(build: Path, repo: Path) -> Path:
     """Run pungi-koji; returns the compose directory (raises PungiError if it failed)."""
     base = build / "pungi"
     env = venv(base)
-    path = f"{tools_bin(base)}:{env / 'bin'}:{os.environ['PATH']}"
+    path = f"{base / 'bin'}:{env / 'bin'}:{os.environ['PATH']}"
     target = base / "composes"
     target.mkdir(parents=True, exist_ok=True)
     before = set(target.iterdir())
     tmp = base / "tmp"
     tmp.mkdir(exist_ok=True)
-    argv = [env / "bin/pungi-koji", f"--config={config(base, repo)}", f"--target-dir={target}", "--no-label", "--test"]
+    bindir = tools_bin(base)
+    # Pungi runs guestmount with an environment of its own, without PATH: the shell finds it in
+    # its default path only (/usr/local/sbin first): in a mount namespace of its own, that is ours.
+    private = [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /usr/local/sbin && exec "$@"',
+        bindir,
+    ]
+    argv = [*private, env / "bin/pungi-koji", f"--config={config(base, repo)}", f"--target-dir={target}", "--no-label", "--test"]
     proc = subprocess.run(
         [str(a) for a in argv], env={**os.environ, "PATH": path, "TMPDIR": str(tmp)}, capture_output=True, text=True
     )

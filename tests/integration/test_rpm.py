@@ -69,3 +69,21 @@ def test_lorax_in_buildroot(rpms, fedora_repo, tmp_path):
         text=True,
     )
     assert imp.stdout.strip() == "/usr/lib/python3/dist-packages/composer/__init__.py", imp.stderr[-2000:]
+
+
+# A runroot task's shape: the buildroot with /dev, /proc, /sys and a /tmp of its own (mock and
+# Koji's runroot mount these), the compose's repository and lorax's templates bound in.
+RUNROOT = """set -e
+t=$1; shift
+mkdir -p "$t/mnt/repo" "$t/mnt/templates" "$t/mnt/out"
+mount --rbind /dev "$t/dev"; mount -t proc proc "$t/proc"; mount --rbind /sys "$t/sys"
+mount -t tmpfs tmpfs "$t/tmp"; mount -t tmpfs tmpfs "$t/var/tmp"
+mount --bind "$REPO" "$t/mnt/repo"; mount --bind "$TEMPLATES" "$t/mnt/templates"
+exec chroot "$t" "$@"
+"""
+
+
+def in_runroot(tree: Path, repo: Path, templates: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/sbin:/usr/bin", "REPO": str(repo), "TEMPLATES": str(templates)}
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", RUNROOT, "runroot", str(tree), *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
