@@ -132,6 +132,12 @@ def config(base: Path, repo: Path) -> Path:
     if not stock.is_dir():
         raise PungiError(f"lorax's stock templates are not at {stock} (LORAX_PEER)")
     (conf / "lorax.conf").write_text(f"[lorax]\nsharedir = {stock}\n[compression]\ntype = lz4\n")
+    options = {
+        "configuration_file": {"scm": "file", "repo": "", "file": "lorax.conf"},
+        "add_arch_template": [str(conf / "isolinux.tmpl")],
+    }
+    with open(conf / "pungi.conf", "a") as f:
+        f.write(f"lorax_options = [('^.*$', {{'*': {options!r}}})]\n")
     return conf / "pungi.conf"
 
 

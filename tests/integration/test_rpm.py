@@ -48,13 +48,20 @@ def test_rpms_built(rpms):
     assert "/usr/bin/lorax" in files.stdout.split()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chroot into the buildroot needs root")
-def test_lorax_in_buildroot(rpms, fedora_repo, tmp_path):
-    tree = tmp_path / "buildroot"
+@pytest.fixture(scope="module")
+def buildroot(rpms, fedora_repo, tmp_path_factory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("chroot into the buildroot needs root")
+    tree = tmp_path_factory.mktemp("buildroot") / "root"
     # testproduct-setup: the product's base system (Debian's Essential set), which a Koji
     # buildroot gets from its build group.
     proc = dnf_installroot(tree, {"product": fedora_repo, "composer": rpms}, "composer-lorax", "testproduct-setup")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return tree
+
+
+def test_lorax_in_buildroot(buildroot):
+    tree = buildroot
     q = subprocess.run(["rpm", f"--root={tree}", "-q", "composer", "composer-lorax"], capture_output=True, text=True)
     assert q.returncode == 0, q.stdout + q.stderr
     run = subprocess.run(
@@ -77,7 +84,7 @@ RUNROOT = """set -e
 t=$1; shift
 mkdir -p "$t/mnt/repo" "$t/mnt/templates" "$t/mnt/out"
 mount --rbind /dev "$t/dev"; mount -t proc proc "$t/proc"; mount --rbind /sys "$t/sys"
-mount -t tmpfs tmpfs "$t/tmp"; mount -t tmpfs tmpfs "$t/var/tmp"
+mount -t tmpfs tmpfs "$t/tmp"
 mount --bind "$REPO" "$t/mnt/repo"; mount --bind "$TEMPLATES" "$t/mnt/templates"
 exec chroot "$t" "$@"
 """
@@ -87,3 +94,26 @@ def in_runroot(tree: Path, repo: Path, templates: Path, *argv: str) -> subproces
     env = {"PATH": "/usr/sbin:/usr/bin", "REPO": str(repo), "TEMPLATES": str(templates)}
     cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", RUNROOT, "runroot", str(tree), *argv]
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def test_lorax_builds_in_buildroot(buildroot, fedora_repo):
+    """Pungi's argv (as scripts/lorax-oracle gives it) with lorax's stock templates, run by the
+    buildroot's lorax in a runroot: the media Pungi would copy back."""
+    from tests.integration.test_lorax_stock import STOCK
+
+    (buildroot / "mnt").mkdir(exist_ok=True)
+    (buildroot / "mnt/lorax.conf").write_text("[compression]\ntype = lz4\n")  # lz4: CI time
+    proc = in_runroot(
+        buildroot,
+        fedora_repo,
+        STOCK,
+        "lorax",
+        *("-p", "Fedora", "-v", "43", "-r", "43", "-s", "file:///mnt/repo", "--buildarch", "x86_64"),
+        *("--isfinal", "--nomacboot", "--noupgrade", "--volid", "Fedora-43 Everything.x86_64"),
+        *("--sharedir", "/mnt/templates", "-c", "/mnt/lorax.conf", "--logfile", "/mnt/out/logs/lorax.log", "/mnt/out/result"),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = buildroot / "mnt/out/result"
+    for rel in ("images/boot.iso", "images/install.img", "images/efiboot.img", ".treeinfo", ".discinfo"):
+        assert (out / rel).is_file(), rel
+    assert (buildroot / "mnt/out/logs/pkglists").is_dir()
