@@ -62,3 +62,13 @@ def test_boot_iso_boots_bios(pungi_compose):
     # 1024 MB: lorax's stock menus wait 60 s in grub before booting
     composer("verify", "--iso", str(iso), "--firmware", "bios", "--memory", "1024", "--log", str(log))
     assert BOOT_MARKER in log.read_text(errors="replace")
+
+
+def test_dvd_boots_bios(pungi_compose):
+    """createiso's DVD (the repository on it, Pungi's boot configuration: isolinux with the
+    DVD's volume id, tests/pungi/isolinux.tmpl) boots its installer stand-in."""
+    dvds = sorted((pungi_compose / "compose/Everything/x86_64/iso").glob("*-dvd1.iso"))
+    assert dvds, "createiso made no DVD"
+    log = pungi_compose / "logs/dvd-bios-serial.log"
+    composer("verify", "--iso", str(dvds[0]), "--firmware", "bios", "--memory", "1024", "--log", str(log))
+    assert BOOT_MARKER in log.read_text(errors="replace")

@@ -83,6 +83,8 @@ def test_lorax_in_buildroot(buildroot):
 RUNROOT = """set -e
 t=$1; shift
 mkdir -p "$t/mnt/repo" "$t/mnt/templates" "$t/mnt/out"
+# the root a mount point of its own, as mock's: bubblewrap (composer's dnf and dracut) needs that
+mount --make-rprivate /; mount --bind "$t" "$t"
 mount --rbind /dev "$t/dev"; mount -t proc proc "$t/proc"; mount --rbind /sys "$t/sys"
 mount -t tmpfs tmpfs "$t/tmp"
 mount --bind "$REPO" "$t/mnt/repo"; mount --bind "$TEMPLATES" "$t/mnt/templates"
