@@ -37,6 +37,12 @@ UNDECLARED = ("pykickstart", MULTILIB)
 PINS = ("jsonschema<4",)
 
 
+# Host programs Pungi runs here: isohybrid (checked at start: syslinux-utils), isoinfo (boot.iso's
+# manifest, whatever createiso_use_xorrisofs says: genisoimage), xorrisofs, createrepo_c; mtools
+# and unshare for the guestmount stand-in below.
+HOST_PROGRAMS = ("isohybrid", "isoinfo", "xorrisofs", "createrepo_c", "mcopy", "unshare")
+
+
 class PungiError(Exception):
     pass
 
@@ -144,6 +150,11 @@ def config(base: Path, repo: Path) -> Path:
 def compose(build: Path, repo: Path) -> Path:
     """Run pungi-koji; returns the compose directory (raises PungiError if it failed)."""
     base = build / "pungi"
+    missing = [p for p in HOST_PROGRAMS if shutil.which(p) is None]
+    if missing:
+        raise PungiError(
+            f"not on this host: {', '.join(missing)} (apt-get install syslinux-utils genisoimage xorriso createrepo-c mtools)"
+        )
     env = venv(base)
     path = f"{base / 'bin'}:{env / 'bin'}:{os.environ['PATH']}"
     target = base / "composes"

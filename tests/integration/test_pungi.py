@@ -52,6 +52,9 @@ def test_metadata_loads_with_productmd(pungi_compose):
     assert ("boot", True) in kinds and ("dvd", True) in kinds, kinds
     for img in images.images["Everything"]["x86_64"]:
         assert (pungi_compose / "compose" / img.path).is_file(), img.path
+        # Pungi lists each ISO's files (isoinfo -R for boot.iso: composer's needs Rock Ridge)
+        manifest = (pungi_compose / "compose" / f"{img.path}.manifest").read_text().split()
+        assert "/images/install.img" in manifest, (img.path, manifest[:20])
 
 
 def test_boot_iso_boots_bios(pungi_compose):
