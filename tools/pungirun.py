@@ -204,7 +204,7 @@ def phase_timings(compose_dir: Path) -> dict[str, float]:
 
 def boot_iso(compose_dir: Path) -> Path:
     """The buildinstall boot.iso Pungi linked into the compose (images.json names it too)."""
-    found = sorted((compose_dir / "compose").glob("*/x86_64/iso/*-boot-*.iso")) or sorted(
+    found = sorted((compose_dir / "compose").glob("*/x86_64/iso/*-boot.iso")) or sorted(
         (compose_dir / "compose").glob("*/x86_64/os/images/boot.iso")
     )
     if not found:
