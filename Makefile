@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct fedoraproduct oracle demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
+.PHONY: setup testproduct fedoraproduct oracle rpm pungi demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
 
 setup:
 	./scripts/setup-host
@@ -21,6 +21,20 @@ fedoraproduct: setup
 
 oracle: fedoraproduct
 	./scripts/lorax-oracle $(BUILD)/fedoraproduct/repo $(BUILD)/oracle
+
+# composer and composer-lorax as RPMs (packaging/composer.spec) from `git archive HEAD` (what is
+# committed) into build/rpm. --nodeps: a Debian host's packages are dpkg's, not in rpm's database.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+rpm:
+	rm -rf $(BUILD)/rpm && mkdir -p $(BUILD)/rpm/SOURCES
+	git archive --format=tar.gz --prefix=composer-$(VERSION)/ -o $(BUILD)/rpm/SOURCES/composer-$(VERSION).tar.gz HEAD
+	rpmbuild -bb --nodeps --define "_topdir $(BUILD)/rpm" --define "_rpmdir $(BUILD)/rpm" packaging/composer.spec
+	@ls $(BUILD)/rpm/noarch/*.rpm
+
+# A real Pungi 4.3.2 compose (pungi-koji, ../shared/peers/pungi-4.3.2 in a venv of its own) of the
+# Fedora-shaped product with composer as its lorax, then its boot.iso booted (docs/pungi.md).
+pungi: fedoraproduct
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) tools/pungirun.py $(BUILD) --boot
 
 # Compose the test product's runtime as a user would (every default: work dir /var/tmp,
 # cache /var/cache/composer, xz, btrfs) and boot it in qemu at 512 MB.

@@ -62,7 +62,7 @@ def test_table_is_consistent() -> None:
     names = [f.name for f in fedora.FEDORA]
     assert len(names) == len(set(names)), "a Fedora name twice"
     kinds = {f.kind for f in fedora.FEDORA}
-    assert kinds <= {"same", "rename", "meta", "standin", "placeholder"}
+    assert kinds <= {"same", "rename", "meta", "standin", "placeholder", "pypi"}
     for f in fedora.FEDORA:
         if f.kind == "rename":
             assert len(f.debian) == 1

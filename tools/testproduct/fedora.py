@@ -14,6 +14,8 @@ Kinds of entry (Fed.kind):
     standin      a small package of our own (standins.py) where Debian has no binary.
     placeholder  a package of the Fedora name with no files and no job: the templates install
                  it, nothing on the boot path uses it, and Debian 12 has no binary for it.
+    pypi         a pure-Python package Debian 12 lacks, built from PyPI's release (PYPI pins it);
+                 debian: the Debian packages it requires.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def _same(*names: str) -> list[Fed]:
 def _meta(name: str, *deb: str, note: str = "") -> Fed:
     return Fed(name, "meta", deb, note)
 
+
+# What composer's own RPM (packaging/composer.spec) requires that the templates do not install:
+# a runroot buildroot made from this product installs composer-lorax (issue 22).
+COMPOSER: tuple[Fed, ...] = (
+    *_same("python3-mako", "xorriso", "mtools", "rpm", "bubblewrap"),
+    Fed("python3-kickstart", "pypi", ("python3-requests",), "pykickstart: Debian 12 has none"),
+    Fed("python3-productmd", "pypi", (), "productmd: Debian 12 has none"),
+)
+# The PyPI release each pypi entry is built from.
+PYPI = {"python3-kickstart": "pykickstart==3.78", "python3-productmd": "productmd==1.51"}
 
 # Every package 99-generic's x86_64 templates install without --optional, plus the branding
 # lorax looks up itself (a package providing system-release, and its -logos companion).
@@ -139,11 +151,12 @@ FEDORA: tuple[Fed, ...] = (
     Fed("fedora-repos", "standin", note="/etc/yum.repos.d (postinstall moves it to /etc/anaconda.repos.d)"),
     Fed("filesystem", "standin", note="directories of Fedora's layout the Debian closure lacks (/mnt, /etc/sysconfig, ...)"),
     Fed("fedora-logos", "placeholder", note="lorax installs <release>-logos with the release; no artwork"),
+    *COMPOSER,
 )
 
 # The x86_64 packages runtime-install.tmpl names without --optional (checked by the unit tests
 # against the stock template) and lorax's branding pair.
-TEMPLATE_NAMES = frozenset(f.name for f in FEDORA) - {"anaconda-core", "kernel-core"}
+TEMPLATE_NAMES = frozenset(f.name for f in FEDORA) - {"anaconda-core", "kernel-core"} - {f.name for f in COMPOSER}
 
 
 def by_name() -> dict[str, Fed]:
@@ -159,7 +172,7 @@ def debian_roots(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     for f in FEDORA:
         if f.kind == "same":
             roots.add(f.name)
-        elif f.kind == "meta":
+        elif f.kind in ("meta", "pypi"):
             roots.update(d for d in f.debian if d not in fed and d not in OWN_PACKAGES)
         elif f.kind == "rename":
             glob = f.debian[0]

@@ -20,9 +20,12 @@ from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
 from testproduct import builder_main, debrpm, fedora, resolve, setuppkg, standins
+from testproduct import translate as tr
 
 BUILDER_VERSION = "1"
 STAMP = ".fedoraproduct-key"
+# Where Debian's python3 finds packages (pypi entries go there).
+PYTHON3_DIST = "/usr/lib/python3/dist-packages"
 SHAPING_MODULES = ("fedora.py", "fedoraproduct.py", "standins.py")
 
 
@@ -32,7 +35,7 @@ def cache_key(pkgs: list[resolve.DebPkg]) -> str:
         "testproduct-builder": __import__("testproduct").BUILDER_VERSION,
         "packages": [f"{p.name}={p.version}/{p.arch}" for p in pkgs],
         "setup": setuppkg.fingerprint(),
-        "table": repr(fedora.FEDORA) + repr(fedora.MOVES) + repr((fedora.BLOCK_DIRS, fedora.NET_DIRS)),
+        "table": repr(fedora.FEDORA) + repr(fedora.PYPI) + repr(fedora.MOVES) + repr((fedora.BLOCK_DIRS, fedora.NET_DIRS)),
         "standins": standins.fingerprint(standins.all_standins()),
         # the shaping rules are code too: any change to these modules rebuilds
         "code": [hashlib.sha256((Path(__file__).parent / m).read_bytes()).hexdigest() for m in SHAPING_MODULES],
@@ -149,6 +152,37 @@ def own_packages(staged: list[debrpm.Staged]) -> list[standins.Package]:
     return pkgs
 
 
+def pypi_package(f: fedora.Fed, *, downloads: Path, work: Path) -> standins.Package:
+    """A pure-Python package Debian lacks, from its PyPI release (fedora.PYPI), where Debian's
+    python3 finds it. Its scripts and man pages are dropped: pip writes this interpreter's path
+    into the scripts, and the man pages would land beside the modules."""
+    spec = fedora.PYPI[f.name]
+    target = work / "pypi" / f.name
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    run([*pip, "download", "--no-deps", "--dest", downloads, spec])
+    dist, version = spec.split("==")
+    # the file itself (a wheel, or an sdist pip builds with the setuptools it asks for)
+    release = sorted(downloads.glob(f"{dist}-{version}[.-]*"))[-1]
+    run([*pip, "install", "--no-deps", "--no-compile", "--target", target, release])
+    files = {}
+    for src in sorted(target.rglob("*")):
+        rel = src.relative_to(target)
+        if src.is_dir() or rel.parts[0] in ("bin", "share") or "__pycache__" in rel.parts or rel.name == "direct_url.json":
+            continue
+        try:
+            files[f"{PYTHON3_DIST}/{rel}"] = (0o644, src.read_text())
+        except UnicodeDecodeError:
+            raise ComposerError(f"fedora product: {spec}: {rel} is not text (a pure-Python package was expected)") from None
+    return standins.Package(
+        name=f.name,
+        evr=tr.EVR(None, version, "1"),
+        summary=f"{spec} from PyPI",
+        description=f"Fedora's {f.name}: {spec}, installed for Debian's python3. {f.note}",
+        files=files,
+        requires=("python3", *f.debian),
+    )
+
+
 # -------------------------------------------------------------------- build
 
 
@@ -180,7 +214,8 @@ def _build_all(staged: list[debrpm.Staged], debs: dict[str, Path], *, out: Path,
     names = {s.name for s in staged}
     base = {s.name for s in staged if s.fields.get("Essential") == "yes"} | (names & set(setuppkg.BASE_EXTRA))
     setuppkg.build(workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base)
-    own = own_packages(staged)
+    pypi = [f for f in fedora.FEDORA if f.kind == "pypi"]
+    own = own_packages(staged) + [pypi_package(f, downloads=work.parent / "pypi", work=work) for f in pypi]
     debrpm.parallel(lambda p: standins.build_package(p, workdir=work, rpmdir=out, closure=closure), own, jobs)
     return len(staged) + 1 + len(own)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from composer import __version__
 from composer.config import Config
 from composer.dracut import find_kernels
-from composer.images.iso import check_volid, default_volid
+from composer.images.iso import VOLID_MAX, check_volid, default_volid
 from composer.images.sparse import copy_sparse
 from composer.lorax import logs as loraxlogs
 from composer.lorax.check import check_sharedir
@@ -243,6 +243,17 @@ def rt_basearch(cfg: Config) -> str:
     return Arch.of(cfg.arch).basearch
 
 
+def lorax_volid(volid: str) -> str:
+    """--volid as lorax takes it for a lorax template set: at most 32 characters, any of them.
+    The templates make the ISO label from it (the stock x86.tmpl turns what is not alphanumeric
+    or _ into -); Pungi's default volume ids have a space ("Fedora-43 Everything.x86_64")."""
+    if len(volid) > VOLID_MAX:
+        raise ComposerError(f"--volid {volid!r}: {len(volid)} characters, at most {VOLID_MAX} allowed")
+    if not volid.isprintable():
+        raise ComposerError(f"--volid {volid!r}: control characters are not allowed")
+    return volid
+
+
 def run_plan(plan: LoraxPlan, tmp: Path) -> int:
     """The build; `tmp` is a private directory for composer's own runtime template and dnf's logs."""
     cfg = plan.config
@@ -250,7 +261,9 @@ def run_plan(plan: LoraxPlan, tmp: Path) -> int:
         info("lorax: accepted but not honoured as lorax does: " + "; ".join(plan.warnings))
     if plan.templatedir is not None:
         cfg = dataclasses.replace(cfg, templatedir=plan.templatedir)
-    volid = check_volid(plan.volid) if plan.volid else default_volid(cfg.product, cfg.version, cfg.arch)
+    lorax_media = lorax_media_mode(template_dir(cfg), rt_basearch(cfg))
+    volid = plan.volid or default_volid(cfg.product, cfg.version, cfg.arch)
+    volid = lorax_volid(volid) if lorax_media else check_volid(volid)
     if cfg.arch not in EFI_ARCH_NAMES:
         raise ComposerError(
             f"--buildarch {cfg.arch}: no UEFI boot for this architecture (known: {', '.join(sorted(EFI_ARCH_NAMES))})"
@@ -269,7 +282,7 @@ def run_plan(plan: LoraxPlan, tmp: Path) -> int:
     )
     opts = MediaOptions(volid=volid, arch_templates=plan.arch_templates, arch_template_vars=plan.arch_template_vars)
     check_compose_inputs(cfg, "boot-iso")
-    if lorax_media_mode(template_dir(cfg), rt_basearch(cfg)):
+    if lorax_media:
         compose_lorax_media(cfg, plan, volid)
     else:
         compose_boot_iso(cfg, opts)
