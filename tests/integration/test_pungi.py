@@ -14,7 +14,8 @@ import pytest
 from testproduct import BOOT_MARKER
 from tests.conftest import BUILD, composer
 
-pytestmark = pytest.mark.slow
+# A whole compose (~10 min) and two TCG boots: make pungi and make soak, not make test.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,7 @@ def in_runroot(tree: Path, repo: Path, templates: Path, *argv: str) -> subproces
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.soak  # the stock-template build CI runs in test_lorax_stock, here inside the buildroot
 def test_lorax_builds_in_buildroot(buildroot, fedora_repo):
     """Pungi's argv (as scripts/lorax-oracle gives it) with lorax's stock templates, run by the
     buildroot's lorax in a runroot: the media Pungi would copy back."""

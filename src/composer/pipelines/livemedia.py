@@ -96,7 +96,11 @@ def make_tar(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path
         if ctx.cfg.source_date_epoch is not None:
             argv += [f"--mtime=@{ctx.cfg.source_date_epoch}", "--clamp-mtime"]
         run([*argv, "."])
-        run([plan.compression, *plan.compress_args, "-f", str(raw)])
+        # xz on every core (livemedia-creator's is single-threaded: 298 s of a 331 s build here).
+        threads = (
+            ["-T0"] if plan.compression == "xz" and not any(a.startswith(("-T", "--threads")) for a in plan.compress_args) else []
+        )
+        run([plan.compression, *threads, *plan.compress_args, "-f", str(raw)])
         shutil.move(str(raw) + TAR_COMPRESSORS[plan.compression], out / name)
     ctx.metrics.sizes[name] = (out / name).stat().st_size
     return out / name
