@@ -77,19 +77,24 @@ def open_dir(path: Path, *, create: bool = False) -> int:
         ) from None
 
 
-def write_pkglists(tree: Path, dest: Path) -> int:
-    """pkglists/<name>: the files of each installed package, one per line (lorax's writepkglists)."""
+def _rpm_qa(tree: Path, queryformat: str, what: str, error: type[BaseException] = SystemExit) -> str:
+    """`rpm -qa` over the tree's own database; a failure raises `error` naming what it was for."""
     proc = subprocess.run(
-        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=[%{=NAME}\t%{FILENAMES}\n]"],
+        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", f"--queryformat={queryformat}"],
         capture_output=True,
         text=True,
         errors="replace",
         check=False,
     )
     if proc.returncode != 0:
-        raise SystemExit(f"pkglists: rpm failed: {proc.stderr.strip()[-300:]}")
+        raise error(f"{what}: rpm failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout
+
+
+def write_pkglists(tree: Path, dest: Path) -> int:
+    """pkglists/<name>: the files of each installed package, one per line (lorax's writepkglists)."""
     files: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
+    for line in _rpm_qa(tree, "[%{=NAME}\t%{FILENAMES}\n]", "pkglists").splitlines():
         name, sep, path = line.partition("\t")
         if sep and path.startswith("/"):
             files.setdefault(name, []).append(path)
@@ -111,16 +116,7 @@ def write_pkglists(tree: Path, dest: Path) -> int:
 def write_packages_log(tree: Path) -> int:
     """/root/lorax-packages.log in the tree: every installed package as NAME-VERSION-RELEASE.ARCH,
     sorted, one a line (lorax's _write_package_log, after its package transaction)."""
-    proc = subprocess.run(
-        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n"],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"lorax-packages.log: rpm failed: {proc.stderr.strip()[-300:]}")
-    pkgs = sorted(set(proc.stdout.split()))
+    pkgs = sorted(set(_rpm_qa(tree, "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n", "lorax-packages.log").split()))
     try:
         fd = open_dir(tree / "root", create=True)
     except OSError as e:
@@ -134,18 +130,9 @@ def write_packages_log(tree: Path) -> int:
 
 def package_files(tree: Path) -> dict[str, list[str]]:
     """NAME.ARCH: the package's files, for every package the tree's rpm database holds."""
-    proc = subprocess.run(
-        ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-qa", "--queryformat=@%{NAME}.%{ARCH}\n[%{FILENAMES}\n]"],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"pkgsizes: rpm failed: {proc.stderr.strip()[-300:]}")
     files: dict[str, list[str]] = {}
     current: list[str] = []
-    for line in proc.stdout.splitlines():
+    for line in _rpm_qa(tree, "@%{NAME}.%{ARCH}\n[%{FILENAMES}\n]", "pkgsizes", RuntimeError).splitlines():
         if line.startswith("@"):
             current = files.setdefault(line[1:], [])
         elif line.startswith("/"):
