@@ -210,6 +210,28 @@ def lorax_marks(logfile: Path) -> dict[str, float]:
     return found
 
 
+def lorax_stages(logfile: Path, start: float, end: float, wall: float) -> dict[str, float]:
+    """lorax's stage times from its log's marks (start, end: epoch seconds of the process)."""
+    t = lorax_marks(logfile)
+    missing = [k for k in LORAX_MARKS if k not in t]
+    if missing:
+        raise SystemExit(f"bench: {logfile}: no line for {', '.join(missing)}: not lorax 40's log?")
+    stages = {
+        "install": round(t["postinstall"] - start, 2),  # start, dnf metadata and the transaction
+        "postinstall": round(t["backup"] - t["postinstall"], 2),
+        "cleanup": round(t["image"] - t["backup"], 2),  # backup (hard links), module data, cleanup, verify
+        "rootfs.img": 0.0,  # lorax's default runtime is the tree in squashfs, no rootfs.img
+        "dracut": round(t["outputs"] - t["dracut"], 2),
+        "squashfs": round(t["prepare"] - t["image"], 2),
+        "dracut + runtime image": round(t["outputs"] - t["image"], 2),  # squashfs, then dracut
+        "outputs": round(end - t["outputs"], 2),
+    }
+    stages["start, checks, other"] = round(
+        wall - sum(stages[k] for k in ("install", "postinstall", "cleanup", "dracut + runtime image", "outputs")), 2
+    )
+    return stages
+
+
 def run_lorax(source: str, work: Path, out: Path) -> dict[str, object]:
     """The real lorax 40.5.19 with the test product's template set (see its README)."""
     if out.exists():
@@ -224,23 +246,7 @@ def run_lorax(source: str, work: Path, out: Path) -> dict[str, object]:
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
         raise SystemExit(f"bench: lorax failed (exit {proc.returncode}; log {logfile}): {' | '.join(tail)}")
-    t = lorax_marks(logfile)
-    missing = [k for k in LORAX_MARKS if k not in t]
-    if missing:
-        raise SystemExit(f"bench: {logfile}: no line for {', '.join(missing)}: not lorax 40's log?")
-    stages = {
-        "install": round(t["postinstall"] - start, 2),  # start, dnf metadata and the transaction
-        "postinstall": round(t["backup"] - t["postinstall"], 2),
-        "cleanup": round(t["image"] - t["backup"], 2),  # backup (hard links), module data, cleanup, verify
-        "rootfs.img": 0.0,  # lorax's default runtime is the tree in squashfs, no rootfs.img
-        "dracut": round(t["outputs"] - t["dracut"], 2),
-        "squashfs": round(t["prepare"] - t["image"], 2),
-        "dracut + runtime image": round(t["outputs"] - t["image"], 2),
-        "outputs": round(end - t["outputs"], 2),
-    }
-    stages["start, checks, other"] = round(
-        wall - sum(stages[k] for k in ("install", "postinstall", "cleanup", "dracut + runtime image", "outputs")), 2
-    )
+    stages = lorax_stages(logfile, start, end, wall)
     initrd = next((out / "images/pxeboot").glob("initrd*.img"))
     res = {
         "wall_s": wall,

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import BUILD, MIB, OUT, ROOT, children_cpu, iso_boot, load, lorax_marks, part, ram_floor
+from bench import BUILD, MIB, OUT, ROOT, children_cpu, iso_boot, load, lorax_stages, median_run, part, ram_floor
 
 from composer.config import Compression
 from composer.dnf import DnfConfig, DnfSession
@@ -109,18 +109,10 @@ def run_lorax(repo: Path, base: Path) -> dict[str, object]:
     )
     wall, end = round(time.monotonic() - t0, 2), time.time()
     shutil.rmtree(base / "work", ignore_errors=True)  # lorax keeps its work directory (GBs)
-    t = lorax_marks(base / "logs/lorax.log")
-    stages = {
-        "install": round(t["postinstall"] - start, 2),
-        "postinstall": round(t["backup"] - t["postinstall"], 2),
-        "cleanup": round(t["image"] - t["backup"], 2),  # backup, module data, cleanup, verify
-        "dracut + runtime image": round(t["outputs"] - t["image"], 2),  # squashfs, then dracut
-        "outputs": round(end - t["outputs"], 2),
-    }
-    stages["start, checks, other"] = round(wall - sum(stages.values()), 2)
+    every = lorax_stages(base / "logs/lorax.log", start, end, wall)
+    stages = {k: every[k] for k in (*STAGES, "start, checks, other")}
     stages["  of which tree cache store"] = 0.0
-    stages["  of which dracut"] = round(t["outputs"] - t["dracut"], 2)
-    stages["  of which squashfs"] = round(t["prepare"] - t["image"], 2)
+    stages["  of which dracut"], stages["  of which squashfs"] = every["dracut"], every["squashfs"]
     res = {"wall_s": wall, "cpu_s": round(children_cpu() - c0, 1), "load_before": l0, "load_after": load(), "stages": stages}
     return res | sizes(base / "out")
 
@@ -189,8 +181,7 @@ def main() -> int:
                 else:
                     lor.append(run_lorax(repo, FOUT / "lorax"))
     res["composer_runs"], res["lorax_runs"] = comp, lor
-    res["composer"] = sorted(comp, key=lambda r: r["wall_s"])[(runs - 1) // 2]
-    res["lorax"] = sorted(lor, key=lambda r: r["wall_s"])[(runs - 1) // 2]
+    res["composer"], res["lorax"] = median_run(comp), median_run(lor)
     # Side by side (tools/lorax_compare.py): every difference between the two outputs.
     cmp = subprocess.run(
         [

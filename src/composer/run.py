@@ -501,6 +501,18 @@ def _put_in_place(tmp: Path, final: Path, *, force: bool, require_marker: bool) 
 _HOST_TMP_VARS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR")
 
 
+def systemctl_each(tree: Path, verb: str, units: Sequence[str], going_on_as: str) -> None:
+    """`systemctl --root=TREE VERB UNIT` (offline: links only), one unit at a time; a unit
+    that fails (one that does not exist) is reported and skipped, as lorax's templates and
+    anaconda's `services` command do (going_on_as: whose way it is)."""
+    base = ["systemctl", f"--root={os.path.abspath(tree)}", "--quiet", verb]
+    for unit in units:
+        try:
+            run([*base, unit])
+        except ComposerError as e:
+            info(f"systemctl {verb} {unit}: failed, going on as {going_on_as} does ({str(e).splitlines()[0]})")
+
+
 def in_tree_argv(
     tree: Path,
     argv: Sequence[str],

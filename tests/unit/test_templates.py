@@ -433,7 +433,9 @@ def test_runcmd_failure_names_line_and_dash_ignores(env):
 
 def test_runcmd_chroot_and_systemctl_argv(env, monkeypatch):
     calls = []
-    monkeypatch.setattr("composer.templates.runner.run", lambda argv, **kw: calls.append((list(argv), kw)))
+    record = lambda argv, **kw: calls.append((list(argv), kw))  # noqa: E731
+    for where in ("composer.templates.runner.run", "composer.run.run"):  # systemctl: run.systemctl_each
+        monkeypatch.setattr(where, record)
     env.run("runcmd --chroot /usr/bin/depmod -a\nsystemctl enable a.service b.socket\nsystemctl set-default multi-user.target\n")
     tree = os.path.abspath(env.tree)
     assert calls[0][0][:4] == ["bwrap", "--bind", tree, "/"]
@@ -453,7 +455,7 @@ def test_systemctl_goes_on_for_a_missing_unit(env, monkeypatch, capsys):
         if argv[-1] == "missing.service":
             raise ComposerError("command failed (exit 1): Unit missing.service does not exist")
 
-    monkeypatch.setattr("composer.templates.runner.run", fake)
+    monkeypatch.setattr("composer.run.run", fake)  # systemctl: run.systemctl_each
     env.run("systemctl enable missing.service present.service\nsystemctl disable\nmkdir /after\n")
     assert calls == ["missing.service", "present.service"]
     assert (env.tree / "after").is_dir()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from composer import __version__
-from composer.cli.common import check_logfile, source_date_epoch
+from composer.cli.common import check_logfile, source_date_epoch, trusted_dir
 from composer.cli.options import PASS_THROUGH_OPTIONS, ROOTFS_MAP
 from composer.config import DEFAULT_CACHEDIR, Compression, Config
 from composer.images.iso import check_volid, default_volid
@@ -185,8 +185,6 @@ def _check_values(args: argparse.Namespace) -> Path:
             raise ComposerError(f"{option} {name!r}: a file name in --resultdir, not a path")
     if args.dracut_args and args.dracut_conf:
         raise ComposerError("--dracut-arg and --dracut-conf cannot be used together")
-    if args.dracut_conf is not None and not args.dracut_conf.is_file():
-        raise ComposerError(f"--dracut-conf {args.dracut_conf}: no such file")
     if args.live_rootfs_size < 0:
         raise ComposerError(f"--live-rootfs-size {args.live_rootfs_size}: GiB, not negative")
     if args.timeout is not None and args.timeout <= 0:
@@ -215,7 +213,7 @@ def _config(args: argparse.Namespace, resultdir: Path) -> Config:
         rootfs_size=(args.live_rootfs_size << 30) if args.live_rootfs_size else None,
         dracut_args=tuple(args.dracut_args),
         dracut_conf=args.dracut_conf,
-        workdir=args.tmp,
+        workdir=trusted_dir(args.tmp, "--tmp"),  # as lorax's --tmp: no other user may change what is built there
         # anaconda does not check signatures of the kickstart's url/repo sources.
         nogpgcheck=True,
         cachedir=DEFAULT_CACHEDIR,

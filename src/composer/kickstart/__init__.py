@@ -280,6 +280,8 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
             f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
         )
     system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
+    from pykickstart.constants import KS_MISSING_IGNORE  # deferred, as in read_kickstart
+
     ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
     return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)))
 
@@ -302,9 +304,6 @@ def _not_yet(handler: Any) -> list[str]:
         if script.logfile and not script.inChroot:
             found.append(f"{_SCRIPT_KINDS.get(script.type, '%script')} --nochroot --log (line {script.lineno})")
     return found
-
-
-KS_MISSING_IGNORE = 1  # pykickstart.constants: %packages --ignoremissing
 
 
 def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:

@@ -12,12 +12,11 @@ Passwords and keys go to the tree's tools on stdin, never on a command line or i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from composer.kickstart.system import Password, Script, System, User
-from composer.run import CommandError, ComposerError, in_tree_argv, info, run
+from composer.run import ComposerError, in_tree_argv, info, run, systemctl_each
 
 SYSROOT = "/mnt/sysroot"  # where anaconda's %post --nochroot finds the installed system
 SCRIPT_IN_SANDBOX = "/tmp/ks-script"
@@ -70,11 +69,7 @@ def apply_services(tree: Path, system: System) -> None:
     """services --enabled/--disabled with `systemctl --root`; a unit that cannot be
     enabled is reported and the build goes on, as anaconda does."""
     for verb, units in (("enable", system.enabled), ("disable", system.disabled)):
-        for unit in units:
-            try:
-                run(["systemctl", f"--root={os.path.abspath(tree)}", "--quiet", verb, unit])
-            except CommandError as e:
-                info(f"kickstart services: systemctl {verb} {unit} failed, going on as anaconda does ({e.reason})")
+        systemctl_each(tree, verb, units, "anaconda")
 
 
 def apply_firewall(tree: Path, system: System) -> None:

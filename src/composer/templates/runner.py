@@ -16,7 +16,7 @@ from typing import Protocol
 
 from composer.images import mkefiboot
 from composer.images.cpio import CpioEntry, write_newc
-from composer.run import ComposerError, debug, in_tree_argv, info, run
+from composer.run import ComposerError, debug, in_tree_argv, info, run, systemctl_each
 from composer.templates.errors import PathEscapeError, TemplateError
 from composer.templates.lexer import _DATA_BACKSLASH, _DATA_MARK, _RAW_BACKSLASH, _SHOW, _unescape, split_line
 from composer.templates.paths import check_lexical, glob_in_tree, resolve_in_tree
@@ -845,16 +845,11 @@ class TemplateRunner:
             return lambda: debug(f"systemctl {verb}: no units given")
 
         def action() -> None:
-            base = ["systemctl", f"--root={os.path.abspath(self.tree)}", "--quiet", verb]
             if verb == "set-default":
-                run([*base, *units])  # composer's own verb: the default target must exist
+                # composer's own verb: the default target must exist
+                run(["systemctl", f"--root={os.path.abspath(self.tree)}", "--quiet", verb, *units])
                 return
-            # lorax runs one unit at a time and goes on when a unit does not exist.
-            for unit in units:
-                try:
-                    run([*base, unit])
-                except ComposerError as e:
-                    info(f"systemctl {verb} {unit}: failed, going on as lorax does ({str(e).splitlines()[0]})")
+            systemctl_each(self.tree, verb, units, "lorax")
 
         return action
 
