@@ -30,8 +30,15 @@ DEBIAN_MODULES = ("dnf", "libcomps", "createrepo_c", "rpm")
 KOJI_DEPS = ("requests", "defusedxml", "python-dateutil")
 # pungi-gather parses its kickstart-like configuration with pykickstart and imports Fedora's
 # python-multilib (neither in setup.py; python-multilib is not on PyPI: PUNGI_MULTILIB is a
-# pip requirement for it, a URL or a directory with its source).
-MULTILIB = os.environ.get("PUNGI_MULTILIB", "git+https://github.com/Zyzyx/python-multilib@7ebc7d4")
+# pip requirement for it, a URL or a directory with its source). Default: this machine's stored
+# copy of its GitHub repository (the `fetch` tool's /work/.mirror, beside the checkout), else GitHub.
+_MULTILIB_MIRROR = ROOT.parent / ".mirror/Zyzyx+python-multilib/repo"
+MULTILIB = os.environ.get(
+    "PUNGI_MULTILIB",
+    f"git+file://{_MULTILIB_MIRROR}@7ebc7d4"
+    if _MULTILIB_MIRROR.is_dir()
+    else "git+https://github.com/Zyzyx/python-multilib@7ebc7d4",
+)
 UNDECLARED = ("pykickstart", MULTILIB)
 # Pungi 4.3.2 extends jsonschema 3's validators; 4.18 replaced the reference resolver it uses.
 PINS = ("jsonschema<4",)
