@@ -9,14 +9,14 @@ files belong to the user, and the user's big initrd boots to the marker under
 `composer verify` run by the user. The user's runtime caches its tree in the user's own
 cache (~/.cache/composer), so its boot-iso installs no package again.
 
-composer's Python may live where an ordinary user cannot read (pyenv under /root): the
-user then runs Debian's /usr/bin/python3, with the pure-Python packages composer needs
-copied from this interpreter (same versions as root's build).
+The user installs composer as a user would: a copy of this checkout (as from `git clone`),
+`python3 -m venv ~/composer` with Debian's python3 and `pip install` of the copy and of its
+`extras/lorax`, the dependencies from the package index pip is configured with; then runs the
+`composer` and `lorax` commands the venv puts on PATH.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
@@ -31,64 +31,13 @@ from pathlib import Path
 
 import pytest
 
-from composer.userns import MIN_IDS, free_start, parse_subid, usable_range
-from tests.conftest import MEDIA_EPOCH, python_for_user
+from builder_user import PATH, as_user, ordinary_user, pip_install
+from tests.conftest import MEDIA_EPOCH
 from tests.integration.test_reproducible import files_below, first_difference, with_extra
 
 pytestmark = pytest.mark.slow
 
 USER_PREFIX = "composer-rl-"  # + the pid of the test session that made it
-# What composer imports for the commands the user runs.
-IMPORTS = (
-    "import composer.cli, composer.pipelines.runtime, composer.pipelines.bootiso,"
-    " mako.template, productmd.treeinfo, pykickstart.parser"
-)
-
-
-def _remove_user(name: str) -> None:
-    # userdel drops the user's /etc/subuid and /etc/subgid ranges too.
-    subprocess.run(["userdel", "--remove", "--force", name], capture_output=True, check=False)
-
-
-def _remove_stale_users() -> None:
-    """Users this test made in sessions that were killed before their teardown."""
-    for entry in pwd.getpwall():
-        pid = entry.pw_name.removeprefix(USER_PREFIX)
-        if entry.pw_name.startswith(USER_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            _remove_user(entry.pw_name)
-
-
-@contextlib.contextmanager
-def ordinary_user() -> Iterator[pwd.struct_passwd]:
-    """A fresh user with a home and subordinate ids; removed afterwards with its home."""
-    name = f"{USER_PREFIX}{os.getpid()}"
-    _remove_stale_users()
-    _remove_user(name)
-    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name], check=True, capture_output=True)
-    try:
-        user = pwd.getpwnam(name)
-        texts = [Path(p).read_text() if Path(p).exists() else "" for p in ("/etc/subuid", "/etc/subgid")]
-        if not all(usable_range(parse_subid(t, name, user.pw_uid)) for t in texts):
-            # useradd allocates a range only where /etc/subuid exists: give one as an admin would.
-            start = free_start(*texts)
-            ids = f"{start}-{start + MIN_IDS - 1}"
-            subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True, capture_output=True)
-        yield user
-    finally:
-        _remove_user(name)
-
-
-def as_user(user: pwd.struct_passwd, argv: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
-    """argv as `user`: its own uid and gid, no supplementary group, a clean environment."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        check=False,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
-        **kw,
-    )
 
 
 def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -99,20 +48,11 @@ def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) ->
         stderr=subprocess.PIPE,
         text=True,
         cwd="/",
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
+        env={"PATH": PATH, "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
     )
 
 
-def user_python(user: pwd.struct_passwd, site: Path) -> tuple[str, dict[str, str]]:
-    # Probed in a user namespace, as composer will run: there the host's permissions are all
-    # that count (this sandbox lets an ordinary user exec pyenv's python under /root outside
-    # one, but not inside).
-    return python_for_user(
-        lambda python, env: as_user(user, ["unshare", "--user", "--map-root-user", python, "-c", IMPORTS], env), site, {}
-    )
-
-
-def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Path) -> float:
+def compose_as(user, env, base: Path, command: str, repo: Path, out: Path) -> float:
     """`composer COMMAND` as the user with the options of tests/conftest.py compose_media into
     `out`; the user's default cache (~/.cache/composer). Returns the seconds it took."""
     work = base / f"work-{command}"
@@ -122,8 +62,6 @@ def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Pat
     proc = as_user(
         user,
         [
-            python,
-            "-m",
             "composer",
             "--logfile",
             str(base / f"{command}.log"),
@@ -157,36 +95,33 @@ def compose_as(user, python, env, base: Path, command: str, repo: Path, out: Pat
 
 
 @pytest.fixture(scope="module")
-def rootless(bootiso_build, testproduct_repo) -> Iterator[tuple[pwd.struct_passwd, str, dict[str, str], Path, Path]]:
-    """(user, python, env, base, repo): base/runtime and base/media/out composed by the user."""
+def rootless(bootiso_build, testproduct_repo) -> Iterator[tuple[pwd.struct_passwd, dict[str, str], Path, Path]]:
+    """(user, env, base, repo): base/runtime and base/media/out composed by the user with the
+    composer it pip-installed (env: its PATH)."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the test creates an ordinary user with useradd")
     for tool in ("useradd", "usermod", "userdel", "setpriv", "unshare", "newuidmap", "newgidmap"):
         assert shutil.which(tool), f"{tool} not found (scripts/setup-host installs it)"
-    with ordinary_user() as user:
+    with ordinary_user(USER_PREFIX) as user:
         # A directory the user owns: pytest's own tmp dirs are 0700 root.
         base = Path(tempfile.mkdtemp(prefix="composer-rootless-", dir="/var/tmp"))
         try:
             base.chmod(0o755)
             shutil.chown(base, user.pw_uid, user.pw_gid)
-            site = Path(tempfile.mkdtemp(prefix="composer-rootless-site-", dir="/var/tmp"))
-            site.chmod(0o755)
-            try:
-                python, env = user_python(user, site)
-                repo = testproduct_repo
-                if as_user(user, ["test", "-r", str(repo / "repodata/repomd.xml")], {}).returncode != 0:
-                    # e.g. a clone under /root: the user gets a copy (same packages, same bytes)
-                    repo = base / "repo"
-                    shutil.copytree(testproduct_repo, repo)
-                check = as_user(user, [python, "-m", "composer", "runtime", "--help"], env)
+            env = {"PATH": f"{pip_install(user, base)}:{PATH}"}
+            repo = testproduct_repo
+            if as_user(user, ["test", "-r", str(repo / "repodata/repomd.xml")], {}).returncode != 0:
+                # e.g. a clone under /root: the user gets a copy (same packages, same bytes)
+                repo = base / "repo"
+                shutil.copytree(testproduct_repo, repo)
+            for argv in (["composer", "runtime", "--help"], ["lorax", "--help"]):
+                check = as_user(user, argv, env)
                 assert check.returncode == 0, check.stderr
-                compose_as(user, python, env, base, "runtime", repo, base / "runtime")
-                (base / "media").mkdir()
-                shutil.chown(base / "media", user.pw_uid, user.pw_gid)
-                compose_as(user, python, env, base, "boot-iso", repo, base / "media/out")
-                yield user, python, env, base, repo
-            finally:
-                shutil.rmtree(site, ignore_errors=True)
+            compose_as(user, env, base, "runtime", repo, base / "runtime")
+            (base / "media").mkdir()
+            shutil.chown(base / "media", user.pw_uid, user.pw_gid)
+            compose_as(user, env, base, "boot-iso", repo, base / "media/out")
+            yield user, env, base, repo
         finally:
             # The work trees were owned by subordinate ids; root removes anything left.
             shutil.rmtree(base, ignore_errors=True)
@@ -204,7 +139,7 @@ def _differences(a: dict[str, Path], b: dict[str, Path], pairs: list[tuple[str, 
 
 
 def test_boot_iso_is_byte_identical_to_roots(rootless, bootiso_build):
-    user, _, _, base, _ = rootless
+    user, _, base, _ = rootless
     ours, roots = files_below(with_extra(base / "media")), files_below(with_extra(bootiso_build))
     assert sorted(ours) == sorted(roots), "the user's and root's builds made different files"
     # Also the reproducibility check (test_reproducible.py): two fresh installs, other paths and times.
@@ -253,7 +188,7 @@ def roots_big_initrd(bootiso_build: Path, dest: Path) -> Path:
 def test_runtime_is_byte_identical_to_roots(rootless, bootiso_build, tmp_path):
     """The runtime's images against the same images of root's media: install.img is the
     same squashfs.img, the kernel the same, the big initrd made of root's parts."""
-    user, _, _, base, _ = rootless
+    user, _, base, _ = rootless
     roots = files_below(with_extra(bootiso_build)) | {"big": roots_big_initrd(bootiso_build, tmp_path / "big.img")}
     out = base / "runtime"
     ours = {rel: out / rel for rel in ("images/install.img", "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")}
@@ -275,7 +210,7 @@ def _debugfs(image: Path, request: str) -> str:
 def test_owners_inside_the_image_are_the_packages(rootless):
     """Not only equal to root's: a file of a package with another group keeps it and its
     setgid bit (without the subordinate ids it would be the user's, i.e. root's)."""
-    base = rootless[3]
+    base = rootless[2]
     image = base / "media/extra/squashfs-root/LiveOS/rootfs.img"
     with_extra(base / "media")
     groups = {f[0]: int(f[2]) for line in _debugfs(image, "cat /etc/group").splitlines() if len(f := line.split(":")) > 2}
@@ -287,14 +222,12 @@ def test_owners_inside_the_image_are_the_packages(rootless):
 
 def test_users_big_initrd_boots(rootless):
     """The user boots it, as the user (`composer verify` needs no namespace)."""
-    user, python, env, base, _ = rootless
+    user, env, base, _ = rootless
     out = base / "runtime"
     log = base / "serial.log"
     proc = as_user(
         user,
         [
-            python,
-            "-m",
             "composer",
             "verify",
             "--kernel",
@@ -332,15 +265,13 @@ def _foreign_group_in_tree(work: Path, gid: int) -> bool:
 def test_interrupted_build_leaves_nothing(rootless):
     """Ctrl-C while dnf fills the tree (files of subordinate ids): composer cleans up
     from inside the namespace; nothing is left that the user could not remove."""
-    user, python, env, base, repo = rootless
+    user, env, base, repo = rootless
     work, out = base / "work-interrupted", base / "interrupted"
     work.mkdir()
     shutil.chown(work, user.pw_uid, user.pw_gid)
     proc = user_popen(
         user,
         [
-            python,
-            "-m",
             "composer",
             "runtime",
             "--product",
@@ -373,3 +304,37 @@ def test_interrupted_build_leaves_nothing(rootless):
     assert "interrupted by SIGINT; cleaned up" in stderr
     assert list(work.iterdir()) == [], "the work directory was not cleaned up"
     assert not out.exists() and not list(base.glob(".interrupted.partial-*"))
+
+
+@pytest.mark.soak
+def test_stock_lorax_templates_as_the_user(rootless):
+    """Issue 19 item 3 without root: the `lorax` command the user pip-installed (composer-lorax),
+    lorax 40.5.19's stock templates unchanged and Pungi's argv, on the Fedora-shaped product;
+    the boot.iso boots (SeaBIOS, the stock menus' default entry, 1024 MB)."""
+    from composer.verify import boot_iso
+    from testproduct import BOOT_MARKER
+    from testproduct.fedoraproduct import build_fedoraproduct
+    from tests.conftest import BUILD
+    from tests.integration.test_lorax_stock import STOCK, VOLID
+
+    if not (STOCK / "x86.tmpl").is_file():
+        pytest.skip(f"lorax's stock templates are not at {STOCK} (LORAX_PEER)")
+    user, env, base, _ = rootless
+    repo = build_fedoraproduct(BUILD / "fedoraproduct")
+    if as_user(user, ["test", "-r", str(repo / "repodata/repomd.xml")], {}).returncode != 0:
+        shutil.copytree(repo, base / "fedora-repo")
+        repo = base / "fedora-repo"
+    work = base / "work-stock"
+    work.mkdir()
+    shutil.chown(work, user.pw_uid, user.pw_gid)
+    argv = ["lorax", "-p", "Fedora", "-v", "43", "-r", "43", "-s", f"file://{repo}", "--buildarch", "x86_64"]
+    argv += ["--isfinal", "--nomacboot", "--noupgrade", "--volid", VOLID, "--sharedir", str(STOCK)]
+    argv += ["--workdir", str(work), "--logfile", str(base / "stock/lorax.log"), str(base / "stock/out")]
+    proc = as_user(user, argv, env, timeout=3600)
+    assert proc.returncode == 0, f"lorax as {user.pw_name} failed:\n{proc.stderr[-4000:]}"
+    iso = base / "stock/out/images/boot.iso"
+    assert iso.stat().st_uid == user.pw_uid
+    log = base / "stock-serial.log"
+    result = boot_iso(iso, firmware="bios", memory_mb=1024, timeout=1200, log=log, marker=BOOT_MARKER)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
