@@ -62,6 +62,18 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
+# Where the host's system programs are (chroot, which stock templates run; mkfs.*, sfdisk): an
+# ordinary user's PATH often lacks them (Debian's default for users, an ssh session's, as on a
+# builder Pungi logs in to), root's has them.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def sbin_on_path() -> None:
+    """Append the sbin directories PATH lacks (composer's children inherit it)."""
+    path = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d]
+    os.environ["PATH"] = os.pathsep.join([*path, *(d for d in SBIN_DIRS if d not in path)])
+
+
 def _die_with_parent() -> None:
     """In the child: be killed if composer dies, even by SIGKILL, so nothing is left running."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

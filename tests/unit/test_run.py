@@ -239,3 +239,16 @@ def test_stage_records_into_metrics_once():
         with stage("pack", m):
             raise OSError(28, "No space left on device", "/x")
     assert "pack" not in m.timings
+
+
+def test_sbin_on_path_appends_what_a_users_path_lacks(monkeypatch):
+    """An ssh session's PATH for an ordinary user (Debian): the stock templates' `runcmd chroot`
+    needs /usr/sbin; nothing already there moves or repeats."""
+    from composer.run import sbin_on_path
+
+    monkeypatch.setenv("PATH", "/home/u/composer/bin:/usr/local/bin:/usr/bin:/bin:/usr/games")
+    sbin_on_path()
+    assert os.environ["PATH"] == ("/home/u/composer/bin:/usr/local/bin:/usr/bin:/bin:/usr/games:/usr/local/sbin:/usr/sbin:/sbin")
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    sbin_on_path()
+    assert os.environ["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin"

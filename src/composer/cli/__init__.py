@@ -24,7 +24,7 @@ from composer.cli.common import check_logfile
 from composer.cli.livemedia import run_livemedia
 from composer.cli.lorax import run_lorax
 from composer.cli.options import PASS_THROUGH_OPTIONS
-from composer.run import ComposerError, redact, set_logging
+from composer.run import ComposerError, redact, sbin_on_path, set_logging
 from composer.userns import command_words, enter_user_namespace
 
 
@@ -89,6 +89,7 @@ def one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    sbin_on_path()
     if argv[:1] == ["lorax"]:
         # lorax's own command line (its -v, -V, -c... are not composer's options)
         return _run(("lorax",), argv, lambda: run_lorax(argv[1:]))
