@@ -174,6 +174,23 @@ def test_lorax_defaults_and_units(tmp_path):
     assert cfg.branding and not any("branding" in w for w in plan.warnings)  # lorax's default, honoured
 
 
+def test_lorax_default_tmp_falls_back_to_var_tmp_when_not_ours(tmp_path, monkeypatch):
+    """lorax's /var/tmp/lorax, unless it is there and composer may not write it (root's, and
+    composer runs as a user): then /var/tmp, where the work directory gets a fresh name."""
+    import composer.cli.options as options
+
+    argv = ["-p", "Test", "-v", "1", "-r", "1", "-s", "file:///repo", str(tmp_path / "out")]
+    mine = tmp_path / "lorax"
+    monkeypatch.setattr(options, "LORAX_TMP", str(mine))
+    assert plan_from_argv(argv).config.workdir == mine  # not there yet: composer makes it
+    mine.mkdir()
+    assert plan_from_argv(argv).config.workdir == mine
+    # os.access is root's answer here (always yes): a user's answer for a directory of root's
+    monkeypatch.setattr(options.os, "access", lambda path, mode: Path(path) != mine)
+    assert plan_from_argv(argv).config.workdir == tmp_path
+    assert plan_from_argv([*argv[:-1], "--tmp", str(mine), argv[-1]]).config.workdir == mine  # asked for: as given
+
+
 def test_lorax_dracut_arg_with_separate_value_and_btrfs(tmp_path):
     plan = plan_from_argv(
         [

@@ -15,7 +15,9 @@ implied by --source). lorax's own options:
   --sharedir DIR         a template set, or a directory with templates.d/ (the first is used)
   --tmp                  composer's work directory is made inside (a fresh unpredictable
                          name), unless --workdir is given; refused when a user other than
-                         root or composer's own could change what is in it
+                         root or composer's own could change what is in it. Default
+                         /var/tmp/lorax, or /var/tmp for an ordinary user when that is
+                         root's (lorax ran there as root)
   -V                     prints lorax's style of version and exits
 
 Errors are raised, not printed: composer.cli runs `composer lorax` and the `lorax`
@@ -61,7 +63,7 @@ def lorax_parser(prog: str = "composer lorax") -> argparse.ArgumentParser:
     opt.add_argument("--nomacboot", action="store_false", dest="domacboot")
     opt.add_argument("--noupgrade", action="store_false", default=True, dest="doupgrade")
     opt.add_argument("--logfile", default="./lorax.log", type=Path)
-    opt.add_argument("--tmp", default="/var/tmp/lorax")  # the work directory's, without --workdir
+    opt.add_argument("--tmp", default=None)  # the work directory's, without --workdir (options._lorax_workdir)
     add_lorax_options(opt, "cachedir", "workdir", "force", "add_templates", "add_template_vars")
     opt.add_argument("--add-arch-template", dest="add_arch_templates", action="append", default=[], type=Path)
     opt.add_argument("--add-arch-template-var", dest="add_arch_template_vars", action="append", default=[])

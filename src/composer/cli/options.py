@@ -130,12 +130,22 @@ def _dnf_root(option: Path | None) -> Path | None:
     return option.resolve()
 
 
+LORAX_TMP = "/var/tmp/lorax"  # lorax's --tmp default
+
+
 def _lorax_workdir(args: argparse.Namespace) -> Path:
     """composer makes its work directory inside lorax's --workdir, else --tmp (and removes it
     after the build), when no user but root or composer's own could change what is there."""
     if args.workdir is not None:
         return trusted_dir(args.workdir, "--workdir")
-    return trusted_dir(Path(args.tmp), "--tmp")
+    if args.tmp is not None:
+        return trusted_dir(Path(args.tmp), "--tmp")
+    tmp = Path(LORAX_TMP)
+    if tmp.is_dir() and not os.access(tmp, os.W_OK | os.X_OK):
+        # root's (a lorax run as root made it) and composer runs as a user, e.g. on a builder
+        # Pungi logs in to: /var/tmp itself (sticky), where composer's work directory gets a fresh name.
+        tmp = tmp.parent
+    return trusted_dir(tmp, "--tmp")
 
 
 def _lorax_nogpgcheck(args: argparse.Namespace) -> bool:
