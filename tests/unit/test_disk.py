@@ -237,3 +237,34 @@ def test_part_model_reads_the_options(tmp_path: Path) -> None:
     )
     assert disk.reqpart and disk.reqpart_boot and disk.disklabel == "gpt"
     assert disk.parts == (Part("/", "", 10, grow=True, label="r", lineno=3, unsupported=("--maxsize",)),)
+
+
+def test_partition_sized_filesystem_with_its_uuid(tmp_path: Path) -> None:
+    from composer.config import RootfsType
+    from composer.images.rootfs import make_rootfs
+
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("disk\n")
+    img = tmp_path / "root.img"
+    uuid = "0b5e3a58-3c2e-4d7b-9a55-6f7c1d2e3f40"
+    make_rootfs(tree, img, RootfsType.EXT4, free=0, label="r", image_size=64 * MiB, fs_uuid=uuid)
+    assert img.stat().st_size == 64 * MiB
+    header = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^Filesystem UUID:\s+{uuid}$", header, re.M)
+    (tree / "big").write_bytes(os.urandom(12 * MiB))
+    with pytest.raises(ComposerError, match=r"root.img: 8 MiB too small for"):
+        make_rootfs(tree, img, RootfsType.EXT4, free=0, image_size=8 * MiB, fs_uuid=uuid)
+
+
+def test_efi_partition_of_its_size_and_serial(tmp_path: Path) -> None:
+    from composer.images.efiboot import make_efiboot
+
+    f = tmp_path / "BOOTX64.EFI"
+    f.write_bytes(b"MZ" + b"\0" * 4096)
+    img = make_efiboot([(f, "EFI/BOOT/BOOTX64.EFI")], tmp_path / "esp.img", label="EFI", size_kib=32 * 1024, serial="abcd0123")
+    assert img.stat().st_size == 32 * MiB
+    blkid = subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(img)], capture_output=True, text=True).stdout.strip()
+    assert blkid == "ABCD-0123"
+    with pytest.raises(ComposerError, match="too small for its files"):
+        make_efiboot([(f, "EFI/BOOT/BOOTX64.EFI")], tmp_path / "esp2.img", size_kib=0)

@@ -260,7 +260,9 @@ def e2fs_env(repro: Repro | None) -> dict[str, str] | None:
 
 def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None, fixed: Fixed) -> None:
     if fixed.size is not None:
-        free = max(0, fixed.size - min_image_size(size, RootfsType.EXT4))
+        if fixed.size < min_image_size(size, RootfsType.EXT4):
+            raise _too_small(dest, fixed.size, tree, size)
+        free = fixed.size - min_image_size(size, RootfsType.EXT4)
     # Inodes for the tree, 10% slack, plus mke2fs's default one per 16 KiB of free room,
     # because running out of inodes is as fatal for the runtime as running out of blocks.
     inodes = size.inodes + size.inodes // 10 + 1024 + free // (16 * 1024)
@@ -272,7 +274,7 @@ def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, re
             run(ext4_argv(tree, dest, inodes, label, repro, fixed.uuid), env=e2fs_env(repro))
             break
         except CommandError as e:
-            nospace = re.search(r"no space|could not allocate|not enough", e.stderr, re.IGNORECASE)
+            nospace = re.search(r"no space|could not allocate|not enough|too big for filesystem", e.stderr, re.IGNORECASE)
             if not nospace:
                 raise
             if fixed.size is not None:
