@@ -89,3 +89,45 @@ def test_disk_boots(disk_image: Path, firmware: str, tmp_path: Path) -> None:
     assert facts["efi"] == "vfat" and facts["swap"] == "/dev/vda4,"
     assert facts["host"] == "composer-disk"
     print(f"disk: {firmware} boot to the marker in {result.seconds:.0f}s at 512 MB")
+
+
+def test_disk_as_an_ordinary_user_keeps_package_owners(testproduct_repo, tmp_path: Path) -> None:
+    """The same kickstart built by a user made for the purpose (composer re-executes in a user
+    namespace): files in the disk keep their packages' and the kickstart's owners."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests.integration.test_rootless import as_user, ordinary_user, user_python
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test creates an ordinary user with useradd")
+    with ordinary_user() as user:
+        base = Path(tempfile.mkdtemp(prefix="composer-rootless-disk-", dir="/var/tmp"))
+        try:
+            for d in (base, base / "work", base / "site"):
+                d.mkdir(exist_ok=True)
+                d.chmod(0o755)
+                shutil.chown(d, user.pw_uid, user.pw_gid)
+            repo = base / "repo"
+            shutil.copytree(testproduct_repo, repo)
+            ks = base / "disk.ks"
+            ks.write_text((ROOT / "tools/testproduct/disk.ks").read_text().replace("@REPO@", f"file://{repo}"))
+            python, env = user_python(user, base / "site")
+            argv = [python, "-m", "composer", "livemedia", "--no-virt", "--make-disk", "--ks", str(ks), "--project"]
+            argv += ["TestProduct", "--releasever", "1", "--tmp", str(base / "work"), "--resultdir", str(base / "out")]
+            proc = as_user(user, [*argv, "--logfile", str(base / "livemedia.log")], env, timeout=1800)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            disk = base / "out" / "disk.img"
+            assert disk.stat().st_uid == user.pw_uid  # the output is the user's
+            root_offset = _table(disk)[2]["start"] * 512
+            assert re.search(r"User:\s+1500\s+Group:\s+1500", _debugfs(disk, root_offset, "stat /home/tester"))
+            groups = {
+                f[0]: int(f[2])
+                for ln in _debugfs(disk, root_offset, "cat /etc/group").splitlines()
+                if len(f := ln.split(":")) > 2
+            }
+            st = _debugfs(disk, root_offset, "stat /usr/bin/chage")
+            assert re.search(rf"User:\s+0\s+Group:\s+{groups['shadow']}\b", st) and re.search(r"Mode:\s+02755\b", st), st
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
