@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def disk_image(testproduct_repo, tmp_path_factory) -> Path:
     return livemedia(ks, base / "build", "--make-disk", "--image-name", NAME, "--fs-label", "unused") / NAME
 
 
-def _table(disk: Path) -> list[dict[str, str]]:
+def _table(disk: Path) -> list[dict[str, Any]]:
     dump = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True).stdout
     return json.loads(dump)["partitiontable"]["partitions"]
 

@@ -121,8 +121,9 @@ def test_refused_layouts(tmp_path: Path, layout: str, expected: str) -> None:
 def test_grow_takes_what_the_tree_needs_and_a_fixed_size_must_hold_it(tmp_path: Path) -> None:
     lay = _layout(tmp_path, "reqpart\npart / --size=100 --grow\npart /srv --size=50\n")
     grown = fit(lay, {"/": 700 * MiB + 1, "/srv": 50 * MiB})
-    assert grown.get("/").size == 701 * MiB  # rounded up to the MiB
-    assert grown.get("/srv").start == grown.get("/").start + 701 * MiB  # the rest moves along
+    by = {p.mountpoint: p for p in grown.partitions}
+    assert by["/"].size == 701 * MiB  # rounded up to the MiB
+    assert by["/srv"].start == by["/"].start + 701 * MiB  # the rest moves along
     assert grown.size == lay.size + 601 * MiB
     with pytest.raises(ComposerError) as e:
         fit(lay, {"/srv": 80 * MiB})
