@@ -89,7 +89,9 @@ def initramfs_in_tree(ctx: pipeline.BuildContext, kernels: list[dracut.Kernel], 
     made in the sealed tree, then put in its /boot."""
     ctx.kernels = kernels
     cfg = ctx.cfg
-    inputs = dracut.DracutInputs(RootfsType(root_fstype), cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables)
+    inputs = dracut.DracutInputs(
+        RootfsType(root_fstype), cfg.dracut_args, cfg.dracut_conf, ctx.templatedir, ctx.variables, disk=True
+    )
     with dracut.modules_beside(ctx.tree, kernels, ctx.work / "initramfs", inputs) as pending:
         plan = pending.result()
     pipeline.initramfs(ctx, plan)
@@ -138,6 +140,7 @@ def partition_image(
     cfg, img = ctx.cfg, ctx.work / f"part{p.number}.img"
     if p.role == "swap":
         create_sparse(img, p.size)
+        os.chmod(img, 0o600)  # as swap wants it
         run(["mkswap", "-U", ids.fs(p), *(["-L", p.label] if p.label else []), os.fspath(img)])
     elif p.role == "efi":
         assert src is not None
