@@ -311,6 +311,7 @@ def dracut_argv(
 
 
 OMIT_CONF = "91-composer-omit.conf"  # the modules a live runtime leaves out
+DISK_CONF = "disk/92-composer-disk.conf"  # a disk image's initramfs: root=UUID=, not a live image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +324,7 @@ class DracutInputs:
     templatedir: Path | None = None  # the product's dracut.conf template is read from here
     variables: Mapping[str, object] | None = None  # to render it
     omits: bool = True  # composer's omissions (OMIT_CONF); lorax's installer initramfs has none
+    disk: bool = False  # an installed system's initramfs (livemedia --make-disk): DISK_CONF, no live modules
 
 
 def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
@@ -333,6 +335,9 @@ def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
         for conf in sorted((DATADIR / "share" / "dracut").glob("*.conf"))
         if inputs.omits or conf.name != OMIT_CONF
     ]
+    if inputs.disk:
+        conf = DATADIR / "share" / "dracut" / DISK_CONF
+        confs.append((conf, f"/etc/dracut.conf.d/{conf.name}"))
     product_conf = (
         render_product_conf(inputs.templatedir, inputs.variables or {}, outdir) if inputs.templatedir is not None else None
     )

@@ -511,8 +511,10 @@ def qemu_media_argv(
     iso: Path | None = None,
     tftp_dir: Path | None = None,
     bootfile: str | None = None,
+    disk: Path | None = None,
 ) -> list[str]:
-    """qemu for a firmware boot: a CD (iso) or the network (tftp_dir + bootfile)."""
+    """qemu for a firmware boot: a CD (iso), the network (tftp_dir + bootfile) or a raw
+    disk image (virtio; snapshot=on: the guest's writes never reach the file)."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be resolved to kvm or tcg, not {accel!r}")
     if firmware not in ("bios", "uefi"):
@@ -558,12 +560,21 @@ def qemu_media_argv(
             "-nic",
             "none",
         ]
+    elif disk is not None:
+        argv += [
+            "-drive",
+            f"file={disk},format=raw,if=none,id=hd0,snapshot=on",
+            "-device",
+            "virtio-blk-pci,drive=hd0,bootindex=1",
+            "-nic",
+            "none",
+        ]
     elif tftp_dir is not None:
         if not bootfile:
             raise ValueError("a network boot needs a boot file")
         argv += ["-netdev", f"user,id=n0,tftp={tftp_dir},bootfile={bootfile}", "-device", "virtio-net-pci,netdev=n0,bootindex=1"]
     else:
-        raise ValueError("nothing to boot: give iso or tftp_dir")
+        raise ValueError("nothing to boot: give iso, disk or tftp_dir")
     return argv
 
 
@@ -682,6 +693,27 @@ def boot_iso(
         smp=smp,
         iso=iso.resolve(),
     )
+
+
+def boot_disk(
+    disk: Path,
+    *,
+    firmware: str = "bios",
+    memory_mb: int = 512,
+    timeout: float = 900,
+    marker: str,
+    accel: str = "auto",
+    log: Path | None = None,
+    smp: int = 2,
+) -> BootResult:
+    """Boot a raw disk image (livemedia --make-disk) under SeaBIOS or OVMF; its boot
+    loader's default entry must boot unattended to the marker. The image is not changed."""
+    if not disk.is_file():
+        raise ComposerError(f"boot check: disk image {disk} does not exist")
+    return _boot_media(
+        "disk", firmware=firmware, memory_mb=memory_mb, timeout=timeout, marker=marker, accel=accel, log=log, smp=smp,
+        disk=disk.resolve(),
+    )  # fmt: skip
 
 
 def boot_netboot(

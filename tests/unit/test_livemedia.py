@@ -55,7 +55,7 @@ def _one_line_error(proc, status: int = 1) -> str:
         (("--make-vagrant",), "--make-vagrant: needs anaconda's disk image"),
         (("--make-oci",), "--make-oci: needs anaconda's disk image"),
         (("--make-ostree-live",), "--make-ostree-live: needs anaconda's ostree install"),
-        (("--make-disk",), "--make-disk: not yet supported by composer livemedia"),
+        (("--make-disk", "--disk-image", "x.img"), "--disk-image: not yet supported by composer livemedia"),
         (("--make-iso", "--qcow2"), "--qcow2: not yet supported"),
         (("--make-tar", "--compression", "zstd"), "--compression zstd: for --make-tar one of xz, lzma, gzip, bzip2"),
         (("--make-iso", "--compression", "gzip"), "--compression gzip: for the squashfs image one of xz, zstd, lz4"),

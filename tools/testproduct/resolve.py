@@ -16,6 +16,8 @@ from composer.run import ComposerError, info, run
 # e2fsprogs/btrfs-progs/erofs-utils build the rootfs images' tools into the runtime.
 # dracut-network (+ its isc-dhcp-client, iputils-arping) and curl: the livenet
 # module of the split netboot initrd fetches install.img over HTTP.
+# grub-pc-bin, grub-efi-amd64-bin (+ grub-common's grub-mkimage): GRUB from the image's
+# own tree for livemedia --make-disk (tools/testproduct/disk.ks).
 EXTRA_ROOTS = (
     "usr-is-merged",
     "linux-image-amd64",
@@ -49,6 +51,8 @@ EXTRA_ROOTS = (
     "mawk",
     "passwd",
     "login",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
 )
 
 APT_SIM_OPTS = ("-o", "APT::Install-Recommends=0", "-o", "APT::Install-Suggests=0")

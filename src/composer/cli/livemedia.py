@@ -9,6 +9,7 @@ itself is composer.pipelines.livemedia's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +18,12 @@ from composer import __version__
 from composer.cli.common import check_logfile, source_date_epoch, trusted_dir
 from composer.cli.options import PASS_THROUGH_OPTIONS, ROOTFS_MAP
 from composer.config import DEFAULT_CACHEDIR, Compression, Config
+from composer.images.disk import plan_disk
 from composer.images.iso import check_volid, default_volid
 from composer.kickstart import apply_kickstart, load_live_kickstart
 from composer.pipelines.livemedia import FSIMAGE_TYPES, TAR_COMPRESSORS, LivemediaPlan, compose_livemedia
 from composer.preflight import check_compose_inputs, check_kernel_arg
-from composer.run import ComposerError, output_path, set_logging
+from composer.run import ComposerError, output_path, require, set_logging
 
 # lmc options that need its VM (qemu) or anaconda: (option, why).
 NEEDS_VM = {
@@ -49,7 +51,6 @@ NEEDS_VM = {
 }
 # lmc options composer does not do yet: (option, what instead).
 NOT_YET = {
-    "--make-disk": "use --make-fsimage or --make-iso",
     "--disk-image": "composer installs the kickstart itself",
     "--fs-image": "composer installs the kickstart itself",
     "--keep-image": "",
@@ -77,7 +78,6 @@ _VALUELESS = {
     "--make-oci",
     "--make-vagrant",
     "--make-tar-disk",
-    "--make-disk",
     "--keep-image",
     "--qcow2",
 }
@@ -99,7 +99,7 @@ class _Parser(argparse.ArgumentParser):
 def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Create live media from a kickstart (livemedia-creator --no-virt, built by composer)")
     action = p.add_mutually_exclusive_group(required=True)
-    for make in ("iso", "pxe-live", "fsimage", "tar"):
+    for make in ("iso", "pxe-live", "fsimage", "tar", "disk"):
         action.add_argument(f"--make-{make}", dest="make", action="store_const", const=make)
     for opt in [o for o in (*NEEDS_VM, *NOT_YET) if o.startswith("--make-")]:
         action.add_argument(opt, dest="make", action="store_const", const=opt)
@@ -119,7 +119,7 @@ def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParse
     p.add_argument("-t", "--variant", default="")
     p.add_argument("-b", "--bugurl", default="your distribution provided bug reporting tool")
     p.add_argument("--isfinal", action="store_true", default=False)
-    p.add_argument("--image-name", default=None, help="output name of --make-tar/--make-fsimage")
+    p.add_argument("--image-name", default=None, help="output name of --make-tar/--make-fsimage/--make-disk")
     p.add_argument("--fs-label", default="Anaconda")
     p.add_argument("--compression", default="xz", help="--make-tar: xz, lzma, gzip, bzip2; the squashfs: xz, zstd, lz4")
     p.add_argument("--compress-arg", action="append", dest="compress_args", default=[])
@@ -236,6 +236,13 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
     if args.make == "fsimage" and fstype not in FSIMAGE_TYPES:
         # Found out after the install otherwise.
         raise ComposerError(f"kickstart part / --fstype={fstype}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
+    disk = None
+    if args.make == "disk":
+        disk = plan_disk(ks.system.disk, str(args.ks[0]))
+        require("sfdisk", "mkswap", "mkfs.fat", "mmd", "mcopy")  # the disk's tools on the host (mkfs: the rootfs's)
+        # The disk layout commands are --make-disk's: not "ignored" in the report.
+        kept = tuple(c for c in ks.system.ignored if c not in ("clearpart", "zerombr", "reqpart"))
+        ks = dataclasses.replace(ks, system=dataclasses.replace(ks.system, ignored=kept))
     check_compose_inputs(cfg, "livemedia", ks=args.ks[0])
     warnings = [label for dest, label in _NOT_HONOURED if getattr(args, dest)]
     return LivemediaPlan(
@@ -252,6 +259,7 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
         compression=args.compression,
         compress_args=tuple(args.compress_args),
         timeout_min=args.timeout,
+        disk=disk,
     )
 
 

@@ -192,8 +192,13 @@ def make_efiboot(
     label: str = "EFIBOOT",
     source_date_epoch: int | None = None,
     seed: str = "",
+    size_kib: int | None = None,
+    serial: str | None = None,
 ) -> Path:
     """A FAT image holding files: (host path, path in the image, e.g. "EFI/BOOT/BOOTX64.EFI").
+
+    size_kib: the image's size (a disk's EFI system partition), else just room for the
+    files; serial: the volume serial (8 hex digits), else derived from `seed` when reproducible.
 
     With source_date_epoch the image is reproducible: fixed mkfs times, a volume serial
     derived from `seed`, directory and file dates at the epoch (or the files' own older
@@ -207,7 +212,13 @@ def make_efiboot(
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
     size = fat_size_kib([s for s, _ in files])
-    run(mkfs_fat_argv(dest, size, label, serial=fat_serial(seed) if source_date_epoch is not None else None))
+    if size_kib is not None:
+        if size > size_kib:
+            raise ComposerError(f"{dest.name}: {size_kib // 1024} MiB is too small for its files (about {size // 1024} MiB)")
+        size = size_kib
+    if serial is None and source_date_epoch is not None:
+        serial = fat_serial(seed)
+    run(mkfs_fat_argv(dest, size, label, serial=serial))
     env = mtools_env(source_date_epoch)
     dirs = sorted({str(Path(p).parent) for _, p in files} - {"."}, key=lambda d: d.count("/"))
     made: set[str] = set()

@@ -78,6 +78,8 @@ def make_rootfs(
     label: str = "Anaconda",
     source_date_epoch: int | None = None,
     seed: str = "",
+    image_size: int | None = None,
+    fs_uuid: str | None = None,
 ) -> None:
     """Build a sparse filesystem image `dest` holding `tree`.
 
@@ -87,6 +89,10 @@ def make_rootfs(
 
     With source_date_epoch the tree's times are clamped to it (this changes the
     tree) and the filesystem's UUIDs and hash seeds are derived from `seed`.
+
+    image_size: the image's exact size in bytes (a disk partition; ext4 and btrfs), one
+    line when the tree does not fit; fs_uuid: the filesystem's UUID (fstab and the boot
+    loader name it), whatever the seed gives.
     """
     if fstype is RootfsType.SQUASHFS:
         raise ValueError("RootfsType.SQUASHFS has no rootfs.img: put the tree in squashfs directly")
@@ -104,10 +110,11 @@ def make_rootfs(
         run(erofs_argv(tree, dest, repro))
     else:
         room = DEFAULT_FREE if free is None else free
+        fixed = Fixed(image_size, fs_uuid)
         if fstype is RootfsType.BTRFS:
-            _make_btrfs(tree, dest, size, room, label, repro)
+            _make_btrfs(tree, dest, size, room, label, repro, fixed)
         elif fstype is RootfsType.EXT4:
-            _make_ext4(tree, dest, size, room, label, repro)
+            _make_ext4(tree, dest, size, room, label, repro, fixed)
         else:
             raise ValueError(f"unknown rootfs type {fstype}")
     info(
@@ -127,6 +134,28 @@ class Repro:
         return str(seed_uuid(self.seed, role))
 
 
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """What a disk partition fixes: the image's size and the filesystem's UUID (None: free)."""
+
+    size: int | None = None
+    uuid: str | None = None
+
+
+def min_image_size(size: TreeSize, fstype: RootfsType) -> int:
+    """About the smallest ext4 or btrfs image that holds a tree of this size."""
+    if fstype is RootfsType.BTRFS:
+        return _round_up(int(size.blocks_bytes * 1.1) + 128 * MiB, MiB)
+    inodes = size.inodes + size.inodes // 10 + 1024
+    return _round_up(int(size.blocks_bytes * 1.15) + inodes * 256 + (EXT4_JOURNAL_MB + 32) * MiB, MiB)
+
+
+def _too_small(dest: Path, image_size: int, tree: Path, size: TreeSize) -> ComposerError:
+    return ComposerError(
+        f"{dest.name}: {image_size // MiB} MiB too small for {tree} ({size.blocks_bytes // MiB} MiB in {size.inodes} inodes)"
+    )
+
+
 # From 6.10.1 mkfs.btrfs --rootdir numbers inodes itself; before, it copied the host's
 # st_ino, which differs in every copy of a tree. --device-uuid is from 6.6.
 BTRFS_REPRODUCIBLE = (6, 10, 1)
@@ -138,27 +167,35 @@ def btrfs_progs_version() -> tuple[int, ...]:
     return tuple(int(n) for n in m.group(1).split(".")) if m else (0,)
 
 
-def btrfs_argv(tree: Path, label: str, repro: Repro | None) -> list[str | os.PathLike[str]]:
+def btrfs_argv(tree: Path, label: str, repro: Repro | None, uuid: str | None = None) -> list[str | os.PathLike[str]]:
     # -m single: the image is one "device" inside squashfs, so DUP metadata gives no
     # redundancy, only doubles metadata in the image and in the RAM overlay.
     argv: list[str | os.PathLike[str]] = ["mkfs.btrfs", "-q", "-m", "single", "-L", label, "--rootdir", tree]
     if repro is not None:
         # The superblock's UUIDs; the rest that mkfs makes random is rewritten afterwards.
-        argv += ["-U", repro.uuid("rootfs"), "--device-uuid", repro.uuid("rootfs-device")]
+        argv += ["-U", uuid or repro.uuid("rootfs"), "--device-uuid", repro.uuid("rootfs-device")]
+    elif uuid is not None:
+        argv += ["-U", uuid]
     return argv
 
 
-def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
+def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None, fixed: Fixed) -> None:
     if repro is not None and (version := btrfs_progs_version()) < BTRFS_REPRODUCIBLE:
         info(
             f"rootfs: WARNING: btrfs-progs {'.'.join(map(str, version))} copies host inode numbers, the image "
             "will not be reproducible; install 6.10.1 or later (scripts/setup-host does), or use ext4 or erofs"
         )
-        argv = [*btrfs_argv(tree, label, None), "-U", repro.uuid("rootfs")]
+        argv = [*btrfs_argv(tree, label, None), "-U", fixed.uuid or repro.uuid("rootfs")]
         repro = None
     else:
-        argv = btrfs_argv(tree, label, repro)
-    if free == 0:
+        argv = btrfs_argv(tree, label, repro, fixed.uuid)
+    if fixed.size is not None:
+        # mkfs.btrfs --rootdir enlarges a file too small for the tree: a partition cannot grow.
+        create_sparse(dest, fixed.size)
+        run([*argv, dest])
+        if dest.stat().st_size > fixed.size:
+            raise _too_small(dest, fixed.size, tree, size)
+    elif free == 0:
         dest.touch()
         run([*argv, "--shrink", dest])
     else:
@@ -173,7 +210,7 @@ def _make_btrfs(tree: Path, dest: Path, size: TreeSize, free: int, label: str, r
             f"rootfs: btrfs made reproducible: {stats.blocks} tree blocks, {stats.inodes} inodes rewritten, "
             f"{stats.wiped // 1024} KiB of stale blocks zeroed"
         )
-    if free:
+    if free and fixed.size is None:
         total, used = _btrfs_usage(dest)
         if total - used < free:
             info(f"rootfs: btrfs has {(total - used) / MiB:.0f} MiB free, less than the {free / MiB:.0f} MiB asked for")
@@ -185,7 +222,9 @@ def _btrfs_usage(img: Path) -> tuple[int, int]:
     return int(fields["total_bytes"]), int(fields["bytes_used"])
 
 
-def ext4_argv(tree: Path, dest: Path, inodes: int, label: str, repro: Repro | None) -> list[str | os.PathLike[str]]:
+def ext4_argv(
+    tree: Path, dest: Path, inodes: int, label: str, repro: Repro | None, uuid: str | None = None
+) -> list[str | os.PathLike[str]]:
     extended = "root_owner=0:0"
     if repro is not None:
         # The htree directory hash seed is random by default and changes every directory block.
@@ -204,7 +243,7 @@ def ext4_argv(tree: Path, dest: Path, inodes: int, label: str, repro: Repro | No
         f"size={EXT4_JOURNAL_MB}",
         "-L",
         label,
-        *(["-U", repro.uuid("rootfs")] if repro is not None else []),
+        *(["-U", uuid or repro.uuid("rootfs")] if repro is not None else ["-U", uuid] if uuid else []),
         "-E",
         extended,
         "-d",
@@ -219,21 +258,27 @@ def e2fs_env(repro: Repro | None) -> dict[str, str] | None:
     return {"E2FSPROGS_FAKE_TIME": str(repro.epoch)} if repro is not None else None
 
 
-def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None) -> None:
+def _make_ext4(tree: Path, dest: Path, size: TreeSize, free: int, label: str, repro: Repro | None, fixed: Fixed) -> None:
+    if fixed.size is not None:
+        if fixed.size < min_image_size(size, RootfsType.EXT4):
+            raise _too_small(dest, fixed.size, tree, size)
+        free = fixed.size - min_image_size(size, RootfsType.EXT4)
     # Inodes for the tree, 10% slack, plus mke2fs's default one per 16 KiB of free room,
     # because running out of inodes is as fatal for the runtime as running out of blocks.
     inodes = size.inodes + size.inodes // 10 + 1024 + free // (16 * 1024)
     base = int(size.blocks_bytes * 1.15) + inodes * 256 + (EXT4_JOURNAL_MB + 32) * MiB
     for attempt, factor in enumerate((1.0, 1.5)):
-        image_size = _round_up(int(base * factor) + free, 4 * MiB)
+        image_size = fixed.size or _round_up(int(base * factor) + free, 4 * MiB)
         create_sparse(dest, image_size)
         try:
-            run(ext4_argv(tree, dest, inodes, label, repro), env=e2fs_env(repro))
+            run(ext4_argv(tree, dest, inodes, label, repro, fixed.uuid), env=e2fs_env(repro))
             break
         except CommandError as e:
-            nospace = re.search(r"no space|could not allocate|not enough", e.stderr, re.IGNORECASE)
+            nospace = re.search(r"no space|could not allocate|not enough|too big for filesystem", e.stderr, re.IGNORECASE)
             if not nospace:
                 raise
+            if fixed.size is not None:
+                raise _too_small(dest, fixed.size, tree, size) from None
             if attempt == 1:
                 raise ComposerError(
                     f"rootfs: {image_size // MiB} MiB ext4 image too small for {tree} "

@@ -104,3 +104,27 @@ def copy_sparse(src: Path, dst: Path) -> None:
     finally:
         os.close(sfd)
     os.replace(tmp, dst)
+
+
+def copy_into(src: Path, dst: Path, offset: int) -> None:
+    """Write src into the existing file dst at `offset` (a partition in a disk image),
+    leaving dst's holes where src has holes."""
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        dfd = os.open(dst, os.O_WRONLY)
+        try:
+            for start, end in data_ranges(sfd, os.fstat(sfd).st_size):
+                pos = start
+                while pos < end:
+                    data = os.pread(sfd, min(_CHUNK, end - pos), pos)
+                    if not data:
+                        raise OSError(errno.EIO, f"unexpected end of {src} at {pos}")
+                    view = memoryview(data)
+                    while view:
+                        w = os.pwrite(dfd, view, offset + pos)
+                        view = view[w:]
+                        pos += w
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)

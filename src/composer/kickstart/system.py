@@ -29,7 +29,7 @@ HONOURED = (
     "selinux",
     "firewall",
     "network",
-    "part",  # the root filesystem type of --make-fsimage
+    "part",  # the root filesystem type of --make-fsimage; the layout of --make-disk
     "partition",
 )
 
@@ -107,6 +107,29 @@ class User:
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+    """One `part` line, as --make-disk reads it (composer.images.disk plans the table)."""
+
+    mountpoint: str  # "/", "/boot", "/boot/efi", "swap", "biosboot", ...
+    fstype: str  # "" when not given
+    size_mib: int | None
+    grow: bool = False
+    label: str = ""
+    lineno: int = 0
+    unsupported: tuple[str, ...] = ()  # options given that --make-disk does not honour
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """The disk layout commands: `part` lines, `reqpart`, `clearpart --disklabel`."""
+
+    parts: tuple[Part, ...] = ()
+    reqpart: bool = False
+    reqpart_boot: bool = False  # reqpart --add-boot
+    disklabel: str = ""  # clearpart --disklabel
+
+
+@dataclasses.dataclass(frozen=True)
 class System:
     lang: str | None = None
     keymap: str | None = None
@@ -122,6 +145,7 @@ class System:
     firewall: tuple[str, ...] | None = None  # firewall-offline-cmd arguments
     hostname: str | None = None
     root_fstype: str | None = None  # part / --fstype
+    disk: Disk = Disk()
     scripts: tuple[Script, ...] = ()
     ignored: tuple[str, ...] = ()
 
@@ -183,6 +207,43 @@ def _root_fstype(handler: Any) -> str | None:
     return None
 
 
+# part options --make-disk does not act on: (attribute, option, its "not given" value).
+_PART_UNSUPPORTED = (
+    ("disk", "--ondisk", ""),
+    ("onPart", "--onpart", ""),
+    ("onbiosdisk", "--onbiosdisk", ""),
+    ("encrypted", "--encrypted", False),
+    ("maxSizeMB", "--maxsize", 0),
+    ("recommended", "--recommended", False),
+    ("resize", "--resize", False),
+    ("fsopts", "--fsoptions", ""),
+    ("mkfsopts", "--mkfsoptions", ""),
+    ("fsprofile", "--fsprofile", ""),
+)
+
+
+def _disk(handler: Any) -> Disk:
+    parts = tuple(
+        Part(
+            mountpoint=p.mountpoint,
+            fstype=p.fstype or "",
+            size_mib=p.size,
+            grow=bool(p.grow),
+            label=p.label or "",
+            lineno=p.lineno or 0,
+            unsupported=tuple(opt for attr, opt, unset in _PART_UNSUPPORTED if getattr(p, attr, unset) not in (unset, None)),
+        )
+        for p in handler.partition.partitions
+    )
+    rp, cp = handler.reqpart, handler.clearpart
+    return Disk(
+        parts=parts,
+        reqpart=_seen(rp),
+        reqpart_boot=_seen(rp) and bool(getattr(rp, "addBoot", False)),
+        disklabel=(getattr(cp, "disklabel", "") or "") if _seen(cp) else "",
+    )
+
+
 def _scripts(handler: Any) -> tuple[Script, ...]:
     return tuple(
         Script(
@@ -242,6 +303,7 @@ def read_system(handler: Any, where: Any, path: Path) -> System:
         firewall=_firewall(handler.firewall),
         hostname=_hostname(handler),
         root_fstype=_root_fstype(handler),
+        disk=_disk(handler),
         scripts=_scripts(handler),
         ignored=tuple(ignored),
     )

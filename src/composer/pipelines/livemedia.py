@@ -5,7 +5,8 @@ configures it as anaconda does for an image install (composer.kickstart.apply), 
 makes the one output asked for. The stages, over compose.BuildContext:
 
     start -> %pre -> install (%packages) -> kickstart (the system commands, %post) ->
-    one of: tar | fsimage | pack + media tree + boot.iso (iso) | pack + pxe-live
+    one of: tar | fsimage | pack + media tree + boot.iso (iso) | pack + pxe-live |
+    disk setup + dracut + grub + disk (disk: pipelines.disk)
 
 The ISO is boot-iso's media (pipelines.bootiso) with the live image where dracut's
 dmsquash-live looks by default, LiveOS/squashfs.img (holding LiveOS/rootfs.img, btrfs
@@ -24,12 +25,14 @@ from pathlib import Path
 
 from composer import dracut
 from composer.config import Config, RootfsType
+from composer.images.disk import DiskLayout
 from composer.images.rootfs import make_rootfs
 from composer.images.sparse import copy_sparse
 from composer.kickstart import LiveKickstart
 from composer.kickstart.apply import apply_system, run_scripts
 from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import MediaOptions, check_boot_menus, make_media
+from composer.pipelines.disk import DEFAULT_IMAGE_NAME, make_disk
 from composer.pipelines.netboot import NetbootOptions, netboot_dracut_conf
 from composer.pipelines.runtime import compose_dirs, log_summary
 from composer.reproducible import config_seed
@@ -38,7 +41,7 @@ from composer.treecheck import fail_on
 
 LIVE_IMAGE = "LiveOS/squashfs.img"  # dmsquash-live's default rd.live.dir / rd.live.squashimg
 PXE_LIVE_IMAGE = "live-rootfs.squashfs.img"  # livemedia-creator's name
-MAKES = ("iso", "pxe-live", "fsimage", "tar")
+MAKES = ("iso", "pxe-live", "fsimage", "tar", "disk")
 # --compression of --make-tar: livemedia-creator's four, and their suffixes.
 TAR_COMPRESSORS = {"xz": ".xz", "lzma": ".lzma", "gzip": ".gz", "bzip2": ".bz2"}
 FSIMAGE_TYPES = {"ext4": RootfsType.EXT4, "btrfs": RootfsType.BTRFS, "erofs": RootfsType.EROFS}
@@ -59,6 +62,7 @@ class LivemediaPlan:
     compress_args: tuple[str, ...] = ()
     timeout_min: int | None = None
     warnings: tuple[str, ...] = ()  # options accepted but not honoured (one line)
+    disk: DiskLayout | None = None  # --make-disk: the partition table planned from the kickstart
 
     def media_options(self) -> MediaOptions:
         return MediaOptions(volid=self.volid, kernel_args=self.kernel_args, stage2=LIVE_IMAGE)
@@ -200,6 +204,12 @@ def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
     if plan.make in ("iso", "pxe-live"):
         ctx.kernels = dracut.take_kernels(ctx.tree, ctx.work / "kernels")
         return make_iso(ctx, plan, out) if plan.make == "iso" else make_pxe_live(ctx, plan, out)
+    if plan.make == "disk":
+        assert plan.disk is not None
+        name = plan.image_name or DEFAULT_IMAGE_NAME
+        made = make_disk(ctx, plan.disk, out, name=name, fs_label=plan.fs_label, kernel_args=plan.kernel_args)
+        log_summary(ctx.metrics.sizes, ctx.metrics.timings, {})
+        return made
     pipeline.seal(ctx)
     made = make_tar(ctx, plan, out) if plan.make == "tar" else make_fsimage(ctx, plan, out)
     log_summary(ctx.metrics.sizes, ctx.metrics.timings, {})
