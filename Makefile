@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct fedoraproduct oracle rpm pungi demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
+.PHONY: setup testproduct fedoraproduct oracle rpm pungi pungi-ssh demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
 
 setup:
 	./scripts/setup-host
@@ -35,6 +35,13 @@ rpm:
 # Fedora-shaped product with composer as its lorax, then its boot.iso booted (docs/pungi.md).
 pungi: fedoraproduct
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) tools/pungirun.py $(BUILD) --boot
+
+# The same compose with buildinstall sent over Pungi's openssh runroot to a builder on this
+# machine (an sshd on 127.0.0.1 started for the run, an ordinary user with a pip-installed
+# composer): composer builds there without root (docs/pungi.md).
+pungi-ssh: fedoraproduct
+	@test -x /usr/sbin/sshd || (apt-get update -q && apt-get install -y -q --no-install-recommends openssh-server)
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) tools/pungirun.py $(BUILD) --ssh --boot
 
 # Compose the test product's runtime as a user would (every default: work dir /var/tmp,
 # cache /var/cache/composer, xz, btrfs) and boot it in qemu at 512 MB.

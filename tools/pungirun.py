@@ -20,6 +20,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pungissh
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER = Path(os.environ.get("PUNGI_PEER", ROOT.parent / "shared/peers/pungi-4.3.2"))
 LORAX_PEER = Path(os.environ.get("LORAX_PEER", ROOT.parent / "shared/peers/lorax-40.5.19"))
@@ -84,7 +86,20 @@ def venv(base: Path) -> Path:
     site = next((env / "lib").glob("python3*/site-packages"))
     (site / "share").symlink_to("usr/share/pungi")
     _multilib_default_config(site)
+    _openssh_text_output(site)
     return env
+
+
+def _openssh_text_output(site: Path) -> None:
+    """Pungi 4.3.2's openssh runroot reads the builder's `rpm -qa` with kobo's run(), which
+    returns bytes on Python 3 (kobo 0.42), then joins them as text ("sequence item 0: expected
+    str instance, bytes found") after the task succeeded: ask kobo for text, as its other calls do."""
+    module = site / "pungi/runroot.py"
+    text = module.read_text()
+    old = "run(ssh_cmd, show_cmd=True, logfile=log_file)[1]"
+    if old not in text:
+        raise PungiError(f"{module}: not the Pungi 4.3.2 this works around")
+    module.write_text(text.replace(old, "run(ssh_cmd, show_cmd=True, logfile=log_file, universal_newlines=True)[1]"))
 
 
 def _multilib_default_config(site: Path) -> None:
@@ -119,16 +134,20 @@ rm -rf "${dir:?}"/* "$dir.guestmount-image"
 """
 
 
-def tools_bin(base: Path) -> Path:
-    """`lorax` (composer's, as the composer-lorax entry point is written) and the host workaround."""
+def tools_bin(base: Path, ssh_config: Path | None = None) -> Path:
+    """`lorax` (composer's, as the composer-lorax entry point is written), the host workaround,
+    and with a builder the `ssh` that reads its client configuration."""
     bindir = base / "bin"
-    bindir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(bindir, ignore_errors=True)
+    bindir.mkdir(parents=True)
     scripts = {
         "lorax": f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT / 'src')!r})\n"
         "from composer.cli import lorax\nsys.exit(lorax())\n",
         "guestmount": GUESTMOUNT,
         "fusermount": FUSERMOUNT,
     }
+    if ssh_config:
+        scripts["ssh"] = pungissh.ssh_wrapper(ssh_config)
     for name, text in scripts.items():
         (bindir / name).write_text(text)
         (bindir / name).chmod(0o755)
@@ -154,8 +173,9 @@ def config(base: Path, repo: Path) -> Path:
     return conf / "pungi.conf"
 
 
-def compose(build: Path, repo: Path) -> Path:
-    """Run pungi-koji; returns the compose directory (raises PungiError if it failed)."""
+def compose(build: Path, repo: Path, *, ssh: bool = False) -> Path:
+    """Run pungi-koji; returns the compose directory (raises PungiError if it failed). ssh:
+    buildinstall through Pungi's openssh runroot, on a builder of this machine (pungissh.py)."""
     base = build / "pungi"
     missing = [p for p in HOST_PROGRAMS if shutil.which(p) is None]
     if missing:
@@ -163,13 +183,26 @@ def compose(build: Path, repo: Path) -> Path:
             f"not on this host: {', '.join(missing)} (apt-get install syslinux-utils genisoimage xorriso createrepo-c mtools)"
         )
     env = venv(base)
+    conf = config(base, repo)
+    if not ssh:
+        return _pungi_koji(base, env, conf)
+    try:
+        with pungissh.builder(base) as (user, gid, ssh_config, venv_bin):
+            with open(conf, "a") as f:
+                f.write(pungissh.pungi_options(user, venv_bin))
+            return _pungi_koji(base, env, conf, ssh=(ssh_config, gid))
+    except pungissh.SshError as e:
+        raise PungiError(str(e)) from None
+
+
+def _pungi_koji(base: Path, env: Path, conf: Path, ssh: tuple[Path, int] | None = None) -> Path:
     path = f"{base / 'bin'}:{env / 'bin'}:{os.environ['PATH']}"
     target = base / "composes"
     target.mkdir(parents=True, exist_ok=True)
     before = set(target.iterdir())
     tmp = base / "tmp"
     tmp.mkdir(exist_ok=True)
-    bindir = tools_bin(base)
+    bindir = tools_bin(base, ssh[0] if ssh else None)
     # Pungi runs guestmount with an environment of its own, without PATH: the shell finds it in
     # its default path only (/usr/local/sbin first): in a mount namespace of its own, that is ours.
     private = [
@@ -181,9 +214,20 @@ def compose(build: Path, repo: Path) -> Path:
         'mount --bind "$0" /usr/local/sbin && exec "$@"',
         bindir,
     ]
-    argv = [*private, env / "bin/pungi-koji", f"--config={config(base, repo)}", f"--target-dir={target}", "--no-label", "--test"]
+    argv = [*private, env / "bin/pungi-koji", f"--config={conf}", f"--target-dir={target}", "--no-label", "--test"]
+    # With a builder, the compose directory is shared with it as a farm shares it with its
+    # builders' group: setgid to the builder user's group, so whatever Pungi makes below (0775
+    # directories) is that group's and group-writable.
+    umask = 0o002 if ssh else None
+    if ssh:
+        os.chown(target, -1, ssh[1])
+        target.chmod(0o2775)
     proc = subprocess.run(
-        [str(a) for a in argv], env={**os.environ, "PATH": path, "TMPDIR": str(tmp)}, capture_output=True, text=True
+        [str(a) for a in argv],
+        env={**os.environ, "PATH": path, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        umask=-1 if umask is None else umask,
     )
     made = sorted(set(target.iterdir()) - before - {p for p in target.iterdir() if p.is_symlink()})
     if proc.returncode != 0 or not made:
@@ -220,11 +264,12 @@ def boot_iso(compose_dir: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    """BUILD [--boot]: the compose, its phase timings, and with --boot its boot.iso booted
-    under SeaBIOS (PUNGI_MEMORY MB, default 1024: the stock menus wait 60 s)."""
+    """BUILD [--boot] [--ssh]: the compose, its phase timings, and with --boot its boot.iso booted
+    under SeaBIOS (PUNGI_MEMORY MB, default 1024: the stock menus wait 60 s); --ssh: buildinstall
+    through the openssh runroot on a builder of this machine, as an ordinary user (pungissh.py)."""
     build = Path(argv[0] if argv else ROOT / "build").resolve()
     try:
-        result = compose(build, build / "fedoraproduct/repo")
+        result = compose(build, build / "fedoraproduct/repo", ssh="--ssh" in argv)
         print(json.dumps({"compose": str(result), "phases": phase_timings(result)}, indent=1), flush=True)
         if "--boot" in argv:
             iso, log = boot_iso(result), result / "logs/boot-bios-serial.log"

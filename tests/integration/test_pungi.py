@@ -79,3 +79,35 @@ def test_dvd_boots_bios(pungi_compose):
     log = pungi_compose / "logs/dvd-bios-serial.log"
     composer("verify", "--iso", str(dvds[0]), "--firmware", "bios", "--memory", "1024", "--log", str(log))
     assert BOOT_MARKER in log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def pungi_ssh_compose() -> Path:
+    """The same compose, buildinstall through Pungi's openssh runroot (issue 22, item 3)."""
+    import pungirun
+    from testproduct.fedoraproduct import build_fedoraproduct
+
+    if os.geteuid() != 0:
+        pytest.skip("the test makes a user and starts an sshd: root")
+    repo = build_fedoraproduct(BUILD / "fedoraproduct")
+    try:
+        return pungirun.compose(BUILD, repo, ssh=True)
+    except pungirun.PungiError as e:
+        pytest.fail(str(e))
+
+
+def test_buildinstall_over_ssh_as_an_ordinary_user(pungi_ssh_compose):
+    """Pungi logged in to the builder as its user and ran lorax there: the outputs are that
+    user's (composer made them without root), the phases are green and boot.iso boots."""
+    import pungirun
+
+    assert (pungi_ssh_compose / "STATUS").read_text().strip() == "FINISHED"
+    logs = pungi_ssh_compose / "logs/x86_64"
+    ran = "\n".join(p.read_text(errors="replace") for p in logs.glob("buildinstall-*.log"))
+    assert "ssh -oBatchMode=yes -n -l composer-pb-" in ran, ran[-2000:]
+    made = pungi_ssh_compose / "work/x86_64/buildinstall/Everything/images/boot.iso"
+    assert made.is_file() and made.stat().st_uid != 0, "boot.iso was not made by the builder's user"
+    iso = pungirun.boot_iso(pungi_ssh_compose)
+    log = pungi_ssh_compose / "logs/boot-bios-serial.log"
+    composer("verify", "--iso", str(iso), "--firmware", "bios", "--memory", "1024", "--log", str(log))
+    assert BOOT_MARKER in log.read_text(errors="replace")
