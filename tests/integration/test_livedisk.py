@@ -93,20 +93,21 @@ def test_disk_boots(disk_image: Path, firmware: str, tmp_path: Path) -> None:
 
 
 def test_disk_as_an_ordinary_user_keeps_package_owners(testproduct_repo, tmp_path: Path) -> None:
-    """The same kickstart built by a user made for the purpose (composer re-executes in a user
-    namespace): files in the disk keep their packages' and the kickstart's owners."""
+    """The same kickstart built by a user made for the purpose with the `livemedia-creator` it
+    pip-installed (composer re-executes in a user namespace): files in the disk keep their
+    packages' and the kickstart's owners."""
     import os
     import shutil
     import tempfile
 
-    from tests.integration.test_rootless import as_user, ordinary_user, user_python
+    from builder_user import as_user, ordinary_user, pip_install
 
     if os.geteuid() != 0:
         pytest.skip("needs root: the test creates an ordinary user with useradd")
-    with ordinary_user() as user:
+    with ordinary_user("composer-rd-") as user:
         base = Path(tempfile.mkdtemp(prefix="composer-rootless-disk-", dir="/var/tmp"))
         try:
-            for d in (base, base / "work", base / "site"):
+            for d in (base, base / "work"):
                 d.mkdir(exist_ok=True)
                 d.chmod(0o755)
                 shutil.chown(d, user.pw_uid, user.pw_gid)
@@ -114,10 +115,10 @@ def test_disk_as_an_ordinary_user_keeps_package_owners(testproduct_repo, tmp_pat
             shutil.copytree(testproduct_repo, repo)
             ks = base / "disk.ks"
             ks.write_text((ROOT / "tools/testproduct/disk.ks").read_text().replace("@REPO@", f"file://{repo}"))
-            python, env = user_python(user, base / "site")
-            argv = [python, "-m", "composer", "livemedia", "--no-virt", "--make-disk", "--ks", str(ks), "--project"]
+            lmc = str(pip_install(user, base) / "livemedia-creator")
+            argv = [lmc, "--no-virt", "--make-disk", "--ks", str(ks), "--project"]
             argv += ["TestProduct", "--releasever", "1", "--tmp", str(base / "work"), "--resultdir", str(base / "out")]
-            proc = as_user(user, [*argv, "--logfile", str(base / "livemedia.log")], env, timeout=1800)
+            proc = as_user(user, [*argv, "--logfile", str(base / "livemedia.log")], {}, timeout=1800)
             assert proc.returncode == 0, proc.stderr[-4000:]
             disk = base / "out" / "disk.img"
             assert disk.stat().st_uid == user.pw_uid  # the output is the user's
