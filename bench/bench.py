@@ -290,17 +290,20 @@ def run_lorax(source: str, work: Path, out: Path, script: Path = LORAX) -> dict[
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise PeerFailed(f"{script.name} failed (exit {proc.returncode}; log {logfile}): {' | '.join(tail)}")
-    stages = lorax_stages(logfile, start, end, wall)
-    initrd = next((out / "images/pxeboot").glob("initrd*.img"))
-    res = {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "load_before": l0,
-        "load_after": load(),
-        "stages": stages,
-        "install_img_mib": round((out / "images/install.img").stat().st_size / MIB, 2),
-        "initramfs_mib": round(initrd.stat().st_size / MIB, 2),
-    }
+    try:
+        stages = lorax_stages(logfile, start, end, wall)
+        initrd = next((out / "images/pxeboot").glob("initrd*.img"))
+        res = {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "load_before": l0,
+            "load_after": load(),
+            "stages": stages,
+            "install_img_mib": round((out / "images/install.img").stat().st_size / MIB, 2),
+            "initramfs_mib": round(initrd.stat().st_size / MIB, 2),
+        }
+    except (SystemExit, OSError, StopIteration) as e:  # no log, a log without lorax's marks, no outputs
+        raise PeerFailed(f"{script.name} ran, but {e or 'made no initrd'} (log {logfile}, outputs {out})") from None
     shutil.rmtree(out)
     shutil.rmtree(work, ignore_errors=True)
     return res

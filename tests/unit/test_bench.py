@@ -176,3 +176,42 @@ def test_compose_table_beside_both_lorax_peers_or_one():
     lines = bench.compose_table(r)
     assert lines[1] == "lorax 46.0: run-lorax46 needs root"
     assert "| dracut | 10.0 | 27.0 | 0.37 |" in lines
+
+
+FAKE_LORAX = """#!/bin/sh
+# run-lorax's interface: REPO_URL WORKDIR OUTDIR; logs to WORKDIR.log/lorax.log
+mkdir -p "$2" "$2.log" "$3/images/pxeboot"
+[ "$FAKE" = fail ] && { echo "Traceback: no libdnf5" >&2; exit 1; }
+now=$(date '+%Y-%m-%d %H:%M:%S,000')
+for m in "installing runtime packages" "doing post-install configuration" "backing up installroot" \\
+    "generating kernel module metadata" "cleaning unneeded files" "creating the runtime image" \\
+    "preparing to build output tree and boot images" "rebuilding initramfs images" \\
+    "populating output tree and building boot images"; do
+  [ "$FAKE" = nolog ] || echo "$now INFO pylorax: $m" >> "$2.log/lorax.log"
+done
+head -c 1048576 /dev/zero > "$3/images/install.img"
+head -c 524288 /dev/zero > "$3/images/pxeboot/initrd.img"
+"""
+
+
+@pytest.mark.parametrize("fake", ["ok", "fail", "nolog"])
+def test_run_lorax_a_run_or_one_line_why_not(tmp_path, monkeypatch, fake):
+    script = tmp_path / "run-lorax46"
+    script.write_text(FAKE_LORAX)
+    script.chmod(0o755)
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    monkeypatch.setenv("FAKE", fake)
+    if fake == "ok":
+        res = bench.run_lorax("file:///repo", tmp_path / "work", tmp_path / "out", script)
+        assert res["install_img_mib"] == 1.0 and res["initramfs_mib"] == 0.5
+        assert list(res["stages"]) == [
+            *("install", "postinstall", "cleanup", "rootfs.img", "dracut", "squashfs", "dracut + runtime image", "outputs"),
+            "start, checks, other",
+        ]  # composer's stages, row for row
+        assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+        return
+    with pytest.raises(bench.PeerFailed) as e:
+        bench.run_lorax("file:///repo", tmp_path / "work", tmp_path / "out", script)
+    assert "\n" not in str(e.value)
+    why = str(e.value)
+    assert ("exit 1" in why and "no libdnf5" in why) if fake == "fail" else why.startswith("run-lorax46 ran, but ")
