@@ -744,14 +744,14 @@ def floors_table(rows: dict[str, dict], *, quick: bool = False) -> list[str]:
             f"{row['budget_mb']} | {pct_off(usable, row['budget_mb'])} | {limit if limit is not None else 'n/a'} | "
             f"{over} | {parts_text(row['budget'])} |"
         )
-    lines.append(
+    note = (
         "(usable: the least RAM whose boot reaches the marker within 1.5x its time at 512 MB; below it the page "
         "cache thrashes. boot.iso under SeaBIOS and OVMF; the split trees over pxelinux.0, install.img from this "
         "host's loopback: downloaded into RAM by livenet, or read on demand over NBD."
         + (" BENCH_QUICK=1: boot.iso and netboot not composed, no boots." if quick else "")
         + ")"
     )
-    return lines
+    return [*lines, "", note]
 
 
 def table(r: dict) -> str:
