@@ -215,3 +215,37 @@ def test_run_lorax_a_run_or_one_line_why_not(tmp_path, monkeypatch, fake):
     assert "\n" not in str(e.value)
     why = str(e.value)
     assert ("exit 1" in why and "no libdnf5" in why) if fake == "fail" else why.startswith("run-lorax46 ran, but ")
+
+
+@pytest.mark.parametrize("fails_in", [None, 0, 1])
+def test_compose_rounds_rotate_and_go_on_without_lorax46(tmp_path, monkeypatch, fails_in):
+    """Three rounds in rotating order; a lorax 46.0 run that fails leaves one line and the rounds
+    go on with composer and 40.5.19 (a failing 40.5.19 stops the bench)."""
+    order: list[str] = []
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    monkeypatch.setattr(bench, "prepare_lorax46", lambda source: (tmp_path / "run-lorax46", ""))
+
+    def composer(source, work, outdir, log):
+        order.append("composer")
+        return run(40.0 + len(order), {})
+
+    def lorax(source, work, out, script):
+        who = "lorax46" if script.name == "run-lorax46" else "lorax"
+        order.append(who)
+        if who == "lorax46" and fails_in is not None and sum(o == who for o in order) > fails_in:
+            raise bench.PeerFailed("run-lorax46 failed (exit 1; log x): no libdnf5")
+        return run(60.0 + len(order), {})
+
+    monkeypatch.setattr(bench, "run_composer", composer)
+    monkeypatch.setattr(bench, "run_lorax", lorax)
+    res: dict = {}
+    bench.compose_rounds("file:///repo", 3, tmp_path / "work", tmp_path / "runtime", res)
+    if fails_in is None:
+        assert order == ["composer", "lorax", "lorax46", "lorax", "lorax46", "composer", "lorax46", "composer", "lorax"]
+        assert len(res["lorax46_runs"]) == 3 and res["lorax46"]["wall_s"] == 65.0 and res["lorax46_note"] == ""
+    else:
+        assert order.count("lorax46") == fails_in + 1  # not tried again after it failed
+        assert len(res["composer_runs"]) == len(res["lorax_runs"]) == 3 and len(res["lorax46_runs"]) == fails_in
+        assert res["lorax46_note"] == "run-lorax46 failed (exit 1; log x): no libdnf5"
+        assert ("lorax46" in res) == (fails_in > 0)
+    assert res["composer"]["wall_s"] in [r["wall_s"] for r in res["composer_runs"]]
