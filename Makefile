@@ -88,20 +88,21 @@ fuzz: setup
 	COMPOSER_FUZZ_RANDOM=1 COMPOSER_FUZZ_EXAMPLES=10 $(PYTHON) -m pytest -q tests/unit/test_fuzz_inputs.py
 
 # Benchmarks with baselines measured in the same run: composer beside the real lorax 40.5.19
-# (peers/lorax-40.5.19/run-lorax), the limit, the compressors, and the RAM floors (qemu
-# boots: the long part). BENCH_QUICK=1 skips boot.iso, the compressors and the boots; BENCH_RUNS=3 repeats
-# the composer/lorax pair and reports the median. See bench/bench.py.
+# (peers/lorax-40.5.19/run-lorax) and the current lorax 46.0 (peers/lorax-46.0/run-lorax46), the
+# limit, the compressors, and the RAM table of every output kind (qemu boots: the long part).
+# BENCH_QUICK=1 skips boot.iso, netboot, the compressors and the boots; BENCH_RUNS=3 repeats the
+# compose round (rotating who goes first) and reports the medians. See bench/bench.py.
 BENCH_QUICK ?= 0
 BENCH_RUNS ?= 1
+BENCH_RAM ?= all
 # No `setup` prerequisite: it pip-installs this checkout; the bench builds the test product itself.
 bench:
-	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_RUNS=$(BENCH_RUNS) \
+	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_RUNS=$(BENCH_RUNS) BENCH_RAM=$(BENCH_RAM) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/bench.py
 	$(MAKE) bench-fedora
 
 # The second part alone: the Fedora-shaped product, `composer lorax` against the real lorax with
 # lorax's stock templates, the limit and both boot.isos' RAM floors (BENCH_RAM=0: none). bench/fedora.py.
-BENCH_RAM ?= all
 bench-fedora:
 	BUILD=$(BUILD) BENCH_RUNS=$(BENCH_RUNS) BENCH_RAM=$(BENCH_RAM) BENCH_QUICK=$(BENCH_QUICK) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/fedora.py

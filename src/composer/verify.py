@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from composer.outputs import ram
 from composer.outputs.nbd import NbdServer, nbd_server_conf
@@ -819,6 +820,21 @@ def serve_nbd(image: Path, port: int, export: str) -> Iterator[None]:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)  # the daemon leads its own session: it and its children
+
+
+@contextlib.contextmanager
+def serve_netboot(tree: Path, meta: dict[str, Any]) -> Iterator[None]:
+    """Serve what a netboot tree's guest reaches as 10.0.2.2 (this host's loopback) while the
+    block runs: the tree over HTTP at its url's port, install.img over NBD when netboot.json
+    (meta) names an NBD server there."""
+    url = urlsplit(meta["url"])
+    with contextlib.ExitStack() as stack:
+        if url.hostname == "10.0.2.2" and url.scheme == "http":
+            stack.enter_context(serve_http(tree, url.port or 80))
+        nbd = meta.get("nbd")
+        if nbd is not None and nbd.get("host") == "10.0.2.2":
+            stack.enter_context(serve_nbd(tree / "images" / "install.img", nbd["port"], nbd["export"]))
+        yield
 
 
 def _listening(port: int) -> bool:

@@ -91,11 +91,18 @@ def test_predict_adds_the_parts_and_the_page_structs(tmp_path):
     b = ram.predict("big-initrd", kernel, initrd)
     parts = 60 + initrd.stat().st_size / 2**20 + ram.unpacked_ram(initrd) / 2**20 + ram.ALLOWANCE_MB["big-initrd"]
     assert b.floor_mb == -(-parts * 64 // 63)
+    # the physical limit: the same parts, no allowance
+    assert b.limit_mb == -(-(parts - ram.ALLOWANCE_MB["big-initrd"]) * 64 // 63) == ram.machine_mb(parts - b.allowance_mb)
+    assert b.floor_mb - b.limit_mb in (16, 17)  # the allowance and its page structs
     assert b.squashfs_mb == 0  # inside the initrd, counted there
     squash = tmp_path / "install.img"
     squash.write_bytes(b"\0" * (8 << 20))
     split = ram.predict("netboot-split", kernel, _initrd(tmp_path), squash)
     assert split.squashfs_mb == 8.0 and split.floor_mb > ram.predict("media", kernel, _initrd(tmp_path)).floor_mb
+    # install.img downloaded into RAM is part of the split tree's limit, not of the NBD tree's
+    nbd = ram.predict("netboot-nbd", kernel, _initrd(tmp_path), squash)
+    assert nbd.squashfs_mb == 0 and split.limit_mb - nbd.limit_mb in (8, 9)
+    assert split.as_dict()["limit_mb"] == split.limit_mb  # in manifest.json and netboot.json
     with pytest.raises(ValueError):
         ram.predict("floppy", kernel, initrd)
 

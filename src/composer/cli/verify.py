@@ -4,7 +4,6 @@ wait for the boot marker; --min-memory bisects the smallest RAM that still boots
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -22,8 +21,7 @@ from composer.verify import (
     find_floors,
     min_memory_line,
     predicted_floor,
-    serve_http,
-    serve_nbd,
+    serve_netboot,
 )
 
 
@@ -237,13 +235,8 @@ def verify_media(args: argparse.Namespace) -> int:
         url = urlsplit(meta["url"])
         local = url.hostname == "10.0.2.2"
         bootfile = args.bootfile or ("boot.ipxe" if local else "grubpxe.0" if args.firmware == "bios" else "grubx64.efi")
-        with contextlib.ExitStack() as stack:
-            # What the guest reaches as 10.0.2.2 (this host's loopback) is served here.
-            if local and url.scheme == "http":
-                stack.enter_context(serve_http(tree, url.port or 80))
-            nbd = meta.get("nbd")
-            if nbd is not None and nbd.get("host") == "10.0.2.2":
-                stack.enter_context(serve_nbd(tree / "images" / "install.img", nbd["port"], nbd["export"]))
+        # What the guest reaches as 10.0.2.2 (this host's loopback) is served here.
+        with serve_netboot(tree, meta):
 
             def boot_net(_kernel: object, _initrd: object, **kw: Any) -> Any:
                 return boot_netboot(tree, bootfile, firmware=args.firmware, **kw)

@@ -14,7 +14,8 @@ the unpacked files sit in the rootfs (ramfs). So:
 it (init_size), its page structs (1/64 of RAM), and a measured allowance for what it
 allocates while booting. The working allowance of each kind is measured too (the
 constants below, from `composer verify --min-memory` on the test product); the
-figures are rounded up to whole MiB.
+figures are rounded up to whole MiB. The same parts without the allowance are the
+physical limit of the output (RamBudget.limit_mb): what no machine can go below.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class RamBudget:
     squashfs_mb: float  # the runtime image copied into RAM (0 when read from a medium)
     allowance_mb: float
     floor_mb: int
+    # The physical limit: the parts alone, no allowance (and the page structs of that much
+    # RAM). No machine below it can hold what the boot holds at its peak.
+    limit_mb: int
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -143,12 +147,24 @@ def predict(kind: str, vmlinuz: Path, initrd: Path, squashfs: Path | None = None
     unpacked_mb = (unpacked_ram(initrd) if unpacked is None else unpacked) / MIB
     squash = squashfs.stat().st_size / MIB if kind == "netboot-split" and squashfs is not None else 0.0
     allowance = ALLOWANCE_MB[kind]
-    base = kernel + initrd_mb + unpacked_mb + squash + allowance
-    # The kernel's page structs take 1/64 of all RAM (64 bytes per 4 KiB page).
-    floor = math.ceil(base * 64 / 63)
+    parts = kernel + initrd_mb + unpacked_mb + squash
+    floor = machine_mb(parts + allowance)
     return RamBudget(
-        kind, round(kernel + floor / 64, 1), round(initrd_mb, 1), round(unpacked_mb, 1), round(squash, 1), float(allowance), floor
+        kind,
+        round(kernel + floor / 64, 1),
+        round(initrd_mb, 1),
+        round(unpacked_mb, 1),
+        round(squash, 1),
+        float(allowance),
+        floor,
+        machine_mb(parts),
     )
+
+
+def machine_mb(mib: float) -> int:
+    """The RAM (whole MiB) of a machine that still has `mib` MiB once the kernel's page
+    structs are taken: they take 1/64 of all RAM (64 bytes per 4 KiB page)."""
+    return math.ceil(mib * 64 / 63)
 
 
 def predict_big_initrd(vmlinuz: Path, initrd: Path, *, initramfs_unpacked: int, appended_at: int) -> RamBudget:
