@@ -18,18 +18,23 @@ from tests.conftest import BUILD, composer
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 
-@pytest.fixture(scope="module")
-def pungi_compose() -> Path:
+def _compose(*, ssh: bool) -> Path:
     import pungirun
     from testproduct.fedoraproduct import build_fedoraproduct
 
     if os.geteuid() != 0:
-        pytest.skip("Pungi runs in a mount namespace of its own (tools/pungirun.py): root")
+        # a mount namespace of its own (tools/pungirun.py); with ssh also a user and an sshd
+        pytest.skip("Pungi runs as root here")
     repo = build_fedoraproduct(BUILD / "fedoraproduct")
     try:
-        return pungirun.compose(BUILD, repo)
+        return pungirun.compose(BUILD, repo, ssh=ssh)
     except pungirun.PungiError as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def pungi_compose() -> Path:
+    return _compose(ssh=False)
 
 
 def test_phases_green(pungi_compose):
@@ -84,16 +89,7 @@ def test_dvd_boots_bios(pungi_compose):
 @pytest.fixture(scope="module")
 def pungi_ssh_compose() -> Path:
     """The same compose, buildinstall through Pungi's openssh runroot (issue 22, item 3)."""
-    import pungirun
-    from testproduct.fedoraproduct import build_fedoraproduct
-
-    if os.geteuid() != 0:
-        pytest.skip("the test makes a user and starts an sshd: root")
-    repo = build_fedoraproduct(BUILD / "fedoraproduct")
-    try:
-        return pungirun.compose(BUILD, repo, ssh=True)
-    except pungirun.PungiError as e:
-        pytest.fail(str(e))
+    return _compose(ssh=True)
 
 
 def test_buildinstall_over_ssh_as_an_ordinary_user(pungi_ssh_compose):
