@@ -52,17 +52,17 @@ def ordinary_user(prefix: str) -> Iterator[pwd.struct_passwd]:
         remove_user(name)
 
 
+def user_command(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """argv and the environment to run it as `user`: its own uid and gid, no supplementary
+    group (setpriv execs argv: a signal reaches argv itself), a clean environment plus env."""
+    setpriv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv]
+    return setpriv, {"PATH": PATH, "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env}
+
+
 def as_user(user: pwd.struct_passwd, argv: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
-    """argv as `user`: its own uid and gid, no supplementary group, a clean environment."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        check=False,
-        env={"PATH": PATH, "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
-        **kw,
-    )
+    """argv run to its end as `user` (user_command), its output captured."""
+    cmd, cmd_env = user_command(user, argv, env)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False, env=cmd_env, **kw)
 
 
 def pip_install(user: pwd.struct_passwd, base: Path) -> Path:

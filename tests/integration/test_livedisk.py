@@ -16,19 +16,17 @@ import pytest
 
 from composer.verify import boot_disk
 from testproduct import BOOT_MARKER
-from tests.integration.test_livemedia import livemedia
+from tests.integration.test_livemedia import livemedia, write_kickstart
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "testdisk.img"
 
 
 @pytest.fixture(scope="module")
 def disk_image(testproduct_repo, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("disk")
-    ks = base / "disk.ks"
-    ks.write_text((ROOT / "tools/testproduct/disk.ks").read_text().replace("@REPO@", f"file://{testproduct_repo}"))
+    ks = write_kickstart("disk.ks", testproduct_repo, base)
     return livemedia(ks, base / "build", "--make-disk", "--image-name", NAME, "--fs-label", "unused") / NAME
 
 
@@ -113,8 +111,7 @@ def test_disk_as_an_ordinary_user_keeps_package_owners(testproduct_repo, tmp_pat
                 shutil.chown(d, user.pw_uid, user.pw_gid)
             repo = base / "repo"
             shutil.copytree(testproduct_repo, repo)
-            ks = base / "disk.ks"
-            ks.write_text((ROOT / "tools/testproduct/disk.ks").read_text().replace("@REPO@", f"file://{repo}"))
+            ks = write_kickstart("disk.ks", repo, base)
             lmc = str(pip_install(user, base) / "livemedia-creator")
             argv = [lmc, "--no-virt", "--make-disk", "--ks", str(ks), "--project"]
             argv += ["TestProduct", "--releasever", "1", "--tmp", str(base / "work"), "--resultdir", str(base / "out")]

@@ -18,20 +18,24 @@ import pytest
 
 from composer.verify import boot_iso
 from testproduct import BOOT_MARKER
-from tests.conftest import composer
+from tests.conftest import ROOT, composer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 VOLID = "TestProduct-1-x86_64"
 PASSWORD = "Composer-Live-Pw1"  # the kickstart's plain-text user password
 
 
+def write_kickstart(name: str, repo: Path, dest: Path) -> Path:
+    """tools/testproduct/NAME (a test kickstart) in dest with @REPO@ the repository's URL."""
+    ks = dest / name
+    ks.write_text((ROOT / "tools/testproduct" / name).read_text().replace("@REPO@", f"file://{repo}"))
+    return ks
+
+
 @pytest.fixture(scope="module")
 def live_ks(testproduct_repo, tmp_path_factory) -> Path:
-    ks = tmp_path_factory.mktemp("ks") / "live.ks"
-    ks.write_text((ROOT / "tools/testproduct/live.ks").read_text().replace("@REPO@", f"file://{testproduct_repo}"))
-    return ks
+    return write_kickstart("live.ks", testproduct_repo, tmp_path_factory.mktemp("ks"))
 
 
 def livemedia(ks: Path, base: Path, *args: str) -> Path:

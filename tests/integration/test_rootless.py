@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from builder_user import PATH, as_user, ordinary_user, pip_install
+from builder_user import PATH, as_user, ordinary_user, pip_install, user_command
 from tests.conftest import MEDIA_EPOCH
 from tests.integration.test_reproducible import files_below, first_difference, with_extra
 
@@ -42,14 +42,8 @@ USER_PREFIX = "composer-rl-"  # + the pid of the test session that made it
 
 def user_popen(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     # setpriv, composer and unshare exec in turn: the signal reaches composer itself.
-    return subprocess.Popen(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/",
-        env={"PATH": PATH, "HOME": user.pw_dir, "LC_ALL": "C.UTF-8", **env},
-    )
+    cmd, cmd_env = user_command(user, argv, env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/", env=cmd_env)
 
 
 def compose_as(user, env, base: Path, command: str, repo: Path, out: Path) -> float:
