@@ -5,7 +5,7 @@ REPO := $(BUILD)/testproduct/repo
 COMPOSER := $(PYTHON) -m composer
 DEMO_MEMORY ?= 512
 
-.PHONY: setup testproduct fedoraproduct oracle rpm pungi pungi-ssh demo demo-iso demo-netboot test unit fuzz bench bench-fedora soak docs clean
+.PHONY: setup testproduct fedoraproduct oracle rpm pungi pungi-ssh demo demo-iso demo-netboot test unit fuzz bench bench-levers bench-fedora soak docs clean
 
 setup:
 	./scripts/setup-host
@@ -95,11 +95,19 @@ fuzz: setup
 BENCH_QUICK ?= 0
 BENCH_RUNS ?= 1
 BENCH_RAM ?= all
+LEVERS ?= iso-block,iso-rootfs,big-rootfs,big-bcj
+LEVERS_RAM ?= 1
 # No `setup` prerequisite: it pip-installs this checkout; the bench builds the test product itself.
 bench:
 	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_RUNS=$(BENCH_RUNS) BENCH_RAM=$(BENCH_RAM) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/bench.py
 	$(MAKE) bench-fedora
+
+# The RAM levers of issue 23 item 3 (bench/levers.py), each beside the default in one run:
+# LEVERS=iso-block,iso-rootfs,big-rootfs,big-bcj selects, LEVERS_RAM=0 skips the floor bisections.
+bench-levers:
+	BUILD=$(BUILD) LEVERS=$(LEVERS) LEVERS_RAM=$(LEVERS_RAM) PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools:$(CURDIR)/bench \
+		$(PYTHON) bench/levers.py
 
 # The second part alone: the Fedora-shaped product, `composer lorax` against the real lorax with
 # lorax's stock templates, the limit and both boot.isos' RAM floors (BENCH_RAM=0: none). bench/fedora.py.

@@ -9,7 +9,9 @@ tree over iPXE and HTTP (TCG: 1-2 minutes each), and each prints what the kickst
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -80,6 +82,12 @@ def live_tar(live_ks, tmp_path_factory) -> Path:
 def live_fsimage(live_ks, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("fsimage")
     return livemedia(live_ks, base, "--make-fsimage", "--fs-label", "LiveTest", "--image-name", "live.img") / "live.img"
+
+
+@pytest.fixture(scope="module")
+def live_iso_osmin(live_ks, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("osmin")
+    return livemedia(live_ks, base, "--make-iso", "--compression", "lz4", "--rootfs-type", "ext4", "--osmin")
 
 
 def test_iso_layout(live_iso: Path) -> None:
@@ -178,3 +186,117 @@ def test_pxe_live_boots_over_http(live_pxe: Path, tmp_path: Path) -> None:
     assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-LIVE-FACTS host=composer-live" in serial
     print(f"pxe-live: BIOS netboot to the marker in {result.seconds:.0f}s at 1280 MB")
+
+
+# --- persistence: the live ISO on a USB stick with a persistent overlay -------------------------
+STICK_LABEL = "LIVEUSB"
+STICK_UUID = "5c0b0c0e-1a2b-4c3d-8e9f-00000000c0de"
+STICK_OVERLAY = f"overlay-{STICK_LABEL}-{STICK_UUID}"  # dmsquash-live's name: LiveOS/overlay-LABEL-UUID
+
+
+def write_stick(media: Path, disk: Path) -> None:
+    """The stick as livecd-iso-to-disk --format ext4 --overlay-size-mb lays it out: the medium's
+    tree on one ext4 filesystem (mkfs.ext4 -d: no mount, no loop device)."""
+    disk.unlink(missing_ok=True)
+    size_mb = sum(p.stat().st_size for p in media.rglob("*") if p.is_file()) // (1 << 20) + 64
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-L", STICK_LABEL, "-U", STICK_UUID, "-d", str(media), str(disk), f"{size_mb}M"], check=True
+    )
+
+
+def read_overlay(disk: Path, dest: Path) -> None:
+    """The overlay file back off the stick, as a user's automount would show it (debugfs: no mount)."""
+    dest.unlink()
+    subprocess.run(["debugfs", "-R", f"dump /LiveOS/{STICK_OVERLAY} {dest}", str(disk)], capture_output=True, check=True)
+    assert dest.stat().st_size == 256 << 20
+
+
+def boot_stick(live_iso: Path, disk: Path, log: Path) -> int:
+    """Boot the stick (the ISO's kernel and initramfs, the stick's boot line) to the marker;
+    the number of earlier boots the live system found in its persistent /var/lib."""
+    from composer.verify import boot_argv, qemu_argv
+
+    append = (
+        f"root=live:LABEL={STICK_LABEL} rd.live.image rd.live.dir=LiveOS rd.live.squashimg=squashfs.img "
+        f"rd.live.overlay=LABEL={STICK_LABEL} composer.check=poweroff"
+    )
+    pxe = live_iso / "images/pxeboot"
+    argv = qemu_argv(
+        pxe / "vmlinuz",
+        pxe / "initrd.img",
+        memory_mb=768,
+        append=append,
+        base_append="console=ttyS0",
+        extra_qemu_args=["-drive", f"file={disk},format=raw,if=virtio"],
+    )
+    result = boot_argv(argv, memory_mb=768, timeout=900, marker=BOOT_MARKER, log=log)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
+    m = re.search(r"COMPOSER-LIVE-PERSIST earlier_boots=(\d+)", serial)
+    assert m, serial[-3000:]
+    print(f"live stick: boot to the marker in {result.seconds:.0f}s at 768 MB, {m[1]} earlier boots kept")
+    return int(m[1])
+
+
+def overlay_status(media: Path) -> dict:
+    return json.loads(composer("overlay", "status", str(media), "--json").stdout)
+
+
+def test_persistent_overlay_survives_a_reboot_and_merges(live_iso: Path, tmp_path: Path) -> None:
+    """The change (a line each boot adds to /var/lib) is kept by the stick's dm-snapshot overlay
+    across a reboot; `composer overlay status` sees it, `overlay merge` folds it into a new
+    squashfs.img and empties the overlay, and the stick boots from the merged image with it."""
+    media = tmp_path / "stick"
+    (media / "LiveOS").mkdir(parents=True)
+    shutil.copyfile(live_iso / "LiveOS/squashfs.img", media / "LiveOS/squashfs.img")
+    overlay = media / "LiveOS" / STICK_OVERLAY
+    with overlay.open("wb") as f:  # sparse zeros: a fresh store, the kernel writes its header
+        f.truncate(256 << 20)
+    disk = tmp_path / "stick.img"
+    write_stick(media, disk)
+    assert boot_stick(live_iso, disk, tmp_path / "serial-1.log") == 0
+    assert boot_stick(live_iso, disk, tmp_path / "serial-2.log") == 1  # kept across the reboot
+
+    read_overlay(disk, overlay)
+    used = overlay_status(media)
+    assert used["kind"] == "dm-snapshot" and used["valid"] and used["exceptions"] > 0, used
+    old = (media / "LiveOS/squashfs.img").read_bytes()
+    composer("overlay", "merge", str(media), "--compression", "lz4")
+    assert (media / "LiveOS/squashfs.img").read_bytes() != old
+    empty = overlay_status(media)
+    assert empty["allocated_bytes"] == 0 or empty["fresh"], empty
+
+    write_stick(media, disk)
+    assert boot_stick(live_iso, disk, tmp_path / "serial-3.log") == 2  # both boots' lines, now in squashfs.img
+    print(f"overlay before the merge: {used['allocated_bytes']} bytes in {used['exceptions']} chunks")
+
+
+def _ext4_blocks(img: Path) -> int:
+    header = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"^Block count:\s+(\d+)$", header, re.M)
+    assert m, header
+    return int(m[1])
+
+
+def test_osmin_delta_applies_to_the_isos_rootfs(live_iso_osmin: Path, tmp_path: Path) -> None:
+    """--osmin: the minimized-install delta in the ISO's squashfs.img, beside rootfs.img; applied to
+    that rootfs.img (`composer delta apply`, no device-mapper) it gives a smaller, clean ext4 with
+    what the kickstart made."""
+    subprocess.run(
+        ["unsquashfs", "-n", "-d", str(tmp_path / "sq"), str(live_iso_osmin / "LiveOS/squashfs.img")],
+        capture_output=True,
+        check=True,
+    )
+    liveos = tmp_path / "sq/LiveOS"
+    assert sorted(p.name for p in liveos.iterdir()) == ["osmin.img.gz", "rootfs.img"]
+    minimal = tmp_path / "minimal.img"
+    composer("delta", "apply", str(liveos / "rootfs.img"), str(liveos / "osmin.img.gz"), "-o", str(minimal))
+    subprocess.run(["e2fsck", "-fn", str(minimal)], capture_output=True, check=True)
+    full, small = _ext4_blocks(liveos / "rootfs.img"), _ext4_blocks(minimal)
+    assert small < full
+    post = subprocess.run(
+        ["debugfs", "-R", "cat /etc/composer-live-post", str(minimal)], capture_output=True, text=True, check=True
+    ).stdout
+    assert post == "made by %post in the tree\n"
+    gz = (liveos / "osmin.img.gz").stat().st_size
+    print(f"osmin: rootfs.img {full} blocks, minimized {small}; the delta {gz} bytes gzip-compressed")

@@ -133,6 +133,11 @@ def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParse
     p.add_argument("--volid", default=None)
     p.add_argument("--squashfs-only", action="store_true", help="ignored, as in livemedia-creator")
     p.add_argument("--rootfs-type", default="btrfs", choices=sorted(ROOTFS_MAP), help="default btrfs (composer's)")
+    p.add_argument(
+        "--osmin",
+        action="store_true",
+        help="also ship LiveOS/osmin.img.gz in squashfs.img, the minimized-install delta of rootfs.img (--rootfs-type ext4)",
+    )
     p.add_argument("--timeout", default=None, type=int, help="cancel the build after this many minutes")
     p.add_argument("-V", action="version", version=f"livemedia-creator {__version__} (composer {__version__})")
     refused = p.add_argument_group("refused (need a VM or anaconda, or not yet)")
@@ -209,6 +214,7 @@ def _config(args: argparse.Namespace, resultdir: Path) -> Config:
         bugurl=args.bugurl,
         isfinal=args.isfinal,
         rootfs_type=ROOTFS_MAP[args.rootfs_type][0],
+        osmin=args.osmin,
         compression=Compression(args.compression) if args.compression in SQUASHFS_COMPRESSIONS else Compression.XZ,
         rootfs_size=(args.live_rootfs_size << 30) if args.live_rootfs_size else None,
         dracut_args=tuple(args.dracut_args),
