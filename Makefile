@@ -95,7 +95,7 @@ fuzz: setup
 BENCH_QUICK ?= 0
 BENCH_RUNS ?= 1
 BENCH_RAM ?= all
-LEVERS ?= iso-block,iso-rootfs,big-rootfs,big-bcj
+LEVERS ?= iso-block,iso-rootfs,big-block,big-rootfs,big-bcj
 LEVERS_RAM ?= 1
 # No `setup` prerequisite: it pip-installs this checkout; the bench builds the test product itself.
 bench:
@@ -104,7 +104,7 @@ bench:
 	$(MAKE) bench-fedora
 
 # The RAM levers of issue 23 item 3 (bench/levers.py), each beside the default in one run:
-# LEVERS=iso-block,iso-rootfs,big-rootfs,big-bcj selects, LEVERS_RAM=0 skips the floor bisections.
+# LEVERS=iso-block,iso-rootfs,big-block,big-rootfs,big-bcj selects, LEVERS_RAM=0 skips the floor bisections.
 bench-levers:
 	BUILD=$(BUILD) LEVERS=$(LEVERS) LEVERS_RAM=$(LEVERS_RAM) PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools:$(CURDIR)/bench \
 		$(PYTHON) bench/levers.py

@@ -8,12 +8,15 @@ compares with the default measured minutes apart on the same machine:
   a whole block (1 MiB by default, lorax's 128 KiB).
 - boot.iso (BIOS CD): the rootfs type. btrfs in squashfs caches each page the runtime reads
   twice (rootfs.img's page in squashfs, the file's page in btrfs); a plain squashfs once.
+- big initrd: the block size (the image is RAM, so bigger; but each refault decompresses less).
 - big initrd: the rootfs type. squashfs.img is RAM for the whole boot, once as loaded and once
   unpacked: a plain squashfs of the tree (overlayfs for writes) against btrfs in squashfs.
 - big initrd: xz's x86 BCJ filter (size only: the budget follows from the parts).
 
-Environment: LEVERS=iso-block,iso-rootfs,big-rootfs,big-bcj (default all), LEVERS_RAM=1 bisects
-the floors (0: sizes, budgets and limits only). Results in build/bench/levers.{json,md}.
+Environment: LEVERS=iso-block,iso-rootfs,big-block,big-rootfs,big-bcj (default
+all), LEVERS_RAM=1 bisects
+the floors (0: sizes, budgets and limits only), LEVERS_THRASH_S=300 caps a boot below the usable
+floor (the thrashing floor is "reached within that"). Results in build/bench/levers.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import bench
-from bench import BUILD, CHECK_ARGS, MIB, OUT, bench_config, floor_row, iso_boot, part, ram_floor, timed
+from bench import BOOT_MARKER, BUILD, CHECK_ARGS, MIB, OUT, bench_config, floor_row, iso_boot, part, timed
 
 from composer.config import Compression, RootfsType
 from composer.images import squashfs
@@ -36,10 +40,13 @@ from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.pipelines.bootiso import MediaOptions, compose_boot_iso
 from composer.pipelines.runtime import compose_runtime
+from composer.verify import find_floors
 from testproduct import build_testproduct
 
 LOUT = OUT / "levers"
-GROUPS = ("iso-block", "iso-rootfs", "big-rootfs", "big-bcj")
+GROUPS = ("iso-block", "iso-rootfs", "big-block", "big-rootfs", "big-bcj")
+BLOCK_DEFAULT = squashfs.BLOCK_SIZE
+THRASH_S = float(os.environ.get("LEVERS_THRASH_S", "300"))
 
 
 @contextlib.contextmanager
@@ -53,7 +60,17 @@ def block_size(size: str) -> Iterator[None]:
         squashfs.BLOCK_SIZE = old
 
 
-def iso_row(source: str, name: str, bisect: bool, rootfs: RootfsType = RootfsType.BTRFS) -> dict[str, object]:
+def floors(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> dict[str, object]:
+    """make bench's two floors, the thrashing one looked for only up to THRASH_S a boot (make
+    bench waits 900 s: a lever that moves the usable floor shows without that wait)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    f = find_floors(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=THRASH_S, marker=BOOT_MARKER, **kw)
+    for r in f.results:
+        print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
+    return {"ram_floor_mb": f.usable_mb, "ram_reached_mb": f.reached_mb, "boot_512_s": round(f.reference_s, 1)}
+
+
+def iso_row(source: str, name: str, bisect: bool, rootfs: RootfsType) -> dict[str, object]:
     cfg = dataclasses.replace(bench_config(source, LOUT / name), rootfs_type=rootfs)
     wall, _cpu, _ = timed(compose_boot_iso, cfg, MediaOptions(volid="TestProduct-1-x86_64"))
     iso = cfg.outdir / "images/boot.iso"
@@ -65,12 +82,12 @@ def iso_row(source: str, name: str, bisect: bool, rootfs: RootfsType = RootfsTyp
         "iso_mib": round(iso.stat().st_size / MIB, 1),
     }
     if bisect:
-        row |= ram_floor(None, None, LOUT / f"boots-{name}", boot=iso_boot(iso, "bios"))
+        row |= floors(None, None, LOUT / f"boots-{name}", boot=iso_boot(iso, "bios"))
     shutil.rmtree(cfg.outdir)
     return row
 
 
-def big_row(source: str, name: str, bisect: bool, rootfs: RootfsType = RootfsType.BTRFS) -> dict[str, object]:
+def big_row(source: str, name: str, bisect: bool, rootfs: RootfsType) -> dict[str, object]:
     cfg = dataclasses.replace(bench_config(source, LOUT / name), rootfs_type=rootfs)
     wall, _cpu, _ = timed(compose_runtime, cfg)
     manifest = json.loads((cfg.outdir / "manifest.json").read_text())
@@ -78,7 +95,7 @@ def big_row(source: str, name: str, bisect: bool, rootfs: RootfsType = RootfsTyp
     row |= {"compose_s": wall, "squashfs_mib": round(manifest["sizes"]["squashfs"] / MIB, 1)}
     pxe = cfg.outdir / "images/pxeboot"
     if bisect:
-        row |= ram_floor(pxe / "vmlinuz", pxe / "initrd.img", LOUT / f"boots-{name}", check_args=CHECK_ARGS)
+        row |= floors(pxe / "vmlinuz", pxe / "initrd.img", LOUT / f"boots-{name}", check_args=CHECK_ARGS)
     shutil.rmtree(cfg.outdir)
     return row
 
@@ -115,7 +132,7 @@ def bcj_rows(source: str) -> dict[str, dict[str, object]]:
 
 def table(rows: dict[str, dict[str, object]]) -> str:
     lines = [
-        "| lever (RAM in MB) | squashfs MiB | predicted budget | physical limit | usable floor | thrashing floor "
+        f"| lever (RAM in MB) | squashfs MiB | predicted budget | physical limit | usable floor | marker within {THRASH_S:.0f} s "
         "| boot at 512 MB s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -141,17 +158,21 @@ def main() -> int:
     with part("test product repository"):
         source = f"file://{build_testproduct(BUILD / 'testproduct')}"
     rows: dict[str, dict[str, object]] = {}
-    if "iso-block" in groups:
-        for label, size in (("1M (default)", "1M"), ("128K (lorax's)", "128K")):
-            with part(f"boot.iso, squashfs blocks {label}"), block_size(size):
-                rows[f"boot.iso BIOS CD, blocks {label}"] = iso_row(source, f"iso-{size}", bisect)
-    if "iso-rootfs" in groups:
-        with part("boot.iso, rootfs squashfs"):
-            rows["boot.iso BIOS CD, rootfs squashfs (blocks 1M)"] = iso_row(source, "iso-squashfs", bisect, RootfsType.SQUASHFS)
-    if "big-rootfs" in groups:
-        for label, rootfs in (("btrfs (default)", RootfsType.BTRFS), ("squashfs", RootfsType.SQUASHFS)):
-            with part(f"big initrd, rootfs {label}"):
-                rows[f"big initrd, rootfs {label}"] = big_row(source, f"big-{rootfs}", bisect, rootfs)
+    # Each variant beside its default, composed and bisected in the same run.
+    iso = {
+        "iso-block": ("blocks 128K (lorax's)", "128K", RootfsType.BTRFS),
+        "iso-rootfs": ("rootfs squashfs", BLOCK_DEFAULT, RootfsType.SQUASHFS),
+    }
+    big = {
+        "big-block": ("blocks 128K", "128K", RootfsType.BTRFS),
+        "big-rootfs": ("rootfs squashfs", BLOCK_DEFAULT, RootfsType.SQUASHFS),
+    }
+    for table_, make, what in ((iso, iso_row, "boot.iso BIOS CD"), (big, big_row, "big initrd")):
+        chosen = [v for g, v in table_.items() if g in groups]
+        for label, size, rootfs in [("default (btrfs, blocks 1M)", BLOCK_DEFAULT, RootfsType.BTRFS)] * bool(chosen) + chosen:
+            name = f"{what}, {label}"
+            with part(name), block_size(size):
+                rows[name] = make(source, f"v{len(rows)}", bisect, rootfs)
     if "big-bcj" in groups:
         with part("big initrd, xz BCJ"):
             rows |= bcj_rows(source)
