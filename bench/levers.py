@@ -47,6 +47,8 @@ LOUT = OUT / "levers"
 GROUPS = ("iso-block", "iso-rootfs", "big-block", "big-rootfs", "big-bcj")
 BLOCK_DEFAULT = squashfs.BLOCK_SIZE
 THRASH_S = float(os.environ.get("LEVERS_THRASH_S", "300"))
+# LEVERS_DEFAULT=0: the variants alone, to compare with the default rows of a make bench run just before.
+WITH_DEFAULT = os.environ.get("LEVERS_DEFAULT", "1") not in ("", "0")
 
 
 @contextlib.contextmanager
@@ -169,7 +171,8 @@ def main() -> int:
     }
     for table_, make, what in ((iso, iso_row, "boot.iso BIOS CD"), (big, big_row, "big initrd")):
         chosen = [v for g, v in table_.items() if g in groups]
-        for label, size, rootfs in [("default (btrfs, blocks 1M)", BLOCK_DEFAULT, RootfsType.BTRFS)] * bool(chosen) + chosen:
+        default = [("default (btrfs, blocks 1M)", BLOCK_DEFAULT, RootfsType.BTRFS)] * (bool(chosen) and WITH_DEFAULT)
+        for label, size, rootfs in default + chosen:
             name = f"{what}, {label}"
             with part(name), block_size(size):
                 rows[name] = make(source, f"v{len(rows)}", bisect, rootfs)
