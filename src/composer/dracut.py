@@ -350,9 +350,25 @@ def _dracut_confs(inputs: DracutInputs, outdir: Path) -> list[tuple[Path, str]]:
     return confs
 
 
-def _module_specs(confs: Sequence[tuple[Path, str]], inputs: DracutInputs) -> list[str] | None:
+def _as_dracut_reads(tree: Path, confs: Sequence[tuple[Path, str]]) -> list[tuple[str, str]]:
+    """(name, text) of every dracut.conf dracut reads in the tree, in its order: /etc/dracut.conf,
+    then the conf.d files by name (/etc's over /usr/lib's, ours over both). The tree's own are
+    a package's or a kickstart's %post (a live spin adding its USB stick's filesystem); a file
+    linked elsewhere (to /dev/null: masked) is left out."""
+    by_name: dict[str, Path] = {}
+    for d in ("usr/lib/dracut/dracut.conf.d", "etc/dracut.conf.d"):
+        for f in sorted((tree / d).glob("*.conf")):
+            if f.is_file() and not f.is_symlink():
+                by_name[f.name] = f
+    by_name |= {Path(dest).name: src for src, dest in confs}
+    main = tree / "etc/dracut.conf"
+    files = ([main] if main.is_file() and not main.is_symlink() else []) + [by_name[n] for n in sorted(by_name)]
+    return [(str(f), f.read_text(errors="replace")) for f in files]
+
+
+def _module_specs(texts: Iterable[tuple[str, str]], inputs: DracutInputs) -> list[str] | None:
     """The modules the product's driver set names (None: it names none, dracut picks as it likes)."""
-    sets = conf_driver_sets((str(src), src.read_text()) for src, _ in confs)
+    sets = conf_driver_sets(texts)
     for var, names in argv_driver_sets(inputs.dracut_args).items():
         sets[var] += names
     if not sets["drivers"]:
@@ -383,7 +399,7 @@ def modules_beside(
     writes into outdir afterwards."""
     outdir.mkdir(parents=True, exist_ok=True)
     confs = _dracut_confs(inputs, outdir)
-    specs = _module_specs(confs, inputs)
+    specs = _module_specs(_as_dracut_reads(tree, confs), inputs)
     stop = threading.Event()
 
     def fill() -> DracutPlan:

@@ -87,7 +87,7 @@ def live_fsimage(live_ks, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def live_iso_osmin(live_ks, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("osmin")
-    return livemedia(live_ks, base, "--make-iso", "--compression", "lz4", "--rootfs-type", "ext4", "--osmin")
+    return livemedia(live_ks, base, "--make-iso", "--compression", "lz4", "--rootfs-type", "squashfs-ext4", "--osmin")
 
 
 def test_iso_layout(live_iso: Path) -> None:

@@ -111,3 +111,36 @@ def test_xz_modules_are_what_the_kernel_and_kmod_read():
     assert lzma.decompress(packed) == data
     # kmod and the kernel's decompressor want CRC32 checks (byte 7 of the stream header: 0x01)
     assert packed[:6] == b"\xfd7zXZ\x00" and packed[7] == 0x01
+
+
+def test_the_trees_own_confs_count_in_dracuts_order(tmp_path):
+    """A package's or a kickstart's dracut.conf in the tree adds to the driver set, in dracut's
+    order (by file name, /etc over /usr/lib, composer's bound files over the tree's of that name);
+    a conf linked to /dev/null is masked."""
+    from composer.dracut import _as_dracut_reads
+
+    tree, ours = tmp_path / "tree", tmp_path / "ours"
+    (tree / "etc/dracut.conf.d").mkdir(parents=True)
+    (tree / "usr/lib/dracut/dracut.conf.d").mkdir(parents=True)
+    ours.mkdir()
+    (tree / "etc/dracut.conf").write_text('add_drivers+=" first "\n')
+    (tree / "usr/lib/dracut/dracut.conf.d/01-dist.conf").write_text('add_drivers+=" dist "\n')
+    (tree / "usr/lib/dracut/dracut.conf.d/50-live-usb.conf").write_text('filesystems+=" vfat "\n')
+    (tree / "etc/dracut.conf.d/50-live-usb.conf").write_text('filesystems+=" ext4 "\n')  # /etc's wins
+    (tree / "etc/dracut.conf.d/60-masked.conf").symlink_to("/dev/null")
+    (tree / "etc/dracut.conf.d/90-composer.conf").write_text('drivers=" overridden "\n')
+    (ours / "90-composer.conf").write_text('drivers+=" squashfs "\n')
+    (ours / "95-product.conf").write_text('drivers+=" sr_mod "\n')
+    confs = [(ours / n, f"/etc/dracut.conf.d/{n}") for n in ("90-composer.conf", "95-product.conf")]
+    texts = _as_dracut_reads(tree, confs)
+    assert [name.rsplit("/", 1)[-1] for name, _ in texts] == [
+        "dracut.conf",
+        "01-dist.conf",
+        "50-live-usb.conf",
+        "90-composer.conf",
+        "95-product.conf",
+    ]
+    sets = conf_driver_sets(texts)
+    assert sets["drivers"] == ["squashfs", "sr_mod"]
+    assert sets["add_drivers"] == ["first", "dist"]
+    assert sets["filesystems"] == ["ext4"]

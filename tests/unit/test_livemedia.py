@@ -82,11 +82,9 @@ def test_fsimage_type_is_checked_before_the_build(tmp_path: Path) -> None:
 
 
 def test_osmin_needs_ext4_before_the_build(tmp_path: Path) -> None:
-    proc = _lmc(tmp_path, "--make-iso", "--osmin", "--ks", str(_ks(tmp_path)))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "--osmin: needs --rootfs-type ext4 (not btrfs)" in proc.stderr.strip().splitlines()[-1]
+    line = _one_line_error(_lmc(tmp_path, "--make-iso", "--osmin", "--ks", str(_ks(tmp_path))))
+    assert "--osmin: needs --rootfs-type squashfs-ext4 (not btrfs)" in line
     assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "lmc.log").read_text().count("install ...")
 
 
 def test_one_make_is_required(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from composer import __version__
 from composer.cli.common import check_logfile, source_date_epoch, trusted_dir
 from composer.cli.options import PASS_THROUGH_OPTIONS, ROOTFS_MAP
-from composer.config import DEFAULT_CACHEDIR, Compression, Config
+from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType
 from composer.images.disk import plan_disk
 from composer.images.iso import check_volid, default_volid
 from composer.kickstart import apply_kickstart, load_live_kickstart
@@ -136,7 +136,7 @@ def livemedia_parser(prog: str = "composer livemedia") -> argparse.ArgumentParse
     p.add_argument(
         "--osmin",
         action="store_true",
-        help="also ship LiveOS/osmin.img.gz in squashfs.img, the minimized-install delta of rootfs.img (--rootfs-type ext4)",
+        help="also ship LiveOS/osmin.img.gz in squashfs.img, the minimized-install delta of rootfs.img (squashfs-ext4)",
     )
     p.add_argument("--timeout", default=None, type=int, help="cancel the build after this many minutes")
     p.add_argument("-V", action="version", version=f"livemedia-creator {__version__} (composer {__version__})")
@@ -190,6 +190,10 @@ def _check_values(args: argparse.Namespace) -> Path:
             raise ComposerError(f"{option} {name!r}: a file name in --resultdir, not a path")
     if args.dracut_args and args.dracut_conf:
         raise ComposerError("--dracut-arg and --dracut-conf cannot be used together")
+    if args.osmin and ROOTFS_MAP[args.rootfs_type][0] is not RootfsType.EXT4:
+        raise ComposerError(
+            f"--osmin: needs --rootfs-type squashfs-ext4 (not {args.rootfs_type}): the delta is made with resize2fs -M"
+        )
     if args.live_rootfs_size < 0:
         raise ComposerError(f"--live-rootfs-size {args.live_rootfs_size}: GiB, not negative")
     if args.timeout is not None and args.timeout <= 0:
