@@ -118,8 +118,9 @@ def bcj_rows(source: str) -> dict[str, dict[str, object]]:
     rows: dict[str, dict[str, object]] = {}
     for label, bcj in (("xz (default)", False), ("xz -Xbcj x86", True)):
         img, big = LOUT / "bcj.img", LOUT / "bcj-initrd.img"
-        argv = ["mksquashfs", str(src), str(img), "-noappend", "-no-progress", "-quiet", "-b", squashfs.BLOCK_SIZE]
-        wall, cpu, _ = timed(subprocess.run, [*argv, *squashfs.compression_args(Compression.XZ, bcj=bcj)], check=True)
+        # composer's own argv (squashfs_argv), with the filter added for the second row.
+        argv = squashfs.squashfs_argv(src, img, Compression.XZ) + (["-Xbcj", "x86"] if bcj else [])
+        wall, cpu, _ = timed(subprocess.run, argv, check=True)
         at = make_big_initrd(initramfs, img, runtime_cmdline(RootfsType.BTRFS), big)
         budget = ram.predict_big_initrd(pxe / "vmlinuz", big, initramfs_unpacked=ram.unpacked_ram(initramfs), appended_at=at)
         rows[f"big initrd, squashfs {label}"] = floor_row(budget.as_dict()) | {
