@@ -4,14 +4,17 @@ DnfSession), and a missing group's one line, with the host's dnf over a reposito
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from composer.config import Config
 from composer.dnf import Comps, DnfConfig, DnfSession, GroupSpec
 from composer.dnf.groups import read_dnf4_environment, read_dnf4_listing, read_dnf5_environment, read_dnf5_table
 from composer.kickstart import load_live_kickstart
+from composer.preflight import check_config_values
 from composer.run import ComposerError
 from tests.conftest import ROOT, composer
 
@@ -91,6 +94,13 @@ def test_a_group_name_that_is_no_spec_is_refused_with_its_line(tmp_path: Path) -
     path = _ks(tmp_path, "bash\n@core/optional")
     with pytest.raises(ComposerError, match=f"^kickstart {path}:4: %packages @core/optional: not a group id or name$"):
         load_live_kickstart(path)
+
+
+def test_a_group_name_may_hold_spaces_a_package_name_not() -> None:
+    cfg = Config("TestProduct", "1", Path("out"), installpkgs=("@Development Tools", "less"), excludepkgs=("@Dial-up",))
+    check_config_values(cfg)
+    with pytest.raises(ComposerError, match="a package name or glob is one word"):
+        check_config_values(dataclasses.replace(cfg, installpkgs=("less more",)))
 
 
 # ------------------------------------------------------------------ specs and dnf's listings

@@ -1,7 +1,8 @@
 """A dnf session: one install tree and the transactions that fill it.
 
 Templates decide which packages go in (installpkg ... run_pkg_transaction); a session
-only turns their requests into dnf runs. dnf runs on the host with --installroot, so the
+only turns their requests into dnf runs, comps groups (@ID, composer.dnf.groups) included:
+dnf expands those. dnf runs on the host with --installroot, so the
 tree needs no package manager of its own; the repositories (composer.dnf.repos), the
 command line (composer.dnf.programs), the sandbox (composer.dnf.sandbox) and the rpm
 database (composer.dnf.rpmdb) are modules of their own.
