@@ -117,6 +117,7 @@ def test_a_group_name_may_hold_spaces_a_package_name_not() -> None:
 )
 def test_group_spec_round_trip(spec: str, parsed: GroupSpec) -> None:
     assert GroupSpec.parse(spec) == parsed and str(parsed) == spec
+    assert parsed.dnf_spec == "@" + parsed.id  # dnf 4 and dnf5 have no @^: @ID is a group or an environment
 
 
 @pytest.mark.parametrize("spec", ["@", "@^", "@x/bogus", "@x/", "@^env/mandatory"])
@@ -193,10 +194,12 @@ def test_session_runs_group_types_apart_and_drops_excluded_groups(tmp_path: Path
 
 
 def test_session_installs_an_environment_less_an_excluded_group_as_its_groups(tmp_path: Path) -> None:
-    s = _session(tmp_path, excludepkgs=("@system-tools",))
+    s = _session(tmp_path)
     s._comps = Comps({"core": "Core", "system-tools": "System Tools"}, {"minimal-environment": "Minimal Install"})
-    s._environment_groups = lambda env: ["core", "system-tools"]  # type: ignore[method-assign]
     s.install(["@^minimal-environment"])
+    assert s._runs() == [(None, ["@minimal-environment"])]  # nothing of it excluded yet
+    s._environment_groups = lambda env: ["core", "system-tools"]  # type: ignore[method-assign]
+    s.config = dataclasses.replace(s.config, excludepkgs=("@system-tools",))
     assert s._runs() == [(None, ["@core"])]
 
 
@@ -237,3 +240,44 @@ def test_missing_group_is_one_line_naming_the_kickstart_line(tmp_path: Path) -> 
         )
     )
     assert not (tmp_path / "out").exists()
+
+
+SMALL_COMPS = """<?xml version="1.0" encoding="UTF-8"?>
+<comps>
+  <group><id>core</id><name>Core</name><uservisible>false</uservisible>
+    <packagelist><packagereq type="mandatory">pa</packagereq></packagelist></group>
+  <group><id>standard</id><name>Standard</name>
+    <packagelist><packagereq type="mandatory">pb</packagereq><packagereq type="default">pc</packagereq></packagelist></group>
+  <group><id>system-tools</id><name>System Tools</name>
+    <packagelist><packagereq type="mandatory">pd</packagereq></packagelist></group>
+  <environment><id>minimal-environment</id><name>Minimal Install</name>
+    <grouplist><groupid>core</groupid><groupid>system-tools</groupid></grouplist></environment>
+</comps>
+"""
+
+
+def test_dnf_installs_the_groups_less_the_excluded_one(tmp_path: Path) -> None:
+    """A real dnf transaction over four empty packages: the environment less -@system-tools,
+    @standard --nodefaults in a run of its own."""
+    repo = tmp_path / "repo"
+    for name in ("pa", "pb", "pc", "pd"):
+        spec = tmp_path / f"{name}.spec"
+        spec.write_text(
+            f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nBuildArch: noarch\n%description\nd\n%files\n"
+        )
+        argv = ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path / 'top'}", "--define", f"_rpmdir {repo}", str(spec)]
+        subprocess.run(argv, check=True, capture_output=True)
+    (tmp_path / "comps.xml").write_text(SMALL_COMPS)
+    subprocess.run(["createrepo_c", "-q", "--no-database", "-g", str(tmp_path / "comps.xml"), str(repo)], check=True)
+    cfg = DnfConfig(
+        releasever="1",
+        arch="x86_64",
+        sources=(f"file://{repo}",),
+        cachedir=tmp_path / "c",
+        nogpgcheck=True,
+        excludepkgs=("@system-tools",),
+    )
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    s.install(["@^minimal-environment", "@standard/mandatory,conditional"])
+    s.run_transaction()
+    assert s.installed() == ["pa", "pb"]

@@ -1,8 +1,9 @@
 """comps groups and environments in a package request, spelled as dnf and anaconda spell them.
 
 A package request is a list of specs: a name or glob is a package, `@ID` a group, `@^ID`
-an environment, and `@ID/TYPE,...` a group with its own package types (anaconda's spelling
-of a kickstart's `--nodefaults`/`--optional`). dnf expands groups from the repositories'
+an environment (the kickstart's spelling; dnf's command lines take `@ID` for either), and
+`@ID/TYPE,...` a group with its own package types (anaconda's spelling of a kickstart's
+`--nodefaults`/`--optional`). dnf expands groups from the repositories'
 comps itself; its command line has no per-group types, so a session installs such groups
 with `group_package_types` set (DnfSession.run_transaction). Comps is what the
 repositories offer, read from dnf's group listing, to name a missing group before dnf
@@ -49,11 +50,13 @@ class GroupSpec:
 
     @property
     def dnf_spec(self) -> str:
-        """The spec dnf's install command takes (types go in group_package_types)."""
-        return f"@^{self.id}" if self.environment else f"@{self.id}"
+        """The spec dnf's install command takes: `@ID` for an environment too (neither dnf 4's
+        nor dnf5's command line knows `@^`; `@ID` matches groups and environments), the types
+        go in group_package_types."""
+        return f"@{self.id}"
 
     def __str__(self) -> str:
-        return self.dnf_spec + (f"/{','.join(self.types)}" if self.types else "")
+        return ("@^" if self.environment else "@") + self.id + (f"/{','.join(self.types)}" if self.types else "")
 
 
 def group_spec(name: str, *, environment: bool = False, types: tuple[str, ...] | None = None) -> str:
