@@ -3,11 +3,11 @@
 A package request is a list of specs: a name or glob is a package, `@ID` a group, `@^ID`
 an environment (the kickstart's spelling; dnf's command lines take `@ID` for either), and
 `@ID/TYPE,...` a group with its own package types (anaconda's spelling of a kickstart's
-`--nodefaults`/`--optional`). dnf expands groups from the repositories'
-comps itself; its command line has no per-group types, so a session installs such groups
-with `group_package_types` set (DnfSession.run_transaction). Comps is what the
-repositories offer, read from dnf's group listing, to name a missing group before dnf
-fails with a message about modules.
+`--nodefaults`/`--optional`). dnf expands groups from the repositories' comps itself; its
+command line has no per-group types, so a session installs such groups with
+`group_package_types` set (DnfSession.run_transaction). Comps is what the repositories
+offer, read from dnf's group listing, to name a missing group before dnf fails with a
+message about modules.
 """
 
 from __future__ import annotations
