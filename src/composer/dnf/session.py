@@ -335,7 +335,8 @@ class DnfSession:
     def _install(self, specs: list[str], types: tuple[str, ...] | None) -> None:
         cli = self.program.cli
         groups = [s for s in specs if is_group(s)]
-        what = f"{len(specs) - len(groups)} requested packages" + (f", {' '.join(groups)}" if groups else "")
+        packages = len(specs) - len(groups)
+        what = ", ".join(([f"{packages} requested packages"] if packages else []) + groups)
         how = f" (package types {','.join(types)})" if types else ""
         info(f"dnf: installing {what}{how} and their dependencies")
         try:
