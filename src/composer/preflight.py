@@ -371,6 +371,7 @@ def check_arch(option: str, value: str) -> str:
 
 def _check_word(option: str, value: str) -> str:
     check_line(option, value)
-    if not value or any(ch.isspace() for ch in value):
+    # A comps group may be named by its name ("@Development Tools"), which dnf takes too.
+    if not value or value == "@" or (not value.startswith("@") and any(ch.isspace() for ch in value)):
         raise ComposerError(f"{option} {value!r}: a package name or glob is one word")
     return value

@@ -99,7 +99,6 @@ def test_one_make_is_required(tmp_path: Path) -> None:
     [
         ("liveimg --url=http://example.com/x.img\n", "liveimg: not supported by composer livemedia"),
         ("authselect select sssd\n", "authselect: not supported by composer livemedia"),
-        ("%packages\n@core\n%end\n", "%packages groups (@name, @^environment): not yet supported"),
         ("%pre-install\ntrue\n%end\n", "%pre-install: not supported by composer livemedia"),
         ("selinux --bogus\n", "unrecognized arguments: --bogus"),
         ("timezone ../../../etc/shadow\n", "timezone '../../../etc/shadow': not a time zone name"),
@@ -129,7 +128,7 @@ def test_live_kickstart_model(tmp_path: Path) -> None:
     assert kinds == [("%pre", False, False), ("%post", True, True), ("%onerror", False, False), ("%post", False, False)]
     assert set(s.ignored) == {"zerombr", "clearpart", "reboot"}
     assert ks.packages.kernel_args == ("composer.live=1",)
-    assert "testproduct-setup" in ks.packages.installpkgs and ks.packages.excludepkgs == ("nbd-client",)
+    assert "testproduct-setup" in ks.packages.installpkgs and ks.packages.excludepkgs == ("nbd-client", "@core")
 
 
 def test_not_yet_is_named(tmp_path: Path) -> None:
@@ -143,7 +142,8 @@ def test_not_yet_is_named(tmp_path: Path) -> None:
     plain.write_text(text.replace("%post --nochroot", "%post --nochroot --log=/x.log"))
     ks = load_live_kickstart(plain)
     assert ks.ignore_missing
-    assert ks.not_yet[:2] == ("%packages without --nocore (@core is not added: no comps support)", "%packages --excludedocs")
+    assert ks.not_yet[0] == "%packages --excludedocs"
+    assert ks.packages.installpkgs[0] == "@core"  # without --nocore (tests/unit/test_kickstart_groups.py)
     assert re.fullmatch(r"%post --nochroot --log \(line \d+\)", ks.not_yet[-1])
 
 

@@ -9,7 +9,9 @@ Debian's maintainer scripts would have done. See DESIGN.md, "The test product".
     build_testproduct(dest) -> dest/repo   (createrepo_c'd, cached by its inputs)
 
 Layout under dest: debs/ (download cache, kept), repo/ (the result, replaced
-atomically), work/ (unpacked packages and specs, removed afterwards).
+atomically), work/ (unpacked packages and specs, removed afterwards). The repository's comps
+(comps.xml beside this file: Fedora's group ids, for %packages groups) is keyed apart from
+the packages: a change to it only reruns createrepo_c.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from testproduct.setuppkg import BOOT_MARKER, CHECK_ARGS
 # Bump whenever the repackaging rules change: it is part of the cache key.
 BUILDER_VERSION = "3"
 STAMP = ".testproduct-key"
+COMPS = Path(__file__).resolve().with_name("comps.xml")
+COMPS_STAMP = ".testproduct-comps"
 # What the runtime installs is the template's business (templates/testproduct/runtime-install.tmpl);
 # what the repository offers, a superset, is resolve.EXTRA_ROOTS and their dependencies.
 
@@ -69,6 +73,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
     stamp = repo / STAMP
     if not force and stamp.is_file() and stamp.read_text().strip() == key:
         info(f"test product: up to date (cached) at {repo}")
+        _with_comps(repo)
         return repo
     info(f"test product: {len(pkgs)} Debian packages")
 
@@ -120,12 +125,29 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
                 base |= names & set(setuppkg.BASE_EXTRA)
                 setuppkg.build(workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base)
             with stage("test product: createrepo_c"):
-                run(["createrepo_c", "--quiet", "--no-database", out])
+                run(["createrepo_c", "--quiet", "--no-database", "-g", str(COMPS), out])
+            (out / COMPS_STAMP).write_text(_comps_digest() + "\n")
             (out / STAMP).write_text(key + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info(f"test product: {len(pkgs) + 1} RPMs, {_du(repo) / 1e6:.0f} MB in {repo}")
     return repo
+
+
+def _comps_digest() -> str:
+    return hashlib.sha256(COMPS.read_bytes()).hexdigest()
+
+
+def _with_comps(repo: Path) -> None:
+    """The repository's metadata with comps.xml as it is now (a repository made before it
+    had comps, or with an older one): createrepo_c --update reuses the packages' metadata."""
+    stamp = repo / COMPS_STAMP
+    digest = _comps_digest()
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return
+    with stage("test product: comps"):
+        run(["createrepo_c", "--quiet", "--no-database", "--update", "-g", str(COMPS), str(repo)])
+    stamp.write_text(digest + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

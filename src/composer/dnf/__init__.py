@@ -13,6 +13,7 @@ local repositories bound in at their own paths, so every path means the same in 
     settings  DnfConfig: what a build asks of dnf
     urls      URLs: the one check of a URL dnf fetches from, a proxy, credentials split off
     repos     repositories: .repo files read and checked, Repository, the 0600 reposdir files
+    groups    comps groups in a request (@ID, @^ID, @ID/TYPES) and what the repositories offer
     programs  dnf 4 and dnf5: one CommandLine interface, two implementations; find_dnf
     sandbox   bubblewrap over the host or into a --dnf-root
     rpmdb     the tree's rpm database read
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 # Every module of the package is imported here: a module of a package depends on the
 # package, so one left out would close a circle (tests/unit/test_layers.py).
+from composer.dnf.groups import DEFAULT_TYPES, Comps, GroupSpec, group_spec, is_group
 from composer.dnf.programs import DNF_ROOT_ENV, DnfProgram, find_dnf
 from composer.dnf.repos import check_config, check_repofile, read_repofile, repofile_paths
 from composer.dnf.rpmdb import RPMDB, RpmFile, tree_ids
@@ -32,19 +34,24 @@ from composer.dnf.settings import DnfConfig, dnf_config
 from composer.dnf.urls import check_source, check_url, local_path, mirrorlist_urls, proxy_url, split_userinfo
 
 __all__ = [
+    "DEFAULT_TYPES",
     "DNF_ROOT_ENV",
     "RPMDB",
     "DnfConfig",
     "DnfProgram",
     "DnfSession",
     "RpmFile",
+    "Comps",
+    "GroupSpec",
     "check_config",
     "check_repofile",
     "check_source",
     "check_url",
     "dnf_config",
     "find_dnf",
+    "group_spec",
     "host_sandbox",
+    "is_group",
     "local_path",
     "mirrorlist_urls",
     "proxy_url",

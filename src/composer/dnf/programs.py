@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from composer.config import DnfChoice
+from composer.dnf.groups import Comps, read_dnf4_environment, read_dnf4_listing, read_dnf5_environment, read_dnf5_table
 from composer.dnf.sandbox import root_sandbox
 from composer.run import CommandError, ComposerError, debug, redact, run
 from composer.userns import inside as userns_inside
@@ -58,6 +59,25 @@ class CommandLine:
     def install(self, packages: Sequence[str]) -> list[str]:
         return ["install", *packages]
 
+    def group_types(self, types: Sequence[str]) -> list[str]:
+        """The option installing these package types of the groups of one run (before the command)."""
+        return [f"--setopt=group_package_types={','.join(types)}"]
+
+    def comps_queries(self) -> list[list[str]]:
+        """The listings of the groups (hidden ones too: @core is) and environments the repositories offer."""
+        raise NotImplementedError
+
+    def read_comps(self, outputs: Sequence[str]) -> Comps:
+        """What comps_queries printed, in their order."""
+        raise NotImplementedError
+
+    def environment_info(self, environment: str) -> list[str]:
+        raise NotImplementedError
+
+    def read_environment(self, output: str, comps: Comps) -> list[str]:
+        """The ids of the groups an install of the environment installs (environment_info printed)."""
+        raise NotImplementedError
+
     def available(self, queryformat: str, *, provides: str | None = None) -> list[str]:
         """A query of the packages the repositories offer (those providing `provides`)."""
         return ["repoquery", "--available", *([f"--whatprovides={provides}"] if provides else []), f"--queryformat={queryformat}"]
@@ -73,6 +93,19 @@ class Dnf4(CommandLine):
 
     def repos_switched(self, enable: Sequence[str], disable: Sequence[str]) -> list[str]:
         return [f"--enablerepo={g}" for g in enable] + [f"--disablerepo={g}" for g in disable]
+
+    def comps_queries(self) -> list[list[str]]:
+        # `ids` as a word: dnf 4 refuses --hidden beside --ids.
+        return [["group", "list", "--hidden", "ids"]]
+
+    def read_comps(self, outputs: Sequence[str]) -> Comps:
+        return read_dnf4_listing(outputs[0])
+
+    def environment_info(self, environment: str) -> list[str]:
+        return ["group", "info", environment]
+
+    def read_environment(self, output: str, comps: Comps) -> list[str]:
+        return read_dnf4_environment(output, comps)
 
 
 class Dnf5(CommandLine):
@@ -91,6 +124,20 @@ class Dnf5(CommandLine):
 
     def repos_switched(self, enable: Sequence[str], disable: Sequence[str]) -> list[str]:
         return [f"--enable-repo={g}" for g in enable] + [f"--disable-repo={g}" for g in disable]
+
+    def comps_queries(self) -> list[list[str]]:
+        return [["group", "list", "--hidden"], ["environment", "list"]]
+
+    def read_comps(self, outputs: Sequence[str]) -> Comps:
+        return Comps(read_dnf5_table(outputs[0]), read_dnf5_table(outputs[1]))
+
+    def environment_info(self, environment: str) -> list[str]:
+        return ["environment", "info", environment]
+
+    def read_environment(self, output: str, comps: Comps) -> list[str]:
+        # dnf5 also installs the optionlist's default="true" groups, which its info does not
+        # mark: the required ones are taken, as dnf 4 installs them.
+        return read_dnf5_environment(output)
 
 
 COMMAND_LINES: dict[DnfChoice, CommandLine] = {c.flavor: c for c in (Dnf4(), Dnf5())}

@@ -1,7 +1,8 @@
 """A dnf session: one install tree and the transactions that fill it.
 
 Templates decide which packages go in (installpkg ... run_pkg_transaction); a session
-only turns their requests into dnf runs. dnf runs on the host with --installroot, so the
+only turns their requests into dnf runs, comps groups (@ID, composer.dnf.groups) included:
+dnf expands those. dnf runs on the host with --installroot, so the
 tree needs no package manager of its own; the repositories (composer.dnf.repos), the
 command line (composer.dnf.programs), the sandbox (composer.dnf.sandbox) and the rpm
 database (composer.dnf.rpmdb) are modules of their own.
@@ -17,6 +18,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from composer.dnf.groups import Comps, GroupSpec, is_group
 from composer.dnf.programs import DnfProgram, dnf_reason, find_dnf, repo_error, scrub_logs
 from composer.dnf.repos import (
     SOURCES_REPO,
@@ -52,7 +54,9 @@ class DnfSession:
         self.config = config
         self.workdir = workdir
         self._to_install: list[str] = []
+        self._groups: list[GroupSpec] = []
         self._available: list[str] | None = None
+        self._comps: Comps | None = None
         check_config(config)
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -124,8 +128,8 @@ class DnfSession:
             argv.append("--setopt=tsflags=nodocs")
         if c.nogpgcheck:
             argv.append("--nogpgcheck")
-        for pattern in c.excludepkgs:
-            argv.append(f"--exclude={pattern}")
+        # An excluded group (-@ID) is not dnf's --exclude: _groups_to_install leaves it out.
+        argv += [f"--exclude={pattern}" for pattern in c.excludepkgs if not is_group(pattern)]
         # Enabled first, then disabled, as lorax applies them.
         argv += cli.repos_switched(c.enablerepos, c.disablerepos)
         if c.disablerepos:
@@ -204,6 +208,27 @@ class DnfSession:
             raise ComposerError(repo_error(e.stderr, origins(self.repositories))) from None
         return sorted(set(proc.stdout.decode().split()))
 
+    def comps(self) -> Comps:
+        """The groups and environments the repositories offer (one listing, cached)."""
+        if self._comps is None:
+            cli = self.program.cli
+            outputs = []
+            for query in cli.comps_queries():
+                try:
+                    outputs.append(self._dnf(*query, capture=True).stdout.decode(errors="replace"))
+                except CommandError as e:
+                    # dnf 4 fails a listing when no repository has comps: nothing offered, not an error.
+                    if "No group data" not in e.stderr:
+                        raise ComposerError(repo_error(e.stderr, origins(self.repositories))) from None
+                    outputs.append("")
+            self._comps = cli.read_comps(outputs)
+            debug(f"comps: {len(self._comps.groups)} groups, {len(self._comps.environments)} environments")
+        return self._comps
+
+    def missing_groups(self, specs: Sequence[str]) -> list[str]:
+        """The group and environment specs (@ID, @^ID) no repository's comps has."""
+        return [s for s in specs if is_group(s) and not self.comps().has(_group(s))]
+
     def _gpg_reason(self, stderr: str) -> str | None:
         """dnf's signature complaints ("Problem repository: [id]") as what is wrong and what to do."""
         if not re.search(r"\bGPG\b|not signed|public key", stderr):
@@ -233,8 +258,11 @@ class DnfSession:
 
     # -- templates.PackageManager -------------------------------------------------
     def install(self, patterns: Sequence[str], *, required: bool = True, exclude: Sequence[str] = ()) -> None:
-        names = self.available()
         for pattern in patterns:
+            if is_group(pattern):
+                self._request_group(pattern, required)
+                continue
+            names = self.available()
             name, _, constraint = pattern.partition(" ")  # "NAME >= VER" (lorax's installpkg NAME>=VER)
             matches = [n for n in names if fnmatch.fnmatchcase(n, name)]
             matches = [m for m in matches if not any(fnmatch.fnmatchcase(m, e) for e in exclude)]
@@ -246,19 +274,76 @@ class DnfSession:
                 continue
             self._to_install.extend(f"{m} {constraint}" if constraint else m for m in matches)
 
+    def _request_group(self, spec: str, required: bool) -> None:
+        group = _group(spec)
+        if not self.comps().has(group):
+            if required:
+                raise ComposerError(f"no group or environment matches {spec!r} in the repositories' comps")
+            info(f"group {spec!r} is in no repository's comps, skipped")
+            return
+        self._groups.append(group)
+
     def has_pending(self) -> bool:
-        return bool(self._to_install)
+        return bool(self._to_install or self._groups)
+
+    def _environment_groups(self, environment: GroupSpec) -> list[str]:
+        cli = self.program.cli
+        try:
+            proc = self._dnf(*cli.environment_info(environment.id), capture=True)
+        except CommandError as e:
+            raise ComposerError(repo_error(e.stderr, origins(self.repositories))) from None
+        return cli.read_environment(proc.stdout.decode(errors="replace"), self.comps())
+
+    def _groups_to_install(self) -> list[GroupSpec]:
+        """The requested groups less the excluded ones (-@ID among the excludes), as anaconda
+        has dnf install them. dnf's command line cannot exclude a group: an environment with
+        an excluded group is installed as its other groups."""
+        excluded_specs = [_group(e) for e in self.config.excludepkgs if is_group(e)]
+        if not (excluded_specs and self._groups):
+            return list(self._groups)
+        comps = self.comps()
+        excluded = set().union(*(comps.ids_of(e) for e in excluded_specs))
+        kept: list[GroupSpec] = []
+        for g in self._groups:
+            if comps.ids_of(g) & excluded:
+                info(f"dnf: {g} left out (excluded)")
+                continue
+            members = self._environment_groups(g) if g.environment else []
+            if set(members) & excluded:
+                others = [m for m in members if m not in excluded]
+                left = f"its groups {' '.join(others)}" if others else "none of its groups"
+                info(f"dnf: {g} without {', '.join(sorted(set(members) & excluded))}: {left}")
+                kept += [GroupSpec(m) for m in others]
+            else:
+                kept.append(g)
+        return kept
+
+    def _runs(self) -> list[tuple[tuple[str, ...] | None, list[str]]]:
+        """The pending requests as dnf runs: the packages and the groups of dnf's own package
+        types in one, and one per other set of types (dnf's command line sets them per run)."""
+        runs: dict[tuple[str, ...] | None, list[str]] = {None: sorted(set(self._to_install))}
+        for g in self._groups_to_install():
+            runs.setdefault(g.types, []).append(g.dnf_spec)
+        return [(types, list(dict.fromkeys(specs))) for types, specs in runs.items() if specs]
 
     def run_transaction(self) -> None:
-        if self._to_install:
-            pkgs = sorted(set(self._to_install))
-            info(f"dnf: installing {len(pkgs)} requested packages and their dependencies")
-            try:
-                self._dnf(*self.program.cli.install(pkgs), transaction=True)
-            except CommandError as e:
-                reason = self._gpg_reason(e.stderr) or dnf_reason(e.stderr)
-                raise ComposerError(f"dnf transaction failed: {reason}") from None
+        for types, specs in self._runs():
+            self._install(specs, types)
         self._to_install.clear()
+        self._groups.clear()
+
+    def _install(self, specs: list[str], types: tuple[str, ...] | None) -> None:
+        cli = self.program.cli
+        groups = [s for s in specs if is_group(s)]
+        packages = len(specs) - len(groups)
+        what = ", ".join(([f"{packages} requested packages"] if packages else []) + groups)
+        how = f" (package types {','.join(types)})" if types else ""
+        info(f"dnf: installing {what}{how} and their dependencies")
+        try:
+            self._dnf(*(cli.group_types(types) if types else []), *cli.install(specs), transaction=True)
+        except CommandError as e:
+            reason = self._gpg_reason(e.stderr) or dnf_reason(e.stderr)
+            raise ComposerError(f"dnf transaction failed: {reason}") from None
 
     # -- the tree's rpm database (composer.dnf.rpmdb) -----------------------------
     def installed(self) -> list[str]:
@@ -279,3 +364,10 @@ class DnfSession:
     def metadata_digest(self) -> str:
         """A digest of the repositories' metadata (repos.metadata_digest), for keying caches."""
         return metadata_digest(self.config, self.repositories, self.available)
+
+
+def _group(spec: str) -> GroupSpec:
+    try:
+        return GroupSpec.parse(spec)
+    except ValueError as e:
+        raise ComposerError(str(e)) from None

@@ -4,8 +4,8 @@ What composer takes from a kickstart:
 * ``url --url=URL|--mirrorlist=URL`` and ``repo --name=N --baseurl=URL|--mirrorlist=URL``:
   package sources;
 * ``%packages``: names and globs are installed on top of the templates' set,
-  ``-name`` excludes a package; ``@group`` lines are not supported (no comps here)
-  and are reported;
+  ``-name`` excludes a package; ``@group`` lines are reported unused (boot-iso, lorax);
+  `composer livemedia` installs groups and environments (kickstart.packages);
 * ``bootloader --append="ARGS"``: kernel arguments for the generated boot menus.
 Every other command, %pre/%post/%traceback script and unsupported option is
 reported by name (never silently ignored). A kickstart pykickstart rejects gives
@@ -26,6 +26,7 @@ from typing import Any
 
 from composer.config import Config
 from composer.dnf import check_source, check_url, split_userinfo
+from composer.kickstart.packages import PackageRequest, missing_group_message, package_request
 from composer.kickstart.system import System, read_system
 from composer.preflight import check_kernel_arg, check_line
 from composer.run import ComposerError, info
@@ -102,6 +103,21 @@ def _line_of(files: list[Path], lineno: int | None, command: str) -> str:
         if 0 < lineno <= len(lines) and lines[lineno - 1].split()[:1] == [command]:
             return f"{f}:{lineno}"
     return f"{files[0]}:{lineno}"
+
+
+def _token_line(files: list[Path], token: str) -> str | None:
+    """FILE:LINE of the first line starting with `token` and a space or its end (a %packages
+    group line: a group's name may hold spaces)."""
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for n, line in enumerate(lines, 1):
+            line = line.strip()
+            if line == token or line.startswith(token + " "):
+                return f"{f}:{n}"
+    return None
 
 
 def _unsplittable_line(files: list[Path]) -> str:
@@ -267,6 +283,11 @@ class LiveKickstart:
     system: System
     ignore_missing: bool = False  # %packages --ignoremissing
     not_yet: tuple[str, ...] = ()  # options composer accepts but does not act on yet (one report line)
+    request: PackageRequest = PackageRequest()  # packages.installpkgs/excludepkgs, with the groups' lines
+
+    def missing_group(self, spec: str) -> ComposerError:
+        """The error for a group or environment of %packages no repository has."""
+        return ComposerError(missing_group_message(self.request, spec))
 
 
 def load_live_kickstart(path: Path) -> LiveKickstart:
@@ -274,24 +295,23 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
     anaconda ignores it for an image install, or refused with its FILE:LINE."""
     ks, handler, files = _load(Path(path))
     pkgs = handler.packages
-    if pkgs.groupList or pkgs.excludedGroupList or getattr(pkgs, "environment", None):
-        where = _line_of(files, getattr(pkgs, "lineno", None), "%packages")
-        raise ComposerError(
-            f"kickstart {where}: %packages groups (@name, @^environment): not yet supported by composer livemedia"
-        )
+    section = _token_line(files, "%packages") or str(files[0])
+    request = package_request(pkgs, lambda token: _token_line(files, token), section)
+    unused = tuple(u for u in ks.unused if not u.startswith(("%packages @", "%packages -@")))
+    ks = dataclasses.replace(ks, installpkgs=request.install, excludepkgs=request.exclude, unused=unused)
     system = read_system(handler, lambda cmd, name: _line_of(files, getattr(cmd, "lineno", None), name), path)
     from pykickstart.constants import KS_MISSING_IGNORE  # deferred, as in read_kickstart
 
     ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
-    return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)))
+    return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)), request)
 
 
 def _not_yet(handler: Any) -> list[str]:
     """%packages and repo options an image install acts on and composer does not yet."""
     pkgs = handler.packages
     found: list[str] = []
-    if not pkgs.nocore:
-        found.append("%packages without --nocore (@core is not added: no comps support)")
+    if getattr(pkgs, "default", False):
+        found.append("%packages --default (the product's default environment: name it with @^ID)")
     options = (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs), ("--excludeWeakdeps", pkgs.excludeWeakdeps))
     for option, value in options:
         if value:

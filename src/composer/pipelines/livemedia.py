@@ -68,12 +68,15 @@ class LivemediaPlan:
         return MediaOptions(volid=self.volid, kernel_args=self.kernel_args, stage2=LIVE_IMAGE)
 
 
-def install(ctx: pipeline.BuildContext, *, ignore_missing: bool = False) -> None:
+def install(ctx: pipeline.BuildContext, ks: LiveKickstart) -> None:
     """Stage `install`: the kickstart's %packages (excludes already in the dnf config), checked
-    against rpm; --ignoremissing: a name no repository has is skipped, as anaconda does."""
+    against rpm; --ignoremissing: a name or group no repository has is skipped, as anaconda does."""
     with stage("install", ctx.metrics, usage=True):
+        missing = ctx.session.missing_groups(ctx.cfg.installpkgs)
+        if missing and not ks.ignore_missing:
+            raise ks.missing_group(missing[0])  # with its kickstart line: dnf would talk of modules
         if ctx.cfg.installpkgs:
-            ctx.session.install(ctx.cfg.installpkgs, required=not ignore_missing)
+            ctx.session.install(ctx.cfg.installpkgs, required=not ks.ignore_missing)
         with ctx.check.ledger.observe(ctx.tree, "kickstart %packages", packages=True):
             ctx.session.run_transaction()
         ctx.check.check_fresh()
@@ -199,7 +202,7 @@ def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
     ctx = pipeline.start(cfg, work)
     with stage("%pre", ctx.metrics):
         run_scripts("%pre", plan.kickstart.system, work / "ks-scripts", None)
-    install(ctx, ignore_missing=plan.kickstart.ignore_missing)
+    install(ctx, plan.kickstart)
     configure(ctx, plan.kickstart)
     if plan.make in ("iso", "pxe-live"):
         ctx.kernels = dracut.take_kernels(ctx.tree, ctx.work / "kernels")
