@@ -650,7 +650,12 @@ def floor_row(budget: dict, budget_mb: int | None = None) -> dict[str, object]:
     """A row of the RAM table: composer's budget (budget_mb when the output carries its own, e.g.
     boot.iso's memory check) and its parts (outputs/ram.py's RamBudget, as manifest.json and
     netboot.json record it); the bisected floors are added to it."""
-    return {"budget": budget, "budget_mb": budget_mb or budget["floor_mb"], "limit_mb": budget.get("limit_mb")}
+    return {
+        "budget": budget,
+        "budget_mb": budget_mb or budget["floor_mb"],
+        "stop_mb": budget.get("stop_mb"),
+        "limit_mb": budget.get("limit_mb"),
+    }
 
 
 def ratio(a: float, b: float) -> str:
@@ -733,21 +738,23 @@ def floors_table(rows: dict[str, dict], *, quick: bool = False) -> list[str]:
     composer's predicted budget and the physical limit (outputs/ram.py: the parts, no allowance)."""
     lines = [
         "| output (RAM, MB; 16 MB steps) | usable floor | boot at 512 MB s | thrashing floor (marker at all) | "
-        "predicted budget | budget vs usable | physical limit (no allowance) | usable - limit | the limit's parts (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "predicted stop | predicted budget | budget vs usable | physical limit (no allowance) | usable - limit | "
+        "the limit's parts (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in rows.items():
         usable, limit = row.get("ram_floor_mb"), row.get("limit_mb")
         over = usable - limit if isinstance(usable, int) and isinstance(limit, int) else "n/a"
         lines.append(
             f"| {name} | {usable or 'n/a'} | {row.get('boot_512_s') or 'n/a'} | {row.get('ram_reached_mb') or 'n/a'} | "
-            f"{row['budget_mb']} | {pct_off(usable, row['budget_mb'])} | {limit if limit is not None else 'n/a'} | "
-            f"{over} | {parts_text(row['budget'])} |"
+            f"{row.get('stop_mb') or 'n/a'} | {row['budget_mb']} | {pct_off(usable, row['budget_mb'])} | "
+            f"{limit if limit is not None else 'n/a'} | {over} | {parts_text(row['budget'])} |"
         )
     note = (
         "(usable: the least RAM whose boot reaches the marker within 1.5x its time at 512 MB; below it the page "
-        "cache thrashes. boot.iso under SeaBIOS and OVMF; the split trees over pxelinux.0, install.img from this "
-        "host's loopback: downloaded into RAM by livenet, or read on demand over NBD."
+        "cache thrashes. Predicted stop: below it a split initrd stops with one line, so a menu-driven boot's "
+        "thrashing floor is found no lower than it. boot.iso under SeaBIOS and OVMF; the split trees over "
+        "pxelinux.0, install.img from this host's loopback: downloaded into RAM by livenet, or read on demand over NBD."
         + (" BENCH_QUICK=1: boot.iso and netboot not composed, no boots." if quick else "")
         + ")"
     )

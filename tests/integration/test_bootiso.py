@@ -126,50 +126,72 @@ def test_install_img_ships_osmin_delta(media, tmp_path):
 
 
 def test_initrd_and_menus_carry_the_ram_budget(media):
-    from composer.outputs.ram import carried_budget
+    from composer.outputs.ram import carried_budget, carried_stop
 
-    budget = carried_budget(media / "images/pxeboot/initrd.img")
-    assert budget is not None and 112 <= budget <= 176, budget  # the 160 MB target, within 10%
+    budget, stop = carried_budget(media / "images/pxeboot/initrd.img"), carried_stop(media / "images/pxeboot/initrd.img")
+    # the usable floor (208 MB, make bench 2026-12-07) and the reached one (160), within 10%
+    assert budget is not None and 187 <= budget <= 229, budget
+    assert stop is not None and 144 <= stop <= 176, stop
     for cfg in ("boot/grub2/grub.cfg", "EFI/BOOT/grub.cfg"):
-        assert f"needs at least {budget} MiB" in (media / cfg).read_text(), cfg
+        text = (media / cfg).read_text()
+        assert f"needs at least {budget} MiB" in text and f"below {stop} MiB the initrd stops" in text, cfg
 
 
-# BIOS at the RAM target of issue 15 (boot.iso boots in 160 MB); UEFI at 512 (OVMF's own
-# share of the RAM is not part of the target).
-MEMORY = {"bios": 160, "uefi": 512}
+# BIOS at the budget the initrd carries, the RAM a user sizes a VM by (make bench bisects
+# the floors below it); UEFI at 512 (OVMF's own share of the RAM is not part of it).
+MEMORY = {"bios": None, "uefi": 512}
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_boots_to_marker(media, firmware, tmp_path):
+    from composer.outputs.ram import carried_budget
     from composer.verify import boot_iso
 
     log = tmp_path / f"serial-{firmware}.log"
-    memory = MEMORY[firmware]
+    memory = MEMORY[firmware] or carried_budget(media / "images/pxeboot/initrd.img")
     result = boot_iso(media / "images/boot.iso", firmware=firmware, memory_mb=memory, timeout=900, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{firmware} at {memory} MB: {result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     assert "COMPOSER-BOOT-OK" in serial
     assert "root=live:CDLABEL=" in serial  # the kernel came through the boot menu, not -kernel
+    assert "composer: little memory" not in serial  # at the budget: no warning
     print(f"{firmware} boot to the marker at {memory} MB: {result.seconds:.0f}s")
 
 
-def test_too_little_ram_stops_with_one_line(media, tmp_path):
-    """Below its budget the small initrd says how much RAM there is and is needed, and
-    stops: no OOM kill, no 50-minute wait for a live-rw device that never comes."""
-    from composer.outputs.ram import carried_budget
+@pytest.mark.soak
+def test_between_stop_and_budget_warns_and_boots(media, tmp_path):
+    """Between the least RAM it boots in and the budget the small initrd says the boot will be
+    slow, and goes on to the marker (slowly: the runtime's pages thrash)."""
+    from composer.outputs.ram import carried_budget, carried_stop
     from composer.verify import boot_iso
 
-    budget = carried_budget(media / "images/pxeboot/initrd.img")
+    budget, stop = carried_budget(media / "images/pxeboot/initrd.img"), carried_stop(media / "images/pxeboot/initrd.img")
+    memory = (budget + stop) // 2
+    log = tmp_path / "serial.log"
+    result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=1200, log=log, marker=BOOT_MARKER)
+    serial = log.read_text(errors="replace")
+    assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
+    assert f"this system boots slowly below {budget} MiB; going on." in serial
+    print(f"warned and booted at {memory} MB in {result.seconds:.0f}s")
+
+
+def test_too_little_ram_stops_with_one_line(media, tmp_path):
+    """Below the least RAM it boots in the small initrd says how much RAM there is and is
+    needed, and stops: no OOM kill, no 50-minute wait for a live-rw device that never comes."""
+    from composer.outputs.ram import carried_stop
+    from composer.verify import boot_iso
+
+    stop = carried_stop(media / "images/pxeboot/initrd.img")
     # Between what the kernel needs to unpack the small initrd (about 120 MB; below, it panics
-    # before any hook runs: budget 143 failed that way at 111) and the runtime's budget.
-    memory = budget - 16
+    # before any hook runs: a stop of 143 failed that way at 111) and that least RAM.
+    memory = stop - 16
     log = tmp_path / "serial.log"
     result = boot_iso(media / "images/boot.iso", firmware="bios", memory_mb=memory, timeout=600, log=log, marker=BOOT_MARKER)
     serial = log.read_text(errors="replace")
     assert not result.ok
     m = re.search(r"composer: not enough memory: this machine has (\d+) MiB of RAM, this system needs (\d+) MiB", result.reason)
     assert m, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
-    assert abs(int(m[1]) - memory) <= 2 and int(m[2]) == budget, result.reason
+    assert abs(int(m[1]) - memory) <= 2 and int(m[2]) == stop, result.reason
     assert "Out of memory" not in serial and "COMPOSER-BOOT-OK" not in serial
     print(f"stopped at {memory} MB after {result.seconds:.0f}s")
 

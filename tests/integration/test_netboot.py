@@ -205,8 +205,9 @@ def test_bios_pxelinux_tftp_split_livenet_http(split, tmp_path):
 
 def test_bios_pxelinux_split_nbd_on_demand(nbd, tmp_path):
     """--nbd: the small initrd connects install.img as a network block device (a real
-    nbd-server on this host's loopback) and reads the runtime on demand, at NBD_MEMORY:
-    below what the livenet split needs, since install.img is never copied into RAM."""
+    nbd-server on this host's loopback) and reads the runtime on demand, at its budget (the
+    predicted usable floor, NBD_MEMORY measured): below what the livenet split needs, since
+    install.img is never copied into RAM."""
     from composer.verify import serve_nbd
 
     out, port, nbd_port = nbd
@@ -216,9 +217,11 @@ def test_bios_pxelinux_split_nbd_on_demand(nbd, tmp_path):
     assert f"[{export}]\n    exportname = images/install.img\n" in (out / "nbd-server.conf").read_text()
     budget = meta["ram"][meta["kernels"][0]]
     assert budget["kind"] == "netboot-nbd" and budget["squashfs_mb"] == 0  # nothing downloaded into RAM
+    assert abs(budget["floor_mb"] - NBD_MEMORY) <= NBD_MEMORY // 10, budget
     with serve_nbd(out / "images" / "install.img", nbd_port, export):
-        serial = boot(out, port, "pxelinux.0", "bios", tmp_path / "serial.log", memory=NBD_MEMORY)
+        serial = boot(out, port, "pxelinux.0", "bios", tmp_path / "serial.log", memory=budget["floor_mb"])
     assert f"netroot=nbd:10.0.2.2:{nbd_port}:squashfs:ro:-name,{export}" in serial
+    assert "composer: little memory" not in serial
     assert "livenet" not in serial.lower()
 
 

@@ -121,7 +121,7 @@ def test_floors_table_one_row_per_output_with_its_limit(tmp_path):
     big = {"kind": "big-initrd", "kernel_mb": 55.6, "initrd_mb": 60.1, "unpacked_mb": 80.3, "squashfs_mb": 0.0}
     big |= {"allowance_mb": 16.0, "floor_mb": 216, "limit_mb": ram.machine_mb(52.2 + 60.1 + 80.3)}
     split = {"kind": "netboot-split", "kernel_mb": 54.6, "initrd_mb": 8.6, "unpacked_mb": 21.4, "squashfs_mb": 51.8}
-    split |= {"allowance_mb": 56.0, "floor_mb": 196, "limit_mb": 139}
+    split |= {"allowance_mb": 56.0, "floor_mb": 196, "limit_mb": 139, "stop_mb": 180}
     rows = {
         "big initrd": bench.floor_row(big) | {"ram_floor_mb": 224, "ram_reached_mb": 208, "boot_512_s": 52.4},
         "split netboot, livenet": bench.floor_row(split),  # composed, not booted
@@ -130,13 +130,13 @@ def test_floors_table_one_row_per_output_with_its_limit(tmp_path):
     lines = bench.floors_table(rows)
     assert lines[0].startswith("| output (RAM, MB; 16 MB steps) | usable floor |")
     assert lines[2] == (
-        "| big initrd | 224 | 52.4 | 208 | 216 | -4% | 196 | 28 | initrd 60 + unpacked 80 + kernel + page structs 56 |"
+        "| big initrd | 224 | 52.4 | 208 | n/a | 216 | -4% | 196 | 28 | initrd 60 + unpacked 80 + kernel + page structs 56 |"
     )
     assert lines[3] == (
-        "| split netboot, livenet | n/a | n/a | n/a | 196 | n/a | 139 | n/a | "
+        "| split netboot, livenet | n/a | n/a | n/a | 180 | 196 | n/a | 139 | n/a | "
         "initrd 9 + unpacked 21 + install.img 52 + kernel + page structs 57 |"
     )
-    assert "| boot.iso, BIOS CD | n/a | n/a | n/a | 153 |" in lines[4]
+    assert "| boot.iso, BIOS CD | n/a | n/a | n/a | 180 | 153 |" in lines[4]
     assert "BENCH_QUICK" not in lines[-1] and "BENCH_QUICK" in bench.floors_table(rows, quick=True)[-1]
 
 
@@ -145,7 +145,7 @@ def test_floor_row_of_a_budget_without_a_limit():
     old = {"kind": "media", "kernel_mb": 54.0, "initrd_mb": 8.6, "unpacked_mb": 21.4, "squashfs_mb": 0.0, "floor_mb": 144}
     row = bench.floor_row(old)
     assert row["limit_mb"] is None and row["budget_mb"] == 144
-    assert "| 144 | n/a | n/a | n/a | initrd 9 + unpacked 21 |" in bench.floors_table({"boot.iso": row})[2]
+    assert "| n/a | 144 | n/a | n/a | n/a | initrd 9 + unpacked 21 |" in bench.floors_table({"boot.iso": row})[2]
 
 
 def run(wall: float, stages: dict[str, float], **more: float) -> dict:

@@ -1,6 +1,7 @@
 """The RAM budget: what an initrd takes once unpacked, the floor predicted from it, and
 the budget a split boot's initrd carries for the initramfs's RAM check."""
 
+import dataclasses
 import io
 import lzma
 import struct
@@ -89,20 +90,25 @@ def test_predict_adds_the_parts_and_the_page_structs(tmp_path):
     kernel = _bzimage(tmp_path, 60 << 20)
     initrd = _initrd(tmp_path, squashfs=True)
     b = ram.predict("big-initrd", kernel, initrd)
-    parts = 60 + initrd.stat().st_size / 2**20 + ram.unpacked_ram(initrd) / 2**20 + ram.ALLOWANCE_MB["big-initrd"]
+    usable, stop = ram.ALLOWANCE_MB["big-initrd"]
+    parts = 60 + initrd.stat().st_size / 2**20 + ram.unpacked_ram(initrd) / 2**20 + usable
     assert b.floor_mb == -(-parts * 64 // 63)
     # the physical limit: the same parts, no allowance
-    assert b.limit_mb == -(-(parts - ram.ALLOWANCE_MB["big-initrd"]) * 64 // 63) == ram.machine_mb(parts - b.allowance_mb)
-    assert b.floor_mb - b.limit_mb in (16, 17)  # the allowance and its page structs
+    assert b.limit_mb == -(-(parts - usable) * 64 // 63) == ram.machine_mb(parts - b.allowance_mb)
+    assert b.floor_mb - b.limit_mb in (usable, usable + 1)  # the allowance and its page structs
+    assert b.stop_mb == ram.machine_mb(parts - usable + stop)
     assert b.squashfs_mb == 0  # inside the initrd, counted there
     squash = tmp_path / "install.img"
     squash.write_bytes(b"\0" * (8 << 20))
     split = ram.predict("netboot-split", kernel, _initrd(tmp_path), squash)
-    assert split.squashfs_mb == 8.0 and split.floor_mb > ram.predict("media", kernel, _initrd(tmp_path)).floor_mb
+    media = ram.predict("media", kernel, _initrd(tmp_path))
+    assert split.squashfs_mb == 8.0 and split.limit_mb > media.limit_mb and split.stop_mb > media.stop_mb
     # install.img downloaded into RAM is part of the split tree's limit, not of the NBD tree's
     nbd = ram.predict("netboot-nbd", kernel, _initrd(tmp_path), squash)
     assert nbd.squashfs_mb == 0 and split.limit_mb - nbd.limit_mb in (8, 9)
     assert split.as_dict()["limit_mb"] == split.limit_mb  # in manifest.json and netboot.json
+    # the usable floor of media lies above the least RAM it reaches the marker in
+    assert media.limit_mb < media.stop_mb < media.floor_mb and split.as_dict()["stop_mb"] == split.stop_mb
     with pytest.raises(ValueError):
         ram.predict("floppy", kernel, initrd)
 
@@ -110,11 +116,13 @@ def test_predict_adds_the_parts_and_the_page_structs(tmp_path):
 def test_with_memory_check_appends_an_aligned_cpio_the_budget_reads_back(tmp_path):
     initrd = _initrd(tmp_path)
     dest = tmp_path / "out" / "initrd.img"
-    ram.with_memory_check(initrd, dest, 176, mtime=1700000000)
+    budget = dataclasses.replace(ram.predict("media", _bzimage(tmp_path, 60 << 20), initrd), floor_mb=176, stop_mb=150)
+    ram.with_memory_check(initrd, dest, budget, mtime=1700000000)
     assert dest.read_bytes().startswith(initrd.read_bytes())
     segments = read_newc(dest)
     assert [s.kind for s in segments] == ["xz", "cpio"] and segments[-1].offset % 4 == 0
     assert ram.carried_budget(dest) == 176 and ram.carried_budget(initrd) is None
+    assert ram.carried_stop(dest) == 150 and ram.carried_stop(initrd) is None
     assert not (tmp_path / "out" / "initrd.img.tmp").exists()
 
 
@@ -145,14 +153,19 @@ b0000000-bfffffff : PCI MMCONFIG 0000 [bus 00-ff]
 """
 
 
-def _memcheck(tmp_path, cmdline_value):
+def _memcheck(tmp_path, cmdline_value, stop_value=""):
     """Run the hook under sh as dracut would source it (getarg & co. stubbed; `sleep`
     ends the run, since a refusing hook never returns)."""
     import subprocess
 
     (tmp_path / "iomem").write_text(IOMEM_160)
     stubs = f"""
-getarg() {{ [ -n "{cmdline_value}" ] && echo "{cmdline_value}"; }}
+getarg() {{
+    case "$1" in
+        rd.composer.memory=) [ -n "{cmdline_value}" ] && echo "{cmdline_value}" ;;
+        rd.composer.memory.stop=) [ -n "{stop_value}" ] && echo "{stop_value}" ;;
+    esac
+}}
 getargbool() {{ return 1; }}
 sleep() {{ echo STOPPED; exit 0; }}
 composer_iomem={tmp_path / "iomem"} composer_kmsg={tmp_path / "kmsg"}
@@ -174,5 +187,27 @@ def test_memcheck_hook_stops_below_the_budget(tmp_path, need, stops):
         assert kmsg == (
             f"<2>composer: not enough memory: this machine has 159 MiB of RAM, this system needs {need} MiB to boot; stopping.\n"
         )
+    else:
+        assert out == ["CONTINUED"] and kmsg == ""
+
+
+@pytest.mark.parametrize(
+    "need,stop,outcome",
+    [("224", "160", "warns"), ("224", "168", "stops"), ("224", "167", "warns"), ("167", "150", "quiet"), ("0", "300", "quiet"),
+     ("224", "x", "stops")],
+)  # fmt: skip
+def test_memcheck_hook_warns_between_stop_and_budget(tmp_path, need, stop, outcome):
+    """Below the budget (the usable floor) and above the stop (the least RAM it boots in) the
+    hook says the boot will be slow and goes on; below the stop it stops, naming the stop."""
+    out, kmsg = _memcheck(tmp_path, need, stop)
+    if outcome == "warns":
+        assert out == ["CONTINUED"]
+        assert (
+            kmsg == "<3>composer: little memory: this machine has 159 MiB of RAM, "
+            f"this system boots slowly below {need} MiB; going on.\n"
+        )
+    elif outcome == "stops":
+        named = stop if stop.isdigit() else need  # a stop that is not a number: the budget stops
+        assert out == ["STOPPED"] and f"this system needs {named} MiB to boot; stopping." in kmsg
     else:
         assert out == ["CONTINUED"] and kmsg == ""

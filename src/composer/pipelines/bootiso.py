@@ -71,6 +71,7 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
             "extra_args": join_args(opts.kernel_args),
             "bios_loader": opts.bios_loader,
             "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
+            "ram_stop_mb": 0,  # the least RAM it boots in, known then too
             "overlay_args": " ".join(cfg.rootfs_type.live_args),
             "live_dir": opts.stage2.rpartition("/")[0],
             "live_image": opts.stage2.rpartition("/")[2],
@@ -159,12 +160,12 @@ def media_tree(cfg: Config, opts: MediaOptions, rt: Runtime, out: Path) -> Media
         budgets: dict[str, ram.RamBudget] = {}
         for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
-            # The small initrd carries its RAM budget: below it, it stops with one line.
+            # The small initrd carries its RAM budget: below it, it says the boot will be slow;
+            # below its stop, it stops with one line.
             budgets[k.version] = ram.predict("media", k.vmlinuz, rt.initramfs[k.version], unpacked=rt.initramfs_ram[k.version])
-            ram.with_memory_check(
-                rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
-            )
+            ram.with_memory_check(rt.initramfs[k.version], out / bk.initrd, budgets[k.version], mtime=cfg.source_date_epoch or 0)
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
+        variables["ram_stop_mb"] = budgets[rt.kernels[0].version].stop_mb
         (out / opts.stage2).parent.mkdir(parents=True, exist_ok=True)
         copy_sparse(rt.squashfs, out / opts.stage2)
         for name, dest in config_names(opts.bios_loader).items():

@@ -131,6 +131,7 @@ def netboot_variables(cfg: Config, opts: NetbootOptions, versions: list[str]) ->
             "extra_args": join_args(opts.kernel_args),
             "overlay_args": " ".join(cfg.rootfs_type.live_args),
             "ram_mb": 0,  # the RAM budget (outputs/ram.py), known once the initrds are in place
+            "ram_stop_mb": 0,  # the least RAM it boots in, known then too
         }
     )
     return variables
@@ -186,7 +187,8 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
         for bk, k in zip(kernels, rt.kernels, strict=True):
             copy_file(k.vmlinuz, out / bk.kernel)
             if opts.split:
-                # The small initrd carries its RAM budget: below it, it stops with one line.
+                # The small initrd carries its RAM budget: below it, it says the boot will be slow;
+                # below its stop, it stops with one line.
                 budgets[k.version] = ram.predict(
                     "netboot-nbd" if opts.nbd else "netboot-split",
                     k.vmlinuz,
@@ -195,7 +197,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
                     unpacked=rt.initramfs_ram[k.version],
                 )
                 ram.with_memory_check(
-                    rt.initramfs[k.version], out / bk.initrd, budgets[k.version].floor_mb, mtime=cfg.source_date_epoch or 0
+                    rt.initramfs[k.version], out / bk.initrd, budgets[k.version], mtime=cfg.source_date_epoch or 0
                 )
             else:
                 tail = make_big_initrd(
@@ -206,6 +208,7 @@ def make_netboot(cfg: Config, opts: NetbootOptions, rt: Runtime, out: Path) -> N
                 )
             sizes[bk.initrd] = (out / bk.initrd).stat().st_size
         variables["ram_mb"] = budgets[rt.kernels[0].version].floor_mb
+        variables["ram_stop_mb"] = budgets[rt.kernels[0].version].stop_mb
         if opts.split:
             copy_sparse(rt.squashfs, out / "images" / "install.img")
             sizes["images/install.img"] = (out / "images" / "install.img").stat().st_size
