@@ -1,7 +1,7 @@
 """`composer livemedia --make-disk` from the test product's disk kickstart
 (tools/testproduct/disk.ks), for real: dnf, dracut, sfdisk, mkfs.ext4 -d, mkfs.fat and
 mtools, mkswap, the tree's grub-mkimage, then qemu booting the disk through its own GRUB
-under SeaBIOS (and OVMF, in `make soak`) to the test product's marker.
+under SeaBIOS and OVMF to the test product's marker.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_disk_layout_and_contents(disk_image: Path) -> None:
     assert disk_image.read_bytes()[510:512] == b"\x55\xaa"
 
 
-@pytest.mark.parametrize("firmware", ["bios", pytest.param("uefi", marks=pytest.mark.soak)])
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_disk_boots(disk_image: Path, firmware: str, tmp_path: Path) -> None:
     log = tmp_path / f"serial-{firmware}.log"
     result = boot_disk(disk_image, firmware=firmware, memory_mb=512, timeout=900, log=log, marker=BOOT_MARKER)
