@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,20 @@ def _include_files(path: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _lines(files: list[Path]) -> Iterator[tuple[Path, list[str]]]:
+    """Each readable kickstart file with its lines (an unreadable one is skipped: the parse said why)."""
+    for f in files:
+        try:
+            yield f, f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+
+
 def _line_of(files: list[Path], lineno: int | None, command: str) -> str:
     """FILE:LINE of a kickstart command (pykickstart keeps the line, not the file)."""
     if not lineno:
         return str(files[0])
-    for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
+    for f, lines in _lines(files):
         if 0 < lineno <= len(lines) and lines[lineno - 1].split()[:1] == [command]:
             return f"{f}:{lineno}"
     return f"{files[0]}:{lineno}"
@@ -108,11 +114,7 @@ def _line_of(files: list[Path], lineno: int | None, command: str) -> str:
 def _token_line(files: list[Path], token: str) -> str | None:
     """FILE:LINE of the first line starting with `token` and a space or its end (a %packages
     group line: a group's name may hold spaces)."""
-    for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
+    for f, lines in _lines(files):
         for n, line in enumerate(lines, 1):
             line = line.strip()
             if line == token or line.startswith(token + " "):
@@ -122,11 +124,7 @@ def _token_line(files: list[Path], token: str) -> str | None:
 
 def _unsplittable_line(files: list[Path]) -> str:
     """FILE:LINE of the first line shell-style splitting fails on (else the first file)."""
-    for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
+    for f, lines in _lines(files):
         for n, line in enumerate(lines, 1):
             try:
                 shlex.split(line)
