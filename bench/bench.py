@@ -119,11 +119,13 @@ def netboot_boot(tree: Path, bootfile: str = "pxelinux.0"):
     return boot
 
 
-def ram_floor(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> dict[str, object]:
+def ram_floor(
+    kernel: Path | None, initrd: Path | None, logdir: Path, *, timeout: float = THRASH_S, **kw: object
+) -> dict[str, object]:
     """Both floors (verify.find_floors): usable (the marker within 1.5x the boot at 512 MB)
-    and reached (the marker at all, within THRASH_S)."""
+    and reached (the marker at all, within `timeout` a boot)."""
     logdir.mkdir(parents=True, exist_ok=True)
-    f = find_floors(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=THRASH_S, marker=BOOT_MARKER, **kw)
+    f = find_floors(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=timeout, marker=BOOT_MARKER, **kw)
     for r in f.results:
         print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
     return {"ram_floor_mb": f.usable_mb, "ram_reached_mb": f.reached_mb, "boot_512_s": round(f.reference_s, 1)}

@@ -29,10 +29,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import bench
-from bench import BOOT_MARKER, BUILD, CHECK_ARGS, MIB, OUT, bench_config, floor_row, iso_boot, part, timed
+from bench import BUILD, CHECK_ARGS, MIB, OUT, bench_config, floor_row, iso_boot, part, ram_floor, timed
 
 from composer.config import Compression, RootfsType
 from composer.images import squashfs
@@ -40,12 +39,13 @@ from composer.outputs import ram
 from composer.outputs.bigimage import make_big_initrd, runtime_cmdline
 from composer.pipelines.bootiso import MediaOptions, compose_boot_iso
 from composer.pipelines.runtime import compose_runtime
-from composer.verify import find_floors
 from testproduct import build_testproduct
 
 LOUT = OUT / "levers"
 GROUPS = ("iso-block", "iso-rootfs", "big-block", "big-rootfs", "big-bcj")
 BLOCK_DEFAULT = squashfs.BLOCK_SIZE
+# make bench's floors (bench.ram_floor), each thrashing boot cut shorter: a lever that moves the
+# usable floor shows without the wait.
 THRASH_S = float(os.environ.get("LEVERS_THRASH_S", "300"))
 # LEVERS_DEFAULT=0: the variants alone, to compare with the default rows of a make bench run just before.
 WITH_DEFAULT = os.environ.get("LEVERS_DEFAULT", "1") not in ("", "0")
@@ -62,16 +62,6 @@ def block_size(size: str) -> Iterator[None]:
         squashfs.BLOCK_SIZE = old
 
 
-def floors(kernel: Path | None, initrd: Path | None, logdir: Path, **kw: object) -> dict[str, object]:
-    """make bench's two floors, the thrashing one looked for only up to THRASH_S a boot (make
-    bench waits 900 s: a lever that moves the usable floor shows without that wait)."""
-    logdir.mkdir(parents=True, exist_ok=True)
-    f = find_floors(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=THRASH_S, marker=BOOT_MARKER, **kw)
-    for r in f.results:
-        print(f"  boot {r.memory_mb} MB: {'ok' if r.ok else 'no'} ({r.seconds:.0f}s) {'' if r.ok else r.reason}", flush=True)
-    return {"ram_floor_mb": f.usable_mb, "ram_reached_mb": f.reached_mb, "boot_512_s": round(f.reference_s, 1)}
-
-
 def iso_row(source: str, name: str, bisect: bool, rootfs: RootfsType) -> dict[str, object]:
     cfg = dataclasses.replace(bench_config(source, LOUT / name), rootfs_type=rootfs)
     wall, _cpu, _ = timed(compose_boot_iso, cfg, MediaOptions(volid="TestProduct-1-x86_64"))
@@ -84,7 +74,7 @@ def iso_row(source: str, name: str, bisect: bool, rootfs: RootfsType) -> dict[st
         "iso_mib": round(iso.stat().st_size / MIB, 1),
     }
     if bisect:
-        row |= floors(None, None, LOUT / f"boots-{name}", boot=iso_boot(iso, "bios"))
+        row |= ram_floor(None, None, LOUT / f"boots-{name}", timeout=THRASH_S, boot=iso_boot(iso, "bios"))
     shutil.rmtree(cfg.outdir)
     return row
 
@@ -97,7 +87,7 @@ def big_row(source: str, name: str, bisect: bool, rootfs: RootfsType) -> dict[st
     row |= {"compose_s": wall, "squashfs_mib": round(manifest["sizes"]["squashfs"] / MIB, 1)}
     pxe = cfg.outdir / "images/pxeboot"
     if bisect:
-        row |= floors(pxe / "vmlinuz", pxe / "initrd.img", LOUT / f"boots-{name}", check_args=CHECK_ARGS)
+        row |= ram_floor(pxe / "vmlinuz", pxe / "initrd.img", LOUT / f"boots-{name}", timeout=THRASH_S, check_args=CHECK_ARGS)
     shutil.rmtree(cfg.outdir)
     return row
 
