@@ -84,10 +84,11 @@ def _listing(tree: Path) -> dict[str, tuple]:
     return out
 
 
-def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5_root, tmp_path):
-    """The test product's runtime composed with dnf5: the same packages and the same shipped
-    tree (the rpm database aside) as the dnf 4 session runtime, the tree check passed, and it boots."""
-    out, log, cachedir = tmp_path / "out", tmp_path / "build.log", BUILD / "cache-dnf5"
+@pytest.fixture(scope="module")
+def dnf5_runtime(testproduct_repo, dnf5_root, tmp_path_factory) -> tuple[Path, Path]:
+    """The test product's runtime composed with dnf5 (its outputs and its log)."""
+    base = tmp_path_factory.mktemp("dnf5-runtime")
+    out, log, cachedir = base / "out", base / "build.log", BUILD / "cache-dnf5"
     composer(
         "--logfile",
         str(log),
@@ -111,6 +112,14 @@ def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5
         "--no-cache",
         str(out),
     )
+    return out, log
+
+
+def test_dnf5_runtime_is_dnf4s(runtime_outputs, dnf5_runtime, tmp_path):
+    """The same packages and the same shipped tree (the rpm database aside) as the dnf 4
+    session runtime, and the tree check passed: so its boot proves test_runtime's path
+    again (make soak boots it)."""
+    out, log = dnf5_runtime
     text = log.read_text()
     assert "dnf: dnf5 (dnf5 version 5." in text
     assert re.search(r"dnf5 .*--installroot=", text), "dnf5 did not run"
@@ -130,6 +139,10 @@ def test_dnf5_runtime_is_dnf4s_and_boots(runtime_outputs, testproduct_repo, dnf5
     assert not differ, [(p, a.get(p), b.get(p)) for p in differ[:10]]
     assert len(a) > 3000
 
+
+@pytest.mark.soak
+def test_dnf5_runtime_boots(dnf5_runtime, tmp_path):
+    out, _ = dnf5_runtime
     pxe = out / "images" / "pxeboot"
     proc = composer(
         "verify",
