@@ -51,6 +51,11 @@ REFERENCE_MB = 512
 POWEROFF_GRACE = 20.0  # seconds qemu gets to power off by itself after the marker
 # Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
 # such a boot is tried again, up to this many times.
+# --press-enter: menus that wait for their timeout (lorax's stock grub.cfg: 60 s) answered as
+# someone at the console would, Enter (the highlighted, i.e. default, entry boots). Pressed
+# every ENTER_EVERY s for ENTER_FOR s: the firmware and grub drop or buffer the early ones,
+# and the kernel's console reads the late ones with nothing waiting on them.
+ENTER_EVERY, ENTER_FOR = 2.0, 60.0
 EMULATION_FLAKES = ("IO-APIC + timer doesn't work",)
 EMULATION_RETRIES = 2
 
@@ -597,14 +602,16 @@ def boot_argv(
     marker: str,
     log: Path | None = None,
     what: str = "boot check",
+    enter: bool = False,
 ) -> BootResult:
-    """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout.
+    """Run a prepared qemu argv until the marker, a fatal line, qemu's exit or the timeout
+    (with `enter`, pressing Enter at the boot menu through qemu's monitor).
 
     qemu runs in its own process group and is killed on every way out (including
     KeyboardInterrupt); the serial log is kept in `log` (a temp file if None).
     A boot that fails on a known emulation flake (EMULATION_FLAKES) is run again."""
     for attempt in range(EMULATION_RETRIES + 1):
-        result = _boot_once(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log, what=what)
+        result = _boot_once(argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log, what=what, enter=enter)
         if result.ok or not any(f in result.reason for f in EMULATION_FLAKES) or attempt == EMULATION_RETRIES:
             return result
         info(f"{what}: emulation flake ({result.reason}); booting again")
@@ -619,6 +626,7 @@ def _boot_once(
     marker: str,
     log: Path | None,
     what: str,
+    enter: bool = False,
 ) -> BootResult:
     if shutil.which(argv[0]) is None:
         raise ComposerError(f"{what}: {argv[0]} not found")
@@ -631,10 +639,10 @@ def _boot_once(
     debug("$ " + " ".join(argv))
     start = time.monotonic()
     ok, marker_line, reason, seconds = False, None, "", 0.0
-    with log.open("wb") as logf:
+    with log.open("wb") as logf, _pressing_enter(enter) as monitor:
         lines = _Lines(logf)
         proc = subprocess.Popen(
-            argv,
+            argv + monitor,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -678,6 +686,42 @@ def _boot_once(
     return result
 
 
+@contextlib.contextmanager
+def _pressing_enter(enter: bool) -> Iterator[list[str]]:
+    """With `enter`: qemu arguments for a monitor socket, and a thread pressing Enter through
+    it (ENTER_EVERY, ENTER_FOR) while the block runs. Without: no arguments, nothing runs."""
+    if not enter:
+        yield []
+        return
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory(prefix="composer-monitor-") as tmp:
+        sock = os.path.join(tmp, "monitor.sock")
+
+        def press() -> None:
+            conn = None
+            end = time.monotonic() + ENTER_FOR
+            while not stop.wait(ENTER_EVERY) and time.monotonic() < end:
+                try:
+                    if conn is None:
+                        conn = socket.socket(socket.AF_UNIX)
+                        conn.connect(sock)
+                    conn.sendall(b"sendkey ret\n")
+                except OSError:  # qemu not listening yet, or gone
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+            if conn is not None:
+                conn.close()
+
+        thread = threading.Thread(target=press, name="composer-enter", daemon=True)
+        thread.start()
+        try:
+            yield ["-monitor", f"unix:{sock},server=on,wait=off"]
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+
 def boot_iso(
     iso: Path,
     *,
@@ -688,9 +732,10 @@ def boot_iso(
     accel: str = "auto",
     log: Path | None = None,
     smp: int = 2,
+    enter: bool = False,
 ) -> BootResult:
     """Boot iso as a CD under SeaBIOS (firmware="bios") or OVMF ("uefi"); the menu's
-    default entry must boot unattended to the marker."""
+    default entry must boot to the marker, unattended or (enter) at once."""
     if not iso.is_file():
         raise ComposerError(f"boot check: ISO {iso} does not exist")
     return _boot_media(
@@ -702,6 +747,7 @@ def boot_iso(
         accel=accel,
         log=log,
         smp=smp,
+        enter=enter,
         iso=iso.resolve(),
     )
 
@@ -761,7 +807,17 @@ def boot_netboot(
 
 
 def _boot_media(
-    what: str, *, firmware: str, memory_mb: int, timeout: float, marker: str, accel: str, log: Path | None, smp: int, **media: Any
+    what: str,
+    *,
+    firmware: str,
+    memory_mb: int,
+    timeout: float,
+    marker: str,
+    accel: str,
+    log: Path | None,
+    smp: int,
+    enter: bool = False,
+    **media: Any,
 ) -> BootResult:
     """boot_argv for firmware boots (CD or network); UEFI gets a private copy of OVMF's
     variable store, which the firmware writes to."""
@@ -776,7 +832,13 @@ def _boot_media(
             memory_mb=memory_mb, accel=resolve_accel(accel, kernel), smp=smp, firmware=firmware, ovmf_vars=vars_copy, **media
         )
         return boot_argv(
-            argv, memory_mb=memory_mb, timeout=timeout, marker=marker, log=log, what=f"boot check ({firmware.upper()} {what})"
+            argv,
+            memory_mb=memory_mb,
+            timeout=timeout,
+            marker=marker,
+            log=log,
+            what=f"boot check ({firmware.upper()} {what})",
+            enter=enter,
         )
 
 

@@ -440,3 +440,32 @@ def test_qemu_dies_with_a_killed_caller(tmp_path: Path, monkeypatch: pytest.Monk
     caller.send_signal(signal.SIGKILL)
     caller.wait()
     assert _gone(pidfile)
+
+
+def test_press_enter_reaches_the_monitor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--press-enter: a monitor socket on qemu's command line, and Enter sent through it until
+    the boot ends (the fake qemu boots only once it has read the key)."""
+    monkeypatch.setattr(verify, "ENTER_EVERY", 0.05)
+    _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        """\
+        import socket
+        spec = sys.argv[sys.argv.index("-monitor") + 1]
+        assert spec.startswith("unix:") and spec.endswith(",server=on,wait=off"), spec
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(spec[len("unix:"):-len(",server=on,wait=off")])
+        server.listen(1)
+        conn, _ = server.accept()
+        got = b""
+        while b"sendkey ret\\n" not in got:
+            got += conn.recv(64)
+        say("COMPOSER-BOOT-OK after Enter")
+        """,
+    )
+    argv = [verify.QEMU, "-m", "256"]
+    r = verify.boot_argv(argv, memory_mb=256, timeout=10, marker=BOOT_MARKER, log=tmp_path / "serial.log", enter=True)
+    assert r.ok and r.marker_line == "COMPOSER-BOOT-OK after Enter", r.reason
+    # without it, no monitor: the menu's own timeout boots the default entry
+    _fake_qemu(tmp_path, monkeypatch, 'assert "-monitor" not in sys.argv\nsay("COMPOSER-BOOT-OK")\n')
+    assert verify.boot_argv([verify.QEMU], memory_mb=256, timeout=30, marker=BOOT_MARKER, log=tmp_path / "serial.log").ok

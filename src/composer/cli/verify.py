@@ -169,6 +169,11 @@ def add_verify_media_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso", type=Path, default=None, help="boot this ISO as a CD instead of --kernel/--initrd")
     p.add_argument("--firmware", default="bios", choices=["bios", "uefi"], help="for --iso/--netboot: SeaBIOS or OVMF")
     p.add_argument(
+        "--press-enter",
+        action="store_true",
+        help="for --iso: press Enter at the boot menu (its default entry boots without waiting for the menu's timeout)",
+    )
+    p.add_argument(
         "--netboot",
         type=Path,
         default=None,
@@ -224,10 +229,10 @@ def verify_media(args: argparse.Namespace) -> int:
         if args.min_memory:
 
             def boot_cd(_kernel: object, _initrd: object, **kw: Any) -> Any:
-                return boot_iso(args.iso, firmware=args.firmware, **kw)
+                return boot_iso(args.iso, firmware=args.firmware, enter=args.press_enter, **kw)
 
             return report_min_memory(args, None, None, boot=boot_cd)
-        result = boot_iso(args.iso, firmware=args.firmware, **common)
+        result = boot_iso(args.iso, firmware=args.firmware, enter=args.press_enter, **common)
         what = f"{args.iso} ({args.firmware})"
     else:
         tree = args.netboot
