@@ -5,7 +5,7 @@ configures it as anaconda does for an image install (composer.kickstart.apply), 
 makes the one output asked for. The stages, over compose.BuildContext:
 
     start -> %pre -> install (%packages) -> kickstart (the system commands, %post) ->
-    one of: tar | fsimage | pack + media tree + boot.iso (iso) | pack + pxe-live |
+    one of: dracut + tar | dracut + fsimage | pack + media tree + boot.iso (iso) | pack + pxe-live |
     disk setup + dracut + grub + disk (disk: pipelines.disk)
 
 The ISO is boot-iso's media (pipelines.bootiso) with the live image where dracut's
@@ -32,7 +32,7 @@ from composer.kickstart import LiveKickstart
 from composer.kickstart.apply import apply_system, run_scripts
 from composer.pipelines import compose as pipeline
 from composer.pipelines.bootiso import MediaOptions, check_boot_menus, make_media
-from composer.pipelines.disk import DEFAULT_IMAGE_NAME, make_disk
+from composer.pipelines.disk import DEFAULT_IMAGE_NAME, initramfs_in_tree, make_disk
 from composer.pipelines.netboot import NetbootOptions, netboot_dracut_conf
 from composer.pipelines.runtime import compose_dirs, log_summary
 from composer.reproducible import config_seed
@@ -113,13 +113,29 @@ def make_tar(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path
     return out / name
 
 
+def root_fstype(plan: LivemediaPlan) -> RootfsType:
+    """The kickstart's `part / --fstype` (ext4 as livemedia-creator's default); --make-fsimage
+    makes only FSIMAGE_TYPES, a tar goes anywhere (its initramfs then reads ext4)."""
+    name = plan.kickstart.system.root_fstype or "ext4"
+    fstype = FSIMAGE_TYPES.get(name)
+    if fstype is None and plan.make == "fsimage":
+        raise ComposerError(f"kickstart part / --fstype={name}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
+    return fstype or RootfsType.EXT4
+
+
+def installed_initramfs(ctx: pipeline.BuildContext, plan: LivemediaPlan) -> None:
+    """Stage `dracut` of --make-fsimage and --make-tar: /boot/initramfs-KVER.img per kernel, as
+    the kernel package's scriptlet (kernel-install, dracut) leaves it in anaconda's install, so
+    the tree boots from a disk that holds it. A tree without a kernel (a container's) gets none."""
+    kernels = dracut.find_kernels(ctx.tree)
+    if kernels:
+        initramfs_in_tree(ctx, kernels, root_fstype(plan).value)
+
+
 def make_fsimage(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path:
-    """Stage `fsimage`: the tree as one filesystem image labelled --fs-label (the kickstart's
-    `part / --fstype`, ext4 as livemedia-creator's default), made without a mount."""
-    fstype_name = plan.kickstart.system.root_fstype or "ext4"
-    fstype = FSIMAGE_TYPES.get(fstype_name)
-    if fstype is None:
-        raise ComposerError(f"kickstart part / --fstype={fstype_name}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
+    """Stage `fsimage`: the tree as one filesystem image labelled --fs-label, of the type
+    root_fstype gives, made without a mount."""
+    fstype = root_fstype(plan)
     name = plan.image_name or "fsimage.img"
     with stage("fsimage", ctx.metrics, usage=True):
         make_rootfs(
@@ -213,7 +229,9 @@ def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
         made = make_disk(ctx, plan.disk, out, name=name, fs_label=plan.fs_label, kernel_args=plan.kernel_args)
         log_summary(ctx.metrics.sizes, ctx.metrics.timings, {})
         return made
+    root_fstype(plan)  # a type --make-fsimage cannot make stops here, before dracut's time
     pipeline.seal(ctx)
+    installed_initramfs(ctx, plan)
     made = make_tar(ctx, plan, out) if plan.make == "tar" else make_fsimage(ctx, plan, out)
     log_summary(ctx.metrics.sizes, ctx.metrics.timings, {})
     return made
