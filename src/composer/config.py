@@ -86,6 +86,10 @@ class Config:
     dracut_args: tuple[str, ...] = ()
     dracut_conf: Path | None = None
     nogpgcheck: bool = False
+    # What dnf installs of each package: lorax's runtime choices (no docs, no weak deps);
+    # a kickstart's %packages --excludedocs / --excludeWeakdeps set them as anaconda does.
+    nodocs: bool = True
+    weak_deps: bool = False
     dnf: DnfChoice = DnfChoice.AUTO
     # A root directory (e.g. Debian unstable's, made by scripts/dnf5-root) whose dnf runs the
     # transactions, inside bubblewrap; None: the host's dnf.

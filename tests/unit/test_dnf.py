@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -34,6 +35,17 @@ def test_dnf_argv_carries_the_build_settings(tmp_path):
     assert "gpgcheck=1\n" in repo
     # rpm inside the tree keeps its database where Fedora does, not in ~/.rpmdb.
     assert "/usr/lib/sysimage/rpm" in (tmp_path / "work" / "home" / ".rpmmacros").read_text()
+
+
+def test_docs_and_weak_deps_as_asked(tmp_path):
+    """lorax's runtime: no docs, no weak deps (the defaults); a kickstart's image install: both."""
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
+    argv = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")._dnf_argv()
+    assert "--setopt=install_weak_deps=False" in argv and "--setopt=tsflags=nodocs" in argv
+    anaconda = dataclasses.replace(cfg, nodocs=False, weak_deps=True)
+    s = DnfSession(tmp_path / "tree", anaconda, tmp_path / "work2")
+    assert "--setopt=install_weak_deps=True" in s._dnf_argv() and "--setopt=tsflags=nodocs" not in s._dnf_argv()
+    assert "--setopt=install_weak_deps=True" in s.shaping_options()  # a cached tree of the other kind is not used
 
 
 def test_nogpgcheck(tmp_path):

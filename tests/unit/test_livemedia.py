@@ -138,11 +138,15 @@ def test_not_yet_is_named(tmp_path: Path) -> None:
     assert not ks.ignore_missing
     assert ks.system.scripts[1].log == "/root/ks-post.log"
     plain = tmp_path / "plain.ks"
-    text = (tmp_path / "x.ks").read_text().replace("%packages --nocore", "%packages --excludedocs --ignoremissing")
+    assert (ks.nodocs, ks.weak_deps) == (False, True)  # anaconda: docs and weak deps unless told not to
+    text = (
+        (tmp_path / "x.ks").read_text().replace("%packages --nocore", "%packages --excludedocs --excludeWeakdeps --ignoremissing")
+    )
     plain.write_text(text.replace("%post --nochroot", "%post --nochroot --log=/x.log"))
     ks = load_live_kickstart(plain)
     assert ks.ignore_missing
-    assert ks.not_yet[0] == "%packages --excludedocs"
+    assert (ks.nodocs, ks.weak_deps) == (True, False)  # honoured, so not named as not yet
+    assert not any("--exclude" in n for n in ks.not_yet), ks.not_yet
     assert ks.packages.installpkgs[0] == "@core"  # without --nocore (tests/unit/test_kickstart_groups.py)
     assert re.fullmatch(r"%post --nochroot --log \(line \d+\)", ks.not_yet[-1])
 

@@ -21,7 +21,7 @@ from composer.config import DEFAULT_CACHEDIR, Compression, Config, RootfsType
 from composer.images.disk import plan_disk
 from composer.images.iso import check_volid, default_volid
 from composer.kickstart import apply_kickstart, load_live_kickstart
-from composer.pipelines.livemedia import FSIMAGE_TYPES, TAR_COMPRESSORS, LivemediaPlan, compose_livemedia
+from composer.pipelines.livemedia import TAR_COMPRESSORS, LivemediaPlan, compose_livemedia, root_fstype
 from composer.preflight import check_compose_inputs, check_kernel_arg
 from composer.run import ComposerError, output_path, require, set_logging
 
@@ -240,12 +240,9 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
     check_logfile(args.logfile, "--logfile")
     set_logging(logfile=args.logfile)
     ks = load_live_kickstart(args.ks[0])
-    cfg = apply_kickstart(_config(args, resultdir), ks.packages)
+    cfg = dataclasses.replace(apply_kickstart(_config(args, resultdir), ks.packages), nodocs=ks.nodocs, weak_deps=ks.weak_deps)
     volid = check_volid(args.volid) if args.volid else default_volid(cfg.product, cfg.version, cfg.arch)
-    fstype = ks.system.root_fstype or "ext4"
-    if args.make == "fsimage" and fstype not in FSIMAGE_TYPES:
-        # Found out after the install otherwise.
-        raise ComposerError(f"kickstart part / --fstype={fstype}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
+    root_fstype(ks.system.root_fstype, args.make)  # one --make-fsimage cannot make: now, not after the install
     disk = None
     if args.make == "disk":
         disk = plan_disk(ks.system.disk, str(args.ks[0]))

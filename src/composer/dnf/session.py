@@ -118,7 +118,7 @@ class DnfSession:
             # Paths that reach the host whether or not dnf puts the installroot in front.
             *cli.state(self._host_path, cachedir=c.cachedir, logdir=self.logdir, state=self.workdir / "dnf-state"),
             "--setopt=keepcache=True",
-            "--setopt=install_weak_deps=False",
+            f"--setopt=install_weak_deps={c.weak_deps}",
             "--setopt=check_config_file_age=False",
             # A repository that cannot be read is an error, not an empty repository
             # (else a typo in a URL surfaces as "no package matches").

@@ -18,6 +18,7 @@ class DnfConfig:
     cachedir: Path = Path("/var/cache/composer/dnf")
     nogpgcheck: bool = False
     nodocs: bool = True
+    weak_deps: bool = False  # install_weak_deps
     dnf: DnfChoice = DnfChoice.AUTO
     root: Path | None = None  # where dnf and rpm come from (None: the host)
     mirrorlists: tuple[str, ...] = ()  # mirrorlist URLs, each a repository (lorax's -m)
@@ -38,6 +39,8 @@ def dnf_config(cfg: Config) -> DnfConfig:
         excludepkgs=cfg.excludepkgs,
         cachedir=cfg.cachedir / "dnf",
         nogpgcheck=cfg.nogpgcheck,
+        nodocs=cfg.nodocs,
+        weak_deps=cfg.weak_deps,
         dnf=cfg.dnf,
         root=cfg.dnf_root,
         mirrorlists=cfg.mirrorlists,

@@ -282,6 +282,9 @@ class LiveKickstart:
     ignore_missing: bool = False  # %packages --ignoremissing
     not_yet: tuple[str, ...] = ()  # options composer accepts but does not act on yet (one report line)
     request: PackageRequest = PackageRequest()  # packages.installpkgs/excludepkgs, with the groups' lines
+    # %packages --excludedocs / --excludeWeakdeps: anaconda installs docs and weak deps unless told not to
+    nodocs: bool = False
+    weak_deps: bool = True
 
     def missing_group(self, spec: str) -> ComposerError:
         """The error for a group or environment of %packages no repository has."""
@@ -301,7 +304,9 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
     from pykickstart.constants import KS_MISSING_IGNORE  # deferred, as in read_kickstart
 
     ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
-    return LiveKickstart(ks, system, ignore_missing, tuple(_not_yet(handler)), request)
+    return LiveKickstart(
+        ks, system, ignore_missing, tuple(_not_yet(handler)), request, bool(pkgs.excludeDocs), not pkgs.excludeWeakdeps
+    )
 
 
 def _not_yet(handler: Any) -> list[str]:
@@ -310,10 +315,8 @@ def _not_yet(handler: Any) -> list[str]:
     found: list[str] = []
     if getattr(pkgs, "default", False):
         found.append("%packages --default (the product's default environment: name it with @^ID)")
-    options = (("--excludedocs", pkgs.excludeDocs), ("--instLangs", pkgs.instLangs), ("--excludeWeakdeps", pkgs.excludeWeakdeps))
-    for option, value in options:
-        if value:
-            found.append(f"%packages {option}")
+    if pkgs.instLangs:
+        found.append("%packages --instLangs")
     for repo in handler.repo.repoList:
         for option in ("includepkgs", "excludepkgs", "cost"):
             if getattr(repo, option, None):

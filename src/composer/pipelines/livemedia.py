@@ -113,12 +113,12 @@ def make_tar(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path
     return out / name
 
 
-def root_fstype(plan: LivemediaPlan) -> RootfsType:
+def root_fstype(ks_fstype: str | None, make: str) -> RootfsType:
     """The kickstart's `part / --fstype` (ext4 as livemedia-creator's default); --make-fsimage
     makes only FSIMAGE_TYPES, a tar goes anywhere (its initramfs then reads ext4)."""
-    name = plan.kickstart.system.root_fstype or "ext4"
+    name = ks_fstype or "ext4"
     fstype = FSIMAGE_TYPES.get(name)
-    if fstype is None and plan.make == "fsimage":
+    if fstype is None and make == "fsimage":
         raise ComposerError(f"kickstart part / --fstype={name}: --make-fsimage makes {', '.join(FSIMAGE_TYPES)}")
     return fstype or RootfsType.EXT4
 
@@ -129,13 +129,13 @@ def installed_initramfs(ctx: pipeline.BuildContext, plan: LivemediaPlan) -> None
     the tree boots from a disk that holds it. A tree without a kernel (a container's) gets none."""
     kernels = dracut.find_kernels(ctx.tree)
     if kernels:
-        initramfs_in_tree(ctx, kernels, root_fstype(plan).value)
+        initramfs_in_tree(ctx, kernels, root_fstype(plan.kickstart.system.root_fstype, plan.make).value)
 
 
 def make_fsimage(ctx: pipeline.BuildContext, plan: LivemediaPlan, out: Path) -> Path:
     """Stage `fsimage`: the tree as one filesystem image labelled --fs-label, of the type
     root_fstype gives, made without a mount."""
-    fstype = root_fstype(plan)
+    fstype = root_fstype(plan.kickstart.system.root_fstype, plan.make)
     name = plan.image_name or "fsimage.img"
     with stage("fsimage", ctx.metrics, usage=True):
         make_rootfs(
@@ -229,7 +229,6 @@ def build(plan: LivemediaPlan, out: Path, work: Path) -> Path:
         made = make_disk(ctx, plan.disk, out, name=name, fs_label=plan.fs_label, kernel_args=plan.kernel_args)
         log_summary(ctx.metrics.sizes, ctx.metrics.timings, {})
         return made
-    root_fstype(plan)  # a type --make-fsimage cannot make stops here, before dracut's time
     pipeline.seal(ctx)
     installed_initramfs(ctx, plan)
     made = make_tar(ctx, plan, out) if plan.make == "tar" else make_fsimage(ctx, plan, out)
