@@ -121,7 +121,7 @@ bench-fedora:
 SOAK_N ?= 10
 SOAK_MEMORY ?= 512
 # Then the tests marked soak: long proofs of paths CI proves another way (the Pungi compose,
-# the build inside the RPM buildroot, the live ISO under UEFI).
+# the build inside the RPM buildroot, the live ISO under UEFI, the Fedora-shaped product's live spin).
 soak: testproduct
 	BUILD=$(BUILD) SOAK_N=$(SOAK_N) SOAK_MEMORY=$(SOAK_MEMORY) \
 		PYTHONPATH=$(CURDIR)/src:$(CURDIR)/tools $(PYTHON) bench/soak.py

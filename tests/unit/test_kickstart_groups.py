@@ -281,3 +281,33 @@ def test_dnf_installs_the_groups_less_the_excluded_one(tmp_path: Path) -> None:
     s.install(["@^minimal-environment", "@standard/mandatory,conditional"])
     s.run_transaction()
     assert s.installed() == ["pa", "pb"]
+
+
+# ---------------------------------------------------- the Fedora-shaped product's live spin
+
+
+def test_fedora_live_spin_reads_and_its_groups_are_in_the_products_comps(tmp_path: Path) -> None:
+    """tools/testproduct/fedora-live.ks (test_livemedia_fedora.py builds it) as composer reads
+    it: every command honoured or ignored as anaconda does, and each group it asks for (and
+    each package it takes out of one) in tools/testproduct/fedora-comps.xml."""
+    import xml.etree.ElementTree as ET
+
+    text = (ROOT / "tools/testproduct/fedora-live.ks").read_text()
+    ks_path = _ks(tmp_path, "")  # the fake source's repomd.xml
+    ks_path.write_text(text.replace("@REPO@", f"file://{tmp_path}/fake"))
+    ks = load_live_kickstart(ks_path)
+    comps = ET.parse(ROOT / "tools/testproduct/fedora-comps.xml").getroot()
+    members = {g.findtext("id"): {p.text for p in g.iter("packagereq")} for g in comps.iter("group")}
+    groups = [p.removeprefix("@").split("/")[0] for p in ks.packages.installpkgs if p.startswith("@")]
+    assert groups == ["core", "standard", "system-tools"]
+    assert set(groups) <= set(members)
+    assert ks.packages.excludepkgs == ("nano",) and "nano" in members["standard"]
+    s = ks.system
+    assert (s.hostname, s.enabled, s.disabled) == (
+        "fedora-live",
+        ("rsyslog.service", "composer-boot-check.service"),
+        ("ssh.service",),
+    )
+    assert [u.name for u in s.users] == ["liveuser"] and s.selinux == "disabled"
+    assert ks.packages.kernel_args == ("console=ttyS0", "composer.check=poweroff")
+    assert ks.not_yet == ()

@@ -161,6 +161,21 @@ def test_fedora_iso_menus_use_inst_stage2():
         assert "root=live:" not in text
 
 
+def test_fedora_live_media_menus_boot_the_live_image():
+    """composer livemedia --project Fedora: Fedora's live entries (Start, Test this media &
+    start), dmsquash-live's root=live: with the live image's place, never anaconda's stage2."""
+    for text in media(cfg("Fedora"), stage2="LiveOS/squashfs.img", kernel_args=("console=ttyS0",)).values():
+        entries = re.findall(r"menuentry '([^']*)'.*?\n\s*linux (.*)\n", text)
+        assert [e[0] for e in entries] == [
+            "Start Fedora 1",
+            "Test this media & start Fedora 1",
+            "Start Fedora 1 in basic graphics mode",
+        ]
+        live = "root=live:CDLABEL=TestProduct-1-x86_64 rd.live.image rd.live.dir=LiveOS rd.live.squashimg=squashfs.img"
+        assert all(live in args and args.endswith("console=ttyS0") for _, args in entries), entries
+        assert "rd.live.check" in entries[1][1] and "inst.stage2" not in text and "inst.rescue" not in text
+
+
 def test_template_error_names_file_and_line(tmp_path, monkeypatch):
     (tmp_path / "grub2-efi.cfg").write_text("set timeout=1\nlinux ${nosuchvar}\n")
     with pytest.raises(TemplateError, match=r"grub2-efi.cfg:2: undefined variable"):

@@ -73,7 +73,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
     stamp = repo / STAMP
     if not force and stamp.is_file() and stamp.read_text().strip() == key:
         info(f"test product: up to date (cached) at {repo}")
-        _with_comps(repo)
+        with_comps(repo)
         return repo
     info(f"test product: {len(pkgs)} Debian packages")
 
@@ -126,7 +126,7 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
                 setuppkg.build(workdir=work, rpmdir=out, release=BUILDER_VERSION, closure=closure, owner_fixups=owners, base=base)
             with stage("test product: createrepo_c"):
                 run(["createrepo_c", "--quiet", "--no-database", "-g", str(COMPS), out])
-            (out / COMPS_STAMP).write_text(_comps_digest() + "\n")
+            (out / COMPS_STAMP).write_text(_comps_digest(COMPS) + "\n")
             (out / STAMP).write_text(key + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -134,19 +134,20 @@ def build_testproduct(dest: Path, *, force: bool = False, jobs: int | None = Non
     return repo
 
 
-def _comps_digest() -> str:
-    return hashlib.sha256(COMPS.read_bytes()).hexdigest()
+def _comps_digest(comps: Path) -> str:
+    return hashlib.sha256(comps.read_bytes()).hexdigest()
 
 
-def _with_comps(repo: Path) -> None:
-    """The repository's metadata with comps.xml as it is now (a repository made before it
-    had comps, or with an older one): createrepo_c --update reuses the packages' metadata."""
+def with_comps(repo: Path, comps: Path = COMPS) -> None:
+    """The repository's metadata with `comps` as it is now (a repository made before it
+    had comps, or with an older one): createrepo_c --update reuses the packages' metadata.
+    Keyed apart from the packages (both products): a comps change never rebuilds an RPM."""
     stamp = repo / COMPS_STAMP
-    digest = _comps_digest()
+    digest = _comps_digest(comps)
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return
-    with stage("test product: comps"):
-        run(["createrepo_c", "--quiet", "--no-database", "--update", "-g", str(COMPS), str(repo)])
+    with stage(f"{repo.parent.name}: comps"):
+        run(["createrepo_c", "--quiet", "--no-database", "--update", "-g", str(comps), str(repo)])
     stamp.write_text(digest + "\n")
 
 

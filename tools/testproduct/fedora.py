@@ -58,6 +58,9 @@ COMPOSER: tuple[Fed, ...] = (
     Fed("python3-kickstart", "pypi", ("python3-requests",), "pykickstart: Debian 12 has none"),
     Fed("python3-productmd", "pypi", (), "productmd: Debian 12 has none"),
 )
+# What the product's live spin (tools/testproduct/fedora-live.ks, through fedora-comps.xml's
+# @core) installs that neither the templates nor composer name: the time zones `timezone` links.
+LIVE: tuple[Fed, ...] = (*_same("tzdata"),)
 # The PyPI release each pypi entry is built from.
 PYPI = {"python3-kickstart": "pykickstart==3.78", "python3-productmd": "productmd==1.51"}
 
@@ -152,11 +155,12 @@ FEDORA: tuple[Fed, ...] = (
     Fed("filesystem", "standin", note="directories of Fedora's layout the Debian closure lacks (/mnt, /etc/sysconfig, ...)"),
     Fed("fedora-logos", "placeholder", note="lorax installs <release>-logos with the release; no artwork"),
     *COMPOSER,
+    *LIVE,
 )
 
 # The x86_64 packages runtime-install.tmpl names without --optional (checked by the unit tests
 # against the stock template) and lorax's branding pair.
-TEMPLATE_NAMES = frozenset(f.name for f in FEDORA) - {"anaconda-core", "kernel-core"} - {f.name for f in COMPOSER}
+TEMPLATE_NAMES = frozenset(f.name for f in FEDORA) - {"anaconda-core", "kernel-core"} - {f.name for f in (*COMPOSER, *LIVE)}
 
 
 def by_name() -> dict[str, Fed]:

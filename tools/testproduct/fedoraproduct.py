@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from composer.run import ComposerError, atomic_dir, info, require, run, stage
-from testproduct import builder_main, debrpm, fedora, resolve, setuppkg, standins
+from testproduct import builder_main, debrpm, fedora, resolve, setuppkg, standins, with_comps
 from testproduct import translate as tr
 
 BUILDER_VERSION = "1"
@@ -27,6 +27,9 @@ STAMP = ".fedoraproduct-key"
 # Where Debian's python3 finds packages (pypi entries go there).
 PYTHON3_DIST = "/usr/lib/python3/dist-packages"
 SHAPING_MODULES = ("fedora.py", "fedoraproduct.py", "standins.py")
+# Fedora's group ids for kickstart %packages (tools/testproduct/fedora-live.ks); keyed apart
+# from the packages, as the small product's comps.xml.
+COMPS = Path(__file__).resolve().with_name("fedora-comps.xml")
 
 
 def cache_key(pkgs: list[resolve.DebPkg]) -> str:
@@ -232,6 +235,7 @@ def build_fedoraproduct(dest: Path, *, force: bool = False, jobs: int | None = N
     stamp = repo / STAMP
     if not force and stamp.is_file() and stamp.read_text().strip() == key:
         info(f"fedora product: up to date (cached) at {repo}")
+        with_comps(repo, COMPS)
         return repo
     info(f"fedora product: {len(pkgs)} Debian packages")
     debdir = dest / "debs"
@@ -260,6 +264,7 @@ def build_fedoraproduct(dest: Path, *, force: bool = False, jobs: int | None = N
             (out / STAMP).write_text(key + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    with_comps(repo, COMPS)
     size = sum(f.stat().st_size for f in repo.rglob("*.rpm"))
     info(f"fedora product: {count} RPMs, {size / 1e6:.0f} MB in {repo}")
     return repo

@@ -47,6 +47,7 @@ from composer.templates import TemplateRunner
 BIOS_LOADERS = ("grub2", "isolinux")
 GRUB_BIOS_PREFIX = "/boot/grub2"
 ISOLINUX_DIRS = ("usr/share/syslinux", "usr/lib/ISOLINUX", "usr/lib/syslinux/modules/bios")
+INSTALL_IMAGE = "images/install.img"  # the installer runtime's place on boot.iso
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ class MediaOptions:
     arch_template_vars: tuple[tuple[str, str], ...] = ()
     # Where the squashfs image goes on the medium: boot-iso's installer runtime, or a live
     # system's (composer livemedia: LiveOS/squashfs.img); the menus get its dir and name.
-    stage2: str = "images/install.img"
+    stage2: str = INSTALL_IMAGE
 
 
 def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) -> dict[str, object]:
@@ -75,6 +76,9 @@ def media_variables(cfg: Config, opts: MediaOptions, kernels: list[BootKernel]) 
             "overlay_args": " ".join(cfg.rootfs_type.live_args),
             "live_dir": opts.stage2.rpartition("/")[0],
             "live_image": opts.stage2.rpartition("/")[2],
+            # A live system's medium, not an installer's: a template set with one menu for
+            # both (the test product's) needs nothing else; Fedora's has a live menu of its own.
+            "live_media": opts.stage2 != INSTALL_IMAGE,
         }
     )
     return variables
