@@ -101,7 +101,8 @@ def test_rootfs_has_the_groups_and_what_the_kickstart_made(rootfs: Path) -> None
 def test_iso_boots_with_the_kickstart_applied(fedora_live_iso: Path, firmware: str, tmp_path: Path) -> None:
     log = tmp_path / f"serial-{firmware}.log"
     iso = fedora_live_iso / "images/boot.iso"
-    result = boot_iso(iso, firmware=firmware, memory_mb=1024, timeout=1200, log=log, marker=BOOT_MARKER)
+    # Enter at the menu (lorax's live default: the media check after 60 s) starts that entry at once.
+    result = boot_iso(iso, firmware=firmware, memory_mb=1024, timeout=1200, log=log, marker=BOOT_MARKER, enter=True)
     serial = log.read_text(errors="replace") if log.exists() else ""
     assert result.ok, f"{result.reason}\n--- serial tail ---\n{serial[-3000:]}"
     facts = r"FEDORA-LIVE-FACTS host=(\S+) user=(\S+) post=(\S+) release=(\S+) rsyslog=(\S+) ssh=(\S+) target=(\S+)"
