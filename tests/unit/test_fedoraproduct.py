@@ -239,6 +239,29 @@ def test_anaconda_standin_prints_the_marker() -> None:
     assert "/usr/share/anaconda/list-harddrives-stub" in core.files  # postinstall moves it
 
 
+def _standin_says(live: Path) -> list[str]:
+    """The stand-in's lines, run under sh with the boot media at `live`: its `say` echoes
+    (not to this host's console) and systemctl does nothing."""
+    script = standins.anaconda_core().files["/usr/libexec/anaconda/anaconda-standin"][1]
+    script = script.replace("/run/initramfs/live", str(live)).replace("systemctl ", ": ")
+    script = script.replace("say() {", 'say() { echo "$1"; }\nunused() {', 1)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_anaconda_standin_reports_the_repository_on_its_media(tmp_path: Path) -> None:
+    """A DVD's stand-in says it saw the repository it would install from (Pungi's layout:
+    Packages/<letter>/); boot.iso's says there is none. The marker comes last."""
+    assert _standin_says(tmp_path)[-2] == "anaconda-standin: no repository on the boot media"
+    (tmp_path / "repodata").mkdir()
+    (tmp_path / "repodata/repomd.xml").write_text("<repomd/>")
+    for rel in ("Packages/b/bash-5.2-1.x86_64.rpm", "Packages/k/kernel-6.1-1.x86_64.rpm", "Packages/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    said = _standin_says(tmp_path)
+    assert said[-2] == f"anaconda-standin: repository on the boot media: {tmp_path}/repodata/repomd.xml, 2 packages"
+    assert said[-1].startswith(setuppkg.BOOT_MARKER)
+
+
 def _parse_stage2(tmp_path: Path, cmdline: str) -> dict[str, str]:
     """Run the anaconda-dracut cmdline hook under sh with a stub getarg."""
     hook = standins.anaconda_dracut().files["/usr/lib/dracut/modules.d/80anaconda/parse-anaconda-stage2.sh"][1]

@@ -79,6 +79,16 @@ say() {
     sleep 1
 }
 for unit in $failed; do say "anaconda-standin: failed unit $unit"; done
+# anaconda installs from the boot media when it holds a repository (a DVD): dmsquash-live left
+# that device mounted here. Packages counted by shell glob (Pungi puts them in Packages/<letter>/).
+live=/run/initramfs/live
+if [ -f "$live/repodata/repomd.xml" ]; then
+    n=0
+    for rpm in "$live"/Packages/*.rpm "$live"/Packages/*/*.rpm; do [ -f "$rpm" ] && n=$((n + 1)); done
+    say "anaconda-standin: repository on the boot media: $live/repodata/repomd.xml, $n packages"
+else
+    say "anaconda-standin: no repository on the boot media"
+fi
 say "@MARKER@ kernel=$(uname -r) memtotal=$mem failed=$nfailed anaconda-standin"
 systemctl poweroff --no-block || poweroff -f
 """.replace("@MARKER@", BOOT_MARKER)
