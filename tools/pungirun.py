@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
         if "--boot" in argv:
             iso, log = boot_iso(result), result / "logs/boot-bios-serial.log"
             memory = os.environ.get("PUNGI_MEMORY", "1024")
-            verify = [sys.executable, "-m", "composer", "verify", "--iso", str(iso), "--firmware", "bios"]
+            verify = [sys.executable, "-m", "composer", "verify", "--iso", str(iso), "--firmware", "bios", "--press-enter"]
             _run([*verify, "--memory", memory, "--log", log], env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
             print(f"{iso}: boots under SeaBIOS at {memory} MB (serial log {log})")
     except PungiError as e:
