@@ -113,6 +113,11 @@ def test_verify_defaults_are_the_test_products():
     assert BOOT_MARKER not in verify_py and CHECK_ARGS not in verify_py
 
 
+def test_verify_press_enter_is_for_an_iso(tmp_path):
+    proc = composer("verify", "--kernel", str(tmp_path / "k"), "--initrd", str(tmp_path / "i"), "--press-enter", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("composer: error: --press-enter: only with --iso")
+
+
 def test_verify_empty_marker_is_refused(tmp_path):
     proc = composer("verify", "--kernel", str(tmp_path / "k"), "--initrd", str(tmp_path / "i"), "--marker", " ", check=False)
     assert (

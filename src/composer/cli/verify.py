@@ -75,6 +75,8 @@ def _check_verify_options(args: argparse.Namespace) -> None:
         raise ComposerError(f"--timeout {args.timeout:g}: at most {MAX_TIMEOUT} seconds (a day)")
     if args.step < 1:
         raise ComposerError(f"--step {args.step}: must be at least 1 MB")
+    if args.press_enter and args.iso is None:
+        raise ComposerError("--press-enter: only with --iso (a --kernel or --netboot boot has no boot menu of its own to answer)")
     if args.min_memory:
         _, hi = _range_mb(args)
         if hi > host_mb:
