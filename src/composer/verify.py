@@ -49,13 +49,13 @@ TIMEOUT_REASON = "timeout after"
 USABLE_SLOWDOWN = 1.5
 REFERENCE_MB = 512
 POWEROFF_GRACE = 20.0  # seconds qemu gets to power off by itself after the marker
-# Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
-# such a boot is tried again, up to this many times.
 # --press-enter: menus that wait for their timeout (lorax's stock grub.cfg: 60 s) answered as
 # someone at the console would, Enter (the highlighted, i.e. default, entry boots). Pressed
 # every ENTER_EVERY s for ENTER_FOR s: the firmware and grub drop or buffer the early ones,
 # and the kernel's console reads the late ones with nothing waiting on them.
 ENTER_EVERY, ENTER_FOR = 2.0, 60.0
+# Failures of the emulation, not of the image (menu-driven boots cannot add no_timer_check):
+# such a boot is tried again, up to this many times.
 EMULATION_FLAKES = ("IO-APIC + timer doesn't work",)
 EMULATION_RETRIES = 2
 

@@ -40,7 +40,7 @@ def live_ks(testproduct_repo, tmp_path_factory) -> Path:
     return write_kickstart("live.ks", testproduct_repo, tmp_path_factory.mktemp("ks"))
 
 
-def livemedia(ks: Path, base: Path, *args: str) -> Path:
+def livemedia(ks: Path, base: Path, *args: str, product: tuple[str, str] = ("TestProduct", "1")) -> Path:
     """`composer livemedia ARGS` into base/result; the work directory must be left empty."""
     work = base / "tmp"
     work.mkdir(parents=True)
@@ -50,9 +50,9 @@ def livemedia(ks: Path, base: Path, *args: str) -> Path:
         "--ks",
         str(ks),
         "--project",
-        "TestProduct",
+        product[0],
         "--releasever",
-        "1",
+        product[1],
         "--tmp",
         str(work),
         "--resultdir",

@@ -20,8 +20,8 @@ import pytest
 
 from composer.verify import boot_iso
 from testproduct import BOOT_MARKER
-from tests.conftest import BUILD, composer
-from tests.integration.test_livemedia import write_kickstart
+from tests.conftest import BUILD
+from tests.integration.test_livemedia import livemedia, write_kickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
@@ -35,19 +35,11 @@ def fedora_live_iso(tmp_path_factory) -> Path:
     repo = build_fedoraproduct(BUILD / "fedoraproduct")  # a product that cannot be built fails the test
     base = tmp_path_factory.mktemp("fedora-live")
     ks = write_kickstart("fedora-live.ks", repo, base)
-    work = base / "tmp"
-    work.mkdir()
     t0 = time.monotonic()
-    proc = composer(
-        *("livemedia", "--no-virt", "--make-iso", "--ks", str(ks), "--project", "Fedora", "--releasever", "43"),
-        *("--rootfs-type", "squashfs-ext4", "--compression", "lz4"),
-        *("--tmp", str(work), "--resultdir", str(base / "result"), "--logfile", str(base / "livemedia.log")),
-    )
-    (base / "stderr.log").write_text(proc.stderr)
-    assert list(work.iterdir()) == [], "the work directory was not cleaned up"
-    iso = base / "result/images/boot.iso"
+    result = livemedia(ks, base, "--make-iso", "--rootfs-type", "squashfs-ext4", "--compression", "lz4", product=("Fedora", "43"))
+    iso = result / "images/boot.iso"
     print(f"fedora live ISO: built in {time.monotonic() - t0:.0f}s, {iso.stat().st_size / (1 << 20):.0f} MiB")
-    return base / "result"
+    return result
 
 
 @pytest.fixture(scope="module")
