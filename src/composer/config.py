@@ -53,6 +53,11 @@ class Compression(enum.StrEnum):
 DEFAULT_CACHEDIR = default_cachedir()
 
 
+# Per repository URL (a --source base URL or a mirror list): dnf options of that repository
+# alone (a kickstart repo's --includepkgs, --excludepkgs, --cost, --proxy, --noverifyssl).
+RepoOptions = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     product: str
@@ -61,6 +66,7 @@ class Config:
     sources: tuple[str, ...] = ()
     repofiles: tuple[Path, ...] = ()
     mirrorlists: tuple[str, ...] = ()
+    repo_options: RepoOptions = ()
     # How dnf fetches (not what): a proxy for every repository, TLS certificate checks.
     proxy: str | None = None
     sslverify: bool = True
@@ -90,6 +96,8 @@ class Config:
     # a kickstart's %packages --excludedocs / --excludeWeakdeps set them as anaconda does.
     nodocs: bool = True
     weak_deps: bool = False
+    # rpm's %_install_langs (%packages --instLangs): None installs every translation, "" none.
+    install_langs: str | None = None
     dnf: DnfChoice = DnfChoice.AUTO
     # A root directory (e.g. Debian unstable's, made by scripts/dnf5-root) whose dnf runs the
     # transactions, inside bubblewrap; None: the host's dnf.

@@ -48,6 +48,45 @@ def test_docs_and_weak_deps_as_asked(tmp_path):
     assert "--setopt=install_weak_deps=True" in s.shaping_options()  # a cached tree of the other kind is not used
 
 
+def test_a_kickstart_repositorys_own_options(tmp_path, monkeypatch):
+    """repo --includepkgs/--excludepkgs/--cost/--proxy/--noverifyssl: options of that repository
+    alone, in its section of dnf's reposdir; what dnf may install shapes the cache key, how it
+    fetches does not; the proxy's password is an option of its own, never in a file unmasked."""
+    from composer.dnf import DnfProgram
+
+    monkeypatch.setattr(DnfSession, "program", DnfProgram("dnf4", "dnf", "x", "rpm x"))
+    first, second = fake_repo(tmp_path), fake_repo(tmp_path / "b")
+    own = (("includepkgs", "less,kmod*"), ("cost", "5"), ("proxy", "http://u:Pr0xy-Pw@proxy:3128"), ("sslverify", "0"))
+    cfg = DnfConfig(
+        releasever="1", arch="x86_64", sources=(first, second), repo_options=((second, own),), cachedir=tmp_path / "c"
+    )
+    s = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")
+    one, two = (s.reposdir / "composer-sources.repo").read_text().split("\n\n")
+    assert "includepkgs" not in one and "proxy" not in one and "cost" not in one
+    for line in ("includepkgs=less,kmod*", "cost=5", "proxy=http://proxy:3128", "proxy_password=***", "sslverify=0"):
+        assert line + "\n" in two + "\n", line
+    assert "Pr0xy-Pw" not in two
+    key = s.shaping_options()
+    assert any(k.endswith(": includepkgs=less,kmod*") for k in key) and any(k.endswith(": cost=5") for k in key)
+    assert not any("proxy" in k or "sslverify" in k for k in key)
+
+
+def test_install_langs_is_rpms_macro(tmp_path):
+    """%packages --instLangs as anaconda hands it to rpm: %_install_langs, "" as %{nil}; in the key."""
+    from composer.dnf import DnfProgram
+
+    cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c")
+    for langs, macro in ((None, None), ("de:pt_BR", "%_install_langs de:pt_BR"), ("", "%_install_langs %{nil}")):
+        s = DnfSession(tmp_path / "tree", dataclasses.replace(cfg, install_langs=langs), tmp_path / f"work{macro}")
+        s._program = DnfProgram("dnf4", "dnf", "x", "rpm x")
+        macros = (s.home / ".rpmmacros").read_text()
+        assert "%_dbpath" in macros
+        if macro is None:
+            assert "_install_langs" not in macros and not any(k.startswith("rpm macro") for k in s.shaping_options())
+        else:
+            assert macro + "\n" in macros and f"rpm macro {macro}" in s.shaping_options()
+
+
 def test_nogpgcheck(tmp_path):
     cfg = DnfConfig(releasever="1", arch="x86_64", sources=(fake_repo(tmp_path),), cachedir=tmp_path / "c", nogpgcheck=True)
     argv = DnfSession(tmp_path / "tree", cfg, tmp_path / "work")._dnf_argv()

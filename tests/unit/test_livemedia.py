@@ -132,9 +132,12 @@ def test_live_kickstart_model(tmp_path: Path) -> None:
 
 
 def test_not_yet_is_named(tmp_path: Path) -> None:
-    text = f"repo --name=extra --baseurl=file://{tmp_path}/repo --includepkgs=a --cost=5\n"
+    text = f"repo --name=extra --baseurl=file://{tmp_path}/repo --includepkgs=a,b* --cost=5 --sslcacert=/ca.pem\n"
     ks = load_live_kickstart(_ks(tmp_path, text).rename(tmp_path / "x.ks"))
-    assert ks.not_yet == ("repo extra --includepkgs", "repo extra --cost")
+    assert ks.not_yet == ()  # --includepkgs and --cost are the repository's dnf options
+    assert ks.packages.repo_options == ((f"file://{tmp_path}/repo", (("includepkgs", "a,b*"), ("cost", "5"))),)
+    assert "repo extra --sslcacert" in ks.packages.unused
+    assert ks.install_langs is None  # every translation, as anaconda without --instLangs
     assert not ks.ignore_missing
     assert ks.system.scripts[1].log == "/root/ks-post.log"
     plain = tmp_path / "plain.ks"
@@ -149,6 +152,30 @@ def test_not_yet_is_named(tmp_path: Path) -> None:
     assert not any("--exclude" in n for n in ks.not_yet), ks.not_yet
     assert ks.packages.installpkgs[0] == "@core"  # without --nocore (tests/unit/test_kickstart_groups.py)
     assert re.fullmatch(r"%post --nochroot --log \(line \d+\)", ks.not_yet[-1])
+    for langs in ("de:pt_BR", ""):  # "": no translations at all (anaconda's %{nil})
+        plain.write_text(text.replace("--ignoremissing", f"--instLangs={langs}"))
+        assert load_live_kickstart(plain).install_langs == langs
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("repo --name=x --baseurl=@REPO@ --proxy=ftp://p", "repo --proxy 'ftp://p': not a proxy URL"),
+        ("repo --name=x --baseurl=@REPO@ --excludepkgs='a b'", "repo --excludepkgs: 'a b' is not a package name or glob"),
+        ("url --url=@REPO@ --proxy=nonsense", "url --proxy 'nonsense': not a proxy URL"),
+    ],
+)
+def test_bad_repository_options_name_the_line(tmp_path: Path, line: str, expected: str) -> None:
+    ks = _ks(tmp_path, line.replace("@REPO@", f"file://{tmp_path}/repo") + "\n")
+    message = _one_line_error(_lmc(tmp_path, "--make-tar", "--ks", str(ks)))
+    assert expected in message and f"{ks}:" in message
+
+
+def test_bad_install_langs_name_the_section(tmp_path: Path) -> None:
+    ks = _ks(tmp_path)
+    ks.write_text(ks.read_text().replace("%packages --nocore", "%packages --nocore --instLangs=de;rm"))
+    message = _one_line_error(_lmc(tmp_path, "--make-tar", "--ks", str(ks)))
+    assert "--instLangs='de;rm': give languages separated by ':'" in message and f"{ks}:" in message
 
 
 def test_passwords_never_shown() -> None:

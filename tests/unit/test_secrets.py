@@ -185,9 +185,10 @@ def test_kickstart_credentials_stay_out_of_its_report(tmp_path, capsys):
         "repo --name=x --baseurl=https://r:ksrepo-Pw12@repo.example/x/\n"
     )
     cfg, parsed = config_with_kickstart(Config(product="TestProduct", version="1", outdir=tmp_path / "out"), ks)
-    assert parsed is not None and "url --proxy" in parsed.unused  # not silently ignored
+    assert parsed is not None and "url --proxy" not in parsed.unused  # the url's repository's own proxy
+    assert cfg.repo_options == (("https://kuser:ks-Pw10@repo.example/os/", (("proxy", "http://p:ksproxy-Pw11@proxy:3128"),)),)
     err = capsys.readouterr().err
-    assert "url --proxy" in err and not any(s in err for s in ("ks-Pw10", "ksproxy-Pw11", "ksrepo-Pw12")), err
+    assert "2 sources" in err and not any(s in err for s in ("ks-Pw10", "ksproxy-Pw11", "ksrepo-Pw12")), err
     assert "ksproxy-Pw11" not in redact("ksproxy-Pw11")
 
 

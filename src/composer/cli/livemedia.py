@@ -240,7 +240,12 @@ def plan_from_argv(argv: Sequence[str]) -> LivemediaPlan:
     check_logfile(args.logfile, "--logfile")
     set_logging(logfile=args.logfile)
     ks = load_live_kickstart(args.ks[0])
-    cfg = dataclasses.replace(apply_kickstart(_config(args, resultdir), ks.packages), nodocs=ks.nodocs, weak_deps=ks.weak_deps)
+    cfg = dataclasses.replace(
+        apply_kickstart(_config(args, resultdir), ks.packages),
+        nodocs=ks.nodocs,
+        weak_deps=ks.weak_deps,
+        install_langs=ks.install_langs,
+    )
     volid = check_volid(args.volid) if args.volid else default_volid(cfg.product, cfg.version, cfg.arch)
     root_fstype(ks.system.root_fstype, args.make)  # one --make-fsimage cannot make: now, not after the install
     disk = None

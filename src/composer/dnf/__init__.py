@@ -31,7 +31,7 @@ from composer.dnf.rpmdb import RPMDB, RpmFile, tree_ids
 from composer.dnf.sandbox import host_sandbox, root_sandbox
 from composer.dnf.session import DnfSession
 from composer.dnf.settings import DnfConfig, dnf_config
-from composer.dnf.urls import check_source, check_url, local_path, mirrorlist_urls, proxy_url, split_userinfo
+from composer.dnf.urls import check_proxy, check_source, check_url, local_path, mirrorlist_urls, proxy_url, split_userinfo
 
 __all__ = [
     "DEFAULT_TYPES",
@@ -44,6 +44,7 @@ __all__ = [
     "Comps",
     "GroupSpec",
     "check_config",
+    "check_proxy",
     "check_repofile",
     "check_source",
     "check_url",

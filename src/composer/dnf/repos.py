@@ -224,6 +224,7 @@ def _with_credentials(options: list[tuple[str, str]], proxy: str | None) -> list
 def repositories(config: DnfConfig) -> Repositories:
     """The repositories of a build, by the file composer writes each into (reposdir)."""
     gpgcheck = "0" if config.nogpgcheck else "1"
+    own = dict(config.repo_options)  # a URL's own options (a kickstart repo's), after composer's
     sources = []
     for i, url in enumerate(config.sources):
         opts = [
@@ -236,6 +237,7 @@ def repositories(config: DnfConfig) -> Repositories:
         if is_local(url):
             # A local repository may be rebuilt between runs: never trust cached metadata.
             opts.append(("metadata_expire", "0"))
+        opts += own.get(url, ())
         sources.append(Repository(repo_id(url, i), f"--source {url}", tuple(_with_credentials(opts, config.proxy))))
     mirrors = []
     for i, url in enumerate(config.mirrorlists):
@@ -246,6 +248,7 @@ def repositories(config: DnfConfig) -> Repositories:
             ("gpgcheck", gpgcheck),
             ("skip_if_unavailable", "False"),
             ("metadata_expire", "0"),
+            *own.get(url, ()),
         ]
         mirrors.append(Repository(mirror_id(url, i), f"--mirrorlist {url}", tuple(_with_credentials(opts, config.proxy))))
     files = [(SOURCES_REPO, sources), ("composer-mirrors.repo", mirrors)]

@@ -22,6 +22,15 @@ RPMDB = "/usr/lib/sysimage/rpm"
 RPMMACROS = f"%_dbpath {RPMDB}\n%_netsharedpath /proc\n"
 
 
+def install_macros(install_langs: str | None) -> str:
+    """The rpm macros of a build beyond RPMMACROS that change what lands in the tree:
+    %_install_langs as anaconda sets it from %packages --instLangs (colon-separated
+    languages; an empty list installs no translations)."""
+    if install_langs is None:
+        return ""
+    return f"%_install_langs {install_langs or '%{nil}'}\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class RpmFile:
     """What the rpm database says one path of the tree must be."""

@@ -31,7 +31,7 @@ from composer.dnf.repos import (
     repositories,
     write_repofiles,
 )
-from composer.dnf.rpmdb import RPMDB, RPMMACROS, Rpmdb, RpmFile, put_back
+from composer.dnf.rpmdb import RPMDB, RPMMACROS, Rpmdb, RpmFile, install_macros, put_back
 from composer.dnf.sandbox import sandbox
 from composer.dnf.settings import DnfConfig
 from composer.run import CommandError, ComposerError, debug, info, run
@@ -60,7 +60,7 @@ class DnfSession:
         check_config(config)
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / ".rpmmacros").write_text(RPMMACROS)
+        (self.home / ".rpmmacros").write_text(RPMMACROS + install_macros(config.install_langs))
         # Repository definitions, with their credentials only while dnf runs (_credentials).
         self.reposdir = workdir / "repos.d"
         self.reposdir.mkdir(mode=0o700, exist_ok=True)
@@ -146,7 +146,9 @@ class DnfSession:
         """dnf and the options that decide what lands in the tree, without work paths (cache keys)."""
         # Which dnf (and rpm) it is, not where it lives: dnf 4 and dnf5 trees differ (rpm database).
         repos = [line for _, rs in self.repositories for r in rs for line in r.shaping()]
-        return [self.program.identity()] + [a for a in self._dnf_argv()[1:] if not a.startswith(_WORK_OPTIONS)] + repos
+        macros = [f"rpm macro {m}" for m in install_macros(self.config.install_langs).splitlines()]
+        argv = [a for a in self._dnf_argv()[1:] if not a.startswith(_WORK_OPTIONS)]
+        return [self.program.identity(), *argv, *repos, *macros]
 
     def _sources(self) -> list[Repository]:
         return next((repos for name, repos in self.repositories if name == SOURCES_REPO), [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from composer.config import Config, DnfChoice
+from composer.config import Config, DnfChoice, RepoOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,9 +19,11 @@ class DnfConfig:
     nogpgcheck: bool = False
     nodocs: bool = True
     weak_deps: bool = False  # install_weak_deps
+    install_langs: str | None = None  # rpm's %_install_langs (None: all, "": none)
     dnf: DnfChoice = DnfChoice.AUTO
     root: Path | None = None  # where dnf and rpm come from (None: the host)
     mirrorlists: tuple[str, ...] = ()  # mirrorlist URLs, each a repository (lorax's -m)
+    repo_options: RepoOptions = ()  # dnf options of the repository of one source or mirror list
     proxy: str | None = None  # for every repository
     sslverify: bool = True
     enablerepos: tuple[str, ...] = ()  # repository ids or globs of the .repo files, enabled
@@ -41,9 +43,11 @@ def dnf_config(cfg: Config) -> DnfConfig:
         nogpgcheck=cfg.nogpgcheck,
         nodocs=cfg.nodocs,
         weak_deps=cfg.weak_deps,
+        install_langs=cfg.install_langs,
         dnf=cfg.dnf,
         root=cfg.dnf_root,
         mirrorlists=cfg.mirrorlists,
+        repo_options=cfg.repo_options,
         proxy=cfg.proxy,
         sslverify=cfg.sslverify,
         enablerepos=cfg.enablerepos,

@@ -2,7 +2,8 @@
 
 What composer takes from a kickstart:
 * ``url --url=URL|--mirrorlist=URL`` and ``repo --name=N --baseurl=URL|--mirrorlist=URL``:
-  package sources;
+  package sources, with the options anaconda hands dnf for each (``--includepkgs``,
+  ``--excludepkgs``, ``--cost``, ``--proxy``, ``--noverifyssl``: RepoOptions);
 * ``%packages``: names and globs are installed on top of the templates' set,
   ``-name`` excludes a package; ``@group`` lines are reported unused (boot-iso, lorax);
   `composer livemedia` installs groups and environments (kickstart.packages);
@@ -25,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from composer.config import Config
-from composer.dnf import check_source, check_url, split_userinfo
+from composer.config import Config, RepoOptions
+from composer.dnf import check_proxy, check_source, check_url, split_userinfo
 from composer.kickstart.packages import PackageRequest, missing_group_message, package_request
 from composer.kickstart.system import System, read_system
 from composer.preflight import check_kernel_arg, check_line
@@ -45,6 +46,7 @@ class KickstartInput:
     excludepkgs: tuple[str, ...] = ()
     kernel_args: tuple[str, ...] = ()
     unused: tuple[str, ...] = ()  # command / section / option names composer did not use
+    repo_options: RepoOptions = ()  # dnf options of the repository of a source or mirror list URL
 
 
 def _parse_error(path: Path, e: Exception) -> ComposerError:
@@ -176,10 +178,12 @@ class _Sources:
     urls: list[str] = dataclasses.field(default_factory=list)
     mirrorlists: list[str] = dataclasses.field(default_factory=list)
     unused: list[str] = dataclasses.field(default_factory=list)
+    options: list[tuple[str, tuple[tuple[str, str], ...]]] = dataclasses.field(default_factory=list)
 
     def take(self, cmd: Any, command: str, url: str | None, url_option: str, shown: str, named: str) -> None:
-        """A package source of `url` or `repo` (shown: how a bad source is named), and its
-        mirror list; a metalink or proxy is reported unused (named: how the report names the command)."""
+        """A package source of `url` or `repo` (shown: how a bad source is named), its mirror
+        list and their dnf options; a metalink and the options composer does not act on yet are
+        reported unused (named: how the report names the command)."""
         where = _line_of(self.files, getattr(cmd, "lineno", None), command)
         for value in (url, getattr(cmd, "mirrorlist", None), getattr(cmd, "proxy", None)):
             split_userinfo(value or "")  # a password in it is masked wherever composer shows it
@@ -192,9 +196,37 @@ class _Sources:
             check_line(f"kickstart {where}: {command} --mirrorlist", mirrorlist)
             check_url(mirrorlist, f"kickstart {where}: {shown.rsplit(' ', 1)[0]} --mirrorlist")
             self.mirrorlists.append(mirrorlist)
-        for option in ("metalink", "proxy"):
+        options = _dnf_options(cmd, f"kickstart {where}: {command}")
+        self.options += [(u, options) for u in (url, mirrorlist) if u and options]
+        for option in _REPO_NOT_YET:
             if getattr(cmd, option, None):
                 self.unused.append(f"{named} --{option}")
+
+
+# Options of `url`/`repo` composer does not act on yet (each reported by name): a metalink
+# (dnf's own: no base URL to check), TLS client files, `repo --install` (a .repo file in the
+# installed system), `--ignoregroups` (a tree composition option).
+_REPO_NOT_YET = ("metalink", "sslcacert", "sslclientcert", "sslclientkey", "install", "ignoregroups")
+
+
+def _dnf_options(cmd: Any, shown: str) -> tuple[tuple[str, str], ...]:
+    """The options of `url` or `repo` anaconda hands dnf for that repository, as dnf names them."""
+    found: list[tuple[str, str]] = []
+    for option in ("includepkgs", "excludepkgs"):
+        globs = getattr(cmd, option, None) or []
+        for glob in globs:
+            if not glob or any(c.isspace() or c == "," or not c.isprintable() for c in glob):
+                raise ComposerError(f"{shown} --{option}: {glob!r} is not a package name or glob")
+        if globs:
+            found.append((option, ",".join(globs)))
+    if getattr(cmd, "cost", None) is not None:
+        found.append(("cost", str(cmd.cost)))
+    if getattr(cmd, "proxy", None):
+        check_proxy(cmd.proxy, f"{shown} --proxy")
+        found.append(("proxy", cmd.proxy))
+    if getattr(cmd, "noverifyssl", False):
+        found.append(("sslverify", "0"))
+    return tuple(found)
 
 
 def _read_sources(handler: Any, files: list[Path]) -> _Sources:
@@ -285,6 +317,7 @@ class LiveKickstart:
     # %packages --excludedocs / --excludeWeakdeps: anaconda installs docs and weak deps unless told not to
     nodocs: bool = False
     weak_deps: bool = True
+    install_langs: str | None = None  # %packages --instLangs (None: every translation)
 
     def missing_group(self, spec: str) -> ComposerError:
         """The error for a group or environment of %packages no repository has."""
@@ -304,8 +337,18 @@ def load_live_kickstart(path: Path) -> LiveKickstart:
     from pykickstart.constants import KS_MISSING_IGNORE  # deferred, as in read_kickstart
 
     ignore_missing = pkgs.handleMissing == KS_MISSING_IGNORE
+    if pkgs.instLangs and not re.fullmatch(r"[A-Za-z0-9_@.-]+(:[A-Za-z0-9_@.-]+)*", pkgs.instLangs):
+        langs = pkgs.instLangs
+        raise ComposerError(f"kickstart {section}: %packages --instLangs={langs!r}: give languages separated by ':' (en_US:de)")
     return LiveKickstart(
-        ks, system, ignore_missing, tuple(_not_yet(handler)), request, bool(pkgs.excludeDocs), not pkgs.excludeWeakdeps
+        ks,
+        system,
+        ignore_missing,
+        tuple(_not_yet(handler)),
+        request,
+        bool(pkgs.excludeDocs),
+        not pkgs.excludeWeakdeps,
+        pkgs.instLangs,
     )
 
 
@@ -315,12 +358,6 @@ def _not_yet(handler: Any) -> list[str]:
     found: list[str] = []
     if getattr(pkgs, "default", False):
         found.append("%packages --default (the product's default environment: name it with @^ID)")
-    if pkgs.instLangs:
-        found.append("%packages --instLangs")
-    for repo in handler.repo.repoList:
-        for option in ("includepkgs", "excludepkgs", "cost"):
-            if getattr(repo, option, None):
-                found.append(f"repo {repo.name} --{option}")
     for script in handler.scripts:
         if script.logfile and not script.inChroot:
             found.append(f"{_SCRIPT_KINDS.get(script.type, '%script')} --nochroot --log (line {script.lineno})")
@@ -347,6 +384,7 @@ def _load(path: Path) -> tuple[KickstartInput, Any, list[Path]]:
         tuple(pkgs.excludedList),
         kernel_args,
         tuple(unused),
+        tuple(sources.options),
     )
     return ks, handler, files
 
@@ -368,6 +406,7 @@ def apply_kickstart(cfg: Config, ks: KickstartInput) -> Config:
         mirrorlists=merged(cfg.mirrorlists, ks.mirrorlists),
         installpkgs=merged(cfg.installpkgs, ks.installpkgs),
         excludepkgs=merged(cfg.excludepkgs, ks.excludepkgs),
+        repo_options=cfg.repo_options + ks.repo_options,
     )
 
 
