@@ -140,6 +140,9 @@ def test_tar_has_what_the_kickstart_made(live_tar: Path) -> None:
         assert _member(tar, "etc/composer-live-post") == "made by %post in the tree\n"
         assert _member(tar, "etc/composer-live-nochroot") == "nochroot saw /mnt/sysroot\n"
         assert "composer live spin: %post ran" in _member(tar, "root/ks-post.log")  # %post --log
+        # %pre --log=/tmp/..., copied in by %post --nochroot --log=/mnt/sysimage/...
+        assert "composer live spin: %pre ran" in _member(tar, "root/ks-pre.log")
+        assert "composer live spin: %post --nochroot ran" in _member(tar, "root/ks-post-nochroot.log")
         assert tar.getmember("./etc/localtime").linkname == "../usr/share/zoneinfo/Etc/UTC"
         wants = tar.getmember("./etc/systemd/system/multi-user.target.wants/composer-boot-check.service")
         assert wants.issym()  # services --enabled

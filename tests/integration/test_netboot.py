@@ -1,15 +1,18 @@
 """Compose the test product's netboot trees for real and boot them over qemu's network.
 
 qemu's user network gives DHCP and TFTP (`-netdev user,tftp=TREE,bootfile=...`); the
-NIC's iPXE ROM (SeaBIOS) or OVMF's PXE fetches the boot file. Three boots at 512 MB,
-each a different loader and path:
-* BIOS + split: pxelinux.0 loads the kernel and the small initrd over TFTP, dracut's
-  livenet fetches images/install.img over HTTP;
-* UEFI: OVMF runs grubx64.efi, which loads the kernel and the big initrd over TFTP;
-* iPXE: boot.ipxe fetches them over HTTP (a loopback server; 10.0.2.2 in the guest);
-* BIOS + --nbd, at its usable floor (NBD_MEMORY): pxelinux.0 as above, then dracut's nbd
-  module reads install.img on demand from nbd-server on the loopback.
-(grubpxe.0, GRUB for BIOS PXE, is shipped and was booted by hand: 129 s with --split.)
+NIC's iPXE ROM (SeaBIOS) or OVMF's PXE fetches the boot file. Three boots in CI, each loader
+config composer writes and each way the runtime arrives booted once:
+* UEFI + split: OVMF runs grubx64.efi, which loads the kernel and the small initrd over TFTP
+  (grub2/grub.cfg), and dracut's livenet fetches images/install.img over HTTP;
+* iPXE: boot.ipxe fetches the kernel and the big initrd over HTTP (a loopback server;
+  10.0.2.2 in the guest);
+* BIOS + --nbd, at its usable floor (NBD_MEMORY): pxelinux.0 (pxelinux.cfg/default) loads
+  the small initrd over TFTP, then dracut's nbd module reads install.img on demand from
+  nbd-server on the loopback.
+make soak adds GRUB loading the big initrd over TFTP (UEFI) and pxelinux with livenet (BIOS):
+the same configs and transports again. (grubpxe.0, GRUB for BIOS PXE, is shipped and was
+booted by hand: 129 s with --split.)
 Three composes per module (single image, --split and --nbd, lz4), 1.5-2 min each; the
 module took 12 min here.
 """
@@ -194,6 +197,14 @@ def test_split_initrd_carries_the_network_class_and_its_budget(split):
         assert f"needs at least {budget} MiB" in (out / cfg).read_text(), cfg
 
 
+def test_uefi_grub_tftp_split_livenet_http(split, tmp_path):
+    # grubx64.efi loads the small initrd over TFTP; dracut's livenet then fetches install.img over HTTP.
+    out, port = split
+    serial = boot(out, port, "grubx64.efi", "uefi", tmp_path / "serial.log")
+    assert f"root=live:http://10.0.2.2:{port}/images/install.img" in serial  # from grub2/grub.cfg
+
+
+@pytest.mark.soak
 def test_bios_pxelinux_tftp_split_livenet_http(split, tmp_path):
     # pxelinux.0 loads the small initrd over TFTP (the big one takes minutes over TFTP);
     # dracut's livenet then fetches install.img over HTTP.
@@ -225,6 +236,7 @@ def test_bios_pxelinux_split_nbd_on_demand(nbd, tmp_path):
     assert "livenet" not in serial.lower()
 
 
+@pytest.mark.soak
 def test_uefi_grub_tftp(single, tmp_path):
     out, port = single
     serial = boot(out, port, "grubx64.efi", "uefi", tmp_path / "serial.log")

@@ -13,6 +13,7 @@ from testproduct import debrpm, fedora, fedoraproduct, setuppkg, standins
 from testproduct import translate as tr
 
 STOCK = Path(__file__).resolve().parents[3] / "shared/peers/lorax-40.5.19/share/templates.d/99-generic"
+STOCK_43 = Path(__file__).resolve().parents[3] / "shared/lorax-43.12/99-generic"
 
 
 def _stock_installpkg_names(text: str) -> set[str]:
@@ -35,9 +36,11 @@ def _stock_installpkg_names(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.skipif(not STOCK.is_dir(), reason="lorax 40.5.19's stock templates are not beside the checkout")
-def test_table_covers_stock_runtime_install() -> None:
-    wanted = _stock_installpkg_names((STOCK / "runtime-install.tmpl").read_text())
+@pytest.mark.parametrize("stock", [STOCK, STOCK_43], ids=["40.5.19", "43.12"])
+def test_table_covers_stock_runtime_install(stock: Path) -> None:
+    if not stock.is_dir():
+        pytest.skip(f"lorax's stock templates are not at {stock}")
+    wanted = _stock_installpkg_names((stock / "runtime-install.tmpl").read_text())
     assert "grub2-efi-x64-cdboot" in wanted and "shim-x64" in wanted and "anaconda" in wanted
     assert not wanted - set(fedora.by_name()), sorted(wanted - set(fedora.by_name()))
 

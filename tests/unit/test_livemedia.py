@@ -151,7 +151,7 @@ def test_not_yet_is_named(tmp_path: Path) -> None:
     assert (ks.nodocs, ks.weak_deps) == (True, False)  # honoured, so not named as not yet
     assert not any("--exclude" in n for n in ks.not_yet), ks.not_yet
     assert ks.packages.installpkgs[0] == "@core"  # without --nocore (tests/unit/test_kickstart_groups.py)
-    assert re.fullmatch(r"%post --nochroot --log \(line \d+\)", ks.not_yet[-1])
+    assert ks.not_yet == () and ks.system.scripts[-1].log == "/x.log"  # --nochroot --log: keep_log
     for langs in ("de:pt_BR", ""):  # "": no translations at all (anaconda's %{nil})
         plain.write_text(text.replace("--ignoremissing", f"--instLangs={langs}"))
         assert load_live_kickstart(plain).install_langs == langs
@@ -278,3 +278,21 @@ def test_host_side_scripts_share_one_tmp_of_the_build(tmp_path: Path) -> None:
     for argv in (a, b):
         assert any(argv[i : i + 3] == bind for i in range(len(argv))), argv
     assert (tmp_path / "tmp").is_dir()
+
+
+def test_a_host_side_scripts_log_is_the_installers(tmp_path: Path, capsys) -> None:
+    """--log of %pre and %post --nochroot: /tmp is the build's shared /tmp (a %post --nochroot
+    copies a %pre's log from there, as Fedora's kickstarts do); a path of the installer's own
+    filesystem is named, not written on the build host."""
+    from composer.kickstart.apply import keep_log
+    from composer.kickstart.system import Script
+
+    shared = tmp_path / "tmp"
+    for log in ("/tmp/ks-pre.log", "/tmp/../tmp/ks-pre.log"):
+        keep_log(Script("%pre", "true", "/bin/sh", chroot=False, log=log), b"pre ran\n", shared, None, "kickstart %pre")
+    assert (shared / "ks-pre.log").read_bytes() == b"pre ran\npre ran\n"
+    script = Script("%pre", "true", "/bin/sh", chroot=False, log="/tmp/../etc/ks.log")
+    keep_log(script, b"x", shared, None, "kickstart %pre (line 3)")
+    named = "kickstart %pre (line 3): --log=/tmp/../etc/ks.log: a file of the installer's own filesystem"
+    assert named in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ks-pre.log", "tmp"]

@@ -73,6 +73,9 @@ FEDORA: tuple[Fed, ...] = (
     Fed("kdump-anaconda-addon", "placeholder", note="the installer's kdump screen; no installer here"),
     _meta(
         "anaconda-install-img-deps",
+        # anaconda-core first: a meta carries the version of what it requires first, here the
+        # stand-ins' (43.0), anaconda's as lorax 43.12 asks for it (>=40.15)
+        "anaconda-core",
         "libglib2.0-bin",
         "fontconfig",
         "findutils",
@@ -150,6 +153,22 @@ FEDORA: tuple[Fed, ...] = (
     _meta("sg3_utils", "sg3-utils"),
     _meta("perl-interpreter", "perl"),
     _meta("restore", "dump"),
+    # lorax 43.12's runtime-install.tmpl adds these (40.5.19's set names the rest)
+    Fed("shim-ia32", "placeholder", note="shim for 32-bit UEFI: Debian 12 signs it only in its i386 archive"),
+    Fed(
+        "grub2-efi-ia32-cdboot",
+        "placeholder",
+        note="GRUB for 32-bit UEFI: Debian 12 signs it only in its i386 archive (no gcdia32.efi: x86.tmpl skips ia32)",
+    ),
+    Fed("amd-ucode-firmware", "placeholder", note="AMD CPU microcode: non-free-firmware in Debian, not loaded under qemu"),
+    Fed("b43-openfwwf", "placeholder", note="open firmware for Broadcom b43 Wi-Fi: Debian 12 has none"),
+    Fed("libreport-plugin-bugzilla", "placeholder", note="the installer's crash reporting: Debian 12 has no libreport"),
+    Fed("libreport-plugin-reportuploader", "placeholder", note="as libreport-plugin-bugzilla"),
+    Fed("fpaste", "placeholder", note="a pastebin client for the rescue shell: Debian 12 has none"),
+    Fed("nano-default-editor", "placeholder", note="makes nano $EDITOR in Fedora's profile.d; no login shell uses it here"),
+    *_same("dump", "bridge-utils", "gdisk"),
+    _meta("vconfig", "vlan"),
+    _meta("wget2-wget", "wget", note="Fedora's wget command from wget2; Debian's wget does its job"),
     Fed("fedora-release", "standin", note="provides system-release: /etc/fedora-release, /etc/system-release, license"),
     Fed("fedora-repos", "standin", note="/etc/yum.repos.d (postinstall moves it to /etc/anaconda.repos.d)"),
     Fed("filesystem", "standin", note="directories of Fedora's layout the Debian closure lacks (/mnt, /etc/sysconfig, ...)"),
@@ -159,7 +178,7 @@ FEDORA: tuple[Fed, ...] = (
 )
 
 # The x86_64 packages runtime-install.tmpl names without --optional (checked by the unit tests
-# against the stock template) and lorax's branding pair.
+# against the stock templates of lorax 40.5.19 and 43.12) and lorax's branding pair.
 TEMPLATE_NAMES = frozenset(f.name for f in FEDORA) - {"anaconda-core", "kernel-core"} - {f.name for f in (*COMPOSER, *LIVE)}
 
 

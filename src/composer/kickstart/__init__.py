@@ -358,9 +358,6 @@ def _not_yet(handler: Any) -> list[str]:
     found: list[str] = []
     if getattr(pkgs, "default", False):
         found.append("%packages --default (the product's default environment: name it with @^ID)")
-    for script in handler.scripts:
-        if script.logfile and not script.inChroot:
-            found.append(f"{_SCRIPT_KINDS.get(script.type, '%script')} --nochroot --log (line {script.lineno})")
     return found
 
 

@@ -12,6 +12,7 @@ Passwords and keys go to the tree's tools on stdin, never on a command line or i
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,6 +160,32 @@ def script_argv(script: Script, file: Path, tree: Path | None) -> list[str]:
     return [*argv, "--die-with-parent", "--", script.interpreter, SCRIPT_IN_SANDBOX]
 
 
+def keep_log(script: Script, data: bytes, shared_tmp: Path, tree: Path | None, where: str) -> None:
+    """anaconda's --log: the script's output appended to that file. A chroot script's path is
+    the installed system's. A host-side script's (%pre, --nochroot) is the installer's: under
+    /mnt/sysroot or /mnt/sysimage the installed system's, under /tmp the build's shared /tmp
+    (where a %post --nochroot finds a %pre's log, as in anaconda); any other path is in the
+    installer's own filesystem, which a build has none of: named, not kept."""
+    if script.log is None:
+        return
+    log = posixpath.normpath(script.log)
+    if script.chroot:
+        if tree is not None:
+            append_in_tree(tree, log, data)
+        return
+    for root in (SYSROOT, "/mnt/sysimage"):
+        if tree is not None and log.startswith(root + "/"):
+            append_in_tree(tree, log.removeprefix(root), data)
+            return
+    if log.startswith("/tmp/"):
+        dest = shared_tmp / log.removeprefix("/tmp/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("ab") as f:
+            f.write(data)
+        return
+    info(f"{where}: --log={script.log}: a file of the installer's own filesystem, which a build has not; not kept")
+
+
 def run_scripts(kind: str, system: System, work: Path, tree: Path | None) -> None:
     """Every `kind` script in the kickstart's order. A failing one with --erroronfail runs
     the %onerror scripts and stops the build; without it, it is reported and the build goes on."""
@@ -169,9 +196,8 @@ def run_scripts(kind: str, system: System, work: Path, tree: Path | None) -> Non
         where = f"kickstart {kind} (line {script.lineno}{', --nochroot' if not script.chroot else ''})"
         info(f"{where}: running with {script.interpreter}")
         proc = run(script_argv(script, file, tree), check=False)
-        if script.log and script.chroot and tree is not None:
-            # anaconda's --log: the script's output, in the installed system.
-            append_in_tree(tree, script.log, proc.stdout + proc.stderr)
+        if script.log:
+            keep_log(script, proc.stdout + proc.stderr, file.parent / "tmp", tree, where)
         if proc.returncode == 0:
             continue
         output = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()

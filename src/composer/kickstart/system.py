@@ -79,7 +79,7 @@ class Script:
     chroot: bool = True
     error_on_fail: bool = False
     lineno: int = 0
-    log: str | None = None  # --log: where in the tree its output goes (chroot scripts)
+    log: str | None = None  # --log: where its output goes (apply.keep_log)
 
 
 @dataclasses.dataclass(frozen=True)
