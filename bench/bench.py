@@ -122,8 +122,9 @@ def netboot_boot(tree: Path, bootfile: str = "pxelinux.0"):
 def ram_floor(
     kernel: Path | None, initrd: Path | None, logdir: Path, *, timeout: float = THRASH_S, **kw: object
 ) -> dict[str, object]:
-    """Both floors (verify.find_floors): usable (the marker within 1.5x the boot at 512 MB)
-    and reached (the marker at all, within `timeout` a boot)."""
+    """Both floors (verify.find_floors): usable (the marker within 1.5x the boot at 512 MB,
+    searched from composer's budget when kw has it as guess_mb) and reached (the marker at all,
+    within `timeout` a boot)."""
     logdir.mkdir(parents=True, exist_ok=True)
     f = find_floors(kernel, initrd, 128, 512, 16, log_dir=logdir, timeout=timeout, marker=BOOT_MARKER, **kw)
     for r in f.results:
@@ -445,7 +446,8 @@ def media_floors(source: str, res: dict, ram_mode: str) -> dict[str, dict[str, o
         row = floors[f"boot.iso, {firmware.upper()} CD"] = floor_row(media, res["boot_iso"]["ram_predicted_mb"])
         if ram_mode != "0":
             with part(f"RAM floor, boot.iso ({firmware.upper()} CD, bisection)"):
-                row |= ram_floor(None, None, OUT / f"boots-iso-{firmware}", boot=iso_boot(iso, firmware))
+                boot = iso_boot(iso, firmware)
+                row |= ram_floor(None, None, OUT / f"boots-iso-{firmware}", boot=boot, guess_mb=row["budget_mb"])
     res["boot_iso"] |= {k: floors["boot.iso, BIOS CD"].get(k) for k in ("ram_floor_mb", "ram_reached_mb", "boot_512_s")}
     shutil.rmtree(cfg.outdir)
     for kind, label in (("netboot-split", "split netboot, livenet"), ("netboot-nbd", "split netboot, NBD")):
@@ -455,7 +457,7 @@ def media_floors(source: str, res: dict, ram_mode: str) -> dict[str, dict[str, o
             row = floors[label] = floor_row(next(iter(meta["ram"].values())))
         if ram_mode != "0":
             with part(f"RAM floor, {label} (BIOS PXE, bisection)"), serve_netboot(tree, meta):
-                row |= ram_floor(None, None, OUT / f"boots-{kind}", boot=netboot_boot(tree))
+                row |= ram_floor(None, None, OUT / f"boots-{kind}", boot=netboot_boot(tree), guess_mb=row["budget_mb"])
         shutil.rmtree(tree)
     return floors
 
@@ -586,7 +588,8 @@ def main() -> int:
             }
         if ram_mode == "all" or ram_mode == str(c):
             with part(f"RAM floor, big initrd {c} (bisection)"):
-                entry |= ram_floor(kernel, big, OUT / f"boots-{c}", check_args=CHECK_ARGS)
+                guess = predicted_floor(kernel, big)
+                entry |= ram_floor(kernel, big, OUT / f"boots-{c}", check_args=CHECK_ARGS, guess_mb=guess[0] if guess else None)
         comp[str(c)] = entry
         img.unlink()
     if comp:

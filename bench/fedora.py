@@ -152,8 +152,8 @@ def limit(repo: Path, composer_out: Path, packages: list[str]) -> dict[str, obje
 
 def floors(out: Path, name: str) -> dict[str, object]:
     iso = out / "images/boot.iso"
-    res = ram_floor(None, None, FOUT / f"boots-{name}", boot=iso_boot(iso))
     pred = predicted_floor(None, None, iso)
+    res = ram_floor(None, None, FOUT / f"boots-{name}", boot=iso_boot(iso), guess_mb=pred[0] if pred else None)
     return res | {"ram_predicted_mb": pred[0] if pred else None}
 
 

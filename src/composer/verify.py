@@ -359,6 +359,37 @@ def _least(grid: list[int], passes: Callable[[int], bool]) -> int:
     return grid[good]
 
 
+def _least_near(grid: list[int], passes: Callable[[int], bool], start: int) -> int:
+    """_least, searched outward from grid[start] (a predicted floor): steps of 1, 1, 2, 4...
+    grid points towards the answer, then bisection between the last pass and the last fail.
+    Near a good guess: two or three boots instead of log2(len(grid)) (each a TCG boot of minutes)."""
+    good, bad, steps = len(grid) - 1, -1, _steps()
+    if passes(grid[start]):
+        good = start
+        while (i := max(good - next(steps), 0)) < good:
+            if not passes(grid[i]):
+                bad = i
+                break
+            good = i
+    else:
+        bad = start
+        while (i := min(bad + next(steps), good)) < good:
+            if passes(grid[i]):
+                good = i
+                break
+            bad = i
+    return _least(grid[bad + 1 : good + 1], passes) if good - bad > 1 else grid[good]
+
+
+def _steps() -> Iterator[int]:
+    """1, 1, 2, 4, 8...: the grid point next to a guess and the one after it first."""
+    yield 1
+    step = 1
+    while True:
+        yield step
+        step *= 2
+
+
 def find_min_memory(
     kernel: Path | None,  # None: `boot` finds its own (an ISO)
     initrd: Path | None,
@@ -414,11 +445,13 @@ def find_floors(
     timeout: float = 900,
     log_dir: Path | None = None,
     boot: Callable[..., BootResult] = boot_kernel,
+    guess_mb: int | None = None,
     **boot_kwargs: Any,
 ) -> Floors:
     """Bisect the usable floor (boots cut off at the usable time, each cut-off one tried twice),
     then the reached floor below it (those cut off are booted again with the full timeout). The reference is
-    reference_mb when the range holds it, else the range's top."""
+    reference_mb when the range holds it, else the range's top. guess_mb (composer's predicted
+    budget): the usable floor is searched outward from it (_least_near), not across the range."""
     ref = reference_mb if lo_mb <= reference_mb <= hi_mb else hi_mb
     grid = _grid(lo_mb, hi_mb, step_mb, ref)
     results: list[BootResult] = []
@@ -447,7 +480,10 @@ def find_floors(
         return Floors(None, None, ref, first.seconds, slowdown, results)
     usable_s = slowdown * first.seconds
     below = grid[: grid.index(ref) + 1]
-    usable = _least(below, usable_at)
+    if guess_mb is None:
+        usable = _least(below, usable_at)
+    else:  # the first grid point at or above the guess (the reference if the guess is above it)
+        usable = _least_near(below, usable_at, next((i for i, mb in enumerate(below) if mb >= guess_mb), len(below) - 1))
     reached = _least(below[: below.index(usable) + 1], lambda mb: attempt(mb, timeout).ok)
     return Floors(usable, reached, ref, first.seconds, slowdown, results)
 

@@ -1,5 +1,6 @@
 """verify.py logic: argv, console classification, bisection, and process handling with a fake qemu."""
 
+import functools
 import os
 import sys
 import textwrap
@@ -186,6 +187,41 @@ def test_find_floors(reach: int, usable: int) -> None:
     assert all(t == 90.0 for mb, t in calls[1:] if mb >= f.usable_mb)  # cut off at 1.5x 60 s
     assert len(calls) <= 1 + 2 * 5 + 5  # two bisections; a cut-off boot tried twice, then once with the full timeout
     assert all(calls.count(c) == 1 or (c[1] == 90.0 and calls.count(c) == 2) for c in calls)  # only cut-offs twice
+
+
+@pytest.mark.parametrize("guess", [224, 230, 208, 160, 400, 600, 100])
+def test_find_floors_from_a_guess(guess: int) -> None:
+    """A predicted budget seeds the usable floor's search: the same floors, fewer boots the
+    nearer the guess (bench and verify pass composer's budget)."""
+    calls: list[tuple[int, float]] = []
+    f = find_floors(Path("k"), Path("i"), 128, 512, 16, timeout=900, boot=_timed_boot(calls, 160, 224), guess_mb=guess)
+    assert (f.usable_mb, f.reached_mb) == (224, 160)
+    usable_boots = [c for c in calls[1:] if c[1] == 90.0]
+    if guess == 224:  # right: the floor and the step below it
+        assert sorted({mb for mb, _ in usable_boots}) == [208, 224]
+    blind: list[tuple[int, float]] = []
+    find_floors(Path("k"), Path("i"), 128, 512, 16, timeout=900, boot=_timed_boot(blind, 160, 224))
+    if abs(guess - 224) <= 16:
+        assert len(calls) < len(blind)
+
+
+def test_least_near_agrees_with_bisection() -> None:
+    from composer.verify import _least, _least_near
+
+    grid = list(range(128, 513, 16))
+    for floor in grid:
+        for start in range(len(grid)):
+            probes: list[int] = []
+            assert _least_near(grid, functools.partial(_passes_from, floor, probes), start) == floor
+            assert _least(grid, functools.partial(_passes_from, floor, [])) == floor
+            assert len(probes) <= 2 * 5 + 1  # galloping, then bisecting: each at most ~log2(25)
+            if abs(grid.index(floor) - start) <= 1:
+                assert len(probes) <= 3  # the guess, the floor, the step past it
+
+
+def _passes_from(floor: int, probes: list[int], mb: int) -> bool:
+    probes.append(mb)
+    return mb >= floor
 
 
 def test_find_floors_retries_a_stalled_boot() -> None:

@@ -42,6 +42,7 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
     lo_mb, hi_mb = _range_mb(args)
     if args.step <= 0:
         raise ComposerError(f"--step {args.step}: must be a positive number of MB")
+    predicted = predicted_floor(kernel, initrd, getattr(args, "iso", None))
     floors = find_floors(
         kernel,
         initrd,
@@ -52,13 +53,14 @@ def report_min_memory(args: argparse.Namespace, kernel: Path | None, initrd: Pat
         timeout=args.timeout,
         accel=args.accel,
         marker=args.marker,
+        guess_mb=predicted[0] if predicted else None,  # composer's budget: the search starts there
         **boot_kw,
     )
     for r in floors.results:
         info(f"verify: {r.memory_mb} MB: {'OK' if r.ok else 'FAIL'} in {r.seconds:.0f}s {'' if r.ok else r.reason}")
     if floors.usable_mb is None:
         raise ComposerError(f"verify: no boot marker at {floors.reference_mb} MB")
-    print(min_memory_line(floors, args.step, predicted_floor(kernel, initrd, getattr(args, "iso", None))))
+    print(min_memory_line(floors, args.step, predicted))
     return 0
 
 
