@@ -145,13 +145,15 @@ def own_packages(staged: list[debrpm.Staged]) -> list[standins.Package]:
                 meta.evr = e
             pkgs.append(meta)
         elif f.kind == "placeholder":
-            pkgs.append(
-                standins.Package(
-                    name=f.name,
-                    summary=f"Placeholder for Fedora's {f.name} (no files)",
-                    description=f"The stock templates install {f.name}; nothing on the boot path uses it. {f.note}",
-                )
+            placeholder = standins.Package(
+                name=f.name,
+                summary=f"Placeholder for Fedora's {f.name} (no files)",
+                description=f"The stock templates install {f.name}; nothing on the boot path uses it. {f.note}",
             )
+            # a grub2-* one carries grub2-tools' version: templates ask for grub2-*>=1:2.06-67
+            if f.name.startswith("grub2-") and (e := evr.get("grub2-tools")) is not None:
+                placeholder.evr = e
+            pkgs.append(placeholder)
     return pkgs
 
 
