@@ -170,6 +170,16 @@ def lmc_stages(runs: list[Run], first_logged: float | None, start: float, end: f
     return {k: round(v, 2) for k, v in stages.items()}
 
 
+def partial_stages(runs: list[Run]) -> dict[str, float]:
+    """The stages of a run that failed, from the commands that ended well before it stopped:
+    still a comparison, stage by stage, as far as lmc got."""
+    ok = [r for r in runs if r.rc == 0]
+    stages = {"rootfs image": "fsck.ext4", "dracut": "dracut", "squashfs": "mksquashfs"}
+    return {
+        k: round(sum(r.end - r.start for r in ok if r.name == n), 2) for k, n in stages.items() if any(r.name == n for r in ok)
+    }
+
+
 def commands_s(runs: list[Run]) -> dict[str, float]:
     """Seconds spent in each command lmc ran (for the JSON: mount, ln, xorrisofs, ...)."""
     out: dict[str, float] = {}
@@ -374,7 +384,8 @@ def run_lmc(lmc: list[str], ks: Path, fsimage: Path, make: str, base: Path) -> d
     runs = program_runs(prog_log)
     res["commands_s"] = commands_s(runs)
     if proc.returncode != 0 or not (base / "result").is_dir():
-        return res | {"failed": lmc_error(main_log, prog_log, proc.stderr.decode(errors="replace"))}
+        why = lmc_error(main_log, prog_log, proc.stderr.decode(errors="replace"))
+        return res | {"failed": why, "partial_stages": partial_stages(runs)}
     first = next((t for t in map(log_time, main_log.splitlines()) if t is not None), None)
     res["stages"] = lmc_stages(runs, first, start, end, wall)
     return res | sizes(base / "result")
@@ -469,8 +480,10 @@ def make_table(make: str, r: dict, fs: dict, cannot: str | None) -> list[str]:
     lines = [f"### --make-{make}", ""]
     if c is None:
         return lines + [f"composer: {r['composer_runs'][-1]['failed']}", ""]
-    lo_stages = lo["stages"] if lo else {}
-    lines += ["| stage (wall s) | composer | lmc 40.5.19 | composer/lmc |", "|---|---:|---:|---:|"]
+    # lmc failed: its stages as far as it got (the commands that ended well), marked as such.
+    lo_stages = lo["stages"] if lo else (r["lmc_runs"][-1].get("partial_stages", {}) if r["lmc_runs"] else {})
+    head = "lmc 40.5.19" if lo else "lmc 40.5.19 (failed run: up to its failure)"
+    lines += [f"| stage (wall s) | composer | {head} | composer/lmc |", "|---|---:|---:|---:|"]
     for key, label in ROWS.items():
         cs, ls = c["stages"][key], lo_stages.get(key)
         lines.append(f"| {label} | {cs} | {ls if ls is not None else '-'} | {ratio(cs, ls) if ls is not None else 'n/a'} |")

@@ -176,3 +176,18 @@ def test_mounts_and_loops_under() -> None:
     losetup = f"/dev/loop0 {base}/fsimage.img\n/dev/loop1 /var/lib/other.img\n/dev/loop2 {base}/tmp/x/rootfs.img (deleted)\n"
     assert lmc.loops_under(base, losetup) == ["/dev/loop0", "/dev/loop2"]
     assert lmc.loops_under(base, "") == []
+
+
+def test_partial_stages_of_a_failed_run() -> None:
+    # dracut failed: the stages lmc finished (fsck, mksquashfs) still compare; dracut has no time.
+    failed = program_log(
+        [
+            (1.0, "Running... /usr/sbin/fsck.ext4 -y -f -E discard r"),
+            (3.0, "Return code: 0"),
+            (3.1, "Running... mksquashfs a b -comp xz"),
+            (63.1, "Return code: 0"),
+            (64.0, "Running... dracut --add livenet x"),
+            (70.0, "Return code: 1"),
+        ]
+    )
+    assert lmc.partial_stages(lmc.program_runs(failed)) == {"rootfs image": 2.0, "squashfs": 60.0}
