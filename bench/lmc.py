@@ -175,9 +175,12 @@ def partial_stages(runs: list[Run]) -> dict[str, float]:
     still a comparison, stage by stage, as far as lmc got."""
     ok = [r for r in runs if r.rc == 0]
     stages = {"rootfs image": "fsck.ext4", "dracut": "dracut", "squashfs": "mksquashfs"}
-    return {
+    out = {
         k: round(sum(r.end - r.start for r in ok if r.name == n), 2) for k, n in stages.items() if any(r.name == n for r in ok)
     }
+    if "dracut" in out and "squashfs" in out:
+        out["dracut + squashfs"] = round(out["dracut"] + out["squashfs"], 2)
+    return out
 
 
 def commands_s(runs: list[Run]) -> dict[str, float]:
