@@ -191,3 +191,11 @@ def test_partial_stages_of_a_failed_run() -> None:
         ]
     )
     assert lmc.partial_stages(lmc.program_runs(failed)) == {"rootfs image": 2.0, "squashfs": 60.0}
+
+
+def test_oracle_wrappers_are_lorax_oracles() -> None:
+    # The bench's second try of lmc --make-iso runs the same wrappers as scripts/lorax-oracle.
+    w = lmc.oracle_wrappers((ROOT / "scripts/lorax-oracle").read_text())
+    assert sorted(w) == ["grub2-mkimage", "mkefiboot"]
+    assert w["grub2-mkimage"].startswith("#!/bin/sh") and 'exec grub-mkimage "$@"' in w["grub2-mkimage"]
+    assert "mkfs.msdos -C" in w["mkefiboot"] and "mcopy" in w["mkefiboot"] and not w["mkefiboot"].endswith("EOF")
