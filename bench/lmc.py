@@ -13,7 +13,9 @@ its program.log times (`Running... dracut` .. `Return code`). Like with like: th
 default runtime (--rootfs-type squashfs, the tree in squashfs) on both sides; the PXE image of
 both is squashfs holding LiveOS/rootfs.img (ext4), the only layout lmc's --make-pxe-live makes.
 
-What lmc cannot do here (a step failing on this host) is one line with its error. lmc mounts
+What lmc cannot do here (a step failing on this host) is one line with its error; a --make-iso
+that fails so is tried again at once with scripts/lorax-oracle's host wrappers first on lmc's PATH
+(grub2-mkimage as Debian's grub-mkimage, mkefiboot without a loop device or vfat). lmc mounts
 (its input image on a loop device, /proc, devtmpfs and /var/tmp in a chroot): after each run
 anything it left mounted under build/bench/lmc is unmounted and its loop devices detached, and
 nothing is deleted while mounted. Needs root (lmc does).
