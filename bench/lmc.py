@@ -57,6 +57,10 @@ PRODUCT = ("--project", "Fedora", "--releasever", "43")
 MAKES = ("pxe-live", "iso")
 # composer's --rootfs-type for each output: the layout lmc makes (see the docstring).
 COMPOSER_ARGS = {"pxe-live": ("--rootfs-type", "squashfs-ext4"), "iso": ("--rootfs-type", "squashfs")}
+# dracut's livenet (in lmc's dracut arguments for every output, in composer's PXE initramfs) needs
+# a network stack in the initramfs (dracut's network module: NetworkManager, dhclient, or
+# systemd-networkd with dbus); fedora-live.ks's groups bring none of them: added for both tools.
+NETWORK_PACKAGES = ("dbus-daemon", "isc-dhcp-client")
 # Debian packages lmc imports or runs (python3-cdio: pylorax.mount's iso9660).
 LMC_DEBS = ("python3-dnf", "python3-rpm", "python3-mako", "python3-librepo", "python3-selinux", "python3-cdio")
 LMC_DEBS += ("squashfs-tools", "xorriso", "isomd5sum", "e2fsprogs")
@@ -461,6 +465,13 @@ def rounds(ks: Path, fsimage: Path, lmc: list[str], runs: int, res: dict) -> Non
     res["lmc_cannot"], res["lmc_wrapped_failed"] = state["cannot"], state["wrapped_failed"]
 
 
+def bench_kickstart(text: str, repo: Path) -> str:
+    """fedora-live.ks with @REPO@ the repository's URL and NETWORK_PACKAGES in %packages."""
+    return text.replace("@REPO@", f"file://{repo}").replace(
+        "\n%packages\n", "\n%packages\n" + "\n".join(NETWORK_PACKAGES) + "\n", 1
+    )
+
+
 def host_notes() -> list[str]:
     """What this host lacks that lorax's mkefiboot uses (a loop-mounted FAT image)."""
     notes = []
@@ -482,7 +493,7 @@ def main() -> int:
     with part("Fedora-shaped product repository"):
         repo = build_fedoraproduct(BUILD / "fedoraproduct")
     ks = LOUT / "fedora-live.ks"
-    ks.write_text((ROOT / "tools/testproduct/fedora-live.ks").read_text().replace("@REPO@", f"file://{repo}"))
+    ks.write_text(bench_kickstart((ROOT / "tools/testproduct/fedora-live.ks").read_text(), repo))
     with part("livemedia-creator 40.5.19: script, venv, Debian packages (untimed)"):
         lmc, why = prepare_lmc()
     if lmc is None:

@@ -199,3 +199,10 @@ def test_oracle_wrappers_are_lorax_oracles() -> None:
     assert sorted(w) == ["grub2-mkimage", "mkefiboot"]
     assert w["grub2-mkimage"].startswith("#!/bin/sh") and 'exec grub-mkimage "$@"' in w["grub2-mkimage"]
     assert "mkfs.msdos -C" in w["mkefiboot"] and "mcopy" in w["mkefiboot"] and not w["mkefiboot"].endswith("EOF")
+
+
+def test_bench_kickstart_has_a_network_stack() -> None:
+    text = (ROOT / "tools/testproduct/fedora-live.ks").read_text()
+    ks = lmc.bench_kickstart(text, Path("/r/repo"))
+    assert "url --url=file:///r/repo" in ks and "@REPO@" not in ks
+    assert "\n%packages\ndbus-daemon\nisc-dhcp-client\n@core\n" in ks
