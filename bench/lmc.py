@@ -62,8 +62,12 @@ COMPOSER_ARGS = {"pxe-live": ("--rootfs-type", "squashfs-ext4"), "iso": ("--root
 # systemd-networkd with dbus); fedora-live.ks's groups bring none of them: added for both tools.
 NETWORK_PACKAGES = ("dbus-daemon", "isc-dhcp-client")
 # Debian packages lmc imports or runs (python3-cdio: pylorax.mount's iso9660).
-LMC_DEBS = ("python3-dnf", "python3-rpm", "python3-mako", "python3-librepo", "python3-selinux", "python3-cdio")
-LMC_DEBS += ("squashfs-tools", "xorriso", "isomd5sum", "e2fsprogs")
+LMC_DEBS = ("python3-dnf", "python3-rpm", "python3-mako", "python3-librepo", "python3-selinux", "python3-cdio") + (
+    "squashfs-tools",
+    "xorriso",
+    "isomd5sum",
+    "e2fsprogs",
+)
 ROWS = {
     "install": "install: %pre, %packages, kickstart (lmc: none, it starts from composer's fsimage)",
     "rootfs image": "rootfs image (composer: ext4 of the tree; lmc: fsck.ext4 -E discard of its input)",
