@@ -58,9 +58,10 @@ MAKES = ("pxe-live", "iso")
 # composer's --rootfs-type for each output: the layout lmc makes (see the docstring).
 COMPOSER_ARGS = {"pxe-live": ("--rootfs-type", "squashfs-ext4"), "iso": ("--rootfs-type", "squashfs")}
 # dracut's livenet (in lmc's dracut arguments for every output, in composer's PXE initramfs) needs
-# a network stack in the initramfs (dracut's network module: NetworkManager, dhclient, or
-# systemd-networkd with dbus); fedora-live.ks's groups bring none of them: added for both tools.
-NETWORK_PACKAGES = ("dbus-daemon", "isc-dhcp-client")
+# dracut's network modules (dracut-network, which Fedora's dracut-live requires and this product's
+# does not) and a network stack for them (dhclient; dbus); fedora-live.ks's groups bring none of
+# them: added for both tools, or dracut stops at "module 'livenet' cannot be found or installed".
+NETWORK_PACKAGES = ("dracut-network", "isc-dhcp-client", "dbus-daemon")
 # Debian packages lmc imports or runs (python3-cdio: pylorax.mount's iso9660).
 LMC_DEBS = ("python3-dnf", "python3-rpm", "python3-mako", "python3-librepo", "python3-selinux", "python3-cdio") + (
     "squashfs-tools",

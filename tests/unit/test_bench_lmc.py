@@ -205,4 +205,4 @@ def test_bench_kickstart_has_a_network_stack() -> None:
     text = (ROOT / "tools/testproduct/fedora-live.ks").read_text()
     ks = lmc.bench_kickstart(text, Path("/r/repo"))
     assert "url --url=file:///r/repo" in ks and "@REPO@" not in ks
-    assert "\n%packages\ndbus-daemon\nisc-dhcp-client\n@core\n" in ks
+    assert "\n%packages\ndracut-network\nisc-dhcp-client\ndbus-daemon\n@core\n" in ks
